@@ -1,0 +1,70 @@
+"""The registry of diagnostic codes: ``KD<stage><nn>``; a code is never reused.
+
+1xx syntax, 2xx names and values (lowering to the IR), 3xx method-graph passes,
+4xx binding to models (compiler), 5xx runs and data.
+"""
+
+from __future__ import annotations
+
+CODES: dict[str, tuple[str, str]] = {
+    # code: (title, long description for `kdspec explain KDnnn`)
+    "KD101": ("unexpected character", "The lexer met a character that no token starts with."),
+    "KD102": ("unexpected token", "The parser met a token where the grammar expects another."),
+    "KD103": ("unexpected end of file", "The file ended inside a method or statement."),
+    "KD104": ("malformed syntax tree", "The parse tree could not be turned into a syntax tree."),
+    "KD105": ("unreadable file", "A spec file or an imported file could not be read."),
+    "KD201": ("duplicate definition", "A name is defined twice in the same method."),
+    "KD202": ("unknown name", "A name refers to no parameter, role, view, subset, let or term."),
+    "KD203": ("unknown function", "A knowledge transform, loss, adapter or schedule is unknown."),
+    "KD204": ("bad arguments", "A call has an unknown keyword, a missing or surplus argument."),
+    "KD205": ("value out of range", "A value breaks its constraint (T > 0, weight >= 0, ...)."),
+    "KD206": ("bad tap", "A tap expression names no valid tap point of a role."),
+    "KD207": ("bad stage", "A stage has an invalid duration or repeat count."),
+    "KD208": ("bad composition", "A `use` names an unknown method, or methods use each other."),
+    "KD209": ("unknown parameter override", "A parameter given on the command line is unknown."),
+    "KD210": ("no method", "A file defines no method, or not the one asked for."),
+    "KD211": ("bad role", "A role modifier is invalid (e.g. `ema` of an unknown role)."),
+    "KD212": ("bad claim", "A claim names an unknown taxonomy dimension or value."),
+    "KD301": ("loss does not accept this knowledge", "The loss is not defined for the kind of "
+              "knowledge given (e.g. KL needs distributions on both sides)."),
+    "KD302": ("knowledge kinds differ", "The two sides of a transfer carry different kinds of "
+              "knowledge (e.g. a relation matrix against a feature map)."),
+    "KD303": ("no training signal", "A trained role receives gradient from no loss term."),
+    "KD304": ("unused definition", "A view, subset, let or parameter is defined but never used."),
+    "KD305": ("teaching cycle without stop-gradient", "Roles teach each other in a cycle and "
+              "gradient flows back through every edge; wrap a side in `stopgrad(...)`."),
+    "KD306": ("frozen role receives gradient", "A term sends gradient into a role that is "
+              "frozen where the term is active."),
+    "KD307": ("unknown stage reference", "A stage names a term, role or module set that does "
+              "not exist."),
+    "KD308": ("inconsistent self-distillation", "A role teaches itself from the same tap, view "
+              "and data, which transfers nothing."),
+    "KD309": ("inactive term", "A loss term is active in no stage."),
+    "KD310": ("layer counts differ", "Teacher and student tap ranges have different lengths "
+              "and no `map` rule says how to pair them."),
+    "KD311": ("claim contradicts the graph", "A `claim` disagrees with what the method graph "
+              "shows."),
+    "KD312": ("wrong side", "A role appears where it cannot (e.g. a virtual teacher as a "
+              "student, a student only on the teacher side)."),
+    "KD401": ("unknown module path", "A tap names a submodule the model does not have."),
+    "KD402": ("tap point not found", "An abstract tap point could not be resolved on a model."),
+    "KD403": ("shape mismatch", "Tensor shapes cannot be matched by any adapter."),
+    "KD404": ("unknown model", "A model source name is unknown or its package is missing."),
+    "KD405": ("bad checkpoint", "A checkpoint could not be loaded or does not fit the model."),
+    "KD406": ("import not allowed", "An `import:` model or data source was not allowed."),
+    "KD407": ("teacher without weights", "A frozen teacher has no weights and no stage trains "
+              "it."),
+    "KD408": ("unbound role", "A role of the method has no model in the run."),
+    "KD501": ("bad run file", "The run file is malformed or names unknown settings."),
+    "KD502": ("bad data", "The data source is unknown or yields unexpected items."),
+    "KD503": ("non-finite loss", "Training produced a NaN or infinite loss."),
+}
+
+
+def describe(code: str) -> str | None:
+    """``KD301: loss does not accept this knowledge`` and its long description."""
+    entry = CODES.get(code.upper())
+    if entry is None:
+        return None
+    title, text = entry
+    return f"{code.upper()}: {title}\n\n{text}"

@@ -1,0 +1,268 @@
+"""Turn lark's parse tree into the :mod:`kdspec.syntax.ast` dataclasses, keeping spans."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lark import Token, Transformer, v_args
+from lark.tree import Meta
+
+from kdspec.source import Span
+from kdspec.syntax import ast
+
+
+def _tok_span(tok: Token) -> Span:
+    return Span(tok.start_pos or 0, tok.end_pos or 0)
+
+
+def _meta_span(meta: Meta) -> Span:
+    if getattr(meta, "empty", True):
+        return Span(0, 0)
+    return Span(meta.start_pos, meta.end_pos)
+
+
+def _ident(tok: Token) -> ast.Ident:
+    return ast.Ident(str(tok), _tok_span(tok))
+
+
+def _unquote(tok: Token) -> str:
+    body = str(tok)[1:-1]
+    return body.replace('\\"', '"').replace("\\\\", "\\")
+
+
+@v_args(meta=True)
+class ToAst(Transformer[Token, Any]):
+    """A standalone transformer (``v_args(meta=True)`` needs it to be separate from ``Lark``)."""
+
+    # -- expressions ------------------------------------------------------------------------
+
+    def number(self, meta: Meta, children: list[Token]) -> ast.Number:
+        text = str(children[0])
+        value = float(text)
+        return ast.Number(int(value) if value.is_integer() and "." not in text and "e" not in
+                          text.lower() else value, text, _meta_span(meta))
+
+    def string(self, meta: Meta, children: list[Token]) -> ast.String:
+        return ast.String(_unquote(children[0]), _meta_span(meta))
+
+    def name(self, meta: Meta, children: list[Token]) -> ast.Name:
+        return ast.Name(str(children[0]), _meta_span(meta))
+
+    def call(self, meta: Meta, children: list[Any]) -> ast.Call:
+        args, kwargs = children[1] if children[1] is not None else ((), ())
+        return ast.Call(_ident(children[0]), args, kwargs, _meta_span(meta))
+
+    def func(self, meta: Meta, children: list[Any]) -> ast.Call:
+        args, kwargs = children[1] if len(children) > 1 and children[1] is not None else ((), ())
+        return ast.Call(_ident(children[0]), args, kwargs, _meta_span(meta))
+
+    def args(self, meta: Meta, children: list[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        positional = tuple(c for c in children if not isinstance(c, ast.Kwarg))
+        kwargs = tuple(c for c in children if isinstance(c, ast.Kwarg))
+        return positional, kwargs
+
+    def kwarg(self, meta: Meta, children: list[Any]) -> ast.Kwarg:
+        return ast.Kwarg(_ident(children[0]), children[1], _meta_span(meta))
+
+    def attr(self, meta: Meta, children: list[Any]) -> ast.Attr:
+        return ast.Attr(children[0], _ident(children[1]), _meta_span(meta))
+
+    def module_path(self, meta: Meta, children: list[Any]) -> ast.ModulePath:
+        tok = children[1]
+        return ast.ModulePath(
+            children[0], ast.String(_unquote(tok), _tok_span(tok)), _meta_span(meta)
+        )
+
+    def index(self, meta: Meta, children: list[Any]) -> ast.Index:
+        return ast.Index(children[0], children[1], _meta_span(meta))
+
+    def slice(self, meta: Meta, children: list[Any]) -> ast.Slice:
+        return ast.Slice(children[0], children[1], _meta_span(meta))
+
+    def call_index(self, meta: Meta, children: list[Any]) -> ast.CallIndex:
+        text = str(children[1])
+        n = int(float(text)) if text.replace(".", "", 1).isdigit() else 0
+        return ast.CallIndex(children[0], n, _meta_span(meta))
+
+    def _binop(self, op: str, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return ast.BinOp(op, children[0], children[1], _meta_span(meta))
+
+    def add(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop("+", meta, children)
+
+    def sub(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop("-", meta, children)
+
+    def mul(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop("*", meta, children)
+
+    def div(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop("/", meta, children)
+
+    def pow(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop("^", meta, children)
+
+    def neg(self, meta: Meta, children: list[Any]) -> ast.Neg:
+        return ast.Neg(children[0], _meta_span(meta))
+
+    def list(self, meta: Meta, children: list[Any]) -> ast.ListExpr:
+        return ast.ListExpr(tuple(c for c in children if c is not None), _meta_span(meta))
+
+    # -- statements -------------------------------------------------------------------------
+
+    def cite(self, meta: Meta, children: list[Token]) -> ast.Cite:
+        tok = children[0]
+        return ast.Cite(ast.String(_unquote(tok), _tok_span(tok)), _meta_span(meta))
+
+    def param(self, meta: Meta, children: list[Any]) -> ast.Param:
+        return ast.Param(_ident(children[0]), children[1], _meta_span(meta))
+
+    def role_kind(self, meta: Meta, children: list[Token]) -> str:
+        return str(children[0])
+
+    def frozen(self, meta: Meta, children: list[Any]) -> ast.RoleMod:
+        return ast.RoleMod("frozen", span=_meta_span(meta))
+
+    def trained(self, meta: Meta, children: list[Any]) -> ast.RoleMod:
+        return ast.RoleMod("trained", span=_meta_span(meta))
+
+    def role_init(self, meta: Meta, children: list[Any]) -> ast.RoleMod:
+        return ast.RoleMod("init", init=children[0], span=_meta_span(meta))
+
+    def sees(self, meta: Meta, children: list[Token]) -> ast.RoleMod:
+        return ast.RoleMod("sees", view=_ident(children[0]), span=_meta_span(meta))
+
+    def role(self, meta: Meta, children: list[Any]) -> ast.Role:
+        names = tuple(_ident(c) for c in children[1:] if isinstance(c, Token))
+        mods = tuple(c for c in children[1:] if isinstance(c, ast.RoleMod))
+        return ast.Role(children[0], names, mods, _meta_span(meta))
+
+    def ensemble(self, meta: Meta, children: list[Any]) -> ast.Ensemble:
+        return ast.Ensemble(_ident(children[0]), children[1], _meta_span(meta))
+
+    def view(self, meta: Meta, children: list[Any]) -> ast.View:
+        return ast.View(_ident(children[0]), children[1], _meta_span(meta))
+
+    def subset(self, meta: Meta, children: list[Any]) -> ast.Subset:
+        return ast.Subset(_ident(children[0]), children[1], _meta_span(meta))
+
+    def let(self, meta: Meta, children: list[Any]) -> ast.Let:
+        return ast.Let(_ident(children[0]), children[1], _meta_span(meta))
+
+    def label(self, meta: Meta, children: list[Token]) -> ast.Ident:
+        return _ident(children[0])
+
+    def knowledge(self, meta: Meta, children: list[ast.Call]) -> tuple[ast.Call, ...]:
+        return tuple(children)
+
+    def mapping(self, meta: Meta, children: list[ast.Call]) -> tuple[str, ast.Call]:
+        return ("mapping", children[0])
+
+    def weight(self, meta: Meta, children: list[Any]) -> tuple[str, Any]:
+        return ("weight", children[0])
+
+    def on_subset(self, meta: Meta, children: list[Token]) -> tuple[str, ast.Ident]:
+        return ("on", _ident(children[0]))
+
+    @staticmethod
+    def _clauses(children: list[Any]) -> dict[str, Any]:
+        return {c[0]: c[1] for c in children if isinstance(c, tuple) and len(c) == 2
+                and isinstance(c[0], str)}
+
+    def transfer(self, meta: Meta, children: list[Any]) -> ast.Transfer:
+        rest = list(children)
+        label = rest.pop(0) if rest and isinstance(rest[0], ast.Ident) else None
+        knowledge: tuple[ast.Call, ...] = ()
+        if rest and isinstance(rest[0], tuple) and (not rest[0] or isinstance(rest[0][0],
+                                                                               ast.Call)):
+            knowledge = rest.pop(0)
+        source, target = rest[0], rest[1]
+        clauses = self._clauses(rest[2:])
+        loss = next(c for c in rest[2:] if isinstance(c, ast.Call))
+        return ast.Transfer(
+            label, knowledge, source, target, clauses.get("mapping"), loss,
+            clauses.get("weight"), clauses.get("on"), _meta_span(meta),
+        )
+
+    def supervise(self, meta: Meta, children: list[Any]) -> ast.Supervise:
+        rest = list(children)
+        label = rest.pop(0) if rest and isinstance(rest[0], ast.Ident) else None
+        target = rest[0]
+        loss = next(c for c in rest[1:] if isinstance(c, ast.Call))
+        clauses = self._clauses(rest[1:])
+        return ast.Supervise(
+            label, target, loss, clauses.get("weight"), clauses.get("on"), _meta_span(meta)
+        )
+
+    def duration(self, meta: Meta, children: list[Any]) -> tuple[str, Any, str]:
+        return ("duration", children[0], str(children[1]))
+
+    def duration_unit(self, meta: Meta, children: list[Token]) -> str:
+        return str(children[0])
+
+    def repeat(self, meta: Meta, children: list[Any]) -> tuple[str, Any]:
+        return ("repeat", children[0])
+
+    def train(self, meta: Meta, children: list[Any]) -> ast.StageItem:
+        return ast.StageItem("train", exprs=tuple(children), span=_meta_span(meta))
+
+    def freeze(self, meta: Meta, children: list[Any]) -> ast.StageItem:
+        return ast.StageItem("freeze", exprs=tuple(children), span=_meta_span(meta))
+
+    def losses(self, meta: Meta, children: list[Token]) -> ast.StageItem:
+        return ast.StageItem("losses", names=tuple(map(_ident, children)), span=_meta_span(meta))
+
+    def handoff(self, meta: Meta, children: list[Token]) -> ast.StageItem:
+        return ast.StageItem("handoff", names=tuple(map(_ident, children)), span=_meta_span(meta))
+
+    def stage(self, meta: Meta, children: list[Any]) -> ast.Stage:
+        duration = unit = repeat = None
+        for c in children[1:]:
+            if isinstance(c, tuple) and c[0] == "duration":
+                duration, unit = c[1], c[2]
+            elif isinstance(c, tuple) and c[0] == "repeat":
+                repeat = c[1]
+        items = tuple(c for c in children[1:] if isinstance(c, ast.StageItem))
+        return ast.Stage(_ident(children[0]), duration, unit, repeat, items, _meta_span(meta))
+
+    def use_only(self, meta: Meta, children: list[Token]) -> tuple[str, tuple[ast.Ident, ...]]:
+        return ("only", tuple(map(_ident, children)))
+
+    def use(self, meta: Meta, children: list[Any]) -> ast.Use:
+        method = _ident(children[0])
+        args: tuple[Any, ...] = ()
+        kwargs: tuple[Any, ...] = ()
+        alias = None
+        only: tuple[ast.Ident, ...] = ()
+        for c in children[1:]:
+            if isinstance(c, Token):
+                alias = _ident(c)
+            elif isinstance(c, tuple) and c and c[0] == "only":
+                only = c[1]
+            elif isinstance(c, tuple) and len(c) == 2:
+                args, kwargs = c
+        return ast.Use(method, args, kwargs, alias, only, _meta_span(meta))
+
+    def claim(self, meta: Meta, children: list[Token]) -> ast.Claim:
+        return ast.Claim(_ident(children[0]), tuple(map(_ident, children[1:])), _meta_span(meta))
+
+    def method(self, meta: Meta, children: list[Any]) -> ast.Method:
+        name = _ident(children[0])
+        title = None
+        body = []
+        for c in children[1:]:
+            if isinstance(c, Token):
+                title = ast.String(_unquote(c), _tok_span(c))
+            elif c is not None:
+                body.append(c)
+        return ast.Method(name, title, tuple(body), _meta_span(meta))
+
+    def import_stmt(self, meta: Meta, children: list[Token]) -> ast.Import:
+        alias = _ident(children[1]) if len(children) > 1 and children[1] is not None else None
+        tok = children[0]
+        return ast.Import(ast.String(_unquote(tok), _tok_span(tok)), alias, _meta_span(meta))
+
+    def start(self, meta: Meta, children: list[Any]) -> ast.Module:
+        imports = tuple(c for c in children if isinstance(c, ast.Import))
+        methods = tuple(c for c in children if isinstance(c, ast.Method))
+        return ast.Module(imports, methods, span=_meta_span(meta))
