@@ -1,0 +1,754 @@
+"""Lower the syntax tree to the IR: resolve names, check calls against the vocabulary.
+
+Lowering never stops at the first problem: every unresolved name, unknown function or bad
+argument becomes a diagnostic and a placeholder in the IR, so later passes still run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdspec.diagnostics import Diagnostic, Label, error
+from kdspec.ir import models as ir
+from kdspec.source import SourceFile, Span
+from kdspec.syntax import ast
+from kdspec.taxonomy.vocab import CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
+
+PathKey = tuple[object, ...]
+
+
+@dataclass
+class SourceMap:
+    """Spans of IR parts, keyed by IR path such as ``("term", "kd", "loss")``."""
+
+    source: SourceFile
+    spans: dict[PathKey, Span] = field(default_factory=dict)
+
+    def span(self, *path: object) -> Span | None:
+        """The span of a path, or of its nearest recorded ancestor."""
+        key: PathKey = tuple(path)
+        while key:
+            if key in self.spans:
+                return self.spans[key]
+            key = key[:-1]
+        return None
+
+
+@dataclass
+class Lowered:
+    """A lowered method with its source map."""
+
+    method: ir.Method
+    source_map: SourceMap
+
+
+# Finds a method by name for `use`: returns (method ast, its file) or None.
+MethodFinder = Callable[[str], "tuple[ast.Method, SourceFile] | None"]
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """``did you mean `x`?`` for the closest candidate, if one is close enough."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None
+
+
+_CONSTANTS = {"true": 1.0, "false": 0.0}
+_UNITS = {"epochs": "epochs", "epoch": "epochs", "steps": "steps", "step": "steps", "%": "fraction"}
+_TAP_HELP = (
+    "a tap reads `role.logits`, `role.embedding`, `role.input`, `role.output[...]`, "
+    '`role.stage[k]` or `role."module.path"`, optionally followed by `.input`, `.output` '
+    "or `.preact`"
+)
+
+
+class _MethodLowering:
+    def __init__(
+        self,
+        method: ast.Method,
+        source: SourceFile,
+        finder: MethodFinder | None,
+        overrides: dict[str, object],
+        stack: tuple[str, ...],
+    ):
+        self.m = method
+        self.source = source
+        self.finder = finder
+        self.overrides = overrides
+        self.stack = stack
+        self.diags: list[Diagnostic] = []
+        self.smap = SourceMap(source)
+        self.params: dict[str, ir.Expr] = {}
+        self.roles: dict[str, ir.Role] = {}
+        self.ensembles: dict[str, ir.Ensemble] = {}
+        self.data: dict[str, ir.DataPart] = {}
+        self.lets: dict[str, ir.Let] = {}
+        self.terms: dict[str, ir.Term] = {}
+        self.stages: list[ir.Stage] = []
+        self.claims: list[ir.Claim] = []
+        self.uses: list[str] = []
+        self.defined: dict[str, tuple[str, Span]] = {}  # name -> (what, span), for KD201
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def err(self, code: str, message: str, span: Span | None, label: str = "", **kw: object) -> None:
+        self.diags.append(error(code, message, self.source, span, label, **kw))  # type: ignore[arg-type]
+
+    def define(self, what: str, ident: ast.Ident) -> bool:
+        """Record a definition; report a duplicate (KD201). Returns False on duplicates."""
+        prior = self.defined.get(ident.name)
+        if prior is not None:
+            self.err(
+                "KD201",
+                f"`{ident.name}` is defined twice",
+                ident.span,
+                f"{what} `{ident.name}` redefined here",
+                related=[Label(prior[1], f"first defined here as a {prior[0]}", primary=False)],
+                help="give each parameter, role, view, subset, let and term its own name",
+            )
+            return False
+        self.defined[ident.name] = (what, ident.span)
+        return True
+
+    def names_in_scope(self) -> list[str]:
+        return [*self.params, *self.roles, *self.ensembles, *self.lets, *self.data]
+
+    # -- expressions ------------------------------------------------------------------------
+
+    def expr(self, e: ast.Expr, *, as_value: bool = False) -> ir.Expr:
+        """Lower an expression. ``as_value``: bare unknown words become strings (kwarg values)."""
+        if isinstance(e, ast.Number):
+            return ir.Num(value=float(e.value))
+        if isinstance(e, ast.String):
+            return ir.Str(value=e.value)
+        if isinstance(e, ast.Name):
+            return self.name(e, as_value=as_value)
+        if isinstance(e, ast.Call):
+            return self.call(e, categories=("transform", "combine", "adapter", "schedule"))
+        if isinstance(e, ast.BinOp):
+            return ir.BinOp(op=e.op, left=self.expr(e.left), right=self.expr(e.right))  # type: ignore[arg-type]
+        if isinstance(e, ast.Neg):
+            return ir.Neg(operand=self.expr(e.operand))
+        if isinstance(e, ast.ListExpr):
+            return ir.ListE(items=tuple(self.expr(i, as_value=as_value) for i in e.items))
+        if isinstance(e, (ast.Attr, ast.ModulePath, ast.Index, ast.CallIndex)):
+            return self.tap(e)
+        self.err("KD104", "unsupported expression", getattr(e, "span", None))
+        return ir.Str(value="?")
+
+    def name(self, e: ast.Name, *, as_value: bool = False) -> ir.Expr:
+        n = e.id
+        if n in self.params:
+            return ir.ParamRef(name=n)
+        if n in self.roles or n in self.ensembles:
+            return ir.Tap(role=n, point="output")
+        if n in self.lets:
+            return ir.LetRef(name=n)
+        if n in _CONSTANTS:
+            return ir.Num(value=_CONSTANTS[n])
+        if as_value:
+            return ir.Str(value=n)
+        if n in self.data:
+            self.err("KD206", f"`{n}` is a {self.data[n].kind}, not a value", e.span,
+                     "used as a value here", help=f"pick a view per role: `s[{n}].logits`")
+            return ir.Str(value=n)
+        self.err("KD202", f"unknown name `{n}`", e.span, "not defined in this method",
+                 help=did_you_mean(n, self.names_in_scope()))
+        return ir.Str(value=n)
+
+    def call(self, e: ast.Call, categories: tuple[str, ...], implicit_inputs: int = 0) -> ir.Call:
+        fname = e.func.name
+        fn = FUNCTIONS.get(fname)
+        if fn is None:
+            pool = [n for c in categories for n in by_category(c)]
+            self.err("KD203", f"unknown function `{fname}`", e.func.span, "not in the vocabulary",
+                     help=did_you_mean(fname, pool) or f"known: {', '.join(pool[:12])} ...")
+            return ir.Call(func=fname)
+        if fn.category not in categories:
+            wanted = " or ".join(categories)
+            self.err("KD203", f"`{fname}` is a {fn.category}, not a {wanted}", e.func.span,
+                     f"a {fn.category} here", help=did_you_mean(
+                         fname, [n for c in categories for n in by_category(c)]))
+        n_inputs = max(fn.inputs, 0) - implicit_inputs if fn.inputs >= 0 else len(e.args)
+        args = tuple(self.expr(a) for a in e.args[: max(n_inputs, 0)])
+        kwargs: dict[str, ir.Expr] = {}
+        extra = e.args[max(n_inputs, 0):]
+        names = list(fn.params)
+        if len(extra) > len(names):
+            self.err("KD204", f"`{fname}` takes at most {max(n_inputs, 0) + len(names)} "
+                     f"positional arguments, got {len(e.args)}", e.span, "too many arguments")
+        for pname, a in zip(names, extra, strict=False):
+            kwargs[pname] = self.expr(a, as_value=True)
+        for kw in e.kwargs:
+            if kw.name.name not in fn.params:
+                known = ", ".join(f"`{p}`" for p in fn.params) or "no keyword arguments"
+                self.err("KD204", f"`{fname}` has no parameter `{kw.name.name}`", kw.name.span,
+                         "unknown keyword", help=did_you_mean(kw.name.name, fn.params)
+                         or f"`{fname}` takes {known}")
+                continue
+            if kw.name.name in kwargs:
+                self.err("KD204", f"`{kw.name.name}` given twice to `{fname}`", kw.span)
+            kwargs[kw.name.name] = self.expr(kw.value, as_value=True)
+        if fn.inputs > 0 and len(args) < n_inputs:
+            self.err("KD204", f"`{fname}` needs {n_inputs} input{'s' * (n_inputs > 1)}, "
+                     f"got {len(args)}", e.span, "missing input")
+        for pname, p in fn.params.items():
+            if p.default is REQUIRED and pname not in kwargs:
+                self.err("KD204", f"`{fname}` needs the parameter `{pname}`", e.span,
+                         f"missing `{pname}=`")
+        return ir.Call(func=fname, args=args, kwargs=kwargs)
+
+    def _const_int(self, e: ast.Expr | None) -> int | None:
+        if e is None:
+            return None
+        if isinstance(e, ast.Number) and float(e.value).is_integer():
+            return int(e.value)
+        if isinstance(e, ast.Neg):
+            inner = self._const_int(e.operand)
+            return -inner if inner is not None else None
+        if isinstance(e, ast.Name) and e.id in self.params:
+            value = self.params[e.id]
+            if isinstance(value, ir.Num) and value.value.is_integer():
+                return int(value.value)
+        self.err("KD206", "a layer index must be a whole number", getattr(e, "span", None),
+                 "not a whole number")
+        return None
+
+    def tap(self, e: ast.Expr) -> ir.Expr:
+        chain: list[ast.Expr] = []
+        base: ast.Expr = e
+        while isinstance(base, (ast.Attr, ast.ModulePath, ast.Index, ast.CallIndex)):
+            chain.append(base)
+            base = base.obj
+        chain.reverse()
+        if not isinstance(base, ast.Name):
+            self.err("KD206", "a tap must start with a role name", getattr(base, "span", None),
+                     "not a role", help=_TAP_HELP)
+            return ir.Str(value="?")
+        role = base.id
+        if role not in self.roles and role not in self.ensembles:
+            if role in self.lets:
+                self.err("KD206", f"`{role}` is a let binding and has no tap points", base.span,
+                         help="taps are read from roles: `s.logits`")
+            else:
+                self.err("KD202", f"unknown role `{role}`", base.span, "no such role",
+                         help=did_you_mean(role, [*self.roles, *self.ensembles]))
+            return ir.Str(value=role)
+        view = None
+        if chain and isinstance(chain[0], ast.Index) and isinstance(chain[0].index, ast.Name):
+            vname = chain[0].index.id
+            if self.data.get(vname) is None or self.data[vname].kind != "view":
+                views = [n for n, d in self.data.items() if d.kind == "view"]
+                self.err("KD202", f"unknown view `{vname}`", chain[0].index.span,
+                         "not a declared view",
+                         help=did_you_mean(vname, views) or f"declare it: `view {vname}`")
+            view = vname
+            chain = chain[1:]
+        fields: dict[str, object] = {"role": role, "view": view}
+        if not chain:
+            return ir.Tap(point="output", **fields)  # type: ignore[arg-type]
+        head, rest = chain[0], chain[1:]
+        select: list[str | int] = []
+        if isinstance(head, ast.Attr) and head.name.name in ("logits", "embedding", "input",
+                                                             "output"):
+            fields["point"] = head.name.name
+            if head.name.name in ("logits", "embedding", "input") and rest:
+                self.err("KD206", f"`{head.name.name}` takes no further selector",
+                         rest[0].span, "unexpected here", help=_TAP_HELP)
+                rest = []
+        elif isinstance(head, ast.Attr) and head.name.name == "stage":
+            fields["point"] = "stage"
+            if not rest or not isinstance(rest[0], ast.Index):
+                self.err("KD206", "`stage` needs an index: `stage[2]` or `stage[1..3]`",
+                         head.span, "missing index", help=_TAP_HELP)
+                return ir.Str(value=role)
+            idx = rest[0].index
+            if isinstance(idx, ast.Slice):
+                fields.update(first=self._const_int(idx.lo), last=self._const_int(idx.hi),
+                              is_range=True)
+            else:
+                k = self._const_int(idx)
+                fields.update(first=k, last=k)
+            rest = rest[1:]
+        elif isinstance(head, ast.ModulePath):
+            fields["point"] = "module"
+            fields["module"] = head.path.value
+        else:
+            where = head.name.name if isinstance(head, ast.Attr) else "?"
+            self.err("KD206", f"`{where}` is not a tap point", getattr(head, "span", None),
+                     "unknown tap point",
+                     help=did_you_mean(where, ["logits", "embedding", "input", "output", "stage"])
+                     or _TAP_HELP)
+            return ir.Str(value=role)
+        for acc in rest:
+            if isinstance(acc, ast.Attr) and acc.name.name in ("input", "output", "preact") \
+                    and not select and fields["point"] in ("stage", "module"):
+                fields["io"] = acc.name.name
+            elif isinstance(acc, ast.CallIndex) and fields["point"] in ("stage", "module"):
+                fields["call"] = acc.n
+            elif isinstance(acc, ast.Attr):
+                select.append(acc.name.name)
+            elif isinstance(acc, ast.Index) and isinstance(acc.index, ast.String):
+                select.append(acc.index.value)
+            elif isinstance(acc, ast.Index) and not isinstance(acc.index, ast.Slice):
+                k = self._const_int(acc.index)
+                if k is not None:
+                    select.append(k)
+            else:
+                self.err("KD206", "unsupported selector in a tap", getattr(acc, "span", None),
+                         help=_TAP_HELP)
+        fields["select"] = tuple(select)
+        return ir.Tap(**fields)  # type: ignore[arg-type]
+
+    # -- statements -------------------------------------------------------------------------
+
+    def lower(self) -> ir.Method:
+        body = self.m.body
+        # Definitions first, so statements may refer to names defined further down.
+        for st in body:
+            if isinstance(st, ast.Param):
+                if self.define("parameter", st.name):
+                    self.params[st.name.name] = ir.Num(value=0.0)  # placeholder during lowering
+                    self.smap.spans[("param", st.name.name)] = st.span
+            elif isinstance(st, ast.Role):
+                for ident in st.names:
+                    if self.define(st.kind, ident):
+                        self.roles[ident.name] = ir.Role(
+                            name=ident.name, kind=st.kind,  # type: ignore[arg-type]
+                            mode="frozen" if st.kind == "teacher" else "trained")
+                        self.smap.spans[("role", ident.name)] = ident.span
+            elif isinstance(st, ast.Ensemble):
+                if self.define("ensemble", st.name):
+                    self.ensembles[st.name.name] = ir.Ensemble(name=st.name.name, members=())
+                    self.smap.spans[("ensemble", st.name.name)] = st.span
+            elif isinstance(st, (ast.View, ast.Subset)):
+                kind = "view" if isinstance(st, ast.View) else "subset"
+                if self.define(kind, st.name):
+                    self.data[st.name.name] = ir.DataPart(name=st.name.name, kind=kind)  # type: ignore[arg-type]
+                    self.smap.spans[("data", st.name.name)] = st.span
+            elif isinstance(st, ast.Let):
+                if self.define("let", st.name):
+                    self.lets[st.name.name] = ir.Let(name=st.name.name, value=ir.Num(value=0))
+                    self.smap.spans[("let", st.name.name)] = st.span
+        for st in body:
+            if isinstance(st, ast.Param):
+                self.params[st.name.name] = self.expr(st.value, as_value=True)
+        self.apply_overrides()
+        cites: list[str] = []
+        for st in body:
+            if isinstance(st, ast.Cite):
+                cites.append(st.text.value)
+            elif isinstance(st, ast.Role):
+                self.role(st)
+            elif isinstance(st, ast.Ensemble):
+                self.ensemble(st)
+            elif isinstance(st, (ast.View, ast.Subset)):
+                self.datapart(st)
+            elif isinstance(st, ast.Let):
+                self.lets[st.name.name] = ir.Let(name=st.name.name, value=self.expr(st.value))
+        for st in body:
+            if isinstance(st, ast.Use):
+                self.use(st)
+        for st in body:
+            if isinstance(st, (ast.Transfer, ast.Supervise)):
+                self.term(st)
+        for st in body:
+            if isinstance(st, ast.Stage):
+                self.stage(st)
+            elif isinstance(st, ast.Claim):
+                self.claim(st)
+        return ir.Method(
+            name=self.m.name.name,
+            title=self.m.title.value if self.m.title else None,
+            cites=tuple(cites),
+            params=self.params,
+            roles=tuple(self.roles.values()),
+            ensembles=tuple(self.ensembles.values()),
+            data=tuple(self.data.values()),
+            lets=tuple(self.lets.values()),
+            terms=tuple(self.terms.values()),
+            stages=tuple(self.stages),
+            claims=tuple(self.claims),
+            uses=tuple(self.uses),
+        )
+
+    def apply_overrides(self) -> None:
+        for name, value in self.overrides.items():
+            if name not in self.params:
+                self.diags.append(error(
+                    "KD209", f"`{name}` is not a parameter of method `{self.m.name.name}`",
+                    self.source, self.m.name.span, "method declared here",
+                    help=did_you_mean(name, self.params)
+                    or f"parameters: {', '.join(self.params) or 'none'}"))
+                continue
+            if isinstance(value, ir.Num | ir.Str | ir.ListE | ir.ParamRef | ir.BinOp | ir.Neg):
+                self.params[name] = value  # already an expression (from `use` arguments)
+            elif isinstance(value, bool):
+                self.params[name] = ir.Num(value=float(value))
+            elif isinstance(value, int | float):
+                self.params[name] = ir.Num(value=float(value))
+            else:
+                text = str(value)
+                try:
+                    self.params[name] = ir.Num(value=float(text))
+                except ValueError:
+                    self.params[name] = ir.Str(value=text)
+
+    def role(self, st: ast.Role) -> None:
+        for ident in st.names:
+            if ident.name not in self.roles or self.defined[ident.name][1] != ident.span:
+                continue
+            role = self.roles[ident.name]
+            mode, source, options, view = role.mode, None, {}, None
+            for mod in st.mods:
+                if mod.kind in ("frozen", "trained"):
+                    mode = mod.kind
+                elif mod.kind == "sees" and mod.view is not None:
+                    view = mod.view.name
+                    part = self.data.get(view)
+                    if part is None or part.kind != "view":
+                        self.err("KD202", f"unknown view `{view}`", mod.view.span,
+                                 help=did_you_mean(view, self.data) or f"declare `view {view}`")
+                elif mod.kind == "init" and mod.init is not None:
+                    call = self.call(mod.init, categories=("role_init",))
+                    mode = {"ema": "ema", "virtual": "virtual", "snapshot": "snapshot"}.get(
+                        call.func, mode)
+                    if call.args:
+                        first = call.args[0]
+                        if isinstance(first, ir.Tap) and first.point == "output" \
+                                and first.role in self.roles:
+                            source = first.role
+                        else:
+                            self.err("KD211", f"`{call.func}` takes a role", mod.init.span,
+                                     help=f"e.g. `= {call.func}(s)`")
+                    for k, v in call.kwargs.items():
+                        if isinstance(v, ir.Num):
+                            options[k] = v.value
+                        elif isinstance(v, ir.ParamRef):
+                            pv = self.params.get(v.name)
+                            if isinstance(pv, ir.Num):
+                                options[k] = pv.value
+            self.roles[ident.name] = ir.Role(
+                name=ident.name, kind=role.kind, mode=mode, source=source,  # type: ignore[arg-type]
+                options=options, view=view)
+
+    def ensemble(self, st: ast.Ensemble) -> None:
+        call = self.call(st.init, categories=("combine",))
+        members = []
+        for a in call.args:
+            if isinstance(a, ir.Tap) and a.point == "output" and a.role in self.roles:
+                members.append(a.role)
+            else:
+                self.err("KD211", "an ensemble combines roles", st.init.span,
+                         help="e.g. `ensemble ts = mean(t1, t2, t3)`")
+        weights = None
+        w = call.kwargs.get("weights")
+        if isinstance(w, ir.ListE):
+            weights = tuple(i.value if isinstance(i, ir.Num) else 1.0 for i in w.items)
+            if len(weights) != len(members):
+                self.err("KD204", f"{len(weights)} weights for {len(members)} members",
+                         st.init.span)
+        self.ensembles[st.name.name] = ir.Ensemble(
+            name=st.name.name, members=tuple(members), weights=weights)
+
+    def datapart(self, st: ast.View | ast.Subset) -> None:
+        kind = "view" if isinstance(st, ast.View) else "subset"
+        if st.init is None:
+            return
+        call = self.call(st.init, categories=(kind,))
+        self.data[st.name.name] = ir.DataPart(
+            name=st.name.name, kind=kind, func=call.func,  # type: ignore[arg-type]
+            args=tuple(self.expr(a, as_value=True) for a in st.init.args) if call.func in
+            ("exclude_classes", "only_classes") else call.args, kwargs=call.kwargs)
+
+    def _term_name(self, st: ast.Transfer | ast.Supervise) -> str:
+        if st.label is not None:
+            return st.label.name
+        if isinstance(st, ast.Transfer) and st.knowledge:
+            base = st.knowledge[0].func.name
+        elif isinstance(st, ast.Supervise) and st.loss.func.name == "cross_entropy":
+            base = "ce"
+        else:
+            base = st.loss.func.name
+        name, k = base, 2
+        while name in self.terms or name in self.defined:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def term(self, st: ast.Transfer | ast.Supervise) -> None:
+        name = self._term_name(st)
+        if st.label is not None and not self.define("term", st.label):
+            return
+        if st.label is None:
+            self.defined[name] = ("term", st.span)
+        key = ("term", name)
+        self.smap.spans[key] = st.span
+        loss = self.call(st.loss, categories=("loss",), implicit_inputs=2)
+        self.smap.spans[(*key, "loss")] = st.loss.span
+        weight: ir.Expr = ir.Num(value=1.0)
+        if st.weight is not None:
+            weight = self.expr(st.weight)
+            self.smap.spans[(*key, "weight")] = st.weight.span
+        subset = None
+        if st.on is not None:
+            subset = st.on.name
+            part = self.data.get(subset)
+            if part is None or part.kind != "subset":
+                self.err("KD202", f"unknown subset `{subset}`", st.on.span,
+                         help=did_you_mean(subset, [n for n, d in self.data.items()
+                                                    if d.kind == "subset"])
+                         or f"declare it: `subset {subset}`")
+        target = self.expr(st.target)
+        self.smap.spans[(*key, "target")] = st.target.span
+        if isinstance(st, ast.Supervise):
+            self.terms[name] = ir.Term(name=name, kind="supervise", target=target, loss=loss,
+                                       weight=weight, subset=subset)
+            return
+        knowledge = []
+        for i, k in enumerate(st.knowledge):
+            knowledge.append(self.call(k, categories=("transform", "adapter"), implicit_inputs=1))
+            self.smap.spans[(*key, "knowledge", i)] = k.span
+        source = self.expr(st.source)
+        self.smap.spans[(*key, "source")] = st.source.span
+        mapping = None
+        if st.mapping is not None:
+            mapping = self.call(st.mapping, categories=("mapping",)).func
+            self.smap.spans[(*key, "mapping")] = st.mapping.span
+        self.terms[name] = ir.Term(
+            name=name, kind="transfer", knowledge=tuple(knowledge), source=source,
+            target=target, mapping=mapping, loss=loss, weight=weight, subset=subset)
+
+    def stage(self, st: ast.Stage) -> None:
+        if not self.define("stage", st.name):
+            return
+        key = ("stage", st.name.name)
+        self.smap.spans[key] = st.span
+        duration = self.expr(st.duration) if st.duration is not None else None
+        unit = _UNITS.get(st.unit or "") if st.unit else None
+        if duration is not None and unit == "fraction":
+            duration = ir.BinOp(op="/", left=duration, right=ir.Num(value=100.0))
+        if st.duration is not None:
+            self.smap.spans[(*key, "duration")] = st.duration.span
+        repeat = self.expr(st.repeat) if st.repeat is not None else None
+        if st.repeat is not None:
+            self.smap.spans[(*key, "repeat")] = st.repeat.span
+        train: list[ir.Expr] = []
+        freeze: list[ir.Expr] = []
+        losses: list[str] = []
+        handoffs: list[tuple[str, str]] = []
+        for item in st.items:
+            if item.kind in ("train", "freeze"):
+                bucket = train if item.kind == "train" else freeze
+                for e in item.exprs:
+                    self.smap.spans[(*key, item.kind, len(bucket))] = e.span
+                    if isinstance(e, ast.Name) and e.id not in self.roles \
+                            and e.id not in self.lets:
+                        bucket.append(ir.Str(value=e.id))  # a term: its adapters (checked later)
+                    else:
+                        bucket.append(self.expr(e))
+            elif item.kind == "losses":
+                for ident in item.names:
+                    self.smap.spans[(*key, "losses", len(losses))] = ident.span
+                    losses.append(ident.name)
+            elif item.kind == "handoff":
+                src, dst = item.names
+                self.smap.spans[(*key, "handoff", len(handoffs))] = item.span
+                for ident in (src, dst):
+                    if ident.name not in self.roles:
+                        self.err("KD307", f"unknown role `{ident.name}` in handoff", ident.span,
+                                 help=did_you_mean(ident.name, self.roles))
+                handoffs.append((src.name, dst.name))
+        self.stages.append(ir.Stage(
+            name=st.name.name, duration=duration, unit=unit, repeat=repeat,  # type: ignore[arg-type]
+            train=tuple(train), freeze=tuple(freeze), losses=tuple(losses),
+            handoffs=tuple(handoffs)))
+
+    def claim(self, st: ast.Claim) -> None:
+        dim = st.dimension.name
+        self.smap.spans[("claim", len(self.claims))] = st.span
+        allowed = CLAIM_DIMENSIONS.get(dim)
+        if allowed is None:
+            self.err("KD212", f"unknown taxonomy dimension `{dim}`", st.dimension.span,
+                     help=did_you_mean(dim, CLAIM_DIMENSIONS)
+                     or f"dimensions: {', '.join(CLAIM_DIMENSIONS)}")
+        else:
+            for v in st.values:
+                if v.name not in allowed:
+                    self.err("KD212", f"`{v.name}` is not a value of `{dim}`", v.span,
+                             help=did_you_mean(v.name, allowed) or f"values: {', '.join(allowed)}")
+        self.claims.append(ir.Claim(dimension=dim, values=tuple(v.name for v in st.values)))
+
+    # -- composition ------------------------------------------------------------------------
+
+    def use(self, st: ast.Use) -> None:
+        name = st.method.name
+        self.smap.spans[("use", len(self.uses))] = st.span
+        if name in self.stack:
+            self.err("KD208", f"method `{name}` uses itself", st.method.span,
+                     "cycle of `use`", notes=[" -> ".join([*self.stack, name])])
+            return
+        found = self.finder(name) if self.finder else None
+        if found is None:
+            self.err("KD208", f"unknown method `{name}`", st.method.span,
+                     "not in this file, its imports or the library")
+            return
+        other_ast, other_source = found
+        args: dict[str, object] = {}
+        other_params = [s.name.name for s in other_ast.body if isinstance(s, ast.Param)]
+        for pname, a in zip(other_params, st.args, strict=False):
+            args[pname] = self.expr(a, as_value=True)
+        for kw in st.kwargs:
+            args[kw.name.name] = self.expr(kw.value, as_value=True)
+        sub = _MethodLowering(other_ast, other_source, self.finder, args,
+                              (*self.stack, self.m.name.name))
+        other = sub.lower()
+        for d in sub.diags:  # problems inside the used method are reported at the `use`
+            self.err(d.code, f"in `use {name}`: {d.message}", st.span, "used here",
+                     help=d.help)
+        self.uses.append(name)
+        alias = st.alias.name if st.alias else name
+        inline = _Inliner(other.params)
+        for role in other.roles:
+            mine = self.roles.get(role.name)
+            if mine is None:
+                self.roles[role.name] = role
+                self.defined.setdefault(role.name, ("role", st.span))
+            elif mine.kind != role.kind:
+                self.err("KD208", f"role `{role.name}` is a {mine.kind} here but a {role.kind}"
+                         f" in `{name}`", st.span)
+        for ens in other.ensembles:
+            self.ensembles.setdefault(ens.name, ens)
+        for part in other.data:
+            self.data.setdefault(part.name, part)
+        for let in other.lets:
+            self.lets.setdefault(let.name, ir.Let(name=let.name, value=inline(let.value)))
+        wanted = {i.name for i in st.only}
+        for ident in st.only:
+            if other.term(ident.name) is None:
+                self.err("KD208", f"method `{name}` has no term `{ident.name}`", ident.span,
+                         help=did_you_mean(ident.name, [t.name for t in other.terms]))
+        for t in other.terms:
+            if wanted and t.name not in wanted:
+                continue
+            tname = t.name if t.name not in self.defined else f"{alias}_{t.name}"
+            self.defined[tname] = ("term", st.span)
+            self.smap.spans[("term", tname)] = st.span
+            self.terms[tname] = t.model_copy(update={
+                "name": tname, "origin": alias,
+                "weight": inline(t.weight), "source": inline(t.source) if t.source else None,
+                "target": inline(t.target), "loss": inline(t.loss),
+                "knowledge": tuple(inline(k) for k in t.knowledge)})
+
+
+class _Inliner:
+    """Replace a used method's parameter references by their values (its params vanish)."""
+
+    def __init__(self, params: dict[str, ir.Expr]):
+        self.params = params
+
+    def __call__(self, e):  # type: ignore[no-untyped-def]
+        if isinstance(e, ir.ParamRef) and e.name in self.params:
+            return self(self.params[e.name])
+        if isinstance(e, ir.Call):
+            return e.model_copy(update={"args": tuple(self(a) for a in e.args),
+                                        "kwargs": {k: self(v) for k, v in e.kwargs.items()}})
+        if isinstance(e, ir.BinOp):
+            return e.model_copy(update={"left": self(e.left), "right": self(e.right)})
+        if isinstance(e, ir.Neg):
+            return e.model_copy(update={"operand": self(e.operand)})
+        if isinstance(e, ir.ListE):
+            return e.model_copy(update={"items": tuple(self(i) for i in e.items)})
+        return e
+
+
+def make_finder(
+    module: ast.Module, source: SourceFile, library: Path | None
+) -> MethodFinder:
+    """Find methods for `use`: this file first, then its imports, then the library."""
+    from kdspec.syntax import try_parse
+
+    local = {m.name.name: (m, source) for m in module.methods}
+    imported: dict[str, tuple[ast.Method, SourceFile]] = {}
+    base = Path(source.name).parent
+    for imp in module.imports:
+        path = (base / imp.path.value).resolve()
+        try:
+            other_src = SourceFile.read(path)
+        except OSError:
+            continue
+        other, _ = try_parse(other_src)
+        if other is None:
+            continue
+        for m in other.methods:
+            imported[m.name.name] = (m, other_src)
+            if imp.alias is not None:
+                imported[f"{imp.alias.name}.{m.name.name}"] = (m, other_src)
+
+    def find(name: str) -> tuple[ast.Method, SourceFile] | None:
+        if name in local:
+            return local[name]
+        if name in imported:
+            return imported[name]
+        if library is not None:
+            path = library / f"{name}.kd"
+            if path.is_file():
+                lib_src = SourceFile.read(path)
+                lib, _ = try_parse(lib_src)
+                if lib is not None:
+                    for m in lib.methods:
+                        if m.name.name == name:
+                            return m, lib_src
+                    if lib.methods:
+                        return lib.methods[0], lib_src
+        return None
+
+    return find
+
+
+def check_imports(module: ast.Module, source: SourceFile) -> list[Diagnostic]:
+    """KD105 for every import that cannot be read or parsed."""
+    from kdspec.syntax import try_parse
+
+    diags = []
+    base = Path(source.name).parent
+    for imp in module.imports:
+        path = base / imp.path.value
+        try:
+            other_src = SourceFile.read(path)
+        except OSError as exc:
+            diags.append(error("KD105", f"cannot read imported file `{imp.path.value}`", source,
+                               imp.path.span, exc.strerror or "unreadable"))
+            continue
+        _, errs = try_parse(other_src)
+        diags.extend(errs)
+    return diags
+
+
+def lower_module(
+    module: ast.Module,
+    source: SourceFile,
+    overrides: dict[str, object] | None = None,
+    library: Path | None = None,
+) -> tuple[list[Lowered], list[Diagnostic]]:
+    """Lower every method of a parsed file.
+
+    Args:
+        module: the syntax tree.
+        source: its file (for spans and relative imports).
+        overrides: parameter values from the command line, applied to every method.
+        library: the directory searched for methods named in `use`.
+
+    Returns:
+        The lowered methods and every diagnostic found while lowering.
+    """
+    finder = make_finder(module, source, library)
+    diags = check_imports(module, source)
+    out = []
+    for m in module.methods:
+        lowering = _MethodLowering(m, source, finder, dict(overrides or {}), ())
+        method = lowering.lower()
+        diags.extend(lowering.diags)
+        out.append(Lowered(method, lowering.smap))
+    return out, diags

@@ -1,0 +1,221 @@
+"""The validated intermediate representation: frozen pydantic v2 models, no spans.
+
+Where each part came from in the source is kept beside the IR in a
+:class:`kdspec.ir.lower.SourceMap` keyed by IR paths, so the IR itself compares and serialises
+by meaning only. ``Method.model_json_schema()`` is the published JSON Schema of a method.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------
+# Expressions
+# ---------------------------------------------------------------------------------------------
+
+
+class Num(_Node):
+    """A numeric constant."""
+
+    op: Literal["num"] = "num"
+    value: float
+
+
+class Str(_Node):
+    """A string constant (or a bare word used as an enumeration value, e.g. ``spatial``)."""
+
+    op: Literal["str"] = "str"
+    value: str
+
+
+class ParamRef(_Node):
+    """A reference to a method parameter, resolved when the method is bound to a run."""
+
+    op: Literal["param"] = "param"
+    name: str
+
+
+class LetRef(_Node):
+    """A reference to a ``let`` binding."""
+
+    op: Literal["let"] = "let"
+    name: str
+
+
+class Tap(_Node):
+    """Where knowledge is read from one role.
+
+    ``point`` is abstract (``logits``, ``embedding``, ``input`` the model input, ``output`` the
+    model's whole output, ``stage`` the k-th stage) or ``module`` (an explicit path).
+    ``first``/``last`` give a stage index or an inclusive range (negative counts from the end;
+    None is open). ``io`` reads the module's output, input or pre-activation. ``call`` picks
+    the n-th call of a module run several times per forward. ``select`` picks elements of a
+    tuple/dict output (``hidden_states``, 4).
+    """
+
+    op: Literal["tap"] = "tap"
+    role: str
+    view: str | None = None
+    point: Literal["logits", "embedding", "input", "output", "stage", "module"]
+    module: str | None = None
+    first: int | None = None
+    last: int | None = None
+    is_range: bool = False
+    io: Literal["output", "input", "preact"] = "output"
+    call: int | None = None
+    select: tuple[str | int, ...] = ()
+
+
+class Call(_Node):
+    """A call of a vocabulary function (transform, adapter, combine, schedule)."""
+
+    op: Literal["call"] = "call"
+    func: str
+    args: tuple[Expr, ...] = ()
+    kwargs: dict[str, Expr] = Field(default_factory=dict)
+
+
+class BinOp(_Node):
+    """Arithmetic on numbers (weights, parameters)."""
+
+    op: Literal["+", "-", "*", "/", "^"]
+    left: Expr
+    right: Expr
+
+
+class Neg(_Node):
+    """Unary minus."""
+
+    op: Literal["neg"] = "neg"
+    operand: Expr
+
+
+class ListE(_Node):
+    """A list of values (e.g. class ids, weights)."""
+
+    op: Literal["list"] = "list"
+    items: tuple[Expr, ...] = ()
+
+
+Expr = Annotated[
+    Union[Num, Str, ParamRef, LetRef, Tap, Call, BinOp, Neg, ListE], Field(discriminator="op")
+]
+
+for _model in (Call, BinOp, Neg, ListE):
+    _model.model_rebuild()
+
+# ---------------------------------------------------------------------------------------------
+# Method parts
+# ---------------------------------------------------------------------------------------------
+
+
+class Role(_Node):
+    """A participant: who teaches whom.
+
+    ``mode``: ``frozen`` (fixed weights), ``trained`` (updated), ``ema`` (moving average of
+    ``source``), ``snapshot`` (frozen copy of ``source``), ``virtual`` (no network: a
+    hand-designed distribution). Teachers default to frozen, every other kind to trained.
+    """
+
+    name: str
+    kind: Literal["teacher", "student", "assistant", "peer"]
+    mode: Literal["frozen", "trained", "ema", "snapshot", "virtual"]
+    source: str | None = None
+    options: dict[str, float] = Field(default_factory=dict)
+    view: str | None = None
+
+
+class Ensemble(_Node):
+    """Several roles whose knowledge is combined (after each member's transforms)."""
+
+    name: str
+    members: tuple[str, ...]
+    weights: tuple[float, ...] | None = None
+
+
+class DataPart(_Node):
+    """A named view (data modification) or subset (data partition), bound by the run."""
+
+    name: str
+    kind: Literal["view", "subset"]
+    func: str | None = None
+    args: tuple[Expr, ...] = ()
+    kwargs: dict[str, Expr] = Field(default_factory=dict)
+
+
+class Let(_Node):
+    """A named expression; adapters inside it are built once and shared by its uses."""
+
+    name: str
+    value: Expr
+
+
+class Term(_Node):
+    """One loss term: a transfer (teacher side → student side) or supervision by labels."""
+
+    name: str
+    kind: Literal["transfer", "supervise"]
+    knowledge: tuple[Call, ...] = ()
+    source: Expr | None = None
+    target: Expr
+    mapping: str | None = None
+    loss: Call
+    weight: Expr = Num(value=1.0)
+    subset: str | None = None
+    origin: str | None = None  # the `use` it came from, if composed
+
+
+class Stage(_Node):
+    """A phase of training; ``losses`` empty means every term, ``train`` empty the defaults."""
+
+    name: str
+    duration: Expr | None = None
+    unit: Literal["epochs", "steps", "fraction"] | None = None
+    repeat: Expr | None = None
+    train: tuple[Expr, ...] = ()
+    freeze: tuple[Expr, ...] = ()
+    losses: tuple[str, ...] = ()
+    handoffs: tuple[tuple[str, str], ...] = ()
+
+
+class Claim(_Node):
+    """A statement the spec makes about its own taxonomy."""
+
+    dimension: str
+    values: tuple[str, ...]
+
+
+class Method(_Node):
+    """A whole KD method, architecture-agnostic."""
+
+    name: str
+    title: str | None = None
+    cites: tuple[str, ...] = ()
+    params: dict[str, Expr] = Field(default_factory=dict)
+    roles: tuple[Role, ...] = ()
+    ensembles: tuple[Ensemble, ...] = ()
+    data: tuple[DataPart, ...] = ()
+    lets: tuple[Let, ...] = ()
+    terms: tuple[Term, ...] = ()
+    stages: tuple[Stage, ...] = ()
+    claims: tuple[Claim, ...] = ()
+    uses: tuple[str, ...] = ()
+
+    def role(self, name: str) -> Role | None:
+        """The role called ``name``, if any."""
+        return next((r for r in self.roles if r.name == name), None)
+
+    def term(self, name: str) -> Term | None:
+        """The term called ``name``, if any."""
+        return next((t for t in self.terms if t.name == name), None)
+
+    def effective_stages(self) -> tuple[Stage, ...]:
+        """The declared stages, or one implicit stage ``main`` running every term."""
+        return self.stages or (Stage(name="main"),)

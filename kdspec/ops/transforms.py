@@ -1,0 +1,599 @@
+"""Torch-level transforms applied to tapped tensors before a matching loss.
+
+Every transform is a pure, batch-first function ``f(x, **params) -> Tensor`` (``fsp``, ``mean``
+and ``mean_dist`` take several tensors, ``binary_target`` and ``non_target`` also take the labels).
+The spec compiler looks them up by name in :data:`TRANSFORMS`.
+
+Distributions (the outputs of ``softmax``, ``binary_target``, ``non_target``, ``pkt_affinity`` and
+``mean_dist``) are always carried as **log-probabilities**; the losses in
+:mod:`kdspec.ops.losses` that take distributions (``kl``, ``soft_ce``) take log-probabilities on
+both sides.
+
+Formulas follow the reference implementations named in each docstring (RepDistiller, mdistiller,
+torchdistill, the authors' code) so that a spec reproduces their numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "TRANSFORMS",
+    "angles",
+    "attention",
+    "binarize",
+    "binary_target",
+    "channel_dist",
+    "distances",
+    "flatten",
+    "fsp",
+    "gram",
+    "interpolate",
+    "log_softmax",
+    "margin_relu",
+    "mask_features",
+    "mean",
+    "mean_dist",
+    "non_target",
+    "normalize",
+    "ofd_margin",
+    "pkt_affinity",
+    "pool",
+    "similarity",
+    "softmax",
+    "stopgrad",
+    "virtual_teacher",
+    "zscore",
+]
+
+# mdistiller's DKD pushes the target logit out of the softmax with this offset.
+_DKD_MASK_OFFSET = 1000.0
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+def _unpack(xs: tuple[Any, ...]) -> tuple[Tensor, ...]:
+    # Accept both f(a, b, c) and f([a, b, c]).
+    if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
+        xs = tuple(xs[0])
+    if not xs:
+        raise ValueError("expected at least one tensor")
+    return xs
+
+
+# --------------------------------------------------------------------------------------------
+# Response (logit) transforms
+# --------------------------------------------------------------------------------------------
+
+
+def softmax(x: Tensor, T: float = 1.0) -> Tensor:
+    """Temperature softmax, returned as log-probabilities (a distribution).
+
+    Args:
+        x: Logits ``[..., K]``.
+        T: Temperature.
+
+    Returns:
+        ``log_softmax(x / T)`` along the last dim, ``[..., K]``.
+    """
+    return F.log_softmax(x / T, dim=-1)
+
+
+def log_softmax(x: Tensor, T: float = 1.0) -> Tensor:
+    """Temperature log-softmax as a plain tensor (same numbers as :func:`softmax`).
+
+    Args:
+        x: Logits ``[..., K]``.
+        T: Temperature.
+
+    Returns:
+        ``log_softmax(x / T)`` along the last dim, ``[..., K]``.
+    """
+    return softmax(x, T)
+
+
+def zscore(x: Tensor, eps: float = 1e-7) -> Tensor:
+    """Standardise along the last dim (logit-standardisation KD, Sun et al. CVPR'24).
+
+    Uses the unbiased standard deviation, as the authors' ``normalize(logit)``.
+
+    Args:
+        x: Logits ``[..., K]``.
+        eps: Added to the standard deviation.
+
+    Returns:
+        ``(x - mean) / (eps + std)``, ``[..., K]``.
+    """
+    mu = x.mean(dim=-1, keepdim=True)
+    std = x.std(dim=-1, keepdim=True)
+    return (x - mu) / (eps + std)
+
+
+def binary_target(x: Tensor, labels: Tensor, T: float = 1.0) -> Tensor:
+    """DKD target-class binary distribution ``[p_gt, 1 - p_gt]`` (TCKD), as log-probabilities.
+
+    Computed in log space: ``log p_gt = z_gt - lse(z)``, ``log(1 - p_gt) = lse(z_{-gt}) - lse(z)``.
+
+    Args:
+        x: Logits ``[B, K]``.
+        labels: Ground-truth classes, int64 ``[B]``.
+        T: Temperature.
+
+    Returns:
+        ``[B, 2]`` log-probabilities (target, all non-target classes).
+    """
+    z = x / T  # [B, K]
+    lse = torch.logsumexp(z, dim=-1)  # [B]
+    gt = z.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [B]
+    is_gt = F.one_hot(labels, num_classes=z.shape[-1]).bool()  # [B, K]
+    rest = torch.logsumexp(z.masked_fill(is_gt, float("-inf")), dim=-1)  # [B]
+    return torch.stack([gt - lse, rest - lse], dim=-1)
+
+
+def non_target(x: Tensor, labels: Tensor, T: float = 1.0) -> Tensor:
+    """DKD non-target distribution (NCKD), as log-probabilities.
+
+    Uses mdistiller's trick ``log_softmax(x / T - 1000 * onehot(labels))``: the target class gets
+    (numerically) zero probability and the others are renormalised among themselves.
+
+    Args:
+        x: Logits ``[B, K]``.
+        labels: Ground-truth classes, int64 ``[B]``.
+        T: Temperature.
+
+    Returns:
+        ``[B, K]`` log-probabilities.
+    """
+    onehot = F.one_hot(labels, num_classes=x.shape[-1]).to(x.dtype)  # [B, K]
+    return F.log_softmax(x / T - _DKD_MASK_OFFSET * onehot, dim=-1)
+
+
+def mean_dist(*log_ps: Tensor, weights: Sequence[float] | Tensor | None = None) -> Tensor:
+    """Log of the (weighted) mean of several distributions (multi-teacher soft targets).
+
+    ``log sum_i w_i p_i = logsumexp_i(log w_i + log p_i)``, with the weights normalised to sum 1.
+
+    Args:
+        *log_ps: N log-probability tensors of equal shape ``[B, K]`` (or one list of them).
+        weights: N non-negative weights; uniform when None.
+
+    Returns:
+        ``[B, K]`` log-probabilities.
+    """
+    xs = _unpack(log_ps)
+    stacked = torch.stack(xs, dim=0)  # [N, B, K]
+    n = stacked.shape[0]
+    if weights is None:
+        log_w = torch.full((n,), -math.log(n), dtype=stacked.dtype, device=stacked.device)
+    else:
+        w = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)
+        if w.shape != (n,):
+            raise ValueError(f"expected {n} weights, got shape {tuple(w.shape)}")
+        log_w = torch.log(w / w.sum())
+    log_w = log_w.view(n, *([1] * (stacked.dim() - 1)))
+    return torch.logsumexp(stacked + log_w, dim=0)
+
+
+def mean(*xs: Tensor, weights: Sequence[float] | Tensor | None = None) -> Tensor:
+    """Plain (weighted) mean of tensors of equal shape.
+
+    Args:
+        *xs: N tensors of equal shape ``[B, ...]`` (or one list of them).
+        weights: N weights, normalised to sum 1; uniform when None.
+
+    Returns:
+        ``sum_i w_i x_i / sum_i w_i``, ``[B, ...]``.
+    """
+    ts = _unpack(xs)
+    stacked = torch.stack(ts, dim=0)  # [N, B, ...]
+    if weights is None:
+        return stacked.mean(dim=0)
+    w = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)
+    if w.shape != (stacked.shape[0],):
+        raise ValueError(f"expected {stacked.shape[0]} weights, got shape {tuple(w.shape)}")
+    w = (w / w.sum()).view(-1, *([1] * (stacked.dim() - 1)))
+    return (stacked * w).sum(dim=0)
+
+
+def virtual_teacher(
+    labels: Tensor,
+    num_classes: int,
+    correct: float = 0.99,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Tf-KD_reg hand-designed teacher: ``correct`` on the label, uniform on the rest.
+
+    As in Yuan et al.'s ``loss_kd_regularization`` these values are then used *as logits*
+    (``softmax(teacher_soft / T)``), so follow this with :func:`softmax`.
+
+    Args:
+        labels: Ground-truth classes, int64 ``[B]``.
+        num_classes: K, at least 2.
+        correct: Value on the correct class.
+        dtype: Output dtype.
+
+    Returns:
+        ``[B, K]`` with ``correct`` at the label and ``(1 - correct) / (K - 1)`` elsewhere.
+    """
+    if num_classes < 2:
+        raise ValueError(f"virtual_teacher needs num_classes >= 2, got {num_classes}")
+    out = torch.full(
+        (labels.shape[0], num_classes),
+        (1.0 - correct) / (num_classes - 1),
+        dtype=dtype,
+        device=labels.device,
+    )
+    return out.scatter(1, labels.unsqueeze(1), correct)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature transforms
+# --------------------------------------------------------------------------------------------
+
+
+def flatten(x: Tensor) -> Tensor:
+    """Flatten all non-batch dims.
+
+    Args:
+        x: ``[B, ...]``.
+
+    Returns:
+        ``[B, D]``.
+    """
+    return x.reshape(x.shape[0], -1)
+
+
+def normalize(x: Tensor, p: float = 2.0) -> Tensor:
+    """Lp-normalise each sample (4-D input is flattened first), ``F.normalize`` with eps 1e-12.
+
+    Args:
+        x: ``[B, C, H, W]`` or ``[..., D]``.
+        p: Norm order.
+
+    Returns:
+        ``[B, C*H*W]`` for 4-D input, else the input shape normalised along the last dim.
+    """
+    if x.dim() == 4:
+        x = x.reshape(x.shape[0], -1)
+    return F.normalize(x, p=p, dim=-1, eps=1e-12)
+
+
+def attention(x: Tensor, p: float = 2.0) -> Tensor:
+    """Spatial attention map (AT, Zagoruyko & Komodakis; RepDistiller ``Attention.at``).
+
+    ``normalize(mean_c |x|^p)`` flattened. RepDistiller and torchdistill use ``x.pow(p)``, which
+    equals ``|x|^p`` for even p.
+
+    Args:
+        x: Feature map ``[B, C, H, W]`` or token features ``[B, L, D]``.
+        p: Exponent.
+
+    Returns:
+        ``[B, H*W]`` (or ``[B, L]``), L2-normalised per sample.
+    """
+    if x.dim() == 4:
+        a = x.abs().pow(p).mean(dim=1)  # [B, H, W]
+    elif x.dim() == 3:
+        a = x.abs().pow(p).mean(dim=2)  # [B, L]
+    else:
+        raise ValueError(f"attention expects [B, C, H, W] or [B, L, D], got {tuple(x.shape)}")
+    return F.normalize(a.reshape(a.shape[0], -1), p=2.0, dim=1)
+
+
+def pool(x: Tensor, size: int | Sequence[int] = 1) -> Tensor:
+    """Adaptive average pooling.
+
+    Args:
+        x: ``[B, C, H, W]``; also ``[B, L, D]`` (pools over the tokens L) and ``[B, D]``
+            (already pooled: returned unchanged when ``size == 1``).
+        size: Output spatial size (int or ``(h, w)``; an int for token inputs).
+
+    Returns:
+        ``[B, C]`` when ``size`` is 1 (``[B, D]`` for tokens), else ``[B, C, h, w]``
+        (``[B, size, D]`` for tokens).
+    """
+    if x.dim() == 4:
+        hw = _pair(size)
+        y = F.adaptive_avg_pool2d(x, hw)  # [B, C, h, w]
+        return y.flatten(1) if hw == (1, 1) else y
+    if x.dim() == 3:
+        if not isinstance(size, int):
+            raise ValueError("token pooling takes an int size")
+        if size == 1:
+            return x.mean(dim=1)  # [B, D]
+        return F.adaptive_avg_pool1d(x.transpose(1, 2), size).transpose(1, 2)  # [B, size, D]
+    if x.dim() == 2 and _pair(size) == (1, 1):
+        return x
+    raise ValueError(f"pool cannot pool {tuple(x.shape)} to size {size}")
+
+
+def interpolate(x: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Bilinear resize (``align_corners=False``).
+
+    Args:
+        x: ``[B, C, H, W]``.
+        size: Output spatial size, int or ``(h, w)``.
+
+    Returns:
+        ``[B, C, h, w]``.
+    """
+    return F.interpolate(x, size=_pair(size), mode="bilinear", align_corners=False)
+
+
+def gram(x: Tensor) -> Tensor:
+    """Channel Gram matrix ``F Fᵀ / (H*W)``.
+
+    Args:
+        x: ``[B, C, H, W]`` (or already flattened ``[B, C, N]``).
+
+    Returns:
+        ``[B, C, C]``.
+    """
+    f = x.flatten(2)  # [B, C, N]
+    return torch.bmm(f, f.transpose(1, 2)) / f.shape[2]
+
+
+def fsp(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
+    """FSP matrix between two feature maps (Yim et al. CVPR'17).
+
+    When the spatial sizes differ, the larger map is adaptively pooled to the smaller size
+    (RepDistiller: average pooling; torchdistill ``FSPLoss``: ``pool="max"``).
+
+    Args:
+        a: First map ``[B, C1, H, W]``.
+        b: Second map ``[B, C2, H', W']``.
+        pool: ``"avg"`` or ``"max"``.
+
+    Returns:
+        ``[B, C1, C2]`` with ``G_ij = mean_{h,w} a_i * b_j``. RepDistiller's ``compute_fsp``
+        returns the transpose ``[B, C2, C1]``; elementwise losses are unaffected.
+    """
+    pool_fn = {"avg": F.adaptive_avg_pool2d, "max": F.adaptive_max_pool2d}.get(pool)
+    if pool_fn is None:
+        raise ValueError(f"fsp pool must be 'avg' or 'max', got {pool!r}")
+    h, w = min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
+    if a.shape[2:] != (h, w):
+        a = pool_fn(a, (h, w))
+    if b.shape[2:] != (h, w):
+        b = pool_fn(b, (h, w))
+    fa = a.flatten(2)  # [B, C1, N]
+    fb = b.flatten(2)  # [B, C2, N]
+    return torch.bmm(fa, fb.transpose(1, 2)) / fa.shape[2]
+
+
+def channel_dist(x: Tensor) -> Tensor:
+    """NST neuron-selectivity vectors: each channel's spatial map, L2-normalised.
+
+    Args:
+        x: ``[B, C, H, W]`` (or ``[B, C, N]``).
+
+    Returns:
+        ``[B, C, H*W]``.
+    """
+    return F.normalize(x.flatten(2), p=2.0, dim=2)
+
+
+def margin_relu(x: Tensor, margin: Tensor | float) -> Tensor:
+    """OFD teacher transform ``max(x, m)`` with a per-channel margin.
+
+    Args:
+        x: Pre-ReLU features ``[B, C, ...]``.
+        margin: ``[C]`` margins (see :func:`ofd_margin`) or a scalar.
+
+    Returns:
+        ``[B, C, ...]``.
+    """
+    m = torch.as_tensor(margin, dtype=x.dtype, device=x.device)
+    if m.dim() == 1:
+        if m.shape[0] != x.shape[1]:
+            raise ValueError(f"margin has {m.shape[0]} channels, features have {x.shape[1]}")
+        m = m.view(1, -1, *([1] * (x.dim() - 2)))
+    return torch.max(x, m)
+
+
+def ofd_margin(bn: nn.BatchNorm2d) -> Tensor:
+    """OFD margin per channel from the affine parameters of the BN before the ReLU.
+
+    Reproduces OFD / mdistiller ``get_margin_from_BN``: with ``s = |gamma|`` and ``m = beta``,
+    the margin is ``E[x | x < 0]`` for ``x ~ N(m, s^2)``, i.e. ``m - s * pdf(m/s) / cdf(-m/s)``,
+    or ``-3 s`` where ``cdf(-m/s) <= 0.001``. The normal cdf is written with ``torch.erf``.
+
+    Args:
+        bn: An affine BatchNorm (its weight and bias are used, not the running statistics).
+
+    Returns:
+        ``[C]`` margins (detached) in ``bn.weight``'s dtype.
+    """
+    if bn.weight is None or bn.bias is None:
+        raise ValueError("ofd_margin needs an affine BatchNorm (weight and bias)")
+    s = bn.weight.detach().abs().double()  # [C]
+    m = bn.bias.detach().double()  # [C]
+    z = m / s
+    cdf = 0.5 * (1.0 + torch.erf(-z / math.sqrt(2.0)))  # P(x < 0)
+    pdf = torch.exp(-(z**2) / 2.0) / math.sqrt(2.0 * math.pi)
+    margin = torch.where(cdf > 0.001, -s * pdf / cdf + m, -3.0 * s)
+    return margin.to(bn.weight.dtype)
+
+
+def binarize(x: Tensor) -> Tensor:
+    """AB teacher side: activation indicator ``1[x > 0]``.
+
+    Args:
+        x: ``[B, ...]``.
+
+    Returns:
+        ``[B, ...]`` of 0/1 in ``x``'s dtype (no gradient).
+    """
+    return (x > 0).to(x.dtype)
+
+
+def stopgrad(x: Tensor) -> Tensor:
+    """Stop the gradient (``x.detach()``).
+
+    Args:
+        x: ``[B, ...]``.
+
+    Returns:
+        ``[B, ...]``.
+    """
+    return x.detach()
+
+
+def mask_features(
+    x: Tensor,
+    ratio: float,
+    mode: str = "channel",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """MGD random mask: zero whole channels or spatial positions with probability ``ratio``.
+
+    As yzd-v/MGD: classification draws ``rand(B, C, 1, 1)`` and zeroes where ``< ratio``;
+    detection draws ``rand(B, 1, H, W)`` and zeroes where ``> 1 - ratio``.
+
+    Args:
+        x: ``[B, C, H, W]`` (``[B, C]`` also accepted for ``mode="channel"``).
+        ratio: Masking probability in ``[0, 1]``.
+        mode: ``"channel"`` or ``"spatial"``.
+        generator: Optional RNG for reproducible masks.
+
+    Returns:
+        ``[B, C, H, W]``, masked.
+    """
+    if mode == "channel":
+        shape = (x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+        r = torch.rand(shape, generator=generator, dtype=x.dtype, device=x.device)
+        keep = r >= ratio
+    elif mode == "spatial":
+        if x.dim() != 4:
+            raise ValueError(f"spatial masking expects [B, C, H, W], got {tuple(x.shape)}")
+        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
+        r = torch.rand(shape, generator=generator, dtype=x.dtype, device=x.device)
+        keep = r <= 1.0 - ratio
+    else:
+        raise ValueError(f"mask mode must be 'channel' or 'spatial', got {mode!r}")
+    return x * keep.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Relation transforms (between samples of a batch)
+# --------------------------------------------------------------------------------------------
+
+
+def similarity(x: Tensor, p: float = 2.0) -> Tensor:
+    """SP batch similarity: ``normalize(x xᵀ)`` row-wise.
+
+    The SP paper and RepDistiller/mdistiller use ``p=2``; torchdistill ``SPKDLoss`` calls
+    ``normalize(G, 1)``, i.e. ``p=1``.
+
+    Args:
+        x: ``[B, ...]`` (flattened to ``[B, D]``).
+        p: Row-normalisation order.
+
+    Returns:
+        ``[B, B]``.
+    """
+    f = x.reshape(x.shape[0], -1)  # [B, D]
+    return F.normalize(f @ f.t(), p=p, dim=1)
+
+
+def distances(x: Tensor, normalize: bool = True, eps: float = 1e-12) -> Tensor:
+    """RKD pairwise Euclidean distances (RepDistiller / mdistiller / torchdistill ``pdist``).
+
+    Squared distances via ``|a|^2 + |b|^2 - 2ab``, clamped at ``eps``, then sqrt, diagonal set to
+    zero; divided by the mean of the positive entries when ``normalize``.
+
+    Args:
+        x: ``[B, ...]`` (flattened to ``[B, D]``).
+        normalize: Divide by the mean positive distance.
+        eps: Clamp for the squared distances.
+
+    Returns:
+        ``[B, B]``.
+    """
+    e = x.reshape(x.shape[0], -1)  # [B, D]
+    sq = e.pow(2).sum(dim=1)  # [B]
+    d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (e @ e.t())).clamp(min=eps)  # [B, B]
+    eye = torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
+    d = d2.sqrt().masked_fill(eye, 0.0)
+    if normalize:
+        d = d / d[d > 0].mean()
+    return d
+
+
+def angles(x: Tensor) -> Tensor:
+    """RKD angle potentials: cosines of all triplet angles.
+
+    ``e_ij = normalize(x_j - x_i)``; ``out[i, j, k] = <e_ij, e_ik>`` (the angle at vertex i).
+
+    Args:
+        x: ``[B, ...]`` (flattened to ``[B, D]``).
+
+    Returns:
+        ``[B*B*B]`` (the ``[B, B, B]`` tensor flattened, as RKD's ``.view(-1)``).
+    """
+    e = x.reshape(x.shape[0], -1)  # [B, D]
+    diff = e.unsqueeze(0) - e.unsqueeze(1)  # [B, B, D]; diff[i, j] = e_j - e_i
+    unit = F.normalize(diff, p=2.0, dim=2)
+    return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)
+
+
+def pkt_affinity(x: Tensor, eps: float = 1e-7) -> Tensor:
+    """PKT conditional probabilities from the cosine kernel, as log-probabilities.
+
+    As torchdistill ``PKTLoss`` / RepDistiller ``PKT``: ``x / (|x| + eps)``, cosine matrix,
+    ``(S + 1) / 2``, rows divided by their sums. ``kl(pkt_affinity(t), pkt_affinity(s),
+    eps=1e-7, reduction="mean")`` reproduces their loss.
+
+    Args:
+        x: ``[B, D]`` embeddings (other shapes are flattened).
+        eps: Added to the norms.
+
+    Returns:
+        ``[B, B]`` log-probabilities (each row is a distribution).
+    """
+    f = x.reshape(x.shape[0], -1)  # [B, D]
+    f = f / (torch.sqrt(torch.sum(f**2, dim=1, keepdim=True)) + eps)
+    f = torch.where(torch.isnan(f), torch.zeros_like(f), f)
+    s = (f @ f.t() + 1.0) / 2.0  # [B, B] in [0, 1]
+    return torch.log(s / s.sum(dim=1, keepdim=True))
+
+
+TRANSFORMS: dict[str, Callable[..., Any]] = {
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "zscore": zscore,
+    "attention": attention,
+    "normalize": normalize,
+    "flatten": flatten,
+    "pool": pool,
+    "interpolate": interpolate,
+    "gram": gram,
+    "fsp": fsp,
+    "similarity": similarity,
+    "distances": distances,
+    "angles": angles,
+    "pkt_affinity": pkt_affinity,
+    "channel_dist": channel_dist,
+    "binary_target": binary_target,
+    "non_target": non_target,
+    "mean_dist": mean_dist,
+    "mean": mean,
+    "stopgrad": stopgrad,
+    "binarize": binarize,
+    "margin_relu": margin_relu,
+    "ofd_margin": ofd_margin,
+    "virtual_teacher": virtual_teacher,
+    "mask_features": mask_features,
+}
+"""Every transform by its spec name."""
