@@ -251,7 +251,7 @@ def test_mask_features_channel_and_spatial() -> None:
     out = tf.mask_features(x, 0.5, mode="channel", generator=g)
     kept = (out != 0).to(D64)
     # Whole channels are kept or dropped.
-    assert ((kept.amin(dim=(2, 3)) == kept.amax(dim=(2, 3)))).all()
+    assert (kept.amin(dim=(2, 3)) == kept.amax(dim=(2, 3))).all()
     close(out * kept, x * kept)
     assert 0.2 < 1 - kept.mean().item() < 0.8
     out_s = tf.mask_features(x, 0.5, mode="spatial", generator=torch.Generator().manual_seed(1))
@@ -275,8 +275,10 @@ def test_similarity_row_normalised_gram() -> None:
     x = randn(4, 2, 3)
     flat = x.reshape(4, -1)
     g = torch.tensor(
-        [[sum(float(a * b) for a, b in zip(flat[i], flat[j], strict=True)) for j in range(4)]
-         for i in range(4)],
+        [
+            [sum(float(a * b) for a, b in zip(flat[i], flat[j], strict=True)) for j in range(4)]
+            for i in range(4)
+        ],
         dtype=D64,
     )
     close(tf.similarity(x), g / g.pow(2).sum(1, keepdim=True).sqrt())
@@ -309,8 +311,10 @@ def test_angles_match_triple_loop() -> None:
 def test_pkt_affinity_is_row_normalised_shifted_cosine() -> None:
     x = randn(5, 7)
     cos = torch.tensor(
-        [[float(F.cosine_similarity(x[i], x[j], dim=0, eps=0.0)) for j in range(5)]
-         for i in range(5)],
+        [
+            [float(F.cosine_similarity(x[i], x[j], dim=0, eps=0.0)) for j in range(5)]
+            for i in range(5)
+        ],
         dtype=D64,
     )
     k = (cos + 1) / 2

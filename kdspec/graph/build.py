@@ -1,0 +1,146 @@
+"""Build the method graph from the IR.
+
+Nodes are roles, taps, knowledge (one per side of a term), adapters, losses, stages and the
+labels; edges carry data flow (``reads``, ``flows``, ``matched_by``), who teaches whom
+(``teaches``, ``supervises``) and when (``activates``, ``trains``). Node ids are strings such as
+``role:t``, ``tap:t.stage[1..3]``, ``knowledge:kd/source``, ``loss:kd``, ``stage:hint``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from kdspec.graph import types
+from kdspec.ir import models as ir
+from kdspec.taxonomy.vocab import FUNCTIONS
+
+
+@dataclass
+class KdGraph:
+    """A method and its graph (a ``networkx.MultiDiGraph``)."""
+
+    method: ir.Method
+    g: nx.MultiDiGraph
+
+    def nodes_of(self, type_: str) -> list[tuple[str, dict[str, Any]]]:
+        """Nodes of one type, with their attributes, in insertion order."""
+        return [(n, d) for n, d in self.g.nodes(data=True) if d.get("type") == type_]
+
+    def edges_of(self, type_: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """Edges of one type, with their attributes."""
+        return [(u, v, d) for u, v, d in self.g.edges(data=True) if d.get("type") == type_]
+
+    def active_terms(self, stage: ir.Stage) -> list[ir.Term]:
+        """Terms a stage runs (all of them when it lists none)."""
+        if not stage.losses:
+            return list(self.method.terms)
+        return [t for t in self.method.terms if t.name in stage.losses]
+
+    def trained_roles(self, stage: ir.Stage) -> set[str]:
+        """Roles whose weights a stage updates by gradient.
+
+        Explicit ``train`` items win; otherwise every role with mode ``trained`` that some
+        active term sends gradient into.
+        """
+        m = self.method
+        explicit = {t.role for t in stage.train if isinstance(t, ir.Tap)}
+        if explicit:
+            return explicit
+        frozen = {t.role for t in stage.freeze if isinstance(t, ir.Tap)}
+        out: set[str] = set()
+        for term in self.active_terms(stage):
+            for r in types.grad_roles(term.target, m):
+                role = m.role(r)
+                if role is not None and role.mode == "trained" and r not in frozen:
+                    out.add(r)
+        return out
+
+
+def _attrs(**kw: Any) -> dict[str, Any]:
+    return kw
+
+
+def build_graph(method: ir.Method) -> KdGraph:
+    """The method graph of a lowered method (pure: the IR is not changed)."""
+    g = nx.MultiDiGraph(name=method.name)
+    m = method
+    for role in m.roles:
+        g.add_node(f"role:{role.name}", **_attrs(type="role", name=role.name, kind=role.kind,
+                                                  mode=role.mode, source=role.source,
+                                                  view=role.view))
+        if role.mode in ("ema", "snapshot") and role.source:
+            g.add_edge(f"role:{role.source}", f"role:{role.name}", type=role.mode)
+    for ens in m.ensembles:
+        g.add_node(f"ensemble:{ens.name}", type="ensemble", name=ens.name,
+                   members=ens.members, weights=ens.weights)
+        for member in ens.members:
+            g.add_edge(f"role:{member}", f"ensemble:{ens.name}", type="member")
+    g.add_node("labels", type="labels")
+    for part in m.data:
+        g.add_node(f"data:{part.name}", type=part.kind, name=part.name, func=part.func)
+
+    for term in m.terms:
+        loss_fn = FUNCTIONS.get(term.loss.func)
+        g.add_node(f"loss:{term.name}", type="loss", term=term.name, func=term.loss.func,
+                   family=loss_fn.family if loss_fn else "", term_kind=term.kind,
+                   origin=term.origin)
+        sides = [("target", term.target)]
+        if term.kind == "transfer":
+            sides.insert(0, ("source", term.source))
+        for side, expr in sides:
+            kid = f"knowledge:{term.name}/{side}"
+            kind = types.side_kind(term, side, m) if term.kind == "transfer" else \
+                types.expr_kind(expr, m)
+            g.add_node(kid, type="knowledge", term=term.name, side=side, kind=kind,
+                       transforms=tuple(c.func for c in term.knowledge))
+            for tap, stop in types.taps(expr, m):
+                tid = f"tap:{types.tap_text(tap)}"
+                g.add_node(tid, type="tap", role=tap.role, point=tap.point, tap=tap,
+                           text=types.tap_text(tap))
+                node = f"ensemble:{tap.role}" if g.has_node(f"ensemble:{tap.role}") else \
+                    f"role:{tap.role}"
+                g.add_edge(node, tid, type="reads")
+                g.add_edge(tid, kid, type="flows", stopgrad=stop)
+            for i, adapter in enumerate(types.uses_adapter(expr, m)):
+                aid = f"adapter:{term.name}/{side}/{i}"
+                g.add_node(aid, type="adapter", func=adapter, term=term.name, side=side)
+                g.add_edge(aid, kid, type="flows")
+            for i, call in enumerate(term.knowledge):
+                fn = FUNCTIONS.get(call.func)
+                if fn is not None and fn.category == "adapter":
+                    aid = f"adapter:{term.name}/{side}/k{i}"
+                    g.add_node(aid, type="adapter", func=call.func, term=term.name, side=side)
+                    g.add_edge(aid, kid, type="flows")
+            g.add_edge(kid, f"loss:{term.name}", type="matched_by", side=side)
+        learners = types.grad_roles(term.target, m)
+        if term.kind == "supervise":
+            for r in sorted(learners):
+                g.add_edge("labels", f"role:{r}", type="supervises", term=term.name)
+            continue
+        teachers = types.roles_read(term.source, m)
+        open_grad = types.grad_roles(term.source, m)
+        for t in sorted(teachers):
+            for s in sorted(learners):
+                g.add_edge(f"role:{t}", f"role:{s}", type="teaches", term=term.name,
+                           stopgrad=t not in open_grad, family=loss_fn.family if loss_fn else "")
+        if not teachers:  # knowledge made from labels alone (a virtual teacher's target)
+            for s in sorted(learners):
+                g.add_edge("labels", f"role:{s}", type="teaches", term=term.name, stopgrad=True)
+        if term.subset:
+            g.add_edge(f"data:{term.subset}", f"loss:{term.name}", type="feeds")
+
+    kg = KdGraph(m, g)
+    for stage in m.effective_stages():
+        sid = f"stage:{stage.name}"
+        g.add_node(sid, type="stage", name=stage.name, declared=bool(m.stages))
+        for term in kg.active_terms(stage):
+            g.add_edge(sid, f"loss:{term.name}", type="activates")
+        for r in sorted(kg.trained_roles(stage)):
+            if g.has_node(f"role:{r}"):
+                g.add_edge(sid, f"role:{r}", type="trains")
+        for src, dst in stage.handoffs:
+            g.add_edge(f"role:{src}", f"role:{dst}", type="handoff", stage=stage.name)
+    return kg

@@ -1,0 +1,136 @@
+"""Static facts about IR expressions: the kind of knowledge they carry, the roles they read.
+
+Pure functions over the IR and the vocabulary; the graph builder, the passes and the compiler
+share them so that a kind is computed in exactly one place.
+"""
+
+from __future__ import annotations
+
+from kdspec.ir import models as ir
+from kdspec.taxonomy.vocab import FUNCTIONS
+
+
+def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
+    """The kind of knowledge an expression yields (see :data:`kdspec.taxonomy.vocab.KINDS`)."""
+    if e is None:
+        return "features"
+    if isinstance(e, ir.Tap):
+        if e.point == "logits":
+            return "logits"
+        if e.point == "embedding":
+            return "embedding"
+        return "features"
+    if isinstance(e, ir.LetRef):
+        let = next((x for x in method.lets if x.name == e.name), None)
+        return expr_kind(let.value, method) if let else "features"
+    if isinstance(e, ir.Call):
+        fn = FUNCTIONS.get(e.func)
+        inner = expr_kind(e.args[0], method) if e.args else "features"
+        if fn is None:
+            return inner
+        if fn.category == "schedule":
+            return "scalar"
+        return inner if fn.returns == "same" else fn.returns
+    if isinstance(e, ir.Num | ir.ParamRef | ir.BinOp | ir.Neg):
+        return "scalar"
+    return "features"
+
+
+def apply_knowledge(kind: str, knowledge: tuple[ir.Call, ...]) -> str:
+    """The kind after a transfer's knowledge pipeline is applied to a side."""
+    for call in knowledge:
+        fn = FUNCTIONS.get(call.func)
+        if fn is not None and fn.returns != "same":
+            kind = fn.returns
+    return kind
+
+
+def side_kind(term: ir.Term, side: str, method: ir.Method) -> str:
+    """Kind of a term's ``source`` or ``target`` side after its knowledge pipeline."""
+    e = term.source if side == "source" else term.target
+    return apply_knowledge(expr_kind(e, method), term.knowledge)
+
+
+def taps(e: ir.Expr | None, method: ir.Method, *, under_stopgrad: bool = False,
+         _seen: frozenset[str] = frozenset()) -> list[tuple[ir.Tap, bool]]:
+    """Every tap an expression reads, with whether a ``stopgrad`` sits above it."""
+    if e is None:
+        return []
+    if isinstance(e, ir.Tap):
+        return [(e, under_stopgrad)]
+    if isinstance(e, ir.LetRef):
+        if e.name in _seen:
+            return []
+        let = next((x for x in method.lets if x.name == e.name), None)
+        return taps(let.value, method, under_stopgrad=under_stopgrad,
+                    _seen=_seen | {e.name}) if let else []
+    if isinstance(e, ir.Call):
+        stop = under_stopgrad or e.func == "stopgrad"
+        out: list[tuple[ir.Tap, bool]] = []
+        for a in (*e.args, *e.kwargs.values()):
+            out.extend(taps(a, method, under_stopgrad=stop, _seen=_seen))
+        return out
+    if isinstance(e, ir.BinOp):
+        return [*taps(e.left, method, under_stopgrad=under_stopgrad, _seen=_seen),
+                *taps(e.right, method, under_stopgrad=under_stopgrad, _seen=_seen)]
+    if isinstance(e, ir.Neg):
+        return taps(e.operand, method, under_stopgrad=under_stopgrad, _seen=_seen)
+    if isinstance(e, ir.ListE):
+        return [t for i in e.items for t in taps(i, method, under_stopgrad=under_stopgrad,
+                                                  _seen=_seen)]
+    return []
+
+
+def expand_role(name: str, method: ir.Method) -> tuple[str, ...]:
+    """A role name, or an ensemble's member roles."""
+    ens = next((x for x in method.ensembles if x.name == name), None)
+    return ens.members if ens else (name,)
+
+
+def roles_read(e: ir.Expr | None, method: ir.Method) -> set[str]:
+    """Every role an expression reads from."""
+    return {r for tap, _ in taps(e, method) for r in expand_role(tap.role, method)}
+
+
+def grad_roles(e: ir.Expr | None, method: ir.Method) -> set[str]:
+    """Roles that receive gradient through an expression (taps not under ``stopgrad``)."""
+    return {r for tap, stop in taps(e, method) if not stop for r in expand_role(tap.role, method)}
+
+
+def uses_adapter(e: ir.Expr | None, method: ir.Method) -> list[str]:
+    """Names of the learned functions (adapters) an expression applies."""
+    out: list[str] = []
+    if isinstance(e, ir.Call):
+        fn = FUNCTIONS.get(e.func)
+        if fn is not None and fn.category == "adapter" and e.func != "identity":
+            out.append(e.func)
+        for a in e.args:
+            out.extend(uses_adapter(a, method))
+    elif isinstance(e, ir.LetRef):
+        let = next((x for x in method.lets if x.name == e.name), None)
+        if let is not None:
+            out.extend(uses_adapter(let.value, method))
+    return out
+
+
+def tap_text(tap: ir.Tap) -> str:
+    """A tap written back in spec syntax, e.g. ``t.stage[1..3]`` or ``s[weak].logits``."""
+    out = tap.role + (f"[{tap.view}]" if tap.view else "")
+    if tap.point == "stage":
+        if tap.is_range:
+            lo = "" if tap.first is None else str(tap.first)
+            hi = "" if tap.last is None else str(tap.last)
+            out += f".stage[{lo}..{hi}]"
+        else:
+            out += f".stage[{tap.first}]"
+    elif tap.point == "module":
+        out += f'."{tap.module}"'
+    elif not (tap.point == "output" and not tap.select):
+        out += f".{tap.point}"
+    if tap.io != "output":
+        out += f".{tap.io}"
+    if tap.call is not None:
+        out += f"@{tap.call}"
+    for sel in tap.select:
+        out += f"[{sel}]" if isinstance(sel, int) else f".{sel}"
+    return out

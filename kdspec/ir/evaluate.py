@@ -1,0 +1,93 @@
+"""Evaluate numeric IR expressions: parameters, weights and schedules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from kdspec.ir import models as ir
+
+
+class EvalError(ValueError):
+    """An expression is not a number (e.g. a tap used where a weight is expected)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is, for schedules: epoch (fractional) within the stage, and its length."""
+
+    epoch: float = 0.0
+    stage_epochs: float = 1.0
+
+
+def evaluate(
+    e: ir.Expr, params: dict[str, ir.Expr], progress: Progress | None = None, _depth: int = 0
+) -> float | str | list[object]:
+    """The value of a constant expression, with schedules evaluated at ``progress``.
+
+    Without ``progress`` a schedule evaluates to its largest value (used for static checks).
+    """
+    if _depth > 50:
+        raise EvalError("parameters refer to each other in a cycle")
+    if isinstance(e, ir.Num):
+        return e.value
+    if isinstance(e, ir.Str):
+        return e.value
+    if isinstance(e, ir.ParamRef):
+        if e.name not in params:
+            raise EvalError(f"unknown parameter `{e.name}`")
+        return evaluate(params[e.name], params, progress, _depth + 1)
+    if isinstance(e, ir.ListE):
+        return [evaluate(i, params, progress, _depth + 1) for i in e.items]
+    if isinstance(e, ir.Neg):
+        return -_num(evaluate(e.operand, params, progress, _depth + 1))
+    if isinstance(e, ir.BinOp):
+        a = _num(evaluate(e.left, params, progress, _depth + 1))
+        b = _num(evaluate(e.right, params, progress, _depth + 1))
+        if e.op == "+":
+            return a + b
+        if e.op == "-":
+            return a - b
+        if e.op == "*":
+            return a * b
+        if e.op == "/":
+            if b == 0:
+                raise EvalError("division by zero")
+            return a / b
+        return float(a**b)
+    if isinstance(e, ir.Call):
+        kw = {k: evaluate(v, params, progress, _depth + 1) for k, v in e.kwargs.items()}
+        return schedule_value(e.func, kw, progress)
+    raise EvalError(f"`{type(e).__name__}` is not a number")
+
+
+def _num(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise EvalError(f"`{v}` is not a number")
+    return float(v)
+
+
+def schedule_value(func: str, kw: dict[str, object], progress: Progress | None) -> float:
+    """The factor a schedule gives at a point of training (its maximum when ``progress`` is None)."""
+    if func == "warmup":
+        epochs = _num(kw.get("epochs", 1))
+        if progress is None:
+            return 1.0
+        return min(1.0, progress.epoch / epochs) if epochs > 0 else 1.0
+    if func in ("linear", "anneal", "cosine_schedule"):
+        default_start, default_end = (0.0, 1.0) if func == "linear" else (1.0, 0.0)
+        start = _num(kw.get("start", default_start))
+        end = _num(kw.get("end", default_end))
+        if progress is None:
+            return max(start, end)
+        frac = min(1.0, max(0.0, progress.epoch / max(progress.stage_epochs, 1e-12)))
+        if func == "cosine_schedule":
+            return end + (start - end) * 0.5 * (1 + math.cos(math.pi * frac))
+        return start + (end - start) * frac
+    if func == "step":
+        every = _num(kw.get("every", 1))
+        gamma = _num(kw.get("gamma", 0.1))
+        if progress is None:
+            return 1.0
+        return float(gamma ** math.floor(progress.epoch / every))
+    raise EvalError(f"`{func}` is not a schedule")

@@ -1,0 +1,35 @@
+"""KD303: every role that is trained gets gradient from some term."""
+
+from __future__ import annotations
+
+from kdspec.diagnostics import Diagnostic
+from kdspec.graph import types
+from kdspec.ir import models as ir
+from kdspec.passes.context import PassContext
+
+
+def check_signal(ctx: PassContext) -> list[Diagnostic]:
+    """A student (or peer, assistant, trained teacher) with no loss to learn from."""
+    m = ctx.method
+    out: list[Diagnostic] = []
+    learners: set[str] = set()
+    for term in m.terms:
+        learners |= types.grad_roles(term.target, m)
+    for role in m.roles:
+        if role.mode != "trained" or role.name in learners:
+            continue
+        out.append(ctx.diag(
+            "KD303", f"{role.kind} `{role.name}` is trained but no loss term teaches it",
+            ("role", role.name), "receives no gradient",
+            help=f"add `supervise {role.name}.logits with cross_entropy` or a transfer "
+            f"`to {role.name}...`"))
+    for stage in m.stages:
+        for item in stage.train:
+            if isinstance(item, ir.Tap) and item.role not in {
+                r for t in ctx.graph.active_terms(stage)
+                for r in types.grad_roles(t.target, m)
+            }:
+                out.append(ctx.diag(
+                    "KD303", f"stage `{stage.name}` trains `{item.role}` but none of its "
+                    "losses reaches it", ("stage", stage.name), "in this stage"))
+    return out

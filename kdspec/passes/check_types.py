@@ -1,0 +1,88 @@
+"""KD301/KD302: the loss accepts the knowledge, and both sides carry the same kind."""
+
+from __future__ import annotations
+
+from kdspec.diagnostics import Diagnostic
+from kdspec.graph import types
+from kdspec.passes.context import PassContext
+from kdspec.taxonomy.vocab import FUNCTIONS, RAW_KINDS
+
+_HINTS = {
+    "distribution": "apply `softmax(T=...)` first, or match with `kl`/`soft_ce`",
+    "features": "match features with `mse`, `l1`, `smooth_l1` or `cosine`",
+}
+
+
+_NAMES = {
+    "features": "a feature tensor",
+    "logits": "raw logits",
+    "embedding": "an embedding",
+    "distribution": "a distribution",
+    "attention": "an attention map",
+    "gram": "a Gram matrix",
+    "similarity": "a similarity matrix",
+    "distance": "a distance matrix",
+    "angle": "an angle tensor",
+    "channel_distribution": "channel distributions",
+    "gaussian": "a Gaussian",
+    "scalar": "a number",
+}
+
+
+def _article(kind: str) -> str:
+    return _NAMES.get(kind, kind)
+
+
+def _compatible(a: str, b: str) -> bool:
+    return a == b or (a in RAW_KINDS and b in RAW_KINDS)
+
+
+def check_types(ctx: PassContext) -> list[Diagnostic]:
+    """Type-check every term's knowledge against its loss."""
+    m = ctx.method
+    out: list[Diagnostic] = []
+    for term in m.terms:
+        fn = FUNCTIONS.get(term.loss.func)
+        if fn is None or fn.category != "loss":
+            continue
+        key = ("term", term.name)
+        target = types.side_kind(term, "target", m) if term.kind == "transfer" else \
+            types.expr_kind(term.target, m)
+        if term.kind == "supervise":
+            if fn.inputs == 2:
+                out.append(ctx.diag("KD301", f"`{term.loss.func}` compares two sides; "
+                                    "`supervise` has only labels", (*key, "loss"),
+                                    help="supervise with `cross_entropy`"))
+            elif fn.accepts and target not in fn.accepts:
+                out.append(ctx.diag("KD301", f"`{term.loss.func}` needs logits, got "
+                                    f"{_article(target)}", (*key, "target"),
+                                    f"{_article(target)}", help="supervise `s.logits`"))
+            continue
+        if fn.inputs == 1:
+            out.append(ctx.diag("KD301", f"`{term.loss.func}` takes labels, not a teacher",
+                                (*key, "loss"), help="use `supervise` for label losses"))
+            continue
+        source = types.side_kind(term, "source", m)
+        teacher_ok = fn.teacher_accepts if fn.teacher_accepts is not None else fn.accepts
+        bad = []
+        if fn.accepts and target not in fn.accepts:
+            bad.append(("target", target))
+        if teacher_ok and source not in teacher_ok:
+            bad.append(("source", source))
+        for side, kind in bad:
+            wanted = " or ".join(sorted(fn.accepts if side == "target" else teacher_ok))
+            out.append(ctx.diag(
+                "KD301", f"`{term.loss.func}` needs {wanted} knowledge, but the "
+                f"{'student' if side == 'target' else 'teacher'} side is {_article(kind)}",
+                (*key, side), f"{_article(kind)}", help=_HINTS.get(wanted),
+                related=(((*key, "loss"), f"`{term.loss.func}` here"),)))
+        if bad or fn.teacher_accepts is not None:
+            continue
+        if not _compatible(source, target):
+            out.append(ctx.diag(
+                "KD302", f"`{term.name}` matches {_article(source)} with {_article(target)}",
+                (*key, "target"), f"{_article(target)}",
+                related=(((*key, "source"), f"{_article(source)}"),),
+                help="apply the same knowledge transform to both sides "
+                "(put it before `from`)"))
+    return out

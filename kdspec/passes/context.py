@@ -1,0 +1,41 @@
+"""What every pass receives: the method, its graph, and where things are in the source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdspec.diagnostics import Diagnostic, Label, Severity
+from kdspec.graph import KdGraph
+from kdspec.ir import SourceMap
+from kdspec.ir import models as ir
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """Read-only input of a pass."""
+
+    method: ir.Method
+    graph: KdGraph
+    smap: SourceMap
+
+    def diag(
+        self,
+        code: str,
+        message: str,
+        path: tuple[object, ...],
+        label: str = "",
+        *,
+        severity: Severity = Severity.ERROR,
+        notes: tuple[str, ...] = (),
+        help: str | None = None,
+        related: tuple[tuple[tuple[object, ...], str], ...] = (),
+    ) -> Diagnostic:
+        """A diagnostic pointing at the source of an IR path (and related paths)."""
+        span = self.smap.span(*path)
+        labels: list[Label] = [Label(span, label)] if span is not None else []
+        for rel_path, rel_label in related:
+            rel_span = self.smap.span(*rel_path)
+            if rel_span is not None:
+                labels.append(Label(rel_span, rel_label, primary=False))
+        return Diagnostic(code=code, severity=severity, message=message, source=self.smap.source,
+                          labels=tuple(labels), notes=notes, help=help)
