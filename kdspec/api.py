@@ -100,5 +100,13 @@ def load_method(
     for low in lowered:
         if low.method.name == name:
             return low
-    raise KdError([error("KD210", f"no method `{name}` in `{source.name}`", source,
-                         help="methods: " + ", ".join(low.method.name for low in lowered))])
+    raise KdError(
+        [
+            error(
+                "KD210",
+                f"no method `{name}` in `{source.name}`",
+                source,
+                help="methods: " + ", ".join(low.method.name for low in lowered),
+            )
+        ]
+    )

@@ -25,35 +25,57 @@ CODES: dict[str, tuple[str, str]] = {
     "KD210": ("no method", "A file defines no method, or not the one asked for."),
     "KD211": ("bad role", "A role modifier is invalid (e.g. `ema` of an unknown role)."),
     "KD212": ("bad claim", "A claim names an unknown taxonomy dimension or value."),
-    "KD301": ("loss does not accept this knowledge", "The loss is not defined for the kind of "
-              "knowledge given (e.g. KL needs distributions on both sides)."),
-    "KD302": ("knowledge kinds differ", "The two sides of a transfer carry different kinds of "
-              "knowledge (e.g. a relation matrix against a feature map)."),
+    "KD301": (
+        "loss does not accept this knowledge",
+        "The loss is not defined for the kind of "
+        "knowledge given (e.g. KL needs distributions on both sides).",
+    ),
+    "KD302": (
+        "knowledge kinds differ",
+        "The two sides of a transfer carry different kinds of "
+        "knowledge (e.g. a relation matrix against a feature map).",
+    ),
     "KD303": ("no training signal", "A trained role receives gradient from no loss term."),
     "KD304": ("unused definition", "A view, subset, let or parameter is defined but never used."),
-    "KD305": ("teaching cycle without stop-gradient", "Roles teach each other in a cycle and "
-              "gradient flows back through every edge; wrap a side in `stopgrad(...)`."),
-    "KD306": ("frozen role receives gradient", "A term sends gradient into a role that is "
-              "frozen where the term is active."),
-    "KD307": ("unknown stage reference", "A stage names a term, role or module set that does "
-              "not exist."),
-    "KD308": ("inconsistent self-distillation", "A role teaches itself from the same tap, view "
-              "and data, which transfers nothing."),
+    "KD305": (
+        "teaching cycle without stop-gradient",
+        "Roles teach each other in a cycle and "
+        "gradient flows back through every edge; wrap a side in `stopgrad(...)`.",
+    ),
+    "KD306": (
+        "frozen role receives gradient",
+        "A term sends gradient into a role that is frozen where the term is active.",
+    ),
+    "KD307": (
+        "unknown stage reference",
+        "A stage names a term, role or module set that does not exist.",
+    ),
+    "KD308": (
+        "inconsistent self-distillation",
+        "A role teaches itself from the same tap, view and data, which transfers nothing.",
+    ),
     "KD309": ("inactive term", "A loss term is active in no stage."),
-    "KD310": ("layer counts differ", "Teacher and student tap ranges have different lengths "
-              "and no `map` rule says how to pair them."),
-    "KD311": ("claim contradicts the graph", "A `claim` disagrees with what the method graph "
-              "shows."),
-    "KD312": ("wrong side", "A role appears where it cannot (e.g. a virtual teacher as a "
-              "student, a student only on the teacher side)."),
+    "KD310": (
+        "layer counts differ",
+        "Teacher and student tap ranges have different lengths "
+        "and no `map` rule says how to pair them.",
+    ),
+    "KD311": (
+        "claim contradicts the graph",
+        "A `claim` disagrees with what the method graph shows.",
+    ),
+    "KD312": (
+        "wrong side",
+        "A role appears where it cannot (e.g. a virtual teacher as a "
+        "student, a student only on the teacher side).",
+    ),
     "KD401": ("unknown module path", "A tap names a submodule the model does not have."),
     "KD402": ("tap point not found", "An abstract tap point could not be resolved on a model."),
     "KD403": ("shape mismatch", "Tensor shapes cannot be matched by any adapter."),
     "KD404": ("unknown model", "A model source name is unknown or its package is missing."),
     "KD405": ("bad checkpoint", "A checkpoint could not be loaded or does not fit the model."),
     "KD406": ("import not allowed", "An `import:` model or data source was not allowed."),
-    "KD407": ("teacher without weights", "A frozen teacher has no weights and no stage trains "
-              "it."),
+    "KD407": ("teacher without weights", "A frozen teacher has no weights and no stage trains it."),
     "KD408": ("unbound role", "A role of the method has no model in the run."),
     "KD501": ("bad run file", "The run file is malformed or names unknown settings."),
     "KD502": ("bad data", "The data source is unknown or yields unexpected items."),

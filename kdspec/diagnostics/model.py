@@ -72,9 +72,7 @@ class KdError(Exception):
     def __init__(self, diagnostics: list[Diagnostic]):
         self.diagnostics = diagnostics
         first = diagnostics[0] if diagnostics else None
-        super().__init__(
-            f"{first.code}: {first.message}" if first else "kdspec error"
-        )
+        super().__init__(f"{first.code}: {first.message}" if first else "kdspec error")
 
     def __str__(self) -> str:
         from kdspec.diagnostics.render import render_many

@@ -52,9 +52,7 @@ def _label_rows(source: SourceFile, labels: list[Label]) -> dict[int, list[tuple
 
 def _render_full(diag: Diagnostic, color: bool) -> str:
     sev = diag.severity.value
-    out = [
-        _paint(f"{sev}[{diag.code}]", sev, color) + _paint(f": {diag.message}", "bold", color)
-    ]
+    out = [_paint(f"{sev}[{diag.code}]", sev, color) + _paint(f": {diag.message}", "bold", color)]
     loc = _location(diag)
     labels = [lb for lb in diag.labels if lb.source in (None, diag.source)]
     if loc is not None and diag.source is not None and labels:

@@ -68,14 +68,27 @@ def build_graph(method: ir.Method) -> KdGraph:
     g = nx.MultiDiGraph(name=method.name)
     m = method
     for role in m.roles:
-        g.add_node(f"role:{role.name}", **_attrs(type="role", name=role.name, kind=role.kind,
-                                                  mode=role.mode, source=role.source,
-                                                  view=role.view))
+        g.add_node(
+            f"role:{role.name}",
+            **_attrs(
+                type="role",
+                name=role.name,
+                kind=role.kind,
+                mode=role.mode,
+                source=role.source,
+                view=role.view,
+            ),
+        )
         if role.mode in ("ema", "snapshot") and role.source:
             g.add_edge(f"role:{role.source}", f"role:{role.name}", type=role.mode)
     for ens in m.ensembles:
-        g.add_node(f"ensemble:{ens.name}", type="ensemble", name=ens.name,
-                   members=ens.members, weights=ens.weights)
+        g.add_node(
+            f"ensemble:{ens.name}",
+            type="ensemble",
+            name=ens.name,
+            members=ens.members,
+            weights=ens.weights,
+        )
         for member in ens.members:
             g.add_edge(f"role:{member}", f"ensemble:{ens.name}", type="member")
     g.add_node("labels", type="labels")
@@ -84,24 +97,48 @@ def build_graph(method: ir.Method) -> KdGraph:
 
     for term in m.terms:
         loss_fn = FUNCTIONS.get(term.loss.func)
-        g.add_node(f"loss:{term.name}", type="loss", term=term.name, func=term.loss.func,
-                   family=loss_fn.family if loss_fn else "", term_kind=term.kind,
-                   origin=term.origin)
+        g.add_node(
+            f"loss:{term.name}",
+            type="loss",
+            term=term.name,
+            func=term.loss.func,
+            family=loss_fn.family if loss_fn else "",
+            term_kind=term.kind,
+            origin=term.origin,
+        )
         sides = [("target", term.target)]
         if term.kind == "transfer":
             sides.insert(0, ("source", term.source))
         for side, expr in sides:
             kid = f"knowledge:{term.name}/{side}"
-            kind = types.side_kind(term, side, m) if term.kind == "transfer" else \
-                types.expr_kind(expr, m)
-            g.add_node(kid, type="knowledge", term=term.name, side=side, kind=kind,
-                       transforms=tuple(c.func for c in term.knowledge))
+            kind = (
+                types.side_kind(term, side, m)
+                if term.kind == "transfer"
+                else types.expr_kind(expr, m)
+            )
+            g.add_node(
+                kid,
+                type="knowledge",
+                term=term.name,
+                side=side,
+                kind=kind,
+                transforms=tuple(c.func for c in term.knowledge),
+            )
             for tap, stop in types.taps(expr, m):
                 tid = f"tap:{types.tap_text(tap)}"
-                g.add_node(tid, type="tap", role=tap.role, point=tap.point, tap=tap,
-                           text=types.tap_text(tap))
-                node = f"ensemble:{tap.role}" if g.has_node(f"ensemble:{tap.role}") else \
-                    f"role:{tap.role}"
+                g.add_node(
+                    tid,
+                    type="tap",
+                    role=tap.role,
+                    point=tap.point,
+                    tap=tap,
+                    text=types.tap_text(tap),
+                )
+                node = (
+                    f"ensemble:{tap.role}"
+                    if g.has_node(f"ensemble:{tap.role}")
+                    else f"role:{tap.role}"
+                )
                 g.add_edge(node, tid, type="reads")
                 g.add_edge(tid, kid, type="flows", stopgrad=stop)
             for i, adapter in enumerate(types.uses_adapter(expr, m)):
@@ -124,8 +161,14 @@ def build_graph(method: ir.Method) -> KdGraph:
         open_grad = types.grad_roles(term.source, m)
         for t in sorted(teachers):
             for s in sorted(learners):
-                g.add_edge(f"role:{t}", f"role:{s}", type="teaches", term=term.name,
-                           stopgrad=t not in open_grad, family=loss_fn.family if loss_fn else "")
+                g.add_edge(
+                    f"role:{t}",
+                    f"role:{s}",
+                    type="teaches",
+                    term=term.name,
+                    stopgrad=t not in open_grad,
+                    family=loss_fn.family if loss_fn else "",
+                )
         if not teachers:  # knowledge made from labels alone (a virtual teacher's target)
             for s in sorted(learners):
                 g.add_edge("labels", f"role:{s}", type="teaches", term=term.name, stopgrad=True)

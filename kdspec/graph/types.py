@@ -51,8 +51,13 @@ def side_kind(term: ir.Term, side: str, method: ir.Method) -> str:
     return apply_knowledge(expr_kind(e, method), term.knowledge)
 
 
-def taps(e: ir.Expr | None, method: ir.Method, *, under_stopgrad: bool = False,
-         _seen: frozenset[str] = frozenset()) -> list[tuple[ir.Tap, bool]]:
+def taps(
+    e: ir.Expr | None,
+    method: ir.Method,
+    *,
+    under_stopgrad: bool = False,
+    _seen: frozenset[str] = frozenset(),
+) -> list[tuple[ir.Tap, bool]]:
     """Every tap an expression reads, with whether a ``stopgrad`` sits above it."""
     if e is None:
         return []
@@ -62,8 +67,11 @@ def taps(e: ir.Expr | None, method: ir.Method, *, under_stopgrad: bool = False,
         if e.name in _seen:
             return []
         let = next((x for x in method.lets if x.name == e.name), None)
-        return taps(let.value, method, under_stopgrad=under_stopgrad,
-                    _seen=_seen | {e.name}) if let else []
+        return (
+            taps(let.value, method, under_stopgrad=under_stopgrad, _seen=_seen | {e.name})
+            if let
+            else []
+        )
     if isinstance(e, ir.Call):
         stop = under_stopgrad or e.func == "stopgrad"
         out: list[tuple[ir.Tap, bool]] = []
@@ -71,13 +79,16 @@ def taps(e: ir.Expr | None, method: ir.Method, *, under_stopgrad: bool = False,
             out.extend(taps(a, method, under_stopgrad=stop, _seen=_seen))
         return out
     if isinstance(e, ir.BinOp):
-        return [*taps(e.left, method, under_stopgrad=under_stopgrad, _seen=_seen),
-                *taps(e.right, method, under_stopgrad=under_stopgrad, _seen=_seen)]
+        return [
+            *taps(e.left, method, under_stopgrad=under_stopgrad, _seen=_seen),
+            *taps(e.right, method, under_stopgrad=under_stopgrad, _seen=_seen),
+        ]
     if isinstance(e, ir.Neg):
         return taps(e.operand, method, under_stopgrad=under_stopgrad, _seen=_seen)
     if isinstance(e, ir.ListE):
-        return [t for i in e.items for t in taps(i, method, under_stopgrad=under_stopgrad,
-                                                  _seen=_seen)]
+        return [
+            t for i in e.items for t in taps(i, method, under_stopgrad=under_stopgrad, _seen=_seen)
+        ]
     return []
 
 

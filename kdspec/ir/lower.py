@@ -93,7 +93,9 @@ class _MethodLowering:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def err(self, code: str, message: str, span: Span | None, label: str = "", **kw: object) -> None:
+    def err(
+        self, code: str, message: str, span: Span | None, label: str = "", **kw: object
+    ) -> None:
         self.diags.append(error(code, message, self.source, span, label, **kw))  # type: ignore[arg-type]
 
     def define(self, what: str, ident: ast.Ident) -> bool:
@@ -151,11 +153,21 @@ class _MethodLowering:
         if as_value:
             return ir.Str(value=n)
         if n in self.data:
-            self.err("KD206", f"`{n}` is a {self.data[n].kind}, not a value", e.span,
-                     "used as a value here", help=f"pick a view per role: `s[{n}].logits`")
+            self.err(
+                "KD206",
+                f"`{n}` is a {self.data[n].kind}, not a value",
+                e.span,
+                "used as a value here",
+                help=f"pick a view per role: `s[{n}].logits`",
+            )
             return ir.Str(value=n)
-        self.err("KD202", f"unknown name `{n}`", e.span, "not defined in this method",
-                 help=did_you_mean(n, self.names_in_scope()))
+        self.err(
+            "KD202",
+            f"unknown name `{n}`",
+            e.span,
+            "not defined in this method",
+            help=did_you_mean(n, self.names_in_scope()),
+        )
         return ir.Str(value=n)
 
     def call(self, e: ast.Call, categories: tuple[str, ...], implicit_inputs: int = 0) -> ir.Call:
@@ -163,41 +175,67 @@ class _MethodLowering:
         fn = FUNCTIONS.get(fname)
         if fn is None:
             pool = [n for c in categories for n in by_category(c)]
-            self.err("KD203", f"unknown function `{fname}`", e.func.span, "not in the vocabulary",
-                     help=did_you_mean(fname, pool) or f"known: {', '.join(pool[:12])} ...")
+            self.err(
+                "KD203",
+                f"unknown function `{fname}`",
+                e.func.span,
+                "not in the vocabulary",
+                help=did_you_mean(fname, pool) or f"known: {', '.join(pool[:12])} ...",
+            )
             return ir.Call(func=fname)
         if fn.category not in categories:
             wanted = " or ".join(categories)
-            self.err("KD203", f"`{fname}` is a {fn.category}, not a {wanted}", e.func.span,
-                     f"a {fn.category} here", help=did_you_mean(
-                         fname, [n for c in categories for n in by_category(c)]))
+            self.err(
+                "KD203",
+                f"`{fname}` is a {fn.category}, not a {wanted}",
+                e.func.span,
+                f"a {fn.category} here",
+                help=did_you_mean(fname, [n for c in categories for n in by_category(c)]),
+            )
         n_inputs = max(fn.inputs, 0) - implicit_inputs if fn.inputs >= 0 else len(e.args)
         args = tuple(self.expr(a) for a in e.args[: max(n_inputs, 0)])
         kwargs: dict[str, ir.Expr] = {}
-        extra = e.args[max(n_inputs, 0):]
+        extra = e.args[max(n_inputs, 0) :]
         names = list(fn.params)
         if len(extra) > len(names):
-            self.err("KD204", f"`{fname}` takes at most {max(n_inputs, 0) + len(names)} "
-                     f"positional arguments, got {len(e.args)}", e.span, "too many arguments")
+            self.err(
+                "KD204",
+                f"`{fname}` takes at most {max(n_inputs, 0) + len(names)} "
+                f"positional arguments, got {len(e.args)}",
+                e.span,
+                "too many arguments",
+            )
         for pname, a in zip(names, extra, strict=False):
             kwargs[pname] = self.expr(a, as_value=True)
         for kw in e.kwargs:
             if kw.name.name not in fn.params:
                 known = ", ".join(f"`{p}`" for p in fn.params) or "no keyword arguments"
-                self.err("KD204", f"`{fname}` has no parameter `{kw.name.name}`", kw.name.span,
-                         "unknown keyword", help=did_you_mean(kw.name.name, fn.params)
-                         or f"`{fname}` takes {known}")
+                self.err(
+                    "KD204",
+                    f"`{fname}` has no parameter `{kw.name.name}`",
+                    kw.name.span,
+                    "unknown keyword",
+                    help=did_you_mean(kw.name.name, fn.params) or f"`{fname}` takes {known}",
+                )
                 continue
             if kw.name.name in kwargs:
                 self.err("KD204", f"`{kw.name.name}` given twice to `{fname}`", kw.span)
             kwargs[kw.name.name] = self.expr(kw.value, as_value=True)
         if fn.inputs > 0 and len(args) < n_inputs:
-            self.err("KD204", f"`{fname}` needs {n_inputs} input{'s' * (n_inputs > 1)}, "
-                     f"got {len(args)}", e.span, "missing input")
+            self.err(
+                "KD204",
+                f"`{fname}` needs {n_inputs} input{'s' * (n_inputs > 1)}, got {len(args)}",
+                e.span,
+                "missing input",
+            )
         for pname, p in fn.params.items():
             if p.default is REQUIRED and pname not in kwargs:
-                self.err("KD204", f"`{fname}` needs the parameter `{pname}`", e.span,
-                         f"missing `{pname}=`")
+                self.err(
+                    "KD204",
+                    f"`{fname}` needs the parameter `{pname}`",
+                    e.span,
+                    f"missing `{pname}=`",
+                )
         return ir.Call(func=fname, args=args, kwargs=kwargs)
 
     def _const_int(self, e: ast.Expr | None) -> int | None:
@@ -212,8 +250,12 @@ class _MethodLowering:
             value = self.params[e.id]
             if isinstance(value, ir.Num) and value.value.is_integer():
                 return int(value.value)
-        self.err("KD206", "a layer index must be a whole number", getattr(e, "span", None),
-                 "not a whole number")
+        self.err(
+            "KD206",
+            "a layer index must be a whole number",
+            getattr(e, "span", None),
+            "not a whole number",
+        )
         return None
 
     def tap(self, e: ast.Expr) -> ir.Expr:
@@ -224,26 +266,44 @@ class _MethodLowering:
             base = base.obj
         chain.reverse()
         if not isinstance(base, ast.Name):
-            self.err("KD206", "a tap must start with a role name", getattr(base, "span", None),
-                     "not a role", help=_TAP_HELP)
+            self.err(
+                "KD206",
+                "a tap must start with a role name",
+                getattr(base, "span", None),
+                "not a role",
+                help=_TAP_HELP,
+            )
             return ir.Str(value="?")
         role = base.id
         if role not in self.roles and role not in self.ensembles:
             if role in self.lets:
-                self.err("KD206", f"`{role}` is a let binding and has no tap points", base.span,
-                         help="taps are read from roles: `s.logits`")
+                self.err(
+                    "KD206",
+                    f"`{role}` is a let binding and has no tap points",
+                    base.span,
+                    help="taps are read from roles: `s.logits`",
+                )
             else:
-                self.err("KD202", f"unknown role `{role}`", base.span, "no such role",
-                         help=did_you_mean(role, [*self.roles, *self.ensembles]))
+                self.err(
+                    "KD202",
+                    f"unknown role `{role}`",
+                    base.span,
+                    "no such role",
+                    help=did_you_mean(role, [*self.roles, *self.ensembles]),
+                )
             return ir.Str(value=role)
         view = None
         if chain and isinstance(chain[0], ast.Index) and isinstance(chain[0].index, ast.Name):
             vname = chain[0].index.id
             if self.data.get(vname) is None or self.data[vname].kind != "view":
                 views = [n for n, d in self.data.items() if d.kind == "view"]
-                self.err("KD202", f"unknown view `{vname}`", chain[0].index.span,
-                         "not a declared view",
-                         help=did_you_mean(vname, views) or f"declare it: `view {vname}`")
+                self.err(
+                    "KD202",
+                    f"unknown view `{vname}`",
+                    chain[0].index.span,
+                    "not a declared view",
+                    help=did_you_mean(vname, views) or f"declare it: `view {vname}`",
+                )
             view = vname
             chain = chain[1:]
         fields: dict[str, object] = {"role": role, "view": view}
@@ -251,23 +311,38 @@ class _MethodLowering:
             return ir.Tap(point="output", **fields)  # type: ignore[arg-type]
         head, rest = chain[0], chain[1:]
         select: list[str | int] = []
-        if isinstance(head, ast.Attr) and head.name.name in ("logits", "embedding", "input",
-                                                             "output"):
+        if isinstance(head, ast.Attr) and head.name.name in (
+            "logits",
+            "embedding",
+            "input",
+            "output",
+        ):
             fields["point"] = head.name.name
             if head.name.name in ("logits", "embedding", "input") and rest:
-                self.err("KD206", f"`{head.name.name}` takes no further selector",
-                         rest[0].span, "unexpected here", help=_TAP_HELP)
+                self.err(
+                    "KD206",
+                    f"`{head.name.name}` takes no further selector",
+                    rest[0].span,
+                    "unexpected here",
+                    help=_TAP_HELP,
+                )
                 rest = []
         elif isinstance(head, ast.Attr) and head.name.name == "stage":
             fields["point"] = "stage"
             if not rest or not isinstance(rest[0], ast.Index):
-                self.err("KD206", "`stage` needs an index: `stage[2]` or `stage[1..3]`",
-                         head.span, "missing index", help=_TAP_HELP)
+                self.err(
+                    "KD206",
+                    "`stage` needs an index: `stage[2]` or `stage[1..3]`",
+                    head.span,
+                    "missing index",
+                    help=_TAP_HELP,
+                )
                 return ir.Str(value=role)
             idx = rest[0].index
             if isinstance(idx, ast.Slice):
-                fields.update(first=self._const_int(idx.lo), last=self._const_int(idx.hi),
-                              is_range=True)
+                fields.update(
+                    first=self._const_int(idx.lo), last=self._const_int(idx.hi), is_range=True
+                )
             else:
                 k = self._const_int(idx)
                 fields.update(first=k, last=k)
@@ -277,14 +352,22 @@ class _MethodLowering:
             fields["module"] = head.path.value
         else:
             where = head.name.name if isinstance(head, ast.Attr) else "?"
-            self.err("KD206", f"`{where}` is not a tap point", getattr(head, "span", None),
-                     "unknown tap point",
-                     help=did_you_mean(where, ["logits", "embedding", "input", "output", "stage"])
-                     or _TAP_HELP)
+            self.err(
+                "KD206",
+                f"`{where}` is not a tap point",
+                getattr(head, "span", None),
+                "unknown tap point",
+                help=did_you_mean(where, ["logits", "embedding", "input", "output", "stage"])
+                or _TAP_HELP,
+            )
             return ir.Str(value=role)
         for acc in rest:
-            if isinstance(acc, ast.Attr) and acc.name.name in ("input", "output", "preact") \
-                    and not select and fields["point"] in ("stage", "module"):
+            if (
+                isinstance(acc, ast.Attr)
+                and acc.name.name in ("input", "output", "preact")
+                and not select
+                and fields["point"] in ("stage", "module")
+            ):
                 fields["io"] = acc.name.name
             elif isinstance(acc, ast.CallIndex) and fields["point"] in ("stage", "module"):
                 fields["call"] = acc.n
@@ -297,8 +380,12 @@ class _MethodLowering:
                 if k is not None:
                     select.append(k)
             else:
-                self.err("KD206", "unsupported selector in a tap", getattr(acc, "span", None),
-                         help=_TAP_HELP)
+                self.err(
+                    "KD206",
+                    "unsupported selector in a tap",
+                    getattr(acc, "span", None),
+                    help=_TAP_HELP,
+                )
         fields["select"] = tuple(select)
         return ir.Tap(**fields)  # type: ignore[arg-type]
 
@@ -316,8 +403,10 @@ class _MethodLowering:
                 for ident in st.names:
                     if self.define(st.kind, ident):
                         self.roles[ident.name] = ir.Role(
-                            name=ident.name, kind=st.kind,  # type: ignore[arg-type]
-                            mode="frozen" if st.kind == "teacher" else "trained")
+                            name=ident.name,
+                            kind=st.kind,  # type: ignore[arg-type]
+                            mode="frozen" if st.kind == "teacher" else "trained",
+                        )
                         self.smap.spans[("role", ident.name)] = ident.span
             elif isinstance(st, ast.Ensemble):
                 if self.define("ensemble", st.name):
@@ -377,17 +466,21 @@ class _MethodLowering:
     def apply_overrides(self) -> None:
         for name, value in self.overrides.items():
             if name not in self.params:
-                self.diags.append(error(
-                    "KD209", f"`{name}` is not a parameter of method `{self.m.name.name}`",
-                    self.source, self.m.name.span, "method declared here",
-                    help=did_you_mean(name, self.params)
-                    or f"parameters: {', '.join(self.params) or 'none'}"))
+                self.diags.append(
+                    error(
+                        "KD209",
+                        f"`{name}` is not a parameter of method `{self.m.name.name}`",
+                        self.source,
+                        self.m.name.span,
+                        "method declared here",
+                        help=did_you_mean(name, self.params)
+                        or f"parameters: {', '.join(self.params) or 'none'}",
+                    )
+                )
                 continue
             if isinstance(value, ir.Num | ir.Str | ir.ListE | ir.ParamRef | ir.BinOp | ir.Neg):
                 self.params[name] = value  # already an expression (from `use` arguments)
-            elif isinstance(value, bool):
-                self.params[name] = ir.Num(value=float(value))
-            elif isinstance(value, int | float):
+            elif isinstance(value, bool) or isinstance(value, int | float):
                 self.params[name] = ir.Num(value=float(value))
             else:
                 text = str(value)
@@ -409,30 +502,41 @@ class _MethodLowering:
                     view = mod.view.name
                     part = self.data.get(view)
                     if part is None or part.kind != "view":
-                        self.err("KD202", f"unknown view `{view}`", mod.view.span,
-                                 help=did_you_mean(view, self.data) or f"declare `view {view}`")
+                        self.err(
+                            "KD202",
+                            f"unknown view `{view}`",
+                            mod.view.span,
+                            help=did_you_mean(view, self.data) or f"declare `view {view}`",
+                        )
                 elif mod.kind == "init" and mod.init is not None:
                     call = self.call(mod.init, categories=("role_init",))
                     mode = {"ema": "ema", "virtual": "virtual", "snapshot": "snapshot"}.get(
-                        call.func, mode)
+                        call.func, mode
+                    )
                     if call.args:
                         first = call.args[0]
-                        if isinstance(first, ir.Tap) and first.point == "output" \
-                                and first.role in self.roles:
+                        if (
+                            isinstance(first, ir.Tap)
+                            and first.point == "output"
+                            and first.role in self.roles
+                        ):
                             source = first.role
                         else:
-                            self.err("KD211", f"`{call.func}` takes a role", mod.init.span,
-                                     help=f"e.g. `= {call.func}(s)`")
-                    for k, v in call.kwargs.items():
-                        if isinstance(v, ir.Num):
-                            options[k] = v.value
-                        elif isinstance(v, ir.ParamRef):
-                            pv = self.params.get(v.name)
-                            if isinstance(pv, ir.Num):
-                                options[k] = pv.value
+                            self.err(
+                                "KD211",
+                                f"`{call.func}` takes a role",
+                                mod.init.span,
+                                help=f"e.g. `= {call.func}(s)`",
+                            )
+                    options = dict(call.kwargs)
             self.roles[ident.name] = ir.Role(
-                name=ident.name, kind=role.kind, mode=mode, source=source,  # type: ignore[arg-type]
-                options=options, view=view)
+                name=ident.name,
+                kind=role.kind,
+                mode=mode,
+                source=source,  # type: ignore[arg-type]
+                options=options,
+                view=view,
+            )
 
     def ensemble(self, st: ast.Ensemble) -> None:
         call = self.call(st.init, categories=("combine",))
@@ -441,17 +545,23 @@ class _MethodLowering:
             if isinstance(a, ir.Tap) and a.point == "output" and a.role in self.roles:
                 members.append(a.role)
             else:
-                self.err("KD211", "an ensemble combines roles", st.init.span,
-                         help="e.g. `ensemble ts = mean(t1, t2, t3)`")
+                self.err(
+                    "KD211",
+                    "an ensemble combines roles",
+                    st.init.span,
+                    help="e.g. `ensemble ts = mean(t1, t2, t3)`",
+                )
         weights = None
         w = call.kwargs.get("weights")
         if isinstance(w, ir.ListE):
             weights = tuple(i.value if isinstance(i, ir.Num) else 1.0 for i in w.items)
             if len(weights) != len(members):
-                self.err("KD204", f"{len(weights)} weights for {len(members)} members",
-                         st.init.span)
+                self.err(
+                    "KD204", f"{len(weights)} weights for {len(members)} members", st.init.span
+                )
         self.ensembles[st.name.name] = ir.Ensemble(
-            name=st.name.name, members=tuple(members), weights=weights)
+            name=st.name.name, members=tuple(members), weights=weights
+        )
 
     def datapart(self, st: ast.View | ast.Subset) -> None:
         kind = "view" if isinstance(st, ast.View) else "subset"
@@ -459,9 +569,14 @@ class _MethodLowering:
             return
         call = self.call(st.init, categories=(kind,))
         self.data[st.name.name] = ir.DataPart(
-            name=st.name.name, kind=kind, func=call.func,  # type: ignore[arg-type]
-            args=tuple(self.expr(a, as_value=True) for a in st.init.args) if call.func in
-            ("exclude_classes", "only_classes") else call.args, kwargs=call.kwargs)
+            name=st.name.name,
+            kind=kind,
+            func=call.func,  # type: ignore[arg-type]
+            args=tuple(self.expr(a, as_value=True) for a in st.init.args)
+            if call.func in ("exclude_classes", "only_classes")
+            else call.args,
+            kwargs=call.kwargs,
+        )
 
     def _term_name(self, st: ast.Transfer | ast.Supervise) -> str:
         if st.label is not None:
@@ -496,15 +611,21 @@ class _MethodLowering:
             subset = st.on.name
             part = self.data.get(subset)
             if part is None or part.kind != "subset":
-                self.err("KD202", f"unknown subset `{subset}`", st.on.span,
-                         help=did_you_mean(subset, [n for n, d in self.data.items()
-                                                    if d.kind == "subset"])
-                         or f"declare it: `subset {subset}`")
+                self.err(
+                    "KD202",
+                    f"unknown subset `{subset}`",
+                    st.on.span,
+                    help=did_you_mean(
+                        subset, [n for n, d in self.data.items() if d.kind == "subset"]
+                    )
+                    or f"declare it: `subset {subset}`",
+                )
         target = self.expr(st.target)
         self.smap.spans[(*key, "target")] = st.target.span
         if isinstance(st, ast.Supervise):
-            self.terms[name] = ir.Term(name=name, kind="supervise", target=target, loss=loss,
-                                       weight=weight, subset=subset)
+            self.terms[name] = ir.Term(
+                name=name, kind="supervise", target=target, loss=loss, weight=weight, subset=subset
+            )
             return
         knowledge = []
         for i, k in enumerate(st.knowledge):
@@ -517,8 +638,16 @@ class _MethodLowering:
             mapping = self.call(st.mapping, categories=("mapping",)).func
             self.smap.spans[(*key, "mapping")] = st.mapping.span
         self.terms[name] = ir.Term(
-            name=name, kind="transfer", knowledge=tuple(knowledge), source=source,
-            target=target, mapping=mapping, loss=loss, weight=weight, subset=subset)
+            name=name,
+            kind="transfer",
+            knowledge=tuple(knowledge),
+            source=source,
+            target=target,
+            mapping=mapping,
+            loss=loss,
+            weight=weight,
+            subset=subset,
+        )
 
     def stage(self, st: ast.Stage) -> None:
         if not self.define("stage", st.name):
@@ -543,8 +672,7 @@ class _MethodLowering:
                 bucket = train if item.kind == "train" else freeze
                 for e in item.exprs:
                     self.smap.spans[(*key, item.kind, len(bucket))] = e.span
-                    if isinstance(e, ast.Name) and e.id not in self.roles \
-                            and e.id not in self.lets:
+                    if isinstance(e, ast.Name) and e.id not in self.roles and e.id not in self.lets:
                         bucket.append(ir.Str(value=e.id))  # a term: its adapters (checked later)
                     else:
                         bucket.append(self.expr(e))
@@ -557,27 +685,47 @@ class _MethodLowering:
                 self.smap.spans[(*key, "handoff", len(handoffs))] = item.span
                 for ident in (src, dst):
                     if ident.name not in self.roles:
-                        self.err("KD307", f"unknown role `{ident.name}` in handoff", ident.span,
-                                 help=did_you_mean(ident.name, self.roles))
+                        self.err(
+                            "KD307",
+                            f"unknown role `{ident.name}` in handoff",
+                            ident.span,
+                            help=did_you_mean(ident.name, self.roles),
+                        )
                 handoffs.append((src.name, dst.name))
-        self.stages.append(ir.Stage(
-            name=st.name.name, duration=duration, unit=unit, repeat=repeat,  # type: ignore[arg-type]
-            train=tuple(train), freeze=tuple(freeze), losses=tuple(losses),
-            handoffs=tuple(handoffs)))
+        self.stages.append(
+            ir.Stage(
+                name=st.name.name,
+                duration=duration,
+                unit=unit,
+                repeat=repeat,  # type: ignore[arg-type]
+                train=tuple(train),
+                freeze=tuple(freeze),
+                losses=tuple(losses),
+                handoffs=tuple(handoffs),
+            )
+        )
 
     def claim(self, st: ast.Claim) -> None:
         dim = st.dimension.name
         self.smap.spans[("claim", len(self.claims))] = st.span
         allowed = CLAIM_DIMENSIONS.get(dim)
         if allowed is None:
-            self.err("KD212", f"unknown taxonomy dimension `{dim}`", st.dimension.span,
-                     help=did_you_mean(dim, CLAIM_DIMENSIONS)
-                     or f"dimensions: {', '.join(CLAIM_DIMENSIONS)}")
+            self.err(
+                "KD212",
+                f"unknown taxonomy dimension `{dim}`",
+                st.dimension.span,
+                help=did_you_mean(dim, CLAIM_DIMENSIONS)
+                or f"dimensions: {', '.join(CLAIM_DIMENSIONS)}",
+            )
         else:
             for v in st.values:
                 if v.name not in allowed:
-                    self.err("KD212", f"`{v.name}` is not a value of `{dim}`", v.span,
-                             help=did_you_mean(v.name, allowed) or f"values: {', '.join(allowed)}")
+                    self.err(
+                        "KD212",
+                        f"`{v.name}` is not a value of `{dim}`",
+                        v.span,
+                        help=did_you_mean(v.name, allowed) or f"values: {', '.join(allowed)}",
+                    )
         self.claims.append(ir.Claim(dimension=dim, values=tuple(v.name for v in st.values)))
 
     # -- composition ------------------------------------------------------------------------
@@ -586,13 +734,22 @@ class _MethodLowering:
         name = st.method.name
         self.smap.spans[("use", len(self.uses))] = st.span
         if name in self.stack:
-            self.err("KD208", f"method `{name}` uses itself", st.method.span,
-                     "cycle of `use`", notes=[" -> ".join([*self.stack, name])])
+            self.err(
+                "KD208",
+                f"method `{name}` uses itself",
+                st.method.span,
+                "cycle of `use`",
+                notes=[" -> ".join([*self.stack, name])],
+            )
             return
         found = self.finder(name) if self.finder else None
         if found is None:
-            self.err("KD208", f"unknown method `{name}`", st.method.span,
-                     "not in this file, its imports or the library")
+            self.err(
+                "KD208",
+                f"unknown method `{name}`",
+                st.method.span,
+                "not in this file, its imports or the library",
+            )
             return
         other_ast, other_source = found
         args: dict[str, object] = {}
@@ -601,12 +758,12 @@ class _MethodLowering:
             args[pname] = self.expr(a, as_value=True)
         for kw in st.kwargs:
             args[kw.name.name] = self.expr(kw.value, as_value=True)
-        sub = _MethodLowering(other_ast, other_source, self.finder, args,
-                              (*self.stack, self.m.name.name))
+        sub = _MethodLowering(
+            other_ast, other_source, self.finder, args, (*self.stack, self.m.name.name)
+        )
         other = sub.lower()
         for d in sub.diags:  # problems inside the used method are reported at the `use`
-            self.err(d.code, f"in `use {name}`: {d.message}", st.span, "used here",
-                     help=d.help)
+            self.err(d.code, f"in `use {name}`: {d.message}", st.span, "used here", help=d.help)
         self.uses.append(name)
         alias = st.alias.name if st.alias else name
         inline = _Inliner(other.params)
@@ -616,8 +773,11 @@ class _MethodLowering:
                 self.roles[role.name] = role
                 self.defined.setdefault(role.name, ("role", st.span))
             elif mine.kind != role.kind:
-                self.err("KD208", f"role `{role.name}` is a {mine.kind} here but a {role.kind}"
-                         f" in `{name}`", st.span)
+                self.err(
+                    "KD208",
+                    f"role `{role.name}` is a {mine.kind} here but a {role.kind} in `{name}`",
+                    st.span,
+                )
         for ens in other.ensembles:
             self.ensembles.setdefault(ens.name, ens)
         for part in other.data:
@@ -627,19 +787,29 @@ class _MethodLowering:
         wanted = {i.name for i in st.only}
         for ident in st.only:
             if other.term(ident.name) is None:
-                self.err("KD208", f"method `{name}` has no term `{ident.name}`", ident.span,
-                         help=did_you_mean(ident.name, [t.name for t in other.terms]))
+                self.err(
+                    "KD208",
+                    f"method `{name}` has no term `{ident.name}`",
+                    ident.span,
+                    help=did_you_mean(ident.name, [t.name for t in other.terms]),
+                )
         for t in other.terms:
             if wanted and t.name not in wanted:
                 continue
             tname = t.name if t.name not in self.defined else f"{alias}_{t.name}"
             self.defined[tname] = ("term", st.span)
             self.smap.spans[("term", tname)] = st.span
-            self.terms[tname] = t.model_copy(update={
-                "name": tname, "origin": alias,
-                "weight": inline(t.weight), "source": inline(t.source) if t.source else None,
-                "target": inline(t.target), "loss": inline(t.loss),
-                "knowledge": tuple(inline(k) for k in t.knowledge)})
+            self.terms[tname] = t.model_copy(
+                update={
+                    "name": tname,
+                    "origin": alias,
+                    "weight": inline(t.weight),
+                    "source": inline(t.source) if t.source else None,
+                    "target": inline(t.target),
+                    "loss": inline(t.loss),
+                    "knowledge": tuple(inline(k) for k in t.knowledge),
+                }
+            )
 
 
 class _Inliner:
@@ -652,8 +822,12 @@ class _Inliner:
         if isinstance(e, ir.ParamRef) and e.name in self.params:
             return self(self.params[e.name])
         if isinstance(e, ir.Call):
-            return e.model_copy(update={"args": tuple(self(a) for a in e.args),
-                                        "kwargs": {k: self(v) for k, v in e.kwargs.items()}})
+            return e.model_copy(
+                update={
+                    "args": tuple(self(a) for a in e.args),
+                    "kwargs": {k: self(v) for k, v in e.kwargs.items()},
+                }
+            )
         if isinstance(e, ir.BinOp):
             return e.model_copy(update={"left": self(e.left), "right": self(e.right)})
         if isinstance(e, ir.Neg):
@@ -663,9 +837,7 @@ class _Inliner:
         return e
 
 
-def make_finder(
-    module: ast.Module, source: SourceFile, library: Path | None
-) -> MethodFinder:
+def make_finder(module: ast.Module, source: SourceFile, library: Path | None) -> MethodFinder:
     """Find methods for `use`: this file first, then its imports, then the library."""
     from kdspec.syntax import try_parse
 
@@ -718,8 +890,15 @@ def check_imports(module: ast.Module, source: SourceFile) -> list[Diagnostic]:
         try:
             other_src = SourceFile.read(path)
         except OSError as exc:
-            diags.append(error("KD105", f"cannot read imported file `{imp.path.value}`", source,
-                               imp.path.span, exc.strerror or "unreadable"))
+            diags.append(
+                error(
+                    "KD105",
+                    f"cannot read imported file `{imp.path.value}`",
+                    source,
+                    imp.path.span,
+                    exc.strerror or "unreadable",
+                )
+            )
             continue
         _, errs = try_parse(other_src)
         diags.extend(errs)

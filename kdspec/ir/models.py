@@ -7,7 +7,7 @@ by meaning only. ``Method.model_json_schema()`` is the published JSON Schema of 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -105,7 +105,7 @@ class ListE(_Node):
 
 
 Expr = Annotated[
-    Union[Num, Str, ParamRef, LetRef, Tap, Call, BinOp, Neg, ListE], Field(discriminator="op")
+    Num | Str | ParamRef | LetRef | Tap | Call | BinOp | Neg | ListE, Field(discriminator="op")
 ]
 
 for _model in (Call, BinOp, Neg, ListE):
@@ -128,7 +128,7 @@ class Role(_Node):
     kind: Literal["teacher", "student", "assistant", "peer"]
     mode: Literal["frozen", "trained", "ema", "snapshot", "virtual"]
     source: str | None = None
-    options: dict[str, float] = Field(default_factory=dict)
+    options: dict[str, Expr] = Field(default_factory=dict)
     view: str | None = None
 
 

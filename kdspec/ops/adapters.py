@@ -73,12 +73,14 @@ class Resize(nn.Module):
 
     Adaptive average pooling when both sides shrink (or stay), bilinear interpolation
     (``align_corners=False``) otherwise.
-
-    Args:
-        size: Target ``(h, w)``.
     """
 
     def __init__(self, size: tuple[int, int]) -> None:
+        """Create the resize.
+
+        Args:
+            size: Target ``(h, w)``.
+        """
         super().__init__()
         self.size = (int(size[0]), int(size[1]))
 
@@ -99,6 +101,7 @@ class Resize(nn.Module):
         return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
 
     def extra_repr(self) -> str:
+        """Show the target size in ``repr``."""
         return f"size={self.size}"
 
 
@@ -108,17 +111,19 @@ class ConvReg(nn.Module):
     ``s_H == 2 t_H``: 3x3 conv, stride 2, padding 1; ``2 s_H == t_H``: 4x4 transposed conv,
     stride 2, padding 1; ``s_H >= t_H``: conv with kernel ``(1 + s_H - t_H, 1 + s_W - t_W)``.
     Then BN and (optionally) ReLU.
-
-    Args:
-        in_shape: Student ``(C, H, W)``.
-        out_shape: Teacher ``(C', H', W')``.
-        use_relu: Apply ReLU after BN.
-
-    Raises:
-        AdapterShapeError: No branch produces ``out_shape``.
     """
 
     def __init__(self, in_shape: Shape, out_shape: Shape, use_relu: bool = True) -> None:
+        """Pick the conv branch from the spatial sizes.
+
+        Args:
+            in_shape: Student ``(C, H, W)``.
+            out_shape: Teacher ``(C', H', W')``.
+            use_relu: Apply ReLU after BN.
+
+        Raises:
+            AdapterShapeError: No branch produces ``out_shape``.
+        """
         super().__init__()
         s_c, s_h, s_w = in_shape
         t_c, t_h, t_w = out_shape
@@ -163,14 +168,15 @@ class ConvReg(nn.Module):
 
 
 class Embed(nn.Module):
-    """CRD embedding head: flatten, ``Linear``, L2-normalise.
-
-    Args:
-        in_features: Flattened input size.
-        dim: Embedding size.
-    """
+    """CRD embedding head: flatten, ``Linear``, L2-normalise."""
 
     def __init__(self, in_features: int, dim: int) -> None:
+        """Create the head.
+
+        Args:
+            in_features: Flattened input size.
+            dim: Embedding size.
+        """
         super().__init__()
         self.linear = nn.Linear(in_features, dim)
 
@@ -191,14 +197,16 @@ class ClassifierHead(nn.Module):
 
     Feature maps: 1x1 conv bottleneck + BN + ReLU, global average pool, ``Linear``. Vectors:
     ``Linear``.
-
-    Args:
-        in_shape: ``(C, H, W)`` or ``(D,)``.
-        num_classes: Number of logits.
-        hidden: Bottleneck channels (feature maps only; default C).
     """
 
     def __init__(self, in_shape: Shape, num_classes: int, hidden: int | None = None) -> None:
+        """Create the head.
+
+        Args:
+            in_shape: ``(C, H, W)`` or ``(D,)``.
+            num_classes: Number of logits.
+            hidden: Bottleneck channels (feature maps only; default C).
+        """
         super().__init__()
         self.body: nn.Module
         if len(in_shape) == 3:
@@ -224,7 +232,8 @@ class ClassifierHead(nn.Module):
         Returns:
             ``[B, num_classes]`` logits.
         """
-        return self.fc(self.body(x))
+        logits: Tensor = self.fc(self.body(x))
+        return logits
 
 
 class VIDRegressor(nn.Module):
@@ -232,14 +241,6 @@ class VIDRegressor(nn.Module):
 
     Three bias-free 1x1 convs with ReLU between them predict the mean; a per-channel parameter
     gives the variance ``softplus(log_scale) + eps``, initialised to ``init_pred_var``.
-
-    Args:
-        in_channels: Student channels.
-        mid_channels: Hidden channels (the references use the teacher's channel count).
-        out_channels: Teacher channels.
-        size: Teacher ``(H, W)``; the student map is resized to it first.
-        init_pred_var: Initial variance.
-        eps: Variance floor.
     """
 
     def __init__(
@@ -251,6 +252,16 @@ class VIDRegressor(nn.Module):
         init_pred_var: float = 5.0,
         eps: float = 1e-5,
     ) -> None:
+        """Create the regressor.
+
+        Args:
+            in_channels: Student channels.
+            mid_channels: Hidden channels (the references use the teacher's channel count).
+            out_channels: Teacher channels.
+            size: Teacher ``(H, W)``; the student map is resized to it first.
+            init_pred_var: Initial variance.
+            eps: Variance floor.
+        """
         super().__init__()
         self.resize = Resize(size)
         self.regressor = nn.Sequential(

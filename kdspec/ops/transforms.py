@@ -359,14 +359,18 @@ def fsp(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
         ``[B, C1, C2]`` with ``G_ij = mean_{h,w} a_i * b_j``. RepDistiller's ``compute_fsp``
         returns the transpose ``[B, C2, C1]``; elementwise losses are unaffected.
     """
-    pool_fn = {"avg": F.adaptive_avg_pool2d, "max": F.adaptive_max_pool2d}.get(pool)
-    if pool_fn is None:
+    if pool not in ("avg", "max"):
         raise ValueError(f"fsp pool must be 'avg' or 'max', got {pool!r}")
-    h, w = min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
-    if a.shape[2:] != (h, w):
-        a = pool_fn(a, (h, w))
-    if b.shape[2:] != (h, w):
-        b = pool_fn(b, (h, w))
+
+    def shrink(x: Tensor, hw: tuple[int, int]) -> Tensor:
+        if x.shape[2:] == hw:
+            return x
+        if pool == "max":
+            return F.adaptive_max_pool2d(x, hw)
+        return F.adaptive_avg_pool2d(x, hw)
+
+    hw = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+    a, b = shrink(a, hw), shrink(b, hw)
     fa = a.flatten(2)  # [B, C1, N]
     fb = b.flatten(2)  # [B, C2, N]
     return torch.bmm(fa, fb.transpose(1, 2)) / fa.shape[2]

@@ -26,10 +26,15 @@ def check_cycles(ctx: PassContext) -> list[Diagnostic]:
         names = [n.removeprefix("role:") for n in cycle]
         edges = list(zip(cycle, [*cycle[1:], cycle[0]], strict=True))
         first = terms[edges[0]]
-        out.append(ctx.diag(
-            "KD305", "teaching cycle " + " -> ".join([*names, names[0]]) + " has no stop-gradient",
-            ("term", first, "source"), "gradient flows back into the teacher here",
-            related=tuple((("term", terms[e], "source"), "and here") for e in edges[1:]),
-            help=f"wrap the teacher side in `stopgrad(...)`, e.g. "
-            f"`from stopgrad({names[0]}.logits)`"))
+        out.append(
+            ctx.diag(
+                "KD305",
+                "teaching cycle " + " -> ".join([*names, names[0]]) + " has no stop-gradient",
+                ("term", first, "source"),
+                "gradient flows back into the teacher here",
+                related=tuple((("term", terms[e], "source"), "and here") for e in edges[1:]),
+                help=f"wrap the teacher side in `stopgrad(...)`, e.g. "
+                f"`from stopgrad({names[0]}.logits)`",
+            )
+        )
     return out

@@ -28,14 +28,25 @@ def check_ranges(ctx: PassContext) -> list[Diagnostic]:
                     if n is not None:
                         lengths[side] = n
                     if n is not None and n <= 0:
-                        out.append(ctx.diag("KD206", f"empty range `{types.tap_text(tap)}`",
-                                            ("term", term.name, side), "no layers selected"))
+                        out.append(
+                            ctx.diag(
+                                "KD206",
+                                f"empty range `{types.tap_text(tap)}`",
+                                ("term", term.name, side),
+                                "no layers selected",
+                            )
+                        )
         if len(lengths) == 2 and lengths["source"] != lengths["target"]:
-            out.append(ctx.diag(
-                "KD310", f"`{term.name}` pairs {lengths['source']} teacher layers with "
-                f"{lengths['target']} student layers", ("term", term.name, "target"),
-                f"{lengths['target']} layers", related=((("term", term.name, "source"),
-                                                         f"{lengths['source']} layers"),),
-                help="add a mapping rule: `map uniform`, `map last`, `map first` or "
-                "`map all_pairs`"))
+            out.append(
+                ctx.diag(
+                    "KD310",
+                    f"`{term.name}` pairs {lengths['source']} teacher layers with "
+                    f"{lengths['target']} student layers",
+                    ("term", term.name, "target"),
+                    f"{lengths['target']} layers",
+                    related=((("term", term.name, "source"), f"{lengths['source']} layers"),),
+                    help="add a mapping rule: `map uniform`, `map last`, `map first` or "
+                    "`map all_pairs`",
+                )
+            )
     return out

@@ -21,18 +21,29 @@ def check_roles(ctx: PassContext) -> list[Diagnostic]:
                 if role is None:
                     continue
                 if role.mode == "virtual":
-                    out.append(ctx.diag("KD312", f"virtual teacher `{r}` cannot learn",
-                                        ("term", term.name, "target"), "on the student side",
-                                        related=((("role", r), "declared virtual here"),)))
-                elif role.mode in ("ema", "snapshot") or (role.mode == "frozen"
-                                                          and r not in trained
-                                                          and r not in explicit):
+                    out.append(
+                        ctx.diag(
+                            "KD312",
+                            f"virtual teacher `{r}` cannot learn",
+                            ("term", term.name, "target"),
+                            "on the student side",
+                            related=((("role", r), "declared virtual here"),),
+                        )
+                    )
+                elif role.mode in ("ema", "snapshot") or (
+                    role.mode == "frozen" and r not in trained and r not in explicit
+                ):
                     where = f" in stage `{stage.name}`" if m.stages else ""
-                    out.append(ctx.diag(
-                        "KD306", f"{role.kind} `{r}` is {role.mode}{where} but `{term.name}` "
-                        "sends gradient into it", ("term", term.name, "target"),
-                        "gradient flows into this side",
-                        related=((("role", r), f"declared {role.mode} here"),),
-                        help=f"swap `from` and `to`, wrap the side in `stopgrad(...)`, or "
-                        f"`train {r}` in a stage"))
+                    out.append(
+                        ctx.diag(
+                            "KD306",
+                            f"{role.kind} `{r}` is {role.mode}{where} but `{term.name}` "
+                            "sends gradient into it",
+                            ("term", term.name, "target"),
+                            "gradient flows into this side",
+                            related=((("role", r), f"declared {role.mode} here"),),
+                            help=f"swap `from` and `to`, wrap the side in `stopgrad(...)`, or "
+                            f"`train {r}` in a stage",
+                        )
+                    )
     return out

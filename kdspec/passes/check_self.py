@@ -19,17 +19,27 @@ def check_self(ctx: PassContext) -> list[Diagnostic]:
         same = src & dst
         if same and src == dst and term.source == term.target:
             tap = sorted(same)[0][2]
-            out.append(ctx.diag(
-                "KD308", f"`{term.name}` teaches `{tap}` from itself",
-                ("term", term.name, "source"), "same tap, view and data as the student side",
-                help="read the teacher side at another tap (a deeper exit), another view "
-                "(`s[other].logits`) or an earlier snapshot"))
+            out.append(
+                ctx.diag(
+                    "KD308",
+                    f"`{term.name}` teaches `{tap}` from itself",
+                    ("term", term.name, "source"),
+                    "same tap, view and data as the student side",
+                    help="read the teacher side at another tap (a deeper exit), another view "
+                    "(`s[other].logits`) or an earlier snapshot",
+                )
+            )
             continue
         self_roles = {r for r, _, _ in src} & {r for r, _, _ in dst}
         for r in sorted(self_roles & types.grad_roles(term.source, m)):
-            out.append(ctx.diag(
-                "KD308", f"`{r}` teaches itself in `{term.name}` without a stop-gradient",
-                ("term", term.name, "source"), "gradient also flows into the teacher side",
-                severity=Severity.WARNING,
-                help=f"wrap the teacher side in `stopgrad(...)` so `{r}` learns only as student"))
+            out.append(
+                ctx.diag(
+                    "KD308",
+                    f"`{r}` teaches itself in `{term.name}` without a stop-gradient",
+                    ("term", term.name, "source"),
+                    "gradient also flows into the teacher side",
+                    severity=Severity.WARNING,
+                    help=f"wrap the teacher side in `stopgrad(...)` so `{r}` learns only as student",
+                )
+            )
     return out

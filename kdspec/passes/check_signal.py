@@ -18,18 +18,28 @@ def check_signal(ctx: PassContext) -> list[Diagnostic]:
     for role in m.roles:
         if role.mode != "trained" or role.name in learners:
             continue
-        out.append(ctx.diag(
-            "KD303", f"{role.kind} `{role.name}` is trained but no loss term teaches it",
-            ("role", role.name), "receives no gradient",
-            help=f"add `supervise {role.name}.logits with cross_entropy` or a transfer "
-            f"`to {role.name}...`"))
+        out.append(
+            ctx.diag(
+                "KD303",
+                f"{role.kind} `{role.name}` is trained but no loss term teaches it",
+                ("role", role.name),
+                "receives no gradient",
+                help=f"add `supervise {role.name}.logits with cross_entropy` or a transfer "
+                f"`to {role.name}...`",
+            )
+        )
     for stage in m.stages:
         for item in stage.train:
             if isinstance(item, ir.Tap) and item.role not in {
-                r for t in ctx.graph.active_terms(stage)
-                for r in types.grad_roles(t.target, m)
+                r for t in ctx.graph.active_terms(stage) for r in types.grad_roles(t.target, m)
             }:
-                out.append(ctx.diag(
-                    "KD303", f"stage `{stage.name}` trains `{item.role}` but none of its "
-                    "losses reaches it", ("stage", stage.name), "in this stage"))
+                out.append(
+                    ctx.diag(
+                        "KD303",
+                        f"stage `{stage.name}` trains `{item.role}` but none of its "
+                        "losses reaches it",
+                        ("stage", stage.name),
+                        "in this stage",
+                    )
+                )
     return out

@@ -18,23 +18,39 @@ def check_stages(ctx: PassContext) -> list[Diagnostic]:
         key = ("stage", stage.name)
         for i, name in enumerate(stage.losses):
             if name not in names:
-                out.append(ctx.diag("KD307", f"stage `{stage.name}` runs unknown term `{name}`",
-                                    (*key, "losses", i), "no such term",
-                                    help=did_you_mean(name, names)
-                                    or f"terms: {', '.join(names) or 'none'}"))
+                out.append(
+                    ctx.diag(
+                        "KD307",
+                        f"stage `{stage.name}` runs unknown term `{name}`",
+                        (*key, "losses", i),
+                        "no such term",
+                        help=did_you_mean(name, names) or f"terms: {', '.join(names) or 'none'}",
+                    )
+                )
         active |= set(stage.losses or names)
         for bucket in ("train", "freeze"):
             for i, item in enumerate(getattr(stage, bucket)):
                 if isinstance(item, ir.Str) and item.value not in names:
-                    out.append(ctx.diag(
-                        "KD307", f"stage `{stage.name}` cannot {bucket} `{item.value}`",
-                        (*key, bucket, i), "not a role, let or term",
-                        help=did_you_mean(item.value, [*names, *(r.name for r in m.roles)])))
+                    out.append(
+                        ctx.diag(
+                            "KD307",
+                            f"stage `{stage.name}` cannot {bucket} `{item.value}`",
+                            (*key, bucket, i),
+                            "not a role, let or term",
+                            help=did_you_mean(item.value, [*names, *(r.name for r in m.roles)]),
+                        )
+                    )
     if m.stages:
         for term in m.terms:
             if term.name not in active:
-                out.append(ctx.diag("KD309", f"term `{term.name}` is active in no stage",
-                                    ("term", term.name), "never runs",
-                                    severity=Severity.WARNING,
-                                    help=f"add `losses {term.name}` to a stage"))
+                out.append(
+                    ctx.diag(
+                        "KD309",
+                        f"term `{term.name}` is active in no stage",
+                        ("term", term.name),
+                        "never runs",
+                        severity=Severity.WARNING,
+                        help=f"add `losses {term.name}` to a stage",
+                    )
+                )
     return out

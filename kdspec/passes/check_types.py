@@ -46,21 +46,41 @@ def check_types(ctx: PassContext) -> list[Diagnostic]:
         if fn is None or fn.category != "loss":
             continue
         key = ("term", term.name)
-        target = types.side_kind(term, "target", m) if term.kind == "transfer" else \
-            types.expr_kind(term.target, m)
+        target = (
+            types.side_kind(term, "target", m)
+            if term.kind == "transfer"
+            else types.expr_kind(term.target, m)
+        )
         if term.kind == "supervise":
             if fn.inputs == 2:
-                out.append(ctx.diag("KD301", f"`{term.loss.func}` compares two sides; "
-                                    "`supervise` has only labels", (*key, "loss"),
-                                    help="supervise with `cross_entropy`"))
+                out.append(
+                    ctx.diag(
+                        "KD301",
+                        f"`{term.loss.func}` compares two sides; `supervise` has only labels",
+                        (*key, "loss"),
+                        help="supervise with `cross_entropy`",
+                    )
+                )
             elif fn.accepts and target not in fn.accepts:
-                out.append(ctx.diag("KD301", f"`{term.loss.func}` needs logits, got "
-                                    f"{_article(target)}", (*key, "target"),
-                                    f"{_article(target)}", help="supervise `s.logits`"))
+                out.append(
+                    ctx.diag(
+                        "KD301",
+                        f"`{term.loss.func}` needs logits, got {_article(target)}",
+                        (*key, "target"),
+                        f"{_article(target)}",
+                        help="supervise `s.logits`",
+                    )
+                )
             continue
         if fn.inputs == 1:
-            out.append(ctx.diag("KD301", f"`{term.loss.func}` takes labels, not a teacher",
-                                (*key, "loss"), help="use `supervise` for label losses"))
+            out.append(
+                ctx.diag(
+                    "KD301",
+                    f"`{term.loss.func}` takes labels, not a teacher",
+                    (*key, "loss"),
+                    help="use `supervise` for label losses",
+                )
+            )
             continue
         source = types.side_kind(term, "source", m)
         teacher_ok = fn.teacher_accepts if fn.teacher_accepts is not None else fn.accepts
@@ -71,18 +91,28 @@ def check_types(ctx: PassContext) -> list[Diagnostic]:
             bad.append(("source", source))
         for side, kind in bad:
             wanted = " or ".join(sorted(fn.accepts if side == "target" else teacher_ok))
-            out.append(ctx.diag(
-                "KD301", f"`{term.loss.func}` needs {wanted} knowledge, but the "
-                f"{'student' if side == 'target' else 'teacher'} side is {_article(kind)}",
-                (*key, side), f"{_article(kind)}", help=_HINTS.get(wanted),
-                related=(((*key, "loss"), f"`{term.loss.func}` here"),)))
+            out.append(
+                ctx.diag(
+                    "KD301",
+                    f"`{term.loss.func}` needs {wanted} knowledge, but the "
+                    f"{'student' if side == 'target' else 'teacher'} side is {_article(kind)}",
+                    (*key, side),
+                    f"{_article(kind)}",
+                    help=_HINTS.get(wanted),
+                    related=(((*key, "loss"), f"`{term.loss.func}` here"),),
+                )
+            )
         if bad or fn.teacher_accepts is not None:
             continue
         if not _compatible(source, target):
-            out.append(ctx.diag(
-                "KD302", f"`{term.name}` matches {_article(source)} with {_article(target)}",
-                (*key, "target"), f"{_article(target)}",
-                related=(((*key, "source"), f"{_article(source)}"),),
-                help="apply the same knowledge transform to both sides "
-                "(put it before `from`)"))
+            out.append(
+                ctx.diag(
+                    "KD302",
+                    f"`{term.name}` matches {_article(source)} with {_article(target)}",
+                    (*key, "target"),
+                    f"{_article(target)}",
+                    related=(((*key, "source"), f"{_article(source)}"),),
+                    help="apply the same knowledge transform to both sides (put it before `from`)",
+                )
+            )
     return out

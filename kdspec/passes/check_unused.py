@@ -48,7 +48,12 @@ def check_unused(ctx: PassContext) -> list[Diagnostic]:
             _refs(e, used)
         for a, b in stage.handoffs:
             used |= {a, b}
+    for part in m.data:
+        for e in (*part.args, *part.kwargs.values()):
+            _refs(e, used)
     for role in m.roles:
+        for e in role.options.values():
+            _refs(e, used)
         if role.source:
             used.add(role.source)
         if role.view:
@@ -59,8 +64,15 @@ def check_unused(ctx: PassContext) -> list[Diagnostic]:
     out: list[Diagnostic] = []
 
     def warn(kind: str, name: str, key: tuple[object, ...]) -> None:
-        out.append(ctx.diag("KD304", f"{kind} `{name}` is never used", key, "defined here",
-                            severity=Severity.WARNING))
+        out.append(
+            ctx.diag(
+                "KD304",
+                f"{kind} `{name}` is never used",
+                key,
+                "defined here",
+                severity=Severity.WARNING,
+            )
+        )
 
     for name in m.params:
         if name not in used:

@@ -41,13 +41,25 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
         except EvalError:
             continue
         if isinstance(v, bool) or not isinstance(v, int | float):
-            out.append(ctx.diag("KD205", f"`{call.func}`'s `{name}` must be a number, got `{v}`",
-                                path, f"`{name}` here"))
+            out.append(
+                ctx.diag(
+                    "KD205",
+                    f"`{call.func}`'s `{name}` must be a number, got `{v}`",
+                    path,
+                    f"`{name}` here",
+                )
+            )
             continue
         ok, text = _RULES[rule.check]
         if not ok(v):
-            out.append(ctx.diag("KD205", f"`{call.func}`'s `{name}` {text}, got {v:g}", path,
-                                f"`{name}` = {v:g}"))
+            out.append(
+                ctx.diag(
+                    "KD205",
+                    f"`{call.func}`'s `{name}` {text}, got {v:g}",
+                    path,
+                    f"`{name}` = {v:g}",
+                )
+            )
     return out
 
 
@@ -66,13 +78,25 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
         try:
             w = evaluate(term.weight, m.params)
         except EvalError as exc:
-            out.append(ctx.diag("KD205", f"the weight of `{term.name}` is not a number: {exc}",
-                                (*key, "weight"), "not a number"))
+            out.append(
+                ctx.diag(
+                    "KD205",
+                    f"the weight of `{term.name}` is not a number: {exc}",
+                    (*key, "weight"),
+                    "not a number",
+                )
+            )
             continue
         if isinstance(w, int | float) and w < 0:
-            out.append(ctx.diag("KD205", f"the weight of `{term.name}` must be >= 0, got {w:g}",
-                                (*key, "weight"), f"= {w:g}",
-                                help="a negative weight would maximise the loss"))
+            out.append(
+                ctx.diag(
+                    "KD205",
+                    f"the weight of `{term.name}` must be >= 0, got {w:g}",
+                    (*key, "weight"),
+                    f"= {w:g}",
+                    help="a negative weight would maximise the loss",
+                )
+            )
     for stage in m.stages:
         key = ("stage", stage.name)
         for what, e in (("duration", stage.duration), ("repeat", stage.repeat)):
@@ -81,15 +105,34 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
             try:
                 v = evaluate(e, m.params)
             except EvalError as exc:
-                out.append(ctx.diag("KD207", f"stage `{stage.name}`: {what} is not a number: "
-                                    f"{exc}", (*key, what)))
+                out.append(
+                    ctx.diag(
+                        "KD207",
+                        f"stage `{stage.name}`: {what} is not a number: {exc}",
+                        (*key, what),
+                    )
+                )
                 continue
-            if not isinstance(v, int | float) or v <= 0 or (what == "repeat"
-                                                            and not float(v).is_integer()):
+            if (
+                not isinstance(v, int | float)
+                or v <= 0
+                or (what == "repeat" and not float(v).is_integer())
+            ):
                 need = "a whole number > 0" if what == "repeat" else "> 0"
-                out.append(ctx.diag("KD207", f"stage `{stage.name}`: {what} must be {need}",
-                                    (*key, what), f"= {v}"))
+                out.append(
+                    ctx.diag(
+                        "KD207",
+                        f"stage `{stage.name}`: {what} must be {need}",
+                        (*key, what),
+                        f"= {v}",
+                    )
+                )
             elif what == "duration" and stage.unit == "fraction" and v > 1:
-                out.append(ctx.diag("KD207", f"stage `{stage.name}` lasts more than 100% of "
-                                    "training", (*key, what)))
+                out.append(
+                    ctx.diag(
+                        "KD207",
+                        f"stage `{stage.name}` lasts more than 100% of training",
+                        (*key, what),
+                    )
+                )
     return out

@@ -37,5 +37,12 @@ class PassContext:
             rel_span = self.smap.span(*rel_path)
             if rel_span is not None:
                 labels.append(Label(rel_span, rel_label, primary=False))
-        return Diagnostic(code=code, severity=severity, message=message, source=self.smap.source,
-                          labels=tuple(labels), notes=notes, help=help)
+        return Diagnostic(
+            code=code,
+            severity=severity,
+            message=message,
+            source=self.smap.source,
+            labels=tuple(labels),
+            notes=notes,
+            help=help,
+        )

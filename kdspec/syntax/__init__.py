@@ -27,8 +27,7 @@ def try_parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
         return None, [syntax_diagnostic(exc, source, lark)]
     except VisitError as exc:  # a transformer bug must still not be a traceback
         return None, [
-            error("KD104", f"could not build the syntax tree: {exc.orig_exc}", source,
-                  Span(0, 0))
+            error("KD104", f"could not build the syntax tree: {exc.orig_exc}", source, Span(0, 0))
         ]
     found = tuple(ast.Comment(str(tok), _tok_span(tok)) for tok in comments)
     comments.clear()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from lark import Lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-
-import re
 
 from kdspec.diagnostics import Diagnostic, error
 from kdspec.source import SourceFile, Span

@@ -39,8 +39,13 @@ class ToAst(Transformer[Token, Any]):
     def number(self, meta: Meta, children: list[Token]) -> ast.Number:
         text = str(children[0])
         value = float(text)
-        return ast.Number(int(value) if value.is_integer() and "." not in text and "e" not in
-                          text.lower() else value, text, _meta_span(meta))
+        return ast.Number(
+            int(value)
+            if value.is_integer() and "." not in text and "e" not in text.lower()
+            else value,
+            text,
+            _meta_span(meta),
+        )
 
     def string(self, meta: Meta, children: list[Token]) -> ast.String:
         return ast.String(_unquote(children[0]), _meta_span(meta))
@@ -166,22 +171,35 @@ class ToAst(Transformer[Token, Any]):
 
     @staticmethod
     def _clauses(children: list[Any]) -> dict[str, Any]:
-        return {c[0]: c[1] for c in children if isinstance(c, tuple) and len(c) == 2
-                and isinstance(c[0], str)}
+        return {
+            c[0]: c[1]
+            for c in children
+            if isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str)
+        }
 
     def transfer(self, meta: Meta, children: list[Any]) -> ast.Transfer:
         rest = list(children)
         label = rest.pop(0) if rest and isinstance(rest[0], ast.Ident) else None
         knowledge: tuple[ast.Call, ...] = ()
-        if rest and isinstance(rest[0], tuple) and (not rest[0] or isinstance(rest[0][0],
-                                                                               ast.Call)):
+        if (
+            rest
+            and isinstance(rest[0], tuple)
+            and (not rest[0] or isinstance(rest[0][0], ast.Call))
+        ):
             knowledge = rest.pop(0)
         source, target = rest[0], rest[1]
         clauses = self._clauses(rest[2:])
         loss = next(c for c in rest[2:] if isinstance(c, ast.Call))
         return ast.Transfer(
-            label, knowledge, source, target, clauses.get("mapping"), loss,
-            clauses.get("weight"), clauses.get("on"), _meta_span(meta),
+            label,
+            knowledge,
+            source,
+            target,
+            clauses.get("mapping"),
+            loss,
+            clauses.get("weight"),
+            clauses.get("on"),
+            _meta_span(meta),
         )
 
     def supervise(self, meta: Meta, children: list[Any]) -> ast.Supervise:

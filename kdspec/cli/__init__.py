@@ -1,0 +1,1 @@
+"""The ``kdspec`` command line: one module per subcommand."""

@@ -1,0 +1,67 @@
+"""``kdspec fmt [--check] PATH...``: rewrite specs in the one canonical layout."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from kdspec.cli.common import report
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fmt", help="format specs", description=__doc__)
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--check", action="store_true", help="only report files that would change")
+    p.set_defaults(run=run)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace a file's text without ever leaving it half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kdspec.api import read_source, spec_files
+    from kdspec.diagnostics import Diagnostic
+    from kdspec.syntax import try_parse
+    from kdspec.syntax.fmt import format_module
+
+    diags: list[Diagnostic] = []
+    changed = 0
+    files = spec_files(args.paths)
+    for path in files:
+        source = read_source(path)
+        if isinstance(source, Diagnostic):
+            diags.append(source)
+            continue
+        module, errs = try_parse(source)
+        if module is None:
+            diags.extend(errs)  # a file that does not parse is left exactly as it is
+            continue
+        text = format_module(module, source.text)
+        if text == source.text:
+            continue
+        changed += 1
+        if args.check:
+            print(f"would reformat {path}")
+        else:
+            write_atomically(Path(path), text)
+            print(f"reformatted {path}")
+    code = report(diags)
+    if args.check and changed:
+        return 1
+    if not diags:
+        print(
+            f"{len(files)} file{'s' * (len(files) != 1)} checked, {changed} "
+            f"{'would change' if args.check else 'reformatted'}"
+        )
+    return code

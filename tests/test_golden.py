@@ -1,0 +1,108 @@
+"""Golden files: `tests/golden/<kind>/*.kd` against the expected output beside each one.
+
+- ``parse/x.kd`` → ``parse/x.ast``: the syntax tree (``golden_util.dump_ast``);
+- ``fmt/x.kd`` → ``fmt/x.fmt.kd``: the formatted text, which must also be a fixed point of the
+  formatter and parse to the same tree;
+- ``diag/x.kd`` → ``diag/x.err``: every diagnostic, rendered in full without colour. A file named
+  ``kdNNN_*.kd`` must produce a ``KDNNN`` diagnostic.
+
+Run ``pytest tests/test_golden.py --update-golden`` to rewrite the expected files, then review
+the diff.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from golden_util import assert_golden, dump_ast
+
+from kdspec.diagnostics import Diagnostic, render_many
+from kdspec.source import SourceFile
+from kdspec.syntax import parse_source, try_parse
+from kdspec.syntax.fmt import format_text
+
+GOLDEN = Path(__file__).parent / "golden"
+ROOT = Path(__file__).parent.parent
+KINDS = ("parse", "fmt", "diag")
+SYNTAX_CODES = ("KD101", "KD102", "KD103")
+
+
+def _inputs(kind: str) -> list[Path]:
+    return sorted(p for p in (GOLDEN / kind).glob("*.kd") if not p.name.endswith(".fmt.kd"))
+
+
+def _cases() -> Iterator[object]:
+    for kind in KINDS:
+        for path in _inputs(kind):
+            yield pytest.param(kind, path, id=f"{kind}/{path.stem}")
+
+
+def _source(path: Path) -> SourceFile:
+    return SourceFile(path.relative_to(ROOT).as_posix(), path.read_text(encoding="utf-8"))
+
+
+def check_diagnostics(source: SourceFile) -> list[Diagnostic]:
+    """Every diagnostic for a file: the whole checking pipeline once there is one, else parsing."""
+    try:
+        from kdspec.api import check_source  # type: ignore[import-not-found]
+    except ImportError:
+        return try_parse(source)[1]
+    result = check_source(source)
+    if isinstance(result, tuple):  # (lowered methods, diagnostics)
+        result = result[-1]
+    return list(result)
+
+
+def _run_parse(source: SourceFile, path: Path) -> tuple[str, Path]:
+    return dump_ast(parse_source(source), source), path.with_suffix(".ast")
+
+
+def _run_fmt(source: SourceFile, path: Path) -> tuple[str, Path]:
+    formatted = format_text(source.text, source.name)
+    assert format_text(formatted) == formatted, "formatting is not idempotent"
+    before, after = parse_source(source), parse_source(SourceFile(source.name, formatted))
+    assert after == before, "formatting changed the syntax tree"
+    assert [c.text.rstrip() for c in after.comments] == [c.text.rstrip() for c in before.comments]
+    return formatted, path.with_suffix(".fmt.kd")
+
+
+def _run_diag(source: SourceFile, path: Path) -> tuple[str, Path]:
+    diagnostics = check_diagnostics(source)
+    assert diagnostics, "a diag golden must produce at least one diagnostic"
+    code = re.match(r"(kd\d{3})_", path.name)
+    if code:
+        assert code.group(1).upper() in {d.code for d in diagnostics}
+    return render_many(diagnostics, "full") + "\n", path.with_suffix(".err")
+
+
+RUNNERS: dict[str, Callable[[SourceFile, Path], tuple[str, Path]]] = {
+    "parse": _run_parse,
+    "fmt": _run_fmt,
+    "diag": _run_diag,
+}
+
+
+@pytest.mark.parametrize(("kind", "path"), list(_cases()))
+def test_golden(kind: str, path: Path, update_golden: bool) -> None:
+    source = _source(path)
+    assert source.text.startswith("# title:"), "golden inputs start with a `# title:` comment"
+    actual, expected = RUNNERS[kind](source, path)
+    assert_golden(expected, actual, update_golden)
+
+
+def test_no_orphan_expected_files() -> None:
+    """Every expected file has its input (a renamed input leaves no stale golden behind)."""
+    inputs = {p.with_suffix("") for kind in KINDS for p in _inputs(kind)}
+    for kind, suffix in (("parse", ".ast"), ("fmt", ".fmt.kd"), ("diag", ".err")):
+        for expected in (GOLDEN / kind).glob(f"*{suffix}"):
+            stem = expected.name[: -len(suffix)]
+            assert expected.with_name(stem) in inputs, f"{expected.name} has no input .kd"
+
+
+def test_every_syntax_code_has_a_diag_golden() -> None:
+    rendered = "".join(p.read_text(encoding="utf-8") for p in (GOLDEN / "diag").glob("*.err"))
+    missing = [code for code in SYNTAX_CODES if f"[{code}]" not in rendered]
+    assert not missing, f"no golden/diag/*.err shows {missing}"
