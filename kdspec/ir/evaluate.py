@@ -68,14 +68,14 @@ def _num(v: object) -> float:
 
 
 def schedule_value(func: str, kw: dict[str, object], progress: Progress | None) -> float:
-    """The factor a schedule gives at a point of training (its maximum when ``progress`` is None)."""
+    """The factor a schedule gives at a point of training (its maximum without ``progress``)."""
     if func == "warmup":
         epochs = _num(kw.get("epochs", 1))
         if progress is None:
             return 1.0
         return min(1.0, progress.epoch / epochs) if epochs > 0 else 1.0
-    if func in ("linear", "anneal", "cosine_schedule"):
-        default_start, default_end = (0.0, 1.0) if func == "linear" else (1.0, 0.0)
+    if func in ("ramp", "anneal", "cosine_schedule"):
+        default_start, default_end = (0.0, 1.0) if func == "ramp" else (1.0, 0.0)
         start = _num(kw.get("start", default_start))
         end = _num(kw.get("end", default_end))
         if progress is None:

@@ -480,7 +480,7 @@ class _MethodLowering:
                 continue
             if isinstance(value, ir.Num | ir.Str | ir.ListE | ir.ParamRef | ir.BinOp | ir.Neg):
                 self.params[name] = value  # already an expression (from `use` arguments)
-            elif isinstance(value, bool) or isinstance(value, int | float):
+            elif isinstance(value, (bool, int | float)):
                 self.params[name] = ir.Num(value=float(value))
             else:
                 text = str(value)
