@@ -39,7 +39,8 @@ def check_self(ctx: PassContext) -> list[Diagnostic]:
                     ("term", term.name, "source"),
                     "gradient also flows into the teacher side",
                     severity=Severity.WARNING,
-                    help=f"wrap the teacher side in `stopgrad(...)` so `{r}` learns only as student",
+                    help=f"wrap the teacher side in `stopgrad(...)` so `{r}` learns only as "
+                    "student",
                 )
             )
     return out

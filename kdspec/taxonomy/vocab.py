@@ -359,7 +359,7 @@ FUNCTIONS: dict[str, Fn] = {
         inputs=0,
         doc="linear warm-up from 0 to 1 over the first epochs of the stage",
     ),
-    "linear": Fn(
+    "ramp": Fn(
         "schedule", _p(start=0.0, end=1.0), inputs=0, doc="linear from start to end over the stage"
     ),
     "cosine_schedule": Fn(
