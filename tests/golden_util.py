@@ -36,7 +36,7 @@ def dump_ast(node: Any, source: SourceFile) -> str:
     Example:
         >>> from kdspec.syntax import parse_source
         >>> src = SourceFile("x.kd", "method m { param T = 4 }")
-        >>> print(dump_ast(parse_source(src).methods[0].body[0], src))
+        >>> print(dump_ast(parse_source(src).methods[0].body[0], src), end="")
         Param @1:12-1:23
           name: Ident T @1:18-1:19
           value: Number 4 "4" @1:22-1:23
@@ -49,12 +49,14 @@ def dump_ast(node: Any, source: SourceFile) -> str:
 def _dump(node: Any, source: SourceFile, indent: str, prefix: str, lines: list[str]) -> None:
     leaf = _LEAVES.get(type(node))
     if leaf is not None:
-        lines.append(f"{indent}{prefix}{type(node).__name__} {leaf(node)} "
-                     f"{span_text(node.span, source)}")
+        lines.append(
+            f"{indent}{prefix}{type(node).__name__} {leaf(node)} {span_text(node.span, source)}"
+        )
         return
     if not dataclasses.is_dataclass(node):
-        lines.append(f"{indent}{prefix}{node!r}" if not isinstance(node, str)
-                     else f"{indent}{prefix}{node}")
+        lines.append(
+            f"{indent}{prefix}{node!r}" if not isinstance(node, str) else f"{indent}{prefix}{node}"
+        )
         return
     lines.append(f"{indent}{prefix}{type(node).__name__} {span_text(node.span, source)}")
     inner = indent + "  "
@@ -91,5 +93,6 @@ def assert_golden(path: Path, actual: str, update: bool) -> None:
                 tofile=f"{path.name} (actual)",
             )
         )
-        pytest.fail(f"{path.name} differs (update with `pytest --update-golden`):\n{diff}",
-                    pytrace=False)
+        pytest.fail(
+            f"{path.name} differs (update with `pytest --update-golden`):\n{diff}", pytrace=False
+        )

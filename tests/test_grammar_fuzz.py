@@ -25,7 +25,7 @@ from lark import Lark
 from kdspec.diagnostics import Diagnostic, Label, Severity, render_many
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast, parse_text, try_parse
-from kdspec.syntax.fmt import format_text, quote
+from kdspec.syntax.fmt import format_module, format_text, quote
 from kdspec.syntax.grammar import grammar_text, parser
 
 ROOT = Path(__file__).parent.parent
@@ -74,9 +74,7 @@ def check_parse(text: str) -> ast.Module | None:
     if module is None:
         assert diagnostics
         for d in diagnostics:
-            assert d.code in SYNTAX_CODES or (d.code == "KD104" and _known_transform_bug(text)), (
-                d
-            )
+            assert d.code in SYNTAX_CODES or (d.code == "KD104" and _known_transform_bug(text)), d
             assert d.span is not None
             assert 0 <= d.span.start <= d.span.end <= len(text)
         assert render_many(diagnostics, "full")
@@ -97,6 +95,10 @@ def check_format(text: str, module: ast.Module) -> None:
     assert [c.text.rstrip() for c in again.comments] == [c.text.rstrip() for c in module.comments]
     assert format_text(formatted) == formatted
     assert formatted.endswith("\n") and not formatted.endswith("\n\n")
+    # Without the source text comments lose their lines, but neither the tree nor a comment.
+    blind = parse_text(format_module(module))
+    assert blind == module
+    assert [c.text.rstrip() for c in blind.comments] == [c.text.rstrip() for c in module.comments]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,8 +131,12 @@ def _separated_tokens() -> dict[str, st.SearchStrategy[str]]:
     }
     names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,5}", fullmatch=True)
     explicit["NAME"] = _spaced(names.filter(lambda n: n not in keywords))
-    explicit["NUMBER"] = _spaced(st.from_regex(r"\d{1,3}(\.\d{1,2})?([eE][-+]?\d)?", fullmatch=True))
-    explicit["STRING"] = _spaced(st.text(st.characters(exclude_characters="\n"), max_size=6).map(quote))
+    explicit["NUMBER"] = _spaced(
+        st.from_regex(r"\d{1,3}(\.\d{1,2})?([eE][-+]?\d)?", fullmatch=True)
+    )
+    explicit["STRING"] = _spaced(
+        st.text(st.characters(exclude_characters="\n"), max_size=6).map(quote)
+    )
     explicit["COMMENT"] = st.from_regex(r"#[^\n]{0,12}", fullmatch=True).map(lambda c: f" {c}\n")
     explicit["WS"] = st.sampled_from([" ", "\n", "\n\n", "\n \n\n", "\t", "\r\n"])
     return explicit
@@ -202,7 +208,7 @@ def _corpus() -> list[Path]:
     return files
 
 
-_EDIT_CHARS = st.sampled_from(list('{}()[]":,.|@^*/+-=%#\n \\\'_;$aZ09e')) | st.characters()
+_EDIT_CHARS = st.sampled_from(list("{}()[]\":,.|@^*/+-=%#\n \\'_;$aZ09e")) | st.characters()
 
 
 @st.composite

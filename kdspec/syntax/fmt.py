@@ -50,14 +50,17 @@ _BLANK_LINE = re.compile(r"\n[ \t\f\r]*\n")
 
 
 def quote(value: str) -> str:
-    """A string literal that parses back to ``value``, escaping as little as possible.
+    r"""A string literal that parses back to ``value``, escaping as little as possible.
 
     A backslash is doubled only where it would otherwise escape what follows it (a quote, a
-    backslash, or the closing quote), so ``"\\n"`` as written stays ``"\\n"``.
+    backslash, or the closing quote): the parser keeps other escapes as written, so ``"\n"``
+    stays ``"\n"``.
 
     Example:
         >>> print(quote('say "hi"'))
-        "say \\"hi\\""
+        "say \"hi\""
+        >>> print(quote("C:\\specs\\"))
+        "C:\specs\\"
     """
     out = []
     for i, ch in enumerate(value):
@@ -270,6 +273,13 @@ def _children(node: Any) -> tuple[Any, ...]:
     return ()
 
 
+def _header_parts(node: Any) -> list[Any]:
+    if isinstance(node, ast.Method):
+        return [node.name] + ([node.title] if node.title is not None else [])
+    parts = [node.name, node.duration, node.repeat]
+    return [p for p in parts if p is not None]
+
+
 def _is_block(node: Any) -> bool:
     return isinstance(node, ast.Method | ast.Stage)
 
@@ -303,8 +313,8 @@ class _Layout:
         """Offset of the ``{`` of a block: the last token before its first item (or ``}``)."""
         children = _children(node)
         pos = children[0].span.start if children else node.span.end - 1
-        if self.text is None:
-            return pos
+        if self.text is None:  # the best guess: right after the last header part with a span
+            return min(pos, max(part.span.end for part in _header_parts(node)))
         while pos > node.span.start:
             ch = self.text[pos - 1]
             comment = self._comment_at(pos - 1)
@@ -446,13 +456,13 @@ def format_module(module: ast.Module, source_text: str | None = None) -> str:
 
 
 def format_text(text: str, name: str = "<string>") -> str:
-    """Format spec text.
+    r"""Format spec text.
 
     Raises:
         KdError: the text has syntax errors (KD1xx diagnostics attached).
 
     Example:
-        >>> print(format_text("method kd{teacher t frozen  student s # the student\\n}"), end="")
+        >>> print(format_text("method kd{teacher t frozen  student s # the student\n}"), end="")
         method kd {
           teacher t frozen
           student s  # the student

@@ -209,6 +209,11 @@ FUNCTIONS: dict[str, Fn] = {
         family="masked features",
         doc="MGD: randomly zero channels (or positions)",
     ),
+    "resize": Fn(
+        "transform",
+        accepts=_FEATURE_LIKE,
+        doc="pool or interpolate a feature map to the other side's spatial size",
+    ),
     "stopgrad": Fn("transform", doc="stop the gradient (detach)"),
     "exp": Fn("transform", returns="features", doc="probabilities from a distribution"),
     # --- combining several roles or values -------------------------------------------------
@@ -249,7 +254,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "vid_regressor": Fn(
         "adapter",
-        _p(init_var=(5.0, "positive")),
+        _p(init_pred_var=(5.0, "positive")),
         learned=True,
         returns="gaussian",
         family="conv",

@@ -1,0 +1,723 @@
+"""Bind a checked method to real ``nn.Module``s: the :class:`Distiller`.
+
+``compile_spec`` resolves every tap on every model (one dry run each), builds the term modules,
+then runs every term once on the example batch so that adapters are sized and any shape that no
+adapter can fix is reported against the spec line before training starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdspec.compiler.hooks import HookPoint, TapError, TapSession, resolve_tap
+from kdspec.compiler.nodes import (
+    AdapterNode,
+    CombineNode,
+    Env,
+    HoleNode,
+    LetNode,
+    Node,
+    PipelineNode,
+    ShapeMismatch,
+    TapNode,
+    TermModule,
+    TransformNode,
+    VirtualNode,
+)
+from kdspec.compiler.taps import ModelTaps, discover
+from kdspec.compiler.views import make_subset, make_view
+from kdspec.diagnostics import Diagnostic, KdError, Label, error
+from kdspec.graph import KdGraph, build_graph, types
+from kdspec.ir import Lowered, SourceMap
+from kdspec.ir import models as ir
+from kdspec.ir.evaluate import EvalError, Progress, evaluate
+from kdspec.ops import TRANSFORMS
+from kdspec.ops.adapters import AdapterShapeError
+from kdspec.taxonomy.vocab import FUNCTIONS
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A stage as the trainer runs it."""
+
+    name: str
+    duration: float | None
+    unit: str | None  # "epochs" | "steps" | "fraction" | None (the rest of training)
+    repeat: int = 1
+    handoffs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class DistillOutput:
+    """The total loss and each term's weighted value (named after its spec line)."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Batch:
+    x: Any
+    labels: torch.Tensor | None
+    index: torch.Tensor | None
+    taps: dict[str, Any] | None = None
+
+
+def _unpack(batch: Any) -> _Batch:
+    if isinstance(batch, dict):
+        if "x" in batch:
+            return _Batch(batch["x"], batch.get("y", batch.get("labels")), batch.get("index"))
+        taps = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+        return _Batch(None, batch.get("labels"), batch.get("index"), taps)
+    if isinstance(batch, list | tuple):
+        x = batch[0]
+        labels = batch[1] if len(batch) > 1 else None
+        index = batch[2] if len(batch) > 2 else None
+        return _Batch(x, labels, index)
+    return _Batch(batch, None, None)
+
+
+def _mapping_pairs(rule: str | None, n_t: int, n_s: int) -> list[tuple[int, int]] | None:
+    """Pairs (teacher layer, student layer) for a mapping rule; None if lengths are unpaired."""
+    if rule in (None, "one_to_one"):
+        if n_t == n_s or n_t == 1 or n_s == 1:
+            return [(i if n_t > 1 else 0, i if n_s > 1 else 0) for i in range(max(n_t, n_s))]
+        return None
+    if rule == "uniform":  # student layer i learns from teacher layer round((i+1)·n_t/n_s)-1
+        return [(max(0, round((i + 1) * n_t / n_s) - 1), i) for i in range(n_s)]
+    if rule == "last":
+        k = min(n_t, n_s)
+        return [(n_t - k + i, n_s - k + i) for i in range(k)]
+    if rule == "first":
+        k = min(n_t, n_s)
+        return [(i, i) for i in range(k)]
+    if rule == "all_pairs":
+        return [(i, j) for j in range(n_s) for i in range(n_t)]
+    return None
+
+
+class Distiller(nn.Module):
+    """A compiled method: ``forward(batch)`` returns the total loss and every named term.
+
+    It drops into any training loop: call :meth:`set_stage` when a stage starts, optimise
+    :meth:`trainable_parameters`, call :meth:`after_step` after each optimizer step (EMA
+    roles) and :meth:`finish_repeat` after each repetition of a stage (generations).
+    """
+
+    def __init__(self, lowered: Lowered, models: dict[str, nn.Module] | None,
+                 num_classes: int | None, train_data: Any = None):
+        super().__init__()
+        self.lowered = lowered
+        self.method: ir.Method = lowered.method
+        self.graph: KdGraph = build_graph(self.method)
+        self.params_ir = self.method.params
+        self.num_classes = num_classes
+        self.train_data = train_data
+        self.roles = nn.ModuleDict()
+        self.terms = nn.ModuleDict()
+        self.functional = models is None
+        self._taps: dict[str, ModelTaps] = {}
+        self._points: dict[ir.Tap, list[HookPoint]] = {}
+        self._weights: dict[str, ir.Expr] = {t.name: t.weight for t in self.method.terms}
+        self._const_weights: dict[str, float] = {}
+        self._views: dict[str, Any] = {}
+        self._lets: dict[str, LetNode] = {}
+        self._stage: ir.Stage | None = None
+        self._trained: set[str] = set()
+        self._forward_cache: dict[tuple[str, str | None], TapSession] = {}
+        self._view_cache: dict[str | None, Any] = {}
+        self._batch: _Batch | None = None
+        self._given: dict[str, Any] = {}
+        self.stage_plans: list[StagePlan] = []
+
+    # -- running roles ----------------------------------------------------------------------
+
+    def _role_view(self, tap: ir.Tap) -> str | None:
+        if tap.view is not None:
+            return tap.view
+        role = self.method.role(tap.role)
+        return role.view if role is not None else None
+
+    def _input_for(self, view: str | None) -> Any:
+        assert self._batch is not None
+        if view not in self._view_cache:
+            fn = self._views.get(view) if view is not None else None
+            x = self._batch.x
+            self._view_cache[view] = fn(x, self._batch.labels) if fn is not None else x
+        return self._view_cache[view]
+
+    def _run_role(self, role: str, view: str | None) -> TapSession:
+        key = (role, view)
+        session = self._forward_cache.get(key)
+        if session is not None:
+            return session
+        model = self.roles[role]
+        points = self._needed.get(key) or []
+        session = TapSession(model, list(points))
+        trained = role in self._trained
+        x = self._input_for(view)
+        was_training = model.training
+        with session:
+            if trained:
+                session.run(x)
+            else:  # frozen roles run in eval mode, without building a graph
+                model.eval()
+                try:
+                    with torch.no_grad():
+                        session.run(x)
+                finally:
+                    model.train(was_training)
+        self._forward_cache[key] = session
+        return session
+
+    def _read(self, tap: ir.Tap, indices: list[int] | None) -> list[torch.Tensor]:
+        if self.functional:
+            value = self._given.get(types.tap_text(tap))
+            if value is None:
+                raise TapError("KD402", f"no tensor given for `{types.tap_text(tap)}`")
+            values = list(value) if isinstance(value, list | tuple) else [value]
+        else:
+            session = self._run_role(tap.role, self._role_view(tap))
+            values = [session.get(p) for p in self._points[tap]]
+        if indices is not None:
+            values = [values[i] for i in indices]
+        return values
+
+    # -- stages and parameters --------------------------------------------------------------
+
+    def _active(self, stage: ir.Stage | None) -> list[TermModule]:
+        names = {t.name for t in self.graph.active_terms(stage)} if stage else set(self.terms)
+        return [m for n, m in self.terms.items() if n in names]  # type: ignore[misc]
+
+    def _collect_points(self, terms: list[TermModule]) -> dict[tuple[str, str | None],
+                                                                list[HookPoint]]:
+        needed: dict[tuple[str, str | None], list[HookPoint]] = {}
+        for term in terms:
+            for node in term.modules():
+                if isinstance(node, TapNode) and node.tap in self._points:
+                    key = (node.tap.role, self._role_view(node.tap))
+                    needed.setdefault(key, []).extend(self._points[node.tap])
+        return {k: list(dict.fromkeys(v)) for k, v in needed.items()}
+
+    def set_stage(self, name: str) -> None:
+        """Switch to a stage: its terms become active and its trainable set gets gradients."""
+        stage = next((s for s in self.method.effective_stages() if s.name == name), None)
+        if stage is None:
+            raise KeyError(f"no stage `{name}`")
+        self._stage = stage
+        self._trained = self.graph.trained_roles(stage)
+        self._needed = self._collect_points(self._active(stage))
+        for role in self.method.roles:
+            if role.mode == "snapshot" and role.source in self.roles and role.name in self.roles:
+                self.roles[role.name].load_state_dict(self.roles[role.source].state_dict())
+        trainable = {id(p) for p in self.trainable_parameters()}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in trainable)
+
+    def _subset_params(self, role: str, taps: list[ir.Tap]) -> list[nn.Parameter]:
+        model = self.roles[role]
+        info = self._taps[role]
+        limit = -1
+        for tap in taps:
+            for point in resolve_tap(tap, info, model):
+                call = info.first_call(point.path)
+                if call is not None:
+                    limit = max(limit, call.order)
+        order = {c.path: c.order for c in info.calls if c.call == 0}
+        out: list[nn.Parameter] = []
+        for path, module in model.named_modules():
+            if order.get(path, 10**9) <= limit:
+                out.extend(module.parameters(recurse=False))
+        return out
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the current stage optimises: trained roles (or their listed parts), adapters."""
+        stage = self._stage or self.method.effective_stages()[0]
+        params: list[nn.Parameter] = []
+        subsets: dict[str, list[ir.Tap]] = {}
+        for item in stage.train:
+            if isinstance(item, ir.Tap) and item.point != "output":
+                subsets.setdefault(item.role, []).append(item)
+        frozen = {t.role for t in stage.freeze if isinstance(t, ir.Tap)}
+        for role in sorted(self.graph.trained_roles(stage)):
+            if role not in self.roles or role in frozen:
+                continue
+            if role in subsets:
+                params.extend(self._subset_params(role, subsets[role]))
+            else:
+                params.extend(self.roles[role].parameters())
+        named = {i.value for i in stage.train if isinstance(i, ir.Str)}
+        named |= {i.name for i in stage.train if isinstance(i, ir.LetRef)}
+        frozen_terms = {i.value for i in stage.freeze if isinstance(i, ir.Str)}
+        for term in self._active(stage) + [t for n, t in self.terms.items() if n in named]:
+            if term.name in frozen_terms:
+                continue
+            for node in term.modules():
+                if isinstance(node, AdapterNode):
+                    params.extend(node.parameters())
+        for let in named & set(self._lets):
+            params.extend(self._lets[let].parameters())
+        return list({id(p): p for p in params}.values())
+
+    def eval_roles(self) -> list[str]:
+        """The roles whose accuracy a run reports: students, peers and assistants first."""
+        trained = [r.name for r in self.method.roles if r.name in self.roles
+                   and r.kind in ("student", "peer", "assistant") and r.mode == "trained"]
+        return trained or [r.name for r in self.method.roles if r.name in self.roles]
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Move moving-average roles towards their source (call after each optimizer step)."""
+        for role in self.method.roles:
+            if role.mode != "ema" or role.source is None or role.name not in self.roles:
+                continue
+            decay = float(evaluate(role.options["decay"], self.params_ir)) \
+                if "decay" in role.options else 0.999  # type: ignore[arg-type]
+            ema, src = self.roles[role.name], self.roles[role.source]
+            for pe, ps in zip(ema.parameters(), src.parameters(), strict=True):
+                pe.mul_(decay).add_(ps.detach(), alpha=1 - decay)
+            for be, bs in zip(ema.buffers(), src.buffers(), strict=True):
+                be.copy_(bs)
+
+    @torch.no_grad()
+    def finish_repeat(self) -> None:
+        """End of one repetition of the current stage: hand trained weights over (BAN)."""
+        if self._stage is None:
+            return
+        for src, dst in self._stage.handoffs:
+            self.roles[dst].load_state_dict(self.roles[src].state_dict())
+            for module in self.roles[src].modules():
+                reset = getattr(module, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def weight(self, name: str, progress: Progress | None) -> float:
+        """A term's weight at a point of training (schedules evaluated)."""
+        if name in self._const_weights:
+            return self._const_weights[name]
+        return float(evaluate(self._weights[name], self.params_ir, progress))  # type: ignore[arg-type]
+
+    def forward(self, batch: Any, progress: Progress | None = None) -> DistillOutput:
+        """Total loss and weighted terms for one batch (``(x, y[, index])`` or a dict)."""
+        if self._stage is None:
+            self.set_stage(self.method.effective_stages()[0].name)
+        self._batch = _unpack(batch)
+        self._forward_cache = {}
+        self._view_cache = {}
+        if self._batch.taps is not None:
+            self._given = self._batch.taps
+        env = Env(read=self._read, labels=self._batch.labels, index=self._batch.index,
+                  num_classes=self.num_classes)
+        terms: dict[str, torch.Tensor] = {}
+        total: torch.Tensor | None = None
+        try:
+            for term in self._active(self._stage):
+                w = self.weight(term.name, progress)
+                value = term(env) * w
+                terms[term.name] = value
+                total = value if total is None else total + value
+        finally:
+            self._forward_cache = {}
+            self._view_cache = {}
+            self._batch = None
+        if total is None:
+            total = torch.zeros(())
+        return DistillOutput(total, terms)
+
+    def raw_terms(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Every term of every stage, unweighted (for conformance tests)."""
+        self._batch = _unpack(batch)
+        if self._batch.taps is not None:
+            self._given = self._batch.taps
+        self._forward_cache, self._view_cache = {}, {}
+        saved = self._needed if hasattr(self, "_needed") else {}
+        self._needed = self._collect_points(list(self.terms.values()))  # type: ignore[arg-type]
+        env = Env(read=self._read, labels=self._batch.labels, index=self._batch.index,
+                  num_classes=self.num_classes)
+        try:
+            return {name: term(env) for name, term in self.terms.items()}
+        finally:
+            self._needed = saved
+            self._batch = None
+
+    def evaluate_terms(self, tensors: dict[str, Any], labels: torch.Tensor | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """Unweighted terms on given tapped tensors, keyed by tap text (``"t.stage[1..3]"``)."""
+        return self.raw_terms({**tensors, "labels": labels})
+
+    def explain_plan(self) -> str:
+        """Which hook points every role is tapped at, and every adapter's shape (deterministic)."""
+        lines = []
+        for role, info in self._taps.items():
+            lines.append(f"role {role}: stages {info.stages} ({info.stage_source}), "
+                         f"classifier {info.classifier}")
+        for tap, points in self._points.items():
+            where = ", ".join(f"{p.path or p.kind}:{p.io}" + (f"@{p.call}" if p.call else "")
+                              for p in points)
+            lines.append(f"  {types.tap_text(tap)} -> {where}")
+        for name, term in self.terms.items():
+            for node in term.modules():
+                if isinstance(node, AdapterNode):
+                    for a in node.adapters:
+                        n = sum(p.numel() for p in a.parameters())
+                        lines.append(f"  {name}: {node.func} ({n} parameters)")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, d: Distiller, smap: SourceMap | None):
+        self.d = d
+        self.m = d.method
+        self.smap = smap
+        self.diags: list[Diagnostic] = []
+
+    def diag(self, code: str, message: str, path: tuple[object, ...], label: str = "",
+             help: str | None = None, notes: tuple[str, ...] = ()) -> None:
+        span = self.smap.span(*path) if self.smap else None
+        source = self.smap.source if self.smap else None
+        labels = (Label(span, label),) if span is not None else ()
+        self.diags.append(Diagnostic(code=code, severity=error("X", "").severity,
+                                     message=message, source=source, labels=labels,
+                                     help=help, notes=notes))
+
+    def value(self, e: ir.Expr) -> Any:
+        try:
+            return evaluate(e, self.m.params)
+        except EvalError:
+            return None
+
+    def kwargs(self, call: ir.Call) -> dict[str, Any]:
+        return {k: self.value(v) for k, v in call.kwargs.items()}
+
+    def resolve(self, tap: ir.Tap, path: tuple[object, ...]) -> None:
+        if self.d.functional or tap in self.d._points:
+            return
+        role = self.m.role(tap.role)
+        if role is not None and role.mode == "virtual":
+            return
+        if tap.role not in self.d._taps:
+            return
+        try:
+            self.d._points[tap] = resolve_tap(tap, self.d._taps[tap.role], self.d.roles[tap.role])
+        except TapError as exc:
+            self.diag(exc.code, f"`{types.tap_text(tap)}`: {exc.message}", path,
+                      f"on the model of `{tap.role}`", help=exc.help)
+            self.d._points[tap] = []
+
+    def length(self, tap: ir.Tap) -> int:
+        if self.d.functional:
+            v = self.d._given.get(types.tap_text(tap))
+            return len(v) if isinstance(v, list | tuple) else 1
+        return len(self.d._points.get(tap, [])) or 1
+
+    def node(self, e: ir.Expr, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
+             ) -> Node:
+        if isinstance(e, ir.Tap):
+            role = self.m.role(e.role)
+            if role is not None and role.mode == "virtual":
+                correct = role.options.get("correct")
+                return VirtualNode(float(self.value(correct)) if correct is not None else 0.9)
+            ens = next((x for x in self.m.ensembles if x.name == e.role), None)
+            if ens is not None:
+                members = [self.node(e.model_copy(update={"role": r}), path, indices)
+                           for r in ens.members]
+                return CombineNode(members, list(ens.weights) if ens.weights else None,
+                                   distribution=False)
+            self.resolve(e, path)
+            return TapNode(e, indices.get(e))
+        if isinstance(e, ir.LetRef):
+            if e.name not in self.d._lets:
+                let = next(x for x in self.m.lets if x.name == e.name)
+                self.d._lets[e.name] = LetNode(self.node(let.value, path, indices))
+            return self.d._lets[e.name]
+        if isinstance(e, ir.Call):
+            fn = FUNCTIONS[e.func]
+            kwargs = self.kwargs(e)
+            if fn.category == "adapter":
+                child = self.node(e.args[0], path, indices)
+                if e.func == "identity":
+                    return child
+                return AdapterNode(e.func, child, kwargs, term=str(path[1]))
+            inputs = [self.node(a, path, indices) for a in e.args]
+            if fn.category == "combine":
+                weights = kwargs.get("weights")
+                kinds = {types.expr_kind(a, self.m) for a in e.args}
+                return CombineNode(inputs, weights, distribution=kinds == {"distribution"})
+            extra = None
+            if e.func == "margin_relu":
+                extra = {"margins": self.margins(e.args[0], path)}
+            return TransformNode(e.func, inputs, kwargs, extra)
+        raise ValueError(f"`{type(e).__name__}` cannot be evaluated on tensors")
+
+    def margins(self, e: ir.Expr, path: tuple[object, ...]) -> list[torch.Tensor]:
+        """OFD: margins from the batch norm before each tapped teacher pre-activation."""
+        out = []
+        for tap, _ in types.taps(e, self.m):
+            if self.d.functional or tap.role not in self.d._taps:
+                continue
+            info = self.d._taps[tap.role]
+            for point in self.d._points.get(tap) or resolve_tap(tap, info,
+                                                                 self.d.roles[tap.role]):
+                bn_path = info.preceding_batchnorm(point.path)
+                if bn_path is None:
+                    self.diag("KD402", "no batch norm before the tap, so no OFD margin", path)
+                    continue
+                out.append(TRANSFORMS["ofd_margin"](self.d.roles[tap.role].get_submodule(bn_path)))
+        return out or [torch.zeros(())]
+
+    def pipeline(self, node: Node, knowledge: tuple[ir.Call, ...], side: str, term: str
+                 ) -> Node:
+        steps: list[Node] = []
+        for call in knowledge:
+            fn = FUNCTIONS[call.func]
+            if fn.category == "adapter":
+                steps.append(AdapterNode(call.func, HoleNode(), self.kwargs(call), term=term))
+            else:
+                steps.append(TransformNode(call.func, [HoleNode()], self.kwargs(call)))
+        return PipelineNode(node, steps)
+
+    def side(self, term: ir.Term, side: str, indices: dict[ir.Tap, list[int]]) -> Node:
+        expr = term.source if side == "source" else term.target
+        assert expr is not None
+        path = ("term", term.name, side)
+        # An ensemble read directly: each member's knowledge first, then the combination.
+        if isinstance(expr, ir.Tap):
+            ens = next((x for x in self.m.ensembles if x.name == expr.role), None)
+            if ens is not None:
+                members = [self.pipeline(self.node(expr.model_copy(update={"role": r}), path,
+                                                   indices), term.knowledge, side, term.name)
+                           for r in ens.members]
+                dist = types.apply_knowledge("logits", term.knowledge) == "distribution"
+                return CombineNode(members, list(ens.weights) if ens.weights else None, dist)
+        return self.pipeline(self.node(expr, path, indices), term.knowledge, side, term.name)
+
+    def pair_indices(self, term: ir.Term) -> dict[ir.Tap, list[int]] | None:
+        src = [t for t, _ in types.taps(term.source, self.m) if t.is_range]
+        dst = [t for t, _ in types.taps(term.target, self.m) if t.is_range]
+        for tap in src + dst:
+            self.resolve(tap, ("term", term.name, "source" if tap in src else "target"))
+        n_t = max((self.length(t) for t in src), default=1)
+        n_s = max((self.length(t) for t in dst), default=1)
+        pairs = _mapping_pairs(term.mapping, n_t, n_s)
+        if pairs is None:
+            self.diag("KD310", f"`{term.name}` pairs {n_t} teacher layers with {n_s} student "
+                      "layers on these models", ("term", term.name, "target"),
+                      f"{n_s} layers here, {n_t} on the teacher side",
+                      help="add `map uniform`, `map last`, `map first` or `map all_pairs`")
+            return None
+        out: dict[ir.Tap, list[int]] = {}
+        for t in src:
+            out[t] = [i for i, _ in pairs] if self.length(t) > 1 or n_t > 1 else [0] * len(pairs)
+        for t in dst:
+            out[t] = [j for _, j in pairs] if self.length(t) > 1 or n_s > 1 else [0] * len(pairs)
+        return out
+
+    def term(self, term: ir.Term) -> TermModule | None:
+        fn = FUNCTIONS.get(term.loss.func)
+        if fn is None:
+            return None
+        indices = self.pair_indices(term) if term.kind == "transfer" else {}
+        if indices is None:
+            return None
+        source = self.side(term, "source", indices) if term.kind == "transfer" else None
+        if term.kind == "transfer":
+            target = self.side(term, "target", indices)
+        else:
+            target = self.node(term.target, ("term", term.name, "target"), indices)
+        dist = term.kind == "transfer" and types.side_kind(term, "target", self.m) == \
+            "distribution"
+        to_probs = dist and term.loss.func not in ("kl", "soft_ce")
+        subset = None
+        if term.subset:
+            part = next(p for p in self.m.data if p.name == term.subset)
+            fn_subset = make_subset(part, self.m.params)
+            subset = lambda env, f=fn_subset: f(env.labels, env.index)  # noqa: E731
+        return TermModule(term, source, target, term.loss.func, self.kwargs(term.loss),
+                          to_probs, subset)
+
+
+def compile_spec(
+    spec: Lowered | ir.Method,
+    models: dict[str, nn.Module] | None,
+    example_batch: Any,
+    *,
+    num_classes: int | None = None,
+    num_samples: int | None = None,
+    train_data: Any = None,
+    device: str | torch.device | None = None,
+) -> Distiller:
+    """Compile a checked method onto models.
+
+    Args:
+        spec: a lowered method (from :func:`kdspec.api.load_method`) or a bare IR method.
+        models: role name -> model. Virtual roles need none; ``ema``/``snapshot`` roles are
+            copied from their source. ``None`` compiles the terms alone (functional mode):
+            ``example_batch`` is then a dict from tap text to tensors (plus ``labels``).
+        example_batch: ``(x, y[, index])`` used for the dry runs that resolve taps and size
+            adapters.
+        num_classes: number of classes (default: from the first model's logits).
+        num_samples: size of the training set (memory banks).
+        train_data: the training dataset (needed by the ``same_class`` view).
+        device: where to put the compiled module.
+
+    Returns:
+        A :class:`Distiller`.
+
+    Raises:
+        KdError: KD4xx diagnostics (unknown module paths, shapes no adapter can fix, missing
+            models), pointing at the spec lines.
+    """
+    lowered = spec if isinstance(spec, Lowered) else Lowered(spec, SourceMap(None))  # type: ignore[arg-type]
+    smap = lowered.source_map if lowered.source_map.source is not None else None
+    d = Distiller(lowered, models, num_classes, train_data)
+    b = _Builder(d, smap)
+    m = d.method
+    batch = _unpack(example_batch)
+    if models is not None:
+        for role in m.roles:
+            if role.mode == "virtual":
+                continue
+            if role.mode in ("ema", "snapshot"):
+                src = models.get(role.source or "")
+                if src is None:
+                    b.diag("KD408", f"`{role.name}` copies `{role.source}`, which has no model",
+                           ("role", role.name))
+                    continue
+                copy_ = copy.deepcopy(src)
+                for p in copy_.parameters():
+                    p.requires_grad_(False)
+                d.roles[role.name] = copy_
+                continue
+            model = models.get(role.name)
+            if model is None:
+                b.diag("KD408", f"{role.kind} `{role.name}` has no model",
+                       ("role", role.name), "needs a model",
+                       help=f"bind it in the run file: `[models] {role.name} = \"zoo:...\"`")
+                continue
+            d.roles[role.name] = model
+        if device is not None:
+            d.roles.to(device)
+            batch = _Batch(_to(batch.x, device), _to(batch.labels, device),
+                           _to(batch.index, device))
+        for name, model in d.roles.items():
+            try:
+                d._taps[name] = discover(model, batch.x)
+            except Exception as exc:  # a model that cannot run the example is a user error
+                b.diag("KD403", f"the model of `{name}` fails on the example batch: {exc}",
+                       ("role", name))
+        if d.num_classes is None:
+            for info in d._taps.values():
+                if info.logits_shape:
+                    d.num_classes = info.logits_shape[-1]
+                    break
+    else:
+        d._given = batch.taps or {}
+    for part in m.data:
+        if part.kind == "view":
+            try:
+                d._views[part.name] = make_view(part, m.params, train_data)
+            except ValueError as exc:
+                b.diag("KD502", str(exc), ("data", part.name))
+    if not b.diags:
+        for term in m.terms:
+            module = b.term(term)
+            if module is not None:
+                d.terms[term.name] = module
+    if b.diags:
+        raise KdError(b.diags)
+    for name, w in d._weights.items():
+        if not _has_schedule(w):
+            d._const_weights[name] = float(evaluate(w, m.params))  # type: ignore[arg-type]
+    d.stage_plans = [_plan(s, m) for s in m.effective_stages()]
+    _dry_run(d, b, example_batch if device is None else
+             (batch.x, batch.labels, batch.index) if batch.taps is None else example_batch)
+    if b.diags:
+        raise KdError(b.diags)
+    d._stage = None
+    if device is not None:
+        d.to(device)
+    return d
+
+
+def _to(x: Any, device: str | torch.device) -> Any:
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
+def _has_schedule(e: ir.Expr) -> bool:
+    if isinstance(e, ir.Call):
+        return True
+    if isinstance(e, ir.BinOp):
+        return _has_schedule(e.left) or _has_schedule(e.right)
+    if isinstance(e, ir.Neg):
+        return _has_schedule(e.operand)
+    return False
+
+
+def _plan(stage: ir.Stage, m: ir.Method) -> StagePlan:
+    duration = float(evaluate(stage.duration, m.params)) if stage.duration else None  # type: ignore[arg-type]
+    repeat = int(evaluate(stage.repeat, m.params)) if stage.repeat else 1  # type: ignore[arg-type]
+    return StagePlan(stage.name, duration, stage.unit, repeat, stage.handoffs)
+
+
+def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
+    """Run every term once: builds adapters, and turns shape errors into KD403 diagnostics."""
+    modes = {name: m.training for name, m in d.roles.items()}
+    d._trained = set()
+    for stage in d.method.effective_stages():
+        d._trained |= d.graph.trained_roles(stage)
+    d.eval()
+    try:
+        d._batch = _unpack(example_batch)
+        if d._batch.taps is not None:
+            d._given = d._batch.taps
+        d._needed = d._collect_points(list(d.terms.values()))  # type: ignore[arg-type]
+        env = Env(read=d._read, labels=d._batch.labels, index=d._batch.index,
+                  num_classes=d.num_classes)
+        d._forward_cache, d._view_cache = {}, {}
+        for name, term in d.terms.items():
+            try:
+                with torch.no_grad():
+                    value = term(env)
+                if not torch.isfinite(value).all():
+                    b.diag("KD403", f"`{name}` gives a non-finite value on the example batch",
+                           ("term", name))
+            except ShapeMismatch as exc:
+                b.diag("KD403", f"`{name}`: the two sides have different shapes "
+                       f"({exc.source_shape} from the teacher, {exc.target_shape} from the "
+                       "student)", ("term", name, "target"), "no adapter maps this side",
+                       help="wrap the student side in an adapter, e.g. "
+                       "`to conv1x1(...)` for feature maps or `to linear(...)` for vectors")
+            except AdapterShapeError as exc:
+                b.diag("KD403", f"`{name}`: {exc}", ("term", name, "target"),
+                       "cannot be adapted")
+            except TapError as exc:
+                b.diag(exc.code, f"`{name}`: {exc.message}", ("term", name), help=exc.help)
+            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+                b.diag("KD403", f"`{name}` fails on the example batch: {exc}",
+                       ("term", name), "while computing this term")
+    finally:
+        d._forward_cache, d._view_cache, d._batch = {}, {}, None
+        d.train()
+        for name, mode in modes.items():
+            d.roles[name].train(mode)
+
+
+def iter_adapters(d: Distiller) -> Iterator[nn.Module]:
+    """Every adapter module of a compiled method."""
+    for term in d.terms.values():
+        for node in term.modules():
+            if isinstance(node, AdapterNode):
+                yield from node.adapters

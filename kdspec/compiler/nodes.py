@@ -1,0 +1,301 @@
+"""Runtime nodes: a term's sides compiled into small modules over lists of tensors.
+
+A side evaluates to a list of tensors (one per paired layer; a single tap is a list of one,
+broadcast against longer lists). Adapters are built lazily on the dry run, once the shapes on
+the other side of the transfer are known, so specs never state channel counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdspec.ir import models as ir
+from kdspec.ops import LOSSES, TRANSFORMS, build_adapter
+from kdspec.ops.adapters import AdapterShapeError
+
+# Vocabulary names whose implementation has another name in kdspec.ops.
+_IMPL = {"mask": "mask_features"}
+
+
+@dataclass
+class Env:
+    """What a forward pass evaluates against: tap readers, labels, sample indices, caches."""
+
+    read: Callable[[ir.Tap, list[int] | None], list[torch.Tensor]]
+    labels: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+    num_classes: int | None = None
+    cache: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    shape_hint: list[tuple[int, ...]] | None = None  # the other side's shapes (adapters)
+    hole: list[torch.Tensor] | None = None  # the value a pipeline step applies to
+
+
+def broadcast(*lists: list[Any]) -> list[tuple[Any, ...]]:
+    """Zip lists, repeating lists of length one; lengths must otherwise agree."""
+    n = max(len(x) for x in lists)
+    for x in lists:
+        if len(x) not in (1, n):
+            raise ValueError(f"cannot pair lists of lengths {[len(y) for y in lists]}")
+    return [tuple(x[0] if len(x) == 1 else x[i] for x in lists) for i in range(n)]
+
+
+class Node(nn.Module):
+    """A node of a compiled side; ``forward(env)`` returns a list of tensors."""
+
+    def forward(self, env: Env) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class TapNode(Node):
+    """Reads a tap (``indices`` pick and order the layers of a range, as the mapping says)."""
+
+    def __init__(self, tap: ir.Tap, indices: list[int] | None = None):
+        super().__init__()
+        self.tap = tap
+        self.indices = indices
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        return env.read(self.tap, self.indices)
+
+
+class VirtualNode(Node):
+    """A virtual teacher's logits: ``correct`` on the true class, the rest spread evenly."""
+
+    def __init__(self, correct: float):
+        super().__init__()
+        self.correct = correct
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        if env.labels is None or env.num_classes is None:
+            raise ValueError("a virtual teacher needs the batch's labels")
+        return [TRANSFORMS["virtual_teacher"](env.labels, env.num_classes, correct=self.correct)]
+
+
+class TransformNode(Node):
+    """A knowledge transform applied element-wise (two inputs for ``fsp``)."""
+
+    def __init__(self, func: str, inputs: list[Node], kwargs: dict[str, Any],
+                 extra: dict[str, Any] | None = None):
+        super().__init__()
+        self.func = func
+        self.inputs = nn.ModuleList(inputs)
+        self.kwargs = kwargs
+        self.extra = extra or {}  # per-element tensors (OFD margins), keyed "margins"
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        values = [node(env) for node in self.inputs]
+        if self.func == "stopgrad":
+            return [v.detach() for v in values[0]]
+        if self.func == "exp":
+            return [v.exp() for v in values[0]]
+        if self.func == "resize":
+            return [_resize(v, env.shape_hint, i) for i, v in enumerate(values[0])]
+        fn = TRANSFORMS[_IMPL.get(self.func, self.func)]
+        out = []
+        for i, args in enumerate(broadcast(*values)):
+            if self.func in ("binary_target", "non_target"):
+                out.append(fn(args[0], env.labels, **self.kwargs))
+            elif self.func == "margin_relu":
+                margins = self.extra["margins"]
+                margin = margins[i if len(margins) > 1 else 0].to(args[0])
+                out.append(fn(args[0], margin))
+            else:
+                out.append(fn(*args, **self.kwargs))
+        return out
+
+
+def _resize(x: torch.Tensor, hint: list[tuple[int, ...]] | None, i: int) -> torch.Tensor:
+    """Pool (or interpolate) a feature map to the other side's spatial size."""
+    if hint is None or x.dim() != 4:
+        return x
+    shape = hint[i if len(hint) > 1 else 0]
+    if len(shape) != 3 or tuple(x.shape[-2:]) == tuple(shape[-2:]):
+        return x
+    size = (int(shape[-2]), int(shape[-1]))
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return nn.functional.adaptive_avg_pool2d(x, size)
+    return nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class HoleNode(Node):
+    """Stands for the value a pipeline step is applied to."""
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        assert env.hole is not None
+        return env.hole
+
+
+class PipelineNode(Node):
+    """A side: its expression (``raw``), then the transfer's knowledge pipeline steps."""
+
+    def __init__(self, inner: Node, steps: list[Node]):
+        super().__init__()
+        self.inner = inner
+        self.steps = nn.ModuleList(steps)
+
+    def raw(self, env: Env) -> list[torch.Tensor]:
+        return self.inner(env)
+
+    def apply(self, values: list[torch.Tensor], env: Env) -> list[torch.Tensor]:
+        for step in self.steps:
+            env.hole = values
+            values = step(env)
+        env.hole = None
+        return values
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        return self.apply(self.raw(env), env)
+
+
+class CombineNode(Node):
+    """A (weighted) mean over several inputs; of distributions, the mean of probabilities."""
+
+    def __init__(self, inputs: list[Node], weights: list[float] | None, distribution: bool):
+        super().__init__()
+        self.inputs = nn.ModuleList(inputs)
+        self.weights = weights
+        self.distribution = distribution
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        values = [node(env) for node in self.inputs]
+        fn = TRANSFORMS["mean_dist" if self.distribution else "mean"]
+        return [fn(*args, weights=self.weights) for args in broadcast(*values)]
+
+
+class AdapterNode(Node):
+    """A learned adapter per element, sized on the dry run from the other side's shapes."""
+
+    def __init__(self, func: str, child: Node, kwargs: dict[str, Any], term: str):
+        super().__init__()
+        self.func = func
+        self.child = child
+        self.kwargs = kwargs
+        self.term = term
+        self.adapters = nn.ModuleList()
+
+    def _build(self, values: list[torch.Tensor], env: Env) -> None:
+        hint = env.shape_hint
+        for i, v in enumerate(values):
+            kwargs = dict(self.kwargs)
+            out_shape: tuple[int, ...] | None = None
+            if self.func == "classifier_head":
+                kwargs.setdefault("num_classes", env.num_classes)
+            elif "dim" in kwargs and kwargs["dim"] is not None:
+                pass
+            elif hint is not None:
+                out_shape = hint[i if len(hint) > 1 else 0]
+            elif self.func not in ("identity", "embed"):
+                raise AdapterShapeError(
+                    f"cannot size `{self.func}`: the other side of `{self.term}` gives no shape "
+                    "(adapters on both sides need an explicit `dim=`)")
+            kwargs = {k: v for k, v in kwargs.items() if v is not None}
+            if self.func == "embed" and "dim" not in kwargs:
+                kwargs["dim"] = 128
+            module = build_adapter(self.func, tuple(v.shape[1:]), out_shape, **kwargs)
+            self.adapters.append(module.to(device=v.device, dtype=v.dtype))
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        values = self.child(env)
+        if len(self.adapters) == 0:
+            self._build(values, env)
+        if len(self.adapters) != len(values):
+            raise ValueError(f"`{self.func}` was built for {len(self.adapters)} layers, "
+                             f"got {len(values)}")
+        return [a(v) for a, v in zip(self.adapters, values, strict=True)]
+
+
+class LetNode(Node):
+    """A shared named expression: evaluated once per forward, adapters built once."""
+
+    def __init__(self, inner: Node):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        key = id(self)
+        if key not in env.cache:
+            env.cache[key] = self.inner(env)
+        return env.cache[key]
+
+
+class TermModule(nn.Module):
+    """One loss term: evaluate both sides, pair them, apply the loss and sum over pairs."""
+
+    def __init__(self, term: ir.Term, source: Node | None, target: Node, loss: str,
+                 loss_kwargs: dict[str, Any], to_probs: bool, subset: Callable[..., Any] | None):
+        super().__init__()
+        self.term = term
+        self.name = term.name
+        self.source = source
+        self.target = target
+        self.loss = loss
+        self.loss_kwargs = loss_kwargs
+        self.to_probs = to_probs
+        self.subset = subset
+
+    def forward(self, env: Env) -> torch.Tensor:
+        fn = LOSSES[self.loss]
+        if self.source is None:  # supervision by labels
+            env.shape_hint = None
+            outs = self.target(env)
+            labels = env.labels
+            if labels is None:
+                raise ValueError(f"`{self.name}` needs labels")
+            mask = self.subset(env) if self.subset else None
+            total = outs[0].new_zeros(())
+            for v in outs:
+                if mask is not None:
+                    if not bool(mask.any()):
+                        continue
+                    v, y = v[mask], labels[mask]
+                else:
+                    y = labels
+                total = total + fn(v, y, **self.loss_kwargs)
+            return total
+        # Adapters and `resize` on the student side size themselves from the teacher side's
+        # raw value (before the knowledge pipeline), e.g. a regressor to the teacher's map.
+        env.shape_hint = None
+        if isinstance(self.source, PipelineNode):
+            raw = self.source.raw(env)
+            hint = [tuple(v.shape[1:]) for v in raw]
+            src = self.source.apply(raw, env)
+        else:
+            src = self.source(env)
+            hint = [tuple(v.shape[1:]) for v in src]
+        env.shape_hint = hint
+        if isinstance(self.target, PipelineNode):
+            raw_t = self.target.raw(env)
+            env.shape_hint = [tuple(v.shape[1:]) for v in src]
+            env.shape_hint = hint
+            tgt = self.target.apply(raw_t, env)
+        else:
+            tgt = self.target(env)
+        env.shape_hint = None
+        mask = self.subset(env) if self.subset else None
+        total = tgt[0].new_zeros(())
+        for s, t in broadcast(src, tgt):
+            if self.to_probs:
+                s, t = s.exp(), t.exp()
+            if mask is not None:
+                if not bool(mask.any()):
+                    continue
+                s, t = s[mask], t[mask]
+            if isinstance(t, torch.Tensor) and isinstance(s, torch.Tensor) and \
+                    self.loss not in ("gaussian_nll",) and s.shape != t.shape:
+                raise ShapeMismatch(tuple(s.shape[1:]), tuple(t.shape[1:]))
+            total = total + fn(s, t, **self.loss_kwargs)
+        return total
+
+
+class ShapeMismatch(ValueError):
+    """The two sides of a transfer have different shapes at the loss."""
+
+    def __init__(self, source: tuple[int, ...], target: tuple[int, ...]):
+        super().__init__(f"teacher side {list(source)} vs student side {list(target)}")
+        self.source_shape = source
+        self.target_shape = target
