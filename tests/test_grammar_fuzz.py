@@ -26,7 +26,7 @@ from kdspec.diagnostics import Diagnostic, Label, Severity, render_many
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast, parse_text, try_parse
 from kdspec.syntax.fmt import format_module, format_text, quote
-from kdspec.syntax.grammar import grammar_text, parser
+from kdspec.syntax.grammar import grammar_text
 
 ROOT = Path(__file__).parent.parent
 SYNTAX_CODES = {"KD101", "KD102", "KD103"}
@@ -46,17 +46,6 @@ def _keywords() -> set[str]:
     }
 
 
-def _known_transform_bug(text: str) -> bool:
-    """`view v` / `subset s` without `= call` make ``ToAst`` index past its children (KD104).
-
-    Remove this (and the xfail below) once ``transform.py`` handles the missing initialiser.
-    """
-    tree = parser()[0].parse(text)
-    return any(
-        True for _ in tree.find_pred(lambda t: t.data in ("view", "subset") and len(t.children) < 2)
-    )
-
-
 def _nodes(node: Any) -> Any:
     if isinstance(node, tuple):
         for item in node:
@@ -74,7 +63,7 @@ def check_parse(text: str) -> ast.Module | None:
     if module is None:
         assert diagnostics
         for d in diagnostics:
-            assert d.code in SYNTAX_CODES or (d.code == "KD104" and _known_transform_bug(text)), d
+            assert d.code in SYNTAX_CODES, d
             assert d.span is not None
             assert 0 <= d.span.start <= d.span.end <= len(text)
         assert render_many(diagnostics, "full")
@@ -245,7 +234,6 @@ def test_corpus_formats(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="transform.py: `view v` without `= call` is KD104")
 @pytest.mark.parametrize("statement", ["view v", "subset s"])
 def test_definition_without_initialiser(statement: str) -> None:
     module = parse_text(f"method m {{ {statement} }}")

@@ -110,8 +110,13 @@ class Distiller(nn.Module):
     roles) and :meth:`finish_repeat` after each repetition of a stage (generations).
     """
 
-    def __init__(self, lowered: Lowered, models: dict[str, nn.Module] | None,
-                 num_classes: int | None, train_data: Any = None):
+    def __init__(
+        self,
+        lowered: Lowered,
+        models: dict[str, nn.Module] | None,
+        num_classes: int | None,
+        train_data: Any = None,
+    ):
         super().__init__()
         self.lowered = lowered
         self.method: ir.Method = lowered.method
@@ -195,8 +200,9 @@ class Distiller(nn.Module):
         names = {t.name for t in self.graph.active_terms(stage)} if stage else set(self.terms)
         return [m for n, m in self.terms.items() if n in names]  # type: ignore[misc]
 
-    def _collect_points(self, terms: list[TermModule]) -> dict[tuple[str, str | None],
-                                                                list[HookPoint]]:
+    def _collect_points(
+        self, terms: list[TermModule]
+    ) -> dict[tuple[str, str | None], list[HookPoint]]:
         needed: dict[tuple[str, str | None], list[HookPoint]] = {}
         for term in terms:
             for node in term.modules():
@@ -267,8 +273,13 @@ class Distiller(nn.Module):
 
     def eval_roles(self) -> list[str]:
         """The roles whose accuracy a run reports: students, peers and assistants first."""
-        trained = [r.name for r in self.method.roles if r.name in self.roles
-                   and r.kind in ("student", "peer", "assistant") and r.mode == "trained"]
+        trained = [
+            r.name
+            for r in self.method.roles
+            if r.name in self.roles
+            and r.kind in ("student", "peer", "assistant")
+            and r.mode == "trained"
+        ]
         return trained or [r.name for r in self.method.roles if r.name in self.roles]
 
     @torch.no_grad()
@@ -277,8 +288,11 @@ class Distiller(nn.Module):
         for role in self.method.roles:
             if role.mode != "ema" or role.source is None or role.name not in self.roles:
                 continue
-            decay = float(evaluate(role.options["decay"], self.params_ir)) \
-                if "decay" in role.options else 0.999  # type: ignore[arg-type]
+            decay = (
+                float(evaluate(role.options["decay"], self.params_ir))
+                if "decay" in role.options
+                else 0.999
+            )  # type: ignore[arg-type]
             ema, src = self.roles[role.name], self.roles[role.source]
             for pe, ps in zip(ema.parameters(), src.parameters(), strict=True):
                 pe.mul_(decay).add_(ps.detach(), alpha=1 - decay)
@@ -314,8 +328,12 @@ class Distiller(nn.Module):
         self._view_cache = {}
         if self._batch.taps is not None:
             self._given = self._batch.taps
-        env = Env(read=self._read, labels=self._batch.labels, index=self._batch.index,
-                  num_classes=self.num_classes)
+        env = Env(
+            read=self._read,
+            labels=self._batch.labels,
+            index=self._batch.index,
+            num_classes=self.num_classes,
+        )
         terms: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
         try:
@@ -340,16 +358,21 @@ class Distiller(nn.Module):
         self._forward_cache, self._view_cache = {}, {}
         saved = self._needed if hasattr(self, "_needed") else {}
         self._needed = self._collect_points(list(self.terms.values()))  # type: ignore[arg-type]
-        env = Env(read=self._read, labels=self._batch.labels, index=self._batch.index,
-                  num_classes=self.num_classes)
+        env = Env(
+            read=self._read,
+            labels=self._batch.labels,
+            index=self._batch.index,
+            num_classes=self.num_classes,
+        )
         try:
             return {name: term(env) for name, term in self.terms.items()}
         finally:
             self._needed = saved
             self._batch = None
 
-    def evaluate_terms(self, tensors: dict[str, Any], labels: torch.Tensor | None = None
-                       ) -> dict[str, torch.Tensor]:
+    def evaluate_terms(
+        self, tensors: dict[str, Any], labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Unweighted terms on given tapped tensors, keyed by tap text (``"t.stage[1..3]"``)."""
         return self.raw_terms({**tensors, "labels": labels})
 
@@ -357,11 +380,14 @@ class Distiller(nn.Module):
         """Which hook points every role is tapped at, and every adapter's shape (deterministic)."""
         lines = []
         for role, info in self._taps.items():
-            lines.append(f"role {role}: stages {info.stages} ({info.stage_source}), "
-                         f"classifier {info.classifier}")
+            lines.append(
+                f"role {role}: stages {info.stages} ({info.stage_source}), "
+                f"classifier {info.classifier}"
+            )
         for tap, points in self._points.items():
-            where = ", ".join(f"{p.path or p.kind}:{p.io}" + (f"@{p.call}" if p.call else "")
-                              for p in points)
+            where = ", ".join(
+                f"{p.path or p.kind}:{p.io}" + (f"@{p.call}" if p.call else "") for p in points
+            )
             lines.append(f"  {types.tap_text(tap)} -> {where}")
         for name, term in self.terms.items():
             for node in term.modules():
@@ -384,14 +410,29 @@ class _Builder:
         self.smap = smap
         self.diags: list[Diagnostic] = []
 
-    def diag(self, code: str, message: str, path: tuple[object, ...], label: str = "",
-             help: str | None = None, notes: tuple[str, ...] = ()) -> None:
+    def diag(
+        self,
+        code: str,
+        message: str,
+        path: tuple[object, ...],
+        label: str = "",
+        help: str | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> None:
         span = self.smap.span(*path) if self.smap else None
         source = self.smap.source if self.smap else None
         labels = (Label(span, label),) if span is not None else ()
-        self.diags.append(Diagnostic(code=code, severity=error("X", "").severity,
-                                     message=message, source=source, labels=labels,
-                                     help=help, notes=notes))
+        self.diags.append(
+            Diagnostic(
+                code=code,
+                severity=error("X", "").severity,
+                message=message,
+                source=source,
+                labels=labels,
+                help=help,
+                notes=notes,
+            )
+        )
 
     def value(self, e: ir.Expr) -> Any:
         try:
@@ -413,8 +454,13 @@ class _Builder:
         try:
             self.d._points[tap] = resolve_tap(tap, self.d._taps[tap.role], self.d.roles[tap.role])
         except TapError as exc:
-            self.diag(exc.code, f"`{types.tap_text(tap)}`: {exc.message}", path,
-                      f"on the model of `{tap.role}`", help=exc.help)
+            self.diag(
+                exc.code,
+                f"`{types.tap_text(tap)}`: {exc.message}",
+                path,
+                f"on the model of `{tap.role}`",
+                help=exc.help,
+            )
             self.d._points[tap] = []
 
     def length(self, tap: ir.Tap) -> int:
@@ -423,8 +469,7 @@ class _Builder:
             return len(v) if isinstance(v, list | tuple) else 1
         return len(self.d._points.get(tap, [])) or 1
 
-    def node(self, e: ir.Expr, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
-             ) -> Node:
+    def node(self, e: ir.Expr, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]) -> Node:
         if isinstance(e, ir.Tap):
             role = self.m.role(e.role)
             if role is not None and role.mode == "virtual":
@@ -432,10 +477,12 @@ class _Builder:
                 return VirtualNode(float(self.value(correct)) if correct is not None else 0.9)
             ens = next((x for x in self.m.ensembles if x.name == e.role), None)
             if ens is not None:
-                members = [self.node(e.model_copy(update={"role": r}), path, indices)
-                           for r in ens.members]
-                return CombineNode(members, list(ens.weights) if ens.weights else None,
-                                   distribution=False)
+                members = [
+                    self.node(e.model_copy(update={"role": r}), path, indices) for r in ens.members
+                ]
+                return CombineNode(
+                    members, list(ens.weights) if ens.weights else None, distribution=False
+                )
             self.resolve(e, path)
             return TapNode(e, indices.get(e))
         if isinstance(e, ir.LetRef):
@@ -469,8 +516,7 @@ class _Builder:
             if self.d.functional or tap.role not in self.d._taps:
                 continue
             info = self.d._taps[tap.role]
-            for point in self.d._points.get(tap) or resolve_tap(tap, info,
-                                                                 self.d.roles[tap.role]):
+            for point in self.d._points.get(tap) or resolve_tap(tap, info, self.d.roles[tap.role]):
                 bn_path = info.preceding_batchnorm(point.path)
                 if bn_path is None:
                     self.diag("KD402", "no batch norm before the tap, so no OFD margin", path)
@@ -478,8 +524,7 @@ class _Builder:
                 out.append(TRANSFORMS["ofd_margin"](self.d.roles[tap.role].get_submodule(bn_path)))
         return out or [torch.zeros(())]
 
-    def pipeline(self, node: Node, knowledge: tuple[ir.Call, ...], side: str, term: str
-                 ) -> Node:
+    def pipeline(self, node: Node, knowledge: tuple[ir.Call, ...], side: str, term: str) -> Node:
         steps: list[Node] = []
         for call in knowledge:
             fn = FUNCTIONS[call.func]
@@ -497,9 +542,15 @@ class _Builder:
         if isinstance(expr, ir.Tap):
             ens = next((x for x in self.m.ensembles if x.name == expr.role), None)
             if ens is not None:
-                members = [self.pipeline(self.node(expr.model_copy(update={"role": r}), path,
-                                                   indices), term.knowledge, side, term.name)
-                           for r in ens.members]
+                members = [
+                    self.pipeline(
+                        self.node(expr.model_copy(update={"role": r}), path, indices),
+                        term.knowledge,
+                        side,
+                        term.name,
+                    )
+                    for r in ens.members
+                ]
                 dist = types.apply_knowledge("logits", term.knowledge) == "distribution"
                 return CombineNode(members, list(ens.weights) if ens.weights else None, dist)
         return self.pipeline(self.node(expr, path, indices), term.knowledge, side, term.name)
@@ -513,10 +564,14 @@ class _Builder:
         n_s = max((self.length(t) for t in dst), default=1)
         pairs = _mapping_pairs(term.mapping, n_t, n_s)
         if pairs is None:
-            self.diag("KD310", f"`{term.name}` pairs {n_t} teacher layers with {n_s} student "
-                      "layers on these models", ("term", term.name, "target"),
-                      f"{n_s} layers here, {n_t} on the teacher side",
-                      help="add `map uniform`, `map last`, `map first` or `map all_pairs`")
+            self.diag(
+                "KD310",
+                f"`{term.name}` pairs {n_t} teacher layers with {n_s} student "
+                "layers on these models",
+                ("term", term.name, "target"),
+                f"{n_s} layers here, {n_t} on the teacher side",
+                help="add `map uniform`, `map last`, `map first` or `map all_pairs`",
+            )
             return None
         out: dict[ir.Tap, list[int]] = {}
         for t in src:
@@ -537,16 +592,16 @@ class _Builder:
             target = self.side(term, "target", indices)
         else:
             target = self.node(term.target, ("term", term.name, "target"), indices)
-        dist = term.kind == "transfer" and types.side_kind(term, "target", self.m) == \
-            "distribution"
+        dist = term.kind == "transfer" and types.side_kind(term, "target", self.m) == "distribution"
         to_probs = dist and term.loss.func not in ("kl", "soft_ce")
         subset = None
         if term.subset:
             part = next(p for p in self.m.data if p.name == term.subset)
             fn_subset = make_subset(part, self.m.params)
             subset = lambda env, f=fn_subset: f(env.labels, env.index)  # noqa: E731
-        return TermModule(term, source, target, term.loss.func, self.kwargs(term.loss),
-                          to_probs, subset)
+        return TermModule(
+            term, source, target, term.loss.func, self.kwargs(term.loss), to_probs, subset
+        )
 
 
 def compile_spec(
@@ -593,8 +648,11 @@ def compile_spec(
             if role.mode in ("ema", "snapshot"):
                 src = models.get(role.source or "")
                 if src is None:
-                    b.diag("KD408", f"`{role.name}` copies `{role.source}`, which has no model",
-                           ("role", role.name))
+                    b.diag(
+                        "KD408",
+                        f"`{role.name}` copies `{role.source}`, which has no model",
+                        ("role", role.name),
+                    )
                     continue
                 copy_ = copy.deepcopy(src)
                 for p in copy_.parameters():
@@ -603,21 +661,29 @@ def compile_spec(
                 continue
             model = models.get(role.name)
             if model is None:
-                b.diag("KD408", f"{role.kind} `{role.name}` has no model",
-                       ("role", role.name), "needs a model",
-                       help=f"bind it in the run file: `[models] {role.name} = \"zoo:...\"`")
+                b.diag(
+                    "KD408",
+                    f"{role.kind} `{role.name}` has no model",
+                    ("role", role.name),
+                    "needs a model",
+                    help=f'bind it in the run file: `[models] {role.name} = "zoo:..."`',
+                )
                 continue
             d.roles[role.name] = model
         if device is not None:
             d.roles.to(device)
-            batch = _Batch(_to(batch.x, device), _to(batch.labels, device),
-                           _to(batch.index, device))
+            batch = _Batch(
+                _to(batch.x, device), _to(batch.labels, device), _to(batch.index, device)
+            )
         for name, model in d.roles.items():
             try:
                 d._taps[name] = discover(model, batch.x)
             except Exception as exc:  # a model that cannot run the example is a user error
-                b.diag("KD403", f"the model of `{name}` fails on the example batch: {exc}",
-                       ("role", name))
+                b.diag(
+                    "KD403",
+                    f"the model of `{name}` fails on the example batch: {exc}",
+                    ("role", name),
+                )
         if d.num_classes is None:
             for info in d._taps.values():
                 if info.logits_shape:
@@ -642,8 +708,15 @@ def compile_spec(
         if not _has_schedule(w):
             d._const_weights[name] = float(evaluate(w, m.params))  # type: ignore[arg-type]
     d.stage_plans = [_plan(s, m) for s in m.effective_stages()]
-    _dry_run(d, b, example_batch if device is None else
-             (batch.x, batch.labels, batch.index) if batch.taps is None else example_batch)
+    _dry_run(
+        d,
+        b,
+        example_batch
+        if device is None
+        else (batch.x, batch.labels, batch.index)
+        if batch.taps is None
+        else example_batch,
+    )
     if b.diags:
         raise KdError(b.diags)
     d._stage = None
@@ -684,30 +757,42 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
         if d._batch.taps is not None:
             d._given = d._batch.taps
         d._needed = d._collect_points(list(d.terms.values()))  # type: ignore[arg-type]
-        env = Env(read=d._read, labels=d._batch.labels, index=d._batch.index,
-                  num_classes=d.num_classes)
+        env = Env(
+            read=d._read, labels=d._batch.labels, index=d._batch.index, num_classes=d.num_classes
+        )
         d._forward_cache, d._view_cache = {}, {}
         for name, term in d.terms.items():
             try:
                 with torch.no_grad():
                     value = term(env)
                 if not torch.isfinite(value).all():
-                    b.diag("KD403", f"`{name}` gives a non-finite value on the example batch",
-                           ("term", name))
+                    b.diag(
+                        "KD403",
+                        f"`{name}` gives a non-finite value on the example batch",
+                        ("term", name),
+                    )
             except ShapeMismatch as exc:
-                b.diag("KD403", f"`{name}`: the two sides have different shapes "
-                       f"({exc.source_shape} from the teacher, {exc.target_shape} from the "
-                       "student)", ("term", name, "target"), "no adapter maps this side",
-                       help="wrap the student side in an adapter, e.g. "
-                       "`to conv1x1(...)` for feature maps or `to linear(...)` for vectors")
+                b.diag(
+                    "KD403",
+                    f"`{name}`: the two sides have different shapes "
+                    f"({exc.source_shape} from the teacher, {exc.target_shape} from the "
+                    "student)",
+                    ("term", name, "target"),
+                    "no adapter maps this side",
+                    help="wrap the student side in an adapter, e.g. "
+                    "`to conv1x1(...)` for feature maps or `to linear(...)` for vectors",
+                )
             except AdapterShapeError as exc:
-                b.diag("KD403", f"`{name}`: {exc}", ("term", name, "target"),
-                       "cannot be adapted")
+                b.diag("KD403", f"`{name}`: {exc}", ("term", name, "target"), "cannot be adapted")
             except TapError as exc:
                 b.diag(exc.code, f"`{name}`: {exc.message}", ("term", name), help=exc.help)
             except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-                b.diag("KD403", f"`{name}` fails on the example batch: {exc}",
-                       ("term", name), "while computing this term")
+                b.diag(
+                    "KD403",
+                    f"`{name}` fails on the example batch: {exc}",
+                    ("term", name),
+                    "while computing this term",
+                )
     finally:
         d._forward_cache, d._view_cache, d._batch = {}, {}, None
         d.train()

@@ -47,13 +47,18 @@ def _stage_indices(tap: ir.Tap, n: int) -> list[int]:
         idx = list(range(lo, hi + 1))
     else:
         if tap.first == 0:
-            raise TapError("KD402", "stages count from 1: `stage[1]` is the first stage",
-                           "use `stage[1]` for the first, `stage[-1]` for the last")
+            raise TapError(
+                "KD402",
+                "stages count from 1: `stage[1]` is the first stage",
+                "use `stage[1]` for the first, `stage[-1]` for the last",
+            )
         idx = [norm(tap.first or 1)]
     if not idx or any(i < 0 or i >= n for i in idx):
-        raise TapError("KD402", f"the model has {n} stage{'s' * (n != 1)}; "
-                       f"`stage[{_range_text(tap)}]` is out of range",
-                       "stages count from 1; negative indices count from the end")
+        raise TapError(
+            "KD402",
+            f"the model has {n} stage{'s' * (n != 1)}; `stage[{_range_text(tap)}]` is out of range",
+            "stages count from 1; negative indices count from the end",
+        )
     return idx
 
 
@@ -69,20 +74,29 @@ def resolve_tap(tap: ir.Tap, taps: ModelTaps, model: nn.Module) -> list[HookPoin
         return [HookPoint("input")]
     if tap.point == "logits":
         if taps.logits_shape is None:
-            raise TapError("KD402", "the model's output has no logits",
-                           'tap a module instead: `role."classifier"`')
+            raise TapError(
+                "KD402",
+                "the model's output has no logits",
+                'tap a module instead: `role."classifier"`',
+            )
         return [HookPoint("logits")]
     if tap.point == "output":
         return [HookPoint("output", select=tap.select)]
     if tap.point == "embedding":
         if taps.classifier is None:
-            raise TapError("KD402", "no final classifier found, so no embedding",
-                           "tap the classifier's input explicitly: `role.\"fc\".input`")
+            raise TapError(
+                "KD402",
+                "no final classifier found, so no embedding",
+                'tap the classifier\'s input explicitly: `role."fc".input`',
+            )
         return [HookPoint("module", taps.classifier, "input")]
     if tap.point == "stage":
         if not taps.stages:
-            raise TapError("KD402", "no stages found in this model",
-                           "give the model a `kd_stages` attribute or tap module paths")
+            raise TapError(
+                "KD402",
+                "no stages found in this model",
+                "give the model a `kd_stages` attribute or tap module paths",
+            )
         paths = [taps.stages[i] for i in _stage_indices(tap, len(taps.stages))]
     else:
         path = tap.module or ""
@@ -91,12 +105,17 @@ def resolve_tap(tap: ir.Tap, taps: ModelTaps, model: nn.Module) -> list[HookPoin
         except AttributeError:
             close = taps.suggest(path)
             hint = f"did you mean `{close[0]}`?" if close else None
-            raise TapError("KD401", f"the model has no submodule `{path}`",
-                           (hint + " " if hint else "") + "(`kdspec taps MODEL` lists them all)"
-                           ) from None
+            raise TapError(
+                "KD401",
+                f"the model has no submodule `{path}`",
+                (hint + " " if hint else "") + "(`kdspec taps MODEL` lists them all)",
+            ) from None
         if taps.first_call(path) is None:
-            raise TapError("KD402", f"module `{path}` does not run in the forward pass",
-                           "pick a module that runs (`kdspec taps MODEL` lists them)")
+            raise TapError(
+                "KD402",
+                f"module `{path}` does not run in the forward pass",
+                "pick a module that runs (`kdspec taps MODEL` lists them)",
+            )
         paths = [path]
     points = []
     for path in paths:
@@ -104,15 +123,22 @@ def resolve_tap(tap: ir.Tap, taps: ModelTaps, model: nn.Module) -> list[HookPoin
         if io == "preact":
             source = taps.preact_source(path)
             if source is None:
-                raise TapError("KD402", f"`{path}` does not end with an activation module, so "
-                               "it has no pre-activation to tap",
-                               "tap `.output`, or a module whose last step is an nn.ReLU")
+                raise TapError(
+                    "KD402",
+                    f"`{path}` does not end with an activation module, so "
+                    "it has no pre-activation to tap",
+                    "tap `.output`, or a module whose last step is an nn.ReLU",
+                )
             path, io = source, "input"
         count = taps.call_counts.get(path, 1)
         call = tap.call or 0
         if call >= count:
-            raise TapError("KD402", f"`{path}` runs {count} time{'s' * (count != 1)} per "
-                           f"forward; call @{call} does not exist", "calls count from 0")
+            raise TapError(
+                "KD402",
+                f"`{path}` runs {count} time{'s' * (count != 1)} per "
+                f"forward; call @{call} does not exist",
+                "calls count from 0",
+            )
         points.append(HookPoint("module", path, io, call, tap.select))
     return points
 
@@ -176,10 +202,14 @@ class TapSession:
         """The tensor read at a point in the last forward."""
         value = self.values.get(point)
         if value is None:
-            raise TapError("KD402", f"`{point.path or point.kind}` produced no value in this "
-                           "forward pass")
+            raise TapError(
+                "KD402", f"`{point.path or point.kind}` produced no value in this forward pass"
+            )
         tensor = value if isinstance(value, torch.Tensor) else first_tensor(value)
         if tensor is None:
-            raise TapError("KD402", f"`{point.path or point.kind}` did not produce a tensor; "
-                           "select an element, e.g. `[0]` or `.last_hidden_state`")
+            raise TapError(
+                "KD402",
+                f"`{point.path or point.kind}` did not produce a tensor; "
+                "select an element, e.g. `[0]` or `.last_hidden_state`",
+            )
         return tensor

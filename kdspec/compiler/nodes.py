@@ -79,8 +79,13 @@ class VirtualNode(Node):
 class TransformNode(Node):
     """A knowledge transform applied element-wise (two inputs for ``fsp``)."""
 
-    def __init__(self, func: str, inputs: list[Node], kwargs: dict[str, Any],
-                 extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        func: str,
+        inputs: list[Node],
+        kwargs: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.func = func
         self.inputs = nn.ModuleList(inputs)
@@ -192,7 +197,8 @@ class AdapterNode(Node):
             elif self.func not in ("identity", "embed"):
                 raise AdapterShapeError(
                     f"cannot size `{self.func}`: the other side of `{self.term}` gives no shape "
-                    "(adapters on both sides need an explicit `dim=`)")
+                    "(adapters on both sides need an explicit `dim=`)"
+                )
             kwargs = {k: v for k, v in kwargs.items() if v is not None}
             if self.func == "embed" and "dim" not in kwargs:
                 kwargs["dim"] = 128
@@ -204,8 +210,9 @@ class AdapterNode(Node):
         if len(self.adapters) == 0:
             self._build(values, env)
         if len(self.adapters) != len(values):
-            raise ValueError(f"`{self.func}` was built for {len(self.adapters)} layers, "
-                             f"got {len(values)}")
+            raise ValueError(
+                f"`{self.func}` was built for {len(self.adapters)} layers, got {len(values)}"
+            )
         return [a(v) for a, v in zip(self.adapters, values, strict=True)]
 
 
@@ -226,8 +233,16 @@ class LetNode(Node):
 class TermModule(nn.Module):
     """One loss term: evaluate both sides, pair them, apply the loss and sum over pairs."""
 
-    def __init__(self, term: ir.Term, source: Node | None, target: Node, loss: str,
-                 loss_kwargs: dict[str, Any], to_probs: bool, subset: Callable[..., Any] | None):
+    def __init__(
+        self,
+        term: ir.Term,
+        source: Node | None,
+        target: Node,
+        loss: str,
+        loss_kwargs: dict[str, Any],
+        to_probs: bool,
+        subset: Callable[..., Any] | None,
+    ):
         super().__init__()
         self.term = term
         self.name = term.name
@@ -285,8 +300,12 @@ class TermModule(nn.Module):
                 if not bool(mask.any()):
                     continue
                 s, t = s[mask], t[mask]
-            if isinstance(t, torch.Tensor) and isinstance(s, torch.Tensor) and \
-                    self.loss not in ("gaussian_nll",) and s.shape != t.shape:
+            if (
+                isinstance(t, torch.Tensor)
+                and isinstance(s, torch.Tensor)
+                and self.loss not in ("gaussian_nll",)
+                and s.shape != t.shape
+            ):
                 raise ShapeMismatch(tuple(s.shape[1:]), tuple(t.shape[1:]))
             total = total + fn(s, t, **self.loss_kwargs)
         return total

@@ -16,8 +16,19 @@ from typing import Any
 import torch
 from torch import nn
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid,
-               nn.Hardswish, nn.Mish, nn.PReLU)
+ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Mish,
+    nn.PReLU,
+)
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
@@ -54,9 +65,7 @@ def logits_of(output: Any) -> torch.Tensor | None:
 def select(value: Any, path: tuple[str | int, ...]) -> Any:
     """Pick an element of a tuple/dict/ModelOutput output: ``("hidden_states", 4)``."""
     for key in path:
-        if isinstance(key, int):
-            value = value[key]
-        elif isinstance(value, dict):
+        if isinstance(key, int) or isinstance(value, dict):
             value = value[key]
         else:
             value = getattr(value, key)
@@ -106,8 +115,11 @@ class ModelTaps:
         if own.is_activation:
             return path
         prefix = f"{path}." if path else ""
-        inside = [c for c in self.calls if c.path.startswith(prefix) and c.order < own.order
-                  and c.call == 0]
+        inside = [
+            c
+            for c in self.calls
+            if c.path.startswith(prefix) and c.order < own.order and c.call == 0
+        ]
         if not inside:
             return None
         last = max(inside, key=lambda c: c.order)  # the submodule that produced the output
@@ -135,8 +147,9 @@ class ModelTaps:
             out.append((f"stage[{k}]", path, _fmt(call.out_shape if call else None)))
         if self.classifier is not None:
             call = self.first_call(self.classifier)
-            out.append(("embedding", f"{self.classifier}.input",
-                        _fmt(call.in_shape if call else None)))
+            out.append(
+                ("embedding", f"{self.classifier}.input", _fmt(call.in_shape if call else None))
+            )
         out.append(("logits", self.classifier or "(output)", _fmt(self.logits_shape)))
         return out
 
@@ -184,12 +197,17 @@ def _chain(model: nn.Module, calls: list[ModuleCall]) -> list[str]:
             return [p for k in kids for p in expand(k)]
         return [path]
 
-    return [p for k in ran_children("") for p in expand(k)
-            if not isinstance(model.get_submodule(p), _NOT_STAGES)]
+    return [
+        p
+        for k in ran_children("")
+        for p in expand(k)
+        if not isinstance(model.get_submodule(p), _NOT_STAGES)
+    ]
 
 
-def _heuristic_stages(model: nn.Module, calls: list[ModuleCall], classifier: str | None
-                      ) -> tuple[list[str], str]:
+def _heuristic_stages(
+    model: nn.Module, calls: list[ModuleCall], classifier: str | None
+) -> tuple[list[str], str]:
     by_path = {c.path: c for c in calls if c.call == 0}
     # Transformers and other block stacks: the blocks of the longest ModuleList that ran.
     best: list[str] = []
@@ -199,8 +217,11 @@ def _heuristic_stages(model: nn.Module, calls: list[ModuleCall], classifier: str
             if len(items) > len(best):
                 best = items
     chain = [p for p in _chain(model, calls) if p != classifier]
-    spatial = [p for p in chain if by_path[p].out_shape is not None
-               and len(by_path[p].out_shape or ()) == 3]
+    spatial = [
+        p
+        for p in chain
+        if by_path[p].out_shape is not None and len(by_path[p].out_shape or ()) == 3
+    ]
     if len(best) >= 2 and len(spatial) < 2:
         return best, "blocks of the longest ModuleList"
     if spatial:
@@ -216,8 +237,7 @@ def _heuristic_stages(model: nn.Module, calls: list[ModuleCall], classifier: str
             stages = stages[1:]  # the stem is not a stage (as in RepDistiller's feat[1:-1])
         return stages, "last module before each change of spatial resolution"
     # Vectors only (MLPs): the activations of the chain, or its Linear layers.
-    acts = [c.path for c in sorted(calls, key=lambda c: c.order)
-            if c.is_activation and c.call == 0]
+    acts = [c.path for c in sorted(calls, key=lambda c: c.order) if c.is_activation and c.call == 0]
     if acts:
         return acts, "activations (vector model)"
     return best, "blocks of the longest ModuleList"
@@ -237,11 +257,17 @@ def discover(model: nn.Module, example_input: Any) -> ModelTaps:
         path = names.get(id(module), "?")
         k = counts.get(path, 0)
         counts[path] = k + 1
-        calls.append(ModuleCall(
-            path=path, order=len(calls), call=k,
-            in_shape=_shape(first_tensor(args)), out_shape=_shape(first_tensor(output)),
-            is_activation=isinstance(module, ACTIVATIONS),
-            is_batchnorm=isinstance(module, nn.modules.batchnorm._BatchNorm)))
+        calls.append(
+            ModuleCall(
+                path=path,
+                order=len(calls),
+                call=k,
+                in_shape=_shape(first_tensor(args)),
+                out_shape=_shape(first_tensor(output)),
+                is_activation=isinstance(module, ACTIVATIONS),
+                is_batchnorm=isinstance(module, nn.modules.batchnorm._BatchNorm),
+            )
+        )
 
     for _, module in model.named_modules():
         handles.append(module.register_forward_hook(hook))
@@ -249,8 +275,11 @@ def discover(model: nn.Module, example_input: Any) -> ModelTaps:
     try:
         model.eval()
         with torch.no_grad():
-            output = model(example_input) if not isinstance(example_input, dict) \
+            output = (
+                model(example_input)
+                if not isinstance(example_input, dict)
                 else model(**example_input)
+            )
     finally:
         for h in handles:
             h.remove()
@@ -258,8 +287,13 @@ def discover(model: nn.Module, example_input: Any) -> ModelTaps:
     logits = logits_of(output)
     classifier = getattr(model, "kd_classifier", None)
     if classifier is None and logits is not None:
-        linears = [c for c in calls if c.out_shape == _shape(logits) and c.path
-                   and isinstance(model.get_submodule(c.path), nn.Linear)]
+        linears = [
+            c
+            for c in calls
+            if c.out_shape == _shape(logits)
+            and c.path
+            and isinstance(model.get_submodule(c.path), nn.Linear)
+        ]
         classifier = max(linears, key=lambda c: c.order).path if linears else None
     hint = getattr(model, "kd_stages", None)
     if hint:
@@ -268,7 +302,13 @@ def discover(model: nn.Module, example_input: Any) -> ModelTaps:
         stages, source = _heuristic_stages(model, calls, classifier)
     first = first_tensor(example_input)
     return ModelTaps(
-        calls=calls, paths=[n for n, _ in model.named_modules() if n],
-        classifier=classifier, stages=stages, output_shape=_shape(first_tensor(output)),
-        logits_shape=_shape(logits), input_shape=_shape(first) or (), stage_source=source,
-        call_counts=counts)
+        calls=calls,
+        paths=[n for n, _ in model.named_modules() if n],
+        classifier=classifier,
+        stages=stages,
+        output_shape=_shape(first_tensor(output)),
+        logits_shape=_shape(logits),
+        input_shape=_shape(first) or (),
+        stage_source=source,
+        call_counts=counts,
+    )

@@ -39,8 +39,9 @@ def _labels_of(dataset: Any) -> torch.Tensor:
     return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
 
 
-def make_view(part: ir.DataPart | None, params: dict[str, ir.Expr], train_data: Any
-              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_view(
+    part: ir.DataPart | None, params: dict[str, ir.Expr], train_data: Any
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A function ``(x, labels) -> x'`` for a named view (unbound views leave x as is)."""
     if part is None or part.func in (None, "clean"):
         return lambda x, y: x
@@ -67,8 +68,9 @@ def make_view(part: ir.DataPart | None, params: dict[str, ir.Expr], train_data: 
     raise ValueError(f"unknown view function `{part.func}`")
 
 
-def make_subset(part: ir.DataPart, params: dict[str, ir.Expr]
-                ) -> Callable[[torch.Tensor | None, torch.Tensor | None], torch.Tensor]:
+def make_subset(
+    part: ir.DataPart, params: dict[str, ir.Expr]
+) -> Callable[[torch.Tensor | None, torch.Tensor | None], torch.Tensor]:
     """A function ``(labels, index) -> bool mask`` selecting a subset's rows in a batch."""
     if part.func in ("exclude_classes", "only_classes"):
         classes: list[int] = []

@@ -370,7 +370,15 @@ class _MethodLowering:
             ):
                 fields["io"] = acc.name.name
             elif isinstance(acc, ast.CallIndex) and fields["point"] in ("stage", "module"):
-                fields["call"] = acc.n
+                if acc.n < 0:
+                    self.err(
+                        "KD206",
+                        "a call index must be a whole number",
+                        acc.span,
+                        "not a whole number",
+                        help="calls count from 0: `@0`, `@1`, ...",
+                    )
+                fields["call"] = max(acc.n, 0)
             elif isinstance(acc, ast.Attr):
                 select.append(acc.name.name)
             elif isinstance(acc, ast.Index) and isinstance(acc.index, ast.String):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from kdspec.diagnostics import Diagnostic
 from kdspec.graph import build_graph
 from kdspec.ir import Lowered
+from kdspec.passes.check_claims import check_claims
 from kdspec.passes.check_cycles import check_cycles
 from kdspec.passes.check_ranges import check_ranges
 from kdspec.passes.check_roles import check_roles
@@ -28,6 +29,7 @@ PASSES: tuple[Callable[[PassContext], list[Diagnostic]], ...] = (
     check_self,
     check_stages,
     check_unused,
+    check_claims,
 )
 
 

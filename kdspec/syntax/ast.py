@@ -117,6 +117,7 @@ class CallIndex:
 
     obj: Expr
     n: int
+    text: str = field(default="", compare=False)
     span: Span = _span()
 
 

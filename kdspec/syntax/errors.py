@@ -32,8 +32,9 @@ STATEMENT_FORMS = {
 }
 
 
-_WORD = re.compile(r'"(?:[^"\\\n]|\\.)*"|([A-Za-z_][A-Za-z0-9_]*)')
 _COMMENT = re.compile(r"#[^\n]*")
+# A statement keyword is the first word of a line or follows a brace.
+_STATEMENT_START = re.compile(r"(?:^|[\n{}])[ \t]*([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _describe_terminal(lark: Lark, name: str) -> str:
@@ -71,7 +72,7 @@ def _describe_token(token_type: str, value: str) -> str:
 def _statement_keyword(text: str, offset: int) -> str | None:
     """The keyword of the statement that ``offset`` lies in: the last one written before it."""
     before = _COMMENT.sub("", text[:offset])
-    words = [w for w in _WORD.findall(before) if w in STATEMENT_FORMS]
+    words = [m.group(1) for m in _STATEMENT_START.finditer(before) if m.group(1) in STATEMENT_FORMS]
     return words[-1] if words else None
 
 

@@ -115,7 +115,8 @@ def _with_prec(node: ast.Expr | ast.Slice) -> tuple[str, int]:
         case ast.Index():
             return f"{_operand(node.obj, _POSTFIX)}[{format_expr(node.index)}]", _POSTFIX
         case ast.CallIndex():
-            return f"{_operand(node.obj, _POSTFIX)}@{node.n}", _POSTFIX
+            index = node.n if node.n >= 0 else node.text  # keep a bad index as written
+            return f"{_operand(node.obj, _POSTFIX)}@{index}", _POSTFIX
         case ast.Neg():
             return "-" + _operand(node.operand, _UNARY), _UNARY
         case ast.BinOp():
@@ -237,7 +238,8 @@ def _stage_header(node: ast.Stage) -> str:
     parts = [f"stage {node.name.name}"]
     if node.duration is not None:
         unit = node.unit or "epochs"
-        sep = "" if unit == "%" else " "
+        # `for 25%`, but `for warm_epochs %`: the sign sticks to a number only.
+        sep = "" if unit == "%" and isinstance(node.duration, ast.Number) else " "
         parts.append(f"for {format_expr(node.duration)}{sep}{unit}")
     if node.repeat is not None:
         parts.append(f"repeat {format_expr(node.repeat)}")

@@ -86,8 +86,9 @@ class ToAst(Transformer[Token, Any]):
 
     def call_index(self, meta: Meta, children: list[Any]) -> ast.CallIndex:
         text = str(children[1])
-        n = int(float(text)) if text.replace(".", "", 1).isdigit() else 0
-        return ast.CallIndex(children[0], n, _meta_span(meta))
+        value = float(text)
+        n = int(value) if value.is_integer() else -1  # not a whole number: reported when lowering
+        return ast.CallIndex(children[0], n, text, _meta_span(meta))
 
     def _binop(self, op: str, meta: Meta, children: list[Any]) -> ast.BinOp:
         return ast.BinOp(op, children[0], children[1], _meta_span(meta))
@@ -146,10 +147,12 @@ class ToAst(Transformer[Token, Any]):
         return ast.Ensemble(_ident(children[0]), children[1], _meta_span(meta))
 
     def view(self, meta: Meta, children: list[Any]) -> ast.View:
-        return ast.View(_ident(children[0]), children[1], _meta_span(meta))
+        init = children[1] if len(children) > 1 else None
+        return ast.View(_ident(children[0]), init, _meta_span(meta))
 
     def subset(self, meta: Meta, children: list[Any]) -> ast.Subset:
-        return ast.Subset(_ident(children[0]), children[1], _meta_span(meta))
+        init = children[1] if len(children) > 1 else None
+        return ast.Subset(_ident(children[0]), init, _meta_span(meta))
 
     def let(self, meta: Meta, children: list[Any]) -> ast.Let:
         return ast.Let(_ident(children[0]), children[1], _meta_span(meta))

@@ -361,7 +361,9 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
         path: Path = ("term", term.name)
         on = [st for st in stages if term.name in active[st.name]]
         co = [st for st in on if t in trained[st.name] and s in trained[st.name]]
-        earlier = [st for st in stages if t in trained[st.name] and term.name not in active[st.name]]
+        earlier = [
+            st for st in stages if t in trained[st.name] and term.name not in active[st.name]
+        ]
         reasons: list[Evidence] = []
         self_kind = ""
         if t is None or (role is not None and role.mode == "virtual"):
@@ -389,12 +391,16 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
             state = "moving_average" if relation == "ema" else "snapshot"
             schemes = ("self",)
             text = (
-                f"teacher `{t}` is an exponential moving average of `{s}` (the same network's "
-                "weights), so `{s}` teaches itself; `{t}` moves with every step of `{s}`, which "
-                "the update rule alone would call online"
-                if relation == "ema"
-                else f"teacher `{t}` is a frozen snapshot of `{s}`: the network teaches itself"
-            ).replace("{s}", s).replace("{t}", t)
+                (
+                    f"teacher `{t}` is an exponential moving average of `{s}` (the same network's "
+                    "weights), so `{s}` teaches itself; `{t}` moves with every step of `{s}`, which "
+                    "the update rule alone would call online"
+                    if relation == "ema"
+                    else f"teacher `{t}` is a frozen snapshot of `{s}`: the network teaches itself"
+                )
+                .replace("{s}", s)
+                .replace("{t}", t)
+            )
             reasons.append(Evidence(text, ("role", t)))
         else:
             link = _handoff_linked(t, s, m)
@@ -497,9 +503,7 @@ def _roles_and_topology(kg: KdGraph, edges: list[TeachingEdge]) -> tuple[Finding
     ext = nx.DiGraph()
     for e in external:
         ext.add_edge(e.teacher, e.student, term=e.term)
-    mutual = sorted(
-        {tuple(sorted((a, b))) for a, b in ext.edges if a != b and ext.has_edge(b, a)}
-    )
+    mutual = sorted({tuple(sorted((a, b))) for a, b in ext.edges if a != b and ext.has_edge(b, a)})
     for a, b in mutual:
         ev.append(Evidence(f"`{a}` and `{b}` teach each other (a mutual pair)", ()))
     chain_g = ext.copy()
@@ -734,8 +738,7 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
     return make(
         "feature",
         kind,
-        f"`{term.name}` matches intermediate features element-wise ({where}, "
-        f"`{term.loss.func}`)",
+        f"`{term.name}` matches intermediate features element-wise ({where}, `{term.loss.func}`)",
     )
 
 
@@ -775,9 +778,7 @@ def _taps_and_mapping(terms: list[TermKnowledge], m: ir.Method) -> tuple[Finding
         how = f"`map {term.mapping}`" if term.mapping else "no `map`: read from the taps"
         map_ev.append(Evidence(f"`{tk.term}`: {tk.mapping} ({how})", ("term", tk.term)))
     taps = Finding("taps", "; ".join(_sorted_unique(tap_vals)) or "none", (), tuple(tap_ev))
-    mapping = Finding(
-        "mapping", ", ".join(_sorted_unique(map_vals)) or "none", (), tuple(map_ev)
-    )
+    mapping = Finding("mapping", ", ".join(_sorted_unique(map_vals)) or "none", (), tuple(map_ev))
     return taps, mapping
 
 
@@ -808,7 +809,9 @@ def _transforms_and_adapters(m: ir.Method) -> tuple[Finding, Finding]:
         for func, where in adapters.items():
             fn = FUNCTIONS[func]
             trained = "trained" if fn.learned else "fixed"
-            text = f"{func} ({fn.family or 'adapter'}, {', '.join(dict.fromkeys(where))}, {trained})"
+            text = (
+                f"{func} ({fn.family or 'adapter'}, {', '.join(dict.fromkeys(where))}, {trained})"
+            )
             a_vals.append(text)
             a_ev.append(Evidence(f"`{term.name}`: {text}", ("term", term.name)))
     transforms = Finding("transforms", "; ".join(_sorted_unique(t_vals)) or "none", (), tuple(t_ev))
@@ -897,9 +900,7 @@ def _losses_and_weights(m: ir.Method) -> tuple[Finding, Finding]:
             )
         )
     losses = Finding("losses", "; ".join(_sorted_unique(l_vals)) or "none", (), tuple(l_ev))
-    weights = Finding(
-        "weights", ", ".join(_sorted_unique(w_vals)) or "constant", (), tuple(w_ev)
-    )
+    weights = Finding("weights", ", ".join(_sorted_unique(w_vals)) or "constant", (), tuple(w_ev))
     return losses, weights
 
 
@@ -997,7 +998,9 @@ def _data(m: ir.Method) -> Finding:
                 label = f"augmented views ({part.func or 'bound by the run'})"
             vals.append(label)
             who = _names(sorted(seen.get(part.name, ()))) or "no role"
-            ev.append(Evidence(f"view `{part.name}` = {part.func}: seen by {who}", ("data", part.name)))
+            ev.append(
+                Evidence(f"view `{part.name}` = {part.func}: seen by {who}", ("data", part.name))
+            )
         else:
             vals.append(f"partitioned subset ({part.func or 'bound by the run'})")
             users = [t.name for t in m.terms if t.subset == part.name]
@@ -1025,8 +1028,7 @@ def _ground_truth(m: ir.Method, edges: list[TeachingEdge]) -> Finding:
         on = f" on subset `{term.subset}`" if term.subset else ""
         ev.append(
             Evidence(
-                f"`{term.name}` supervises `{expr_text(term.target)}` with "
-                f"`{term.loss.func}`{on}",
+                f"`{term.name}` supervises `{expr_text(term.target)}` with `{term.loss.func}`{on}",
                 ("term", term.name),
             )
         )

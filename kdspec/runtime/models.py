@@ -1,0 +1,324 @@
+"""Build the models of a run's roles from source strings, and load their weights.
+
+A source names where an architecture comes from:
+
+* ``zoo:resnet8x4`` — :mod:`kdspec.zoo` (sized from the data: classes, input channels);
+* ``torchvision:resnet18`` / ``timm:resnet18`` — freshly initialised (no pretrained download);
+* ``hf:path/config.json`` or ``hf:path/to/dir`` — a transformers sequence classifier built from
+  a *local* config (with the folder's weights if it has them); never a hub download;
+* ``import:pkg.module:factory`` — any factory, only for packages the run allows
+  (``allow_import = ["pkg"]`` or ``--allow-import pkg``), since importing runs code.
+
+Every failure is a diagnostic (KD404 unknown model, KD405 bad checkpoint, KD406 import not
+allowed), pointing at the run file's key when there is one; never a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdspec.diagnostics import KdError
+from kdspec.runtime.runfile import Run
+
+__all__ = ["SCHEMES", "build_model_from_source", "load_weights"]
+
+SCHEMES = ("zoo", "torchvision", "timm", "hf", "import")
+
+_INSTALL = {
+    "torchvision": "install the build matching your torch with `pip install torchvision` "
+    "(CPU-only torch: add `--index-url https://download.pytorch.org/whl/cpu`)",
+    "timm": "install it with `pip install timm`",
+    "transformers": "install it with `pip install transformers`",
+}
+
+
+def build_model_from_source(
+    role: str,
+    source: str,
+    num_classes: int,
+    in_channels: int,
+    run: Run,
+    allow_import: Iterable[str] = (),
+) -> nn.Module:
+    """Build the model of one role.
+
+    Args:
+        role: The role's name (diagnostics point at ``[models].<role>``).
+        source: ``scheme:name`` (see the module docstring).
+        num_classes: Outputs of the classifier.
+        in_channels: Input channels of the data.
+        run: The run (for diagnostics and relative paths).
+        allow_import: Packages ``import:`` may load, besides the run file's ``allow_import``.
+
+    Returns:
+        A freshly initialised model (weights are loaded separately, :func:`load_weights`).
+
+    Raises:
+        KdError: KD404 (unknown source or missing package) or KD406 (import not allowed).
+    """
+    scheme, sep, name = source.partition(":")
+    keys = ("models", role)
+    if not sep or scheme not in SCHEMES:
+        close = difflib.get_close_matches(scheme, SCHEMES, n=1)
+        hint = f"did you mean `{close[0]}:{name}`? " if close and sep else ""
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD404",
+                    f"model source `{source}` of role `{role}` has no known scheme",
+                    keys,
+                    label="unknown source",
+                    help=hint + "a source reads `zoo:NAME`, `torchvision:NAME`, `timm:NAME`, "
+                    "`hf:LOCAL_PATH` or `import:package.module:factory`",
+                )
+            ]
+        )
+    if scheme == "zoo":
+        return _zoo(role, name, num_classes, in_channels, run)
+    if scheme == "torchvision":
+        return _torchvision(role, name, num_classes, in_channels, run)
+    if scheme == "timm":
+        return _timm(role, name, num_classes, in_channels, run)
+    if scheme == "hf":
+        return _hf(role, name, num_classes, run)
+    return _import(role, name, num_classes, in_channels, run, allow_import)
+
+
+def _fail(run: Run, role: str, message: str, help_text: str | None, code: str = "KD404") -> KdError:
+    return KdError([run.diagnostic(code, message, ("models", role), label=message, help=help_text)])
+
+
+def _close(name: str, names: Iterable[str]) -> str | None:
+    by_lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    return "did you mean " + ", ".join(f"`{by_lower[c]}`" for c in close) + "?" if close else None
+
+
+def _zoo(role: str, name: str, num_classes: int, in_channels: int, run: Run) -> nn.Module:
+    from kdspec.zoo import available_models, build_model
+
+    try:
+        return build_model(name, num_classes=num_classes, in_channels=in_channels)
+    except KeyError:
+        hint = _close(name, available_models())
+        raise _fail(
+            run,
+            role,
+            f"unknown zoo model `{name}`",
+            (hint + " " if hint else "") + "zoo models: " + ", ".join(available_models()),
+        ) from None
+
+
+def _need(package: str, run: Run, role: str, source: str) -> Any:
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise _fail(
+            run,
+            role,
+            f"model `{source}` needs `{package}`, which is not installed",
+            _INSTALL[package],
+        ) from None
+
+
+def _torchvision(role: str, name: str, num_classes: int, in_channels: int, run: Run) -> nn.Module:
+    tv = _need("torchvision", run, role, f"torchvision:{name}")
+    names = tv.models.list_models()
+    if name not in names:
+        raise _fail(run, role, f"unknown torchvision model `{name}`", _close(name, names))
+    if in_channels != 3:
+        raise _fail(
+            run,
+            role,
+            f"torchvision model `{name}` takes 3 input channels, the data has {in_channels}",
+            "use a `zoo:` or `timm:` model (timm adapts the stem with `in_chans`)",
+        )
+    return tv.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _timm(role: str, name: str, num_classes: int, in_channels: int, run: Run) -> nn.Module:
+    timm = _need("timm", run, role, f"timm:{name}")
+    names = timm.list_models()
+    if name not in names:
+        raise _fail(run, role, f"unknown timm model `{name}`", _close(name, names))
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
+def _hf(role: str, name: str, num_classes: int, run: Run) -> nn.Module:
+    path = run.resolve_path(name)
+    if not path.exists():
+        raise _fail(
+            run,
+            role,
+            f"`hf:` model `{name}` is not a local file or folder",
+            "give a local `config.json` or a folder saved with `save_pretrained`; "
+            "kdspec never downloads from the hub",
+        )
+    tf = _need("transformers", run, role, f"hf:{name}")
+    config_file = path / "config.json" if path.is_dir() else path
+    config = tf.AutoConfig.from_pretrained(str(config_file), num_labels=num_classes)
+    cls = tf.AutoModelForSequenceClassification
+    has_weights = path.is_dir() and any(
+        (path / f).exists() for f in ("model.safetensors", "pytorch_model.bin")
+    )
+    if has_weights:
+        return cls.from_pretrained(str(path), config=config, local_files_only=True)
+    return cls.from_config(config)
+
+
+def _allowed(module: str, allowed: Iterable[str]) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in allowed)
+
+
+def _import(
+    role: str, spec: str, num_classes: int, in_channels: int, run: Run, extra: Iterable[str]
+) -> nn.Module:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise _fail(
+            run, role, f"bad import source `import:{spec}`", "write `import:package.module:factory`"
+        )
+    allowed = [*run.config.allow_import, *extra]
+    if not _allowed(module_name, allowed):
+        top = module_name.split(".")[0]
+        raise _fail(
+            run,
+            role,
+            f"importing `{module_name}` is not allowed",
+            f'importing runs its code: add `allow_import = ["{top}"]` to the run file '
+            f"or pass `--allow-import {top}`",
+            code="KD406",
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _fail(run, role, f"cannot import `{module_name}`: {exc}", None) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise _fail(run, role, f"`{module_name}` has no factory `{attr}`", _close(attr, names))
+    kwargs = _bindable(factory, {"num_classes": num_classes, "in_channels": in_channels})
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise _fail(
+            run,
+            role,
+            f"`{module_name}:{attr}` returned {type(model).__name__}, not an `nn.Module`",
+            None,
+        )
+    return model
+
+
+def _bindable(fn: Any, candidates: dict[str, Any]) -> dict[str, Any]:
+    """The candidate keywords ``fn`` accepts (all of them if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(candidates)
+    return {k: v for k, v in candidates.items() if k in params}
+
+
+def load_weights(model: nn.Module, role: str, path: str | Path, run: Run) -> None:
+    """Load a checkpoint into a role's model (strictly: every key, every shape).
+
+    Accepts a state dict, or a dict holding one under ``model`` or ``state_dict``
+    (RepDistiller's teachers use ``model``); a ``module.`` prefix (DataParallel) is removed.
+
+    Raises:
+        KdError: KD405 naming the file and the first missing/unexpected/mismatched keys.
+    """
+    file = run.resolve_path(str(path))
+    keys = ("weights", role)
+
+    def fail(message: str, notes: list[str] | None = None, help_text: str | None = None) -> KdError:
+        return KdError(
+            [
+                run.diagnostic(
+                    "KD405",
+                    message,
+                    keys,
+                    label="this checkpoint",
+                    notes=notes or [],
+                    help=help_text,
+                )
+            ]
+        )
+
+    if not file.is_file():
+        raise fail(f"checkpoint `{file}` of role `{role}` does not exist")
+    try:
+        obj = torch.load(file, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise fail(
+            f"cannot load checkpoint `{file}` of role `{role}`",
+            [f"torch.load said: {reason[:300]}"],
+            "the file is corrupt or not a PyTorch checkpoint (kdspec loads with "
+            "`weights_only=True`, so pickled objects other than tensors are refused)",
+        ) from None
+    state = _state_dict_of(obj)
+    if state is None:
+        raise fail(
+            f"checkpoint `{file}` of role `{role}` holds no state dict",
+            [f"found a {type(obj).__name__}"],
+            "save `model.state_dict()` (or `{'model': model.state_dict()}`)",
+        )
+    expected = model.state_dict()
+    if (
+        state
+        and all(k.startswith("module.") for k in state)
+        and not any(k.startswith("module.") for k in expected)
+    ):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and hasattr(state[k], "shape") and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        notes = []
+        if missing:
+            notes.append(f"missing keys ({len(missing)}): " + _first(missing))
+        if unexpected:
+            notes.append(f"unexpected keys ({len(unexpected)}): " + _first(unexpected))
+        if mismatched:
+            notes.append(f"shape mismatches ({len(mismatched)}): " + _first(mismatched))
+        source = run.config.models.get(role, "the model")
+        raise fail(
+            f"checkpoint `{file}` does not fit role `{role}` ({source})",
+            notes,
+            "check that the checkpoint was saved from the same architecture and class count",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and _is_state(inner):
+                return dict(inner)
+        if _is_state(obj):
+            return dict(obj)
+    return None
+
+
+def _is_state(obj: Mapping[Any, Any]) -> bool:
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _first(items: list[str], n: int = 5) -> str:
+    shown = ", ".join(f"`{k}`" for k in items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")

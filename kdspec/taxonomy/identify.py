@@ -1,0 +1,747 @@
+"""Identify a method against the library by the structure of its graph, never by its name.
+
+Each method gets a *fingerprint*: a ``networkx.DiGraph`` of its roles (by kind and mode), terms
+(by loss, knowledge pipeline, mapping and schedules), term sides (by kind of knowledge and the
+shape of the expression), taps (by abstract point), data views and subsets (by function) and
+stages (by order), with the edges between them. Identifiers and hyperparameters are left out
+of the node signatures; the hyperparameters (numbers, parameter values, keyword arguments,
+layer indices, durations) sit beside them, so that
+
+- an **exact** match is an isomorphism that also agrees on every hyperparameter;
+- a match **up to hyperparameters** is an isomorphism of the signatures alone;
+- a **composition** of library methods A and B is a spec into which A and B both embed
+  (subgraph monomorphism, stage order ignored) and whose transfers they cover together;
+- otherwise the **nearest** methods are ranked by a Jaccard score over node and edge
+  signatures, with the terms, roles and stages that differ.
+
+Example:
+    >>> from kdspec.api import load_method
+    >>> ident = identify(load_method("hinton", overrides={"T": "2"}))
+    >>> [m.method for m in ident.up_to_hyperparameters]
+    ['hinton']
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+from networkx.algorithms import isomorphism
+
+from kdspec.graph import build_graph, types
+from kdspec.ir import models as ir
+from kdspec.ir.evaluate import EvalError, evaluate
+from kdspec.ir.printer import expr_text
+from kdspec.taxonomy.diff import term_text
+from kdspec.taxonomy.vocab import FUNCTIONS, REQUIRED
+
+if TYPE_CHECKING:
+    from kdspec.ir import Lowered
+
+# Isomorphisms tried when looking for one that also agrees on hyperparameters (symmetric
+# methods, e.g. three interchangeable teachers, have several).
+_MAX_ISOMORPHISMS = 256
+_MAX_EMBEDDINGS = 32
+_NEAREST = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints
+# ---------------------------------------------------------------------------------------------
+
+
+def _hv(v: object) -> object:
+    """A hyperparameter value in a comparable form."""
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, int | float):
+        return round(float(v), 9)
+    if isinstance(v, list | tuple):
+        return tuple(_hv(x) for x in v)
+    return v
+
+
+def _value(e: ir.Expr | None, params: dict[str, ir.Expr]) -> object:
+    if e is None:
+        return None
+    try:
+        return _hv(evaluate(e, params))
+    except EvalError:
+        return expr_text(e)
+
+
+def _call_hp(prefix: str, call: ir.Call, params: dict[str, ir.Expr]) -> list[tuple[str, object]]:
+    """A call's keyword arguments, evaluated, with the vocabulary's defaults filled in."""
+    fn = FUNCTIONS.get(call.func)
+    names = list(fn.params) if fn else []
+    names += [k for k in call.kwargs if k not in names]
+    out = []
+    for name in names:
+        if name in call.kwargs:
+            v = _value(call.kwargs[name], params)
+        else:
+            default = fn.params[name].default if fn else None
+            if default is REQUIRED:
+                continue
+            v = _hv(default)
+        out.append((f"{prefix}{call.func}.{name}", v))
+    return out
+
+
+def _skeleton(e: ir.Expr | None, m: ir.Method, _seen: frozenset[str] = frozenset()) -> str:
+    """An expression without names or numbers: taps are ``@``, calls keep their function."""
+    if e is None:
+        return ""
+    if isinstance(e, ir.Tap):
+        return "@"
+    if isinstance(e, ir.Call):
+        return f"{e.func}({','.join(_skeleton(a, m, _seen) for a in e.args)})"
+    if isinstance(e, ir.LetRef):
+        let = next((x for x in m.lets if x.name == e.name), None)
+        if let is None or e.name in _seen:
+            return "?"
+        return _skeleton(let.value, m, _seen | {e.name})
+    if isinstance(e, ir.BinOp):
+        return f"({_skeleton(e.left, m, _seen)}{e.op}{_skeleton(e.right, m, _seen)})"
+    if isinstance(e, ir.Neg):
+        return f"-{_skeleton(e.operand, m, _seen)}"
+    if isinstance(e, ir.ListE):
+        return f"[{','.join(_skeleton(i, m, _seen) for i in e.items)}]"
+    return "#"
+
+
+def _calls(e: ir.Expr | None, m: ir.Method, _seen: frozenset[str] = frozenset()) -> list[ir.Call]:
+    if isinstance(e, ir.Call):
+        return [e, *(c for a in (*e.args, *e.kwargs.values()) for c in _calls(a, m, _seen))]
+    if isinstance(e, ir.LetRef) and e.name not in _seen:
+        let = next((x for x in m.lets if x.name == e.name), None)
+        return _calls(let.value, m, _seen | {e.name}) if let else []
+    if isinstance(e, ir.BinOp):
+        return [*_calls(e.left, m, _seen), *_calls(e.right, m, _seen)]
+    if isinstance(e, ir.Neg):
+        return _calls(e.operand, m, _seen)
+    return []
+
+
+def fingerprint(method: ir.Method) -> nx.DiGraph:
+    """The structural fingerprint of a method (see the module docstring).
+
+    Node attributes: ``sig`` (structure, name-free), ``loose`` (the signature used for
+    composition: stages lose their order), ``hp`` (sorted ``(key, value)`` hyperparameters),
+    ``kind`` and ``text`` (a description with names). Edge attribute: ``sig``.
+    """
+    m = method
+    params = m.params
+    kg = build_graph(m)
+    g = nx.DiGraph(name=m.name)
+
+    def node(
+        nid: str,
+        kind: str,
+        sig: tuple[Any, ...],
+        text: str,
+        hp: Iterable[Any] = (),
+        loose: tuple[Any, ...] | None = None,
+    ) -> None:  # noqa: E501
+        g.add_node(
+            nid,
+            kind=kind,
+            sig=sig,
+            loose=sig if loose is None else loose,
+            hp=tuple(sorted(hp, key=lambda kv: kv[0])),
+            text=text,
+        )
+
+    def edge(u: str, v: str, sig: str) -> None:
+        if g.has_edge(u, v):
+            g.edges[u, v]["sig"] = tuple(sorted({*g.edges[u, v]["sig"], sig}))
+        else:
+            g.add_edge(u, v, sig=(sig,))
+
+    for role in m.roles:
+        hp: list[tuple[str, object]] = []
+        if role.mode in ("ema", "snapshot", "virtual"):
+            hp = _call_hp("", ir.Call(func=role.mode, kwargs=role.options), params)
+        node(
+            f"role:{role.name}",
+            "role",
+            ("role", role.kind, role.mode),
+            f"{role.kind} `{role.name}`",
+            hp,
+        )
+    for role in m.roles:
+        if role.source and g.has_node(f"role:{role.source}"):
+            edge(f"role:{role.source}", f"role:{role.name}", role.mode)
+    for ens in m.ensembles:
+        node(
+            f"ens:{ens.name}",
+            "ensemble",
+            ("ensemble", "weighted" if ens.weights else "mean", len(ens.members)),
+            f"ensemble `{ens.name}`",
+            [("weights", _hv(ens.weights))] if ens.weights else [],
+        )
+        for member in ens.members:
+            edge(f"role:{member}", f"ens:{ens.name}", "member")
+    node("labels", "labels", ("labels",), "the labels")
+    for part in m.data:
+        hp = [(f"{part.func}.{k}", _value(v, params)) for k, v in sorted(part.kwargs.items())] + [
+            (f"{part.func}.args", tuple(_value(a, params) for a in part.args))
+        ]
+        node(
+            f"data:{part.name}", part.kind, (part.kind, part.func), f"{part.kind} `{part.name}`", hp
+        )
+    for role in m.roles:
+        if role.view and g.has_node(f"data:{role.view}"):
+            edge(f"data:{role.view}", f"role:{role.name}", "sees")
+
+    for term in m.terms:
+        tid = f"term:{term.name}"
+        schedules = sorted(
+            c.func
+            for c in _calls(term.weight, m)
+            if FUNCTIONS.get(c.func) is not None and FUNCTIONS[c.func].category == "schedule"
+        )
+        hp = [("weight", _value(term.weight, params)), *_call_hp("", term.loss, params)]
+        for call in term.knowledge:
+            hp.extend(_call_hp("", call, params))
+        for call in _calls(term.weight, m):
+            hp.extend(_call_hp("weight.", call, params))
+        node(
+            tid,
+            "term",
+            (
+                "term",
+                term.kind,
+                term.loss.func,
+                term.mapping or "",
+                tuple(k.func for k in term.knowledge),
+                tuple(schedules),
+            ),
+            f"{term.kind} `{term.name}`: {term_text(term)}",
+            hp,
+        )
+        if term.kind == "supervise":
+            edge("labels", tid, "labels")
+        if term.subset and g.has_node(f"data:{term.subset}"):
+            edge(f"data:{term.subset}", tid, "on")
+        sides = [("target", term.target)]
+        if term.kind == "transfer":
+            sides.insert(0, ("source", term.source))
+        for side, expr in sides:
+            sid = f"side:{term.name}/{side}"
+            kind = (
+                types.side_kind(term, side, m)
+                if term.kind == "transfer"
+                else types.expr_kind(expr, m)
+            )
+            hp = []
+            for call in _calls(expr, m):
+                hp.extend(_call_hp(f"{side}.", call, params))
+            node(
+                sid,
+                "side",
+                ("side", side, kind, _skeleton(expr, m)),
+                f"`{term.name}` {side} `{expr_text(expr)}`",
+                hp,
+            )
+            edge(sid, tid, side)
+            for i, (tap, stop) in enumerate(types.taps(expr, m)):
+                pid = f"tap:{term.name}/{side}/{i}"
+                node(
+                    pid,
+                    "tap",
+                    ("tap", tap.point, tap.is_range, tap.io, stop, tap.view is not None),
+                    f"tap `{types.tap_text(tap)}` of `{term.name}`",
+                    [
+                        ("first", tap.first),
+                        ("last", tap.last),
+                        ("module", tap.module),
+                        ("call", tap.call),
+                        ("select", tap.select),
+                    ],
+                )
+                owner = f"ens:{tap.role}" if g.has_node(f"ens:{tap.role}") else f"role:{tap.role}"
+                if g.has_node(owner):
+                    edge(owner, pid, "reads")
+                edge(pid, sid, "flows")
+                if tap.view and g.has_node(f"data:{tap.view}"):
+                    edge(f"data:{tap.view}", pid, "view")
+
+    stages = m.effective_stages()
+    for i, stage in enumerate(stages):
+        nid = f"stage:{i}"
+        partial = tuple(
+            types.tap_text(x.model_copy(update={"role": ""}))
+            for x in stage.train
+            if isinstance(x, ir.Tap) and x.point != "output"
+        )
+        node(
+            nid,
+            "stage",
+            ("stage", i, len(stage.handoffs), stage.repeat is not None),
+            f"stage `{stage.name}`",
+            [
+                ("duration", _value(stage.duration, params)),
+                ("unit", stage.unit),
+                ("repeat", _value(stage.repeat, params)),
+                ("partial", partial),
+            ],
+            loose=("stage",),
+        )
+        if i:
+            edge(f"stage:{i - 1}", nid, "then")
+        for term in kg.active_terms(stage):
+            edge(nid, f"term:{term.name}", "activates")
+        for r in kg.trained_roles(stage):
+            if g.has_node(f"role:{r}"):
+                edge(nid, f"role:{r}", "trains")
+        for item in stage.train:
+            if isinstance(item, ir.Str) and g.has_node(f"term:{item.value}"):
+                edge(nid, f"term:{item.value}", "trains_adapters")
+            elif isinstance(item, ir.Tap) and item.point != "output":
+                if g.has_node(f"role:{item.role}"):
+                    edge(nid, f"role:{item.role}", "trains_part")
+        for item in stage.freeze:
+            if isinstance(item, ir.Tap) and g.has_node(f"role:{item.role}"):
+                edge(nid, f"role:{item.role}", "freezes")
+        for src, dst in stage.handoffs:
+            if g.has_node(f"role:{src}") and g.has_node(f"role:{dst}"):
+                edge(f"role:{src}", f"role:{dst}", "handoff")
+    return g
+
+
+def _sig_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["sig"] == b["sig"]
+
+
+def _loose_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["loose"] == b["loose"]
+
+
+def _signatures(g: nx.DiGraph) -> Counter[object]:
+    """Node signatures and (signature, edge, signature) triples, as a multiset."""
+    out: Counter[object] = Counter(("node", d["sig"]) for _, d in g.nodes(data=True))
+    for u, v, d in g.edges(data=True):
+        out[("edge", g.nodes[u]["sig"], d["sig"], g.nodes[v]["sig"])] += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """One library method and how the spec relates to it.
+
+    ``kind``: ``exact``, ``hyperparameters``, ``part`` (embedded in a composition) or
+    ``nearest``. ``differences`` says what differs, in words (hyperparameters for a match up to
+    hyperparameters, terms, roles and stages for a near one).
+    """
+
+    method: str
+    kind: str
+    score: float = 1.0
+    differences: tuple[str, ...] = ()
+    path: str | None = None
+    covers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Identification:
+    """What a spec is, in terms of the library."""
+
+    method: str
+    exact: tuple[Match, ...] = ()
+    up_to_hyperparameters: tuple[Match, ...] = ()
+    composition: tuple[Match, ...] = ()
+    uncovered: tuple[str, ...] = ()
+    nearest: tuple[Match, ...] = ()
+
+    @property
+    def is_composition(self) -> bool:
+        """Two or more library methods embed and together cover every transfer."""
+        return len(self.composition) >= 2 and not self.uncovered
+
+    def summary(self) -> str:
+        """One line: the strongest statement that holds."""
+        if self.exact:
+            return f"`{self.method}` is {_names(m.method for m in self.exact)} (exact match)"
+        if self.up_to_hyperparameters:
+            return (
+                f"`{self.method}` is {_names(m.method for m in self.up_to_hyperparameters)} "
+                "up to hyperparameters"
+            )
+        if self.is_composition:
+            return f"`{self.method}` is a composition of {_and(m.method for m in self.composition)}"
+        if self.nearest:
+            best = self.nearest[0]
+            return f"`{self.method}` is nearest to `{best.method}` (similarity {best.score:.2f})"
+        return f"`{self.method}` resembles no library method"
+
+    def render(self) -> str:
+        """A multi-line report (``kdspec identify``)."""
+        lines = [self.summary()]
+        for m in self.up_to_hyperparameters:
+            lines.append(f"  same structure as `{m.method}`; hyperparameters that differ:")
+            lines += [f"    {d}" for d in m.differences]
+        if self.composition:
+            word = "composed of" if self.is_composition else "contains"
+            lines.append(f"  {word}:")
+            for m in self.composition:
+                lines.append(f"    `{m.method}`: covers {_names(m.covers)}")
+            if self.uncovered:
+                lines.append(f"    not covered by the library: {_names(self.uncovered)}")
+        if not self.exact and not self.up_to_hyperparameters and not self.is_composition:
+            lines.append("  nearest library methods:")
+            for m in self.nearest:
+                lines.append(f"    `{m.method}` (similarity {m.score:.2f})")
+                lines += [f"      {d}" for d in m.differences]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+
+        def dump(ms: tuple[Match, ...]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "method": m.method,
+                    "score": round(m.score, 4),
+                    "differences": list(m.differences),
+                    "covers": list(m.covers),
+                }
+                for m in ms
+            ]
+
+        return {
+            "method": self.method,
+            "summary": self.summary(),
+            "exact": dump(self.exact),
+            "up_to_hyperparameters": dump(self.up_to_hyperparameters),
+            "composition": dump(self.composition),
+            "is_composition": self.is_composition,
+            "uncovered": list(self.uncovered),
+            "nearest": dump(self.nearest),
+        }
+
+
+def _names(items: Iterable[str]) -> str:
+    return ", ".join(f"`{x}`" for x in items)
+
+
+def _and(items: Iterable[str]) -> str:
+    xs = [f"`{x}`" for x in items]
+    return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The library
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LibraryMethod:
+    """A library method with its fingerprint."""
+
+    method: ir.Method
+    graph: nx.DiGraph = field(compare=False)
+    path: str | None = None
+
+
+def _entry(method: ir.Method, path: str | None = None) -> LibraryMethod:
+    return LibraryMethod(method, fingerprint(method), path)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_dir(directory: str, stamp: tuple[tuple[str, int], ...]) -> tuple[LibraryMethod, ...]:
+    from kdspec.api import check_source, read_source
+    from kdspec.diagnostics import Severity
+
+    out = []
+    for name, _ in stamp:
+        source = read_source(Path(directory) / name)
+        if not hasattr(source, "text"):
+            continue
+        lowered, diags = check_source(source, library=Path(directory))  # type: ignore[arg-type]
+        # A wrong `claim` (KD311) says nothing about the structure: keep such methods.
+        if any(d.severity is Severity.ERROR and d.code != "KD311" for d in diags):
+            continue
+        out.extend(_entry(low.method, str(Path(directory) / name)) for low in lowered)
+    return tuple(out)
+
+
+def load_library(
+    library: str | Path | Iterable[ir.Method | Lowered] | None = None,
+) -> tuple[LibraryMethod, ...]:
+    """Library methods with fingerprints.
+
+    Args:
+        library: a directory of specs (default: the shipped library), or methods given
+            directly. Specs with errors (other than contradicted claims) are left out.
+    """
+    if library is None:
+        from kdspec._resources import library_dir
+
+        library = library_dir()
+    if isinstance(library, str | Path):
+        directory = Path(library)
+        stamp = tuple(
+            (p.name, p.stat().st_mtime_ns) for p in sorted(directory.glob("*.kd")) if p.is_file()
+        )
+        return _load_dir(str(directory), stamp)
+    out = []
+    for item in library:
+        method = item if isinstance(item, ir.Method) else item.method
+        out.append(_entry(method))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching
+# ---------------------------------------------------------------------------------------------
+
+
+def _hp_differences(spec: nx.DiGraph, lib: nx.DiGraph, mapping: dict[str, str]) -> list[str]:
+    out = []
+    for n_spec, n_lib in sorted(mapping.items(), key=lambda kv: kv[1]):
+        a, b = dict(lib.nodes[n_lib]["hp"]), dict(spec.nodes[n_spec]["hp"])
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(
+                    f"{lib.nodes[n_lib]['text'].split(':')[0]} {key}: "
+                    f"{_show(a.get(key))} -> {_show(b.get(key))}"
+                )
+    return out
+
+
+def _show(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    return "-" if v is None else str(v)
+
+
+def _isomorphic(spec: nx.DiGraph, lib: nx.DiGraph) -> list[str] | None:
+    """None if the structures differ; else the fewest hyperparameter differences found."""
+    if (
+        Counter(d["sig"] for _, d in spec.nodes(data=True))
+        != Counter(d["sig"] for _, d in lib.nodes(data=True))
+        or spec.number_of_edges() != lib.number_of_edges()
+    ):
+        return None
+    gm = isomorphism.DiGraphMatcher(spec, lib, node_match=_sig_match, edge_match=_sig_match)
+    best: list[str] | None = None
+    for k, mapping in enumerate(gm.isomorphisms_iter()):
+        diffs = _hp_differences(spec, lib, mapping)
+        if best is None or len(diffs) < len(best):
+            best = diffs
+        if not best or k >= _MAX_ISOMORPHISMS:
+            break
+    return best
+
+
+def _transfers(g: nx.DiGraph) -> list[str]:
+    return [n for n, d in g.nodes(data=True) if d["kind"] == "term" and d["sig"][1] == "transfer"]
+
+
+def _embeddings(spec: nx.DiGraph, lib: nx.DiGraph) -> set[str]:
+    """Spec transfer terms covered by embeddings of a library method (empty: it does not embed)."""
+    if not _transfers(lib):
+        return set()
+    need = Counter(d["loose"] for _, d in lib.nodes(data=True))
+    have = Counter(d["loose"] for _, d in spec.nodes(data=True))
+    if need - have:
+        return set()
+    gm = isomorphism.DiGraphMatcher(spec, lib, node_match=_loose_match, edge_match=_sig_match)
+    covered: set[str] = set()
+    for k, mapping in enumerate(gm.subgraph_monomorphisms_iter()):
+        covered |= {n for n in mapping if n.startswith("term:") and n in _transfers(spec)}
+        if k >= _MAX_EMBEDDINGS:
+            break
+    return covered
+
+
+def _term_parts(g: nx.DiGraph, term: str) -> dict[str, object]:
+    """A term's structure, part by part, with the text of each side (for near misses)."""
+    sig = g.nodes[term]["sig"]
+    parts: dict[str, object] = {
+        "kind": sig[1],
+        "loss": sig[2],
+        "map": sig[3] or "none",
+        "knowledge": " | ".join(sig[4]) or "none",
+        "schedule": ", ".join(sig[5]) or "none",
+    }
+    texts: dict[str, str] = {}
+    for side in g.predecessors(term):
+        d = g.nodes[side]
+        if d["kind"] != "side":
+            continue
+        taps = tuple(sorted(str(g.nodes[t]["sig"][1:]) for t in g.predecessors(side)))
+        parts[d["sig"][1]] = (d["sig"][2:], taps)
+        texts[d["sig"][1]] = d["text"].split(" ", 2)[-1]
+    parts["texts"] = texts
+    return parts
+
+
+def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[str]:
+    """Roles, terms, data and stages that differ; similar terms are paired and compared."""
+    out: list[str] = []
+
+    def others(g: nx.DiGraph) -> dict[object, list[str]]:
+        found: dict[object, list[str]] = {}
+        for _, d in g.nodes(data=True):
+            if d["kind"] in ("role", "ensemble", "view", "subset"):
+                found.setdefault(d["sig"], []).append(d["text"])
+        return found
+
+    a, b = others(lib), others(spec)
+    for key in sorted(set(a) | set(b), key=str):
+        xs, ys = a.get(key, []), b.get(key, [])
+        out += [f"- only in `{lib_name}`: {text}" for text in xs[len(ys) :]]
+        out += [f"+ only in this spec: {text}" for text in ys[len(xs) :]]
+
+    fields = ("loss", "map", "knowledge", "schedule", "source", "target")
+    lib_terms = {n: _term_parts(lib, n) for n, d in lib.nodes(data=True) if d["kind"] == "term"}
+    spec_terms = {n: _term_parts(spec, n) for n, d in spec.nodes(data=True) if d["kind"] == "term"}
+    # Identical terms cancel out; the rest are paired by the number of equal parts.
+    for n_lib in list(lib_terms):
+        p = {k: v for k, v in lib_terms[n_lib].items() if k != "texts"}
+        twin = next(
+            (n for n, q in spec_terms.items() if {k: v for k, v in q.items() if k != "texts"} == p),
+            None,
+        )
+        if twin is not None:
+            del lib_terms[n_lib], spec_terms[twin]
+    pairs = sorted(
+        (
+            (-sum(pa.get(f) == pb.get(f) for f in fields), na, nb)
+            for na, pa in lib_terms.items()
+            for nb, pb in spec_terms.items()
+            if pa["kind"] == pb["kind"]
+        ),
+    )
+    used_a: set[str] = set()
+    used_b: set[str] = set()
+    for neg_same, na, nb in pairs:
+        if na in used_a or nb in used_b or -neg_same < 3:
+            continue
+        used_a.add(na)
+        used_b.add(nb)
+        pa, pb = lib_terms[na], spec_terms[nb]
+        changes = []
+        for f in fields:
+            if pa.get(f) != pb.get(f):
+                if f in ("source", "target"):
+                    ta = pa["texts"].get(f, "-")  # type: ignore[union-attr]
+                    tb = pb["texts"].get(f, "-")  # type: ignore[union-attr]
+                    changes.append(f"{f} {ta} -> {tb}")
+                else:
+                    changes.append(f"{f} {pa.get(f)} -> {pb.get(f)}")
+        out.append(
+            f"~ {lib.nodes[na]['text'].split(':')[0]} (`{lib_name}`) vs "
+            f"{spec.nodes[nb]['text'].split(':')[0].split(' ', 1)[1]} (here): {'; '.join(changes)}"
+        )
+    out += [f"- only in `{lib_name}`: {lib.nodes[n]['text']}" for n in lib_terms if n not in used_a]
+    out += [f"+ only in this spec: {spec.nodes[n]['text']}" for n in spec_terms if n not in used_b]
+    n_a = sum(1 for _, d in lib.nodes(data=True) if d["kind"] == "stage")
+    n_b = sum(1 for _, d in spec.nodes(data=True) if d["kind"] == "stage")
+    if n_a != n_b:
+        out.append(f"~ stages: {n_a} in `{lib_name}`, {n_b} here")
+    order = {"-": 0, "+": 1, "~": 2}
+    return sorted(out, key=lambda s: (order.get(s[0], 3), s))
+
+
+def _jaccard(a: Counter[object], b: Counter[object]) -> float:
+    union = sum((a | b).values())
+    return sum((a & b).values()) / union if union else 1.0
+
+
+def identify(
+    lowered: Lowered | ir.Method,
+    library: str | Path | Sequence[ir.Method | Lowered] | None = None,
+) -> Identification:
+    """Identify a method against the library (see the module docstring).
+
+    Args:
+        lowered: the method (a :class:`kdspec.ir.Lowered` or an IR method).
+        library: a directory of specs, methods, or None for the shipped library.
+
+    Returns:
+        Exact matches, matches up to hyperparameters, the library methods it is composed of
+        (with the transfers each covers) and the nearest methods with what differs.
+    """
+    method = lowered if isinstance(lowered, ir.Method) else lowered.method
+    spec = fingerprint(method)
+    lib = load_library(library)
+    exact: list[Match] = []
+    close: list[Match] = []
+    for entry in lib:
+        diffs = _isomorphic(spec, entry.graph)
+        if diffs is None:
+            continue
+        if diffs:
+            close.append(Match(entry.method.name, "hyperparameters", 1.0, tuple(diffs), entry.path))
+        else:
+            exact.append(Match(entry.method.name, "exact", 1.0, (), entry.path))
+    sigs = _signatures(spec)
+    scored = sorted(
+        ((_jaccard(sigs, _signatures(e.graph)), e) for e in lib),
+        key=lambda se: (-se[0], se[1].method.name),
+    )
+    nearest = tuple(
+        Match(
+            e.method.name,
+            "nearest",
+            score,
+            tuple(_near_differences(spec, e.graph, e.method.name)),
+            e.path,
+        )
+        for score, e in scored[:_NEAREST]
+    )
+    parts: list[Match] = []
+    uncovered: list[str] = []
+    if not exact and not close:
+        transfers = set(_transfers(spec))
+        candidates = []
+        for entry in lib:
+            covered = _embeddings(spec, entry.graph)
+            if covered:
+                candidates.append((covered, entry))
+        candidates.sort(
+            key=lambda ce: (-len(ce[0]), -ce[1].graph.number_of_nodes(), ce[1].method.name)
+        )
+        left = set(transfers)
+        for covered, entry in candidates:
+            if covered & left:
+                left -= covered
+                names = tuple(sorted(n.split(":", 1)[1] for n in covered))
+                parts.append(Match(entry.method.name, "part", 1.0, (), entry.path, covers=names))
+            if not left:
+                break
+        uncovered = sorted(n.split(":", 1)[1] for n in left) if parts else []
+    return Identification(
+        method.name,
+        tuple(exact),
+        tuple(close),
+        tuple(parts),
+        tuple(uncovered),
+        nearest,
+    )
+
+
+__all__ = [
+    "Identification",
+    "LibraryMethod",
+    "Match",
+    "fingerprint",
+    "identify",
+    "load_library",
+    "term_text",
+]
