@@ -814,8 +814,18 @@ def _transforms_and_adapters(m: ir.Method) -> tuple[Finding, Finding]:
             )
             a_vals.append(text)
             a_ev.append(Evidence(f"`{term.name}`: {text}", ("term", term.name)))
-    transforms = Finding("transforms", "; ".join(_sorted_unique(t_vals)) or "none", (), tuple(t_ev))
-    adapters_f = Finding("adapters", "; ".join(_sorted_unique(a_vals)) or "none", (), tuple(a_ev))
+    transforms = Finding(
+        "transforms",
+        "; ".join(_sorted_unique(t_vals)) or "none",
+        (),
+        tuple(t_ev) or (Evidence("no transform: the taps are matched as read"),),
+    )
+    adapters_f = Finding(
+        "adapters",
+        "; ".join(_sorted_unique(a_vals)) or "none",
+        (),
+        tuple(a_ev) or (Evidence("no adapter: the two sides are matched without a learned map"),),
+    )
     return transforms, adapters_f
 
 

@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine (set-up included):
+#   make run    distil on the embedded default (digits; teacher trained once and cached)
+#   make test   the test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+
+.PHONY: run test lint setup clean
+
+$(BIN)/kdspec: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/kdspec
+
+setup: $(BIN)/kdspec
+
+run: setup
+	$(BIN)/kdspec train specs/hinton.kd
+
+test: setup
+	$(BIN)/ruff check kdspec tests scripts
+	$(BIN)/kdspec check specs/
+	$(BIN)/kdspec fmt --check specs/
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check kdspec tests scripts
+	$(BIN)/ruff format --check kdspec tests scripts
+	$(BIN)/mypy kdspec
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

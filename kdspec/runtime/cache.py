@@ -1,0 +1,262 @@
+"""The teacher cache: a teacher without weights is trained once and reused by later runs.
+
+An entry is keyed by a hash of everything that determines the trained weights: the
+architecture source, class count and input channels, the data (source, split seed, fractions,
+the classes the teacher does not see, batch size), the teacher recipe (epochs, optimizer,
+learning rate, schedule, seed, ...), :data:`kdspec.zoo.ZOO_VERSION` and the kdspec version.
+
+Layout (default ``~/.cache/kdspec/teachers``; ``KDSPEC_CACHE`` or ``--cache-dir`` override)::
+
+    <cache>/<arch>-<key>/teacher.pt      the state dict
+    <cache>/<arch>-<key>/teacher.json    key, key fields, sha256 of teacher.pt, metrics
+    <cache>/<arch>-<key>/training/       metrics.jsonl, summary.json, curves.png
+
+On load the sidecar's key and fields and the weights' sha256 are checked; an entry that fails
+any check is retrained (and the reason logged), never silently reused. An interrupted teacher
+training resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdspec.data import exclude_classes
+from kdspec.runtime.data import RunData
+from kdspec.runtime.runfile import DataConfig, TeacherConfig
+from kdspec.runtime.supervised import Supervised
+from kdspec.runtime.trainer import evaluate_model, train, versions
+from kdspec.runtime.data import eval_loader
+
+__all__ = ["CachedTeacher", "cache_root", "get_teacher", "teacher_key_fields"]
+
+WEIGHTS = "teacher.pt"
+SIDECAR = "teacher.json"
+
+
+def cache_root(override: str | Path | None = None) -> Path:
+    """The cache folder: ``override``, else ``$KDSPEC_CACHE``, else ``~/.cache/kdspec/teachers``."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("KDSPEC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "kdspec" / "teachers"
+
+
+def _data_fields(cfg: DataConfig) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "source": cfg.source,
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+        "batch_size": cfg.batch_size,
+    }
+    if cfg.source.startswith("torchvision:"):
+        fields["augment"] = cfg.augment
+    else:
+        fields["test_fraction"] = cfg.test_fraction
+    if cfg.source == "synthetic":
+        fields.update(n=cfg.n, num_classes=cfg.num_classes, input_shape=list(cfg.input_shape))
+    return fields
+
+
+def teacher_key_fields(
+    source: str,
+    num_classes: int,
+    in_channels: int,
+    data: DataConfig,
+    teacher: TeacherConfig,
+    seed: int,
+) -> dict[str, Any]:
+    """Everything that determines a pre-trained teacher (hashed into the cache key)."""
+    from kdspec.zoo import ZOO_VERSION
+
+    recipe = teacher.model_dump()
+    recipe["seed"] = seed
+    recipe["exclude_classes"] = sorted(recipe["exclude_classes"])
+    return {
+        "architecture": source,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "data": _data_fields(data),
+        "teacher": recipe,
+        "zoo_version": ZOO_VERSION,
+        "kdspec_version": versions()["kdspec"],
+    }
+
+
+def _key(fields: dict[str, Any]) -> str:
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class CachedTeacher:
+    """A teacher from the cache.
+
+    Attributes:
+        model: The model, with the cached weights loaded.
+        path: The entry's folder.
+        key: The cache key.
+        reused: True if the entry was loaded, False if it was (re)trained now.
+        metrics: Val/test top-1 of the teacher when it was trained.
+    """
+
+    model: nn.Module
+    path: Path
+    key: str
+    reused: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_entry(entry: Path, key: str, fields: dict[str, Any], model: nn.Module) -> str | None:
+    """None if the entry is usable (weights loaded into ``model``), else why not."""
+    sidecar, weights = entry / SIDECAR, entry / WEIGHTS
+    if not sidecar.exists() and not weights.exists():
+        return "missing"
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return "its sidecar teacher.json is unreadable"
+    if meta.get("key") != key or meta.get("fields") != json.loads(json.dumps(fields)):
+        return "its key fields differ from this run's (stale entry)"
+    if not weights.exists():
+        return "teacher.pt is missing"
+    if _sha256(weights) != meta.get("sha256"):
+        return "the sha256 of teacher.pt does not match its sidecar (corrupt entry)"
+    try:
+        state = torch.load(weights, weights_only=True, map_location="cpu")
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        return f"teacher.pt does not load ({type(exc).__name__})"
+    return None
+
+
+def get_teacher(
+    role: str,
+    source: str,
+    build: Callable[[], nn.Module],
+    data: RunData,
+    data_cfg: DataConfig,
+    teacher_cfg: TeacherConfig,
+    seed: int,
+    root: Path,
+    *,
+    log: Callable[[str], None] = print,
+    callbacks: Sequence[Any] = (),
+    device: str | torch.device | None = None,
+) -> CachedTeacher:
+    """Load a pre-trained teacher from the cache, or train it (cross-entropy) and cache it.
+
+    Args:
+        role: The teacher's role name (for messages and the trainer's progress).
+        source: The architecture source, e.g. ``zoo:cnn_small``.
+        build: Makes a freshly initialised model of that architecture.
+        data: The run's data; the teacher learns from ``data.splits.train`` less
+            ``teacher_cfg.exclude_classes``.
+        data_cfg: The ``[data]`` settings (part of the key).
+        teacher_cfg: The ``[teacher]`` recipe (part of the key).
+        seed: The teacher's seed (initialisation and data order; part of the key).
+        root: The cache folder.
+        log: Where to report what happened (reuse, training, corrupt entries).
+        callbacks: Progress observers for the training loop.
+        device: Where to train.
+
+    Returns:
+        The teacher and where it is cached.
+    """
+    in_channels = data.in_channels
+    fields = teacher_key_fields(source, data.num_classes, in_channels, data_cfg, teacher_cfg, seed)
+    key = _key(fields)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.split("/")[-1])[:40]
+    entry = root / f"{slug}-{key}"
+    torch.manual_seed(seed)
+    model = build()
+    why = _check_entry(entry, key, fields, model)
+    if why is None:
+        meta = json.loads((entry / SIDECAR).read_text())
+        log(f"teacher `{role}` ({source}): reusing the cached weights in {entry}")
+        return CachedTeacher(model, entry, key, True, meta.get("metrics", {}))
+    if why != "missing":
+        log(f"teacher `{role}`: cache entry {entry} is not reused: {why}; retraining")
+        for name in (WEIGHTS, SIDECAR):
+            (entry / name).unlink(missing_ok=True)
+    log(
+        f"teacher `{role}` ({source}): no cached weights, training it for "
+        f"{teacher_cfg.epochs} epochs (once) -> {entry}"
+    )
+    entry.mkdir(parents=True, exist_ok=True)
+    train_set = data.splits.train
+    if teacher_cfg.exclude_classes:
+        train_set = exclude_classes(train_set, teacher_cfg.exclude_classes)
+    cfg = teacher_cfg.model_copy(update={"seed": seed})
+    # A fresh model from the same seed: the one above may hold a partially loaded state.
+    torch.manual_seed(seed)
+    model = build()
+    result = train(
+        Supervised(model, role),
+        train_set,
+        cfg,
+        entry / "training",
+        batch_size=data_cfg.batch_size,
+        val_set=data.splits.val,
+        test_set=data.splits.test,
+        eval_batch_size=data_cfg.eval_batch_size,
+        resume=True,
+        callbacks=callbacks,
+        meta={"key": key, "teacher": {"role": role, "source": source, "key": key}},
+        device=device,
+        label=f"teacher {role}",
+    )
+    model = result.model.roles[role].cpu()
+    metrics = {
+        "val_top1": (result.summary["final"][role]["val"] or {}).get("top1"),
+        "test_top1": (result.summary["final"][role]["test"] or {}).get("top1"),
+        "epochs": teacher_cfg.epochs,
+    }
+    tmp = entry / (WEIGHTS + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, entry / WEIGHTS)
+    sidecar = {
+        "key": key,
+        "fields": fields,
+        "sha256": _sha256(entry / WEIGHTS),
+        "metrics": metrics,
+        "role": role,
+    }
+    tmp = entry / (SIDECAR + ".tmp")
+    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, entry / SIDECAR)
+    # The resume checkpoint is no longer needed once the weights are cached.
+    (entry / "training" / "checkpoint.pt").unlink(missing_ok=True)
+    shutil.rmtree(entry / "training" / "models", ignore_errors=True)
+    log(f"teacher `{role}`: cached in {entry}")
+    return CachedTeacher(model, entry, key, False, metrics)
+
+
+def teacher_test_top1(model: nn.Module, data: RunData, batch_size: int = 512) -> float | None:
+    """Test top-1 (%) of a teacher on the run's test split (None without test data)."""
+    test = data.splits.test
+    if len(test) == 0:  # type: ignore[arg-type]
+        return None
+    return evaluate_model(model, eval_loader(test, batch_size), next(model.parameters()).device)[
+        "top1"
+    ]

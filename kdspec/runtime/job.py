@@ -1,0 +1,302 @@
+"""A whole job: a checked method + a run -> data, role models, teachers, then training.
+
+This is what ``kdspec train``, ``compare`` and ``reproduce`` share:
+
+1. :func:`prepare` builds the data and a model for every role that needs one (``[models]``,
+   or the digits defaults by role kind), loads ``[weights]``, and pre-trains frozen teachers
+   that have no weights through the teacher cache;
+2. :func:`distill` compiles the method onto those models and trains it;
+3. :func:`train_baseline` trains the student alone: same architecture, same initial weights
+   (each role is initialised from a seed derived from the run seed and its name), same data
+   order, same budget and schedule, cross-entropy only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from kdspec.diagnostics import KdError
+from kdspec.graph import build_graph
+from kdspec.ir import Lowered
+from kdspec.ir import models as ir
+from kdspec.runtime.cache import cache_root, get_teacher, teacher_test_top1
+from kdspec.runtime.data import RunData, build_data
+from kdspec.runtime.models import build_model_from_source, load_weights
+from kdspec.runtime.runfile import DEFAULT_MODELS, Run
+from kdspec.runtime.supervised import Supervised
+from kdspec.runtime.trainer import TrainResult, derived_seed, train
+
+__all__ = [
+    "JobOptions",
+    "Prepared",
+    "baseline_role",
+    "distill",
+    "model_roles",
+    "prepare",
+    "train_baseline",
+]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class JobOptions:
+    """How to run a job (not what: that is the spec and the run).
+
+    Attributes:
+        cache_dir: The teacher cache (default: :func:`~kdspec.runtime.cache.cache_root`).
+        allow_import: Packages that ``import:`` model sources may load.
+        device: Where to train (default: CUDA if available, else CPU).
+        log: Where progress messages go (default: stderr).
+        callbacks: Observers of every training loop (progress bars).
+    """
+
+    cache_dir: Path | None = None
+    allow_import: Sequence[str] = ()
+    device: str | None = None
+    log: Callable[[str], None] = _stderr
+    callbacks: Sequence[Any] = ()
+
+
+@dataclass
+class Prepared:
+    """Everything a job trains with.
+
+    Attributes:
+        lowered: The checked method.
+        run: The run settings.
+        data: The splits and the transfer set.
+        models: Role name -> model (weights loaded, teachers pre-trained).
+        sources: Role name -> architecture source.
+        teachers: Role name -> where its weights came from and its test top-1.
+    """
+
+    lowered: Lowered
+    run: Run
+    data: RunData
+    models: dict[str, nn.Module]
+    sources: dict[str, str]
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def model_roles(method: ir.Method) -> list[ir.Role]:
+    """Roles that need a model from the run (not virtual, not a copy of another role)."""
+    return [r for r in method.roles if r.mode not in ("virtual", "ema", "snapshot")]
+
+
+def _trained_somewhere(method: ir.Method) -> set[str]:
+    graph = build_graph(method)
+    out: set[str] = set()
+    for stage in method.effective_stages():
+        out |= graph.trained_roles(stage)
+    return out
+
+
+def baseline_role(method: ir.Method) -> ir.Role | None:
+    """The role a student-alone baseline trains: the first student, else peer, else assistant."""
+    for kind in ("student", "peer", "assistant"):
+        for role in method.roles:
+            if role.kind == kind and role.mode == "trained":
+                return role
+    return None
+
+
+def _source_of(role: ir.Role, run: Run) -> str:
+    models = run.config.models
+    if role.name in models:
+        return models[role.name]
+    if not models:
+        return DEFAULT_MODELS[role.kind]
+    raise KdError(
+        [
+            run.diagnostic(
+                "KD408",
+                f"{role.kind} `{role.name}` has no model in the run",
+                ("models",),
+                label="no entry for this role",
+                help=f'add `{role.name} = "zoo:..."` to `[models]`',
+            )
+        ]
+    )
+
+
+def _build(role: str, source: str, run: Run, data: RunData, opts: JobOptions) -> nn.Module:
+    return build_model_from_source(
+        role, source, data.num_classes, data.in_channels, run, opts.allow_import
+    )
+
+
+def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepared:
+    """Build data and role models; load weights; pre-train (or reuse) teachers.
+
+    Raises:
+        KdError: KD404/KD405/KD406/KD408 for models and weights, KD502 for data.
+    """
+    opts = opts or JobOptions()
+    method = lowered.method
+    data = build_data(run)
+    seed = run.config.train.seed
+    trained = _trained_somewhere(method)
+    models: dict[str, nn.Module] = {}
+    sources: dict[str, str] = {}
+    teachers: dict[str, dict[str, Any]] = {}
+    pending: list[ir.Role] = []
+    for role in model_roles(method):
+        source = _source_of(role, run)
+        sources[role.name] = source
+        torch.manual_seed(derived_seed(seed, "init", role.name))
+        model = _build(role.name, source, run, data, opts)
+        weights = run.config.weights.get(role.name)
+        if weights is not None:
+            load_weights(model, role.name, weights, run)
+            if role.kind == "teacher":
+                teachers[role.name] = {"source": source, "weights": str(run.resolve_path(weights))}
+        elif role.mode == "frozen" and role.name not in trained:
+            pending.append(role)
+        models[role.name] = model
+    root = cache_root(opts.cache_dir)
+    for k, role in enumerate(pending):
+        source = sources[role.name]
+        cached = get_teacher(
+            role.name,
+            source,
+            lambda r=role.name, s=source: _build(r, s, run, data, opts),
+            data,
+            run.config.data,
+            run.config.teacher,
+            run.config.teacher.seed + k,
+            root,
+            log=opts.log,
+            callbacks=opts.callbacks,
+            device=opts.device,
+        )
+        models[role.name] = cached.model
+        teachers[role.name] = {
+            "source": source,
+            "cache": str(cached.path),
+            "reused": cached.reused,
+        }
+    for name, info in teachers.items():
+        info["test_top1"] = teacher_test_top1(models[name], data, run.config.data.eval_batch_size)
+    return Prepared(lowered, run, data, models, sources, teachers)
+
+
+def _example_batch(prep: Prepared) -> Any:
+    transfer = prep.data.transfer
+    n = min(len(transfer), prep.run.config.data.batch_size)  # type: ignore[arg-type]
+    return default_collate([transfer[i] for i in range(n)])
+
+
+def _meta(prep: Prepared, kind: str) -> dict[str, Any]:
+    spec = prep.lowered.method.model_dump(mode="json")
+    run = prep.run.config.model_dump(mode="json")
+    key = hashlib.sha256(
+        json.dumps([kind, spec, run, prep.sources], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    data = prep.data
+    return {
+        "key": key,
+        "kind": kind,
+        "method": prep.lowered.method.name,
+        "run_file": prep.run.source.name if prep.run.source else None,
+        "models": prep.sources,
+        "teachers": prep.teachers,
+        "data": {
+            "source": prep.run.config.data.source,
+            "num_classes": data.num_classes,
+            "train": len(data.splits.train),  # type: ignore[arg-type]
+            "transfer": len(data.transfer),  # type: ignore[arg-type]
+            "val": len(data.splits.val),  # type: ignore[arg-type]
+            "test": len(data.splits.test),  # type: ignore[arg-type]
+            "exclude_classes": list(prep.run.config.data.exclude_classes),
+        },
+        "spec": spec,
+        "run": run,
+    }
+
+
+def compile_prepared(prep: Prepared, opts: JobOptions | None = None) -> Any:
+    """Compile the method onto the prepared models (adapters initialised from a fixed seed)."""
+    from kdspec.compiler import compile_spec
+
+    opts = opts or JobOptions()
+    torch.manual_seed(derived_seed(prep.run.config.train.seed, "compile"))
+    return compile_spec(
+        prep.lowered,
+        dict(prep.models),
+        _example_batch(prep),
+        num_classes=prep.data.num_classes,
+        num_samples=len(prep.data.transfer),  # type: ignore[arg-type]
+        train_data=prep.data.transfer,
+        device=opts.device,
+    )
+
+
+def _train(
+    model: Any, prep: Prepared, out_dir: Path, resume: bool, opts: JobOptions, meta: dict[str, Any],
+    label: str,
+) -> TrainResult:
+    cfg = prep.run.config
+    return train(
+        model,
+        prep.data.transfer,
+        cfg.train,
+        out_dir,
+        batch_size=cfg.data.batch_size,
+        val_set=prep.data.splits.val,
+        test_set=prep.data.splits.test,
+        eval_batch_size=cfg.data.eval_batch_size,
+        resume=resume,
+        callbacks=opts.callbacks,
+        meta=meta,
+        device=opts.device,
+        label=label,
+    )
+
+
+def distill(
+    prep: Prepared, out_dir: str | Path, *, resume: bool = False, opts: JobOptions | None = None
+) -> TrainResult:
+    """Compile the method and train it; files go to ``out_dir`` (see :func:`~.trainer.train`)."""
+    opts = opts or JobOptions()
+    distiller = compile_prepared(prep, opts)
+    name = prep.lowered.method.name
+    return _train(distiller, prep, Path(out_dir), resume, opts, _meta(prep, "distill"), name)
+
+
+def train_baseline(
+    prep: Prepared, out_dir: str | Path, *, resume: bool = False, opts: JobOptions | None = None
+) -> TrainResult | None:
+    """Train the student alone with the distillation's budget, seed and data order.
+
+    Returns:
+        The result, or None if the method has no trained student, peer or assistant.
+    """
+    opts = opts or JobOptions()
+    role = baseline_role(prep.lowered.method)
+    if role is None:
+        return None
+    source = prep.sources[role.name]
+    torch.manual_seed(derived_seed(prep.run.config.train.seed, "init", role.name))
+    model = _build(role.name, source, prep.run, prep.data, opts)
+    weights = prep.run.config.weights.get(role.name)
+    if weights is not None:
+        load_weights(model, role.name, weights, prep.run)
+    meta = _meta(prep, "baseline")
+    meta["spec"] = {"baseline": "cross-entropy only", "role": role.name, "of": meta["method"]}
+    return _train(
+        Supervised(model, role.name), prep, Path(out_dir), resume, opts, meta,
+        f"{role.name} alone",
+    )

@@ -1,0 +1,254 @@
+"""Generate ``docs/taxonomy.md``: the method library classified from its graphs.
+
+Usage: ``python scripts/gen_taxonomy_doc.py [-o docs/taxonomy.md] [--check]``.
+
+Every label in the document comes from :func:`kdspec.taxonomy.classify.classify` over a
+library spec's graph, with the graph facts behind it, and a Mermaid picture of the graph. The
+section on the surveys' disagreements (BAN, CRD, RKD, PKT, NST) classifies the library spec
+when there is one, and otherwise a minimal sketch of the method kept in this script.
+``--check`` exits 1 if the file on disk differs from what would be generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdspec._resources import library_dir
+from kdspec.api import check_source
+from kdspec.cli.taxonomy import evidence_text, markdown_table
+from kdspec.diagnostics import Severity
+from kdspec.graph import build_graph
+from kdspec.graph.export import to_mermaid
+from kdspec.source import SourceFile
+from kdspec.taxonomy.classify import Classification, classify
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY = ("scheme", "knowledge", "topology", "teacher_state", "stages", "roles")
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A method the surveys label inconsistently, and what the graph decides."""
+
+    name: str
+    surveys: str
+    decides: str
+    sketch: str
+
+
+DISAGREEMENTS = (
+    Disagreement(
+        "ban",
+        "Gou et al. Sec. 3.3 call Born-Again Networks self-distillation; their Table 3 lists "
+        "them as multi-teacher and **online**.",
+        "Each generation's teacher is frozen while its student trains (no stage trains both), "
+        "so every step is **offline**; the generations are linked by `handoff s -> t`, which "
+        "copies a trained student into the teacher: one architecture teaching itself across "
+        "generations, hence **self** as well. The claim is `scheme = offline, self`; the "
+        "topology is `self` (generations), not multi-teacher, because at any time one "
+        "teacher teaches.",
+        """method ban {
+  param T = 1
+  teacher t
+  student s
+  supervise ce_t: t.logits with cross_entropy
+  transfer kd: softmax(T) from t.logits to s.logits with kl
+  supervise ce: s.logits with cross_entropy
+  stage teacher { train t  losses ce_t }
+  stage generation repeat 3 {
+    train s
+    losses kd, ce
+    handoff s -> t
+  }
+}""",
+    ),
+    Disagreement(
+        "crd",
+        "Gou Table 4 labels CRD response-based; Gou Sec. 2.3 lists it under structured "
+        "(relation) knowledge; the mechanism matches penultimate features.",
+        "The matched quantity is neither the logits nor an element-wise feature: the "
+        "contrastive loss (`info_nce`, family contrastive) scores each sample's embedding "
+        "against the other samples of the batch, so the knowledge is **relation** "
+        "(contrastive), read at the embedding through learned `embed` heads on both sides.",
+        """method crd {
+  param beta = 0.8
+  teacher t
+  student s
+  transfer crd: embed(dim=128) from t.embedding to s.embedding with info_nce(T=0.07) weight beta
+  supervise ce: s.logits with cross_entropy
+}""",
+    ),
+    Disagreement(
+        "rkd",
+        "Gou Table 2: relation-based; Gou Table 6: 'RelK, FeaK'; the FLHonker list: "
+        "'knowledge from logits'.",
+        "Both transfers apply `distances`/`angles`, which relate the samples of a batch to "
+        "each other, at the penultimate embedding (not the logits): **relation** only. The "
+        "tap (embedding) is reported separately, so 'read at a feature layer' does not "
+        "turn into a second category.",
+        "",
+    ),
+    Disagreement(
+        "pkt",
+        "Gou Table 2: relation-based; Gou's text also groups PKT with feature-based "
+        "knowledge.",
+        "`pkt_affinity` turns the batch's cosine affinities into conditional probabilities "
+        "between samples: **relation**, whatever layer it reads.",
+        """method pkt {
+  teacher t
+  student s
+  transfer pkt: pkt_affinity from t.embedding to s.embedding with kl weight 30000
+  supervise ce: s.logits with cross_entropy
+}""",
+    ),
+    Disagreement(
+        "nst",
+        "Gou: feature-based (hint layer, MMD); the FLHonker list: 'knowledge from logits'.",
+        "`channel_dist` describes each channel's spatial activations *within one sample*, "
+        "read at intermediate stages, and MMD compares the two sides sample by sample: "
+        "**feature** (neuron selectivity). No logits are read, and no samples are related.",
+        """method nst {
+  teacher t
+  student s
+  transfer nst: channel_dist from t.stage[..] to s.stage[..] map last with mmd weight 50
+  supervise ce: s.logits with cross_entropy
+}""",
+    ),
+)
+
+
+def _load(source: SourceFile) -> list[Classification]:
+    lowered, diags = check_source(source)
+    errors = [d for d in diags if d.severity is Severity.ERROR and d.code != "KD311"]
+    if errors:
+        raise SystemExit(f"{source.name}: {errors[0].code} {errors[0].message}")
+    return [classify(build_graph(low.method)) for low in lowered]
+
+
+def _library() -> list[tuple[Path, Classification]]:
+    out = []
+    for path in sorted(library_dir().glob("*.kd")):
+        source = SourceFile(path.relative_to(ROOT).as_posix(), path.read_text(encoding="utf-8"))
+        out.extend((path, c) for c in _load(source))
+    return out
+
+
+def _rules() -> str:
+    return """\
+## How the labels are derived
+
+Every label is computed from the method graph (`kdspec graph SPEC`), never looked up by a
+method's name; `kdspec taxonomy SPEC --why` prints the evidence, and a `claim` in a spec is
+checked against it (KD311).
+
+- **scheme**, per teaching edge, by one question: *is the teacher updated together with the
+  student?* A teacher trained in a stage where it teaches a learner is **online**. A teacher
+  frozen whenever it teaches is **offline**, including one trained in an earlier stage only
+  (TAKD's assistant). A role teaching itself (exits, another view or a paired sample), a
+  moving average or snapshot of the learner, and a virtual teacher are **self**. Generations
+  linked by `handoff` are **offline** per generation and **self** as generations.
+- **knowledge**, per transfer: **relation** when samples are related to each other
+  (similarity, distances, angles, affinities, a contrastive loss, Pearson over the batch) or
+  layers to each other (FSP); otherwise **response** when both sides are read at the output
+  layer (logits, the whole output, classifier exits); otherwise **feature** (intermediate
+  taps matched element-wise). A method lists every category its transfers carry.
+- **topology**: `mutual` (two roles teach each other) > `chain` (a path of two or more
+  teaching hops through distinct roles) > `multi_teacher` (a learner with several external
+  teachers) > `single_teacher`; `self` when every teaching edge stays within one network.
+- **stages** count the learner's training phases (with repeats); they are kept apart from
+  the scheme: FitNets has two student stages and an offline teacher.
+- The other dimensions (taps, layer mapping, transforms, adapters, losses, weights, data,
+  ground truth) are read off the graph and reported as found.
+"""
+
+
+def _disagreements() -> str:
+    lines = ["## Where the surveys disagree", ""]
+    lines.append(
+        "The surveys' labels are those collected in the project's KD method catalogue "
+        "(`KD_METHODS.md`: Gou et al., IJCV 2021; the FLHonker awesome list). The "
+        "graph-derived label replaces a lookup table: each entry shows the label and the graph "
+        "facts that decide it."
+    )
+    lines.append("")
+    for dis in DISAGREEMENTS:
+        path = library_dir() / f"{dis.name}.kd"
+        if path.exists():
+            where = f"`specs/{dis.name}.kd`"
+            (c, *_) = _load(SourceFile(f"specs/{dis.name}.kd", path.read_text(encoding="utf-8")))
+        else:
+            where = "a sketch below; no library spec yet"
+            (c, *_) = _load(SourceFile(f"{dis.name}.kd", dis.sketch))
+        lines.append(f"### {dis.name.upper()}")
+        lines.append("")
+        lines.append(f"- **Surveys**: {dis.surveys}")
+        lines.append(
+            f"- **Graph** ({where}): scheme `{', '.join(c.scheme)}`, knowledge "
+            f"`{', '.join(c.knowledge)}` ({c['knowledge'].value}), topology `{c.topology}`."
+        )
+        lines.append(f"- **Why**: {dis.decides}")
+        for dim in ("scheme", "knowledge"):
+            for e in c[dim].evidence:
+                lines.append(f"  - {dim}: {e.text}")
+        if not path.exists():
+            lines += ["", "```", dis.sketch, "```"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def generate() -> str:
+    """The whole document."""
+    lib = _library()
+    found = [c for _, c in lib]
+    parts = [
+        "# Taxonomy of the method library",
+        "",
+        "<!-- Generated by `python scripts/gen_taxonomy_doc.py`; do not edit by hand. -->",
+        "",
+        _rules(),
+        "## The library at a glance",
+        "",
+        markdown_table(found, SUMMARY),
+        "",
+        "## Every dimension",
+        "",
+        markdown_table(found),
+        "",
+        _disagreements(),
+        "## Methods",
+        "",
+    ]
+    for path, c in lib:
+        kg_source = SourceFile(path.name, path.read_text(encoding="utf-8"))
+        lowered, _ = check_source(kg_source)
+        kg = build_graph(next(low.method for low in lowered if low.method.name == c.method))
+        title = f": {kg.method.title}" if kg.method.title else ""
+        parts.append(evidence_text(c, markdown=True).replace(f"### `{c.method}`", f"### `{c.method}`{title}", 1))
+        parts += ["", f"Source: `specs/{path.name}`.", "", "```mermaid", to_mermaid(kg, c.legend()).rstrip(), "```", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-o", "--output", default=str(ROOT / "docs" / "taxonomy.md"))
+    p.add_argument("--check", action="store_true", help="fail if the file is out of date")
+    args = p.parse_args(argv)
+    text = generate()
+    out = Path(args.output)
+    if args.check:
+        current = out.read_text(encoding="utf-8") if out.exists() else ""
+        if current != text:
+            print(f"{out} is out of date: run python scripts/gen_taxonomy_doc.py", file=sys.stderr)
+            return 1
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
