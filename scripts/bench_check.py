@@ -38,8 +38,10 @@ def main() -> int:
     wall = time.perf_counter() - t0
     print(f"files checked:               {len(files)} ({n_diags} diagnostics)")
     print(f"import kdspec front end:     {imported - start:.3f} s")
-    print(f"check all specs, in process: {done - imported:.3f} s "
-          f"({(done - imported) / max(len(files), 1) * 1000:.1f} ms per spec)")
+    print(
+        f"check all specs, in process: {done - imported:.3f} s "
+        f"({(done - imported) / max(len(files), 1) * 1000:.1f} ms per spec)"
+    )
     print(f"`kdspec check specs/` wall:  {wall:.3f} s (fresh process, exit {proc.returncode})")
     print(f"torch imported:              {torch_loaded}")
     return 0 if not torch_loaded and proc.returncode == cold.returncode == 0 else 1

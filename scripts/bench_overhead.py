@@ -63,8 +63,7 @@ def main() -> None:
     t = build_model(args.teacher, 100, 3).to(dev).eval()
     s_hand = build_model(args.student, 100, 3).to(dev)
     s_comp = copy.deepcopy(s_hand)
-    d = compile_spec(load_method("specs/hinton.kd"), {"t": t, "s": s_comp}, (x, y),
-                     device=dev)
+    d = compile_spec(load_method("specs/hinton.kd"), {"t": t, "s": s_comp}, (x, y), device=dev)
     d.set_stage("main")
     opt_hand = torch.optim.SGD(s_hand.parameters(), lr=0.05, momentum=0.9)
     opt_comp = torch.optim.SGD(d.trainable_parameters(), lr=0.05, momentum=0.9)
@@ -87,18 +86,24 @@ def main() -> None:
                 peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
     hand = statistics.median(times["hand-written"])
     comp = statistics.median(times["kdspec"])
-    print(f"device {dev}, {args.teacher} -> {args.student}, batch {args.batch}, "
-          f"{args.steps} timed steps (median)")
+    print(
+        f"device {dev}, {args.teacher} -> {args.student}, batch {args.batch}, "
+        f"{args.steps} timed steps (median)"
+    )
     print(f"  hand-written loop: {hand * 1000:8.2f} ms/step")
     print(f"  kdspec Distiller:  {comp * 1000:8.2f} ms/step")
     print(f"  ratio kdspec / hand-written: {comp / hand:.3f}")
     if peaks:
-        print(f"  peak GPU memory: hand-written {peaks['hand-written'] / 2**20:.1f} MiB, "
-              f"kdspec {peaks['kdspec'] / 2**20:.1f} MiB, "
-              f"ratio {peaks['kdspec'] / peaks['hand-written']:.3f}")
+        print(
+            f"  peak GPU memory: hand-written {peaks['hand-written'] / 2**20:.1f} MiB, "
+            f"kdspec {peaks['kdspec'] / 2**20:.1f} MiB, "
+            f"ratio {peaks['kdspec'] / peaks['hand-written']:.3f}"
+        )
     # Same initial weights, data and optimiser: the two students must end up (almost) equal.
-    gap = max(float((a - b).abs().max()) for a, b in zip(s_hand.parameters(),
-                                                          s_comp.parameters(), strict=True))
+    gap = max(
+        float((a.detach() - b.detach()).abs().max())
+        for a, b in zip(s_hand.parameters(), s_comp.parameters(), strict=True)
+    )
     print(f"  largest weight difference between the two students after training: {gap:.2e}")
 
 

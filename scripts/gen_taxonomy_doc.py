@@ -93,8 +93,7 @@ DISAGREEMENTS = (
     ),
     Disagreement(
         "pkt",
-        "Gou Table 2: relation-based; Gou's text also groups PKT with feature-based "
-        "knowledge.",
+        "Gou Table 2: relation-based; Gou's text also groups PKT with feature-based knowledge.",
         "`pkt_affinity` turns the batch's cosine affinities into conditional probabilities "
         "between samples: **relation**, whatever layer it reads.",
         """method pkt {
@@ -226,8 +225,20 @@ def generate() -> str:
         lowered, _ = check_source(kg_source)
         kg = build_graph(next(low.method for low in lowered if low.method.name == c.method))
         title = f": {kg.method.title}" if kg.method.title else ""
-        parts.append(evidence_text(c, markdown=True).replace(f"### `{c.method}`", f"### `{c.method}`{title}", 1))
-        parts += ["", f"Source: `specs/{path.name}`.", "", "```mermaid", to_mermaid(kg, c.legend()).rstrip(), "```", ""]
+        parts.append(
+            evidence_text(c, markdown=True).replace(
+                f"### `{c.method}`", f"### `{c.method}`{title}", 1
+            )
+        )
+        parts += [
+            "",
+            f"Source: `specs/{path.name}`.",
+            "",
+            "```mermaid",
+            to_mermaid(kg, c.legend()).rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(parts).rstrip() + "\n"
 
 

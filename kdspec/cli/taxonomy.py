@@ -135,7 +135,7 @@ def markdown_table(classifications: Sequence[object], dims: Sequence[str] | None
 
 def evidence_text(c: object, markdown: bool = False) -> str:
     """Every dimension's value and the graph facts behind it."""
-    lines = [f"### `{c.method}`" if markdown else f"{c.method}:"]  # type: ignore[attr-defined]
+    lines = [f"### `{c.method}`", ""] if markdown else [f"{c.method}:"]  # type: ignore[attr-defined]
     for f in c.findings:  # type: ignore[attr-defined]
         head = HEADERS.get(f.dimension, f.dimension)
         lines.append(f"- **{head}**: {f.value}" if markdown else f"  {head}: {f.value}")

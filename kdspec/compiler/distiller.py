@@ -39,6 +39,7 @@ from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, Progress, evaluate
 from kdspec.ops import TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
+from kdspec.ops.components import LEARNED_LOSSES
 from kdspec.taxonomy.vocab import FUNCTIONS
 
 
@@ -123,6 +124,7 @@ class Distiller(nn.Module):
         self.graph: KdGraph = build_graph(self.method)
         self.params_ir = self.method.params
         self.num_classes = num_classes
+        self.num_samples: int | None = None
         self.train_data = train_data
         self.roles = nn.ModuleDict()
         self.terms = nn.ModuleDict()
@@ -267,9 +269,13 @@ class Distiller(nn.Module):
             for node in term.modules():
                 if isinstance(node, AdapterNode):
                     params.extend(node.parameters())
+            params.extend(term.learned.parameters())
         for let in named & set(self._lets):
             params.extend(self._lets[let].parameters())
-        return list({id(p): p for p in params}.values())
+        # `freeze <let>` keeps a shared learned part fixed (FT's paraphraser after its stage).
+        frozen_lets = [i.name for i in stage.freeze if isinstance(i, ir.LetRef)]
+        fixed = {id(p) for n in frozen_lets if n in self._lets for p in self._lets[n].parameters()}
+        return list({id(p): p for p in params if id(p) not in fixed}.values())
 
     def eval_roles(self) -> list[str]:
         """The roles whose accuracy a run reports: students, peers and assistants first."""
@@ -333,6 +339,7 @@ class Distiller(nn.Module):
             labels=self._batch.labels,
             index=self._batch.index,
             num_classes=self.num_classes,
+            num_samples=self.num_samples,
         )
         terms: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
@@ -363,6 +370,7 @@ class Distiller(nn.Module):
             labels=self._batch.labels,
             index=self._batch.index,
             num_classes=self.num_classes,
+            num_samples=self.num_samples,
         )
         try:
             return {name: term(env) for name, term in self.terms.items()}
@@ -441,7 +449,7 @@ class _Builder:
             return None
 
     def kwargs(self, call: ir.Call) -> dict[str, Any]:
-        return {k: self.value(v) for k, v in call.kwargs.items()}
+        return {k: _whole(self.value(v)) for k, v in call.kwargs.items()}
 
     def resolve(self, tap: ir.Tap, path: tuple[object, ...]) -> None:
         if self.d.functional or tap in self.d._points:
@@ -497,7 +505,8 @@ class _Builder:
                 child = self.node(e.args[0], path, indices)
                 if e.func == "identity":
                     return child
-                return AdapterNode(e.func, child, kwargs, term=str(path[1]))
+                extra = [self.node(a, path, indices) for a in e.args[1:]]
+                return AdapterNode(e.func, child, kwargs, term=str(path[1]), extra=extra)
             inputs = [self.node(a, path, indices) for a in e.args]
             if fn.category == "combine":
                 weights = kwargs.get("weights")
@@ -584,7 +593,9 @@ class _Builder:
         fn = FUNCTIONS.get(term.loss.func)
         if fn is None:
             return None
-        indices = self.pair_indices(term) if term.kind == "transfer" else {}
+        # A learned loss sees both sides whole and pairs layers itself (SemCKD).
+        learned = term.loss.func in LEARNED_LOSSES
+        indices = self.pair_indices(term) if term.kind == "transfer" and not learned else {}
         if indices is None:
             return None
         source = self.side(term, "source", indices) if term.kind == "transfer" else None
@@ -638,6 +649,7 @@ def compile_spec(
     lowered = spec if isinstance(spec, Lowered) else Lowered(spec, SourceMap(None))  # type: ignore[arg-type]
     smap = lowered.source_map if lowered.source_map.source is not None else None
     d = Distiller(lowered, models, num_classes, train_data)
+    d.num_samples = num_samples
     b = _Builder(d, smap)
     m = d.method
     batch = _unpack(example_batch)
@@ -725,6 +737,15 @@ def compile_spec(
     return d
 
 
+def _whole(v: Any) -> Any:
+    """Whole numbers as ints: spec numbers evaluate to floats, sizes and counts must be ints."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, list):
+        return [_whole(x) for x in v]
+    return v
+
+
 def _to(x: Any, device: str | torch.device) -> Any:
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
@@ -758,7 +779,11 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
             d._given = d._batch.taps
         d._needed = d._collect_points(list(d.terms.values()))  # type: ignore[arg-type]
         env = Env(
-            read=d._read, labels=d._batch.labels, index=d._batch.index, num_classes=d.num_classes
+            read=d._read,
+            labels=d._batch.labels,
+            index=d._batch.index,
+            num_classes=d.num_classes,
+            num_samples=d.num_samples,
         )
         d._forward_cache, d._view_cache = {}, {}
         for name, term in d.terms.items():

@@ -16,6 +16,7 @@ from torch import nn
 
 from kdspec.ir import models as ir
 from kdspec.ops import LOSSES, TRANSFORMS, build_adapter
+from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
 
 # Vocabulary names whose implementation has another name in kdspec.ops.
@@ -30,6 +31,7 @@ class Env:
     labels: torch.Tensor | None = None
     index: torch.Tensor | None = None
     num_classes: int | None = None
+    num_samples: int | None = None  # training set size (memory banks of learned losses)
     cache: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     shape_hint: list[tuple[int, ...]] | None = None  # the other side's shapes (adapters)
     hole: list[torch.Tensor] | None = None  # the value a pipeline step applies to
@@ -100,7 +102,8 @@ class TransformNode(Node):
             return [v.exp() for v in values[0]]
         if self.func == "resize":
             return [_resize(v, env.shape_hint, i) for i, v in enumerate(values[0])]
-        fn = TRANSFORMS[_IMPL.get(self.func, self.func)]
+        impl = _IMPL.get(self.func, self.func)
+        fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
         out = []
         for i, args in enumerate(broadcast(*values)):
             if self.func in ("binary_target", "non_target"):
@@ -173,14 +176,26 @@ class CombineNode(Node):
 
 
 class AdapterNode(Node):
-    """A learned adapter per element, sized on the dry run from the other side's shapes."""
+    """A learned adapter per element, sized on the dry run from the other side's shapes.
 
-    def __init__(self, func: str, child: Node, kwargs: dict[str, Any], term: str):
+    A list component (:data:`kdspec.ops.components.COMPONENTS`) is one module over the whole
+    list instead, and may take further inputs (``extra``: ``gate(trunk, branches)``).
+    """
+
+    def __init__(
+        self,
+        func: str,
+        child: Node,
+        kwargs: dict[str, Any],
+        term: str,
+        extra: list[Node] | None = None,
+    ):
         super().__init__()
         self.func = func
         self.child = child
         self.kwargs = kwargs
         self.term = term
+        self.extra = nn.ModuleList(extra or [])
         self.adapters = nn.ModuleList()
 
     def _build(self, values: list[torch.Tensor], env: Env) -> None:
@@ -205,8 +220,20 @@ class AdapterNode(Node):
             module = build_adapter(self.func, tuple(v.shape[1:]), out_shape, **kwargs)
             self.adapters.append(module.to(device=v.device, dtype=v.dtype))
 
+    def _component(self, values: list[torch.Tensor], env: Env) -> list[torch.Tensor]:
+        hint = env.shape_hint
+        lists = [values, *(node(env) for node in self.extra)]
+        if len(self.adapters) == 0:
+            ctx = comp.BuildContext(env.num_classes, env.num_samples)
+            kwargs = {k: v for k, v in self.kwargs.items() if v is not None}
+            self.adapters.append(comp.build_component(self.func, lists, hint, ctx, **kwargs))
+        out: list[torch.Tensor] = self.adapters[0](*lists)
+        return out
+
     def forward(self, env: Env) -> list[torch.Tensor]:
         values = self.child(env)
+        if self.func in comp.COMPONENTS:
+            return self._component(values, env)
         if len(self.adapters) == 0:
             self._build(values, env)
         if len(self.adapters) != len(values):
@@ -252,15 +279,28 @@ class TermModule(nn.Module):
         self.loss_kwargs = loss_kwargs
         self.to_probs = to_probs
         self.subset = subset
+        self.learned = nn.ModuleList()  # a learned loss, built on the dry run
+
+    def _learned(self, src: list[torch.Tensor], tgt: list[torch.Tensor], env: Env) -> torch.Tensor:
+        """A learned loss sees both whole sides, unpaired (built on first use)."""
+        if len(self.learned) == 0:
+            ctx = comp.BuildContext(env.num_classes, env.num_samples)
+            self.learned.append(
+                comp.build_learned_loss(self.loss, src, tgt, ctx, **self.loss_kwargs)
+            )
+        value: torch.Tensor = self.learned[0](src, tgt, env)
+        return value
 
     def forward(self, env: Env) -> torch.Tensor:
-        fn = LOSSES[self.loss]
+        fn = LOSSES.get(self.loss)
         if self.source is None:  # supervision by labels
             env.shape_hint = None
             outs = self.target(env)
             labels = env.labels
             if labels is None:
                 raise ValueError(f"`{self.name}` needs labels")
+            if fn is None:
+                raise ValueError(f"`{self.loss}` compares two sides; it cannot supervise")
             mask = self.subset(env) if self.subset else None
             total = outs[0].new_zeros(())
             for v in outs:
@@ -291,6 +331,9 @@ class TermModule(nn.Module):
         else:
             tgt = self.target(env)
         env.shape_hint = None
+        if self.loss in comp.LEARNED_LOSSES:
+            return self._learned(src, tgt, env)
+        assert fn is not None
         mask = self.subset(env) if self.subset else None
         total = tgt[0].new_zeros(())
         for s, t in broadcast(src, tgt):

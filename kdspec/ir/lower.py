@@ -168,7 +168,7 @@ class _MethodLowering:
             "not defined in this method",
             help=did_you_mean(n, self.names_in_scope()),
         )
-        return ir.Str(value=n)
+        return ir.ParamRef(name=n)  # unresolved: later checks skip it, no cascade
 
     def call(self, e: ast.Call, categories: tuple[str, ...], implicit_inputs: int = 0) -> ir.Call:
         fname = e.func.name
@@ -206,7 +206,7 @@ class _MethodLowering:
                 "too many arguments",
             )
         for pname, a in zip(names, extra, strict=False):
-            kwargs[pname] = self.expr(a, as_value=True)
+            kwargs[pname] = self.expr(a, as_value=fn.params[pname].check is None)
         for kw in e.kwargs:
             if kw.name.name not in fn.params:
                 known = ", ".join(f"`{p}`" for p in fn.params) or "no keyword arguments"
@@ -220,7 +220,8 @@ class _MethodLowering:
                 continue
             if kw.name.name in kwargs:
                 self.err("KD204", f"`{kw.name.name}` given twice to `{fname}`", kw.span)
-            kwargs[kw.name.name] = self.expr(kw.value, as_value=True)
+            numeric = fn.params[kw.name.name].check is not None
+            kwargs[kw.name.name] = self.expr(kw.value, as_value=not numeric)
         if fn.inputs > 0 and len(args) < n_inputs:
             self.err(
                 "KD204",

@@ -45,7 +45,7 @@ def check_claims(ctx: PassContext) -> list[Diagnostic]:
             if why and why[0].path:
                 related = ((why[0].path, f"`{extra[0]}` because of this"),)
         else:
-            missing = [v for v in claimed if v not in found][0]
+            missing = next(v for v in claimed if v not in found)
             shown = _values(found) if found and found != ("none",) else "none"
             message = f"claims `{missing}`, but the graph shows {shown}"
         notes = tuple(

@@ -365,6 +365,7 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
             st for st in stages if t in trained[st.name] and term.name not in active[st.name]
         ]
         reasons: list[Evidence] = []
+        schemes: tuple[str, ...]
         self_kind = ""
         if t is None or (role is not None and role.mode == "virtual"):
             who = f"`{t}` is a virtual teacher" if t else f"`{term.name}` is made from the labels"
@@ -390,17 +391,14 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
             relation = "ema" if role is not None and role.mode == "ema" else "snapshot"
             state = "moving_average" if relation == "ema" else "snapshot"
             schemes = ("self",)
-            text = (
-                (
-                    f"teacher `{t}` is an exponential moving average of `{s}` (the same network's "
-                    "weights), so `{s}` teaches itself; `{t}` moves with every step of `{s}`, which "
-                    "the update rule alone would call online"
-                    if relation == "ema"
-                    else f"teacher `{t}` is a frozen snapshot of `{s}`: the network teaches itself"
+            if relation == "ema":
+                text = (
+                    f"teacher `{t}` is an exponential moving average of `{s}` (the same "
+                    f"network's weights), so `{s}` teaches itself; `{t}` moves with every step "
+                    f"of `{s}`, which the update rule alone would call online"
                 )
-                .replace("{s}", s)
-                .replace("{t}", t)
-            )
+            else:
+                text = f"teacher `{t}` is a frozen snapshot of `{s}`: the network teaches itself"
             reasons.append(Evidence(text, ("role", t)))
         else:
             link = _handoff_linked(t, s, m)
@@ -567,9 +565,9 @@ def _roles_and_topology(kg: KdGraph, edges: list[TeachingEdge]) -> tuple[Finding
         why = Evidence("no transfer: nothing teaches", ())
     if not edges:
         ev.append(why)
-    roles = Finding("roles", "; ".join(parts) or "no roles", (), tuple(ev))
+    roles_f = Finding("roles", "; ".join(parts) or "no roles", (), tuple(ev))
     topology = Finding("topology", topo, (topo,), (why,), ((topo, (why,)),))
-    return roles, topology
+    return roles_f, topology
 
 
 def _longest_path(g: nx.DiGraph) -> list[str]:
@@ -689,14 +687,18 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
             f"batch (`pearson` with `dim=0`) at {where}",
         )
     for call in (*pipeline, *side_calls):
+        # A transform of two different taps (FSP, token relations) relates them to each other;
+        # an adapter fusing several taps (ReviewKD) does not make the knowledge relational.
+        fn = FUNCTIONS.get(call.func)
+        if fn is None or fn.category != "transform":
+            continue
         taps = [t for a in call.args for t, _ in types.taps(a, m)]
         if len({point_text(t) for t in taps}) >= 2:
-            fn = FUNCTIONS.get(call.func)
-            kind = fn.family if fn and fn.family else call.func
+            kind = fn.family or call.func
             return make(
                 "relation",
                 kind,
-                f"`{term.name}` relates layers to each other (`{call.func}` of "
+                f"`{term.name}` relates two taps to each other (`{call.func}` of "
                 f"{_names(dict.fromkeys(point_text(t) for t in taps))})",
             )
     src_kind = types.expr_kind(term.source, m)

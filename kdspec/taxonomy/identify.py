@@ -147,7 +147,7 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
         text: str,
         hp: Iterable[Any] = (),
         loose: tuple[Any, ...] | None = None,
-    ) -> None:  # noqa: E501
+    ) -> None:
         g.add_node(
             nid,
             kind=kind,
@@ -229,7 +229,7 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
             edge("labels", tid, "labels")
         if term.subset and g.has_node(f"data:{term.subset}"):
             edge(f"data:{term.subset}", tid, "on")
-        sides = [("target", term.target)]
+        sides: list[tuple[str, ir.Expr | None]] = [("target", term.target)]
         if term.kind == "transfer":
             sides.insert(0, ("source", term.source))
         for side, expr in sides:
@@ -463,7 +463,7 @@ def _load_dir(directory: str, stamp: tuple[tuple[str, int], ...]) -> tuple[Libra
     from kdspec.api import check_source, read_source
     from kdspec.diagnostics import Severity
 
-    out = []
+    out: list[LibraryMethod] = []
     for name, _ in stamp:
         source = read_source(Path(directory) / name)
         if not hasattr(source, "text"):
@@ -639,8 +639,8 @@ def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[
         for f in fields:
             if pa.get(f) != pb.get(f):
                 if f in ("source", "target"):
-                    ta = pa["texts"].get(f, "-")  # type: ignore[union-attr]
-                    tb = pb["texts"].get(f, "-")  # type: ignore[union-attr]
+                    ta = pa["texts"].get(f, "-")  # type: ignore[attr-defined]
+                    tb = pb["texts"].get(f, "-")  # type: ignore[attr-defined]
                     changes.append(f"{f} {ta} -> {tb}")
                 else:
                     changes.append(f"{f} {pa.get(f)} -> {pb.get(f)}")

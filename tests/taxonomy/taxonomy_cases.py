@@ -160,6 +160,7 @@ def classify_text(text: str, **kw: object) -> Classification:
 # Renaming identifiers and reordering statements
 # ---------------------------------------------------------------------------------------------
 
+
 def defined_names(method: ast.Method) -> list[str]:
     """Every identifier the method defines: itself, parameters, roles, ensembles, views,
     subsets, lets, term labels and stages."""
@@ -234,9 +235,7 @@ def rename_and_reorder(text: str, new_names: list[str], order: list[int]) -> str
     names = defined_names(module.methods[0])
     mapping = dict(zip(names, new_names, strict=False))
     head, items, tail = statements(text)
-    order = [i for i in order if i < len(items)] + [
-        i for i in range(len(items)) if i not in order
-    ]
+    order = [i for i in order if i < len(items)] + [i for i in range(len(items)) if i not in order]
     permuted = [items[i] for i in order]
     fixed = iter([s for s, keep in items if keep])
     merged = [next(fixed) if keep else s for s, keep in permuted]

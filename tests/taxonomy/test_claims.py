@@ -40,7 +40,10 @@ def test_a_wrong_scheme_claim_points_at_the_claim() -> None:
     text = _with_claim(SKETCHES["online"], "claim scheme = offline")
     source, diags = _diags(text)
     (d,) = [d for d in diags if d.code == "KD311"]
-    assert d.message == "claims `offline`, but teacher `t` is trained in stage `joint` together with `s`"
+    assert (
+        d.message
+        == "claims `offline`, but teacher `t` is trained in stage `joint` together with `s`"
+    )
     assert _line(source, d) == text.splitlines().index("  claim scheme = offline") + 1
     assert d.labels[0].message == "the graph shows `online`"
     # The stage that makes it online is pointed at too, and the evidence is a note.

@@ -284,7 +284,11 @@ def test_weights_t_squared_and_warmup() -> None:
     assert classify_text(library_text("mean_teacher"))["weights"].value == "warm-up"
     assert classify_text(SKETCHES["dkd"])["weights"].value == "T^2 scaling, warm-up"
     # A literal temperature squared counts too (as after `use`, which inlines parameters).
-    text = library_text("hinton").replace("alpha * T^2", "0.9 * 4^2").replace("softmax(T)", "softmax(4)")
+    text = (
+        library_text("hinton")
+        .replace("alpha * T^2", "0.9 * 4^2")
+        .replace("softmax(T)", "softmax(4)")
+    )
     assert classify_text(text)["weights"].value == "T^2 scaling"
     # A square of something else is no temperature scaling.
     text = library_text("hinton").replace("alpha * T^2", "alpha^2")
@@ -370,9 +374,13 @@ def test_cli_reports_contradicted_claims(
     assert "error[KD311]: claims `offline`" in captured.err
 
 
-def test_cli_other_errors_are_diagnostics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_other_errors_are_diagnostics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = tmp_path / "bad.kd"
-    spec.write_text("method bad { teacher t  student s  transfer from t.logits to s.logits with nope }")
+    spec.write_text(
+        "method bad { teacher t  student s  transfer from t.logits to s.logits with nope }"
+    )
     assert main(["taxonomy", str(spec)]) == 1
     assert "KD203" in capsys.readouterr().err
 

@@ -41,7 +41,8 @@ def test_a_renamed_term_is_renamed() -> None:
 def test_a_renamed_and_changed_term_is_paired_by_its_taps() -> None:
     a = _method(library_text("hinton"))
     b = _method(
-        library_text("hinton").replace("transfer kd: softmax(T)", "transfer soft: softmax(T)")
+        library_text("hinton")
+        .replace("transfer kd: softmax(T)", "transfer soft: softmax(T)")
         .replace("with kl", "with soft_ce")
     )
     (change,) = diff(a, b)
@@ -110,7 +111,9 @@ def test_stage_order() -> None:
 def test_cli_diff_of_two_stages(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["diff", "specs/fitnets.kd@hints", "specs/fitnets.kd@distill"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("--- specs/fitnets.kd @ stage hints\n+++ specs/fitnets.kd @ stage distill\n")
+    assert out.startswith(
+        "--- specs/fitnets.kd @ stage hints\n+++ specs/fitnets.kd @ stage distill\n"
+    )
     assert "- term `hint`" in out
 
 

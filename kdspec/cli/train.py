@@ -1,0 +1,185 @@
+"""``kdspec train SPEC``: distil with a method spec; compare with the student trained alone.
+
+Without ``--run`` the embedded digits job runs: a cached ``cnn_small`` teacher (trained once,
+a few seconds), a ``cnn_tiny`` student trained alone and the same student distilled, with the
+same seed, data order and budget; a table of test top-1 is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kdspec.cli.common import UsageError, parse_overrides
+
+EPILOG = """examples:
+  kdspec train specs/hinton.kd
+  kdspec train specs/fitnets.kd --epochs 30 --seed 1
+  kdspec train specs/hinton.kd --run runs/cifar100_resnet32x4_resnet8x4.toml --out runs-out/kd
+  kdspec train specs/hinton.kd --out runs-out/kd --resume
+  kdspec train hinton --param T=8 --param alpha=0.5"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a method (digits by default) and report test accuracy",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", help="a .kd file, or a library method name (e.g. `hinton`)")
+    p.add_argument("--method", help="which method of the file (default: the first)")
+    add_run_options(p)
+    p.add_argument("--out", help="output folder (default: runs-out/<method>-<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also train the student alone (default: on without --run, off with one)",
+    )
+    p.set_defaults(run=run)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by train, compare and reproduce."""
+    p.add_argument("--run", dest="run_file", metavar="RUN", help="a run file (TOML)")
+    p.add_argument("--epochs", type=int, help="override [train] epochs")
+    p.add_argument("--seed", type=int, help="override [train] seed")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a parameter")
+    p.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="PKG",
+        help="let `import:` model sources load this package",
+    )
+    p.add_argument("--cache-dir", help="teacher cache (default: $KDSPEC_CACHE or ~/.cache/kdspec)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def load_job(args: argparse.Namespace, spec: str, *, with_params: bool = True) -> tuple[Any, Any]:
+    """The run (with command-line overrides) and the checked method."""
+    from kdspec.api import load_method
+    from kdspec.runtime import default_run, load_run
+
+    run = load_run(args.run_file) if args.run_file else default_run()
+    updates: dict[str, Any] = {}
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UsageError("--epochs must be at least 1")
+        updates["epochs"] = args.epochs
+    if args.seed is not None:
+        updates["seed"] = args.seed
+    if updates:
+        run = run.with_updates(train=updates)
+    overrides: dict[str, object] = dict(run.config.params) if with_params else {}
+    overrides.update(parse_overrides(getattr(args, "param", None)))
+    lowered = load_method(spec, getattr(args, "method", None), overrides)
+    return run, lowered
+
+
+def job_options(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Job options and the progress display (close it when done)."""
+    from kdspec.runtime.job import JobOptions
+    from kdspec.runtime.progress import make_progress
+
+    progress = make_progress(args.quiet)
+    opts = JobOptions(
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        allow_import=tuple(args.allow_import),
+        device=args.device,
+        log=(lambda m: None) if args.quiet else _log,
+        callbacks=[progress] if progress is not None else [],
+    )
+    return opts, progress
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def close_progress(progress: Any) -> None:
+    """Stop a live display, if one was started."""
+    close = getattr(progress, "close", None)
+    if close is not None:
+        close()
+
+
+def _out_dir(args: argparse.Namespace, method: str) -> Path:
+    if args.out:
+        return Path(args.out)
+    base = Path("runs-out")
+    if args.resume:
+        found = sorted(base.glob(f"{method}-*"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UsageError(f"--resume: no earlier run of `{method}` in {base}/; pass --out DIR")
+        return found[-1]
+    return base / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain aligned text table."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kdspec.runtime.job import baseline_role, distill, prepare, train_baseline
+
+    run_cfg, lowered = load_job(args, args.spec)
+    method = lowered.method.name
+    out = _out_dir(args, method)
+    want_baseline = args.baseline if args.baseline is not None else not args.run_file
+    opts, progress = job_options(args)
+    try:
+        prep = prepare(lowered, run_cfg, opts)
+        result = distill(prep, out, resume=args.resume, opts=opts)
+        base = None
+        if want_baseline:
+            base = train_baseline(prep, out / "baseline", resume=args.resume, opts=opts)
+    finally:
+        close_progress(progress)
+
+    cfg = run_cfg.config
+    summary = result.summary
+    rows: list[list[str]] = []
+    for role, info in prep.teachers.items():
+        rows.append([f"teacher {role}", info["source"], _pct(info.get("test_top1"))])
+    brole = baseline_role(lowered.method)
+    base_top1 = None
+    if base is not None and brole is not None:
+        base_top1 = base.summary["reported_test_top1"].get(brole.name)
+        rows.append([f"{brole.name} alone", prep.sources[brole.name], _pct(base_top1)])
+    for role, top1 in summary["reported_test_top1"].items():
+        delta = ""
+        if base_top1 is not None and top1 is not None and brole is not None and role == brole.name:
+            delta = f"{top1 - base_top1:+.2f}"
+        rows.append(
+            [f"{role} distilled ({method})", prep.sources.get(role, "(copy)"), _pct(top1), delta]
+        )
+    for r in rows:
+        r.extend([""] * (4 - len(r)))
+    data = cfg.data.source + (
+        f" without classes {cfg.data.exclude_classes}" if cfg.data.exclude_classes else ""
+    )
+    print(
+        f"{method} on {data}: seed {cfg.train.seed}, {cfg.train.epochs} epochs, "
+        f"{summary['eval_protocol']['description']}"
+    )
+    print(format_table(rows, ["model", "source", "test top-1 (%)", "vs alone"]))
+    print(f"run folder: {out}")
+    print(f"curves: {out / 'curves.png'}")
+    return 0
