@@ -22,7 +22,12 @@ def check_cycles(ctx: PassContext) -> list[Diagnostic]:
         leaky.add_edge(u, v)
         terms[(u, v)] = d["term"]
     out: list[Diagnostic] = []
+    order = {f"role:{r.name}": i for i, r in enumerate(ctx.method.roles)}
+    cycles = []
     for cycle in nx.simple_cycles(leaky):
+        k = min(range(len(cycle)), key=lambda i: order.get(cycle[i], len(order)))
+        cycles.append(cycle[k:] + cycle[:k])  # start at the first declared role: stable output
+    for cycle in sorted(cycles, key=lambda c: [order.get(n, len(order)) for n in c]):
         names = [n.removeprefix("role:") for n in cycle]
         edges = list(zip(cycle, [*cycle[1:], cycle[0]], strict=True))
         first = terms[edges[0]]

@@ -146,7 +146,8 @@ def test_nearest_methods_say_what_differs() -> None:
     best = ident.nearest[0]
     assert 0 < best.score < 1
     assert best.differences == (
-        "- only in `fitnets`: supervise `ce`: supervise s.logits with cross_entropy weight 1 - alpha",
+        "- only in `fitnets`: supervise `ce`: supervise s.logits with cross_entropy "
+        "weight 1 - alpha",
         "~ stages: 2 in `fitnets`, 1 here",
         "~ transfer `hint` (`fitnets`) vs `f` (here): loss mse -> l1; target "
         "`regressor(s.stage[2])` -> `conv1x1(s.stage[3])`",
