@@ -1,0 +1,141 @@
+"""The front-end commands as a user runs them: exit codes, formats, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdspec.cli.main import main
+from kdspec.ir.models import Method
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD = """method bad {
+  teacher t
+  student s
+  transfer hint: from t.stage[2] to s.stage[2] with kl
+}
+"""
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_library_is_clean(capsys):
+    code, out, _ = run(capsys, "check", str(ROOT / "specs"))
+    assert code == 0
+    assert "no problems found" in out
+
+
+def test_check_reports_every_error_in_every_format(tmp_path, capsys):
+    bad = tmp_path / "bad.kd"
+    bad.write_text(BAD)
+    code, _, err = run(capsys, "check", str(bad))
+    assert code == 1
+    assert "error[KD301]" in err and f"{bad}:4:23" in err and "^^^" in err
+    code, _, err = run(capsys, "check", "--format", "concise", str(bad))
+    assert code == 1
+    assert f"{bad}:4:37: error[KD301]" in err
+    code, out, _ = run(capsys, "check", "--format", "json", str(bad))
+    records = json.loads(out)
+    assert code == 1 and {r["code"] for r in records} == {"KD301"}
+    assert records[0]["line"] == 4 and records[0]["file"] == str(bad)
+
+
+def test_syntax_errors_and_missing_files_are_diagnostics_not_tracebacks(tmp_path, capsys):
+    broken = tmp_path / "broken.kd"
+    broken.write_text("method m { teacher t\n")
+    code, _, err = run(capsys, "check", str(broken))
+    assert code == 1 and "KD103" in err and "Traceback" not in err
+    code, _, err = run(capsys, "check", str(tmp_path / "missing.kd"))
+    assert code == 1 and "KD105" in err
+    binary = tmp_path / "binary.kd"
+    binary.write_bytes(b"\xff\xfe\x00method")
+    code, _, err = run(capsys, "check", str(binary))
+    assert code == 1 and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert run(capsys, "check")[0] == 2
+    assert run(capsys, "nonsense")[0] == 2
+    assert run(capsys, "check", "--param", "noequals", str(ROOT / "specs/hinton.kd"))[0] == 2
+
+
+def test_param_overrides_are_checked(capsys):
+    code, _, err = run(capsys, "check", "--param", "T=-1", str(ROOT / "specs/hinton.kd"))
+    assert code == 1 and "KD205" in err
+    code, _, err = run(capsys, "check", "--param", "temperature=2", str(ROOT / "specs/hinton.kd"))
+    assert code == 1 and "KD209" in err
+
+
+def test_fmt_check_and_rewrite_keep_files_safe(tmp_path, capsys):
+    messy = tmp_path / "messy.kd"
+    messy.write_text("# keep me\nmethod m {teacher t   student s\n"
+                     "transfer softmax(T=4) from t.logits to s.logits with kl  # and me\n}\n")
+    code, out, _ = run(capsys, "fmt", "--check", str(messy))
+    assert code == 1 and "would reformat" in out
+    code, _, _ = run(capsys, "fmt", str(messy))
+    text = messy.read_text()
+    assert code == 0 and "# keep me" in text and "# and me" in text
+    assert "  teacher t\n  student s\n" in text
+    assert run(capsys, "fmt", "--check", str(messy))[0] == 0
+    broken = tmp_path / "broken.kd"
+    broken.write_text("method m {")
+    code, _, err = run(capsys, "fmt", str(broken))
+    assert code == 1 and broken.read_text() == "method m {"  # never loses a user's file
+
+
+def test_graph_formats(tmp_path, capsys):
+    spec = str(ROOT / "specs/fitnets.kd")
+    code, out, _ = run(capsys, "graph", spec, "--format", "dot")
+    assert code == 0 and out.startswith('digraph "fitnets"') and "teaches" in out
+    code, out, _ = run(capsys, "graph", spec, "--format", "mermaid")
+    assert code == 0 and out.startswith("flowchart LR")
+    code, out, _ = run(capsys, "graph", spec, "--format", "json")
+    graph = json.loads(out)
+    assert code == 0 and any(n["type"] == "loss" for n in graph["nodes"])
+    png = tmp_path / "g.png"
+    code, _, err = run(capsys, "graph", spec, "--format", "png", "-o", str(png))
+    if shutil.which("dot"):
+        assert code == 0 and png.stat().st_size > 0
+    else:
+        assert code == 2 and "Graphviz" in err
+
+
+def test_explain_spec_and_code(capsys):
+    code, out, _ = run(capsys, "explain", str(ROOT / "specs/fitnets.kd"))
+    assert code == 0
+    assert "stage `hints`" in out and "regressor" in out and "t teaches s" in out
+    code, out, _ = run(capsys, "explain", "KD305")
+    assert code == 0 and "stop-gradient" in out
+    assert run(capsys, "explain", "KD999")[0] == 2
+
+
+def test_ir_json_round_trips_and_schema_is_published(capsys):
+    code, out, _ = run(capsys, "ir", str(ROOT / "specs/mean_teacher.kd"))
+    assert code == 0
+    method = Method.model_validate_json(out)
+    assert method.role("m").mode == "ema"
+    code, out, _ = run(capsys, "ir", "--schema")
+    schema = json.loads(out)
+    assert code == 0 and schema["title"] == "Method" and "terms" in schema["properties"]
+
+
+def test_python_m_kdspec_works():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "kdspec", "explain", "KD101"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "KD101" in proc.stdout
+
+
+@pytest.mark.parametrize("spec", sorted(p.name for p in (ROOT / "specs").glob("*.kd")))
+def test_every_library_spec_explains(spec, capsys):
+    code, out, _ = run(capsys, "explain", str(ROOT / "specs" / spec))
+    assert code == 0 and "Who:" in out and "When:" in out
