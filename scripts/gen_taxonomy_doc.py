@@ -37,6 +37,7 @@ class Disagreement:
     surveys: str
     decides: str
     sketch: str
+    expected: tuple[tuple[str, ...], tuple[str, ...]]  # (scheme, knowledge) the prose explains
 
 
 DISAGREEMENTS = (
@@ -64,22 +65,25 @@ DISAGREEMENTS = (
     handoff s -> t
   }
 }""",
+        (("offline", "self"), ("response",)),
     ),
     Disagreement(
         "crd",
         "Gou Table 4 labels CRD response-based; Gou Sec. 2.3 lists it under structured "
         "(relation) knowledge; the mechanism matches penultimate features.",
         "The matched quantity is neither the logits nor an element-wise feature: the "
-        "contrastive loss (`info_nce`, family contrastive) scores each sample's embedding "
+        "contrastive loss (family contrastive) scores each sample's embedding "
         "against the other samples of the batch, so the knowledge is **relation** "
         "(contrastive), read at the embedding through learned `embed` heads on both sides.",
         """method crd {
   param beta = 0.8
   teacher t
   student s
-  transfer crd: embed(dim=128) from t.embedding to s.embedding with info_nce(T=0.07) weight beta
+  transfer crd: from embed(t.embedding, dim=128) to embed(s.embedding, dim=128)
+      with info_nce(T=0.07) weight beta
   supervise ce: s.logits with cross_entropy
 }""",
+        (("offline",), ("relation",)),
     ),
     Disagreement(
         "rkd",
@@ -90,6 +94,7 @@ DISAGREEMENTS = (
         "tap (embedding) is reported separately, so 'read at a feature layer' does not "
         "turn into a second category.",
         "",
+        (("offline",), ("relation",)),
     ),
     Disagreement(
         "pkt",
@@ -102,6 +107,7 @@ DISAGREEMENTS = (
   transfer pkt: pkt_affinity from t.embedding to s.embedding with kl weight 30000
   supervise ce: s.logits with cross_entropy
 }""",
+        (("offline",), ("relation",)),
     ),
     Disagreement(
         "nst",
@@ -115,6 +121,7 @@ DISAGREEMENTS = (
   transfer nst: channel_dist from t.stage[..] to s.stage[..] map last with mmd weight 50
   supervise ce: s.logits with cross_entropy
 }""",
+        (("offline",), ("feature",)),
     ),
 )
 
@@ -181,6 +188,11 @@ def _disagreements() -> str:
         else:
             where = "a sketch below; no library spec yet"
             (c, *_) = _load(SourceFile(f"{dis.name}.kd", dis.sketch))
+        if (c.scheme, c.knowledge) != dis.expected:
+            raise SystemExit(
+                f"{dis.name}: the graph now says scheme {c.scheme}, knowledge {c.knowledge}; "
+                f"the explanation in this script assumes {dis.expected}: update it"
+            )
         lines.append(f"### {dis.name.upper()}")
         lines.append("")
         lines.append(f"- **Surveys**: {dis.surveys}")

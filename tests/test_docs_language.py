@@ -4,8 +4,8 @@ Every ```kd block must be a method that checks clean and is already in canonical
 are allowed only where an ``# expect:`` line names them. Every ```kd-error block must produce
 the codes on its ``# expect: KDnnn[, KDnnn]`` line, and no error it does not name. A
 ``# params: NAME=VALUE, ...`` line passes parameter overrides, as ``--param`` does. Every
-function of the vocabulary and every diagnostic code must be mentioned, and every function
-must have a table row listing its parameters.
+function of the vocabulary, every kind of knowledge and every diagnostic code must have a table
+row, and a function's row must list its parameters.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from kdspec.diagnostics import Severity
 from kdspec.diagnostics.codes import CODES
 from kdspec.source import SourceFile
 from kdspec.syntax.fmt import format_text
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.taxonomy.vocab import FUNCTIONS, KINDS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "language.md"
 TEXT = DOC.read_text(encoding="utf-8")
@@ -116,3 +116,8 @@ def test_every_function_has_a_table_row_with_its_parameters(name: str) -> None:
 @pytest.mark.parametrize("code", sorted(CODES))
 def test_every_code_is_in_the_table(code: str) -> None:
     assert re.search(rf"^\| {code} \| ", TEXT, re.MULTILINE), f"{code} has no table row"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_is_in_the_kinds_table(kind: str) -> None:
+    assert f"| `{kind}` | " in TEXT, f"kind `{kind}` has no table row"

@@ -252,14 +252,22 @@ class Distiller(nn.Module):
         for item in stage.train:
             if isinstance(item, ir.Tap) and item.point != "output":
                 subsets.setdefault(item.role, []).append(item)
-        frozen = {t.role for t in stage.freeze if isinstance(t, ir.Tap)}
+        frozen = {t.role for t in stage.freeze if isinstance(t, ir.Tap) and t.point == "output"}
+        frozen_parts: dict[str, list[ir.Tap]] = {}
+        for item in stage.freeze:
+            if isinstance(item, ir.Tap) and item.point != "output":
+                frozen_parts.setdefault(item.role, []).append(item)
         for role in sorted(self.graph.trained_roles(stage)):
             if role not in self.roles or role in frozen:
                 continue
             if role in subsets:
-                params.extend(self._subset_params(role, subsets[role]))
+                chosen = self._subset_params(role, subsets[role])
             else:
-                params.extend(self.roles[role].parameters())
+                chosen = list(self.roles[role].parameters())
+            if role in frozen_parts:  # `freeze s.stage[..1]`: everything up to stage 1 stays
+                held = {id(p) for p in self._subset_params(role, frozen_parts[role])}
+                chosen = [p for p in chosen if id(p) not in held]
+            params.extend(chosen)
         named = {i.value for i in stage.train if isinstance(i, ir.Str)}
         named |= {i.name for i in stage.train if isinstance(i, ir.LetRef)}
         frozen_terms = {i.value for i in stage.freeze if isinstance(i, ir.Str)}
@@ -572,6 +580,8 @@ class _Builder:
         n_t = max((self.length(t) for t in src), default=1)
         n_s = max((self.length(t) for t in dst), default=1)
         pairs = _mapping_pairs(term.mapping, n_t, n_s)
+        if term.mapping is None and src and dst and n_t != n_s:
+            pairs = None  # two ranges of different lengths: a single tap broadcasts, a range not
         if pairs is None:
             self.diag(
                 "KD310",

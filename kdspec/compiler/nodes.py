@@ -21,6 +21,8 @@ from kdspec.ops.adapters import AdapterShapeError
 
 # Vocabulary names whose implementation has another name in kdspec.ops.
 _IMPL = {"mask": "mask_features"}
+# Losses whose two sides may differ in shape: VID's Gaussian, NST's MMD between channel sets.
+_ANY_SHAPES = frozenset({"gaussian_nll", "mmd"})
 
 
 @dataclass
@@ -335,7 +337,9 @@ class TermModule(nn.Module):
             return self._learned(src, tgt, env)
         assert fn is not None
         mask = self.subset(env) if self.subset else None
-        total = tgt[0].new_zeros(())
+        # An adapter may return a tuple (VID's mean and variance): start from a plain tensor.
+        ref = next(v for v in (*tgt, *src) if isinstance(v, torch.Tensor))
+        total = ref.new_zeros(())
         for s, t in broadcast(src, tgt):
             if self.to_probs:
                 s, t = s.exp(), t.exp()
@@ -346,7 +350,7 @@ class TermModule(nn.Module):
             if (
                 isinstance(t, torch.Tensor)
                 and isinstance(s, torch.Tensor)
-                and self.loss not in ("gaussian_nll",)
+                and self.loss not in _ANY_SHAPES
                 and s.shape != t.shape
             ):
                 raise ShapeMismatch(tuple(s.shape[1:]), tuple(t.shape[1:]))

@@ -85,7 +85,11 @@ def make_subset(
             return hit if only else ~hit
 
         return by_class
-    if part.func == "fraction" or part.func is None:
+    if part.func is None:  # bound by the run; unbound, the subset is the whole batch
+        return lambda labels, index: torch.ones(
+            len(labels if labels is not None else index), dtype=torch.bool,  # type: ignore[arg-type]
+            device=(labels if labels is not None else index).device)  # type: ignore[union-attr]
+    if part.func == "fraction":
         p = float(evaluate(part.kwargs["p"], params)) if "p" in part.kwargs else 1.0  # type: ignore[arg-type]
 
         def by_index(labels: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:

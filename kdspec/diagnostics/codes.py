@@ -66,8 +66,8 @@ CODES: dict[str, tuple[str, str]] = {
     ),
     "KD312": (
         "wrong side",
-        "A role appears where it cannot (e.g. a virtual teacher as a "
-        "student, a student only on the teacher side).",
+        "A role appears where it cannot learn: a virtual teacher (a hand-designed "
+        "distribution, no network) on the student side of a transfer.",
     ),
     "KD401": ("unknown module path", "A tap names a submodule the model does not have."),
     "KD402": ("tap point not found", "An abstract tap point could not be resolved on a model."),

@@ -139,7 +139,8 @@ def build_graph(method: ir.Method) -> KdGraph:
                     if g.has_node(f"ensemble:{tap.role}")
                     else f"role:{tap.role}"
                 )
-                g.add_edge(node, tid, type="reads")
+                if not g.has_edge(node, tid):  # several terms may read the same tap
+                    g.add_edge(node, tid, type="reads")
                 g.add_edge(tid, kid, type="flows", stopgrad=stop)
             for i, adapter in enumerate(types.uses_adapter(expr, m)):
                 aid = f"adapter:{term.name}/{side}/{i}"

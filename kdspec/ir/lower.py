@@ -90,6 +90,13 @@ class _MethodLowering:
         self.claims: list[ir.Claim] = []
         self.uses: list[str] = []
         self.defined: dict[str, tuple[str, Span]] = {}  # name -> (what, span), for KD201
+        self.local_terms = {
+            st.label.name
+            for st in method.body
+            if isinstance(st, ast.Transfer | ast.Supervise) and st.label is not None
+        }
+        self.used_stages: list[tuple[str, tuple[ir.Stage, ...], dict[str, str], _Inliner]] = []
+        self.folded_params: set[str] = set()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -248,6 +255,7 @@ class _MethodLowering:
             inner = self._const_int(e.operand)
             return -inner if inner is not None else None
         if isinstance(e, ast.Name) and e.id in self.params:
+            self.folded_params.add(e.id)
             value = self.params[e.id]
             if isinstance(value, ir.Num) and value.value.is_integer():
                 return int(value.value)
@@ -457,6 +465,7 @@ class _MethodLowering:
                 self.stage(st)
             elif isinstance(st, ast.Claim):
                 self.claim(st)
+        self.adopt_stages()
         return ir.Method(
             name=self.m.name.name,
             title=self.m.title.value if self.m.title else None,
@@ -470,7 +479,29 @@ class _MethodLowering:
             stages=tuple(self.stages),
             claims=tuple(self.claims),
             uses=tuple(self.uses),
+            folded_params=tuple(sorted(self.folded_params)),
         )
+
+    def adopt_stages(self) -> None:
+        """A method without stages of its own runs the stages of the one method it uses."""
+        if self.stages or len(self.used_stages) != 1:
+            return
+        _, stages, renamed, inline = self.used_stages[0]
+        own = [n for n, t in self.terms.items() if t.origin is None]
+        last_named = max((i for i, st in enumerate(stages) if st.losses), default=-1)
+        for i, stage in enumerate(stages):
+            kept = [renamed[n] for n in stage.losses if n in renamed]
+            if stage.losses and not kept:
+                continue  # none of the stage's terms were used (`only`)
+            if stage.losses and i == last_named:
+                kept += own  # this method's own terms join the used method's last stage
+            self.stages.append(stage.model_copy(update={
+                "losses": tuple(kept),
+                "duration": inline(stage.duration) if stage.duration else None,
+                "repeat": inline(stage.repeat) if stage.repeat else None,
+                "train": tuple(ir.Str(value=renamed.get(e.value, e.value))
+                               if isinstance(e, ir.Str) else e for e in stage.train),
+            }))
 
     def apply_overrides(self) -> None:
         for name, value in self.overrides.items():
@@ -638,7 +669,7 @@ class _MethodLowering:
             return
         knowledge = []
         for i, k in enumerate(st.knowledge):
-            knowledge.append(self.call(k, categories=("transform", "adapter"), implicit_inputs=1))
+            knowledge.append(self.call(k, categories=("transform",), implicit_inputs=1))
             self.smap.spans[(*key, "knowledge", i)] = k.span
         source = self.expr(st.source)
         self.smap.spans[(*key, "source")] = st.source.span
@@ -775,9 +806,12 @@ class _MethodLowering:
             self.err(d.code, f"in `use {name}`: {d.message}", st.span, "used here", help=d.help)
         self.uses.append(name)
         alias = st.alias.name if st.alias else name
-        inline = _Inliner(other.params)
+        inline = _Inliner(other.params, set(args))
         for role in other.roles:
             mine = self.roles.get(role.name)
+            role = role.model_copy(
+                update={"options": {k: inline(v) for k, v in role.options.items()}}
+            )
             if mine is None:
                 self.roles[role.name] = role
                 self.defined.setdefault(role.name, ("role", st.span))
@@ -790,10 +824,13 @@ class _MethodLowering:
         for ens in other.ensembles:
             self.ensembles.setdefault(ens.name, ens)
         for part in other.data:
-            self.data.setdefault(part.name, part)
+            self.data.setdefault(part.name, part.model_copy(update={
+                "args": tuple(inline(a) for a in part.args),
+                "kwargs": {k: inline(v) for k, v in part.kwargs.items()}}))
         for let in other.lets:
             self.lets.setdefault(let.name, ir.Let(name=let.name, value=inline(let.value)))
         wanted = {i.name for i in st.only}
+        renamed: dict[str, str] = {}
         for ident in st.only:
             if other.term(ident.name) is None:
                 self.err(
@@ -805,7 +842,9 @@ class _MethodLowering:
         for t in other.terms:
             if wanted and t.name not in wanted:
                 continue
-            tname = t.name if t.name not in self.defined else f"{alias}_{t.name}"
+            clash = t.name in self.defined or t.name in self.local_terms
+            tname = f"{alias}_{t.name}" if clash else t.name
+            renamed[t.name] = tname
             self.defined[tname] = ("term", st.span)
             self.smap.spans[("term", tname)] = st.span
             self.terms[tname] = t.model_copy(
@@ -819,17 +858,21 @@ class _MethodLowering:
                     "knowledge": tuple(inline(k) for k in t.knowledge),
                 }
             )
+        if other.stages:
+            self.used_stages.append((name, other.stages, renamed, inline))
 
 
 class _Inliner:
     """Replace a used method's parameter references by their values (its params vanish)."""
 
-    def __init__(self, params: dict[str, ir.Expr]):
+    def __init__(self, params: dict[str, ir.Expr], given: set[str]):
         self.params = params
+        self.given = given  # values given by the caller are in the caller's scope: not inlined
 
     def __call__(self, e):  # type: ignore[no-untyped-def]
         if isinstance(e, ir.ParamRef) and e.name in self.params:
-            return self(self.params[e.name])
+            value = self.params[e.name]
+            return value if e.name in self.given else self(value)
         if isinstance(e, ir.Call):
             return e.model_copy(
                 update={

@@ -207,6 +207,7 @@ class Method(_Node):
     stages: tuple[Stage, ...] = ()
     claims: tuple[Claim, ...] = ()
     uses: tuple[str, ...] = ()
+    folded_params: tuple[str, ...] = ()  # parameters folded into tap indices (`stage[k]`)
 
     def role(self, name: str) -> Role | None:
         """The role called ``name``, if any."""

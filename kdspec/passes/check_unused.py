@@ -43,6 +43,7 @@ def check_unused(ctx: PassContext) -> list[Diagnostic]:
         _refs(let.value, used)
     for p in m.params.values():
         _refs(p, used)
+    used |= set(m.folded_params)
     for stage in m.stages:
         for e in (*stage.train, *stage.freeze, stage.duration, stage.repeat):
             _refs(e, used)

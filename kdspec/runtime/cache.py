@@ -72,6 +72,7 @@ def _data_fields(cfg: DataConfig) -> dict[str, Any]:
 
 def teacher_key_fields(
     source: str,
+    options: dict[str, Any],
     num_classes: int,
     in_channels: int,
     data: DataConfig,
@@ -86,6 +87,7 @@ def teacher_key_fields(
     recipe["exclude_classes"] = sorted(recipe["exclude_classes"])
     return {
         "architecture": source,
+        "model_options": options,
         "num_classes": num_classes,
         "in_channels": in_channels,
         "data": _data_fields(data),
@@ -160,6 +162,7 @@ def get_teacher(
     seed: int,
     root: Path,
     *,
+    options: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     callbacks: Sequence[Any] = (),
     device: str | torch.device | None = None,
@@ -176,6 +179,7 @@ def get_teacher(
         teacher_cfg: The ``[teacher]`` recipe (part of the key).
         seed: The teacher's seed (initialisation and data order; part of the key).
         root: The cache folder.
+        options: The architecture keywords (``[model_options]``; part of the key).
         log: Where to report what happened (reuse, training, corrupt entries).
         callbacks: Progress observers for the training loop.
         device: Where to train.
@@ -184,7 +188,9 @@ def get_teacher(
         The teacher and where it is cached.
     """
     in_channels = data.in_channels
-    fields = teacher_key_fields(source, data.num_classes, in_channels, data_cfg, teacher_cfg, seed)
+    fields = teacher_key_fields(
+        source, dict(options or {}), data.num_classes, in_channels, data_cfg, teacher_cfg, seed
+    )
     key = _key(fields)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.split("/")[-1])[:40]
     entry = root / f"{slug}-{key}"

@@ -178,6 +178,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
             run.config.teacher,
             run.config.teacher.seed + k,
             root,
+            options=run.config.model_options.get(role.name),
             log=opts.log,
             callbacks=opts.callbacks,
             device=opts.device,

@@ -66,6 +66,7 @@ def build_model_from_source(
     """
     scheme, sep, name = source.partition(":")
     keys = ("models", role)
+    options = dict(run.config.model_options.get(role, {}))
     if not sep or scheme not in SCHEMES:
         close = difflib.get_close_matches(scheme, SCHEMES, n=1)
         hint = f"did you mean `{close[0]}:{name}`? " if close and sep else ""
@@ -81,15 +82,29 @@ def build_model_from_source(
                 )
             ]
         )
-    if scheme == "zoo":
-        return _zoo(role, name, num_classes, in_channels, run)
-    if scheme == "torchvision":
-        return _torchvision(role, name, num_classes, in_channels, run)
-    if scheme == "timm":
-        return _timm(role, name, num_classes, in_channels, run)
-    if scheme == "hf":
-        return _hf(role, name, num_classes, run)
-    return _import(role, name, num_classes, in_channels, run, allow_import)
+    try:
+        if scheme == "zoo":
+            return _zoo(role, name, num_classes, in_channels, run, options)
+        if scheme == "torchvision":
+            return _torchvision(role, name, num_classes, in_channels, run, options)
+        if scheme == "timm":
+            return _timm(role, name, num_classes, in_channels, run, options)
+        if scheme == "hf":
+            return _hf(role, name, num_classes, run)
+        return _import(role, name, num_classes, in_channels, run, allow_import, options)
+    except TypeError as exc:
+        if not options:
+            raise
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD404",
+                    f"model `{source}` of role `{role}` does not take these options: {exc}",
+                    ("model_options", role),
+                    label="bad options",
+                )
+            ]
+        ) from None
 
 
 def _fail(run: Run, role: str, message: str, help_text: str | None, code: str = "KD404") -> KdError:
@@ -102,11 +117,13 @@ def _close(name: str, names: Iterable[str]) -> str | None:
     return "did you mean " + ", ".join(f"`{by_lower[c]}`" for c in close) + "?" if close else None
 
 
-def _zoo(role: str, name: str, num_classes: int, in_channels: int, run: Run) -> nn.Module:
+def _zoo(
+    role: str, name: str, num_classes: int, in_channels: int, run: Run, options: dict[str, Any]
+) -> nn.Module:
     from kdspec.zoo import available_models, build_model
 
     try:
-        return build_model(name, num_classes=num_classes, in_channels=in_channels)
+        return build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
     except KeyError:
         hint = _close(name, available_models())
         raise _fail(
@@ -129,7 +146,9 @@ def _need(package: str, run: Run, role: str, source: str) -> Any:
         ) from None
 
 
-def _torchvision(role: str, name: str, num_classes: int, in_channels: int, run: Run) -> nn.Module:
+def _torchvision(
+    role: str, name: str, num_classes: int, in_channels: int, run: Run, options: dict[str, Any]
+) -> nn.Module:
     tv = _need("torchvision", run, role, f"torchvision:{name}")
     names = tv.models.list_models()
     if name not in names:
@@ -141,15 +160,19 @@ def _torchvision(role: str, name: str, num_classes: int, in_channels: int, run: 
             f"torchvision model `{name}` takes 3 input channels, the data has {in_channels}",
             "use a `zoo:` or `timm:` model (timm adapts the stem with `in_chans`)",
         )
-    return tv.models.get_model(name, weights=None, num_classes=num_classes)
+    return tv.models.get_model(name, weights=None, num_classes=num_classes, **options)
 
 
-def _timm(role: str, name: str, num_classes: int, in_channels: int, run: Run) -> nn.Module:
+def _timm(
+    role: str, name: str, num_classes: int, in_channels: int, run: Run, options: dict[str, Any]
+) -> nn.Module:
     timm = _need("timm", run, role, f"timm:{name}")
     names = timm.list_models()
     if name not in names:
         raise _fail(run, role, f"unknown timm model `{name}`", _close(name, names))
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    return timm.create_model(
+        name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **options
+    )
 
 
 def _hf(role: str, name: str, num_classes: int, run: Run) -> nn.Module:
@@ -179,7 +202,13 @@ def _allowed(module: str, allowed: Iterable[str]) -> bool:
 
 
 def _import(
-    role: str, spec: str, num_classes: int, in_channels: int, run: Run, extra: Iterable[str]
+    role: str,
+    spec: str,
+    num_classes: int,
+    in_channels: int,
+    run: Run,
+    extra: Iterable[str],
+    options: dict[str, Any],
 ) -> nn.Module:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -206,7 +235,7 @@ def _import(
         names = [n for n in dir(module) if not n.startswith("_")]
         raise _fail(run, role, f"`{module_name}` has no factory `{attr}`", _close(attr, names))
     kwargs = _bindable(factory, {"num_classes": num_classes, "in_channels": in_channels})
-    model = factory(**kwargs)
+    model = factory(**kwargs, **options)
     if not isinstance(model, nn.Module):
         raise _fail(
             run,

@@ -128,9 +128,15 @@ ParamValue = bool | int | float | str
 
 
 class RunConfig(_Section):
-    """A whole run file."""
+    """A whole run file.
+
+    ``[models]`` maps roles to sources; ``[model_options]`` gives a role's architecture
+    keywords (``s = { hidden = [64, 64] }`` for ``zoo:mlp``); ``[weights]`` maps roles to
+    checkpoints; ``[params]`` overrides method parameters.
+    """
 
     models: dict[str, str] = Field(default_factory=dict)
+    model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     weights: dict[str, str] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

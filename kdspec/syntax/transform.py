@@ -249,8 +249,11 @@ class ToAst(Transformer[Token, Any]):
     def use_only(self, meta: Meta, children: list[Token]) -> tuple[str, tuple[ast.Ident, ...]]:
         return ("only", tuple(map(_ident, children)))
 
+    def dotted_name(self, meta: Meta, children: list[Token]) -> ast.Ident:
+        return ast.Ident(".".join(map(str, children)), _meta_span(meta))
+
     def use(self, meta: Meta, children: list[Any]) -> ast.Use:
-        method = _ident(children[0])
+        method = children[0]
         args: tuple[Any, ...] = ()
         kwargs: tuple[Any, ...] = ()
         alias = None

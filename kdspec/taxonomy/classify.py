@@ -240,6 +240,15 @@ def _calls(e: ir.Expr | None, m: ir.Method, _seen: frozenset[str] = frozenset())
     return []
 
 
+def _heads(e: ir.Expr | None, m: ir.Method) -> list[str]:
+    """Learned classifier heads (exits, branches) an expression applies."""
+    return [
+        f
+        for f in types.uses_adapter(e, m)
+        if FUNCTIONS[f].returns == "logits" and FUNCTIONS[f].family == "head"
+    ]
+
+
 def point_text(tap: ir.Tap) -> str:
     """A tap without its role: ``logits``, ``stage[2]``, ``stage[..-2]``, ``"layer3.0"``."""
     text = types.tap_text(tap.model_copy(update={"role": "\x00", "view": None}))
@@ -247,9 +256,9 @@ def point_text(tap: ir.Tap) -> str:
     return text or "output"
 
 
-def _side_points(e: ir.Expr | None, m: ir.Method) -> tuple[str, ...]:
+def _side_points(e: ir.Expr | None, m: ir.Method, learner: bool = False) -> tuple[str, ...]:
     points = tuple(dict.fromkeys(point_text(t) for t, _ in types.taps(e, m)))
-    if "classifier_head" in types.uses_adapter(e, m):
+    if learner and _heads(e, m):
         return tuple(f"exits on {p}" for p in points)
     return points
 
@@ -332,7 +341,9 @@ def _self_kind(term: ir.Term, m: ir.Method) -> str:
             if part.name in (src_views | dst_views) and part.kind == "view"
         }
         return "paired samples" if "same_class" in funcs else "other views"
-    if "classifier_head" in types.uses_adapter(term.target, m):
+    if len({point_text(t) for t, _ in src}) >= 2 and types.uses_adapter(term.source, m):
+        return "own ensemble"
+    if _heads(term.target, m):
         return "exits"
     if types.expr_kind(term.target, m) == "logits" and not all(
         t.point in _OUTPUT_POINTS for t, _ in dst
@@ -382,6 +393,7 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
             relation, state, schemes = "self", "co_trained", ("self",)
             what = {
                 "exits": "its auxiliary classifiers (exits) learn from its own output",
+                "own ensemble": "it learns from an ensemble built from its own outputs",
                 "paired samples": "it learns from its own prediction on a paired sample",
                 "other views": "it learns from its own prediction on another view",
                 "deeper layers": "its shallower layers learn from its deeper ones",
@@ -649,7 +661,7 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
     side_calls = _calls(term.source, m) + _calls(term.target, m)
     funcs = [c.func for c in (*pipeline, *side_calls)]
     src_points = _side_points(term.source, m)
-    dst_points = _side_points(term.target, m)
+    dst_points = _side_points(term.target, m, learner=True)
     where = (
         f"`{expr_text(term.source)}` -> `{expr_text(term.target)}`"
         if term.source is not None
@@ -687,20 +699,20 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
             f"batch (`pearson` with `dim=0`) at {where}",
         )
     for call in (*pipeline, *side_calls):
-        # A transform of two different taps (FSP, token relations) relates them to each other;
-        # an adapter fusing several taps (ReviewKD) does not make the knowledge relational.
+        # A transform of two inputs (FSP between layers, MiniLM's and TinyBERT's token
+        # relations) relates them to each other; an adapter fusing several taps (ReviewKD's
+        # fusion, ONE's gate) does not make the knowledge relational.
         fn = FUNCTIONS.get(call.func)
-        if fn is None or fn.category != "transform":
+        if fn is None or fn.category != "transform" or fn.inputs < 2:
             continue
         taps = [t for a in call.args for t, _ in types.taps(a, m)]
-        if len({point_text(t) for t in taps}) >= 2:
-            kind = fn.family or call.func
-            return make(
-                "relation",
-                kind,
-                f"`{term.name}` relates two taps to each other (`{call.func}` of "
-                f"{_names(dict.fromkeys(point_text(t) for t in taps))})",
-            )
+        points = list(dict.fromkeys(point_text(t) for t in taps))
+        return make(
+            "relation",
+            fn.family or call.func,
+            f"`{term.name}` relates two inputs to each other (`{call.func}` of "
+            f"{_names(points) or 'its inputs'})",
+        )
     src_kind = types.expr_kind(term.source, m)
     dst_kind = types.expr_kind(term.target, m)
     src_out = bool(src_points) and all(p in _OUTPUT_POINTS for p in src_points)
@@ -717,7 +729,7 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
         kind = ", ".join(dict.fromkeys(fams)) or "raw logits"
         if term.loss.func == "pearson":
             kind = "inter-class correlation"
-        exits = "classifier_head" in types.uses_adapter(term.target, m)
+        exits = bool(_heads(term.target, m))
         how = "to auxiliary classifiers (exits)" if exits else "at the output layer"
         return make(
             "response",

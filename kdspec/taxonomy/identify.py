@@ -43,10 +43,13 @@ from kdspec.taxonomy.vocab import FUNCTIONS, REQUIRED
 if TYPE_CHECKING:
     from kdspec.ir import Lowered
 
-# Isomorphisms tried when looking for one that also agrees on hyperparameters (symmetric
-# methods, e.g. three interchangeable teachers, have several).
-_MAX_ISOMORPHISMS = 256
+# Isomorphisms tried when reporting hyperparameter differences (symmetric methods, e.g. three
+# interchangeable teachers, have several), and embeddings tried for the terms they cover.
+_MAX_ISOMORPHISMS = 64
 _MAX_EMBEDDINGS = 32
+# Node comparisons one graph match may make before it gives up (the answer is then "no match").
+# A count, not a time, so that results do not depend on the machine.
+_MATCH_BUDGET = 200_000
 _NEAREST = 3
 
 
@@ -351,6 +354,7 @@ class Match:
     differences: tuple[str, ...] = ()
     path: str | None = None
     covers: tuple[str, ...] = ()
+    also: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -395,7 +399,8 @@ class Identification:
             word = "composed of" if self.is_composition else "contains"
             lines.append(f"  {word}:")
             for m in self.composition:
-                lines.append(f"    `{m.method}`: covers {_names(m.covers)}")
+                same = f" (same structure: {_names(m.also)})" if m.also else ""
+                lines.append(f"    `{m.method}`{same}: covers {_names(m.covers)}")
             if self.uncovered:
                 lines.append(f"    not covered by the library: {_names(self.uncovered)}")
         if not self.exact and not self.up_to_hyperparameters and not self.is_composition:
@@ -415,6 +420,7 @@ class Identification:
                     "score": round(m.score, 4),
                     "differences": list(m.differences),
                     "covers": list(m.covers),
+                    "also": list(m.also),
                 }
                 for m in ms
             ]
@@ -451,11 +457,13 @@ class LibraryMethod:
 
     method: ir.Method
     graph: nx.DiGraph = field(compare=False)
+    terms: nx.DiGraph = field(compare=False)
     path: str | None = None
 
 
 def _entry(method: ir.Method, path: str | None = None) -> LibraryMethod:
-    return LibraryMethod(method, fingerprint(method), path)
+    graph = fingerprint(method)
+    return LibraryMethod(method, graph, term_graph(graph), path)
 
 
 @functools.lru_cache(maxsize=8)
@@ -528,43 +536,128 @@ def _show(v: object) -> str:
     return "-" if v is None else str(v)
 
 
+class _OverBudget(Exception):
+    """A graph match made more comparisons than :data:`_MATCH_BUDGET`."""
+
+
+def _budgeted(match: Any) -> Any:
+    calls = 0
+
+    def counted(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls > _MATCH_BUDGET:
+            raise _OverBudget
+        return bool(match(a, b))
+
+    return counted
+
+
+def _exact_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["sig"] == b["sig"] and a["hp"] == b["hp"]
+
+
 def _isomorphic(spec: nx.DiGraph, lib: nx.DiGraph) -> list[str] | None:
     """None if the structures differ; else the fewest hyperparameter differences found."""
-    if (
-        Counter(d["sig"] for _, d in spec.nodes(data=True))
-        != Counter(d["sig"] for _, d in lib.nodes(data=True))
-        or spec.number_of_edges() != lib.number_of_edges()
-    ):
+    if Counter(d["sig"] for _, d in spec.nodes(data=True)) != Counter(
+        d["sig"] for _, d in lib.nodes(data=True)
+    ) or Counter(_edge_sigs(spec, "sig")) != Counter(_edge_sigs(lib, "sig")):
         return None
-    gm = isomorphism.DiGraphMatcher(spec, lib, node_match=_sig_match, edge_match=_sig_match)
+    try:
+        exact = isomorphism.DiGraphMatcher(
+            spec, lib, node_match=_budgeted(_exact_match), edge_match=_sig_match
+        )
+        if exact.is_isomorphic():
+            return []
+    except _OverBudget:
+        pass
+    gm = isomorphism.DiGraphMatcher(
+        spec, lib, node_match=_budgeted(_sig_match), edge_match=_sig_match
+    )
     best: list[str] | None = None
-    for k, mapping in enumerate(gm.isomorphisms_iter()):
-        diffs = _hp_differences(spec, lib, mapping)
-        if best is None or len(diffs) < len(best):
-            best = diffs
-        if not best or k >= _MAX_ISOMORPHISMS:
-            break
+    try:
+        for k, mapping in enumerate(gm.isomorphisms_iter()):
+            diffs = _hp_differences(spec, lib, mapping)
+            if best is None or len(diffs) < len(best):
+                best = diffs
+            if not best or k >= _MAX_ISOMORPHISMS:
+                break
+    except _OverBudget:
+        pass
     return best
+
+
+def _edge_sigs(g: nx.DiGraph, attr: str) -> list[object]:
+    return [(g.nodes[u][attr], d["sig"], g.nodes[v][attr]) for u, v, d in g.edges(data=True)]
 
 
 def _transfers(g: nx.DiGraph) -> list[str]:
     return [n for n, d in g.nodes(data=True) if d["kind"] == "term" and d["sig"][1] == "transfer"]
 
 
+def term_graph(g: nx.DiGraph) -> nx.DiGraph:
+    """A fingerprint with each term's sides and taps folded into the term (for embeddings).
+
+    The term's ``loose`` signature takes its sides' and taps' signatures; an edge from a role
+    (or ensemble, or view) to a tap becomes an edge to the term, labelled with the side and
+    the tap. Far fewer nodes and symmetries than the full fingerprint, same information.
+    """
+    out = nx.DiGraph(name=g.name)
+    for n, d in g.nodes(data=True):
+        if d["kind"] not in ("side", "tap"):
+            out.add_node(n, **d)
+
+    def edge(u: str, v: str, sig: tuple[object, ...]) -> None:
+        if out.has_edge(u, v):
+            sig = tuple(sorted({*out.edges[u, v]["sig"], *sig}, key=repr))
+        out.add_edge(u, v, sig=sig)
+
+    parts: dict[str, list[object]] = {}
+    for u, v, d in g.edges(data=True):
+        ku, kv = g.nodes[u]["kind"], g.nodes[v]["kind"]
+        if ku not in ("side", "tap") and kv not in ("side", "tap"):
+            edge(u, v, d["sig"])
+        elif ku == "side":
+            taps = sorted(repr(g.nodes[t]["sig"]) for t in g.predecessors(u))
+            parts.setdefault(v, []).append((repr(g.nodes[u]["sig"]), tuple(taps)))
+        elif kv == "tap":
+            side = next(iter(g.successors(v)))
+            term = next(iter(g.successors(side)))
+            label = (d["sig"], g.nodes[side]["sig"][1], repr(g.nodes[v]["sig"]))
+            edge(u, term, (repr(label),))
+    for term, ps in parts.items():
+        out.nodes[term]["loose"] = (g.nodes[term]["loose"], tuple(sorted(ps, key=repr)))
+    return out
+
+
+def _shape(g: nx.DiGraph) -> Counter[object]:
+    """A term graph's signatures (equal for structurally identical library methods)."""
+    return Counter([("node", d["loose"]) for _, d in g.nodes(data=True)] + _edge_sigs(g, "loose"))
+
+
 def _embeddings(spec: nx.DiGraph, lib: nx.DiGraph) -> set[str]:
-    """Spec transfer terms covered by embeddings of a library method (empty: it does not embed)."""
+    """Spec transfer terms covered by embeddings of a library method (empty: it does not embed).
+
+    Both graphs are term graphs (:func:`term_graph`).
+    """
     if not _transfers(lib):
         return set()
     need = Counter(d["loose"] for _, d in lib.nodes(data=True))
     have = Counter(d["loose"] for _, d in spec.nodes(data=True))
-    if need - have:
+    if need - have or Counter(_edge_sigs(lib, "loose")) - Counter(_edge_sigs(spec, "loose")):
         return set()
-    gm = isomorphism.DiGraphMatcher(spec, lib, node_match=_loose_match, edge_match=_sig_match)
+    gm = isomorphism.DiGraphMatcher(
+        spec, lib, node_match=_budgeted(_loose_match), edge_match=_sig_match
+    )
     covered: set[str] = set()
-    for k, mapping in enumerate(gm.subgraph_monomorphisms_iter()):
-        covered |= {n for n in mapping if n.startswith("term:") and n in _transfers(spec)}
-        if k >= _MAX_EMBEDDINGS:
-            break
+    transfers = set(_transfers(spec))
+    try:
+        for k, mapping in enumerate(gm.subgraph_monomorphisms_iter()):
+            covered |= {n for n in mapping if n in transfers}
+            if k >= _MAX_EMBEDDINGS:
+                break
+    except _OverBudget:
+        pass
     return covered
 
 
@@ -709,9 +802,10 @@ def identify(
     uncovered: list[str] = []
     if not exact and not close:
         transfers = set(_transfers(spec))
+        spec_terms = term_graph(spec)
         candidates = []
         for entry in lib:
-            covered = _embeddings(spec, entry.graph)
+            covered = _embeddings(spec_terms, entry.terms)
             if covered:
                 candidates.append((covered, entry))
         candidates.sort(
@@ -721,8 +815,16 @@ def identify(
         for covered, entry in candidates:
             if covered & left:
                 left -= covered
+                shape = _shape(entry.terms)
+                also = tuple(
+                    e.method.name
+                    for c, e in candidates
+                    if e is not entry and c == covered and _shape(e.terms) == shape
+                )
                 names = tuple(sorted(n.split(":", 1)[1] for n in covered))
-                parts.append(Match(entry.method.name, "part", 1.0, (), entry.path, covers=names))
+                parts.append(
+                    Match(entry.method.name, "part", 1.0, (), entry.path, covers=names, also=also)
+                )
             if not left:
                 break
         uncovered = sorted(n.split(":", 1)[1] for n in left) if parts else []
@@ -743,5 +845,6 @@ __all__ = [
     "fingerprint",
     "identify",
     "load_library",
+    "term_graph",
     "term_text",
 ]

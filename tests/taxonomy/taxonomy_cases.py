@@ -42,7 +42,8 @@ SKETCHES: dict[str, str] = {
   param beta = 0.8
   teacher t
   student s
-  transfer crd: embed(dim=128) from t.embedding to s.embedding with info_nce(T=0.07) weight beta
+  transfer crd: from embed(t.embedding, dim=128) to embed(s.embedding, dim=128)
+      with info_nce(T=0.07) weight beta
   supervise ce: s.logits with cross_entropy
 }""",
     # Furlanello et al. 2018: generation 0 learns from labels, then each generation teaches

@@ -273,7 +273,7 @@ def test_taps_mapping_and_adapters() -> None:
     assert byot["mapping"].value == "cross-stage"  # deepest stage -> every shallower stage
     assert "exits on stage[..-2]" in byot["taps"].value
     crd = classify_text(SKETCHES["crd"])
-    assert crd["adapters"].value == "embed (linear, both sides, trained)"
+    assert crd["adapters"].value == "embed (linear, teacher side, student side, trained)"
     assert classify_text(library_text("hinton"))["adapters"].value == "none"
 
 
