@@ -228,7 +228,8 @@ class AdapterNode(Node):
         if len(self.adapters) == 0:
             ctx = comp.BuildContext(env.num_classes, env.num_samples)
             kwargs = {k: v for k, v in self.kwargs.items() if v is not None}
-            self.adapters.append(comp.build_component(self.func, lists, hint, ctx, **kwargs))
+            module = comp.build_component(self.func, lists, hint, ctx, **kwargs)
+            self.adapters.append(module.train(self.training))  # built on the (eval) dry run
         out: list[torch.Tensor] = self.adapters[0](*lists)
         return out
 
@@ -287,9 +288,9 @@ class TermModule(nn.Module):
         """A learned loss sees both whole sides, unpaired (built on first use)."""
         if len(self.learned) == 0:
             ctx = comp.BuildContext(env.num_classes, env.num_samples)
-            self.learned.append(
-                comp.build_learned_loss(self.loss, src, tgt, ctx, **self.loss_kwargs)
-            )
+            module = comp.build_learned_loss(self.loss, src, tgt, ctx, **self.loss_kwargs)
+            # Built on the dry run, which runs in eval mode: state (CRD's memory) stays put.
+            self.learned.append(module.train(self.training))
         value: torch.Tensor = self.learned[0](src, tgt, env)
         return value
 

@@ -5,7 +5,8 @@ cover what a method needs beyond that, so that its spec stays a few lines:
 
 * **Token transforms** (:data:`TRANSFORMS`, fixed, no parameters): ``token`` (one token of
   ``[B, L, D]``), ``rows`` (every row a sample), ``token_relation`` (MiniLM's per-head
-  ``softmax(a bᵀ / sqrt(d))``) and ``attention_scores`` (TinyBERT's unnormalised ``a bᵀ / sqrt(d)``).
+  ``softmax(a bᵀ / sqrt(d))``) and ``attention_scores`` (TinyBERT's unnormalised
+  ``a bᵀ / sqrt(d)``).
 * **List components** (:data:`COMPONENTS`, learned): modules over a whole *list* of tensors (the
   layers a side reads), sized on the compiler's dry run from example tensors and, where they
   map to the other side, from its shapes: ``abf`` (ReviewKD's attention-based fusion),
@@ -21,6 +22,7 @@ Each builder documents the reference implementation it follows.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -309,7 +311,7 @@ def _abf(
 def _lrelu_convs(channels: Sequence[int], bn: bool, transpose: bool = False) -> nn.Sequential:
     conv = nn.ConvTranspose2d if transpose else nn.Conv2d
     layers: list[nn.Module] = []
-    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+    for c_in, c_out in itertools.pairwise(channels):
         layers.append(conv(c_in, c_out, 3, 1, 1))
         if bn:
             layers.append(nn.BatchNorm2d(c_out))
@@ -490,7 +492,9 @@ def _generator(
             raise _fail("generator", f"spatial sizes differ: {(h, w)} vs {tuple(out[1:])}")
         layers.append(
             nn.Sequential(
-                nn.Conv2d(c, out[0], 3, padding=1), nn.ReLU(), nn.Conv2d(out[0], out[0], 3, padding=1)
+                nn.Conv2d(c, out[0], 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(out[0], out[0], 3, padding=1),
             )
         )
     return PerLayer(layers)

@@ -446,7 +446,7 @@ FUNCTIONS: dict[str, Fn] = {
         accepts=_FEATURE_LIKE,
         returns="distribution",
         family="self-attention relation",
-        doc="MiniLM: per-head softmax(a bᵀ/√d) between token features (queries·keys, values·values)",
+        doc="MiniLM: per-head softmax(a bᵀ/√d) of token features (queries·keys, values·values)",
     ),
     "attention_scores": Fn(
         "transform",

@@ -12,13 +12,23 @@ import re
 
 import pytest
 import torch
+from library_setup import (
+    NLP,
+    OVERRIDES,
+    SPEC_NAMES,
+    SPEC_PATHS,
+    SPECS,
+    B,
+    N,
+    images,
+    nlp_setup,
+    vision_models,
+)
 
 from kdspec.api import check_source, load_method
 from kdspec.compiler import compile_spec
 from kdspec.source import SourceFile
 from kdspec.syntax.fmt import format_text
-from library_setup import B, N, NLP, OVERRIDES, SPEC_NAMES, SPEC_PATHS, images, nlp_setup
-from library_setup import SPECS, vision_models
 
 LIBRARY = {
     "hinton", "fitnets", "at", "fsp", "nst", "sp", "vid", "rkd", "pkt", "ab", "ft", "crd",
@@ -28,7 +38,9 @@ LIBRARY = {
 }  # fmt: skip
 MAX_LINES = 30
 _ARXIV = re.compile(r"arXiv:\d{4}\.\d{4,5}")
-_VENUE = re.compile(r"\b(CVPR|ICCV|ECCV|NeurIPS|NIPS|ICLR|ICML|AAAI|EMNLP|KDD)\b[^\n]*\b(19|20)\d\d")
+_VENUE = re.compile(
+    r"\b(CVPR|ICCV|ECCV|NeurIPS|NIPS|ICLR|ICML|AAAI|EMNLP|KDD)\b[^\n]*\b(19|20)\d\d"
+)
 
 
 def statement_lines(text: str) -> int:
@@ -83,9 +95,7 @@ def setup(name: str):
 def _zero_grads(d, params) -> list[str]:
     names = {id(p): n for n, p in d.named_parameters()}
     return [
-        names.get(id(p), "?")
-        for p in params
-        if p.grad is None or not bool(p.grad.abs().sum() > 0)
+        names.get(id(p), "?") for p in params if p.grad is None or not bool(p.grad.abs().sum() > 0)
     ]
 
 
@@ -123,8 +133,7 @@ def test_spec_trains_every_stage(name: str) -> None:
                 for k, v in d.roles[dst].state_dict().items():
                     assert torch.equal(v, saved[src][k]), f"handoff {src} -> {dst}: {k}"
                 moved = [
-                    not torch.equal(p, saved[src][k])
-                    for k, p in d.roles[src].named_parameters()
+                    not torch.equal(p, saved[src][k]) for k, p in d.roles[src].named_parameters()
                 ]
                 assert any(moved), f"`{src}` was not re-initialised after the handoff"
 

@@ -92,7 +92,9 @@ def compile_library(
     return compile_spec(low, None, with_labels(batch, labels), **kw)
 
 
-def raw_terms(d: Distiller, taps: dict[str, Any], labels: Tensor | None = None) -> dict[str, Tensor]:
+def raw_terms(
+    d: Distiller, taps: dict[str, Any], labels: Tensor | None = None
+) -> dict[str, Tensor]:
     """Every term of ``d``, unweighted, on the taps."""
     return d.raw_terms(with_labels(taps, labels))
 
