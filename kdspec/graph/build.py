@@ -106,7 +106,7 @@ def build_graph(method: ir.Method) -> KdGraph:
             term_kind=term.kind,
             origin=term.origin,
         )
-        sides = [("target", term.target)]
+        sides: list[tuple[str, ir.Expr | None]] = [("target", term.target)]
         if term.kind == "transfer":
             sides.insert(0, ("source", term.source))
         for side, expr in sides:

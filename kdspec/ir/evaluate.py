@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kdspec.ir import models as ir
@@ -67,7 +68,7 @@ def _num(v: object) -> float:
     return float(v)
 
 
-def schedule_value(func: str, kw: dict[str, object], progress: Progress | None) -> float:
+def schedule_value(func: str, kw: Mapping[str, object], progress: Progress | None) -> float:
     """The factor a schedule gives at a point of training (its maximum without ``progress``)."""
     if func == "warmup":
         epochs = _num(kw.get("epochs", 1))

@@ -534,7 +534,8 @@ class _MethodLowering:
             if ident.name not in self.roles or self.defined[ident.name][1] != ident.span:
                 continue
             role = self.roles[ident.name]
-            mode, source, options, view = role.mode, None, {}, None
+            mode: str = role.mode
+            source, options, view = None, {}, None
             for mod in st.mods:
                 if mod.kind in ("frozen", "trained"):
                     mode = mod.kind

@@ -88,7 +88,7 @@ def syntax_diagnostic(exc: UnexpectedInput, source: SourceFile, lark: Lark) -> D
     """One diagnostic for a lark syntax error (KD101 bad character, KD102 token, KD103 EOF)."""
     text = source.text
     if isinstance(exc, UnexpectedCharacters):
-        pos = exc.pos_in_stream
+        pos = exc.pos_in_stream or 0
         char = text[pos] if pos < len(text) else ""
         message = f"unexpected character `{char}`"
         hint = None

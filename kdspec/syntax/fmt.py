@@ -435,7 +435,7 @@ class _Layout:
 
     def render(self) -> str:
         children = [*self.tree.imports, *self.tree.methods]
-        children.sort(key=lambda n: n.span.start)
+        children.sort(key=lambda n: n.span.start)  # type: ignore[attr-defined]
         _, slots, dangling = self.assign(children, self.comments, None)
         out: list[str] = []
         self.emit(slots, dangling, "", out, top=True)

@@ -111,7 +111,7 @@ class ToAst(Transformer[Token, Any]):
     def neg(self, meta: Meta, children: list[Any]) -> ast.Neg:
         return ast.Neg(children[0], _meta_span(meta))
 
-    def list(self, meta: Meta, children: list[Any]) -> ast.ListExpr:
+    def list_expr(self, meta: Meta, children: list[Any]) -> ast.ListExpr:
         return ast.ListExpr(tuple(c for c in children if c is not None), _meta_span(meta))
 
     # -- statements -------------------------------------------------------------------------

@@ -83,7 +83,6 @@ def _p(**params: object) -> dict[str, Param]:
 
 
 _FEATURE_LIKE = frozenset({"features", "embedding", "logits"})
-_ANY = frozenset()
 
 FUNCTIONS: dict[str, Fn] = {
     # --- knowledge transforms -------------------------------------------------------------
