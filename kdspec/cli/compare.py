@@ -74,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
         )
     base_seed = args.seed if args.seed is not None else run_cfg.config.train.seed
     seeds = [base_seed + k for k in range(args.seeds)]
-    out = Path(args.out) if args.out else Path("runs-out") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs-out") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     opts, progress = job_options(args)
     command = _command(args)
     try:

@@ -89,14 +89,16 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {**run_cfg.config.params, **parse_overrides(args.param)}
     overrides.pop("T", None)  # chosen on validation from --temperatures
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def method(temp: float) -> Any:
         return load_method("hinton", overrides={**overrides, "T": temp})
 
     method(temps[0])  # report spec errors before any training
     seeds = [args.seed + k for k in range(args.seeds)]
-    out = Path(args.out) if args.out else Path("runs-out") / (
-        f"{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs-out") / (f"{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
     )
     opts, progress = job_options(args)
     parts = ["kdspec", "reproduce", args.experiment, "--seeds", str(args.seeds)]

@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
                     "parameters": n_params,
                     "input_shape": list(shape),
                     "stage_source": taps.stage_source,
-                    "taps": [dict(zip(("tap", "module", "shape"), r, strict=True)) for r in taps.rows()],
+                    "taps": [
+                        dict(zip(("tap", "module", "shape"), r, strict=True)) for r in taps.rows()
+                    ],
                     "modules": [
                         dict(zip(("module", "calls", "shape"), r, strict=True))
                         for r in taps.module_rows()
@@ -89,10 +91,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(
-        f"{source}: {n_params:,} parameters, input {list(shape)}; "
-        f"stages: {taps.stage_source}"
-    )
+    print(f"{source}: {n_params:,} parameters, input {list(shape)}; stages: {taps.stage_source}")
     print()
     print(format_table([list(r) for r in taps.rows()], ["tap", "module", "shape"]))
     if args.modules:

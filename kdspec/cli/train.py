@@ -180,6 +180,12 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['eval_protocol']['description']}"
     )
     print(format_table(rows, ["model", "source", "test top-1 (%)", "vs alone"]))
+    for role, info in prep.teachers.items():
+        if "cache" in info:
+            how = "reused from" if info.get("reused") else "trained now, cached in"
+            print(f"teacher {role}: {how} {info['cache']}")
+        else:
+            print(f"teacher {role}: weights from {info['weights']}")
     print(f"run folder: {out}")
     print(f"curves: {out / 'curves.png'}")
     return 0

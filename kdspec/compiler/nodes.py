@@ -220,7 +220,7 @@ class AdapterNode(Node):
             if self.func == "embed" and "dim" not in kwargs:
                 kwargs["dim"] = 128
             module = build_adapter(self.func, tuple(v.shape[1:]), out_shape, **kwargs)
-            self.adapters.append(module.to(device=v.device, dtype=v.dtype))
+            self.adapters.append(module.to(device=v.device, dtype=v.dtype).train(self.training))
 
     def _component(self, values: list[torch.Tensor], env: Env) -> list[torch.Tensor]:
         hint = env.shape_hint

@@ -137,7 +137,10 @@ class ModelTaps:
         if own is None:
             return None
         norms = [c for c in self.calls if c.is_batchnorm and c.order < own.order]
-        return max(norms, key=lambda c: c.order).path if norms else None
+        # The residual branch's norm, not a projection shortcut's (mdistiller's bn2 of the block).
+        main = [c for c in norms if not any(k in c.path for k in ("shortcut", "downsample"))]
+        pool = main or norms
+        return max(pool, key=lambda c: c.order).path if pool else None
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(tap, module path, shape) for listing with ``kdspec taps``."""

@@ -32,11 +32,10 @@ import torch
 from torch import nn
 
 from kdspec.data import exclude_classes
-from kdspec.runtime.data import RunData
+from kdspec.runtime.data import RunData, eval_loader
 from kdspec.runtime.runfile import DataConfig, TeacherConfig
 from kdspec.runtime.supervised import Supervised
 from kdspec.runtime.trainer import evaluate_model, train, versions
-from kdspec.runtime.data import eval_loader
 
 __all__ = ["CachedTeacher", "cache_root", "get_teacher", "teacher_key_fields"]
 

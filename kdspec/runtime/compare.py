@@ -134,14 +134,11 @@ def compare(
         cells.append(base)
         for i, low in enumerate(methods):
             key = _cell_key("distill", low, seeded)
-            cell = _cell(
-                names[i],
-                seed,
-                key,
-                out,
-                lambda d, i=i: distill(prep_for(i), d, resume=True, opts=opts),
-                opts.log,
-            )
+
+            def fit(d: Path, i: int = i) -> Any:
+                return distill(prep_for(i), d, resume=True, opts=opts)
+
+            cell = _cell(names[i], seed, key, out, fit, opts.log)
             cells.append(cell)
         for prep in preps.values():
             teachers.update(prep.teachers)
@@ -186,7 +183,9 @@ def _unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def _rows(names: list[str], cells: list[dict[str, Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+def _rows(
+    names: list[str], cells: list[dict[str, Any]], seeds: Sequence[int]
+) -> list[dict[str, Any]]:
     by = {(c["method"], c["seed"]): c["test_top1"] for c in cells}
     base = [by[(BASELINE, s)] for s in seeds]
     rows = []
@@ -252,7 +251,9 @@ def _markdown(
             ci = f" [{_signed(d['low'])}, {_signed(d['high'])}]" if d["low"] is not None else ""
             delta = f"{_signed(d['mean'])}{ci}"
             p = f"{d['p']:.3g}" if d["p"] is not None else "n/a"
-        lines.append(f"| {r['method']} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | {delta} | {p} |")
+        lines.append(
+            f"| {r['method']} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | {delta} | {p} |"
+        )
     lines += ["", "Per seed (test top-1, %):", ""]
     lines.append("| method | " + " | ".join(f"seed {s}" for s in seeds) + " |")
     lines.append("|---|" + "---|" * len(seeds))

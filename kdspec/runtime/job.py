@@ -169,10 +169,14 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
     root = cache_root(opts.cache_dir)
     for k, role in enumerate(pending):
         source = sources[role.name]
+
+        def build(r: str = role.name, s: str = source) -> nn.Module:
+            return _build(r, s, run, data, opts)
+
         cached = get_teacher(
             role.name,
             source,
-            lambda r=role.name, s=source: _build(r, s, run, data, opts),
+            build,
             data,
             run.config.data,
             run.config.teacher,
@@ -246,7 +250,12 @@ def compile_prepared(prep: Prepared, opts: JobOptions | None = None) -> Any:
 
 
 def _train(
-    model: Any, prep: Prepared, out_dir: Path, resume: bool, opts: JobOptions, meta: dict[str, Any],
+    model: Any,
+    prep: Prepared,
+    out_dir: Path,
+    resume: bool,
+    opts: JobOptions,
+    meta: dict[str, Any],
     label: str,
 ) -> TrainResult:
     cfg = prep.run.config
@@ -298,6 +307,11 @@ def train_baseline(
     meta = _meta(prep, "baseline")
     meta["spec"] = {"baseline": "cross-entropy only", "role": role.name, "of": meta["method"]}
     return _train(
-        Supervised(model, role.name), prep, Path(out_dir), resume, opts, meta,
+        Supervised(model, role.name),
+        prep,
+        Path(out_dir),
+        resume,
+        opts,
+        meta,
         f"{role.name} alone",
     )

@@ -147,7 +147,6 @@ def reproduce(
         raise ValueError("the omitted-digit experiment needs exactly one excluded class")
     cls = omitted[0]
     cells: dict[tuple[str, float | None, int], dict[str, Any]] = {}
-    teachers: dict[str, Any] = {}
 
     def cell(name: str, temp: float | None, seed: int, train_fn: Any) -> dict[str, Any]:
         tag = f"{name}-T{temp:g}-seed{seed}" if temp is not None else f"{name}-seed{seed}"
@@ -165,8 +164,8 @@ def reproduce(
             shutil.rmtree(out / "runs" / tag, ignore_errors=True)
         started = time.perf_counter()
         model, prep = train_fn(out / "runs" / tag)
-        teachers.update(prep.teachers)
-        result = {"student": name, "T": temp, "seed": seed, "key": key}
+        result: dict[str, Any] = {"student": name, "T": temp, "seed": seed, "key": key}
+        result["teachers"] = prep.teachers
         result.update(_measure(model, prep, cls))
         result["wall_time_s"] = round(time.perf_counter() - started, 2)
         _write_json(path, result)
@@ -177,7 +176,9 @@ def reproduce(
         for temp in temperatures:
             low: Lowered = method(temp)
 
-            def fit(d: Path, low: Lowered = low, seeded: Run = seeded) -> tuple[nn.Module, Prepared]:
+            def fit(
+                d: Path, low: Lowered = low, seeded: Run = seeded
+            ) -> tuple[nn.Module, Prepared]:
                 prep = prepare(low, seeded, opts)
                 result = distill(prep, d, resume=True, opts=opts)
                 return result.model.roles["s"], prep
@@ -197,15 +198,21 @@ def reproduce(
         for t in temperatures
     }
     best_t = max(temperatures, key=lambda t: (val_by_t[t], -t))
+    teachers: dict[str, Any] = {}
+    for c in cells.values():
+        teachers.update(c.get("teachers", {}))
+    if not teachers:  # cells written without teacher details: look the teacher up again
+        teachers = prepare(method(temperatures[0]), run, opts).teachers
     rows = []
-    for name, temp in (("distilled", best_t), ("hard", None)):
-        group = [cells[(name, temp, s)] for s in seeds]
-        row: dict[str, Any] = {"student": name, "T": temp, "n": len(group)}
+    pairs: tuple[tuple[str, float | None], ...] = (("distilled", best_t), ("hard", None))
+    for name, chosen in pairs:
+        group = [cells[(name, chosen, s)] for s in seeds]
+        row: dict[str, Any] = {"student": name, "T": chosen, "n": len(group)}
         for k in ("test_cls", "test_cls_biased", "test_all", "test_all_biased", "bias"):
             row[k] = mean_std([c[k] for c in group])
         row["n_test_cls"] = group[0]["n_test_cls"]
         rows.append(row)
-    results = {
+    results: dict[str, Any] = {
         "omitted_class": cls,
         "seeds": list(seeds),
         "temperatures": list(temperatures),
@@ -224,6 +231,12 @@ def reproduce(
     return results
 
 
+def _options(options: dict[str, Any] | None) -> str:
+    if not options:
+        return ""
+    return " (" + ", ".join(f"{k} = {v}" for k, v in options.items()) + ")"
+
+
 def _ms(pair: tuple[float, float]) -> str:
     return f"{pair[0]:.1f} ± {pair[1]:.1f}"
 
@@ -232,12 +245,14 @@ def _markdown(results: dict[str, Any], run: Run) -> str:
     cfg = run.config
     cls = results["omitted_class"]
     seeds = results["seeds"]
-    teacher = next(iter(results["teachers"].values()), {})
+    teacher: dict[str, Any] = next(iter(results["teachers"].values()), {})
+    student = cfg.models.get("s", "zoo:cnn_tiny") + _options(cfg.model_options.get("s"))
+    t_source = teacher.get("source", "?") + _options(cfg.model_options.get("t"))
     lines = [
         f"Transfer set: {cfg.data.source} training split without any {cls} "
-        f"(the teacher saw every digit). Students: {cfg.models.get('s', 'zoo:cnn_tiny')}, "
+        f"(the teacher saw every digit). Students: {student}, "
         f"{cfg.train.epochs} epochs, {cfg.train.optimizer} lr {cfg.train.lr}; "
-        f"teacher {teacher.get('source', '?')} (test top-1 {teacher.get('test_top1', 0):.2f}%). "
+        f"teacher {t_source} (test top-1 {teacher.get('test_top1') or 0:.2f}%). "
         f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); mean ± std.",
         "",
         f"T chosen on validation from {results['temperatures']}: **T = {results['chosen_T']:g}** "

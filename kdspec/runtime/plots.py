@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
         if ax_acc.lines:
             ax_acc.legend(fontsize="small")
         stages = [(r["epoch"], r["stage"]) for r in records]
-        for (e0, s0), (_, s1) in zip(stages, stages[1:], strict=False):
+        for (e0, s0), (_, s1) in itertools.pairwise(stages):
             if s0 != s1:
                 for ax in (ax_loss, ax_acc):
                     ax.axvline(e0, color="grey", linewidth=0.8, linestyle=":")

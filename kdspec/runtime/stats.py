@@ -101,8 +101,14 @@ def paired_difference(
     diffs = [x - b for x, b in zip(xs, baseline, strict=True)]
     n = len(diffs)
     m, s = mean_std(diffs)
-    out: dict[str, float | int | None] = {"mean": m, "std": s, "n": n, "low": None, "high": None,
-                                          "p": None}
+    out: dict[str, float | int | None] = {
+        "mean": m,
+        "std": s,
+        "n": n,
+        "low": None,
+        "high": None,
+        "p": None,
+    }
     if n >= 2:
         half = t_quantile(0.5 + level / 2.0, n - 1) * s / math.sqrt(n)
         out["low"], out["high"] = m - half, m + half

@@ -71,13 +71,19 @@ CURVES = "curves.png"
 
 
 class Trainable(Protocol):
-    """What the loop drives: a compiled Distiller, or Supervised (plain cross-entropy)."""
+    """What the loop drives: a compiled Distiller, or Supervised (plain cross-entropy).
 
-    stage_plans: Sequence[Any]
-    roles: nn.ModuleDict
+    Calling it with ``(batch, progress=Progress(...))`` returns an object with ``loss`` (a
+    scalar tensor) and ``terms`` (term name -> weighted value).
+    """
+
+    @property
+    def stage_plans(self) -> Sequence[Any]: ...
+    @property
+    def roles(self) -> nn.ModuleDict: ...
 
     def set_stage(self, name: str) -> None: ...
-    def __call__(self, batch: Any, progress: Progress | None = None) -> Any: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def trainable_parameters(self) -> Iterable[nn.Parameter]: ...
     def after_step(self) -> None: ...
     def finish_repeat(self) -> None: ...
@@ -216,7 +222,9 @@ def _to(batch: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, float]:
+def evaluate_model(
+    model: nn.Module, loader: DataLoader[Any], device: torch.device
+) -> dict[str, float]:
     """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
 
     The model runs in eval mode; its (and its submodules') train/eval state is restored.
@@ -414,7 +422,9 @@ def train(
             (out / name).unlink(missing_ok=True)
     records = _read_records(out / METRICS, global_step)
     # Rewrite metrics.jsonl so lines written after the checkpoint (a crash) are dropped.
-    _atomic_write(out / METRICS, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
+    _atomic_write(
+        out / METRICS, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records))
+    )
 
     started = time.perf_counter() - elapsed
     _notify(callbacks, "on_train_start", label, total_steps, global_step)
@@ -462,7 +472,9 @@ def train(
                             result = model(batch, progress=progress)
                         bad = _non_finite(result)
                         if bad is not None:
-                            _diverged(out, records, best, cfg, roles, meta, bad, stage, global_epoch)
+                            _diverged(
+                                out, records, best, cfg, roles, meta, bad, stage, global_epoch
+                            )
                             raise KdError(
                                 [
                                     error(
@@ -470,8 +482,10 @@ def train(
                                         f"non-finite loss in {_term_text(bad)} at stage "
                                         f"`{stage.name}`, epoch {global_epoch + 1:g}, "
                                         f"step {global_step + 1}",
-                                        notes=[f"files kept in `{out}` (last good epoch "
-                                               "in checkpoint.pt)"],
+                                        notes=[
+                                            f"files kept in `{out}` (last good epoch "
+                                            "in checkpoint.pt)"
+                                        ],
                                         help="lower the learning rate, set "
                                         "`[train] grad_clip`, or check the term's weight",
                                     )
@@ -538,8 +552,18 @@ def train(
                 model.finish_repeat()
         if not done:
             _save_checkpoint(
-                ckpt_path, model, None, None, loader.generator, position, global_step,
-                global_epoch, time.perf_counter() - started, best, fingerprint, done=True,
+                ckpt_path,
+                model,
+                None,
+                None,
+                loader.generator,
+                position,
+                global_step,
+                global_epoch,
+                time.perf_counter() - started,
+                best,
+                fingerprint,
+                done=True,
             )
     finally:
         _notify(callbacks, "on_train_end")
@@ -613,7 +637,7 @@ def _summary(
     stages: list[StageRun],
     wall: float,
 ) -> dict[str, Any]:
-    last = records[-1] if records else {"epoch": 0, "val": {}, "test": {}}
+    last: dict[str, Any] = records[-1] if records else {"epoch": 0, "val": {}, "test": {}}
     final = {
         r: {"epoch": last["epoch"], "val": last["val"].get(r), "test": last["test"].get(r)}
         for r in roles
@@ -639,8 +663,11 @@ def _summary(
         ],
         "train": cfg.model_dump(),
         "versions": versions(),
-        "platform": {"machine": platform.machine(), "system": platform.system(),
-                     "argv": sys.argv[1:]},
+        "platform": {
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "argv": sys.argv[1:],
+        },
         "wall_time_s": round(wall, 3),
     }
 

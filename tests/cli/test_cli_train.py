@@ -28,7 +28,7 @@ epochs = 2
 epochs = 1
 """
 
-NAN_MODEL = '''
+NAN_MODEL = """
 import torch
 from kdspec.zoo import build_model
 
@@ -51,7 +51,7 @@ class Exploding(torch.nn.Module):
 
 def make(num_classes, in_channels):
     return Exploding(num_classes, in_channels, good=4)
-'''
+"""
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -69,8 +69,15 @@ def tiny(tmp_path: Path) -> Path:
 
 def _train(capsys, tmp_path: Path, *extra: str) -> tuple[int, str, str]:
     return run(
-        capsys, "train", "hinton", "--out", str(tmp_path / "out"), "--cache-dir",
-        str(tmp_path / "cache"), "--quiet", *extra,
+        capsys,
+        "train",
+        "hinton",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+        *extra,
     )
 
 
@@ -155,11 +162,22 @@ def test_non_finite_loss_exits_1_and_keeps_files(
 
 def test_compare_is_resumable(capsys, tmp_path: Path, tiny: Path) -> None:
     args = (
-        "compare", "hinton", str(ROOT / "specs" / "rkd.kd"), "--seeds", "2", "--epochs", "1",
-        "--run", str(tiny), "--out", str(tmp_path / "cmp"), "--cache-dir",
-        str(tmp_path / "cache"), "--quiet",
+        "compare",
+        "hinton",
+        str(ROOT / "specs" / "rkd.kd"),
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--run",
+        str(tiny),
+        "--out",
+        str(tmp_path / "cmp"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
     )
-    code, out, err = run(capsys, *args)
+    code, _, err = run(capsys, *args)
     assert code == 0, err
     cmp = tmp_path / "cmp"
     assert sorted(p.name for p in (cmp / "cells").iterdir()) == [
@@ -170,15 +188,23 @@ def test_compare_is_resumable(capsys, tmp_path: Path, tiny: Path) -> None:
     assert results["rows"][1]["vs_baseline"]["n"] == 2
     assert "95% CI" in (cmp / "results.md").read_text()
     assert (cmp / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    code, out2, _ = run(capsys, *args[:-1])  # not quiet: reports the reused cells
+    code, _, _ = run(capsys, *args[:-1])  # not quiet: reports the reused cells
     assert code == 0
     assert json.loads((cmp / "results.json").read_text())["rows"] == results["rows"]
 
 
 def test_compare_rejects_a_parameter_no_method_has(capsys, tmp_path: Path, tiny: Path) -> None:
     code, _, err = run(
-        capsys, "compare", "hinton", "--param", "Tau=3", "--run", str(tiny), "--out",
-        str(tmp_path / "c"), "--quiet",
+        capsys,
+        "compare",
+        "hinton",
+        "--param",
+        "Tau=3",
+        "--run",
+        str(tiny),
+        "--out",
+        str(tmp_path / "c"),
+        "--quiet",
     )
     assert code == 1
     assert "KD209" in err
@@ -206,9 +232,22 @@ def test_reproduce_omitted_digit_small(capsys, tmp_path: Path) -> None:
     path = tmp_path / "om.toml"
     path.write_text(TINY.format(data="exclude_classes = [3]"))
     code, out, err = run(
-        capsys, "reproduce", "omitted-digit", "--run", str(path), "--seeds", "2",
-        "--temperatures", "2,4", "--epochs", "1", "--out", str(tmp_path / "om"),
-        "--cache-dir", str(tmp_path / "cache"), "--quiet",
+        capsys,
+        "reproduce",
+        "omitted-digit",
+        "--run",
+        str(path),
+        "--seeds",
+        "2",
+        "--temperatures",
+        "2,4",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "om"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
     )
     assert code == 0, err
     assert "hard labels only" in out

@@ -39,7 +39,13 @@ def test_recipe_is_the_published_one(name: str) -> None:
     assert cfg.data.source == "torchvision:CIFAR100"
     assert cfg.data.batch_size == 64
     t = cfg.train
-    assert (t.epochs, t.optimizer, t.lr, t.momentum, t.weight_decay) == (240, "sgd", 0.05, 0.9, 5e-4)
+    assert (t.epochs, t.optimizer, t.lr, t.momentum, t.weight_decay) == (
+        240,
+        "sgd",
+        0.05,
+        0.9,
+        5e-4,
+    )
     assert (t.schedule, t.milestones, t.gamma) == ("step", [150, 180, 210], 0.1)
     spe = 782  # ceil(50000 / 64)
     factors = [lr_factor(t, e * spe, 240 * spe, spe) for e in (0, 149, 150, 180, 210, 239)]
@@ -59,7 +65,12 @@ def test_run_file_compiles_and_trains_two_steps(name: str, tmp_path: Path) -> No
     assert distiller.num_classes == 100
     cfg = run.config.train.model_copy(update={"epochs": 1})
     result = train(
-        distiller, train_set, cfg, tmp_path, batch_size=4, test_set=_random_set(4, 1),
+        distiller,
+        train_set,
+        cfg,
+        tmp_path,
+        batch_size=4,
+        test_set=_random_set(4, 1),
         eval_batch_size=4,
     )
     (record,) = result.records
