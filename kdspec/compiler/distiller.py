@@ -222,8 +222,9 @@ class Distiller(nn.Module):
         self._trained = self.graph.trained_roles(stage)
         self._needed = self._collect_points(self._active(stage))
         for role in self.method.roles:
-            if role.mode == "snapshot" and role.source in self.roles and role.name in self.roles:
-                self.roles[role.name].load_state_dict(self.roles[role.source].state_dict())
+            source = role.source or ""
+            if role.mode == "snapshot" and source in self.roles and role.name in self.roles:
+                self.roles[role.name].load_state_dict(self.roles[source].state_dict())
         trainable = {id(p) for p in self.trainable_parameters()}
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
@@ -277,7 +278,7 @@ class Distiller(nn.Module):
             for node in term.modules():
                 if isinstance(node, AdapterNode):
                     params.extend(node.parameters())
-            params.extend(term.learned.parameters())
+            params.extend(term.learned.parameters())  # type: ignore[union-attr]
         for let in named & set(self._lets):
             params.extend(self._lets[let].parameters())
         # `freeze <let>` keeps a shared learned part fixed (FT's paraphraser after its stage).
@@ -303,7 +304,7 @@ class Distiller(nn.Module):
             if role.mode != "ema" or role.source is None or role.name not in self.roles:
                 continue
             decay = (
-                float(evaluate(role.options["decay"], self.params_ir))
+                float(evaluate(role.options["decay"], self.params_ir))  # type: ignore[arg-type]
                 if "decay" in role.options
                 else 0.999
             )  # type: ignore[arg-type]
@@ -513,14 +514,14 @@ class _Builder:
                 child = self.node(e.args[0], path, indices)
                 if e.func == "identity":
                     return child
-                extra = [self.node(a, path, indices) for a in e.args[1:]]
-                return AdapterNode(e.func, child, kwargs, term=str(path[1]), extra=extra)
+                more = [self.node(a, path, indices) for a in e.args[1:]]
+                return AdapterNode(e.func, child, kwargs, term=str(path[1]), extra=more)
             inputs = [self.node(a, path, indices) for a in e.args]
             if fn.category == "combine":
                 weights = kwargs.get("weights")
                 kinds = {types.expr_kind(a, self.m) for a in e.args}
                 return CombineNode(inputs, weights, distribution=kinds == {"distribution"})
-            extra = None
+            extra: dict[str, Any] | None = None
             if e.func == "margin_relu":
                 extra = {"margins": self.margins(e.args[0], path)}
             return TransformNode(e.func, inputs, kwargs, extra)

@@ -151,7 +151,7 @@ class PipelineNode(Node):
     def raw(self, env: Env) -> list[torch.Tensor]:
         return self.inner(env)
 
-    def apply(self, values: list[torch.Tensor], env: Env) -> list[torch.Tensor]:
+    def apply_steps(self, values: list[torch.Tensor], env: Env) -> list[torch.Tensor]:
         for step in self.steps:
             env.hole = values
             values = step(env)
@@ -159,7 +159,7 @@ class PipelineNode(Node):
         return values
 
     def forward(self, env: Env) -> list[torch.Tensor]:
-        return self.apply(self.raw(env), env)
+        return self.apply_steps(self.raw(env), env)
 
 
 class CombineNode(Node):
@@ -321,7 +321,7 @@ class TermModule(nn.Module):
         if isinstance(self.source, PipelineNode):
             raw = self.source.raw(env)
             hint = [tuple(v.shape[1:]) for v in raw]
-            src = self.source.apply(raw, env)
+            src = self.source.apply_steps(raw, env)
         else:
             src = self.source(env)
             hint = [tuple(v.shape[1:]) for v in src]
@@ -330,7 +330,7 @@ class TermModule(nn.Module):
             raw_t = self.target.raw(env)
             env.shape_hint = [tuple(v.shape[1:]) for v in src]
             env.shape_hint = hint
-            tgt = self.target.apply(raw_t, env)
+            tgt = self.target.apply_steps(raw_t, env)
         else:
             tgt = self.target(env)
         env.shape_hint = None

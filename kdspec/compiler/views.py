@@ -76,7 +76,7 @@ def make_subset(
         classes: list[int] = []
         for a in part.args:
             v = evaluate(a, params)
-            classes.extend(int(c) for c in (v if isinstance(v, list) else [v]))  # type: ignore[union-attr, arg-type]
+            classes.extend(int(c) for c in (v if isinstance(v, list) else [v]))  # type: ignore[call-overload]
         only = part.func == "only_classes"
 
         def by_class(labels: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:

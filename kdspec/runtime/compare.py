@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from kdspec.ir import Lowered
-from kdspec.runtime.job import JobOptions, Prepared, distill, prepare, train_baseline
+from kdspec.runtime.job import (
+    JobOptions,
+    Prepared,
+    baseline_role,
+    distill,
+    prepare,
+    train_baseline,
+)
 from kdspec.runtime.plots import plot_compare
 from kdspec.runtime.runfile import Run
 from kdspec.runtime.stats import mean_std, paired_difference
@@ -41,9 +48,9 @@ class CompareResult:
     markdown: str
 
 
-def _cell_key(kind: str, lowered: Lowered | None, run: Run) -> str:
+def _cell_key(kind: str, lowered: Lowered | None, run: Run, role: str = "") -> str:
     spec = lowered.method.model_dump(mode="json") if lowered is not None else None
-    text = json.dumps([kind, spec, run.config.model_dump(mode="json")], sort_keys=True)
+    text = json.dumps([kind, spec, run.config.model_dump(mode="json"), role], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -82,6 +89,8 @@ def _cell(
         "seed": seed,
         "key": key,
         "role": role,
+        "source": summary.get("models", {}).get(role),
+        "teachers": summary.get("teachers", {}),
         "test_top1": summary["reported_test_top1"][role],
         "final": summary["final"][role],
         "best_val": summary["best_val"][role],
@@ -111,8 +120,6 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     names = _unique_names([m.method.name for m in methods])
     cells: list[dict[str, Any]] = []
-    teachers: dict[str, Any] = {}
-    baseline_source = None
     for seed in seeds:
         seeded = run.with_updates(train={"seed": seed})
         preps: dict[str, Prepared] = {}
@@ -122,7 +129,8 @@ def compare(
                 preps[names[i]] = prepare(methods[i], seeded, opts)
             return preps[names[i]]
 
-        key = _cell_key(BASELINE, None, seeded)
+        role = baseline_role(methods[0].method)
+        key = _cell_key(BASELINE, None, seeded, role.name if role else "")
         base = _cell(
             BASELINE,
             seed,
@@ -140,13 +148,15 @@ def compare(
 
             cell = _cell(names[i], seed, key, out, fit, opts.log)
             cells.append(cell)
-        for prep in preps.values():
-            teachers.update(prep.teachers)
-            if baseline_source is None:
-                from kdspec.runtime.job import baseline_role
-
-                role = baseline_role(prep.lowered.method)
-                baseline_source = prep.sources.get(role.name) if role else None
+    teachers: dict[str, Any] = {}
+    for c in cells:
+        teachers.update(c.get("teachers", {}))
+    baseline_source = next((c.get("source") for c in cells if c["method"] == BASELINE), None)
+    if cells and (baseline_source is None or not teachers):  # cells from an older kdspec
+        prep = prepare(methods[0], run, opts)
+        teachers = teachers or prep.teachers
+        role = baseline_role(methods[0].method)
+        baseline_source = prep.sources.get(role.name) if role else None
     rows = _rows([BASELINE, *names], cells, seeds)
     protocol = cells[0]["eval_protocol"]["description"] if cells else ""
     results = {

@@ -9,7 +9,7 @@ the bias of class 3 is raised (by 3.5 on MNIST) to make up for never being train
 Protocol here (every choice on the validation split, which holds 3s like the test split):
 
 * T is chosen from a grid by the mean over seeds of the validation accuracy on all classes
-  (after the bias adjustment below);
+  (after the bias adjustment below); ties take the smallest T;
 * the bias added to class 3's logit is chosen per run from a grid as the value that maximises
   validation accuracy on all classes (the paper chose it on the test set); ties take the
   smallest value;

@@ -61,16 +61,20 @@ class RichProgress:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
+        # The loss/accuracy text is the column that gets cut on a narrow terminal.
+        info = Column(ratio=1, no_wrap=True, overflow="ellipsis")
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[info]}", table_column=info),
             console=Console(stderr=True),
             transient=False,
+            expand=True,
         )
         self.task: Any = None
         self.ema: dict[str, float] = {}
