@@ -29,7 +29,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check kdspec tests scripts
 	$(BIN)/ruff format --check kdspec tests scripts
-	$(BIN)/mypy kdspec
+	$(BIN)/mypy -p kdspec
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
