@@ -196,20 +196,20 @@ def _at_loss(case: str, text: str | None) -> None:
     check(total, g, x, case)
 
 
-def test_at_paper_mode_is_the_library_spec() -> None:
-    """torchdistill `paper` mode = the spec as shipped (sum_b ||a_s - a_t||_2 / B per pair)."""
-    _at_loss("at_paper", None)
+def test_at_code_mode_is_the_library_spec() -> None:
+    """torchdistill `code` mode (the authors' code) = the spec as shipped (mean of squares)."""
+    _at_loss("at_code", None)
 
 
-def test_at_code_mode_is_the_spec_with_mse() -> None:
-    """torchdistill `code` mode (the authors' code) = the spec with its loss swapped for `mse`.
+def test_at_paper_mode_is_the_spec_with_an_unsquared_norm() -> None:
+    """torchdistill `paper` mode = the spec with its loss swapped for `lp(squared=false)`.
 
-    Not a parameter: the paper's norm and the code's mean of squares are different losses. The
-    spec's comment says so; this test makes exactly that one edit to the library text.
+    Not a parameter: eq. 2's per-sample norm and the code's mean of squares are different
+    losses. The spec's comment says so; this test makes exactly that one edit to the text.
     """
     text = (SPECS / "at.kd").read_text()
-    assert text.count("with lp(squared=false)") == 1
-    _at_loss("at_code", text.replace("with lp(squared=false)", "with mse"))
+    assert text.count("with mse") == 1
+    _at_loss("at_paper", text.replace("with mse", "with lp(squared=false)"))
 
 
 # ------------------------------------------------------------------------------------ FSP
