@@ -32,7 +32,7 @@ from kdspec.compiler.nodes import (
 )
 from kdspec.compiler.taps import ModelTaps, discover
 from kdspec.compiler.views import make_subset, make_view
-from kdspec.diagnostics import Diagnostic, KdError, Label, error
+from kdspec.diagnostics import Diagnostic, KdError
 from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import Lowered, SourceMap
 from kdspec.ir import models as ir
@@ -338,18 +338,7 @@ class Distiller(nn.Module):
         """Total loss and weighted terms for one batch (``(x, y[, index])`` or a dict)."""
         if self._stage is None:
             self.set_stage(self.method.effective_stages()[0].name)
-        self._batch = _unpack(batch)
-        self._forward_cache = {}
-        self._view_cache = {}
-        if self._batch.taps is not None:
-            self._given = self._batch.taps
-        env = Env(
-            read=self._read,
-            labels=self._batch.labels,
-            index=self._batch.index,
-            num_classes=self.num_classes,
-            num_samples=self.num_samples,
-        )
+        env = self._begin(batch)
         terms: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
         try:
@@ -366,21 +355,25 @@ class Distiller(nn.Module):
             total = torch.zeros(())
         return DistillOutput(total, terms)
 
-    def raw_terms(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Every term of every stage, unweighted (for conformance tests)."""
+    def _begin(self, batch: Any) -> Env:
+        """Start evaluating a batch: fresh per-forward caches and the environment terms read."""
         self._batch = _unpack(batch)
         if self._batch.taps is not None:
             self._given = self._batch.taps
         self._forward_cache, self._view_cache = {}, {}
-        saved = self._needed if hasattr(self, "_needed") else {}
-        self._needed = self._collect_points(list(self.terms.values()))  # type: ignore[arg-type]
-        env = Env(
+        return Env(
             read=self._read,
             labels=self._batch.labels,
             index=self._batch.index,
             num_classes=self.num_classes,
             num_samples=self.num_samples,
         )
+
+    def raw_terms(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Every term of every stage, unweighted (for conformance tests)."""
+        saved = self._needed if hasattr(self, "_needed") else {}
+        self._needed = self._collect_points(list(self.terms.values()))  # type: ignore[arg-type]
+        env = self._begin(batch)
         try:
             return {name: term(env) for name, term in self.terms.items()}
         finally:
@@ -436,20 +429,8 @@ class _Builder:
         help: str | None = None,
         notes: tuple[str, ...] = (),
     ) -> None:
-        span = self.smap.span(*path) if self.smap else None
-        source = self.smap.source if self.smap else None
-        labels = (Label(span, label),) if span is not None else ()
-        self.diags.append(
-            Diagnostic(
-                code=code,
-                severity=error("X", "").severity,
-                message=message,
-                source=source,
-                labels=labels,
-                help=help,
-                notes=notes,
-            )
-        )
+        smap = self.smap or SourceMap(None)  # type: ignore[arg-type]
+        self.diags.append(smap.diagnostic(code, message, path, label, help=help, notes=notes))
 
     def value(self, e: ir.Expr) -> Any:
         try:
@@ -785,18 +766,8 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
         d._trained |= d.graph.trained_roles(stage)
     d.eval()
     try:
-        d._batch = _unpack(example_batch)
-        if d._batch.taps is not None:
-            d._given = d._batch.taps
         d._needed = d._collect_points(list(d.terms.values()))  # type: ignore[arg-type]
-        env = Env(
-            read=d._read,
-            labels=d._batch.labels,
-            index=d._batch.index,
-            num_classes=d.num_classes,
-            num_samples=d.num_samples,
-        )
-        d._forward_cache, d._view_cache = {}, {}
+        env = d._begin(example_batch)
         for name, term in d.terms.items():
             try:
                 with torch.no_grad():

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdspec.diagnostics import Diagnostic, Label, error
+from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
@@ -35,6 +35,35 @@ class SourceMap:
                 return self.spans[key]
             key = key[:-1]
         return None
+
+    def diagnostic(
+        self,
+        code: str,
+        message: str,
+        path: PathKey,
+        label: str = "",
+        *,
+        severity: Severity = Severity.ERROR,
+        notes: tuple[str, ...] = (),
+        help: str | None = None,
+        related: tuple[tuple[PathKey, str], ...] = (),
+    ) -> Diagnostic:
+        """A diagnostic pointing at the source of an IR path (and, secondary, related paths)."""
+        span = self.span(*path)
+        labels: list[Label] = [Label(span, label)] if span is not None else []
+        for rel_path, rel_label in related:
+            rel_span = self.span(*rel_path)
+            if rel_span is not None:
+                labels.append(Label(rel_span, rel_label, primary=False))
+        return Diagnostic(
+            code=code,
+            severity=severity,
+            message=message,
+            source=self.source,
+            labels=tuple(labels),
+            notes=notes,
+            help=help,
+        )
 
 
 @dataclass
@@ -495,13 +524,21 @@ class _MethodLowering:
                 continue  # none of the stage's terms were used (`only`)
             if stage.losses and i == last_named:
                 kept += own  # this method's own terms join the used method's last stage
-            self.stages.append(stage.model_copy(update={
-                "losses": tuple(kept),
-                "duration": inline(stage.duration) if stage.duration else None,
-                "repeat": inline(stage.repeat) if stage.repeat else None,
-                "train": tuple(ir.Str(value=renamed.get(e.value, e.value))
-                               if isinstance(e, ir.Str) else e for e in stage.train),
-            }))
+            self.stages.append(
+                stage.model_copy(
+                    update={
+                        "losses": tuple(kept),
+                        "duration": inline(stage.duration) if stage.duration else None,
+                        "repeat": inline(stage.repeat) if stage.repeat else None,
+                        "train": tuple(
+                            ir.Str(value=renamed.get(e.value, e.value))
+                            if isinstance(e, ir.Str)
+                            else e
+                            for e in stage.train
+                        ),
+                    }
+                )
+            )
 
     def apply_overrides(self) -> None:
         for name, value in self.overrides.items():
@@ -825,9 +862,15 @@ class _MethodLowering:
         for ens in other.ensembles:
             self.ensembles.setdefault(ens.name, ens)
         for part in other.data:
-            self.data.setdefault(part.name, part.model_copy(update={
-                "args": tuple(inline(a) for a in part.args),
-                "kwargs": {k: inline(v) for k, v in part.kwargs.items()}}))
+            self.data.setdefault(
+                part.name,
+                part.model_copy(
+                    update={
+                        "args": tuple(inline(a) for a in part.args),
+                        "kwargs": {k: inline(v) for k, v in part.kwargs.items()},
+                    }
+                ),
+            )
         for let in other.lets:
             self.lets.setdefault(let.name, ir.Let(name=let.name, value=inline(let.value)))
         wanted = {i.name for i in st.only}

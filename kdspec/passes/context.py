@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdspec.diagnostics import Diagnostic, Label, Severity
+from kdspec.diagnostics import Diagnostic, Severity
 from kdspec.graph import KdGraph
 from kdspec.ir import SourceMap
 from kdspec.ir import models as ir
@@ -31,18 +31,6 @@ class PassContext:
         related: tuple[tuple[tuple[object, ...], str], ...] = (),
     ) -> Diagnostic:
         """A diagnostic pointing at the source of an IR path (and related paths)."""
-        span = self.smap.span(*path)
-        labels: list[Label] = [Label(span, label)] if span is not None else []
-        for rel_path, rel_label in related:
-            rel_span = self.smap.span(*rel_path)
-            if rel_span is not None:
-                labels.append(Label(rel_span, rel_label, primary=False))
-        return Diagnostic(
-            code=code,
-            severity=severity,
-            message=message,
-            source=self.smap.source,
-            labels=tuple(labels),
-            notes=notes,
-            help=help,
+        return self.smap.diagnostic(
+            code, message, path, label, severity=severity, notes=notes, help=help, related=related
         )
