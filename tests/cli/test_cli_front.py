@@ -88,7 +88,8 @@ def test_fmt_check_and_rewrite_keep_files_safe(tmp_path, capsys):
     broken = tmp_path / "broken.kd"
     broken.write_text("method m {")
     code, _, err = run(capsys, "fmt", str(broken))
-    assert code == 1 and broken.read_text() == "method m {"  # never loses a user's file
+    assert code == 1 and "KD103" in err
+    assert broken.read_text() == "method m {"  # never loses a user's file
 
 
 def test_graph_formats(tmp_path, capsys):
