@@ -24,7 +24,7 @@ test: setup
 	$(BIN)/ruff check kdspec tests scripts
 	$(BIN)/kdspec check specs/
 	$(BIN)/kdspec fmt --check specs/
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check kdspec tests scripts
