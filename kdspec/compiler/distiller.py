@@ -537,21 +537,35 @@ class _Builder:
         expr = term.source if side == "source" else term.target
         assert expr is not None
         path = ("term", term.name, side)
-        # An ensemble read directly: each member's knowledge first, then the combination.
-        if isinstance(expr, ir.Tap):
-            ens = next((x for x in self.m.ensembles if x.name == expr.role), None)
-            if ens is not None:
-                members = [
-                    self.pipeline(
-                        self.node(expr.model_copy(update={"role": r}), path, indices),
-                        term.knowledge,
-                        side,
-                        term.name,
-                    )
-                    for r in ens.members
-                ]
-                dist = types.apply_knowledge("logits", term.knowledge) == "distribution"
-                return CombineNode(members, list(ens.weights) if ens.weights else None, dist)
+        # An ensemble read through one-input transforms (`teachers.logits`,
+        # `stopgrad(teachers.logits)`): each member's transforms and knowledge come first, then
+        # the combination, so soft targets are averaged as probabilities, never as logits.
+        chain: list[ir.Call] = []
+        inner: ir.Expr = expr
+        while (
+            isinstance(inner, ir.Call)
+            and len(inner.args) == 1
+            and FUNCTIONS[inner.func].category == "transform"
+        ):
+            chain.append(inner)
+            inner = inner.args[0]
+        ens = next(
+            (x for x in self.m.ensembles if isinstance(inner, ir.Tap) and x.name == inner.role),
+            None,
+        )
+        if ens is not None and isinstance(inner, ir.Tap):
+            members = []
+            for r in ens.members:
+                member: ir.Expr = inner.model_copy(update={"role": r})
+                for call in reversed(chain):
+                    member = call.model_copy(update={"args": (member,)})
+                members.append(
+                    self.pipeline(self.node(member, path, indices), term.knowledge, side, term.name)
+                )
+            kind = types.apply_knowledge(types.expr_kind(expr, self.m), term.knowledge)
+            return CombineNode(
+                members, list(ens.weights) if ens.weights else None, kind == "distribution"
+            )
         return self.pipeline(self.node(expr, path, indices), term.knowledge, side, term.name)
 
     def pair_indices(self, term: ir.Term) -> dict[ir.Tap, list[int]] | None:

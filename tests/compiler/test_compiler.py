@@ -431,3 +431,18 @@ def test_schedules_change_the_weight_with_progress():
     )
     assert d.weight("kd", Progress(epoch=5, stage_epochs=20)) == pytest.approx(0.9 * 16 * 0.5)
     assert d.weight("kd", Progress(epoch=15, stage_epochs=20)) == pytest.approx(0.9 * 16)
+
+
+def test_ensemble_under_stopgrad_still_averages_probabilities():
+    g = torch.Generator().manual_seed(5)
+    z = [torch.randn(4, 5, generator=g, dtype=torch.float64) for _ in range(3)]
+    text = """method mt {
+  teacher a, b
+  ensemble both = mean(a, b)
+  student s
+  transfer kd: softmax(T=2) from stopgrad(both.logits) to s.logits with kl
+}"""
+    got = functional(text, {"a.logits": z[0], "b.logits": z[1], "s.logits": z[2]})["kd"]
+    p = (F.softmax(z[0] / 2, 1) + F.softmax(z[1] / 2, 1)) / 2
+    expected = (p * (p.log() - F.log_softmax(z[2] / 2, 1))).sum() / 4
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)
