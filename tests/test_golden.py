@@ -139,7 +139,7 @@ NOT_FROM_SPECS = {
     "KD404": "model sources of run files (tests/runtime)",
     "KD405": "checkpoints (tests/runtime)",
     "KD406": "import: model sources (tests/runtime)",
-    "KD407": "teacher weights in runs (tests/runtime)",
+    "KD407": "teacher weights in runs (tests/cli/test_cli_train.py)",
     "KD501": "run files (tests/runtime)",
     "KD502": "data sources (tests/runtime)",
     "KD503": "training (tests/runtime)",

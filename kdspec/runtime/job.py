@@ -166,6 +166,20 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
         elif role.mode == "frozen" and role.name not in trained:
             pending.append(role)
         models[role.name] = model
+    if pending and not run.config.teacher.pretrain:
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD407",
+                    f"{role.kind} `{role.name}` is frozen but has no weights, and `[teacher] "
+                    "pretrain = false` forbids training it first",
+                    ("teacher", "pretrain"),
+                    help=f'give it a checkpoint: `[weights] {role.name} = "path.pt"`, or let a '
+                    "stage train it",
+                )
+                for role in pending
+            ]
+        )
     root = cache_root(opts.cache_dir)
     for k, role in enumerate(pending):
         source = sources[role.name]

@@ -122,6 +122,7 @@ class TeacherConfig(TrainConfig):
     """
 
     exclude_classes: list[int] = Field(default_factory=list)
+    pretrain: bool = True  # false: a frozen teacher must come with [weights] (else KD407)
 
 
 ParamValue = bool | int | float | str

@@ -142,6 +142,17 @@ def test_unbound_role_is_kd408(capsys, tmp_path: Path) -> None:
     assert "`s`" in err
 
 
+def test_teacher_without_weights_when_pretraining_is_off_is_kd407(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[models]\nt = "zoo:cnn_tiny"\ns = "zoo:cnn_tiny"\n[teacher]\npretrain = false\n'
+    )
+    code, _, err = _train(capsys, tmp_path, "--run", str(path))
+    assert code == 1
+    assert "error[KD407]" in err and "r.toml:5:1" in err
+    assert "Traceback" not in err
+
+
 def test_non_finite_loss_exits_1_and_keeps_files(
     capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
