@@ -315,9 +315,13 @@ class Distiller(nn.Module):
                 be.copy_(bs)
 
     @torch.no_grad()
-    def finish_repeat(self) -> None:
-        """End of one repetition of the current stage: hand trained weights over (BAN)."""
-        if self._stage is None:
+    def finish_repeat(self, last: bool = False) -> None:
+        """End of one repetition of the current stage: hand trained weights over (BAN).
+
+        After the ``last`` repetition nothing is handed over: the final generation stays the
+        trained student, which is what a run reports.
+        """
+        if self._stage is None or last:
             return
         for src, dst in self._stage.handoffs:
             self.roles[dst].load_state_dict(self.roles[src].state_dict())
@@ -709,6 +713,20 @@ def compile_spec(
                     break
     else:
         d._given = batch.taps or {}
+    for stage in m.stages:
+        for k, (giver, taker) in enumerate(stage.handoffs):
+            if giver in d.roles and taker in d.roles:
+                a, c = d.roles[giver].state_dict(), d.roles[taker].state_dict()
+                same = a.keys() == c.keys() and all(a[n].shape == c[n].shape for n in a)
+                if not same:
+                    b.diag(
+                        "KD403",
+                        f"`handoff {giver} -> {taker}` needs the same architecture on "
+                        "both roles, but their weights differ in names or shapes",
+                        ("stage", stage.name, "handoff", k),
+                        "weights cannot be handed over",
+                        help=f"bind `{taker}` to the same model as `{giver}` in the run file",
+                    )
     for part in m.data:
         if part.kind == "view":
             try:

@@ -701,8 +701,8 @@ class SemCKDLoss(nn.Module):
     projected to teacher layer j's channels (``AAEmbed``; the larger map is average-pooled to the
     smaller size) and teacher layer j. The total is divided by ``B * n_student``.
 
-    The query/key MLPs read b-dimensional similarity rows, so the batch size is fixed when the
-    loss is built (the reference code drops the last incomplete batch for the same reason).
+    The query/key MLPs read b-dimensional similarity rows, so the largest batch size is fixed
+    when the loss is built; a smaller last batch is zero-padded (the reference code drops it).
     """
 
     def __init__(
@@ -725,10 +725,12 @@ class SemCKDLoss(nn.Module):
             nn.ModuleList(_aa_embed(s[0], t[0]) for t in t_shapes) for s in s_shapes
         )
 
-    @staticmethod
-    def _similarity(f: Tensor) -> Tensor:
+    def _similarity(self, f: Tensor) -> Tensor:
         x = f.reshape(f.shape[0], -1)
-        return x @ x.t()  # [B, B]
+        sim = x @ x.t()  # [B, B]
+        # A smaller (last) batch: its rows are zero-padded to the built width, where the
+        # reference code drops the incomplete batch instead.
+        return F.pad(sim, (0, self.batch - sim.shape[1]))
 
     def attention(self, t: list[Tensor], s: list[Tensor]) -> Tensor:
         """Attention of each student layer over the teacher layers, ``[B, n_s, n_t]``."""
@@ -757,8 +759,8 @@ class SemCKDLoss(nn.Module):
             Scalar.
         """
         b = s[0].shape[0]
-        if b != self.batch:
-            raise ValueError(f"semckd was built for batches of {self.batch}, got {b}")
+        if b > self.batch:
+            raise ValueError(f"semckd was built for batches of at most {self.batch}, got {b}")
         weight = self.attention(t, s)  # [B, n_s, n_t]
         cols = []
         for i, fs in enumerate(s):

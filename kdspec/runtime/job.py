@@ -113,11 +113,18 @@ def baseline_role(method: ir.Method) -> ir.Role | None:
     return None
 
 
-def _source_of(role: ir.Role, run: Run) -> str:
+def _source_of(role: ir.Role, run: Run, method: ir.Method | None = None) -> str:
     models = run.config.models
     if role.name in models:
         return models[role.name]
     if not models:
+        # The digits default: a role that receives another's weights by `handoff` (Born-Again
+        # generations) gets that role's architecture, so the weights fit.
+        for stage in method.stages if method is not None else ():
+            for src, dst in stage.handoffs:
+                source_role = method.role(src) if method is not None else None
+                if dst == role.name and source_role is not None:
+                    return DEFAULT_MODELS[source_role.kind]
         return DEFAULT_MODELS[role.kind]
     raise KdError(
         [
@@ -154,7 +161,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
     teachers: dict[str, dict[str, Any]] = {}
     pending: list[ir.Role] = []
     for role in model_roles(method):
-        source = _source_of(role, run)
+        source = _source_of(role, run, method)
         sources[role.name] = source
         torch.manual_seed(derived_seed(seed, "init", role.name))
         model = _build(role.name, source, run, data, opts)

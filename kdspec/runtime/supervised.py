@@ -74,7 +74,7 @@ class Supervised(nn.Module):
     def after_step(self) -> None:
         """Nothing to update after a step."""
 
-    def finish_repeat(self) -> None:
+    def finish_repeat(self, last: bool = False) -> None:
         """Nothing to hand over."""
 
     def eval_roles(self) -> list[str]:

@@ -8,7 +8,7 @@ One loop drives a compiled :class:`~kdspec.compiler.Distiller` and the plain
         for each epoch of the stage:
             for each batch: loss -> backward -> clip -> step -> after_step()
             evaluate every eval role on val and test; write metrics.jsonl; checkpoint
-        finish_repeat()
+        finish_repeat(last=...)  # hand-offs between generations, not after the last
 
 **Budget.** ``[train].epochs`` is the whole run. A stage lasts its own duration (epochs, steps,
 or a fraction of the run); the stages without one share what is left (per repetition: a stage
@@ -86,7 +86,7 @@ class Trainable(Protocol):
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def trainable_parameters(self) -> Iterable[nn.Parameter]: ...
     def after_step(self) -> None: ...
-    def finish_repeat(self) -> None: ...
+    def finish_repeat(self, last: bool = False) -> None: ...
     def eval_roles(self) -> list[str]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
@@ -549,7 +549,7 @@ def train(
                         fingerprint,
                     )
                     _notify(callbacks, "on_epoch_end", record)
-                model.finish_repeat()
+                model.finish_repeat(last=rep == stage.repeat - 1)
         if not done:
             _save_checkpoint(
                 ckpt_path,

@@ -350,6 +350,9 @@ def test_handoff_copies_the_student_into_the_teacher_and_resets_it():
     for k, v in t.state_dict().items():
         torch.testing.assert_close(v, trained[k])
     assert not torch.equal(s.fc.weight, trained["fc.weight"])
+    final = {k: v.clone() for k, v in s.state_dict().items()}
+    d.finish_repeat(last=True)  # the last generation stays the trained student
+    assert all(torch.equal(v, final[k]) for k, v in s.state_dict().items())
 
 
 def test_virtual_teacher_needs_no_model():
