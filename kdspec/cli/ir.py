@@ -9,8 +9,9 @@ from kdspec.cli.common import UsageError, parse_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ir", help="print a method's IR as JSON, or the IR's JSON Schema",
-                       description=__doc__)
+    p = sub.add_parser(
+        "ir", help="print a method's IR as JSON, or the IR's JSON Schema", description=__doc__
+    )
     p.add_argument("spec", nargs="?", help="a spec file or library method name")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of the IR")
     p.add_argument("--method", help="which method of the file")

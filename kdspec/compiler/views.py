@@ -86,9 +86,13 @@ def make_subset(
 
         return by_class
     if part.func is None:  # bound by the run; unbound, the subset is the whole batch
-        return lambda labels, index: torch.ones(
-            len(labels if labels is not None else index), dtype=torch.bool,  # type: ignore[arg-type]
-            device=(labels if labels is not None else index).device)  # type: ignore[union-attr]
+
+        def everything(labels: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:
+            ref = labels if labels is not None else index
+            assert ref is not None
+            return torch.ones(len(ref), dtype=torch.bool, device=ref.device)
+
+        return everything
     if part.func == "fraction":
         p = float(evaluate(part.kwargs["p"], params)) if "p" in part.kwargs else 1.0  # type: ignore[arg-type]
 
