@@ -121,17 +121,19 @@ def resolve_tap(tap: ir.Tap, taps: ModelTaps, model: nn.Module) -> list[HookPoin
     for path in paths:
         io = tap.io
         if io == "preact":
-            source = taps.preact_source(path)
-            if source is None:
+            found = taps.preact_source(path)
+            if found is None:
                 raise TapError(
                     "KD402",
                     f"`{path}` does not end with an activation module, so "
                     "it has no pre-activation to tap",
                     "tap `.output`, or a module whose last step is an nn.ReLU",
                 )
-            path, io = source, "input"
+            path, io = found[0], "input"
+            call = found[1]
+        else:
+            call = tap.call or 0
         count = taps.call_counts.get(path, 1)
-        call = tap.call or 0
         if call >= count:
             raise TapError(
                 "KD402",
@@ -155,6 +157,7 @@ class TapSession:
         self.values: dict[HookPoint, Any] = {}
         self._handles: list[Any] = []
         self._counts: dict[str, int] = {}
+        self._pre_counts: dict[str, int] = {}
 
     def __enter__(self) -> TapSession:
         by_path: dict[str, list[HookPoint]] = {}
@@ -163,8 +166,28 @@ class TapSession:
                 by_path.setdefault(p.path, []).append(p)
         for path, points in by_path.items():
             module = self.model.get_submodule(path)
-            self._handles.append(module.register_forward_hook(self._make_hook(path, points)))
+            inputs = [p for p in points if p.io == "input"]
+            outputs = [p for p in points if p.io != "input"]
+            if inputs:  # read before the module runs: an in-place module overwrites its input
+                self._handles.append(
+                    module.register_forward_pre_hook(self._make_pre_hook(path, inputs))
+                )
+            if outputs:
+                self._handles.append(module.register_forward_hook(self._make_hook(path, outputs)))
         return self
+
+    def _make_pre_hook(self, path: str, points: list[HookPoint]):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            k = self._pre_counts.get(path, 0)
+            self._pre_counts[path] = k + 1
+            for p in points:
+                if p.call == k:
+                    value = args[0] if args else None
+                    if isinstance(value, torch.Tensor) and getattr(module, "inplace", False):
+                        value = value.clone()
+                    self.values[p] = select(value, p.select) if p.select else value
+
+        return hook
 
     def _make_hook(self, path: str, points: list[HookPoint]):  # type: ignore[no-untyped-def]
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -172,10 +195,7 @@ class TapSession:
             self._counts[path] = k + 1
             for p in points:
                 if p.call == k:
-                    value = args[0] if p.io == "input" and args else output
-                    if p.io == "input" and not args:
-                        value = first_tensor(args)
-                    self.values[p] = select(value, p.select) if p.select else value
+                    self.values[p] = select(output, p.select) if p.select else output
 
         return hook
 
@@ -188,6 +208,7 @@ class TapSession:
         """One forward pass; fills :attr:`values` (input, output and logits points too)."""
         self.values = {}
         self._counts = {}
+        self._pre_counts = {}
         output = self.model(**x) if isinstance(x, dict) else self.model(x)
         for p in self.points:
             if p.kind == "input":

@@ -107,24 +107,24 @@ class ModelTaps:
         """Module paths close to a misspelt one."""
         return difflib.get_close_matches(path, self.paths, n=3, cutoff=0.5)
 
-    def preact_source(self, path: str) -> str | None:
-        """The activation whose input is the pre-activation of ``path``'s output."""
+    def preact_source(self, path: str) -> tuple[str, int] | None:
+        """The activation call whose input is the pre-activation of ``path``'s output.
+
+        Returns the activation's path and call index: a block that reuses one ``nn.ReLU``
+        (torchvision's ResNets) ends with that module's second call.
+        """
         own = self.first_call(path)
         if own is None:
             return None
         if own.is_activation:
-            return path
+            return path, 0
         prefix = f"{path}." if path else ""
-        inside = [
-            c
-            for c in self.calls
-            if c.path.startswith(prefix) and c.order < own.order and c.call == 0
-        ]
+        inside = [c for c in self.calls if c.path.startswith(prefix) and c.order < own.order]
         if not inside:
             return None
         last = max(inside, key=lambda c: c.order)  # the submodule that produced the output
         if last.is_activation:
-            return last.path
+            return last.path, last.call
         if last.out_shape == own.out_shape and last.path.count(".") == path.count(".") + (
             1 if path else 0
         ):
@@ -236,8 +236,11 @@ def _heuristic_stages(
             else:
                 groups.append([p])
         stages = [g[-1] for g in groups]
-        if len(stages) > 1:
-            stages = stages[1:]  # the stem is not a stage (as in RepDistiller's feat[1:-1])
+        blocks = [p for p in stages if any(True for _ in model.get_submodule(p).children())]
+        if blocks:  # a resolution whose last module is a block (not a stem conv/bn/relu/pool)
+            stages = blocks
+        elif len(stages) > 1:
+            stages = stages[1:]  # plain layers: the stem is not a stage (RepDistiller feat[1:-1])
         return stages, "last module before each change of spatial resolution"
     # Vectors only (MLPs): the activations of the chain, or its Linear layers.
     acts = [c.path for c in sorted(calls, key=lambda c: c.order) if c.is_activation and c.call == 0]

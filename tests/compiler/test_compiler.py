@@ -449,3 +449,84 @@ def test_ensemble_under_stopgrad_still_averages_probabilities():
     p = (F.softmax(z[0] / 2, 1) + F.softmax(z[1] / 2, 1)) / 2
     expected = (p * (p.log() - F.log_softmax(z[2] / 2, 1))).sum() / 4
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)
+
+
+class _TorchvisionStyleBlock(nn.Module):
+    """As torchvision's BasicBlock: one in-place ReLU used twice, an in-place residual add."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else None
+        )
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class _TorchvisionStyleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(_TorchvisionStyleBlock(8, 8, 1))
+        self.layer2 = nn.Sequential(
+            _TorchvisionStyleBlock(8, 16, 2), _TorchvisionStyleBlock(16, 16, 1)
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_preactivation_of_a_block_reusing_an_inplace_relu():
+    net = _TorchvisionStyleNet().eval()
+    taps = discover(net, torch.randn(2, 1, 8, 8))
+    assert taps.stages == ["layer1", "layer2"]
+    text = """method ofd_like {
+  teacher t
+  student s
+  transfer from t.stage[2].preact to s.stage[2].preact with mse
+}"""
+    student = _TorchvisionStyleNet()
+    x, y, i = batch()
+    d = compile_spec(spec(text), {"t": net, "s": student}, (x, y, i))
+    seen = {}
+
+    def grab(module, args, output):  # the block's add, recomputed by hand
+        seen["pre"] = (
+            module.bn2(module.conv2(module.relu(module.bn1(module.conv1(args[0]))))) + args[0]
+        )
+
+    handle = net.layer2[1].register_forward_hook(grab)
+    with torch.no_grad():
+        net(x)
+    handle.remove()
+    values = {}
+    from kdspec.compiler.hooks import TapSession, resolve_tap
+    from kdspec.ir import models as ir
+
+    points = resolve_tap(ir.Tap(role="t", point="stage", first=2, last=2, io="preact"), taps, net)
+    assert points[0].path == "layer2.1.relu" and points[0].call == 1
+    with TapSession(net, points) as session, torch.no_grad():
+        session.run(x)
+        values["pre"] = session.get(points[0])
+    torch.testing.assert_close(values["pre"], seen["pre"])
+    assert (values["pre"] < 0).any()  # really before the ReLU, not overwritten by it
+    assert no_hooks(net, student)
+    assert torch.isfinite(d((x, y, i)).loss)
