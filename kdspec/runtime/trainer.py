@@ -142,6 +142,23 @@ def plan_stages(plans: Sequence[Any], total_epochs: float, steps_per_epoch: int)
             fixed[i] = float(p.duration)
     used = sum(fixed[i] * max(1, int(plans[i].repeat)) for i in fixed)
     open_reps = sum(max(1, int(p.repeat)) for i, p in enumerate(plans) if i not in fixed)
+    if used > total_epochs + 1e-9 or (open_reps and used >= total_epochs - 1e-9):
+        # A stage written for a longer run (FT's 30-epoch paraphraser stage on a 20-epoch run)
+        # would eat the whole budget and leave the other stages a single step.
+        names = ", ".join(f"`{plans[i].name}` ({fixed[i]:g} epochs)" for i in fixed)
+        raise KdError(
+            [
+                error(
+                    "KD207",
+                    f"the stages with a fixed length ({names}) take {used:g} of the run's "
+                    f"{total_epochs:g} epochs"
+                    + (", leaving nothing for the others" if open_reps else ""),
+                    help="train longer (`--epochs`, `[train] epochs`) or shorten the stage with "
+                    "`--param` (library specs make the length a parameter, e.g. `init_epochs`; "
+                    "`kdspec explain SPEC` shows it)",
+                )
+            ]
+        )
     share = max(0.0, total_epochs - used) / open_reps if open_reps else 0.0
     out = []
     for i, p in enumerate(plans):

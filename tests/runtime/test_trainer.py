@@ -185,3 +185,17 @@ def test_non_finite_loss_stops_cleanly(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "diverged"
     assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_fixed_stages_longer_than_the_run_are_kd207() -> None:
+    from kdspec.diagnostics import KdError
+    from kdspec.runtime.supervised import Plan
+    from kdspec.runtime.trainer import plan_stages
+
+    with pytest.raises(KdError) as info:
+        plan_stages([Plan("init", 30, "epochs"), Plan("task")], 20, 10)
+    assert info.value.diagnostics[0].code == "KD207"
+    assert [s.steps for s in plan_stages([Plan("init", 3, "epochs"), Plan("task")], 20, 10)] == [
+        30,
+        170,
+    ]
