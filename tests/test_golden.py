@@ -26,12 +26,13 @@ from kdspec.syntax.fmt import format_text
 
 GOLDEN = Path(__file__).parent / "golden"
 ROOT = Path(__file__).parent.parent
-KINDS = ("parse", "fmt", "diag")
+KINDS = ("parse", "fmt", "diag", "run")
 SYNTAX_CODES = ("KD101", "KD102", "KD103")
 
 
 def _inputs(kind: str) -> list[Path]:
-    return sorted(p for p in (GOLDEN / kind).glob("*.kd") if not p.name.endswith(".fmt.kd"))
+    pattern = "*.toml" if kind == "run" else "*.kd"
+    return sorted(p for p in (GOLDEN / kind).glob(pattern) if not p.name.endswith(".fmt.kd"))
 
 
 def _cases() -> Iterator[object]:
@@ -106,10 +107,35 @@ def _run_diag(source: SourceFile, path: Path) -> tuple[str, Path]:
     return render_many(diagnostics, "full") + "\n", path.with_suffix(".err")
 
 
+def _run_run(source: SourceFile, path: Path) -> tuple[str, Path]:
+    """``run/x.toml`` → ``run/x.err``: a run file prepared for the spec its ``# spec:`` names."""
+    from kdspec.api import load_method
+    from kdspec.diagnostics import KdError
+    from kdspec.runtime.job import JobOptions, prepare
+    from kdspec.runtime.runfile import load_run
+
+    name = re.search(r"^# spec: (\S+)$", source.text, re.M)
+    assert name, "a run golden names its spec: `# spec: hinton`"
+    spec = f"specs/{name.group(1)}.kd"
+    diagnostics: list[Diagnostic] = []
+    try:
+        run = load_run(path.relative_to(ROOT))
+        low = load_method(
+            spec, overrides=dict(run.config.params), text=(ROOT / spec).read_text(encoding="utf-8")
+        )
+        prepare(low, run, JobOptions(log=lambda message: None))
+    except KdError as exc:
+        diagnostics = list(exc.diagnostics)
+    code = re.match(r"(kd\d{3})_", path.name)
+    assert code and code.group(1).upper() in {d.code for d in diagnostics}
+    return render_many(diagnostics, "full") + "\n", path.with_suffix(".err")
+
+
 RUNNERS: dict[str, Callable[[SourceFile, Path], tuple[str, Path]]] = {
     "parse": _run_parse,
     "fmt": _run_fmt,
     "diag": _run_diag,
+    "run": _run_run,
 }
 
 
@@ -124,7 +150,7 @@ def test_golden(kind: str, path: Path, update_golden: bool) -> None:
 def test_no_orphan_expected_files() -> None:
     """Every expected file has its input (a renamed input leaves no stale golden behind)."""
     inputs = {p.with_suffix("") for kind in KINDS for p in _inputs(kind)}
-    for kind, suffix in (("parse", ".ast"), ("fmt", ".fmt.kd"), ("diag", ".err")):
+    for kind, suffix in (("parse", ".ast"), ("fmt", ".fmt.kd"), ("diag", ".err"), ("run", ".err")):
         for expected in (GOLDEN / kind).glob(f"*{suffix}"):
             stem = expected.name[: -len(suffix)]
             assert expected.with_name(stem) in inputs, f"{expected.name} has no input .kd"
@@ -134,22 +160,15 @@ def test_no_orphan_expected_files() -> None:
 NOT_FROM_SPECS = {
     "KD104": "defensive: a parse tree the transformer cannot handle (fuzz tests assert it never "
     "happens)",
-    "KD209": "--param overrides come from the command line (tests/cli)",
     "KD210": "asking the API for a method the file lacks (tests/cli)",
-    "KD404": "model sources of run files (tests/runtime)",
-    "KD405": "checkpoints (tests/runtime)",
-    "KD406": "import: model sources (tests/runtime)",
-    "KD407": "teacher weights in runs (tests/cli/test_cli_train.py)",
-    "KD501": "run files (tests/runtime)",
-    "KD502": "data sources (tests/runtime)",
-    "KD503": "training (tests/runtime)",
+    "KD503": "a non-finite loss during training (tests/cli/test_cli_train.py)",
 }
 
 
 def test_every_diagnostic_code_has_a_diag_golden() -> None:
     from kdspec.diagnostics import CODES
 
-    rendered = "".join(p.read_text(encoding="utf-8") for p in (GOLDEN / "diag").glob("*.err"))
+    rendered = "".join(p.read_text(encoding="utf-8") for p in GOLDEN.glob("*/*.err"))
     missing = [c for c in CODES if f"[{c}]" not in rendered and c not in NOT_FROM_SPECS]
     assert not missing, f"no golden/diag/*.err shows {missing}"
     assert set(NOT_FROM_SPECS) <= set(CODES)
