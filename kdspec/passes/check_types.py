@@ -8,7 +8,8 @@ from kdspec.passes.context import PassContext
 from kdspec.taxonomy.vocab import FUNCTIONS, RAW_KINDS
 
 _HINTS = {
-    "distribution": "apply `softmax(T=...)` first, or match with `kl`/`soft_ce`",
+    "distribution": "make both sides distributions (`transfer softmax(T=4) from ... to ...`), "
+    "or match raw features with `mse`, `l1` or `smooth_l1`",
     "features": "match features with `mse`, `l1`, `smooth_l1` or `cosine`",
 }
 
@@ -89,6 +90,26 @@ def check_types(ctx: PassContext) -> list[Diagnostic]:
             bad.append(("target", target))
         if teacher_ok and source not in teacher_ok:
             bad.append(("source", source))
+        if len(bad) == 2 and bad[0][1] == bad[1][1] and fn.teacher_accepts is None:
+            # Both sides carry the same wrong kind: one diagnostic, both sides labelled.
+            wanted = " or ".join(sorted(fn.accepts))
+            kind = bad[0][1]
+            out.append(
+                ctx.diag(
+                    "KD301",
+                    f"`{term.loss.func}` needs {wanted} knowledge, but both sides carry "
+                    f"{_article(kind)}",
+                    (*key, "target"),
+                    f"{_article(kind)}",
+                    help=_HINTS.get(wanted),
+                    related=(
+                        ((*key, "source"), f"{_article(kind)}"),
+                        ((*key, "loss"), f"`{term.loss.func}` here"),
+                    ),
+                )
+            )
+            bad = []  # reported as one
+            continue
         for side, kind in bad:
             wanted = " or ".join(sorted(fn.accepts if side == "target" else teacher_ok))
             out.append(

@@ -38,7 +38,8 @@ def test_check_reports_every_error_in_every_format(tmp_path, capsys):
     bad.write_text(BAD)
     code, _, err = run(capsys, "check", str(bad))
     assert code == 1
-    assert "error[KD301]" in err and f"{bad}:4:23" in err and "^^^" in err
+    assert "error[KD301]" in err and f"{bad}:4:37" in err and "^^^" in err
+    assert "both sides carry" in err
     code, _, err = run(capsys, "check", "--format", "concise", str(bad))
     assert code == 1
     assert f"{bad}:4:37: error[KD301]" in err
@@ -76,8 +77,10 @@ def test_param_overrides_are_checked(capsys):
 
 def test_fmt_check_and_rewrite_keep_files_safe(tmp_path, capsys):
     messy = tmp_path / "messy.kd"
-    messy.write_text("# keep me\nmethod m {teacher t   student s\n"
-                     "transfer softmax(T=4) from t.logits to s.logits with kl  # and me\n}\n")
+    messy.write_text(
+        "# keep me\nmethod m {teacher t   student s\n"
+        "transfer softmax(T=4) from t.logits to s.logits with kl  # and me\n}\n"
+    )
     code, out, _ = run(capsys, "fmt", "--check", str(messy))
     assert code == 1 and "would reformat" in out
     code, _, _ = run(capsys, "fmt", str(messy))
@@ -131,8 +134,9 @@ def test_ir_json_round_trips_and_schema_is_published(capsys):
 def test_python_m_kdspec_works():
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "kdspec", "explain", "KD101"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdspec", "explain", "KD101"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "KD101" in proc.stdout
 
 
