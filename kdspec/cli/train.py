@@ -89,6 +89,18 @@ def job_options(args: argparse.Namespace) -> tuple[Any, Any]:
     from kdspec.runtime.job import JobOptions
     from kdspec.runtime.progress import make_progress
 
+    if args.device:
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as exc:
+            raise UsageError(f"--device {args.device}: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {args.device}: CUDA is not available on this machine "
+                "(torch was installed without it, or no GPU is visible)"
+            )
     progress = make_progress(args.quiet)
     opts = JobOptions(
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,

@@ -267,3 +267,12 @@ def test_reproduce_omitted_digit_small(capsys, tmp_path: Path) -> None:
     assert results["chosen_T"] in (2.0, 4.0)
     assert len(results["cells"]) == 2 * 2 + 2
     assert "kdspec reproduce omitted-digit" in results["command"]
+
+
+def test_unavailable_device_is_a_usage_error(capsys, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = _train(capsys, tmp_path, "--device", "cuda")
+    assert code == 2 and "CUDA is not available" in err and "Traceback" not in err
