@@ -419,7 +419,22 @@ def train(
     best: dict[str, Any] = {}
     resumed: dict[str, Any] | None = None
     if resume and ckpt_path.exists():
-        resumed = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        try:
+            resumed = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            if not isinstance(resumed, dict) or "position" not in resumed:
+                raise ValueError("not a kdspec training checkpoint")
+        except Exception as exc:  # any unreadable file: a diagnostic, and the file is kept
+            raise KdError(
+                [
+                    error(
+                        "KD405",
+                        f"cannot resume from `{ckpt_path}`: the checkpoint is corrupt",
+                        notes=(f"torch.load said: {str(exc).splitlines()[0][:200]}",),
+                        help="the file was left as it is; start afresh without `--resume` or with "
+                        "another `--out` folder",
+                    )
+                ]
+            ) from None
         if resumed.get("fingerprint") != fingerprint:
             raise KdError(
                 [

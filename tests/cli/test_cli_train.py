@@ -276,3 +276,15 @@ def test_unavailable_device_is_a_usage_error(capsys, tmp_path: Path) -> None:
         pytest.skip("this machine has CUDA")
     code, _, err = _train(capsys, tmp_path, "--device", "cuda")
     assert code == 2 and "CUDA is not available" in err and "Traceback" not in err
+
+
+def test_resume_from_a_corrupt_checkpoint_is_kd405_and_keeps_the_file(
+    capsys, tmp_path: Path, tiny: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint.pt").write_text("garbage")
+    code, _, err = _train(capsys, tmp_path, "--run", str(tiny), "--resume", "--no-baseline")
+    assert code == 1 and "error[KD405]" in err and "corrupt" in err
+    assert "Traceback" not in err
+    assert (out / "checkpoint.pt").read_text() == "garbage"
