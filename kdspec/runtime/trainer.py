@@ -323,8 +323,11 @@ def _read_records(path: Path, max_step: int) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text().splitlines():
         if line.strip():
-            rec = json.loads(line)
-            if rec["step"] <= max_step:
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut short by an interrupted write: past the checkpoint
+                continue
+            if isinstance(rec, dict) and rec.get("step", max_step + 1) <= max_step:
                 out.append(rec)
     return out
 
