@@ -106,16 +106,8 @@ def build_graph(method: ir.Method) -> KdGraph:
             term_kind=term.kind,
             origin=term.origin,
         )
-        sides: list[tuple[str, ir.Expr | None]] = [("target", term.target)]
-        if term.kind == "transfer":
-            sides.insert(0, ("source", term.source))
-        for side, expr in sides:
+        for side, expr, kind in types.term_sides(term, m):
             kid = f"knowledge:{term.name}/{side}"
-            kind = (
-                types.side_kind(term, side, m)
-                if term.kind == "transfer"
-                else types.expr_kind(expr, m)
-            )
             g.add_node(
                 kid,
                 type="knowledge",

@@ -51,6 +51,19 @@ def side_kind(term: ir.Term, side: str, method: ir.Method) -> str:
     return apply_knowledge(expr_kind(e, method), term.knowledge)
 
 
+def term_sides(term: ir.Term, method: ir.Method) -> list[tuple[str, ir.Expr | None, str]]:
+    """A term's sides in order (``source`` first for transfers), each with its kind.
+
+    A transfer's side kind includes its knowledge pipeline; a supervised term has one side,
+    its ``target``, read as it is.
+    """
+    if term.kind == "supervise":
+        return [("target", term.target, expr_kind(term.target, method))]
+    return [
+        (side, getattr(term, side), side_kind(term, side, method)) for side in ("source", "target")
+    ]
+
+
 def taps(
     e: ir.Expr | None,
     method: ir.Method,

@@ -232,16 +232,8 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
             edge("labels", tid, "labels")
         if term.subset and g.has_node(f"data:{term.subset}"):
             edge(f"data:{term.subset}", tid, "on")
-        sides: list[tuple[str, ir.Expr | None]] = [("target", term.target)]
-        if term.kind == "transfer":
-            sides.insert(0, ("source", term.source))
-        for side, expr in sides:
+        for side, expr, kind in types.term_sides(term, m):
             sid = f"side:{term.name}/{side}"
-            kind = (
-                types.side_kind(term, side, m)
-                if term.kind == "transfer"
-                else types.expr_kind(expr, m)
-            )
             hp = []
             for call in _calls(expr, m):
                 hp.extend(_call_hp(f"{side}.", call, params))
