@@ -137,7 +137,9 @@ class Ensemble(_Node):
 
     name: str
     members: tuple[str, ...]
-    weights: tuple[float, ...] | None = None
+    # An expression like any weight (a list literal, a parameter, schedules inside): evaluated
+    # at every step; None is the plain mean.
+    weights: Expr | None = None
 
 
 class DataPart(_Node):

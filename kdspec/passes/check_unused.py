@@ -52,6 +52,8 @@ def check_unused(ctx: PassContext) -> list[Diagnostic]:
     for part in m.data:
         for e in (*part.args, *part.kwargs.values()):
             _refs(e, used)
+    for ens in m.ensembles:
+        _refs(ens.weights, used)
     for role in m.roles:
         for e in role.options.values():
             _refs(e, used)

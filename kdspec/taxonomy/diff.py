@@ -130,7 +130,7 @@ def _stage_fields(s: ir.Stage) -> dict[str, str]:
 def _ensemble_fields(e: ir.Ensemble) -> dict[str, str]:
     return {
         "members": ", ".join(e.members),
-        "weights": ", ".join(f"{w:g}" for w in e.weights) if e.weights else "-",
+        "weights": expr_text(e.weights) if e.weights else "-",
     }
 
 
