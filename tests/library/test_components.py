@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 CTX = comp.BuildContext(num_classes=10, num_samples=64)
 
