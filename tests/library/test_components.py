@@ -12,7 +12,7 @@ from tolerance import assert_close
 
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 CTX = comp.BuildContext(num_classes=10, num_samples=64)
 
