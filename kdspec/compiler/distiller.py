@@ -481,7 +481,7 @@ class _Builder:
             if role is not None and role.mode == "virtual":
                 correct = role.options.get("correct")
                 return VirtualNode(self.value(correct) if correct is not None else 0.9)
-            ens = next((x for x in self.m.ensembles if x.name == e.role), None)
+            ens = self.m.ensemble(e.role)
             if ens is not None:
                 members = [
                     self.node(e.model_copy(update={"role": r}), path, indices) for r in ens.members
@@ -491,7 +491,8 @@ class _Builder:
             return TapNode(e, indices.get(e))
         if isinstance(e, ir.LetRef):
             if e.name not in self.d._lets:
-                let = next(x for x in self.m.lets if x.name == e.name)
+                let = self.m.let(e.name)
+                assert let is not None  # the passes report unknown names
                 self.d._lets[e.name] = LetNode(self.node(let.value, path, indices))
             return self.d._lets[e.name]
         if isinstance(e, ir.Call):
@@ -555,10 +556,7 @@ class _Builder:
         ):
             chain.append(inner)
             inner = inner.args[0]
-        ens = next(
-            (x for x in self.m.ensembles if isinstance(inner, ir.Tap) and x.name == inner.role),
-            None,
-        )
+        ens = self.m.ensemble(inner.role) if isinstance(inner, ir.Tap) else None
         if ens is not None and isinstance(inner, ir.Tap):
             members = []
             for r in ens.members:

@@ -17,16 +17,6 @@ _RULES = {
 }
 
 
-def _calls(e: ir.Expr | None) -> list[ir.Call]:
-    if isinstance(e, ir.Call):
-        return [e, *(c for a in (*e.args, *e.kwargs.values()) for c in _calls(a))]
-    if isinstance(e, ir.BinOp):
-        return [*_calls(e.left), *_calls(e.right)]
-    if isinstance(e, ir.Neg):
-        return _calls(e.operand)
-    return []
-
-
 # Where a schedule is evaluated at every step; anywhere else a value is fixed when the method is
 # compiled (adapter and learned-loss sizes, stage lengths, data views), so it must be constant.
 _RUNTIME_CATEGORIES = frozenset({"transform", "loss", "combine", "role_init"})
@@ -227,12 +217,12 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
         for i, k in enumerate(term.knowledge):
             out.extend(_check_call(ctx, k, (*key, "knowledge", i)))
         for side in ("source", "target"):
-            for call in _calls(getattr(term, side)):
+            for call in ir.find_all(getattr(term, side), ir.Call):
                 out.extend(_check_call(ctx, call, (*key, side)))
         out.extend(_check_call(ctx, term.loss, (*key, "loss")))
         out.extend(_check_weight(ctx, term))
     for let in m.lets:
-        for call in _calls(let.value):
+        for call in ir.find_all(let.value, ir.Call):
             out.extend(_check_call(ctx, call, ("let", let.name)))
     for ens in m.ensembles:
         path = ("ensemble", ens.name, "weights")
