@@ -29,14 +29,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from kdspec.graph import types
+from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
+from kdspec.ir.canonical import canonicalize, power_of
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
 from kdspec.taxonomy.vocab import FUNCTIONS
@@ -843,49 +844,26 @@ def _transforms_and_adapters(m: ir.Method) -> tuple[Finding, Finding]:
     return transforms, adapters_f
 
 
-def _contains(e: ir.Expr, pred: Any) -> Iterator[ir.Expr]:
-    if pred(e):
-        yield e
-    if isinstance(e, ir.BinOp):
-        yield from _contains(e.left, pred)
-        yield from _contains(e.right, pred)
-    elif isinstance(e, ir.Neg):
-        yield from _contains(e.operand, pred)
-    elif isinstance(e, ir.Call):
-        for a in (*e.args, *e.kwargs.values()):
-            yield from _contains(a, pred)
-
-
-def _same_value(a: ir.Expr, b: ir.Expr, params: dict[str, ir.Expr]) -> bool:
-    if a == b:
-        return True
-    va, vb = _num(a, params), _num(b, params)
-    return isinstance(a, ir.Num) and isinstance(b, ir.Num) and va == vb
-
-
 def _t_squared(term: ir.Term, m: ir.Method) -> ir.Expr | None:
-    """The temperature whose square scales the weight, if any."""
-    temps = [
-        call.kwargs["T"]
-        for call in term.knowledge
-        if call.func in _TEMPERATURED and "T" in call.kwargs
-    ]
-    if not temps:
-        return None
-    for temp in temps:
+    """The temperature whose square scales the weight, if any.
 
-        def squares(e: ir.Expr, temp: ir.Expr = temp) -> bool:
-            if not isinstance(e, ir.BinOp):
-                return False
-            if e.op == "^":
-                return _same_value(e.left, temp, m.params) and _num(e.right, {}) == 2.0
-            return (
-                e.op == "*"
-                and _same_value(e.left, temp, m.params)
-                and _same_value(e.right, temp, m.params)
-            )
-
-        if next(_contains(term.weight, squares), None) is not None:
+    Read on the canonical form, so every spelling counts (``T^2``, ``T * T``, ``alpha * T * T``):
+    a parameter temperature must divide every part of the weight twice. A literal temperature
+    cannot be told from a constant by its spelling (``0.9 * 4^2`` is ``14.4``): the weight
+    counts as T^2-scaled when it is a round multiple of the square (``14.4 = 0.9 * 4^2``).
+    """
+    calls = [*term.knowledge, *_calls(term.source, m), *_calls(term.target, m)]
+    temps = [c.kwargs["T"] for c in calls if c.func in _TEMPERATURED and "T" in c.kwargs]
+    for temp in dict.fromkeys(temps):
+        if not isinstance(temp, ir.Num):
+            if power_of(term.weight, temp) >= 2:
+                return temp
+            continue
+        weight = _num(term.weight, m.params)
+        if weight is None or temp.value <= 1 or weight <= 0:
+            continue
+        ratio = weight / temp.value**2
+        if abs(float(f"{ratio:.2g}") - ratio) <= 1e-9 * ratio:
             return temp
     return None
 
@@ -1082,8 +1060,14 @@ def _ground_truth(m: ir.Method, edges: list[TeachingEdge]) -> Finding:
 
 
 def classify(kg: KdGraph) -> Classification:
-    """Classify a method from its graph along every dimension of :data:`DIMENSIONS`."""
-    m = kg.method
+    """Classify a method from its graph along every dimension of :data:`DIMENSIONS`.
+
+    The method is classified in its canonical form (:func:`kdspec.ir.canonical.canonicalize`),
+    so two spellings of one computation get the same labels.
+    """
+    m = canonicalize(kg.method)
+    if m != kg.method:
+        kg = build_graph(m)
     edges = _edges(kg)
     terms = [_term_knowledge(t, m) for t in m.terms if t.kind == "transfer"]
     roles, topology = _roles_and_topology(kg, edges)
