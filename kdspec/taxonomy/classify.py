@@ -40,7 +40,7 @@ from kdspec.ir import models as ir
 from kdspec.ir.canonical import canonicalize, power_of
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 if TYPE_CHECKING:
     from kdspec.graph.build import KdGraph
