@@ -363,11 +363,17 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
     trained = {st.name: kg.trained_roles(st) for st in stages}
     active = {st.name: {t.name for t in kg.active_terms(st)} for st in stages}
     out: list[TeachingEdge] = []
+    ever_trained = set().union(*trained.values())
     for u, v, d in kg.edges_of("teaches"):
         term = m.term(d["term"])
         if term is None:
             continue
         s = v.split(":", 1)[1]
+        learner = m.role(s)
+        if learner is not None and learner.mode != "trained" and s not in ever_trained:
+            # A role no stage updates learns nothing: the term trains adapters only (FT's
+            # paraphraser reconstructing the frozen teacher's features).
+            continue
         t = u.split(":", 1)[1] if u.startswith("role:") else None
         role = m.role(t) if t else None
         path: Path = ("term", term.name)
@@ -911,6 +917,22 @@ def _losses_and_weights(m: ir.Method) -> tuple[Finding, Finding]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _stage_adapters(stage: ir.Stage, m: ir.Method) -> list[str]:
+    """The learned adapters a stage trains by naming a term or a ``let`` (FT's paraphraser)."""
+    out: list[str] = []
+    for item in stage.train:
+        if isinstance(item, ir.LetRef):
+            out += types.uses_adapter(item, m)
+        elif isinstance(item, ir.Str) and (term := m.term(item.value)) is not None:
+            out += types.uses_adapter(term.source, m) + types.uses_adapter(term.target, m)
+            out += [
+                k.func
+                for k in term.knowledge
+                if FUNCTIONS.get(k.func) is not None and FUNCTIONS[k.func].category == "adapter"
+            ]
+    return list(dict.fromkeys(out))
+
+
 def _stages(kg: KdGraph, terms: dict[str, TermKnowledge]) -> Finding:
     m = kg.method
     stages = m.effective_stages()
@@ -928,11 +950,14 @@ def _stages(kg: KdGraph, terms: dict[str, TermKnowledge]) -> Finding:
             cats.append("labels")
         kinds = sorted({m.role(r).kind for r in trained if m.role(r) is not None})  # type: ignore[union-attr]
         partial = [x for x in stage.train if not (isinstance(x, ir.Tap) and x.point == "output")]
+        partly = any(isinstance(x, ir.Tap) for x in partial)
+        adapters = _stage_adapters(stage, m)
+        what = [*kinds, *([f"adapters ({', '.join(adapters)})"] if adapters else [])]
         summaries.append(
             "+".join(cats or ["nothing"])
             + " / trains "
-            + ("+".join(kinds) or "nothing")
-            + (" (partly)" if partial else "")
+            + ("+".join(what) or "nothing")
+            + (" (partly)" if partly else "")
         )
         repeat = _num(stage.repeat, m.params) if stage.repeat is not None else 1.0
         runs += int(repeat) if repeat is not None and repeat >= 1 else 2
