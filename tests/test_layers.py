@@ -60,3 +60,16 @@ def test_front_end_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_vocabulary_is_the_bottom_layer():
+    """Operator facts sit below every other layer: the vocabulary imports no other package."""
+    allowed = {"vocabulary"}
+    offenders = [
+        f"{p.relative_to(PACKAGE)} imports {name}"
+        for layer, p in _modules()
+        if layer == "vocabulary"
+        for name, _ in _imports(p)
+        if name.startswith("kdspec.") and name.split(".")[1] not in allowed
+    ]
+    assert not offenders, offenders

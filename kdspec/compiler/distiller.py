@@ -40,7 +40,7 @@ from kdspec.ir.evaluate import EvalError, Progress, evaluate
 from kdspec.ops import TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ share them so that a kind is computed in exactly one place.
 from __future__ import annotations
 
 from kdspec.ir import models as ir
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 
 def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
-    """The kind of knowledge an expression yields (see :data:`kdspec.taxonomy.vocab.KINDS`)."""
+    """The kind of knowledge an expression yields (see :data:`kdspec.vocabulary.KINDS`)."""
     if e is None:
         return "features"
     if isinstance(e, ir.Tap):

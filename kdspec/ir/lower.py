@@ -15,7 +15,7 @@ from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
-from kdspec.taxonomy.vocab import CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
+from kdspec.vocabulary import CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
 
 PathKey = tuple[object, ...]
 

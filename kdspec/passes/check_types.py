@@ -5,7 +5,7 @@ from __future__ import annotations
 from kdspec.diagnostics import Diagnostic
 from kdspec.graph import types
 from kdspec.passes.context import PassContext
-from kdspec.taxonomy.vocab import FUNCTIONS, RAW_KINDS
+from kdspec.vocabulary import FUNCTIONS, RAW_KINDS
 
 _HINTS = {
     "distribution": "make both sides distributions (`transfer softmax(T=4) from ... to ...`), "

@@ -6,7 +6,7 @@ from kdspec.diagnostics import Diagnostic
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.passes.context import PassContext
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 _RULES = {
     "positive": (lambda v: v > 0, "must be > 0"),

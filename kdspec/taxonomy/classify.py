@@ -39,7 +39,7 @@ from kdspec.graph import types
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 if TYPE_CHECKING:
     from kdspec.graph.build import KdGraph

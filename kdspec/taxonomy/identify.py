@@ -38,7 +38,7 @@ from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
 from kdspec.taxonomy.diff import term_text
-from kdspec.taxonomy.vocab import FUNCTIONS, REQUIRED
+from kdspec.vocabulary import FUNCTIONS, REQUIRED
 
 if TYPE_CHECKING:
     from kdspec.ir import Lowered

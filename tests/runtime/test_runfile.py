@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerance import assert_close
 
 from kdspec.diagnostics import KdError, render_many
 from kdspec.runtime import default_run, load_run, parse_run
@@ -219,7 +220,7 @@ def test_good_checkpoint_loads(tmp_path: Path, wrap: str) -> None:
     dst = build_model("cnn_tiny", 10, 1)
     load_weights(dst, "s", "s.pt", run)
     for k, v in dst.state_dict().items():
-        torch.testing.assert_close(v, state[k])
+        assert_close(v, state[k])
 
 
 def test_corrupt_checkpoint_is_kd405(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from taxonomy_cases import (
 
 from kdspec.cli.main import main
 from kdspec.taxonomy.classify import DIMENSIONS
-from kdspec.taxonomy.vocab import CLAIM_DIMENSIONS
+from kdspec.vocabulary import CLAIM_DIMENSIONS
 
 
 @dataclass(frozen=True)
