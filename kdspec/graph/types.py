@@ -105,6 +105,31 @@ def taps(
     return []
 
 
+def has_unknown(e: ir.Expr | None, method: ir.Method, _seen: frozenset[str] = frozenset()) -> bool:
+    """Whether an expression calls a function the vocabulary lacks (already reported, KD203)."""
+    if isinstance(e, ir.Call):
+        return e.func not in FUNCTIONS or any(
+            has_unknown(a, method, _seen) for a in (*e.args, *e.kwargs.values())
+        )
+    if isinstance(e, ir.LetRef) and e.name not in _seen:
+        let = next((x for x in method.lets if x.name == e.name), None)
+        return let is not None and has_unknown(let.value, method, _seen | {e.name})
+    if isinstance(e, ir.BinOp):
+        return has_unknown(e.left, method, _seen) or has_unknown(e.right, method, _seen)
+    if isinstance(e, ir.Neg):
+        return has_unknown(e.operand, method, _seen)
+    if isinstance(e, ir.ListE):
+        return any(has_unknown(i, method, _seen) for i in e.items)
+    return False
+
+
+def term_has_unknown(term: ir.Term, method: ir.Method) -> bool:
+    """Whether a term's sides, pipeline or loss call an unknown function: its kinds are unknown,
+    so the type checks skip it rather than report consequences of that one error."""
+    parts: tuple[ir.Expr | None, ...] = (term.source, term.target, *term.knowledge, term.loss)
+    return any(has_unknown(p, method) for p in parts)
+
+
 def expand_role(name: str, method: ir.Method) -> tuple[str, ...]:
     """A role name, or an ensemble's member roles."""
     ens = next((x for x in method.ensembles if x.name == name), None)
