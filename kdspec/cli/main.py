@@ -24,6 +24,7 @@ SUBCOMMANDS = (
     "identify",
     "diff",
     "methods",
+    "lsp",
 )
 
 

@@ -55,8 +55,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--allow-import",
         action="append",
         default=[],
-        metavar="PKG",
-        help="let `import:` model sources load this package",
+        metavar="MOD[,MOD]",
+        help="let `import:` model and data sources import these modules (and their "
+        "submodules); also KDSPEC_ALLOW_IMPORT or ~/.config/kdspec/config.toml. "
+        "A run file cannot allow imports",
     )
     p.add_argument("--cache-dir", help="teacher cache (default: $KDSPEC_CACHE or ~/.cache/kdspec)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")

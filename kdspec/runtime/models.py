@@ -6,8 +6,10 @@ A source names where an architecture comes from:
 * ``torchvision:resnet18`` / ``timm:resnet18`` — freshly initialised (no pretrained download);
 * ``hf:path/config.json`` or ``hf:path/to/dir`` — a transformers sequence classifier built from
   a *local* config (with the folder's weights if it has them); never a hub download;
-* ``import:pkg.module:factory`` — any factory, only for packages the run allows
-  (``allow_import = ["pkg"]`` or ``--allow-import pkg``), since importing runs code.
+* ``import:pkg.module:factory`` — a class deriving from ``nn.Module`` or a function of the
+  user's code returning one, only from modules the person running kdspec allows
+  (``--allow-import pkg``, ``KDSPEC_ALLOW_IMPORT``, the user config; see
+  :mod:`kdspec.runtime.imports`), since importing runs code.
 
 Every failure is a diagnostic (KD404 unknown model, KD405 bad checkpoint, KD406 import not
 allowed), pointing at the run file's key when there is one; never a traceback.
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from kdspec.diagnostics import KdError
+from kdspec.runtime.imports import ImportRefused, allowed_imports, import_factory
 from kdspec.runtime.runfile import Run
 
 __all__ = ["SCHEMES", "build_model_from_source", "load_weights"]
@@ -56,7 +59,8 @@ def build_model_from_source(
         num_classes: Outputs of the classifier.
         in_channels: Input channels of the data.
         run: The run (for diagnostics and relative paths).
-        allow_import: Packages ``import:`` may load, besides the run file's ``allow_import``.
+        allow_import: Modules ``import:`` may load (merged with ``KDSPEC_ALLOW_IMPORT`` and the
+            user config, :func:`~kdspec.runtime.imports.allowed_imports`).
 
     Returns:
         A freshly initialised model (weights are loaded separately, :func:`load_weights`).
@@ -197,50 +201,26 @@ def _hf(role: str, name: str, num_classes: int, run: Run) -> nn.Module:
     return cls.from_config(config)
 
 
-def _allowed(module: str, allowed: Iterable[str]) -> bool:
-    return any(module == a or module.startswith(a + ".") for a in allowed)
-
-
 def _import(
     role: str,
     spec: str,
     num_classes: int,
     in_channels: int,
     run: Run,
-    extra: Iterable[str],
+    allowed: Iterable[str],
     options: dict[str, Any],
 ) -> nn.Module:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise _fail(
-            run, role, f"bad import source `import:{spec}`", "write `import:package.module:factory`"
-        )
-    allowed = [*run.config.allow_import, *extra]
-    if not _allowed(module_name, allowed):
-        top = module_name.split(".")[0]
-        raise _fail(
-            run,
-            role,
-            f"importing `{module_name}` is not allowed",
-            f'importing runs its code: add `allow_import = ["{top}"]` to the run file '
-            f"or pass `--allow-import {top}`",
-            code="KD406",
-        )
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise _fail(run, role, f"cannot import `{module_name}`: {exc}", None) from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise _fail(run, role, f"`{module_name}` has no factory `{attr}`", _close(attr, names))
+        factory = import_factory(spec, allowed_imports(allowed), nn.Module, "model")
+    except ImportRefused as exc:
+        raise _fail(run, role, exc.message, exc.help, code=exc.code) from None
     kwargs = _bindable(factory, {"num_classes": num_classes, "in_channels": in_channels})
     model = factory(**kwargs, **options)
     if not isinstance(model, nn.Module):
         raise _fail(
             run,
             role,
-            f"`{module_name}:{attr}` returned {type(model).__name__}, not an `nn.Module`",
+            f"`{spec}` returned {type(model).__name__}, not an `nn.Module`",
             None,
         )
     return model

@@ -143,7 +143,6 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     params: dict[str, ParamValue] = Field(default_factory=dict)
-    allow_import: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -216,6 +215,8 @@ def parse_run(text: str, name: str = "<run>", base_dir: Path | None = None) -> R
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise KdError([_toml_error(source, exc)]) from None
+    if "allow_import" in raw:
+        raise KdError([_self_permission(source)])
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -226,6 +227,21 @@ def parse_run(text: str, name: str = "<run>", base_dir: Path | None = None) -> R
             diags.setdefault(diag.span or diag.message, diag)
         raise KdError(sorted(diags.values(), key=lambda d: d.sort_key())) from None
     return Run(config, source, base_dir if base_dir is not None else Path("."))
+
+
+def _self_permission(source: SourceFile) -> Diagnostic:
+    from kdspec.runtime.imports import CONFIG_SHOWN, ENV_VAR
+
+    return error(
+        "KD501",
+        "a run file cannot allow imports: permission to run code comes from you, "
+        "not from the file being loaded",
+        source,
+        key_span(source, ("allow_import",)),
+        "not allowed in a run file",
+        help=f"remove `allow_import` and pass `--allow-import MOD[,MOD]`, set `{ENV_VAR}`, or "
+        f"list the modules in `allow_import` of your config file {CONFIG_SHOWN}",
+    )
 
 
 def _toml_error(source: SourceFile, exc: tomllib.TOMLDecodeError) -> Diagnostic:

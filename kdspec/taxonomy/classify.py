@@ -29,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -219,25 +219,6 @@ class Classification:
 # ---------------------------------------------------------------------------------------------
 # Small helpers over the IR
 # ---------------------------------------------------------------------------------------------
-
-
-def _calls(e: ir.Expr | None, m: ir.Method, _seen: frozenset[str] = frozenset()) -> list[ir.Call]:
-    """Every call in an expression (through ``let`` bindings), outermost first."""
-    if isinstance(e, ir.Call):
-        out = [e]
-        for a in (*e.args, *e.kwargs.values()):
-            out.extend(_calls(a, m, _seen))
-        return out
-    if isinstance(e, ir.LetRef) and e.name not in _seen:
-        let = next((x for x in m.lets if x.name == e.name), None)
-        return _calls(let.value, m, _seen | {e.name}) if let else []
-    if isinstance(e, ir.BinOp):
-        return [*_calls(e.left, m, _seen), *_calls(e.right, m, _seen)]
-    if isinstance(e, ir.Neg):
-        return _calls(e.operand, m, _seen)
-    if isinstance(e, ir.ListE):
-        return [c for i in e.items for c in _calls(i, m, _seen)]
-    return []
 
 
 def _heads(e: ir.Expr | None, m: ir.Method) -> list[str]:
@@ -658,7 +639,7 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
     params = m.params
     path: Path = ("term", term.name)
     pipeline = list(term.knowledge)
-    side_calls = _calls(term.source, m) + _calls(term.target, m)
+    side_calls = [c for e in (term.source, term.target) for c in ir.find_all(e, ir.Call, m)]
     funcs = [c.func for c in (*pipeline, *side_calls)]
     src_points = _side_points(term.source, m)
     dst_points = _side_points(term.target, m, learner=True)
@@ -808,7 +789,7 @@ def _transforms_and_adapters(m: ir.Method) -> tuple[Finding, Finding]:
             bucket = adapters if fn is not None and fn.category == "adapter" else sides
             bucket.setdefault(call.func, []).append("both sides")
         for side, e in (("teacher side", term.source), ("student side", term.target)):
-            for call in _calls(e, m):
+            for call in ir.find_all(e, ir.Call, m):
                 fn = FUNCTIONS.get(call.func)
                 if fn is None or fn.category not in ("transform", "adapter", "combine"):
                     continue
@@ -843,19 +824,6 @@ def _transforms_and_adapters(m: ir.Method) -> tuple[Finding, Finding]:
     return transforms, adapters_f
 
 
-def _contains(e: ir.Expr, pred: Any) -> Iterator[ir.Expr]:
-    if pred(e):
-        yield e
-    if isinstance(e, ir.BinOp):
-        yield from _contains(e.left, pred)
-        yield from _contains(e.right, pred)
-    elif isinstance(e, ir.Neg):
-        yield from _contains(e.operand, pred)
-    elif isinstance(e, ir.Call):
-        for a in (*e.args, *e.kwargs.values()):
-            yield from _contains(a, pred)
-
-
 def _same_value(a: ir.Expr, b: ir.Expr, params: dict[str, ir.Expr]) -> bool:
     if a == b:
         return True
@@ -885,7 +853,7 @@ def _t_squared(term: ir.Term, m: ir.Method) -> ir.Expr | None:
                 and _same_value(e.right, temp, m.params)
             )
 
-        if next(_contains(term.weight, squares), None) is not None:
+        if any(squares(e) for e in term.weight.walk()):
             return temp
     return None
 
@@ -911,7 +879,7 @@ def _losses_and_weights(m: ir.Method) -> tuple[Finding, Finding]:
         if temp is not None:
             w_vals.append("T^2 scaling")
             notes.append(f"T^2 scaling: `{expr_text(temp)}` is also the softmax temperature")
-        for call in _calls(term.weight, m):
+        for call in ir.find_all(term.weight, ir.Call, m):
             f = FUNCTIONS.get(call.func)
             if f is not None and f.category == "schedule":
                 label = "warm-up" if call.func == "warmup" else f"{call.func} schedule"
@@ -1061,7 +1029,11 @@ def _ground_truth(m: ir.Method, edges: list[TeachingEdge]) -> Finding:
             if r in learners and role is not None:
                 kinds.append(role.kind + (" (on a subset)" if term.subset else ""))
     for term in m.terms:
-        for call in (*term.knowledge, *_calls(term.source, m), *_calls(term.target, m)):
+        for call in (
+            *term.knowledge,
+            *ir.find_all(term.source, ir.Call, m),
+            *ir.find_all(term.target, ir.Call, m),
+        ):
             fn = FUNCTIONS.get(call.func)
             if fn is not None and fn.needs_labels:
                 ev.append(
