@@ -81,22 +81,9 @@ def _is_stopgrad(e: ir.Expr) -> bool:
     return isinstance(e, ir.Call) and e.func == "stopgrad"
 
 
-def has_unknown(e: ir.Expr | None, method: ir.Method, _seen: frozenset[str] = frozenset()) -> bool:
-    """Whether an expression calls a function the vocabulary lacks (already reported, KD203)."""
-    if isinstance(e, ir.Call):
-        return e.func not in FUNCTIONS or any(
-            has_unknown(a, method, _seen) for a in (*e.args, *e.kwargs.values())
-        )
-    if isinstance(e, ir.LetRef) and e.name not in _seen:
-        let = next((x for x in method.lets if x.name == e.name), None)
-        return let is not None and has_unknown(let.value, method, _seen | {e.name})
-    if isinstance(e, ir.BinOp):
-        return has_unknown(e.left, method, _seen) or has_unknown(e.right, method, _seen)
-    if isinstance(e, ir.Neg):
-        return has_unknown(e.operand, method, _seen)
-    if isinstance(e, ir.ListE):
-        return any(has_unknown(i, method, _seen) for i in e.items)
-    return False
+def has_unknown(e: ir.Expr | None, method: ir.Method) -> bool:
+    """Whether an expression calls (through lets) a function the vocabulary lacks (KD203)."""
+    return any(call.func not in FUNCTIONS for call in ir.find_all(e, ir.Call, method))
 
 
 def term_has_unknown(term: ir.Term, method: ir.Method) -> bool:

@@ -13,6 +13,7 @@ import paper_refs as ref
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerance import assert_close
 from torch import Tensor, nn
 
 B, K, L, V = 8, 10, 5, 12
@@ -37,11 +38,11 @@ def token_mask(seed: int = 9) -> Tensor:
 
 def same(a: Tensor, b: Tensor, wrt: list[Tensor]) -> None:
     """Equal values and equal gradients with respect to every tensor in ``wrt``."""
-    torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-12)
+    assert_close(a, b, rtol=RTOL)
     ga = torch.autograd.grad(a, wrt, retain_graph=True)
     gb = torch.autograd.grad(b, wrt, retain_graph=True)
     for x, y in zip(ga, gb, strict=True):
-        torch.testing.assert_close(x, y, rtol=RTOL, atol=1e-12)
+        assert_close(x, y, rtol=RTOL)
 
 
 # --- official code, transcribed ---------------------------------------------------------------
@@ -225,7 +226,7 @@ def test_nkd_target_term_is_student_ce_weighted_by_the_teacher() -> None:
     """With gamma = 0 only ``-p_t[y] log p_s[y]`` is left; a one-hot teacher makes it the CE."""
     s, y = rand(B, K, seed=2), labels()
     t = 50.0 * F.one_hot(y, K).double()
-    torch.testing.assert_close(ref.nkd(t, s, y, gamma=0.0), ref.ce(s, y), rtol=1e-12, atol=0)
+    assert_close(ref.nkd(t, s, y, gamma=0.0), ref.ce(s, y), rtol=1e-12)
 
 
 def test_wsl_matches_the_official_soft_term() -> None:
@@ -258,14 +259,12 @@ def test_mlkd_terms_vanish_for_equal_predictions_and_weights_scale_their_levels(
     assert float(ref.mlkd(t, t.detach().clone())) == pytest.approx(0.0, abs=1e-12)
     ones_b, ones_k = torch.ones(B, dtype=torch.float64), torch.ones(K, dtype=torch.float64)
     full = ref.mlkd(t, s)
-    torch.testing.assert_close(ref.mlkd(t, s, sample_weight=ones_b, class_weight=ones_k), full)
+    assert_close(ref.mlkd(t, s, sample_weight=ones_b, class_weight=ones_k), full)
     class_only = ref.mlkd(t, s, sample_weight=0 * ones_b)
     sample_only = ref.mlkd(t, s, class_weight=0 * ones_k)
-    torch.testing.assert_close(class_only + sample_only, full)
+    assert_close(class_only + sample_only, full)
     assert float(class_only) > 0 and float(sample_only) > 0
-    torch.testing.assert_close(
-        ref.mlkd(t, s, sample_weight=2 * ones_b, class_weight=0 * ones_k), 2 * sample_only
-    )
+    assert_close(ref.mlkd(t, s, sample_weight=2 * ones_b, class_weight=0 * ones_k), 2 * sample_only)
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
@@ -279,7 +278,7 @@ def test_ctkd_reverses_the_temperature_gradient_only(lam: float) -> None:
     same(loss, plain, [s])
     (g_theta,) = torch.autograd.grad(loss, [theta], retain_graph=True)
     (g_plain,) = torch.autograd.grad(plain, [theta])
-    torch.testing.assert_close(g_theta, -lam * g_plain, rtol=RTOL, atol=1e-15)
+    assert_close(g_theta, -lam * g_plain, rtol=RTOL)
 
 
 def test_ctkd_matches_the_official_distill_kl() -> None:
@@ -304,7 +303,7 @@ def test_ttm_matches_the_official_loss(T: float) -> None:
 
 def test_ttm_at_t1_is_kd_at_t1_and_differs_from_kd_elsewhere() -> None:
     t, s = rand(B, K, seed=16), rand(B, K, seed=17)
-    torch.testing.assert_close(ref.ttm(t, s, 1.0), ref.kd(t, s, 1.0), rtol=1e-12, atol=0)
+    assert_close(ref.ttm(t, s, 1.0), ref.kd(t, s, 1.0), rtol=1e-12)
     assert abs(float(ref.ttm(t, s, 4.0)) - float(ref.kd(t, s, 4.0))) > 1e-3
 
 
@@ -319,7 +318,7 @@ def test_simkd_mse_on_the_projection_and_the_teacher_classifier(hs: int, ht: int
     src = F.adaptive_avg_pool2d(fs, side) if hs > side else fs
     tgt = F.adaptive_avg_pool2d(ft, side) if ht > side else ft
     same(loss, nn.MSELoss()(proj(src), tgt), [fs, proj.weight])
-    torch.testing.assert_close(logits, head(F.adaptive_avg_pool2d(proj(src), 1).flatten(1)))
+    assert_close(logits, head(F.adaptive_avg_pool2d(proj(src), 1).flatten(1)))
 
 
 # --- language models --------------------------------------------------------------------------
@@ -337,7 +336,7 @@ def test_jsd_matches_trl(beta: float, masked: bool) -> None:
 def test_jsd_half_is_symmetric_and_bounded_by_log2() -> None:
     t, s = rand(B, L, V, seed=22, scale=6.0), rand(B, L, V, seed=23, scale=6.0)
     a, b = ref.jsd(t, s, 0.5), ref.jsd(s, t, 0.5)
-    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert_close(a, b, rtol=1e-12)
     assert 0.0 < float(a) < float(torch.log(torch.tensor(2.0)))
 
 
@@ -367,7 +366,7 @@ def test_skew_kl_is_distillm_minus_the_teacher_entropy(alpha: float) -> None:
     # Its gradient with respect to the student is DistiLLM's, entropy or not.
     g_ref = torch.autograd.grad(ref.skew_kl(t, s, alpha, keep), s)[0]
     g_off = torch.autograd.grad(official_skewed_forward_kl(s, t, lab, alpha), s)[0]
-    torch.testing.assert_close(g_ref, g_off, rtol=RTOL, atol=1e-12)
+    assert_close(g_ref, g_off, rtol=RTOL)
 
 
 @pytest.mark.parametrize("alpha", [0.1, 0.5])
@@ -380,10 +379,8 @@ def test_skew_reverse_kl_matches_distillm(alpha: float) -> None:
 def test_skew_kl_limits() -> None:
     """alpha = 0 gives KL(p_t || p_s), the forward KL; equal inputs give 0."""
     t, s = rand(B, L, V, seed=32), rand(B, L, V, seed=33)
-    torch.testing.assert_close(ref.skew_kl(t, s, 0.0), ref.jsd(t, s, 0.0), rtol=1e-12, atol=0)
-    torch.testing.assert_close(
-        ref.skew_reverse_kl(t, s, 0.0), ref.reverse_kl(t, s), rtol=1e-12, atol=0
-    )
+    assert_close(ref.skew_kl(t, s, 0.0), ref.jsd(t, s, 0.0), rtol=1e-12)
+    assert_close(ref.skew_reverse_kl(t, s, 0.0), ref.reverse_kl(t, s), rtol=1e-12)
     assert float(ref.skew_kl(t, t.detach().clone(), 0.3)) == pytest.approx(0.0, abs=1e-12)
 
 
