@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     "diff",
     "methods",
     "lsp",
+    "importer",
 )
 
 

@@ -39,9 +39,22 @@ _NAMED = re.compile(r"\b(ensemble|param|let|view|subset)\s+([A-Za-z_]\w*)")
 _LABEL = re.compile(r"\b(?:transfer|supervise)\s+([A-Za-z_]\w*)\s*:")
 _CODE_ONLY = re.compile(r'#[^\n]*|"([^"\\\n]|\\.)*"')
 _STATEMENTS = (
-    "cite", "param", "teacher", "student", "assistant", "peer", "ensemble", "view", "subset",
-    "let", "transfer", "supervise", "stage", "use", "claim",
-)  # fmt: skip
+    "cite",
+    "param",
+    "teacher",
+    "student",
+    "assistant",
+    "peer",
+    "ensemble",
+    "view",
+    "subset",
+    "let",
+    "transfer",
+    "supervise",
+    "stage",
+    "use",
+    "claim",
+)
 
 
 @dataclass(frozen=True)

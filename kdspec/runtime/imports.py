@@ -17,8 +17,8 @@ Even in an allowed module, only a *factory* is called, and it is checked before 
 
 * a class deriving from the expected base (``nn.Module`` for models, ``Dataset`` for data), or
 * a Python function whose return annotation is such a class, or
-* a Python function defined in the named module itself, where that module is the user's own
-  code (not the standard library, not an installed package).
+* a class or Python function defined in an allowed module that is the user's own code (a
+  file outside the standard library and the installed packages); what it returns is checked.
 
 So ``import:os:system`` (a builtin) and ``import:torch.hub:load`` (an installed package's
 loader, unannotated) are refused even when ``os`` or ``torch`` is allowed.
@@ -43,6 +43,8 @@ __all__ = [
     "ENV_VAR",
     "ImportRefused",
     "allowed_imports",
+    "bindable",
+    "code_fingerprint",
     "import_factory",
     "is_user_code",
     "split_modules",
@@ -139,18 +141,15 @@ def _cwd_on_path() -> Any:
             sys.path.remove(cwd)
 
 
-def _returns(fn: Any, base: type) -> bool | None:
-    """Whether ``fn``'s return annotation is a subclass of ``base`` (None: not annotated)."""
+def _returns(fn: Any, base: type) -> bool:
+    """Whether ``fn``'s return annotation names a subclass of ``base`` (or a union of them)."""
     try:
-        hints = typing.get_type_hints(fn)
-    except Exception:
-        hints = dict(getattr(fn, "__annotations__", {}) or {})
-    ret = hints.get("return")
-    if ret is None or isinstance(ret, str):
-        return None
+        ret = typing.get_type_hints(fn).get("return")
+    except Exception:  # an annotation that does not resolve says nothing
+        return False
     union = typing.get_origin(ret) in (typing.Union, types.UnionType)
     candidates = typing.get_args(ret) if union else (ret,)
-    return all(isinstance(c, type) and issubclass(c, base) for c in candidates)
+    return bool(candidates) and all(isinstance(c, type) and issubclass(c, base) for c in candidates)
 
 
 def import_factory(spec: str, allowed: Iterable[str], base: type, what: str = "model") -> Any:
@@ -210,22 +209,69 @@ def import_factory(spec: str, allowed: Iterable[str], base: type, what: str = "m
     return factory
 
 
+def code_fingerprint(modules: Iterable[Any], limit: int = 500) -> dict[str, str]:
+    """sha256 of the source of the user's code reachable from ``modules``.
+
+    Follows the globals of each module of the user's own code (see :func:`is_user_code`) to the
+    modules, classes and functions it uses, and hashes every such module's file; installed
+    packages and kdspec itself are left out (their versions are recorded elsewhere). A change
+    to the code that defines a model or a dataset, even one that keeps every parameter shape
+    (a different activation), changes the fingerprint.
+
+    Returns:
+        Module name -> sha256 of its file, for every user-code module reached.
+    """
+    import hashlib
+
+    out: dict[str, str] = {}
+    todo = [m for m in modules if m is not None]
+    seen: set[str] = set()
+    while todo and len(seen) < limit:
+        module = todo.pop()
+        name = getattr(module, "__name__", None)
+        if not isinstance(name, str) or name in seen:
+            continue
+        seen.add(name)
+        if name == "kdspec" or name.startswith("kdspec.") or not is_user_code(module):
+            continue
+        try:
+            out[name] = hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()
+        except OSError:
+            out[name] = "unreadable"
+        for value in list(vars(module).values()):
+            target = value if isinstance(value, types.ModuleType) else None
+            if target is None:
+                owner = getattr(value, "__module__", None)
+                target = sys.modules.get(owner) if isinstance(owner, str) else None
+            if target is not None and getattr(target, "__name__", None) not in seen:
+                todo.append(target)
+    return dict(sorted(out.items()))
+
+
+def bindable(fn: Any, candidates: dict[str, Any]) -> dict[str, Any]:
+    """The candidate keywords ``fn`` accepts (all of them if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(candidates)
+    return {k: v for k, v in candidates.items() if k in params}
+
+
 def _not_a_factory(factory: Any, base: type, allowed: Iterable[str]) -> str | None:
     """None if ``factory`` may be called to make a ``base``, else why not."""
-    if inspect.isclass(factory):
-        if issubclass(factory, base):
-            return None
-        return f"the class does not derive from `{base.__qualname__}`"
-    if not inspect.isfunction(factory):
-        return f"it is a {type(factory).__name__}, not a class or a Python function"
-    returns = _returns(factory, base)
-    if returns is True:
+    is_class = inspect.isclass(factory)
+    if is_class and issubclass(factory, base):
         return None
-    if returns is False:
-        return f"its return annotation is not a `{base.__qualname__}`"
+    if not is_class and not inspect.isfunction(factory):
+        return f"it is a {type(factory).__name__}, not a class or a Python function"
+    if not is_class and _returns(factory, base):
+        return None
     home = sys.modules.get(getattr(factory, "__module__", "") or "")
     if home is None or not _is_allowed(home.__name__, allowed):
         return f"it is defined in `{factory.__module__}`, which you did not allow"
     if not is_user_code(home):
-        return "it is an unannotated function of the standard library or of an installed package"
+        kind = f"a class not deriving from `{base.__qualname__}`" if is_class else "a function"
+        return f"it is {kind} of the standard library or of an installed package"
     return None

@@ -97,7 +97,7 @@ def test_a_users_own_module_in_the_current_folder_imports_without_pythonpath(
     assert _build(f"import:{mod}:make", [mod]) is not None
     assert sys.modules[mod].CALLS == [8]
     # Names that are not factories are refused before anything is called.
-    assert "does not derive" in _refused(f"import:{mod}:NotAModel", [mod]).message
+    assert "not an `nn.Module`" in _refused(f"import:{mod}:NotAModel", [mod]).message
     assert _refused(f"import:{mod}:system", [mod]).code == "KD406"  # re-exported builtin
     diag = _refused(f"import:{mod}:returns_a_string", [mod])  # called, then refused
     assert "not an `nn.Module`" in diag.message
