@@ -636,8 +636,8 @@ def equivalent(a: ir.Method, b: ir.Method) -> bool:
 
 
 __all__ = [
-    "canonical_stages",
     "canonical_names",
+    "canonical_stages",
     "canonicalize",
     "equivalent",
     "fold",
