@@ -38,7 +38,7 @@ def split_stage(arg: str) -> tuple[str, str | None]:
     return spec, stage or None
 
 
-def _load(arg: str, overrides: dict[str, object]):  # type: ignore[no-untyped-def]
+def _load(arg: str, overrides: dict[str, object]):
     from kdspec.cli.taxonomy import load_one
     from kdspec.taxonomy.diff import stage_view
 

@@ -328,8 +328,6 @@ class TermModule(nn.Module):
         env.shape_hint = hint
         if isinstance(self.target, PipelineNode):
             raw_t = self.target.raw(env)
-            env.shape_hint = [tuple(v.shape[1:]) for v in src]
-            env.shape_hint = hint
             tgt = self.target.apply_steps(raw_t, env)
         else:
             tgt = self.target(env)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kdspec.diagnostics import Diagnostic
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS
 
-_RULES = {
+_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "positive": (lambda v: v > 0, "must be > 0"),
     "nonneg": (lambda v: v >= 0, "must be >= 0"),
     "unit": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),

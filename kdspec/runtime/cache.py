@@ -95,7 +95,7 @@ def teacher_key_fields(
     recipe = teacher.model_dump()
     recipe["seed"] = seed
     recipe["exclude_classes"] = sorted(recipe["exclude_classes"])
-    fields = {
+    fields: dict[str, Any] = {
         "architecture": source,
         "model_options": options,
         "num_classes": num_classes,
