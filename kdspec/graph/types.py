@@ -82,6 +82,18 @@ def _is_stopgrad(e: ir.Expr) -> bool:
     return isinstance(e, ir.Call) and e.func == "stopgrad"
 
 
+def has_unknown(e: ir.Expr | None, method: ir.Method) -> bool:
+    """Whether an expression calls (through lets) a function the vocabulary lacks (KD203)."""
+    return any(call.func not in FUNCTIONS for call in ir.find_all(e, ir.Call, method))
+
+
+def term_has_unknown(term: ir.Term, method: ir.Method) -> bool:
+    """Whether a term's sides, pipeline or loss call an unknown function: its kinds are unknown,
+    so the type checks skip it rather than report consequences of that one error."""
+    parts: tuple[ir.Expr | None, ...] = (term.source, term.target, *term.knowledge, term.loss)
+    return any(has_unknown(p, method) for p in parts)
+
+
 def expand_role(name: str, method: ir.Method) -> tuple[str, ...]:
     """A role name, or an ensemble's member roles."""
     ens = method.ensemble(name)

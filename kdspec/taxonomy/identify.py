@@ -682,10 +682,34 @@ def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[
         return found
 
     a, b = others(lib), others(spec)
+    gone: list[tuple[object, str]] = []
+    new: list[tuple[object, str]] = []
     for key in sorted(set(a) | set(b), key=str):
         xs, ys = a.get(key, []), b.get(key, [])
-        out += [f"- only in `{lib_name}`: {text}" for text in xs[len(ys) :]]
-        out += [f"+ only in this spec: {text}" for text in ys[len(xs) :]]
+        gone += [(key, text) for text in xs[len(ys) :]]
+        new += [(key, text) for text in ys[len(xs) :]]
+    # A role of the same kind in another state (a teacher made trainable) is one change.
+    for key_a, text_a in list(gone):
+        twin = next(
+            (
+                (k, t)
+                for k, t in new
+                if isinstance(k, tuple)
+                and isinstance(key_a, tuple)
+                and k[:2] == key_a[:2]
+                and k[0] == "role"
+            ),
+            None,
+        )
+        if twin is not None:
+            gone.remove((key_a, text_a))
+            new.remove(twin)
+            out.append(
+                f"~ {text_a} (`{lib_name}`) vs {twin[1].split(' ', 1)[1]} (here): "
+                f"mode {key_a[2]} -> {twin[0][2]}"  # type: ignore[index]
+            )
+    out += [f"- only in `{lib_name}`: {text}" for _, text in gone]
+    out += [f"+ only in this spec: {text}" for _, text in new]
 
     fields = ("loss", "map", "knowledge", "schedule", "source", "target")
     lib_terms = {n: _term_parts(lib, n) for n, d in lib.nodes(data=True) if d["kind"] == "term"}
@@ -693,10 +717,12 @@ def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[
     # Identical terms cancel out; the rest are paired by the number of equal parts.
     for n_lib in list(lib_terms):
         p = {k: v for k, v in lib_terms[n_lib].items() if k != "texts"}
-        twin = next(
-            (n for n, q in spec_terms.items() if {k: v for k, v in q.items() if k != "texts"} == p),
-            None,
-        )
+        twins = [
+            n for n, q in spec_terms.items() if {k: v for k, v in q.items() if k != "texts"} == p
+        ]
+        # Several structurally equal terms: the one that also reads the same taps.
+        same_text = [n for n in twins if spec_terms[n]["texts"] == lib_terms[n_lib]["texts"]]
+        twin = (same_text or twins or [None])[0]
         if twin is not None:
             del lib_terms[n_lib], spec_terms[twin]
     pairs = sorted(
