@@ -79,6 +79,11 @@ class Lowered:
 MethodFinder = Callable[[str], "tuple[ast.Method, SourceFile] | None"]
 
 
+def _a(noun: str) -> str:
+    """``a transform``, ``an adapter``."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def did_you_mean(name: str, candidates: Iterable[str], *, declared: bool = False) -> str | None:
     """``did you mean `x`?`` where `x` is what the user meant, else None.
 
@@ -266,9 +271,9 @@ class _MethodLowering:
             wanted = " or ".join(categories)
             self.err(
                 "KD203",
-                f"`{fname}` is a {fn.category}, not a {wanted}",
+                f"`{fname}` is {_a(fn.category)}, not {_a(wanted)}",
                 e.func.span,
-                f"a {fn.category} here",
+                f"{_a(fn.category)} here",
                 help=did_you_mean(fname, [n for c in categories for n in by_category(c)]),
             )
         n_inputs = max(fn.inputs, 0) - implicit_inputs if fn.inputs >= 0 else len(e.args)
