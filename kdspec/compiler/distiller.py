@@ -481,27 +481,6 @@ class Distiller(nn.Module):
         """Unweighted terms on given tapped tensors, keyed by tap text (``"t.stage[1..3]"``)."""
         return self.raw_terms({**tensors, "labels": labels})
 
-    def explain_plan(self) -> str:
-        """Which hook points every role is tapped at, and every adapter's shape (deterministic)."""
-        lines = []
-        for role, info in self._taps.items():
-            lines.append(
-                f"role {role}: stages {info.stages} ({info.stage_source}), "
-                f"classifier {info.classifier}"
-            )
-        for tap, points in self._points.items():
-            where = ", ".join(
-                f"{p.path or p.kind}:{p.io}" + (f"@{p.call}" if p.call else "") for p in points
-            )
-            lines.append(f"  {types.tap_text(tap)} -> {where}")
-        for name, term in self.terms.items():
-            for node in term.modules():
-                if isinstance(node, AdapterNode):
-                    for a in node.adapters:
-                        n = sum(p.numel() for p in a.parameters())
-                        lines.append(f"  {name}: {node.func} ({n} parameters)")
-        return "\n".join(lines)
-
 
 # ---------------------------------------------------------------------------------------------
 # Building
@@ -933,14 +912,6 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
         d.train()
         for name, mode in modes.items():
             d.roles[name].train(mode)
-
-
-def iter_adapters(d: Distiller) -> Iterator[nn.Module]:
-    """Every adapter module of a compiled method."""
-    for term in d.terms.values():
-        for node in term.modules():
-            if isinstance(node, AdapterNode):
-                yield from node.adapters
 
 
 def _scheduled_parts(m: ir.Method) -> list[tuple[str, tuple[str, str]]]:
