@@ -175,8 +175,8 @@ def skip_statement(text: str, offset: int) -> str | None:
 def error_offset(exc: UnexpectedInput) -> int:
     """Where a lark error happened, as an offset into the text."""
     if isinstance(exc, UnexpectedToken) and exc.token.start_pos is not None:
-        return exc.token.start_pos
-    return exc.pos_in_stream or 0
+        return int(exc.token.start_pos)
+    return int(exc.pos_in_stream or 0)
 
 
 def _describe_terminal(lark: Lark, name: str) -> str:
