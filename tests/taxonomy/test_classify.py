@@ -492,8 +492,10 @@ def test_multi_teacher_is_titled_after_what_it_does() -> None:
     assert "relative-dissimilarity term" in library_text("multi_teacher")
 
 
-TF_SELF_UNSTATED = library_text("tfkd_self").replace("teacher t like s", "teacher t").replace(
-    "  claim scheme = offline, self\n", ""
+TF_SELF_UNSTATED = (
+    library_text("tfkd_self")
+    .replace("teacher t like s", "teacher t")
+    .replace("  claim scheme = offline, self\n", "")
 )
 
 
@@ -540,6 +542,6 @@ def test_algorithm_axis() -> None:
 
 def test_like_and_from_name_roles() -> None:
     text = library_text("hinton").replace("teacher t", "teacher t like x")
-    lowered, diags = check_source(SourceFile("x.kd", text))
+    _, diags = check_source(SourceFile("x.kd", text))
     (d,) = [d for d in diags if d.code == "KD202"]
     assert d.message == "unknown role `x`"
