@@ -20,7 +20,12 @@ EPILOG = """examples:
   kdspec train specs/fitnets.kd --epochs 30 --seed 1
   kdspec train specs/hinton.kd --run runs/cifar100_resnet32x4_resnet8x4.toml --out runs-out/kd
   kdspec train specs/hinton.kd --out runs-out/kd --resume
-  kdspec train hinton --param T=8 --param alpha=0.5"""
+  kdspec train hinton --param T=8 --param alpha=0.5
+  kdspec train hinton --run mydata.toml --allow-import mydata
+
+run files (--run): every table and key, the model and data sources (your own Dataset
+included), metrics, import permission and the teacher cache are documented in
+docs/runfile.md of the kdspec repository."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -156,9 +161,16 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdspec.runtime.job import baseline_role, distill, prepare, train_baseline
+    from kdspec.runtime.job import (
+        baseline_role,
+        check_role_keys,
+        distill,
+        prepare,
+        train_baseline,
+    )
 
     run_cfg, lowered = load_job(args, args.spec)
+    check_role_keys(run_cfg, [lowered.method])
     method = lowered.method.name
     out = _out_dir(args, method)
     want_baseline = args.baseline if args.baseline is not None else not args.run_file

@@ -46,7 +46,9 @@ __all__ = [
     "JobOptions",
     "Prepared",
     "baseline_role",
+    "check_role_keys",
     "distill",
+    "load_models",
     "model_roles",
     "prepare",
     "reference_teacher",
@@ -109,6 +111,50 @@ def _trained_somewhere(method: ir.Method) -> set[str]:
     for stage in method.effective_stages():
         out |= graph.trained_roles(stage)
     return out
+
+
+ROLE_TABLES = ("models", "model_options", "weights", "pretrained")
+
+
+def check_role_keys(run: Run, methods: Sequence[ir.Method]) -> None:
+    """Every key of the run's role tables names a role that takes a model in some method.
+
+    A misspelt role (``[weights] teacher`` for a role ``t``) would otherwise be ignored and the
+    teacher pre-trained instead of loaded. ``compare`` passes every compared method: a key
+    is fine when any of them has the role.
+
+    Raises:
+        KdError: KD501 for each key that names no such role, with a did-you-mean.
+    """
+    import difflib
+
+    roles = sorted({r.name for m in methods for r in model_roles(m)})
+    others = {r.name: r.mode for m in methods for r in m.roles if r.name not in roles}
+    diags = []
+    for table in ROLE_TABLES:
+        for key in getattr(run.config, table):
+            if key in roles:
+                continue
+            if key in others:
+                why = f"`{key}` is a{'n' if others[key] == 'ema' else ''} {others[key]} role"
+                why += " and takes no model of its own"
+            else:
+                names = ", ".join(m.name for m in methods)
+                why = f"{names} ha{'s' if len(methods) == 1 else 've'} no role `{key}`"
+            close = difflib.get_close_matches(key, roles, n=1)
+            diags.append(
+                run.diagnostic(
+                    "KD501",
+                    f"`[{table}] {key}`: {why}",
+                    (table, key),
+                    label="not a role",
+                    help=(f"did you mean `{close[0]}`? " if close else "")
+                    + "roles that take a model: "
+                    + ", ".join(f"`{r}`" for r in roles),
+                )
+            )
+    if diags:
+        raise KdError(diags)
 
 
 def _teacher_roles(method: ir.Method) -> list[str]:
@@ -268,6 +314,56 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
                 models[name], data, run.config.data.eval_batch_size, metric
             )
     return Prepared(lowered, run, data, models, sources, teachers)
+
+
+def load_models(
+    spec: str | Path | Lowered = "hinton",
+    run: str | Path | Run | None = None,
+    *,
+    allow_import: Sequence[str] = (),
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Prepared:
+    """The roles' models of a spec and a run, exactly as ``kdspec train`` prepares them.
+
+    For a training loop of your own: ``[weights]`` are loaded, a frozen teacher without weights
+    comes pre-trained from the teacher cache (trained once and cached if it is not there yet,
+    with the run's ``[teacher]`` recipe), and sources that bring their weights are used as is.
+
+    Args:
+        spec: A ``.kd`` file, a library method name, or a method from
+            :func:`kdspec.api.load_method`; it says which roles exist and which are teachers.
+        run: A run file (path or :class:`Run`); None for the embedded digits job.
+        allow_import: Modules ``import:`` sources may load (as ``--allow-import``).
+        cache_dir: The teacher cache (default ``$KDSPEC_CACHE`` or ``~/.cache/kdspec``).
+        device: Where a teacher is pre-trained if it must be.
+        log: Where progress messages go (default: stderr).
+
+    Returns:
+        :class:`Prepared`: ``.models`` (role -> ``nn.Module``), ``.data`` (the splits),
+        ``.teachers`` (where each teacher's weights came from, its test top-1).
+
+    Example:
+        >>> from kdspec.runtime import load_models
+        >>> prep = load_models("hinton", log=lambda m: None)  # doctest: +SKIP
+        >>> teacher = prep.models["t"]  # the cached pre-trained zoo:cnn_small  # doctest: +SKIP
+    """
+    from kdspec.api import load_method
+    from kdspec.runtime.runfile import default_run, load_run
+
+    if not isinstance(run, Run):
+        run = load_run(run) if run is not None else default_run()
+    lowered = (
+        spec if isinstance(spec, Lowered) else load_method(spec, overrides=dict(run.config.params))
+    )
+    opts = JobOptions(
+        cache_dir=Path(cache_dir) if cache_dir is not None else None,
+        allow_import=tuple(allow_import),
+        device=device,
+        log=log or _stderr,
+    )
+    return prepare(lowered, run, opts)
 
 
 def _example_batch(prep: Prepared) -> Any:
