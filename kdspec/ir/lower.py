@@ -683,7 +683,7 @@ class _MethodLowering:
                 options=options,
                 view=view,
                 like=like,
-                size=size,  # type: ignore[arg-type]
+                size=size,
                 init_from=init_from,
             )
 

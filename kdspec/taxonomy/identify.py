@@ -754,7 +754,7 @@ def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[
                 for field, x, y in zip(
                     ("mode", "architecture", "initialised"),
                     key_a[2:],  # type: ignore[index]
-                    twin[0][2:],  # type: ignore[index]
+                    twin[0][2:],
                     strict=False,
                 )
                 if x != y
