@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test lint setup clean
+.PHONY: run test test-extras lint setup clean
 
 $(BIN)/kdspec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: setup
 	$(BIN)/kdspec check specs/
 	$(BIN)/kdspec fmt --check specs/
 	$(BIN)/python -m pytest
+
+# The optional integrations' tests (they skip in `make test` where the packages are missing).
+test-extras: setup
+	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard]'
+	$(BIN)/python -m pytest tests/integrations tests/editor tests/interop
 
 lint: setup
 	$(BIN)/ruff check kdspec tests scripts

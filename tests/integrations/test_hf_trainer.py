@@ -67,6 +67,7 @@ def test_teacher_moves_with_the_distiller(tmp_path) -> None:
     assert trainer.model is d
     devices = {p.device for p in d.parameters()}
     assert devices == {trainer.args.device}
+    assert not any(p.requires_grad for p in teacher.parameters())
     trainer.train()
     assert trainer.student is student
 
