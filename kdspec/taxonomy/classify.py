@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from kdspec.graph import types
+from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
+from kdspec.ir.canonical import canonicalize, power_of
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
 from kdspec.vocabulary import FUNCTIONS
@@ -343,11 +344,17 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
     trained = {st.name: kg.trained_roles(st) for st in stages}
     active = {st.name: {t.name for t in kg.active_terms(st)} for st in stages}
     out: list[TeachingEdge] = []
+    ever_trained = set().union(*trained.values())
     for u, v, d in kg.edges_of("teaches"):
         term = m.term(d["term"])
         if term is None:
             continue
         s = v.split(":", 1)[1]
+        learner = m.role(s)
+        if learner is not None and learner.mode != "trained" and s not in ever_trained:
+            # A role no stage updates learns nothing: the term trains adapters only (FT's
+            # paraphraser reconstructing the frozen teacher's features).
+            continue
         t = u.split(":", 1)[1] if u.startswith("role:") else None
         role = m.role(t) if t else None
         path: Path = ("term", term.name)
@@ -824,36 +831,27 @@ def _transforms_and_adapters(m: ir.Method) -> tuple[Finding, Finding]:
     return transforms, adapters_f
 
 
-def _same_value(a: ir.Expr, b: ir.Expr, params: dict[str, ir.Expr]) -> bool:
-    if a == b:
-        return True
-    va, vb = _num(a, params), _num(b, params)
-    return isinstance(a, ir.Num) and isinstance(b, ir.Num) and va == vb
-
-
 def _t_squared(term: ir.Term, m: ir.Method) -> ir.Expr | None:
-    """The temperature whose square scales the weight, if any."""
-    temps = [
-        call.kwargs["T"]
-        for call in term.knowledge
-        if call.func in _TEMPERATURED and "T" in call.kwargs
-    ]
-    if not temps:
-        return None
-    for temp in temps:
+    """The temperature whose square scales the weight, if any.
 
-        def squares(e: ir.Expr, temp: ir.Expr = temp) -> bool:
-            if not isinstance(e, ir.BinOp):
-                return False
-            if e.op == "^":
-                return _same_value(e.left, temp, m.params) and _num(e.right, {}) == 2.0
-            return (
-                e.op == "*"
-                and _same_value(e.left, temp, m.params)
-                and _same_value(e.right, temp, m.params)
-            )
-
-        if any(squares(e) for e in term.weight.walk()):
+    Read on the canonical form, so every spelling counts (``T^2``, ``T * T``, ``alpha * T * T``):
+    a parameter temperature must divide every part of the weight twice. A literal temperature
+    cannot be told from a constant by its spelling (``0.9 * 4^2`` is ``14.4``): the weight
+    counts as T^2-scaled when it is a round multiple of the square (``14.4 = 0.9 * 4^2``).
+    """
+    calls = [*term.knowledge, *ir.find_all(term.source, ir.Call, m)]
+    calls += ir.find_all(term.target, ir.Call, m)
+    temps = [c.kwargs["T"] for c in calls if c.func in _TEMPERATURED and "T" in c.kwargs]
+    for temp in dict.fromkeys(temps):
+        if not isinstance(temp, ir.Num):
+            if power_of(term.weight, temp) >= 2:
+                return temp
+            continue
+        weight = _num(term.weight, m.params)
+        if weight is None or temp.value <= 1 or weight <= 0:
+            continue
+        ratio = weight / temp.value**2
+        if abs(float(f"{ratio:.2g}") - ratio) <= 1e-9 * ratio:
             return temp
     return None
 
@@ -901,6 +899,22 @@ def _losses_and_weights(m: ir.Method) -> tuple[Finding, Finding]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _stage_adapters(stage: ir.Stage, m: ir.Method) -> list[str]:
+    """The learned adapters a stage trains by naming a term or a ``let`` (FT's paraphraser)."""
+    out: list[str] = []
+    for item in stage.train:
+        if isinstance(item, ir.LetRef):
+            out += types.uses_adapter(item, m)
+        elif isinstance(item, ir.Str) and (term := m.term(item.value)) is not None:
+            out += types.uses_adapter(term.source, m) + types.uses_adapter(term.target, m)
+            out += [
+                k.func
+                for k in term.knowledge
+                if FUNCTIONS.get(k.func) is not None and FUNCTIONS[k.func].category == "adapter"
+            ]
+    return list(dict.fromkeys(out))
+
+
 def _stages(kg: KdGraph, terms: dict[str, TermKnowledge]) -> Finding:
     m = kg.method
     stages = m.effective_stages()
@@ -918,11 +932,14 @@ def _stages(kg: KdGraph, terms: dict[str, TermKnowledge]) -> Finding:
             cats.append("labels")
         kinds = sorted({m.role(r).kind for r in trained if m.role(r) is not None})  # type: ignore[union-attr]
         partial = [x for x in stage.train if not (isinstance(x, ir.Tap) and x.point == "output")]
+        partly = any(isinstance(x, ir.Tap) for x in partial)
+        adapters = _stage_adapters(stage, m)
+        what = [*kinds, *([f"adapters ({', '.join(adapters)})"] if adapters else [])]
         summaries.append(
             "+".join(cats or ["nothing"])
             + " / trains "
-            + ("+".join(kinds) or "nothing")
-            + (" (partly)" if partial else "")
+            + ("+".join(what) or "nothing")
+            + (" (partly)" if partly else "")
         )
         repeat = _num(stage.repeat, m.params) if stage.repeat is not None else 1.0
         runs += int(repeat) if repeat is not None and repeat >= 1 else 2
@@ -1054,8 +1071,14 @@ def _ground_truth(m: ir.Method, edges: list[TeachingEdge]) -> Finding:
 
 
 def classify(kg: KdGraph) -> Classification:
-    """Classify a method from its graph along every dimension of :data:`DIMENSIONS`."""
-    m = kg.method
+    """Classify a method from its graph along every dimension of :data:`DIMENSIONS`.
+
+    The method is classified in its canonical form (:func:`kdspec.ir.canonical.canonicalize`),
+    so two spellings of one computation get the same labels.
+    """
+    m = canonicalize(kg.method)
+    if m != kg.method:
+        kg = build_graph(m)
     edges = _edges(kg)
     terms = [_term_knowledge(t, m) for t in m.terms if t.kind == "transfer"]
     roles, topology = _roles_and_topology(kg, edges)

@@ -35,6 +35,7 @@ from networkx.algorithms import isomorphism
 
 from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
+from kdspec.ir.canonical import canonicalize
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
 from kdspec.taxonomy.diff import term_text
@@ -131,7 +132,7 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
     composition: stages lose their order), ``hp`` (sorted ``(key, value)`` hyperparameters),
     ``kind`` and ``text`` (a description with names). Edge attribute: ``sig``.
     """
-    m = method
+    m = canonicalize(method)
     params = m.params
     kg = build_graph(m)
     g = nx.DiGraph(name=m.name)
