@@ -67,8 +67,8 @@ def test_teacher_moves_with_the_distiller(tmp_path) -> None:
     assert trainer.model is d
     devices = {p.device for p in d.parameters()}
     assert devices == {trainer.args.device}
-    assert not any(p.requires_grad for p in teacher.parameters())
     trainer.train()
+    assert not any(p.requires_grad for p in teacher.parameters())
     assert trainer.student is student
 
 
