@@ -33,11 +33,14 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 from networkx.algorithms import isomorphism
 
+from kdspec.diagnostics import Severity
 from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
 from kdspec.ir.canonical import canonicalize
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
+from kdspec.passes import check_source
+from kdspec.source import SourceFile
 from kdspec.taxonomy.diff import term_text
 from kdspec.vocabulary import FUNCTIONS, REQUIRED
 
@@ -454,17 +457,15 @@ def _entry(method: ir.Method, path: str | None = None) -> LibraryMethod:
 
 @functools.lru_cache(maxsize=8)
 def _load_dir(directory: str, stamp: tuple[tuple[str, int], ...]) -> tuple[LibraryMethod, ...]:
-    from kdspec.api import check_source, read_source
-    from kdspec.diagnostics import Severity
-
     out: list[LibraryMethod] = []
     for name, _ in stamp:
-        source = read_source(Path(directory) / name)
-        if not hasattr(source, "text"):
+        try:
+            source = SourceFile.read(Path(directory) / name)
+        except OSError:
             continue
-        lowered, diags = check_source(source, library=Path(directory))  # type: ignore[arg-type]
-        # A wrong `claim` (KD311) says nothing about the structure: keep such methods.
-        if any(d.severity is Severity.ERROR and d.code != "KD311" for d in diags):
+        # without the claims check: a wrong `claim` says nothing about the structure
+        lowered, diags = check_source(source, library=Path(directory))
+        if any(d.severity is Severity.ERROR for d in diags):
             continue
         out.extend(_entry(low.method, str(Path(directory) / name)) for low in lowered)
     return tuple(out)
@@ -681,10 +682,34 @@ def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[
         return found
 
     a, b = others(lib), others(spec)
+    gone: list[tuple[object, str]] = []
+    new: list[tuple[object, str]] = []
     for key in sorted(set(a) | set(b), key=str):
         xs, ys = a.get(key, []), b.get(key, [])
-        out += [f"- only in `{lib_name}`: {text}" for text in xs[len(ys) :]]
-        out += [f"+ only in this spec: {text}" for text in ys[len(xs) :]]
+        gone += [(key, text) for text in xs[len(ys) :]]
+        new += [(key, text) for text in ys[len(xs) :]]
+    # A role of the same kind in another state (a teacher made trainable) is one change.
+    for key_a, text_a in list(gone):
+        twin = next(
+            (
+                (k, t)
+                for k, t in new
+                if isinstance(k, tuple)
+                and isinstance(key_a, tuple)
+                and k[:2] == key_a[:2]
+                and k[0] == "role"
+            ),
+            None,
+        )
+        if twin is not None:
+            gone.remove((key_a, text_a))
+            new.remove(twin)
+            out.append(
+                f"~ {text_a} (`{lib_name}`) vs {twin[1].split(' ', 1)[1]} (here): "
+                f"mode {key_a[2]} -> {twin[0][2]}"  # type: ignore[index]
+            )
+    out += [f"- only in `{lib_name}`: {text}" for _, text in gone]
+    out += [f"+ only in this spec: {text}" for _, text in new]
 
     fields = ("loss", "map", "knowledge", "schedule", "source", "target")
     lib_terms = {n: _term_parts(lib, n) for n, d in lib.nodes(data=True) if d["kind"] == "term"}
@@ -692,10 +717,12 @@ def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[
     # Identical terms cancel out; the rest are paired by the number of equal parts.
     for n_lib in list(lib_terms):
         p = {k: v for k, v in lib_terms[n_lib].items() if k != "texts"}
-        twin = next(
-            (n for n, q in spec_terms.items() if {k: v for k, v in q.items() if k != "texts"} == p),
-            None,
-        )
+        twins = [
+            n for n, q in spec_terms.items() if {k: v for k, v in q.items() if k != "texts"} == p
+        ]
+        # Several structurally equal terms: the one that also reads the same taps.
+        same_text = [n for n in twins if spec_terms[n]["texts"] == lib_terms[n_lib]["texts"]]
+        twin = (same_text or twins or [None])[0]
         if twin is not None:
             del lib_terms[n_lib], spec_terms[twin]
     pairs = sorted(
