@@ -89,6 +89,22 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
     """
     cfg = run.config.data
     src = cfg.source
+    for key, value, only in (
+        ("options", cfg.options, "import:"),
+        ("image_size", cfg.image_size, "torchvision:ImageFolder"),
+    ):
+        if value and not src.startswith(only):
+            raise KdError(
+                [
+                    run.diagnostic(
+                        "KD502",
+                        f"`[data] {key}` is only used by `{only}` sources, not by `{src}`",
+                        ("data", key),
+                        label="not used by this source",
+                        help="remove it (see docs/runfile.md)",
+                    )
+                ]
+            )
     fingerprint: dict[str, Any] = {}
     if src.startswith("import:"):
         splits = _import_splits(run, allow_import)
