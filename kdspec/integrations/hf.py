@@ -36,7 +36,7 @@ from kdspec.integrations.stages import StageClock, all_trainable_parameters
 __all__ = ["DistillTrainer", "as_features"]
 
 
-class _Features(Dataset):  # type: ignore[type-arg]
+class _Features(Dataset):
     def __init__(self, items: Any, key: str):
         self.items, self.key = items, key
 
@@ -48,7 +48,7 @@ class _Features(Dataset):  # type: ignore[type-arg]
         return {self.key: item[0], "labels": item[1]}
 
 
-def as_features(dataset: Any, key: str = "x") -> Dataset:  # type: ignore[type-arg]
+def as_features(dataset: Any, key: str = "x") -> Dataset:
     """``(x, y, ...)`` items as ``{key: x, "labels": y}`` dicts, the form ``Trainer`` batches.
 
     ``key`` is the name of the models' input argument (``x`` for the kdspec zoo,
@@ -94,8 +94,7 @@ class DistillTrainer(Trainer):
         self.clock: StageClock | None = None
         self._term_sums: dict[str, float] = {}
         self._term_count = 0
-        callbacks = list(kwargs.pop("callbacks", None) or [])
-        super().__init__(distiller, *args, callbacks=callbacks, **kwargs)
+        super().__init__(distiller, *args, **kwargs)
         # The distiller's forward takes the whole batch: no column is "unused" (Trainer would
         # drop every column not named in forward's signature).
         self.args.remove_unused_columns = False

@@ -49,7 +49,7 @@ class DistillModule(L.LightningModule):
         lr: float = 0.05,
     ):
         super().__init__()
-        self.distiller = distiller
+        self.distiller: Any = distiller
         self.optimizer_factory = optimizer
         self.lr = lr
         self.clock: StageClock | None = None
@@ -57,7 +57,7 @@ class DistillModule(L.LightningModule):
     @property
     def student(self) -> nn.Module:
         """The first trained role (what a run reports): the distilled student."""
-        return self.distiller.roles[self.distiller.eval_roles()[0]]  # type: ignore[no-any-return]
+        return self.distiller.roles[self.distiller.eval_roles()[0]]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """One optimizer over every parameter some stage trains."""
@@ -90,11 +90,11 @@ class DistillModule(L.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True)
         for name, value in out.terms.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=True)
-        return out.loss  # type: ignore[no-any-return]
+        return out.loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """EMA roles follow their source after each optimizer step."""
-        self.distiller.after_step()  # type: ignore[operator]
+        self.distiller.after_step()
 
     def forward(self, x: Any) -> Any:
         """The student's prediction."""
