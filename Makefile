@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine (set-up included):
 #   make run    distil on the embedded default (digits; teacher trained once and cached)
 #   make test   the test suite (what CI runs)
+#   make test-fast  the tests that train no model (pytest -m 'not slow'), for development
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test test-extras lint setup clean
+.PHONY: run test test-fast test-extras lint setup clean
 
 $(BIN)/kdspec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +29,13 @@ test: setup
 	$(BIN)/kdspec fmt --check specs/
 	$(BIN)/python -m pytest
 
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
 # The optional integrations' tests (they skip in `make test` where the packages are missing).
 test-extras: setup
 	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard]'
-	$(BIN)/python -m pytest tests/integrations tests/editor tests/interop
+	$(BIN)/python -m pytest tests/integrations tests/editor tests/interop tests/runtime/test_loggers.py
 
 lint: setup
 	$(BIN)/ruff check kdspec tests scripts

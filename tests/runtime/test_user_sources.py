@@ -18,6 +18,8 @@ from kdspec.runtime import parse_run
 from kdspec.runtime.data import build_data
 from kdspec.runtime.job import JobOptions, prepare
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 DATA_MODULE = '''
 import torch
 from torch.utils.data import Dataset
