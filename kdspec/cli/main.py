@@ -25,6 +25,8 @@ SUBCOMMANDS = (
     "diff",
     "lsp",
     "importer",
+    "init",
+    "export",
 )
 
 
