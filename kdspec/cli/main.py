@@ -18,6 +18,7 @@ SUBCOMMANDS = (
     "explain",
     "ir",
     "taps",
+    "plan",
     "train",
     "compare",
     "reproduce",
@@ -26,6 +27,8 @@ SUBCOMMANDS = (
     "diff",
     "lsp",
     "importer",
+    "init",
+    "export",
 )
 
 

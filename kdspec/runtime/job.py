@@ -71,6 +71,7 @@ class JobOptions:
         device: Where to train (default: CUDA if available, else CPU).
         log: Where progress messages go (default: stderr).
         callbacks: Observers of every training loop (progress bars).
+        untrained: Build the models without pre-training teachers (a plan needs shapes only).
     """
 
     cache_dir: Path | None = None
@@ -78,6 +79,7 @@ class JobOptions:
     device: str | None = None
     log: Callable[[str], None] = _stderr
     callbacks: Sequence[Any] = ()
+    untrained: bool = False  # build every model but train no teacher (`kdspec plan`: shapes only)
 
 
 @dataclass
@@ -256,7 +258,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
                     "used as is, not pre-trained"
                 )
                 teachers[role.name] = {"source": source, "pretrained": "from the source"}
-        elif role.mode == "frozen" and role.name not in trained:
+        elif role.mode == "frozen" and role.name not in trained and not opts.untrained:
             pending.append(role)
         models[role.name] = model
     if pending and not run.config.teacher.pretrain:
