@@ -21,8 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from kdspec.cli.common import UsageError
 
     if not args.names:
-        for path in sorted(library_dir().glob("*.kd")):
-            print(path.stem)
+        for spec in sorted(library_dir().glob("*.kd")):
+            print(spec.stem)
         return 0
     for i, name in enumerate(args.names):
         path = library_spec(name)
