@@ -153,6 +153,7 @@ class Distiller(nn.Module):
         self._lets: dict[str, LetNode] = {}
         self._stage: ir.Stage | None = None
         self._trained: set[str] = set()
+        self._parked: set[str] = set()  # frozen roles `train()` put in eval mode
         self._forward_cache: dict[tuple[str, str | None], TapSession] = {}
         self._view_cache: dict[str | None, Any] = {}
         self._batch: _Batch | None = None
@@ -193,13 +194,15 @@ class Distiller(nn.Module):
         with session:
             if trained:
                 session.run(x)
-            else:  # frozen roles run in eval mode, without building a graph
-                model.eval()
+            else:  # frozen roles run in eval mode, without building a graph, up to their taps
+                if was_training:  # `train()` and `set_stage()` keep frozen roles in eval mode
+                    model.eval()
                 try:
                     with torch.no_grad():
-                        session.run(x)
+                        session.run(x, stop_early=True)
                 finally:
-                    model.train(was_training)
+                    if was_training:
+                        model.train()
         self._forward_cache[key] = session
         return session
 
@@ -248,6 +251,19 @@ class Distiller(nn.Module):
         trainable = {id(p) for p in self.trainable_parameters()}
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
+        for name in self._parked & self._trained:  # frozen by `train()` in an earlier stage
+            self.roles[name].train(self.training)
+        self._parked -= self._trained
+
+    def train(self, mode: bool = True) -> Distiller:
+        """Set training mode; the current stage's frozen roles go to (and stay in) eval mode,
+        so that a step need not switch them."""
+        super().train(mode)
+        if self._stage is not None:
+            self._parked = {n for n in self.roles if n not in self._trained}
+            for name in self._parked:
+                self.roles[name].eval()
+        return self
 
     def _subset_params(self, role: str, taps: list[ir.Tap]) -> list[nn.Parameter]:
         model = self.roles[role]
