@@ -5,7 +5,8 @@ does the same (same models, data, optimiser, losses written by hand in RepDistil
 adapters copied from the compiled ones). Both start from equal weights; their first-step losses
 must agree to 1e-5 (relative), else the script fails. The two variants then alternate, in
 interleaved rounds (the order flips every round), and the median over rounds of the per-round
-ratio of mean step times is printed with the spread, the machine and the versions.
+ratio of mean step times is printed with the spread, the machine and the versions
+(hinton_cached: the cached compiled step against a student-only step).
 
 Run: `python scripts/bench_methods.py [--rounds 7] [--steps 5] [--teacher resnet56]
 [--student resnet20] [--batch 64] [--methods hinton,at,...]`. Ratios only: absolute times on a
@@ -33,8 +34,11 @@ from kdspec.api import load_method
 from kdspec.compiler import compile_spec
 from kdspec.zoo import build_model
 
+Step = Callable[[], torch.Tensor]
 SPECS = Path(__file__).resolve().parent.parent / "specs"
-METHODS = ("hinton", "at", "fitnets_hint", "fitnets_kd", "rkd", "crd", "dml")
+METHODS = ("hinton", "at", "fitnets_hint", "fitnets_kd", "rkd", "crd", "dml", "hinton_cached")
+# hinton_cached: teacher logits from Distiller.cache_frozen_outputs(), timed against a
+# student-only step (forward, cross-entropy, backward, SGD): the floor a cache can reach.
 
 
 # --- hand-written losses (RepDistiller style) ------------------------------------------------
@@ -118,13 +122,15 @@ def _spec(method: str) -> tuple[str, str]:
         return "fitnets", "hints"
     if method == "fitnets_kd":
         return "fitnets", "distill"
+    if method == "hinton_cached":
+        return "hinton", ""
     return method, ""
 
 
 def setup(
     method: str, teacher: str, student: str, batch: int, num_samples: int, k: int
-) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
-    """(compiled step, hand-written step), each returning its loss, from equal weights."""
+) -> tuple[Step, Step, Step]:
+    """(compiled step, hand-written step, timing baseline), each returning its loss."""
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 100, (batch,))
@@ -138,6 +144,8 @@ def setup(
     d = compile_spec(lowered, models, (x, y, index), num_samples=num_samples)
     d.set_stage(stage or d.method.effective_stages()[0].name)
     d.train()
+    if method == "hinton_cached":
+        d.cache_frozen_outputs()
     # the hand loop owns a copy with the compiler's hooks removed: plain modules, same weights
     h = copy.deepcopy(d)
     for m in h.modules():
@@ -179,7 +187,7 @@ def setup(
             with torch.no_grad():
                 ft, et, zt = feats(t, x)
             fs, es, zs = feats(s, x)
-            if method in ("hinton", "fitnets_kd"):
+            if method in ("hinton", "fitnets_kd", "hinton_cached"):
                 return 0.9 * kd(zs, zt, 4.0) + 0.1 * F.cross_entropy(zs, y)
             if method == "at":
                 return F.cross_entropy(zs, y) + sum(
@@ -204,7 +212,19 @@ def setup(
         opt_h.step()
         return loss.detach()
 
-    return compiled, hand
+    if method != "hinton_cached":
+        return compiled, hand, hand
+    s_only = copy.deepcopy(h.roles["s"]).train()
+    opt_s = torch.optim.SGD(s_only.parameters(), lr=0.05, momentum=0.9)
+
+    def student_only() -> torch.Tensor:
+        loss = F.cross_entropy(s_only(x), y)
+        opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_s.step()
+        return loss.detach()
+
+    return compiled, hand, student_only
 
 
 def bench(
@@ -219,7 +239,7 @@ def bench(
     k: int,
 ) -> dict[str, Any]:
     """Median compiled/hand-written ratio over interleaved rounds, after a first-step check."""
-    compiled, hand = setup(method, teacher, student, batch, num_samples, k)
+    compiled, hand, baseline = setup(method, teacher, student, batch, num_samples, k)
     torch.manual_seed(1)
     lc = float(compiled())
     torch.manual_seed(1)
@@ -229,9 +249,8 @@ def bench(
     ratios = []
     for r in range(rounds):
         times: dict[str, float] = {}
-        for name, step in (
-            (("c", compiled), ("h", hand)) if r % 2 else (("h", hand), ("c", compiled))
-        ):
+        pair = (("c", compiled), ("h", baseline))
+        for name, step in pair if r % 2 else pair[::-1]:
             t0 = time.perf_counter()
             for _ in range(steps):
                 step()
