@@ -7,6 +7,7 @@ from collections.abc import Callable
 from kdspec.diagnostics import Diagnostic
 from kdspec.graph import build_graph
 from kdspec.ir import Lowered
+from kdspec.passes.check_axes import check_axes
 from kdspec.passes.check_claims import check_claims
 from kdspec.passes.check_cycles import check_cycles
 from kdspec.passes.check_ranges import check_ranges
@@ -22,6 +23,7 @@ from kdspec.passes.context import PassContext
 PASSES: tuple[Callable[[PassContext], list[Diagnostic]], ...] = (
     check_values,
     check_types,
+    check_axes,
     check_ranges,
     check_roles,
     check_signal,

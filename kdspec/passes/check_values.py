@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdspec.diagnostics import Diagnostic
+from kdspec.graph import types
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.passes.context import PassContext
@@ -75,6 +76,10 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
             for call in _calls(getattr(term, side)):
                 out.extend(_check_call(ctx, call, (*key, side)))
         out.extend(_check_call(ctx, term.loss, (*key, "loss")))
+        if not types.is_static(term.weight, m):
+            for call in _calls(term.weight):
+                out.extend(_check_call(ctx, call, (*key, "weight")))
+            continue  # a weight computed from the batch (typed by check_axes)
         try:
             w = evaluate(term.weight, m.params)
         except EvalError as exc:
