@@ -219,8 +219,6 @@ class AdapterNode(Node):
                     "(adapters on both sides need an explicit `dim=`)"
                 )
             kwargs = {k: v for k, v in kwargs.items() if v is not None}
-            if self.func == "embed" and "dim" not in kwargs:
-                kwargs["dim"] = 128
             module = build_adapter(self.func, tuple(v.shape[1:]), out_shape, **kwargs)
             self.adapters.append(module.to(device=v.device, dtype=v.dtype).train(self.training))
 

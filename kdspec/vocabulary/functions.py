@@ -570,6 +570,35 @@ for _rule, _names in _NAMED_AXES.items():
         FUNCTIONS[_name] = replace(FUNCTIONS[_name], axes=_rule)
 
 
+# Where each named function is implemented ("module:function"); tests/ops/test_vocabulary.py
+# binds every declared parameter and default against that function's signature.
+_IMPLS = {
+    "kdspec.ops.transforms": "zscore attention flatten pool interpolate gram fsp similarity "
+    "distances angles pkt_affinity channel_dist binary_target non_target binarize margin_relu "
+    "mask=mask_features weighted",
+    "kdspec.ops.losses": "kl soft_ce cross_entropy mse l1 smooth_l1 cosine lp frobenius mmd "
+    "pearson ab_hinge partial_l2 gaussian_nll hcl info_nce",
+    "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
+    "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
+    "vid_regressor=_vid_regressor identity=_identity",
+    "kdspec.ops.components": "token rows token_relation attention_scores abf=_abf "
+    "paraphraser=_paraphraser paraphraser_decoder=_paraphraser_decoder translator=_translator "
+    "branches=_branches gate=_gate generator=_generator crd_nce=_crd_nce semckd=_semckd",
+    "kdspec.compiler.nodes": "resize=_resize virtual=VirtualNode",
+    "kdspec.ir.evaluate": "warmup=schedule_value ramp=schedule_value "
+    "cosine_schedule=schedule_value step=schedule_value anneal=schedule_value",
+    "kdspec.compiler.views": "gaussian_noise=make_view augment=make_view same_class=make_view "
+    "clean=make_view exclude_classes=make_subset only_classes=make_subset fraction=make_subset",
+    "kdspec.compiler.distiller": "one_to_one=_mapping_pairs uniform=_mapping_pairs "
+    "last=_mapping_pairs first=_mapping_pairs all_pairs=_mapping_pairs "
+    "ema=Distiller.after_step snapshot=Distiller.set_stage",
+}
+for _module, _entries in _IMPLS.items():
+    for _entry in _entries.split():
+        _name, _, _func = _entry.partition("=")
+        FUNCTIONS[_name] = replace(FUNCTIONS[_name], impl=f"{_module}:{_func or _name}")
+
+
 def _prim(doc: str, axes: str, impl: str, inputs: int = 1, **kw: object) -> Fn:
     return Fn(
         "primitive",

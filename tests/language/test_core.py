@@ -213,3 +213,35 @@ method m {{
     _, diags = check_source(SourceFile("spec.kd", text))
     codes = {d.code for d in diags}
     assert code in codes, [d.message for d in diags]
+
+
+@pytest.mark.parametrize("log_inputs", [False, True])
+def test_a_new_distribution_loss_gets_what_its_declaration_says(monkeypatch, log_inputs):
+    """Item 6: no hard-coded list decides who gets log-probabilities; the declaration does."""
+    from kdspec.ops import LOSSES
+    from kdspec.vocabulary import FUNCTIONS, Fn
+
+    seen: list[torch.Tensor] = []
+
+    def probe(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        seen.append(t.detach())
+        return (t - s).abs().sum()
+
+    fn = Fn("loss", inputs=2, accepts=frozenset({"distribution"}), log_inputs=log_inputs)
+    monkeypatch.setitem(FUNCTIONS, "probe_loss", fn)
+    monkeypatch.setitem(LOSSES, "probe_loss", probe)
+    zt, zs = rand(B, K, seed=12), rand(B, K, seed=13)
+    text = "method m {\n  teacher t\n  student s\n"
+    text += "  transfer p: softmax(T=2) from t.logits to s.logits with probe_loss\n}\n"
+    terms(text, {"t.logits": zt, "s.logits": zs})
+    want = F.log_softmax(zt.detach() / 2, 1)
+    torch.testing.assert_close(seen[-1], want if log_inputs else want.exp())
+
+
+def test_mask_takes_its_documented_default_ratio():
+    """`mask.ratio` is 0.5 in the table and in the code (it used to be required by the code)."""
+    fs = rand(B, 4, 3, 3, seed=14)
+    text = "method m {\n  student s\n  teacher t\n"
+    text += "  transfer g: from t.stage[1] to mask(s.stage[1]) with mse\n}\n"
+    got = terms(text, {"t.stage[1]": fs.detach() * 0, "s.stage[1]": fs})["g"]
+    assert torch.isfinite(got)
