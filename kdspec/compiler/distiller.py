@@ -42,7 +42,7 @@ from kdspec.ir import Lowered, SourceMap
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, Progress, evaluate
 from kdspec.ir.functions import HOLE, STUDENT_SIDE, TEACHER_SIDE, expand
-from kdspec.ops import TRANSFORMS
+from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
 from kdspec.vocabulary import FUNCTIONS
@@ -551,7 +551,7 @@ class _Builder:
         dist = [t.kind == "distribution" for t in ins]
         if fn is not None and fn.learned:
             return LearnedNode(func, nodes, kwargs, axes)
-        keep = fn is not None and fn.returns == "same"
+        keep = fn is not None and (fn.returns == "same" or fn.log_inputs)
         return PrimNode(func, nodes, kwargs, axes, dist, keep_storage=keep)
 
     def margins(self, e: ir.Expr, path: tuple[object, ...]) -> list[torch.Tensor]:
@@ -905,7 +905,8 @@ def _is_primitive_call(e: ir.Call) -> bool:
     if fn is None:
         return False
     return fn.category == "primitive" or (
-        e.func in ("softmax", "log_softmax", "normalize", "mean") and "over" in e.kwargs
+        (fn.category == "loss" and e.func in LOSSES)  # a loss's value inside an expression
+        or (e.func in ("softmax", "log_softmax", "normalize", "mean") and "over" in e.kwargs)
     )
 
 

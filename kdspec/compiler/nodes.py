@@ -496,6 +496,11 @@ class PrimNode(Node):
                 out.append(-xs[0])
             elif self.func == "log" and self.in_dist and self.in_dist[0]:
                 out.append(xs[0])  # the stored log-probabilities, exactly
+            elif self.func in LOSSES:  # a built-in loss's value (a number) inside an expression
+                if self.func == "cross_entropy":
+                    out.append(LOSSES[self.func](xs[0], env.labels, **self.kwargs))
+                else:
+                    out.append(LOSSES[self.func](*xs, **self.kwargs))
             elif self.func in ("label_mask", "at_label"):
                 if env.labels is None:
                     raise ValueError(f"`{self.func}` needs the batch's labels")

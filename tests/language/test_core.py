@@ -245,3 +245,18 @@ def test_mask_takes_its_documented_default_ratio():
     text += "  transfer g: from t.stage[1] to mask(s.stage[1]) with mse\n}\n"
     got = terms(text, {"t.stage[1]": fs.detach() * 0, "s.stage[1]": fs})["g"]
     assert torch.isfinite(got)
+
+
+def test_a_function_of_a_loss_value():
+    """The log of a built-in loss, inside a `def`: `log(mse(t, s))`."""
+    ft, fs = rand(B, 7, seed=15), rand(B, 7, seed=16)
+    text = """
+def log_mse(t, s) = log(mse(t, s))
+method m {
+  teacher t
+  student s
+  transfer l: from t.embedding to s.embedding with log_mse
+}
+"""
+    got = terms(text, {"t.embedding": ft, "s.embedding": fs})["l"]
+    close(got, F.mse_loss(fs, ft).log(), [ft, fs])
