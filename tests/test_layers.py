@@ -36,8 +36,13 @@ def _modules() -> list[tuple[str, Path]]:
 
 
 def test_lark_only_in_syntax():
-    offenders = [str(p) for layer, p in _modules() if layer != "syntax"
-                 for name, _ in _imports(p) if name.split(".")[0] == "lark"]
+    offenders = [
+        str(p)
+        for layer, p in _modules()
+        if layer != "syntax"
+        for name, _ in _imports(p)
+        if name.split(".")[0] == "lark"
+    ]
     assert not offenders
 
 
@@ -54,11 +59,12 @@ def test_torch_only_where_models_run():
 
 
 def test_front_end_imports_no_torch():
-    code = ("import sys, kdspec.api, kdspec.passes, kdspec.graph.explain, kdspec.graph.export, "
-            "kdspec.syntax.fmt, kdspec.cli.main; kdspec.cli.main.build_parser(); "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, kdspec.api, kdspec.passes, kdspec.graph.explain, kdspec.graph.export, "
+        "kdspec.syntax.fmt, kdspec.cli.main; kdspec.cli.main.build_parser(); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 

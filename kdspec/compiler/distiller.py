@@ -484,7 +484,7 @@ class _Builder:
             if role is not None and role.mode == "virtual":
                 correct = role.options.get("correct")
                 return VirtualNode(float(self.value(correct)) if correct is not None else 0.9)
-            ens = next((x for x in self.m.ensembles if x.name == e.role), None)
+            ens = self.m.ensemble(e.role)
             if ens is not None:
                 members = [
                     self.node(e.model_copy(update={"role": r}), path, indices) for r in ens.members
@@ -496,7 +496,8 @@ class _Builder:
             return TapNode(e, indices.get(e))
         if isinstance(e, ir.LetRef):
             if e.name not in self.d._lets:
-                let = next(x for x in self.m.lets if x.name == e.name)
+                let = self.m.let(e.name)
+                assert let is not None  # the passes report unknown names
                 self.d._lets[e.name] = LetNode(self.node(let.value, path, indices))
             return self.d._lets[e.name]
         if isinstance(e, ir.ArgRef):
@@ -615,10 +616,7 @@ class _Builder:
         ):
             chain.append(inner)
             inner = inner.args[0]
-        ens = next(
-            (x for x in self.m.ensembles if isinstance(inner, ir.Tap) and x.name == inner.role),
-            None,
-        )
+        ens = self.m.ensemble(inner.role) if isinstance(inner, ir.Tap) else None
         if ens is not None and isinstance(inner, ir.Tap):
             members = []
             for r in ens.members:
@@ -879,7 +877,7 @@ def compile_spec(
     for name, w in d._weights.items():
         if not types.is_static(w, m):
             d._const_weights[name] = 1.0  # computed from the batch by the term itself
-        elif not _has_schedule(w):
+        elif w.find(ir.Call) is None:  # no schedule: a constant
             d._const_weights[name] = float(evaluate(w, m.params))  # type: ignore[arg-type]
     d.stage_plans = [_plan(s, m) for s in m.effective_stages()]
     _dry_run(
@@ -930,16 +928,6 @@ def _whole(v: Any) -> Any:
 
 def _to(x: Any, device: str | torch.device) -> Any:
     return x.to(device) if isinstance(x, torch.Tensor) else x
-
-
-def _has_schedule(e: ir.Expr) -> bool:
-    if isinstance(e, ir.Call):
-        return True
-    if isinstance(e, ir.BinOp):
-        return _has_schedule(e.left) or _has_schedule(e.right)
-    if isinstance(e, ir.Neg):
-        return _has_schedule(e.operand)
-    return False
 
 
 def _plan(stage: ir.Stage, m: ir.Method) -> StagePlan:

@@ -17,24 +17,7 @@ STUDENT_SIDE = "$student"
 
 def substitute(e: ir.Expr, values: dict[str, ir.Expr]) -> ir.Expr:
     """``e`` with every ``ArgRef`` named in ``values`` replaced by its value."""
-    if isinstance(e, ir.ArgRef):
-        return values.get(e.name, e)
-    if isinstance(e, ir.Call):
-        return e.model_copy(
-            update={
-                "args": tuple(substitute(a, values) for a in e.args),
-                "kwargs": {k: substitute(v, values) for k, v in e.kwargs.items()},
-            }
-        )
-    if isinstance(e, ir.BinOp):
-        return e.model_copy(
-            update={"left": substitute(e.left, values), "right": substitute(e.right, values)}
-        )
-    if isinstance(e, ir.Neg):
-        return e.model_copy(update={"operand": substitute(e.operand, values)})
-    if isinstance(e, ir.ListE):
-        return e.model_copy(update={"items": tuple(substitute(i, values) for i in e.items)})
-    return e
+    return e.transform(lambda n: values.get(n.name, n) if isinstance(n, ir.ArgRef) else n)
 
 
 def expand(call: ir.Call, fdef: ir.FunctionDef, implicit: tuple[ir.Expr, ...] = ()) -> ir.Expr:
@@ -54,17 +37,4 @@ def expand(call: ir.Call, fdef: ir.FunctionDef, implicit: tuple[ir.Expr, ...] = 
 
 def calls(e: ir.Expr | None) -> list[str]:
     """Names of every function an expression calls."""
-    if e is None:
-        return []
-    if isinstance(e, ir.Call):
-        out = [e.func]
-        for a in (*e.args, *e.kwargs.values()):
-            out.extend(calls(a))
-        return out
-    if isinstance(e, ir.BinOp):
-        return calls(e.left) + calls(e.right)
-    if isinstance(e, ir.Neg):
-        return calls(e.operand)
-    if isinstance(e, ir.ListE):
-        return [n for i in e.items for n in calls(i)]
-    return []
+    return [c.func for c in ir.find_all(e, ir.Call)]

@@ -1062,22 +1062,12 @@ class _Inliner:
         self.given = given  # values given by the caller are in the caller's scope: not inlined
 
     def __call__(self, e):  # type: ignore[no-untyped-def]
+        return e.transform(self._replace)
+
+    def _replace(self, e: ir.Expr) -> ir.Expr:
         if isinstance(e, ir.ParamRef) and e.name in self.params:
             value = self.params[e.name]
             return value if e.name in self.given else self(value)
-        if isinstance(e, ir.Call):
-            return e.model_copy(
-                update={
-                    "args": tuple(self(a) for a in e.args),
-                    "kwargs": {k: self(v) for k, v in e.kwargs.items()},
-                }
-            )
-        if isinstance(e, ir.BinOp):
-            return e.model_copy(update={"left": self(e.left), "right": self(e.right)})
-        if isinstance(e, ir.Neg):
-            return e.model_copy(update={"operand": self(e.operand)})
-        if isinstance(e, ir.ListE):
-            return e.model_copy(update={"items": tuple(self(i) for i in e.items)})
         return e
 
 

@@ -18,16 +18,6 @@ _RULES = {
 }
 
 
-def _calls(e: ir.Expr | None) -> list[ir.Call]:
-    if isinstance(e, ir.Call):
-        return [e, *(c for a in (*e.args, *e.kwargs.values()) for c in _calls(a))]
-    if isinstance(e, ir.BinOp):
-        return [*_calls(e.left), *_calls(e.right)]
-    if isinstance(e, ir.Neg):
-        return _calls(e.operand)
-    return []
-
-
 def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> list[Diagnostic]:
     fn = FUNCTIONS.get(call.func)
     out: list[Diagnostic] = []
@@ -73,11 +63,11 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
         for i, k in enumerate(term.knowledge):
             out.extend(_check_call(ctx, k, (*key, "knowledge", i)))
         for side in ("source", "target"):
-            for call in _calls(getattr(term, side)):
+            for call in ir.find_all(getattr(term, side), ir.Call):
                 out.extend(_check_call(ctx, call, (*key, side)))
         out.extend(_check_call(ctx, term.loss, (*key, "loss")))
         if not types.is_static(term.weight, m):
-            for call in _calls(term.weight):
+            for call in ir.find_all(term.weight, ir.Call):
                 out.extend(_check_call(ctx, call, (*key, "weight")))
             continue  # a weight computed from the batch (typed by check_axes)
         try:

@@ -239,7 +239,7 @@ def _markdown(
         "order and budget per seed",
     ]
     for role, info in teachers.items():
-        where = info.get("weights") or info.get("cache")
+        where = info.get("weights") or info.get("cache") or "trained weights from its source"
         top1 = info.get("test_top1")
         lines.append(
             f"- teacher `{role}`: {info['source']}"

@@ -320,7 +320,12 @@ def stage_view(method: ir.Method, stage_name: str) -> ir.Method:
     ensembles = {tap.role for tap in taps}
     data = {tap.view for tap in taps if tap.view} | {t.subset for t in terms if t.subset}
     data |= {r.view for r in method.roles if r.name in used and r.view}
-    lets = {e.name for t in terms for e in _let_refs(t, method)}
+    lets = {
+        ref.name
+        for t in terms
+        for e in (t.source, t.target, t.weight)
+        for ref in ir.find_all(e, ir.LetRef, method)
+    }
     return method.model_copy(
         update={
             "name": f"{method.name}@{stage.name}",
@@ -333,30 +338,6 @@ def stage_view(method: ir.Method, stage_name: str) -> ir.Method:
             "claims": (),
         }
     )
-
-
-def _let_refs(term: ir.Term, m: ir.Method) -> list[ir.LetRef]:
-    out: list[ir.LetRef] = []
-
-    def walk(e: ir.Expr | None) -> None:
-        if isinstance(e, ir.LetRef):
-            if all(x.name != e.name for x in out):
-                out.append(e)
-                let = next((x for x in m.lets if x.name == e.name), None)
-                if let is not None:
-                    walk(let.value)
-        elif isinstance(e, ir.Call):
-            for x in (*e.args, *e.kwargs.values()):
-                walk(x)
-        elif isinstance(e, ir.BinOp):
-            walk(e.left)
-            walk(e.right)
-        elif isinstance(e, ir.Neg):
-            walk(e.operand)
-
-    for e in (term.source, term.target, term.weight):
-        walk(e)
-    return out
 
 
 __all__ = ["Change", "diff", "render", "stage_view", "term_text"]

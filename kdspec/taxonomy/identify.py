@@ -35,6 +35,7 @@ from networkx.algorithms import isomorphism
 
 from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
+from kdspec.ir.canonical import canonicalize
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
 from kdspec.taxonomy.diff import term_text
@@ -96,39 +97,32 @@ def _call_hp(prefix: str, call: ir.Call, params: dict[str, ir.Expr]) -> list[tup
     return out
 
 
-def _skeleton(e: ir.Expr | None, m: ir.Method, _seen: frozenset[str] = frozenset()) -> str:
-    """An expression without names or numbers: taps are ``@``, calls keep their function."""
+def _skeleton(e: ir.Expr | None, m: ir.Method) -> str:
+    """An expression without names or numbers: lets inlined, taps ``@``, other leaves ``#``,
+    calls keep their function and positional arguments."""
     if e is None:
         return ""
-    if isinstance(e, ir.Tap):
-        return "@"
-    if isinstance(e, ir.Call):
-        return f"{e.func}({','.join(_skeleton(a, m, _seen) for a in e.args)})"
-    if isinstance(e, ir.LetRef):
-        let = next((x for x in m.lets if x.name == e.name), None)
-        if let is None or e.name in _seen:
-            return "?"
-        return _skeleton(let.value, m, _seen | {e.name})
-    if isinstance(e, ir.BinOp):
-        return f"({_skeleton(e.left, m, _seen)}{e.op}{_skeleton(e.right, m, _seen)})"
-    if isinstance(e, ir.Neg):
-        return f"-{_skeleton(e.operand, m, _seen)}"
-    if isinstance(e, ir.ListE):
-        return f"[{','.join(_skeleton(i, m, _seen) for i in e.items)}]"
-    return "#"
+    open_lets: list[str] = []
 
+    def anonymize(n: ir.Expr) -> ir.Expr:
+        if isinstance(n, ir.LetRef):
+            let = m.let(n.name)
+            if let is None or n.name in open_lets:
+                return ir.Str(value="?")
+            open_lets.append(n.name)
+            try:
+                return let.value.transform(anonymize)
+            finally:
+                open_lets.pop()
+        if isinstance(n, ir.Tap):
+            return ir.Str(value="@")
+        if isinstance(n, ir.Num | ir.Str | ir.ParamRef):
+            return ir.Str(value="#")
+        if isinstance(n, ir.Call) and n.kwargs:
+            return n.model_copy(update={"kwargs": {}}).transform(anonymize)
+        return n
 
-def _calls(e: ir.Expr | None, m: ir.Method, _seen: frozenset[str] = frozenset()) -> list[ir.Call]:
-    if isinstance(e, ir.Call):
-        return [e, *(c for a in (*e.args, *e.kwargs.values()) for c in _calls(a, m, _seen))]
-    if isinstance(e, ir.LetRef) and e.name not in _seen:
-        let = next((x for x in m.lets if x.name == e.name), None)
-        return _calls(let.value, m, _seen | {e.name}) if let else []
-    if isinstance(e, ir.BinOp):
-        return [*_calls(e.left, m, _seen), *_calls(e.right, m, _seen)]
-    if isinstance(e, ir.Neg):
-        return _calls(e.operand, m, _seen)
-    return []
+    return expr_text(e.transform(anonymize))
 
 
 def fingerprint(method: ir.Method) -> nx.DiGraph:
@@ -138,7 +132,7 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
     composition: stages lose their order), ``hp`` (sorted ``(key, value)`` hyperparameters),
     ``kind`` and ``text`` (a description with names). Edge attribute: ``sig``.
     """
-    m = method
+    m = canonicalize(method)
     params = m.params
     kg = build_graph(m)
     g = nx.DiGraph(name=m.name)
@@ -206,13 +200,13 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
         tid = f"term:{term.name}"
         schedules = sorted(
             c.func
-            for c in _calls(term.weight, m)
+            for c in list(ir.find_all(term.weight, ir.Call, m))
             if FUNCTIONS.get(c.func) is not None and FUNCTIONS[c.func].category == "schedule"
         )
         hp = [("weight", _value(term.weight, params)), *_call_hp("", term.loss, params)]
         for call in term.knowledge:
             hp.extend(_call_hp("", call, params))
-        for call in _calls(term.weight, m):
+        for call in ir.find_all(term.weight, ir.Call, m):
             hp.extend(_call_hp("weight.", call, params))
         node(
             tid,
@@ -235,7 +229,7 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
         for side, expr, kind in types.term_sides(term, m):
             sid = f"side:{term.name}/{side}"
             hp = []
-            for call in _calls(expr, m):
+            for call in ir.find_all(expr, ir.Call, m):
                 hp.extend(_call_hp(f"{side}.", call, params))
             node(
                 sid,
