@@ -27,9 +27,9 @@ __all__ = ["KEYWORDS", "KdLexer"]
 
 # Every keyword string of grammar/kdspec.lark except the role kinds (tests/editor checks this).
 KEYWORDS = (
-    "as", "cite", "claim", "ensemble", "epoch", "epochs", "for", "freeze", "from", "frozen",
+    "as", "cite", "claim", "def", "ensemble", "epoch", "epochs", "for", "freeze", "from", "frozen",
     "handoff", "import", "let", "losses", "map", "method", "on", "only", "param", "repeat",
-    "sees", "stage", "step", "steps", "subset", "supervise", "to", "train", "trained",
+    "return", "sees", "stage", "step", "steps", "subset", "supervise", "to", "train", "trained",
     "transfer", "use", "view", "weight", "with",
 )  # fmt: skip
 
