@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerance import assert_close
 
 from kdspec.api import load_method
 from kdspec.compiler import compile_spec
 
 B, K = 6, 5
-RTOL = 1e-6
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -34,11 +34,11 @@ def terms(text: str, tensors: dict, y: torch.Tensor | None = None) -> dict[str, 
 
 
 def close(a: torch.Tensor, b: torch.Tensor, inputs: list[torch.Tensor]) -> None:
-    torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-9)
+    assert_close(a, b)
     ga = torch.autograd.grad(a, inputs, retain_graph=True)
     gb = torch.autograd.grad(b, inputs, retain_graph=True)
     for x, y in zip(ga, gb, strict=True):
-        torch.testing.assert_close(x, y, rtol=RTOL, atol=1e-9)
+        assert_close(x, y)
 
 
 def test_jensen_shannon_as_a_def():
@@ -178,7 +178,7 @@ method m {
     pt0 = F.softmax(zt.detach() / tau0, 1)
     ref = pt0 * (F.log_softmax(zt.detach() / tau0, 1) - F.log_softmax(zs.detach() / tau0, 1))
     (g_ref,) = torch.autograd.grad(ref.sum(1).mean(), [t0])
-    torch.testing.assert_close(g_param.double(), -g_ref, rtol=1e-5, atol=1e-7)
+    assert_close(g_param.double(), -g_ref, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +235,7 @@ def test_a_new_distribution_loss_gets_what_its_declaration_says(monkeypatch, log
     text += "  transfer p: softmax(T=2) from t.logits to s.logits with probe_loss\n}\n"
     terms(text, {"t.logits": zt, "s.logits": zs})
     want = F.log_softmax(zt.detach() / 2, 1)
-    torch.testing.assert_close(seen[-1], want if log_inputs else want.exp())
+    assert_close(seen[-1], want if log_inputs else want.exp())
 
 
 def test_mask_takes_its_documented_default_ratio():

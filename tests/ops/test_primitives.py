@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerance import assert_close
 
 from kdspec.ops import primitives as P
 from kdspec.vocabulary.axes import FEATURE_AXES
@@ -36,25 +37,25 @@ def x4(seed: int = 0) -> torch.Tensor:
 def test_reductions_over_space_cover_both_spatial_dims(name, kw, torch_fn):
     x = x4()
     got = P.PRIMITIVES[name](x, axes=[FEATURE_AXES], over="space", **kw)
-    torch.testing.assert_close(got, torch_fn(x, (2, 3)))
+    assert_close(got, torch_fn(x, (2, 3)))
 
 
 def test_reduction_over_several_axes():
     x = x4(1)
     got = P.sum(x, axes=[MAP], over=["channel", "space"])
-    torch.testing.assert_close(got, x.sum((1, 2, 3)))
+    assert_close(got, x.sum((1, 2, 3)))
 
 
 def test_softmax_over_space_is_one_distribution_over_positions():
     x = x4(2)
     got = P.softmax(x, axes=[MAP], over="space", T=2.0).exp()
     want = F.softmax(x.flatten(2) / 2, dim=-1).reshape_as(x)
-    torch.testing.assert_close(got, want)
+    assert_close(got, want)
 
 
 def test_normalize_over_channel():
     x = x4(3)
-    torch.testing.assert_close(P.normalize(x, axes=[MAP], over="channel"), F.normalize(x, dim=1))
+    assert_close(P.normalize(x, axes=[MAP], over="channel"), F.normalize(x, dim=1))
 
 
 @pytest.mark.parametrize("kernel", ["dot", "cosine", "sqdistance", "distance", "rbf"])
@@ -70,25 +71,25 @@ def test_relation_between_samples(kernel):
         "rbf": torch.exp(-0.5 * sq),
     }[kernel]
     got = P.relation(x, axes=[MAP], over="batch", kernel=kernel, gamma=0.5)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+    assert_close(got, want)
 
 
 def test_relation_over_channel_is_a_gram_matrix_per_sample():
     x = x4(5)
     f = x.flatten(2)
-    torch.testing.assert_close(P.relation(x, axes=[MAP], over="channel"), f @ f.transpose(1, 2))
+    assert_close(P.relation(x, axes=[MAP], over="channel"), f @ f.transpose(1, 2))
 
 
 def test_relation_over_space_relates_positions():
     x = x4(6)
     f = x.flatten(2).transpose(1, 2)  # [B, HW, C]
-    torch.testing.assert_close(P.relation(x, axes=[MAP], over="space"), f @ f.transpose(1, 2))
+    assert_close(P.relation(x, axes=[MAP], over="space"), f @ f.transpose(1, 2))
 
 
 def test_cross_relation_of_two_values():
     a, b = x4(7), x4(8)
     va, vb = a.flatten(1), b.flatten(1)
-    torch.testing.assert_close(P.relation(a, b, axes=[MAP, MAP], over="batch"), va @ vb.T)
+    assert_close(P.relation(a, b, axes=[MAP, MAP], over="batch"), va @ vb.T)
 
 
 def test_operands_line_up_by_axis_name():
@@ -96,11 +97,11 @@ def test_operands_line_up_by_axis_name():
     w = torch.arange(3, dtype=torch.float64)  # (batch)
     c = torch.arange(4, dtype=torch.float64)  # per channel: (channel)
     got = P.binary("*", x, w, [MAP, ("batch",)])
-    torch.testing.assert_close(got, x * w[:, None, None, None])
+    assert_close(got, x * w[:, None, None, None])
     got = P.binary("+", c, x, [("channel",), MAP])
-    torch.testing.assert_close(got, x + c[None, :, None, None])
+    assert_close(got, x + c[None, :, None, None])
     pooled = x.mean((2, 3))  # (batch, channel) against (batch, channel, space)
-    torch.testing.assert_close(
+    assert_close(
         P.binary("-", x, pooled, [MAP, ("batch", "channel")]), x - pooled[:, :, None, None]
     )
 
@@ -109,31 +110,27 @@ def test_comparisons_are_float_masks():
     x = x4(10)
     got = P.binary(">", x, 0.0, [MAP, ()])
     assert got.dtype == torch.float64
-    torch.testing.assert_close(got, (x > 0).double())
+    assert_close(got, (x > 0).double())
 
 
 def test_labels_topk_rank():
     g = torch.Generator().manual_seed(11)
     z = torch.randn(5, 7, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 3, 6, 2, 2])
-    torch.testing.assert_close(P.label_mask(z, axes=[LOGITS], labels=y), F.one_hot(y, 7).double())
-    torch.testing.assert_close(
-        P.at_label(z, axes=[LOGITS], labels=y), z.gather(1, y[:, None])[:, 0]
-    )
+    assert_close(P.label_mask(z, axes=[LOGITS], labels=y), F.one_hot(y, 7).double())
+    assert_close(P.at_label(z, axes=[LOGITS], labels=y), z.gather(1, y[:, None])[:, 0])
     top2 = P.topk(z, axes=[LOGITS], k=2, over="class")
     assert top2.sum(1).tolist() == [2.0] * 5
     picked = (z * top2).sum(1)
-    assert torch.allclose(picked, z.topk(2, 1).values.sum(1))
+    assert_close(picked, z.topk(2, 1).values.sum(1))
     rank = P.rank(z, axes=[LOGITS], over="class")
-    torch.testing.assert_close(
-        rank.gather(1, z.argmax(1, keepdim=True))[:, 0], torch.zeros(5).double()
-    )
+    assert_close(rank.gather(1, z.argmax(1, keepdim=True))[:, 0], torch.zeros(5).double())
 
 
 def test_gradient_reversal_flips_and_scales():
     x = torch.ones(3, requires_grad=True, dtype=torch.float64)
     P.grad_reverse(x, scale=0.5).sum().backward()
-    torch.testing.assert_close(x.grad, torch.full((3,), -0.5, dtype=torch.float64))
+    assert_close(x.grad, torch.full((3,), -0.5, dtype=torch.float64))
 
 
 def test_learned_tensor_shapes():
@@ -143,7 +140,7 @@ def test_learned_tensor_shapes():
     per_sample = P.learned(None, over="batch", num_samples=10)
     assert per_sample(torch.tensor([1, 4])).shape == (2,)
     head = P.head(x, axes=[MAP], init=0.3)
-    torch.testing.assert_close(head(x), torch.full((3,), 0.3, dtype=torch.float64))
+    assert_close(head(x), torch.full((3,), 0.3, dtype=torch.float64))
 
 
 def test_tokens_and_heads():
