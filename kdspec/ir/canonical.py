@@ -522,6 +522,9 @@ def _rest_names(m: ir.Method, base: dict[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     out |= {e.name: f"ensemble{i}" for i, e in enumerate(sorted(r.ensembles, key=_blank), 1)}
     out |= {x.name: f"let{i}" for i, x in enumerate(sorted(r.lets, key=_blank), 1)}
+    # Terms are ordered by their form: with the lets they read already renamed, so that the
+    # order never depends on how the lets happened to be spelled.
+    r = rename(r, out)
     stage_of = {
         t.name: tuple(i for i, st in enumerate(r.stages) if not st.losses or t.name in st.losses)
         for t in r.terms
