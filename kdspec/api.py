@@ -30,7 +30,7 @@ def check_source(
     module, diags = try_parse(source)
     if module is None:
         return [], diags
-    if not module.methods:
+    if not module.methods and not module.functions:
         return [], [error("KD210", "the file defines no method", source)]
     lowered, diags = lower_module(module, source, overrides, library or library_dir())
     for low in lowered:

@@ -284,8 +284,9 @@ def call_type(
         rule = "reduce" if e.func == "mean" else fn.axes  # `mean(x, over=...)`: a reduction
         axes = axes_rules.infer(e.func, rule, [t.axes for t in ins], kw)
     except AxisError as exc:
-        where = (*path, "kwargs", exc.param) if exc.param in e.kwargs else path
-        fail(exc.code, exc.message, where)
+        if not exc.word:  # a word that is no axis is reported by lowering, where it is written
+            where = (*path, "kwargs", exc.param) if exc.param in e.kwargs else path
+            fail(exc.code, exc.message, where)
         return UNKNOWN
     inner = ins[0].kind if ins else "features"
     if e.func == "relation":

@@ -16,6 +16,7 @@ from kdspec.ir import models as ir
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
 from kdspec.vocabulary import CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
+from kdspec.vocabulary.axes import AXES, BASE_AXES
 
 PathKey = tuple[object, ...]
 
@@ -260,6 +261,24 @@ class _MethodLowering:
             return ir.Num(value=1.0)
         return None
 
+    def check_axis_words(self, e: ast.Expr) -> None:
+        """KD313 for a bare word given as an axis that is no axis (`over=spaec`)."""
+        words = e.items if isinstance(e, ast.ListExpr) else (e,)
+        for w in words:
+            if not isinstance(w, ast.Name) or w.id in AXES or self.is_value_name(w.id):
+                continue
+            self.err(
+                "KD313",
+                f"`{w.id}` is not an axis",
+                w.span,
+                "not an axis",
+                help=did_you_mean(w.id, AXES) or f"axes: {', '.join(BASE_AXES)}",
+            )
+
+    def is_value_name(self, name: str) -> bool:
+        """A name that stands for a value here (a parameter), not a bare word."""
+        return name in self.params
+
     def def_call(self, e: ast.Call, implicit_inputs: int, path: PathKey | None) -> ir.Call:
         """A call of a user-defined function: arguments checked as for a built-in."""
         fname = e.func.name
@@ -387,6 +406,8 @@ class _MethodLowering:
             kwargs[kw.name.name] = self.expr(
                 kw.value, as_value=not numeric, path=sub("kwargs", kw.name.name)
             )
+            if kw.name.name == "over":
+                self.check_axis_words(kw.value)
         if fn.inputs > 0 and len(args) < n_inputs - fn.optional_inputs:
             self.err(
                 "KD204",
@@ -1193,6 +1214,9 @@ class _FunctionLowering(_MethodLowering):
         if n in self.local:
             return self.local[n]
         return super().name(e, as_value=as_value)
+
+    def is_value_name(self, name: str) -> bool:
+        return name in self.arg_names or name in self.local
 
     def shape_value(self, e: ast.Name) -> ir.Expr | None:
         if e.id in VALUE_SHAPES and self.first_input is not None:

@@ -33,11 +33,12 @@ class AxisError(ValueError):
         code: ``KD313`` (wrong axis) or ``KD314`` (axes of two inputs do not fit).
     """
 
-    def __init__(self, message: str, param: str = "", code: str = "KD313"):
+    def __init__(self, message: str, param: str = "", code: str = "KD313", word: bool = False):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        self.word = word  # a bare word that is no axis (reported where it is written)
 
 
 def axes_text(axes: Axes) -> str:
@@ -55,6 +56,7 @@ def over_axes(value: object, *, param: str = "over") -> Axes:
                 f"`{n}` is not an axis (axes: {', '.join(BASE_AXES)}, and `batch2`, ... for "
                 "the columns of a relation)",
                 param,
+                word=True,
             )
         out.append(n)
     return tuple(out)

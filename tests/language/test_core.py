@@ -260,3 +260,46 @@ method m {
 """
     got = terms(text, {"t.embedding": ft, "s.embedding": fs})["l"]
     close(got, F.mse_loss(fs, ft).log(), [ft, fs])
+
+
+def _check(files: dict[str, str], main: str, tmp_path) -> list:
+    from kdspec.api import check_source
+    from kdspec.source import SourceFile
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    path = tmp_path / main
+    return check_source(SourceFile(str(path), path.read_text()))
+
+
+def test_defs_of_an_imported_file_and_of_a_used_method(tmp_path):
+    files = {
+        "defs.kd": "def kl_rows(t, s) = sum(t * (log(t) - log(s)), over=class)\n",
+        "lib.kd": "def l1_rows(x) = sum(abs(x), over=channel)\n"
+        "method sparse {\n  student s\n"
+        "  supervise reg: s.embedding with l1_rows weight 0.01 / B\n}\n",
+        "main.kd": 'import "defs.kd"\nimport "lib.kd"\nmethod m {\n  teacher t\n  student s\n'
+        "  use sparse\n"
+        "  transfer kd: softmax from t.logits to s.logits with kl_rows weight 1 / B\n}\n",
+    }
+    lowered, diags = _check(files, "main.kd", tmp_path)
+    assert diags == []
+    assert [f.name for f in lowered[0].method.functions] == ["kl_rows", "l1_rows"]
+
+
+def test_a_file_of_defs_only_is_checked(tmp_path):
+    files = {"defs.kd": "def bad(x) = mean(x, over=spaec) + nope(x)\ndef fine(x) = x\n"}
+    _, diags = _check(files, "defs.kd", tmp_path)
+    assert sorted(d.code for d in diags) == ["KD203", "KD313"]
+    assert "did you mean `space`" in (next(d for d in diags if d.code == "KD313").help or "")
+
+
+def test_a_def_error_is_reported_once_in_the_def(tmp_path):
+    text = (
+        "def att(x) = mean(x, over=spaec)\n"
+        "method m {\n  teacher t\n  student s\n"
+        "  transfer a: att from t.stage[1] to s.stage[1] with mse\n"
+        "  transfer b: att from t.stage[2] to s.stage[2] with mse\n}\n"
+    )
+    _, diags = _check({"a.kd": text}, "a.kd", tmp_path)
+    assert [(d.code, d.labels[0].span.start) for d in diags] == [("KD313", text.index("spaec"))]
