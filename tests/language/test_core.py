@@ -303,3 +303,30 @@ def test_a_def_error_is_reported_once_in_the_def(tmp_path):
     )
     _, diags = _check({"a.kd": text}, "a.kd", tmp_path)
     assert [(d.code, d.labels[0].span.start) for d in diags] == [("KD313", text.index("spaec"))]
+
+
+def test_gaussian_with_a_learned_log_variance_head_and_per_channel_scale():
+    """A mean (the student's embedding, scaled per channel) and a learned log-variance head."""
+    ft, fs = rand(B, 7, seed=17), rand(B, 7, seed=18)
+    text = """
+def gauss_nll(t, s, logvar) = sum((t - s)^2, over=channel) / (2 * exp(logvar)) + C / 2 * logvar
+method m {
+  teacher t
+  student s
+  let scale = learned(s.embedding, over=channel, init=1.5)
+  let logvar = head(s.embedding, init=0.25)
+  transfer g: from t.embedding to scale * s.embedding with gauss_nll(logvar) weight 1 / B
+}
+"""
+    low = load_method("spec.kd", text=text)
+    example = {"t.embedding": ft.detach(), "s.embedding": fs.detach(), "labels": None}
+    d = compile_spec(low, None, example)
+    got = d.evaluate_terms({"t.embedding": ft, "s.embedding": fs})["g"]
+    learned = {tuple(p.shape): p for p in d.trainable_parameters()}
+    assert set(learned) == {(7,), (1, 7), (1,)}  # per-channel scale, head weight and bias
+    logvar = torch.full((B,), 0.25, dtype=torch.float64)
+    mean = 1.5 * fs
+    want = ((ft - mean) ** 2).sum(1) / (2 * logvar.exp()) + 7 / 2 * logvar
+    close(got, want.mean(), [ft, fs])
+    (g_w,) = torch.autograd.grad(got, [learned[(1, 7)]])  # the head learns from the loss
+    assert g_w.abs().sum() > 0
