@@ -33,7 +33,10 @@ def spans(axes: Axes, ndim: int) -> list[int]:
     rest = ndim - (len(axes) - 1) if "space" in axes else 1
     out = [builtins.max(rest, 0) if a == "space" else 1 for a in axes]
     if builtins.sum(out) != ndim:
-        raise ValueError(f"a tensor of {ndim} dimensions cannot have the axes {axes}")
+        raise ValueError(
+            f"a tensor of {ndim} dimensions cannot have the axes ({', '.join(axes)}); read "
+            "token features with `tokens(x)`, or one row per token with `rows(x)`"
+        )
     return out
 
 

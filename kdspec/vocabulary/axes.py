@@ -214,7 +214,13 @@ def _head(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ("batch",) if dim == 1 else ("batch", "channel")
 
 
+def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """Every row a sample: all axes but the last become the batch (per-token losses)."""
+    return ("batch", ins[0][-1]) if ins[0] else ins[0]
+
+
 RULES: dict[str, Rule] = {
+    "rows": _rows,
     "same": _same,
     "elementwise": _elementwise,
     "along": _along,

@@ -562,6 +562,7 @@ _NAMED_AXES = {
     "channel_matrix": "gram fsp",
     "sample_matrix": "similarity distances pkt_affinity",
     "elementwise": "weighted",
+    "rows": "rows",
 }
 for _name in ("kl", "soft_ce"):  # distribution losses computed from log-probabilities
     FUNCTIONS[_name] = replace(FUNCTIONS[_name], log_inputs=True)

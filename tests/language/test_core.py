@@ -330,3 +330,21 @@ method m {
     close(got, want.mean(), [ft, fs])
     (g_w,) = torch.autograd.grad(got, [learned[(1, 7)]])  # the head learns from the loss
     assert g_w.abs().sum() > 0
+
+
+def test_per_token_logits_through_rows():
+    """Language-model logits [B, L, V]: `rows` makes every token a sample (batch, class)."""
+    zt, zs = rand(2, 3, K, seed=19), rand(2, 3, K, seed=20)
+    text = """
+def reverse_kl(t, s) = sum(s * (log(s) - log(t)), over=class)
+method m {
+  teacher t
+  student s
+  let tokens_kept = size(rows(s.logits), over=batch)
+  transfer r: softmax from rows(t.logits) to rows(s.logits) with reverse_kl weight 1 / tokens_kept
+}
+"""
+    got = terms(text, {"t.logits": zt, "s.logits": zs})["r"]
+    lt, ls = F.log_softmax(zt, -1), F.log_softmax(zs, -1)
+    want = (ls.exp() * (ls - lt)).sum(-1).mean()
+    close(got, want, [zt, zs])
