@@ -348,3 +348,37 @@ method m {
     lt, ls = F.log_softmax(zt, -1), F.log_softmax(zs, -1)
     want = (ls.exp() * (ls - lt)).sum(-1).mean()
     close(got, want, [zt, zs])
+
+
+def test_learned_tensors_are_trained_by_the_stages_that_use_or_name_them():
+    text = """
+def kl_rows(t, s) = sum(t * (log(t) - log(s)), over=class)
+method m {
+  teacher t
+  student s
+  let tau = learned(init=2)
+  supervise ce: s.logits with cross_entropy
+  transfer kd: from softmax(t.logits / tau) to softmax(s.logits / tau) with kl_rows weight 1 / B
+  stage warm for 1 epochs {
+    losses ce
+  }
+  stage distil {
+    losses ce, kd
+  }
+  stage tune {
+    train tau
+    losses ce
+  }
+}
+"""
+    zt, zs = rand(B, K, seed=21), rand(B, K, seed=22)
+    low = load_method("spec.kd", text=text)
+    d = compile_spec(
+        low, None, {"t.logits": zt.detach(), "s.logits": zs.detach(), "labels": labels()}
+    )
+    (tau,) = [p for p in d.parameters() if p.dim() == 0]
+    trained = {}
+    for stage in ("warm", "distil", "tune"):
+        d.set_stage(stage)
+        trained[stage] = any(p is tau for p in d.trainable_parameters())
+    assert trained == {"warm": False, "distil": True, "tune": True}
