@@ -479,6 +479,8 @@ class PrimNode(Node):
         self.keep_storage = keep_storage  # stopgrad & co. pass a distribution through as it is
 
     def _read(self, v: Any, dist: bool) -> Any:
+        if isinstance(v, int | float) and self.func not in ("size", "+", "-", "*", "/", "^"):
+            return torch.as_tensor(float(v), dtype=torch.get_default_dtype())  # `log(classes)`
         if not dist or self.keep_storage or not isinstance(v, torch.Tensor):
             return v
         return v if self.func == "log" else v.exp()

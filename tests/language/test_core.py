@@ -29,7 +29,7 @@ def labels(seed: int = 1) -> torch.Tensor:
 def terms(text: str, tensors: dict, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     low = load_method("spec.kd", text=text)
     example = {k: v.detach() for k, v in tensors.items()}
-    d = compile_spec(low, None, {**example, "labels": y})
+    d = compile_spec(low, None, {**example, "labels": y}, num_classes=K)
     return d.evaluate_terms(tensors, y)
 
 
@@ -382,3 +382,19 @@ method m {
         d.set_stage(stage)
         trained[stage] = any(p is tau for p in d.trainable_parameters())
     assert trained == {"warm": False, "distil": True, "tune": True}
+
+
+def test_functions_of_shape_values():
+    """Numbers from shapes go through primitives too: log(classes), sqrt(C)."""
+    fs = rand(B, 4, 3, 3, seed=23)
+    zs = rand(B, K, seed=24)
+    text = """
+def spread(x) = sum(x^2, over=[channel, space]) / sqrt(C) / HW
+method m {
+  student s
+  supervise a: s.stage[1] with spread weight log(classes) / B
+}
+"""
+    got = terms(text, {"s.stage[1]": fs, "s.logits": zs})["a"]
+    want = (fs**2).sum((1, 2, 3)) / 2.0 / 9 * torch.log(torch.tensor(float(K)))
+    close(got, want.mean().double(), [fs])
