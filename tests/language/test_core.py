@@ -398,3 +398,15 @@ method m {
     got = terms(text, {"s.stage[1]": fs, "s.logits": zs})["a"]
     want = (fs**2).sum((1, 2, 3)) / 2.0 / 9 * torch.log(torch.tensor(float(K)))
     close(got, want.mean().double(), [fs])
+
+
+def test_comparisons_of_numbers_fold_to_masks_not_powers():
+    from kdspec.ir import models as ir
+    from kdspec.ir.canonical import fold
+    from kdspec.ir.evaluate import evaluate
+
+    gt = ir.BinOp(op=">", left=ir.Num(value=3), right=ir.Num(value=2))
+    assert evaluate(gt, {}) == 1.0
+    assert evaluate(fold(gt), {}) == 1.0
+    le = ir.BinOp(op="<=", left=ir.Num(value=3), right=ir.Num(value=2))
+    assert evaluate(fold(le), {}) == 0.0
