@@ -19,7 +19,7 @@ from kdspec.ir.printer import expr_text
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import try_parse
 from kdspec.syntax.fmt import format_module
-from kdspec.taxonomy.vocab import FUNCTIONS, REQUIRED, ROLE_KINDS, TAP_IO, TAP_POINTS, Fn
+from kdspec.vocabulary import FUNCTIONS, REQUIRED, ROLE_KINDS, TAP_IO, TAP_POINTS, Fn
 
 __all__ = [
     "Completion",

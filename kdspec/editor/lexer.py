@@ -21,7 +21,7 @@ from pygments.token import (
     Whitespace,
 )
 
-from kdspec.taxonomy.vocab import FUNCTIONS, ROLE_KINDS, TAP_IO, TAP_POINTS
+from kdspec.vocabulary import FUNCTIONS, ROLE_KINDS, TAP_IO, TAP_POINTS
 
 __all__ = ["KEYWORDS", "KdLexer"]
 

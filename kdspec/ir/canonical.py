@@ -51,7 +51,7 @@ from pydantic import BaseModel
 
 from kdspec.ir import models as ir
 from kdspec.ir.traverse import find_all, transform, walk
-from kdspec.taxonomy.vocab import FUNCTIONS, REQUIRED
+from kdspec.vocabulary import FUNCTIONS, REQUIRED
 
 # Functions whose two evaluations differ (a let using one is never duplicated).
 _RANDOM = frozenset({"mask"})
