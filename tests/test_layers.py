@@ -5,6 +5,10 @@
   ``zoo``, ``data``) and, lazily inside functions, by the CLI;
 - the front end (``api`` and everything it imports) never imports torch, so ``kdspec check``
   starts fast on machines without a GPU stack.
+
+The whole layer order is an import-linter contract in ``pyproject.toml`` (``lint-imports``,
+run by ``make test``); the test below also keeps the drawing of the package free of cycles for
+folders the contract does not name yet.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kdspec"
 TORCH_LAYERS = {"compiler", "runtime", "ops", "zoo", "data"}
@@ -79,3 +85,18 @@ def test_vocabulary_is_the_bottom_layer():
         if name.startswith("kdspec.") and name.split(".")[1] not in allowed
     ]
     assert not offenders, offenders
+
+
+def test_imports_between_folders_have_no_cycle():
+    grimp = pytest.importorskip("grimp")
+    import networkx as nx
+
+    graph = grimp.build_graph("kdspec")
+    folders = nx.DiGraph()
+    for module in graph.modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            a, b = module.split(".")[1:2], imported.split(".")[1:2]
+            if a and b and a != b:
+                folders.add_edge(a[0], b[0])
+    assert "taxonomy" in folders and "ir" in folders
+    assert list(nx.simple_cycles(folders)) == []

@@ -177,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     if base is not None and brole is not None:
         base_top1 = base.summary["reported_test_top1"].get(brole.name)
         rows.append([f"{brole.name} alone", prep.sources[brole.name], _pct(base_top1)])
+    elif brole is not None:
+        rows.append([f"{brole.name} alone", prep.sources[brole.name], "not trained (--baseline)"])
     for role, top1 in summary["reported_test_top1"].items():
         delta = ""
         if base_top1 is not None and top1 is not None and brole is not None and role == brole.name:

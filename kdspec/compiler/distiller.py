@@ -45,7 +45,8 @@ from kdspec.ir.functions import HOLE, STUDENT_SIDE, TEACHER_SIDE, expand
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
-from kdspec.vocabulary import FUNCTIONS
+from kdspec.ops.transforms import UNSCALED
+from kdspec.vocabulary import BATCH_RELATION_KINDS, FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -533,6 +534,8 @@ class _Builder:
             extra: dict[str, Any] | None = None
             if e.func == "margin_relu":
                 extra = {"margins": self.margins(e.args[0], path)}
+            if e.func == "normalize":
+                _normalize_unscaled(inputs[0])
             return TransformNode(e.func, inputs, kwargs, extra)
         raise ValueError(f"`{type(e).__name__}` cannot be evaluated on tensors")
 
@@ -597,6 +600,8 @@ class _Builder:
             if fn.category == "adapter":
                 steps.append(AdapterNode(call.func, HoleNode(), self.kwargs(call), term=term))
             else:
+                if call.func == "normalize" and steps:
+                    _normalize_unscaled(steps[-1])
                 steps.append(TransformNode(call.func, [HoleNode()], self.kwargs(call)))
         return PipelineNode(node, steps)
 
@@ -700,15 +705,14 @@ class _Builder:
             part = next(p for p in self.m.data if p.name == term.subset)
             fn_subset = make_subset(part, self.m.params)
             subset = lambda env, f=fn_subset: f(env.labels, env.index)  # noqa: E731
+        kwargs = self.kwargs(term.loss)
+        if term.loss.func == "frobenius" and term.kind == "transfer":
+            # The normaliser follows the knowledge's kind, never its shape (B^2 for a batch
+            # relation only: an embedding as wide as the batch is not a relation).
+            kind = types.side_kind(term, "target", self.m)
+            kwargs["relation"] = kind in BATCH_RELATION_KINDS
         return TermModule(
-            term,
-            source,
-            target,
-            term.loss.func,
-            self.kwargs(term.loss),
-            to_probs,
-            subset,
-            weight_node=weight,
+            term, source, target, term.loss.func, kwargs, to_probs, subset, weight_node=weight
         )
 
     def subset(self, term: ir.Term) -> Any:
@@ -757,6 +761,16 @@ class _Builder:
             loss_node=loss,
             weight_node=weight,
         )
+
+
+def _normalize_unscaled(node: Node) -> None:
+    """`normalize` of a mean over positions (gram, fsp) normalises the sum instead.
+
+    Equal values (normalisation ignores a positive factor), but the zero rows it clamps (dead
+    channels) keep the gradient of the unscaled matrix rather than 1/(H*W) of it.
+    """
+    if isinstance(node, TransformNode) and node.func in UNSCALED:
+        node.unscaled = True
 
 
 def compile_spec(

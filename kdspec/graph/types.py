@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, evaluate
+from kdspec.ir.printer import tap_text
 from kdspec.vocabulary import FUNCTIONS, Fn
 from kdspec.vocabulary import axes as axes_rules
 from kdspec.vocabulary.axes import FEATURE_AXES, TAP_AXES, Axes, AxisError
@@ -95,6 +96,18 @@ def _is_stopgrad(e: ir.Expr) -> bool:
     return isinstance(e, ir.Call) and e.func == "stopgrad"
 
 
+def has_unknown(e: ir.Expr | None, method: ir.Method) -> bool:
+    """Whether an expression calls (through lets) a function the vocabulary lacks (KD203)."""
+    return any(call.func not in FUNCTIONS for call in ir.find_all(e, ir.Call, method))
+
+
+def term_has_unknown(term: ir.Term, method: ir.Method) -> bool:
+    """Whether a term's sides, pipeline or loss call an unknown function: its kinds are unknown,
+    so the type checks skip it rather than report consequences of that one error."""
+    parts: tuple[ir.Expr | None, ...] = (term.source, term.target, *term.knowledge, term.loss)
+    return any(has_unknown(p, method) for p in parts)
+
+
 def expand_role(name: str, method: ir.Method) -> tuple[str, ...]:
     """A role name, or an ensemble's member roles."""
     ens = method.ensemble(name)
@@ -120,29 +133,6 @@ def uses_adapter(e: ir.Expr | None, method: ir.Method) -> list[str]:
         and (fn := FUNCTIONS.get(call.func)) is not None
         and fn.category == "adapter"
     ]
-
-
-def tap_text(tap: ir.Tap) -> str:
-    """A tap written back in spec syntax, e.g. ``t.stage[1..3]`` or ``s[weak].logits``."""
-    out = tap.role + (f"[{tap.view}]" if tap.view else "")
-    if tap.point == "stage":
-        if tap.is_range:
-            lo = "" if tap.first is None else str(tap.first)
-            hi = "" if tap.last is None else str(tap.last)
-            out += f".stage[{lo}..{hi}]"
-        else:
-            out += f".stage[{tap.first}]"
-    elif tap.point == "module":
-        out += f'."{tap.module}"'
-    elif not (tap.point == "output" and not tap.select):
-        out += f".{tap.point}"
-    if tap.io != "output":
-        out += f".{tap.io}"
-    if tap.call is not None:
-        out += f"@{tap.call}"
-    for sel in tap.select:
-        out += f"[{sel}]" if isinstance(sel, int) else f".{sel}"
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,3 +316,18 @@ def knowledge_type(
         ]
         current = call_type(call, fn, ins, method, report or (lambda *a: None), where)
     return current
+__all__ = [
+    "apply_knowledge",
+    "expand_role",
+    "expr_kind",
+    "grad_roles",
+    "is_static",
+    "knowledge_type",
+    "roles_read",
+    "side_kind",
+    "tap_text",
+    "taps",
+    "term_sides",
+    "uses_adapter",
+    "value_type",
+]

@@ -318,17 +318,30 @@ def _train(
 
 
 def distill(
-    prep: Prepared, out_dir: str | Path, *, resume: bool = False, opts: JobOptions | None = None
+    prep: Prepared,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    opts: JobOptions | None = None,
+    label: str | None = None,
 ) -> TrainResult:
-    """Compile the method and train it; files go to ``out_dir`` (see :func:`~.trainer.train`)."""
+    """Compile the method and train it; files go to ``out_dir`` (see :func:`~.trainer.train`).
+
+    ``label`` names the run in progress output (default: the method's name).
+    """
     opts = opts or JobOptions()
     distiller = compile_prepared(prep, opts)
-    name = prep.lowered.method.name
+    name = label or prep.lowered.method.name
     return _train(distiller, prep, Path(out_dir), resume, opts, _meta(prep, "distill"), name)
 
 
 def train_baseline(
-    prep: Prepared, out_dir: str | Path, *, resume: bool = False, opts: JobOptions | None = None
+    prep: Prepared,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    opts: JobOptions | None = None,
+    label: str | None = None,
 ) -> TrainResult | None:
     """Train the student alone with the distillation's budget, seed and data order.
 
@@ -354,5 +367,5 @@ def train_baseline(
         resume,
         opts,
         meta,
-        f"{role.name} alone",
+        label or f"{role.name} alone",
     )

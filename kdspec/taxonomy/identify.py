@@ -33,11 +33,14 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 from networkx.algorithms import isomorphism
 
+from kdspec.diagnostics import Severity
 from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
 from kdspec.ir.canonical import canonicalize
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
+from kdspec.passes import check_source
+from kdspec.source import SourceFile
 from kdspec.taxonomy.diff import term_text
 from kdspec.vocabulary import FUNCTIONS, REQUIRED
 
@@ -454,17 +457,15 @@ def _entry(method: ir.Method, path: str | None = None) -> LibraryMethod:
 
 @functools.lru_cache(maxsize=8)
 def _load_dir(directory: str, stamp: tuple[tuple[str, int], ...]) -> tuple[LibraryMethod, ...]:
-    from kdspec.api import check_source, read_source
-    from kdspec.diagnostics import Severity
-
     out: list[LibraryMethod] = []
     for name, _ in stamp:
-        source = read_source(Path(directory) / name)
-        if not hasattr(source, "text"):
+        try:
+            source = SourceFile.read(Path(directory) / name)
+        except OSError:
             continue
-        lowered, diags = check_source(source, library=Path(directory))  # type: ignore[arg-type]
-        # A wrong `claim` (KD311) says nothing about the structure: keep such methods.
-        if any(d.severity is Severity.ERROR and d.code != "KD311" for d in diags):
+        # without the claims check: a wrong `claim` says nothing about the structure
+        lowered, diags = check_source(source, library=Path(directory))
+        if any(d.severity is Severity.ERROR for d in diags):
             continue
         out.extend(_entry(low.method, str(Path(directory) / name)) for low in lowered)
     return tuple(out)

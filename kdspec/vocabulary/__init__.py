@@ -6,6 +6,7 @@ table of named functions.
 """
 
 from kdspec.vocabulary.functions import (
+    BATCH_RELATION_KINDS,
     CLAIM_DIMENSIONS,
     FUNCTIONS,
     KINDS,
@@ -21,6 +22,7 @@ from kdspec.vocabulary.functions import (
 )
 
 __all__ = [
+    "BATCH_RELATION_KINDS",
     "CLAIM_DIMENSIONS",
     "FUNCTIONS",
     "KINDS",

@@ -30,6 +30,8 @@ TENSOR_KINDS = frozenset(KINDS) - {"scalar"}
 # Raw tensors may be matched with each other even if read at different kinds of tap
 # (an embedding against a feature map pooled to a vector is still a feature match).
 RAW_KINDS = frozenset({"logits", "embedding", "features"})
+# Kinds whose value is a [B, B] relation between the samples of a batch.
+BATCH_RELATION_KINDS = frozenset({"similarity", "distance"})
 
 REQUIRED = object()
 

@@ -227,8 +227,8 @@ def test_lp_variants() -> None:
 
 def test_frobenius_relation_and_feature() -> None:
     t, s = randn(5, 5), randn(5, 5)
-    close(L.frobenius(t, s), ((t - s) ** 2).sum() / 25)
-    close(L.frobenius(t, s, relation=False), ((t - s) ** 2).sum() / 5)
+    close(L.frobenius(t, s, relation=True), ((t - s) ** 2).sum() / 25)
+    close(L.frobenius(t, s), ((t - s) ** 2).sum() / 5)
     f, g = randn(3, 4, 2, 2), randn(3, 4, 2, 2)
     close(L.frobenius(f, g), ((f - g) ** 2).sum() / 3)
 
@@ -241,8 +241,9 @@ def test_sp_matches_repdistiller_and_torchdistill() -> None:
         gt = F.normalize(f_t.view(6, -1) @ f_t.view(6, -1).t(), p=p)
         return ((gt - gs) ** 2).view(-1, 1).sum(0) / 36
 
-    close(L.frobenius(tf.similarity(ft), tf.similarity(fs)), ref(fs, ft, 2.0)[0])
-    close(L.frobenius(tf.similarity(ft, p=1.0), tf.similarity(fs, p=1.0)), ref(fs, ft, 1.0)[0])
+    sim = tf.similarity
+    close(L.frobenius(sim(ft), sim(fs), relation=True), ref(fs, ft, 2.0)[0])
+    close(L.frobenius(sim(ft, p=1.0), sim(fs, p=1.0), relation=True), ref(fs, ft, 1.0)[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,7 +511,7 @@ def _all_losses(dtype: torch.dtype) -> dict[str, torch.Tensor]:
         "smooth_l1": L.smooth_l1(m1, m2),
         "cosine": L.cosine(m1, m2),
         "lp": L.lp(m1, m2),
-        "frobenius": L.frobenius(tf.similarity(m1), tf.similarity(m2)),
+        "frobenius": L.frobenius(tf.similarity(m1), tf.similarity(m2), relation=True),
         "mmd": L.mmd(tf.channel_dist(m1), tf.channel_dist(m2)),
         "pearson": L.pearson(v1.softmax(1), v2.softmax(1)),
         "ab_hinge": L.ab_hinge(m1, m2),
