@@ -412,7 +412,7 @@ class Distiller(nn.Module):
             lines.append(f"  {types.tap_text(tap)} -> {where}")
         for name, term in self.terms.items():
             for node in term.modules():
-                if isinstance(node, AdapterNode):
+                if isinstance(node, AdapterNode | LearnedNode):
                     for a in node.adapters:
                         n = sum(p.numel() for p in a.parameters())
                         lines.append(f"  {name}: {node.func} ({n} parameters)")
@@ -1003,5 +1003,5 @@ def iter_adapters(d: Distiller) -> Iterator[nn.Module]:
     """Every adapter module of a compiled method."""
     for term in d.terms.values():
         for node in term.modules():
-            if isinstance(node, AdapterNode):
+            if isinstance(node, AdapterNode | LearnedNode):
                 yield from node.adapters
