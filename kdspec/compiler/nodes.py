@@ -42,6 +42,13 @@ class Env:
     args: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # a def loss's sides
 
 
+def _tensor(v: Any) -> Any:
+    """A number computed in a spec (`2`, `B`) as a tensor, for functions written for tensors."""
+    if isinstance(v, int | float):
+        return torch.as_tensor(float(v), dtype=torch.get_default_dtype())
+    return v
+
+
 def broadcast(*lists: list[Any]) -> list[tuple[Any, ...]]:
     """Zip lists, repeating lists of length one; lengths must otherwise agree."""
     n = max(len(x) for x in lists)
@@ -102,11 +109,9 @@ class TransformNode(Node):
         self.unscaled = False
 
     def forward(self, env: Env) -> list[torch.Tensor]:
-        values = [node(env) for node in self.inputs]
+        values = [[_tensor(v) for v in node(env)] for node in self.inputs]
         if self.func == "stopgrad":
             return [v.detach() for v in values[0]]
-        if self.func == "exp":
-            return [v.exp() for v in values[0]]
         if self.func == "resize":
             return [_resize(v, env.shape_hint, i) for i, v in enumerate(values[0])]
         impl = _IMPL.get(self.func, self.func)

@@ -267,6 +267,8 @@ def call_type(
         return SCALAR
     if fn.category == "loss":
         return SCALAR
+    if fn.inputs > 0 and len(ins) < fn.inputs - fn.optional_inputs:
+        return UNKNOWN  # a missing input (KD204, reported by lowering)
     if e.func == "mean" and kw.get("over") is None:  # the combine: mean of several values
         kinds = {t.kind for t in ins}
         return VType(kinds.pop() if len(kinds) == 1 else "features", ins[0].axes if ins else None)
