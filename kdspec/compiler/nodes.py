@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdspec.ir import models as ir
+from kdspec.ir.evaluate import Progress, at_progress
 from kdspec.ops import LOSSES, TRANSFORMS, build_adapter
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
@@ -40,6 +41,7 @@ class Env:
     hole: list[torch.Tensor] | None = None  # the value a pipeline step applies to
     batch_size: int | None = None  # `B`
     args: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # a def loss's sides
+    progress: Progress | None = None  # where training is: values with schedules depend on it
 
 
 def _tensor(v: Any) -> Any:
@@ -80,14 +82,15 @@ class TapNode(Node):
 class VirtualNode(Node):
     """A virtual teacher's logits: ``correct`` on the true class, the rest spread evenly."""
 
-    def __init__(self, correct: float):
+    def __init__(self, correct: object):
         super().__init__()
         self.correct = correct
 
     def forward(self, env: Env) -> list[torch.Tensor]:
         if env.labels is None or env.num_classes is None:
             raise ValueError("a virtual teacher needs the batch's labels")
-        return [TRANSFORMS["virtual_teacher"](env.labels, env.num_classes, correct=self.correct)]
+        correct = float(at_progress(self.correct, env.progress))  # type: ignore[arg-type]
+        return [TRANSFORMS["virtual_teacher"](env.labels, env.num_classes, correct=correct)]
 
 
 class TransformNode(Node):
@@ -119,16 +122,17 @@ class TransformNode(Node):
             fn = UNSCALED[impl]
         else:
             fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
+        kwargs = at_progress(self.kwargs, env.progress)
         out = []
         for i, args in enumerate(broadcast(*values)):
             if self.func in ("binary_target", "non_target"):
-                out.append(fn(args[0], env.labels, **self.kwargs))
+                out.append(fn(args[0], env.labels, **kwargs))
             elif self.func == "margin_relu":
                 margins = self.extra["margins"]
                 margin = margins[i if len(margins) > 1 else 0].to(args[0])
                 out.append(fn(args[0], margin))
             else:
-                out.append(fn(*args, **self.kwargs))
+                out.append(fn(*args, **kwargs))
         return out
 
 
@@ -178,7 +182,7 @@ class PipelineNode(Node):
 class CombineNode(Node):
     """A (weighted) mean over several inputs; of distributions, the mean of probabilities."""
 
-    def __init__(self, inputs: list[Node], weights: list[float] | None, distribution: bool):
+    def __init__(self, inputs: list[Node], weights: object, distribution: bool):
         super().__init__()
         self.inputs = nn.ModuleList(inputs)
         self.weights = weights
@@ -187,7 +191,10 @@ class CombineNode(Node):
     def forward(self, env: Env) -> list[torch.Tensor]:
         values = [node(env) for node in self.inputs]
         fn = TRANSFORMS["mean_dist" if self.distribution else "mean"]
-        return [fn(*args, weights=self.weights) for args in broadcast(*values)]
+        weights = at_progress(self.weights, env.progress)
+        if weights is not None and not sum(weights) > 0:  # type: ignore[arg-type]
+            raise ValueError(f"the weights {weights} sum to zero at this point of training")
+        return [fn(*args, weights=weights) for args in broadcast(*values)]
 
 
 class AdapterNode(Node):
@@ -366,6 +373,7 @@ class TermModule(nn.Module):
 
     def _builtin_loss(self, env: Env) -> torch.Tensor:
         fn = LOSSES.get(self.loss)
+        loss_kwargs = at_progress(self.loss_kwargs, env.progress)
         if self.source is None:  # supervision by labels
             env.shape_hint = None
             outs = self.target(env)
@@ -383,7 +391,7 @@ class TermModule(nn.Module):
                     v, y = v[mask], labels[mask]
                 else:
                     y = labels
-                total = total + fn(v, y, **self.loss_kwargs)
+                total = total + fn(v, y, **loss_kwargs)
             return total
         # Adapters and `resize` on the student side size themselves from the teacher side's
         # raw value (before the knowledge pipeline), e.g. a regressor to the teacher's map.
@@ -425,7 +433,7 @@ class TermModule(nn.Module):
                 and s.shape != t.shape
             ):
                 raise ShapeMismatch(tuple(s.shape[1:]), tuple(t.shape[1:]))
-            total = total + fn(s, t, **self.loss_kwargs)
+            total = total + fn(s, t, **loss_kwargs)
         return total
 
 
@@ -444,14 +452,14 @@ class ShapeMismatch(ValueError):
 
 
 class ConstNode(Node):
-    """A number known before the forward pass (a constant, a parameter)."""
+    """A number known before the batch: a constant, a parameter, or a schedule (per step)."""
 
-    def __init__(self, value: float):
+    def __init__(self, value: Any):
         super().__init__()
-        self.value = float(value)
+        self.value = value
 
     def forward(self, env: Env) -> list[Any]:  # type: ignore[override]
-        return [self.value]
+        return [float(at_progress(self.value, env.progress))]
 
 
 class ArgNode(Node):
@@ -500,6 +508,7 @@ class PrimNode(Node):
         from kdspec.ops import primitives as P
 
         values = [node(env) for node in self.inputs]
+        kwargs = at_progress(self.kwargs, env.progress)  # `grad_reverse(x, scale=ramp(...))`
         out: list[Any] = []
         for args in broadcast(*values) if values else [()]:
             xs = [self._read(v, d) for v, d in zip(args, self.in_dist, strict=False)]
@@ -511,27 +520,25 @@ class PrimNode(Node):
                 out.append(xs[0])  # the stored log-probabilities, exactly
             elif self.func in LOSSES:  # a built-in loss's value (a number) inside an expression
                 if self.func == "cross_entropy":
-                    out.append(LOSSES[self.func](xs[0], env.labels, **self.kwargs))
+                    out.append(LOSSES[self.func](xs[0], env.labels, **kwargs))
                 else:
-                    out.append(LOSSES[self.func](*xs, **self.kwargs))
+                    out.append(LOSSES[self.func](*xs, **kwargs))
             elif self.func in ("label_mask", "at_label"):
                 if env.labels is None:
                     raise ValueError(f"`{self.func}` needs the batch's labels")
                 out.append(
-                    P.PRIMITIVES[self.func](
-                        *xs, axes=self.in_axes, labels=env.labels, **self.kwargs
-                    )
+                    P.PRIMITIVES[self.func](*xs, axes=self.in_axes, labels=env.labels, **kwargs)
                 )
             elif self.func == "size" and not xs:
-                over = self.kwargs.get("over")
+                over = kwargs.get("over")
                 n = env.batch_size if over == "batch" else env.num_classes
                 if n is None:
                     raise ValueError(f"the size of `{over}` is not known here")
                 out.append(float(n))
             elif self.func == "size":
-                out.append(float(P.size(*xs, axes=self.in_axes, **self.kwargs)))
+                out.append(float(P.size(*xs, axes=self.in_axes, **kwargs)))
             else:
-                out.append(P.PRIMITIVES[self.func](*xs, axes=self.in_axes, **self.kwargs))
+                out.append(P.PRIMITIVES[self.func](*xs, axes=self.in_axes, **kwargs))
         return out
 
 
@@ -553,10 +560,13 @@ class LearnedNode(Node):
         if len(self.adapters) == 0:
             example = values[0][0] if values else None
             if self.func == "head":
-                module = P.head(example, axes=self.in_axes, **self.kwargs)
+                module = P.head(example, axes=self.in_axes, **at_progress(self.kwargs, None))
             else:
                 module = P.learned(
-                    example, axes=self.in_axes, num_samples=env.num_samples, **self.kwargs
+                    example,
+                    axes=self.in_axes,
+                    num_samples=env.num_samples,
+                    **at_progress(self.kwargs, None),
                 )
                 if example is not None:
                     module = module.to(device=example.device, dtype=example.dtype)

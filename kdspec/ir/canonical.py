@@ -592,17 +592,18 @@ def canonical_names(m: ir.Method) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def canonicalize(method: ir.Method, *, rename: bool = False) -> ir.Method:
+def canonicalize(method: ir.Method, *, rename: bool = False, values: bool = False) -> ir.Method:
     """The canonical form of a method (see the module docstring); pure.
 
     Args:
         method: a lowered method.
         rename: also inline parameters, drop names, citations, claims and origins, and give
             every part a canonical name (the semantic form, for equality).
+        values: inline parameters by value but keep every name (for comparing by value).
     """
     m = _fold_params(method)
     m = inline_lets(m)
-    if rename:
+    if rename or values:
         m = _inline_params(m)
     m = _expressions(m)
     m = _stages(m)
@@ -621,6 +622,12 @@ def canonicalize(method: ir.Method, *, rename: bool = False) -> ir.Method:
     return _named(m, canonical_names(m))
 
 
+def canonical_stages(method: ir.Method) -> tuple[ir.Stage, ...]:
+    """The declared stages with their expressions in canonical form, none dropped (for
+    comparing stages one by one; :func:`canonicalize` drops a stage that sets nothing)."""
+    return _expressions(_fold_params(method)).stages
+
+
 def semantic_key(method: ir.Method) -> str:
     """A string equal for two methods exactly when their semantic forms are equal."""
     return _key(canonicalize(method, rename=True))
@@ -633,6 +640,7 @@ def equivalent(a: ir.Method, b: ir.Method) -> bool:
 
 __all__ = [
     "canonical_names",
+    "canonical_stages",
     "canonicalize",
     "equivalent",
     "fold",

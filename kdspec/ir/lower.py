@@ -826,16 +826,15 @@ class _MethodLowering:
                     st.init.span,
                     help="e.g. `ensemble ts = mean(t1, t2, t3)`",
                 )
-        weights = None
-        w = call.kwargs.get("weights")
-        if isinstance(w, ir.ListE):
-            weights = tuple(i.value if isinstance(i, ir.Num) else 1.0 for i in w.items)
-            if len(weights) != len(members):
-                self.err(
-                    "KD204", f"{len(weights)} weights for {len(members)} members", st.init.span
+        for kw in st.init.kwargs:
+            if kw.name.name == "weights":
+                self.smap.spans[("ensemble", st.name.name, "weights")] = getattr(
+                    kw.value, "span", kw.span
                 )
+        # The weights stay an expression (parameters, overrides, schedules); the count, signs
+        # and sum are checked by `check_values` like every other value.
         self.ensembles[st.name.name] = ir.Ensemble(
-            name=st.name.name, members=tuple(members), weights=weights
+            name=st.name.name, members=tuple(members), weights=call.kwargs.get("weights")
         )
 
     def datapart(self, st: ast.View | ast.Subset) -> None:

@@ -492,7 +492,7 @@ def _roles_and_topology(kg: KdGraph, edges: list[TeachingEdge]) -> tuple[Finding
         ev.append(
             Evidence(
                 f"ensemble `{ens.name}` combines {_names(ens.members)} by {how}"
-                + (f" (weights {list(ens.weights)})" if ens.weights else ""),
+                + (f" (weights {expr_text(ens.weights)})" if ens.weights else ""),
                 ("ensemble", ens.name),
             )
         )

@@ -410,3 +410,29 @@ def test_comparisons_of_numbers_fold_to_masks_not_powers():
     assert evaluate(fold(gt), {}) == 1.0
     le = ir.BinOp(op="<=", left=ir.Num(value=3), right=ir.Num(value=2))
     assert evaluate(fold(le), {}) == 0.0
+
+
+def test_schedules_inside_expressions_follow_training():
+    """A schedule in a weight computed from the batch, and in a primitive's parameter."""
+    from kdspec.compiler import Progress
+
+    zt, zs = rand(B, K, seed=25), rand(B, K, seed=26)
+    text = """
+def kl_rows(t, s) = sum(t * (log(t) - log(s)), over=class)
+method m {
+  teacher t
+  student s
+  let reversed = grad_reverse(s.logits, scale=ramp(start=0, end=2))
+  transfer k: softmax(T=2) from t.logits to reversed with kl_rows weight warmup(epochs=4) / B
+}
+"""
+    low = load_method("spec.kd", text=text)
+    d = compile_spec(low, None, {"t.logits": zt.detach(), "s.logits": zs.detach(), "labels": None})
+    pt, ls = F.softmax(zt / 2, 1), F.log_softmax(zs / 2, 1)
+    rows = (pt * (pt.log() - ls)).sum(1).mean()
+    for epoch, factor, scale in ((1.0, 0.25, 0.2), (3.0, 0.75, 0.6)):
+        out = d({"t.logits": zt, "s.logits": zs, "labels": None}, Progress(epoch, 10.0))
+        assert_close(out.loss, factor * rows)
+        (g,) = torch.autograd.grad(out.loss, [zs])
+        (g_ref,) = torch.autograd.grad(factor * rows, [zs], retain_graph=True)
+        assert_close(g, -scale * g_ref)
