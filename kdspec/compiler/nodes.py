@@ -89,7 +89,7 @@ class VirtualNode(Node):
     def forward(self, env: Env) -> list[torch.Tensor]:
         if env.labels is None or env.num_classes is None:
             raise ValueError("a virtual teacher needs the batch's labels")
-        correct = float(at_progress(self.correct, env.progress))  # type: ignore[arg-type]
+        correct = float(at_progress(self.correct, env.progress))
         return [TRANSFORMS["virtual_teacher"](env.labels, env.num_classes, correct=correct)]
 
 
@@ -192,7 +192,7 @@ class CombineNode(Node):
         values = [node(env) for node in self.inputs]
         fn = TRANSFORMS["mean_dist" if self.distribution else "mean"]
         weights = at_progress(self.weights, env.progress)
-        if weights is not None and not sum(weights) > 0:  # type: ignore[arg-type]
+        if weights is not None and not sum(weights) > 0:
             raise ValueError(f"the weights {weights} sum to zero at this point of training")
         return [fn(*args, weights=weights) for args in broadcast(*values)]
 
@@ -406,8 +406,6 @@ class TermModule(nn.Module):
         env.shape_hint = hint
         if isinstance(self.target, PipelineNode):
             raw_t = self.target.raw(env)
-            env.shape_hint = [tuple(v.shape[1:]) for v in src]
-            env.shape_hint = hint
             tgt = self.target.apply_steps(raw_t, env)
         else:
             tgt = self.target(env)
@@ -458,7 +456,7 @@ class ConstNode(Node):
         super().__init__()
         self.value = value
 
-    def forward(self, env: Env) -> list[Any]:  # type: ignore[override]
+    def forward(self, env: Env) -> list[Any]:
         return [float(at_progress(self.value, env.progress))]
 
 
@@ -504,7 +502,7 @@ class PrimNode(Node):
             return v
         return v if self.func == "log" else v.exp()
 
-    def forward(self, env: Env) -> list[Any]:  # type: ignore[override]
+    def forward(self, env: Env) -> list[Any]:
         from kdspec.ops import primitives as P
 
         values = [node(env) for node in self.inputs]
@@ -553,24 +551,26 @@ class LearnedNode(Node):
         self.in_axes = in_axes
         self.adapters = nn.ModuleList()
 
-    def forward(self, env: Env) -> list[Any]:  # type: ignore[override]
+    def forward(self, env: Env) -> list[Any]:
         from kdspec.ops import primitives as P
 
         values = [node(env) for node in self.inputs]
         if len(self.adapters) == 0:
             example = values[0][0] if values else None
+            built: nn.Module
             if self.func == "head":
-                module = P.head(example, axes=self.in_axes, **at_progress(self.kwargs, None))
+                assert example is not None  # `head` takes an input (KD204 otherwise)
+                built = P.head(example, axes=self.in_axes, **at_progress(self.kwargs, None))
             else:
-                module = P.learned(
+                built = P.learned(
                     example,
                     axes=self.in_axes,
                     num_samples=env.num_samples,
                     **at_progress(self.kwargs, None),
                 )
                 if example is not None:
-                    module = module.to(device=example.device, dtype=example.dtype)
-            self.adapters.append(module.train(self.training))
+                    built = built.to(device=example.device, dtype=example.dtype)
+            self.adapters.append(built.train(self.training))
         module = self.adapters[0]
         if self.func == "head":
             return [module(v) for v in values[0]]

@@ -318,6 +318,8 @@ def knowledge_type(
         ]
         current = call_type(call, fn, ins, method, report or (lambda *a: None), where)
     return current
+
+
 __all__ = [
     "apply_knowledge",
     "expand_role",

@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
@@ -77,6 +78,11 @@ class Lowered:
 
 # Finds a method by name for `use`: returns (method ast, its file) or None.
 MethodFinder = Callable[[str], "tuple[ast.Method, SourceFile] | None"]
+
+
+def _a(noun: str) -> str:
+    """``a transform``, ``an adapter``."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def did_you_mean(name: str, candidates: Iterable[str], *, declared: bool = False) -> str | None:
@@ -184,7 +190,7 @@ class _MethodLowering:
     def err(
         self, code: str, message: str, span: Span | None, label: str = "", **kw: object
     ) -> None:
-        self.diags.append(error(code, message, self.source, span, label, **kw))  # type: ignore[arg-type]
+        self.diags.append(error(code, message, self.source, span, label, **kw))
 
     def define(self, what: str, ident: ast.Ident) -> bool:
         """Record a definition; report a duplicate (KD201). Returns False on duplicates."""
@@ -230,7 +236,7 @@ class _MethodLowering:
             return self.call(e, categories=EXPRESSION_CATEGORIES, path=path)
         if isinstance(e, ast.BinOp):
             return ir.BinOp(
-                op=e.op,  # type: ignore[arg-type]
+                op=e.op,
                 left=self.expr(e.left, path=sub("left")),
                 right=self.expr(e.right, path=sub("right")),
             )
@@ -400,9 +406,9 @@ class _MethodLowering:
             wanted = " or ".join(categories)
             self.err(
                 "KD203",
-                f"`{fname}` is a {fn.category}, not a {wanted}",
+                f"`{fname}` is {_a(fn.category)}, not {_a(wanted)}",
                 e.func.span,
-                f"a {fn.category} here",
+                f"{_a(fn.category)} here",
                 help=did_you_mean(fname, [n for c in categories for n in by_category(c)]),
             )
 
@@ -539,7 +545,7 @@ class _MethodLowering:
             chain = chain[1:]
         fields: dict[str, object] = {"role": role, "view": view}
         if not chain:
-            return ir.Tap(point="output", **fields)  # type: ignore[arg-type]
+            return ir.Tap(point="output", **fields)
         head, rest = chain[0], chain[1:]
         select: list[str | int] = []
         if isinstance(head, ast.Attr) and head.name.name in (
@@ -626,7 +632,7 @@ class _MethodLowering:
                     help=_TAP_HELP,
                 )
         fields["select"] = tuple(select)
-        return ir.Tap(**fields)  # type: ignore[arg-type]
+        return ir.Tap(**fields)
 
     # -- statements -------------------------------------------------------------------------
 
@@ -643,7 +649,7 @@ class _MethodLowering:
                     if self.define(st.kind, ident):
                         self.roles[ident.name] = ir.Role(
                             name=ident.name,
-                            kind=st.kind,  # type: ignore[arg-type]
+                            kind=st.kind,
                             mode="frozen" if st.kind == "teacher" else "trained",
                         )
                         self.smap.spans[("role", ident.name)] = ident.span
@@ -654,7 +660,7 @@ class _MethodLowering:
             elif isinstance(st, (ast.View, ast.Subset)):
                 kind = "view" if isinstance(st, ast.View) else "subset"
                 if self.define(kind, st.name):
-                    self.data[st.name.name] = ir.DataPart(name=st.name.name, kind=kind)  # type: ignore[arg-type]
+                    self.data[st.name.name] = ir.DataPart(name=st.name.name, kind=kind)
                     self.smap.spans[("data", st.name.name)] = st.span
             elif isinstance(st, ast.Let):
                 if self.define("let", st.name):
@@ -808,7 +814,7 @@ class _MethodLowering:
                 name=ident.name,
                 kind=role.kind,
                 mode=mode,
-                source=source,  # type: ignore[arg-type]
+                source=source,
                 options=options,
                 view=view,
             )
@@ -845,7 +851,7 @@ class _MethodLowering:
         self.data[st.name.name] = ir.DataPart(
             name=st.name.name,
             kind=kind,
-            func=call.func,  # type: ignore[arg-type]
+            func=call.func,
             args=tuple(self.expr(a, as_value=True) for a in st.init.args)
             if call.func in ("exclude_classes", "only_classes")
             else call.args,
@@ -980,7 +986,7 @@ class _MethodLowering:
                 name=st.name.name,
                 duration=duration,
                 unit=unit,
-                repeat=repeat,  # type: ignore[arg-type]
+                repeat=repeat,
                 train=tuple(train),
                 freeze=tuple(freeze),
                 losses=tuple(losses),
@@ -1126,7 +1132,7 @@ class _Inliner:
         self.params = params
         self.given = given  # values given by the caller are in the caller's scope: not inlined
 
-    def __call__(self, e):  # type: ignore[no-untyped-def]
+    def __call__(self, e: Any) -> Any:  # an expression in, the same kind of node out
         return e.transform(self._replace)
 
     def _replace(self, e: ir.Expr) -> ir.Expr:

@@ -143,7 +143,7 @@ def where(cond: Tensor, a: Any, b: Any, *, axes: AxesIn = ()) -> Tensor:
     return torch.where(torch.as_tensor(cond) != 0, a, b)
 
 
-BINARY = {
+BINARY: dict[str, Any] = {
     "+": torch.add,
     "-": torch.sub,
     "*": torch.mul,
@@ -367,17 +367,18 @@ def size(
 
 class _GradReverse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         return -ctx.scale * grad, None
 
 
 def grad_reverse(x: Tensor, *, axes: AxesIn = (), scale: float = 1.0) -> Tensor:
-    return _GradReverse.apply(x, float(scale))  # type: ignore[no-any-return]
+    out: Tensor = _GradReverse.apply(x, float(scale))
+    return out
 
 
 def stopgrad(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
