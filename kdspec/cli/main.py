@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "explain",
     "ir",
     "taps",
+    "plan",
     "train",
     "compare",
     "reproduce",

@@ -13,6 +13,7 @@ This is what ``kdspec train``, ``compare`` and ``reproduce`` share:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import sys
@@ -70,6 +71,7 @@ class JobOptions:
         device: Where to train (default: CUDA if available, else CPU).
         log: Where progress messages go (default: stderr).
         callbacks: Observers of every training loop (progress bars).
+        untrained: Build the models without pre-training teachers (a plan needs shapes only).
     """
 
     cache_dir: Path | None = None
@@ -77,6 +79,7 @@ class JobOptions:
     device: str | None = None
     log: Callable[[str], None] = _stderr
     callbacks: Sequence[Any] = ()
+    untrained: bool = False  # build every model but train no teacher (`kdspec plan`: shapes only)
 
 
 @dataclass
@@ -255,7 +258,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
                     "used as is, not pre-trained"
                 )
                 teachers[role.name] = {"source": source, "pretrained": "from the source"}
-        elif role.mode == "frozen" and role.name not in trained:
+        elif role.mode == "frozen" and role.name not in trained and not opts.untrained:
             pending.append(role)
         models[role.name] = model
     if pending and not run.config.teacher.pretrain:
@@ -272,6 +275,8 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
                 for role in pending
             ]
         )
+    if pending:  # a wrong tap or shape is found in seconds, not after a teacher's training
+        _compile(lowered, {n: copy.deepcopy(m) for n, m in models.items()}, data, run, opts)
     root = cache_root(opts.cache_dir)
     for k, role in enumerate(pending):
         source = sources[role.name]
@@ -366,9 +371,9 @@ def load_models(
     return prepare(lowered, run, opts)
 
 
-def _example_batch(prep: Prepared) -> Any:
-    transfer = prep.data.transfer
-    n = min(len(transfer), prep.run.config.data.batch_size)  # type: ignore[arg-type]
+def _example_batch(data: RunData, run: Run) -> Any:
+    transfer = data.transfer
+    n = min(len(transfer), run.config.data.batch_size)  # type: ignore[arg-type]
     return default_collate([transfer[i] for i in range(n)])
 
 
@@ -402,17 +407,23 @@ def _meta(prep: Prepared, kind: str) -> dict[str, Any]:
 
 def compile_prepared(prep: Prepared, opts: JobOptions | None = None) -> Any:
     """Compile the method onto the prepared models (adapters initialised from a fixed seed)."""
+    return _compile(prep.lowered, dict(prep.models), prep.data, prep.run, opts or JobOptions())
+
+
+def _compile(
+    lowered: Lowered, models: dict[str, nn.Module], data: RunData, run: Run, opts: JobOptions
+) -> Any:
+    """compile_spec on a run's models and data: taps resolved (KD401/KD402), adapters sized."""
     from kdspec.compiler import compile_spec
 
-    opts = opts or JobOptions()
-    torch.manual_seed(derived_seed(prep.run.config.train.seed, "compile"))
+    torch.manual_seed(derived_seed(run.config.train.seed, "compile"))
     return compile_spec(
-        prep.lowered,
-        dict(prep.models),
-        _example_batch(prep),
-        num_classes=prep.data.num_classes,
-        num_samples=len(prep.data.transfer),  # type: ignore[arg-type]
-        train_data=prep.data.transfer,
+        lowered,
+        models,
+        _example_batch(data, run),
+        num_classes=data.num_classes,
+        num_samples=len(data.transfer),  # type: ignore[arg-type]
+        train_data=data.transfer,
         device=opts.device,
     )
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from kdspec.vocabulary.axes import AXES
+
 # Kinds of knowledge a value can carry. "features" is any raw tensor read at a tap.
 KINDS = (
     "logits",
@@ -42,6 +44,7 @@ class Param:
 
     default: object = REQUIRED
     check: str | None = None  # "positive" | "nonneg" | "unit" (0..1) | "int" | "posint"
+    choices: tuple[str, ...] = ()  # the words a word-valued parameter accepts
 
 
 @dataclass(frozen=True)
@@ -88,19 +91,22 @@ def _p(**params: object) -> dict[str, Param]:
     out: dict[str, Param] = {}
     for name, spec in params.items():
         if isinstance(spec, tuple):
-            out[name] = Param(spec[0], spec[1])
+            out[name] = Param(*spec)
         else:
             out[name] = Param(spec)
     return out
 
 
 _FEATURE_LIKE = frozenset({"features", "embedding", "logits"})
+# A loss's `reduction`: the same three words everywhere (kdspec.ops.losses._reduce).
+_REDUCTIONS = ("batchmean", "mean", "sum")
+_BATCHMEAN, _MEAN = ("batchmean", None, _REDUCTIONS), ("mean", None, _REDUCTIONS)
 
 FUNCTIONS: dict[str, Fn] = {
     # --- knowledge transforms -------------------------------------------------------------
     "softmax": Fn(
         "transform",
-        _p(T=(1.0, "positive"), over=None),
+        _p(T=(1.0, "positive"), over=(None, None, AXES)),
         returns="distribution",
         accepts=_FEATURE_LIKE,
         family="soft targets",
@@ -110,7 +116,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "log_softmax": Fn(
         "transform",
-        _p(T=(1.0, "positive"), over=None),
+        _p(T=(1.0, "positive"), over=(None, None, AXES)),
         accepts=_FEATURE_LIKE,
         family="soft targets",
         doc="log-softmax with temperature along `over` (default the last axis), a plain tensor",
@@ -133,7 +139,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "normalize": Fn(
         "transform",
-        _p(p=(2.0, "positive"), over=None),
+        _p(p=(2.0, "positive"), over=(None, None, AXES)),
         doc="Lp normalisation along `over`; without `over`, per sample (3-D: the last axis)",
         axes="along",
         impl="kdspec.ops.primitives:normalize",
@@ -150,7 +156,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "fsp": Fn(
         "transform",
-        _p(pool="avg"),
+        _p(pool=("avg", None, ("avg", "max"))),
         inputs=2,
         accepts=_FEATURE_LIKE,
         returns="gram",
@@ -227,7 +233,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "mask": Fn(
         "transform",
-        _p(ratio=(0.5, "unit"), mode="channel"),
+        _p(ratio=(0.5, "unit"), mode=("channel", None, ("channel", "spatial"))),
         family="masked features",
         doc="MGD: randomly zero channels (or positions)",
     ),
@@ -245,7 +251,7 @@ FUNCTIONS: dict[str, Fn] = {
     # --- combining several roles or values -------------------------------------------------
     "mean": Fn(
         "combine",
-        _p(weights=None, over=None),
+        _p(weights=None, over=(None, None, AXES)),
         inputs=-1,
         doc="with `over=`: the mean along axes; else the (weighted) mean of several values "
         "(of distributions, the mean of the probabilities)",
@@ -262,9 +268,15 @@ FUNCTIONS: dict[str, Fn] = {
         family="conv",
         doc="FitNets convolutional regressor to the teacher's shape",
     ),
-    "linear": Fn("adapter", _p(dim=None), learned=True, family="linear", doc="linear map"),
+    "linear": Fn(
+        "adapter", _p(dim=(None, "posint")), learned=True, family="linear", doc="linear map"
+    ),
     "mlp": Fn(
-        "adapter", _p(hidden=None, dim=None), learned=True, family="mlp", doc="two-layer perceptron"
+        "adapter",
+        _p(hidden=(None, "posint"), dim=(None, "posint")),
+        learned=True,
+        family="mlp",
+        doc="two-layer perceptron",
     ),
     "embed": Fn(
         "adapter",
@@ -293,7 +305,7 @@ FUNCTIONS: dict[str, Fn] = {
     # --- losses ------------------------------------------------------------------------------
     "kl": Fn(
         "loss",
-        _p(reduction="batchmean", eps=(0.0, "nonneg")),
+        _p(reduction=_BATCHMEAN, eps=(0.0, "nonneg")),
         inputs=2,
         accepts=frozenset({"distribution"}),
         family="divergence",
@@ -301,7 +313,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "soft_ce": Fn(
         "loss",
-        _p(reduction="batchmean"),
+        _p(reduction=_BATCHMEAN),
         inputs=2,
         accepts=frozenset({"distribution"}),
         family="divergence",
@@ -315,11 +327,11 @@ FUNCTIONS: dict[str, Fn] = {
         family="supervised",
         doc="cross-entropy with the ground-truth labels",
     ),
-    "mse": Fn("loss", _p(reduction="mean"), inputs=2, family="L2", doc="mean squared error"),
-    "l1": Fn("loss", _p(reduction="mean"), inputs=2, family="L1", doc="mean absolute error"),
+    "mse": Fn("loss", _p(reduction=_MEAN), inputs=2, family="L2", doc="mean squared error"),
+    "l1": Fn("loss", _p(reduction=_MEAN), inputs=2, family="L1", doc="mean absolute error"),
     "smooth_l1": Fn(
         "loss",
-        _p(beta=(1.0, "positive"), reduction="mean"),
+        _p(beta=(1.0, "positive"), reduction=_MEAN),
         inputs=2,
         family="Huber",
         doc="Huber / smooth L1",
@@ -327,7 +339,7 @@ FUNCTIONS: dict[str, Fn] = {
     "cosine": Fn("loss", inputs=2, family="cosine", doc="1 - cosine similarity"),
     "lp": Fn(
         "loss",
-        _p(p=(2.0, "positive"), dim=None, squared=True, reduction="batchmean"),
+        _p(p=(2.0, "positive"), dim=None, squared=True, reduction=_BATCHMEAN),
         inputs=2,
         family="L2",
         doc="Lp norm of the difference",
@@ -335,7 +347,7 @@ FUNCTIONS: dict[str, Fn] = {
     "frobenius": Fn("loss", inputs=2, family="L2", doc="squared Frobenius norm"),
     "mmd": Fn(
         "loss",
-        _p(kernel="poly", gamma=(1.0, "positive")),
+        _p(kernel=("poly", None, ("poly", "linear", "rbf")), gamma=(1.0, "positive")),
         inputs=2,
         accepts=frozenset({"channel_distribution"}),
         family="MMD",
@@ -351,7 +363,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "ab_hinge": Fn(
         "loss",
-        _p(margin=(1.0, "nonneg"), reduction="batchmean"),
+        _p(margin=(1.0, "nonneg"), reduction=_BATCHMEAN),
         inputs=2,
         accepts=_FEATURE_LIKE,
         family="hinge",
@@ -487,7 +499,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "abf": Fn(
         "adapter",
-        _p(mid=None),
+        _p(mid=(None, "posint")),
         learned=True,
         family="review fusion",
         doc="ReviewKD: attention-based fusion of each student level with the deeper ones (ABF)",
@@ -513,7 +525,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "branches": Fn(
         "adapter",
-        _p(n=(2, "posint"), width=None),
+        _p(n=(2, "posint"), width=(None, "posint")),
         learned=True,
         returns="logits",
         family="head",
@@ -623,7 +635,7 @@ def _unary(doc: str, name: str) -> Fn:
 
 
 def _reduction(doc: str, name: str, **params: object) -> Fn:
-    return _prim(doc, "reduce", name, params=_p(**params, over=REQUIRED))
+    return _prim(doc, "reduce", name, params=_p(**params, over=(REQUIRED, None, AXES)))
 
 
 # The core of tensor primitives (issue 9): typed by axes, usable in every expression, in
@@ -671,7 +683,11 @@ PRIMITIVES: dict[str, Fn] = {
         "relation",
         inputs=2,
         optional_inputs=1,
-        params=_p(over=REQUIRED, kernel="dot", gamma=(1.0, "positive")),
+        params=_p(
+            over=(REQUIRED, None, AXES),
+            kernel=("dot", None, ("dot", "cosine", "rbf", "distance", "sqdistance")),
+            gamma=(1.0, "positive"),
+        ),
         returns="similarity",
     ),
     "size": _prim(
@@ -681,7 +697,7 @@ PRIMITIVES: dict[str, Fn] = {
         "size",
         inputs=1,
         optional_inputs=1,
-        params=_p(over=REQUIRED, part=None),
+        params=_p(over=(REQUIRED, None, AXES), part=None),
         returns="scalar",
     ),
     "label_mask": _prim(
@@ -700,13 +716,13 @@ PRIMITIVES: dict[str, Fn] = {
         "1 at the k largest entries along `over` (default the last axis), 0 elsewhere",
         "along",
         "topk",
-        params=_p(k=(1, "posint"), over=None),
+        params=_p(k=(1, "posint"), over=(None, None, AXES)),
     ),
     "rank": _prim(
         "rank of each entry along `over` (default the last axis): 0 for the largest",
         "along",
         "rank",
-        params=_p(over=None),
+        params=_p(over=(None, None, AXES)),
     ),
     "grad_reverse": _prim(
         "identity forward; the gradient is multiplied by -scale (gradient reversal)",
@@ -736,7 +752,7 @@ PRIMITIVES: dict[str, Fn] = {
         "learned",
         inputs=1,
         optional_inputs=1,
-        params=_p(over=None, init=0.0),
+        params=_p(over=(None, None, AXES), init=0.0),
         learned=True,
     ),
     "head": _prim(

@@ -138,10 +138,9 @@ def test_a_trained_teacher_is_named_and_ranks_hinton_first() -> None:
         "~ role `t`: mode: frozen -> trained"
     ]
     ident = identify(m)
-    top = ident.nearest[0].score
-    hinton = next(x for x in ident.nearest if x.method == "hinton")
-    assert hinton.score == top  # tied only with methods of Hinton's very structure
-    assert "cskd" not in [x.method for x in ident.nearest if x.score == top]
+    hinton, *others = ident.nearest
+    assert hinton.method == "hinton"
+    assert all(hinton.score > x.score for x in others)  # CS-KD ranked above it before
     assert any("mode frozen -> trained" in d for d in hinton.differences)
 
 
@@ -177,3 +176,16 @@ def test_cli_diff_on_a_file_of_several_methods(
     assert out.rstrip().endswith("no differences in meaning (names only)")
     assert main(["diff", f"{path}:three", "specs/hinton.kd"]) == 2
     assert "no method `three`" in capsys.readouterr().err
+
+
+def test_cli_identify_on_a_file_of_several_methods(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "two.kd"  # type: ignore[operator]
+    path.write_text(MULTI)
+    assert main(["identify", str(path)]) == 2
+    assert "defines 2 methods (one, two)" in capsys.readouterr().err
+    assert main(["identify", f"{path}:two"]) == 0
+    assert capsys.readouterr().out.startswith("`two` is `hinton` (exact match)")
+    assert main(["identify", str(path), "--method", "one"]) == 0
+    assert "`one` is" in capsys.readouterr().out
