@@ -26,6 +26,8 @@ SUBCOMMANDS = (
     "diff",
     "lsp",
     "importer",
+    "init",
+    "export",
 )
 
 

@@ -156,8 +156,8 @@ def _skeleton(e: ir.Expr | None, m: ir.Method) -> str:
             return ir.Str(value="@")
         if isinstance(n, ir.Num | ir.Str | ir.ParamRef):
             return ir.Str(value="#")
-        if isinstance(n, ir.Call) and n.kwargs:
-            return n.model_copy(update={"kwargs": {}}).transform(anonymize)
+        if isinstance(n, ir.Call) and n.kwargs:  # its arguments are already anonymized
+            return n.model_copy(update={"kwargs": {}})
         return n
 
     # Folded again once anonymous: the order of a sum must not follow the names it had.
