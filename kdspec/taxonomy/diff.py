@@ -465,17 +465,26 @@ def diff(a: ir.Method, b: ir.Method) -> list[Change]:
     # Lets left after canonicalisation (shared adapters, bindings a stage names).
     lets_b = {x.name: x for x in pb.sym.lets}
     let_map = {x.name: x.name for x in ra.lets if x.name in lets_b}
-    for x in ra.lets:
-        if x.name not in let_map:
-            twin = next(
-                (y for y in lets_b if y not in let_map.values() and lets_b[y].value == x.value),
-                None,
-            )
-            if twin is not None:
-                let_map[x.name] = twin
+    # A let's body may read other lets: pair again with the pairs found so far applied, until
+    # no new pair appears (ONE's `gated` reads `extra`).
+    while True:
+        renamed = canonical_rename(ra, let_map).lets
+        lets_a = dict(zip((x.name for x in ra.lets), renamed, strict=True))
+        found = False
+        for name, x in lets_a.items():
+            if name not in let_map:
+                twin = next(
+                    (y for y in lets_b if y not in let_map.values() and lets_b[y].value == x.value),
+                    None,
+                )
+                if twin is not None:
+                    let_map[name] = twin
+                    found = True
+        if not found:
+            break
     out += _pair_parts(
         "let",
-        {x.name: x for x in ra.lets},
+        lets_a,
         lets_b,
         let_map,
         lambda x: {"value": expr_text(x.value)},
