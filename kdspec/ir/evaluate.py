@@ -20,6 +20,15 @@ __all__ = [
     "uses_progress",
 ]
 
+_COMPARE = {
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
 
 class EvalError(ValueError):
     """An expression is not a number (e.g. a tap used where a weight is expected)."""
@@ -133,6 +142,8 @@ def evaluate(
             if b == 0:
                 raise EvalError("division by zero")
             return a / b
+        if e.op in _COMPARE:
+            return 1.0 if _COMPARE[e.op](a, b) else 0.0
         return float(a**b)
     if isinstance(e, ir.Call):
         kw = {k: evaluate(v, params, progress, _depth + 1) for k, v in e.kwargs.items()}

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from kdspec.ir import models as ir
 from kdspec.ir.traverse import transform, walk
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 Rewrite = Callable[[ir.Method, random.Random], ir.Method]
 
