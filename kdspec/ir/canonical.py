@@ -43,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import Counter
 from typing import Any
@@ -110,7 +111,8 @@ def _is_default(func: str, key: str, value: ir.Expr) -> bool:
 
 
 def _key(node: BaseModel) -> str:
-    return node.model_dump_json()
+    # Keyword arguments are a mapping: their order never changes the computation.
+    return json.dumps(node.model_dump(mode="json"), sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------

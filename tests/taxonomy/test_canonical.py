@@ -133,6 +133,7 @@ def test_library_methods_are_pairwise_different() -> None:
     seed=st.integers(0, 10**6),
 )
 @example(name="dist", steps=["let", "values", "values"], seed=5)
+@example(name="ctkd", steps=["values"], seed=328965)
 def test_meaning_preserving_rewrites_are_equal(name: str, steps: list[str], seed: int) -> None:
     rng = random.Random(seed)
     m = LIBRARY[name]
