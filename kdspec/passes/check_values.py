@@ -300,6 +300,9 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
     for part in m.data:
         for e in (*part.args, *part.kwargs.values()):
             out.extend(_constant(ctx, e, ("data", part.name), f"{part.kind} `{part.name}`"))
+        if part.func in FUNCTIONS:  # kinds and ranges of a view's or subset's arguments
+            call = ir.Call(func=part.func, args=part.args, kwargs=part.kwargs)
+            out.extend(_check_call(ctx, call, ("data", part.name)))
     for stage in m.stages:
         key = ("stage", stage.name)
         for what, bound in (("duration", stage.duration), ("repeat", stage.repeat)):
