@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--import-root",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="also allow spec `import`s from DIR (default: the spec's folder and the library)",
+        )
     return parser
 
 
@@ -60,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    if getattr(args, "import_root", None):
+        from pathlib import Path
+
+        from kdspec.ir.lower import IMPORT_ROOTS
+
+        IMPORT_ROOTS.set(tuple(Path(p) for p in args.import_root))
     try:
         return int(args.run(args))
     except KdError as exc:

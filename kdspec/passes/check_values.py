@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kdspec.diagnostics import Diagnostic
 from kdspec.ir import models as ir
-from kdspec.ir.evaluate import EvalError, evaluate
+from kdspec.ir.evaluate import EvalError, NumericError, evaluate
 from kdspec.passes.context import PassContext
 from kdspec.taxonomy.vocab import FUNCTIONS
 
@@ -38,6 +38,11 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
             continue
         try:
             v = evaluate(value, ctx.method.params)
+        except NumericError as exc:
+            out.append(
+                ctx.diag("KD205", f"`{call.func}`'s `{name}`: {exc}", path, f"`{name}` here")
+            )
+            continue
         except EvalError:
             continue
         if isinstance(v, bool) or not isinstance(v, int | float):

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdspec.diagnostics import Diagnostic, KdError, error
-from kdspec.source import SourceFile, Span
+from kdspec.source import MAX_SOURCE_BYTES, SourceFile, Span, decode_source, read_regular_file
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -201,7 +201,7 @@ def load_run(path: str | Path) -> Run:
     """
     p = Path(path)
     try:
-        text = p.read_bytes().decode("utf-8", errors="replace")
+        text = decode_source(read_regular_file(p, MAX_SOURCE_BYTES))
     except OSError as exc:
         raise KdError(
             [error("KD501", f"cannot read run file `{path}`: {exc.strerror or exc}")]
@@ -216,6 +216,18 @@ def parse_run(text: str, name: str = "<run>", base_dir: Path | None = None) -> R
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise KdError([_toml_error(source, exc)]) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise KdError(
+            [
+                error(
+                    "KD501",
+                    "run file nests arrays or tables too deeply",
+                    source,
+                    Span(0, 0),
+                    help="a run file needs at most a few levels of nesting",
+                )
+            ]
+        ) from None
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lark import Tree
 from lark.exceptions import UnexpectedInput, VisitError
 
 from kdspec.diagnostics import Diagnostic, KdError, error
@@ -22,6 +23,9 @@ def try_parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
     comments.clear()
     try:
         tree = lark.parse(source.text)
+        too_deep = _too_deep(tree, source)
+        if too_deep is not None:
+            return None, [too_deep]
         module = ToAst().transform(tree)
     except UnexpectedInput as exc:
         return None, [syntax_diagnostic(exc, source, lark)]
@@ -32,6 +36,33 @@ def try_parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
     found = tuple(ast.Comment(str(tok), _tok_span(tok)) for tok in comments)
     comments.clear()
     return ast.Module(module.imports, module.methods, found, module.span), []
+
+
+MAX_NESTING = 100
+"""Deepest syntax tree accepted (`- - 1` is 2 levels, a call in a call 4): every later stage
+(transformer, lowering, evaluator, printers, `fmt`) recurses over the tree, so the limit keeps
+them all far below Python's recursion limit."""
+
+
+def _too_deep(tree: Tree, source: SourceFile) -> Diagnostic | None:
+    """KD106 at the first node nested deeper than MAX_NESTING (walked without recursion)."""
+    stack: list[tuple[Tree, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            meta = node.meta
+            start = getattr(meta, "start_pos", 0) if not meta.empty else 0
+            end = getattr(meta, "end_pos", start) if not meta.empty else start
+            return error(
+                "KD106",
+                f"expression nested more than {MAX_NESTING} levels deep",
+                source,
+                Span(start, min(end, start + 1)),
+                "too deep here",
+                help="split it with `let` or `param` definitions",
+            )
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+    return None
 
 
 def parse_source(source: SourceFile) -> ast.Module:
