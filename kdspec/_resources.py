@@ -1,4 +1,4 @@
-"""Locate the data files shipped with kdspec (grammar, method library).
+"""Locate the data files shipped with kdspec (grammar, method library, run files).
 
 In a wheel they live in ``kdspec/_data/``; in a source checkout, at the repository root.
 """
@@ -11,7 +11,11 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def data_dir(name: str) -> Path:
-    """The directory ``grammar`` or ``specs``, from the wheel or from the source checkout."""
+    """The directory ``grammar``, ``specs`` or ``runs``, from the wheel or the source checkout.
+
+    Every name asked for here is shipped in the wheel by ``[tool.hatch.build.targets.wheel.
+    force-include]`` in pyproject.toml (tests/test_packaging.py checks it).
+    """
     packaged = _PACKAGE / "_data" / name
     if packaged.is_dir():
         return packaged

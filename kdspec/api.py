@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kdspec import passes
 from kdspec._resources import library_dir
 from kdspec.diagnostics import Diagnostic, KdError, Severity, error
-from kdspec.ir import Lowered, lower_module
-from kdspec.passes import run_passes
+from kdspec.ir import Lowered
 from kdspec.source import SourceFile
-from kdspec.syntax import try_parse
+from kdspec.taxonomy.claims import check_claims
 
 
 def check_source(
@@ -27,16 +27,7 @@ def check_source(
     Returns:
         The lowered methods (empty on syntax errors) and all diagnostics, sorted.
     """
-    module, diags = try_parse(source)
-    if module is None:
-        return [], diags
-    if not module.methods:
-        return [], [error("KD210", "the file defines no method", source)]
-    lowered, diags = lower_module(module, source, overrides, library or library_dir())
-    for low in lowered:
-        diags.extend(run_passes(low))
-    unique = {(d.code, d.message, d.span): d for d in diags}
-    return list(lowered), sorted(unique.values(), key=lambda d: d.sort_key())
+    return passes.check_source(source, overrides, library, extra=(check_claims,))
 
 
 def spec_files(paths: list[str | Path]) -> list[Path]:

@@ -21,7 +21,7 @@ from kdspec.diagnostics import Severity
 from kdspec.diagnostics.codes import CODES
 from kdspec.source import SourceFile
 from kdspec.syntax.fmt import format_text
-from kdspec.taxonomy.vocab import FUNCTIONS, KINDS
+from kdspec.vocabulary import FUNCTIONS, KINDS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "language.md"
 TEXT = DOC.read_text(encoding="utf-8")

@@ -1,8 +1,10 @@
 """``kdspec diff A B``: what changes from method A to method B.
 
-Roles, terms, stages, parameters, data and claims are matched by name, then by content (a
-renamed part with nothing else changed shows as renamed). ``SPEC@STAGE`` stands for one stage
-of a spec: its active terms and the roles they use, e.g. the two stages of FitNets.
+The two methods are compared in canonical form: roles and terms are paired by structure, not
+by name (a renamed part shows as renamed), and a value spelt another way is no change.
+``FILE:METHOD`` picks one method of a file that holds several (a file with several methods and
+no ``:METHOD`` is a usage error that lists them); ``SPEC@STAGE`` stands for one stage of a
+spec: its active terms and the roles they use, e.g. the two stages of FitNets.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  kdspec diff specs/hinton.kd specs/dkd.kd\n"
-        "  kdspec diff specs/fitnets.kd@hints specs/fitnets.kd@distill",
+        "  kdspec diff specs/fitnets.kd@hints specs/fitnets.kd@distill\n"
+        "  kdspec diff variants.kd:mine specs/hinton.kd",
     )
-    p.add_argument("a", metavar="A", help="a spec file, library name, or SPEC@STAGE")
+    p.add_argument("a", metavar="A", help="a spec file, library name, FILE:METHOD or SPEC@STAGE")
     p.add_argument("b", metavar="B", help="the same, compared against A")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="applied to both")
     p.set_defaults(run=run)
@@ -38,20 +41,47 @@ def split_stage(arg: str) -> tuple[str, str | None]:
     return spec, stage or None
 
 
+def split_method(spec: str) -> tuple[str, str | None]:
+    """``variants.kd:mine`` -> (``variants.kd``, ``mine``); a plain spec as is."""
+    from kdspec.cli.taxonomy import resolve
+
+    if resolve(spec).exists() or ":" not in spec:
+        return spec, None
+    path, _, method = spec.rpartition(":")
+    return path, method or None
+
+
 def _load(arg: str, overrides: dict[str, object]):  # type: ignore[no-untyped-def]
-    from kdspec.cli.taxonomy import load_one
+    from kdspec.cli.taxonomy import load_all
     from kdspec.taxonomy.diff import stage_view
 
     spec, stage = split_stage(arg)
-    method = load_one(spec, None, overrides).method
+    spec, method_name = split_method(spec)
+    methods, _ = load_all([spec], overrides)
+    if not methods:
+        raise UsageError(f"`{spec}` defines no method")
+    if method_name is None and len(methods) > 1:
+        names = ", ".join(low.method.name for low in methods)
+        raise UsageError(
+            f"`{spec}` defines {len(methods)} methods ({names}): say which one, "
+            f"e.g. `{spec}:{methods[0].method.name}`"
+        )
+    low = methods[0]
+    if method_name is not None:
+        low = next((x for x in methods if x.method.name == method_name), None)
+        if low is None:
+            names = ", ".join(x.method.name for x in methods)
+            raise UsageError(f"no method `{method_name}` in `{spec}` (methods: {names})")
+    method = low.method
+    label = f"{spec} ({method.name})"
     if stage is None:
-        return method, f"{spec} ({method.name})"
+        return method, label
     try:
         view = stage_view(method, stage)
     except KeyError:
         names = ", ".join(s.name for s in method.effective_stages())
         raise UsageError(f"`{Path(spec).name}` has no stage `{stage}` (stages: {names})") from None
-    return view, f"{spec} @ stage {stage}"
+    return view, f"{spec} @ stage {stage}" if method_name is None else f"{label} @ stage {stage}"
 
 
 def run(args: argparse.Namespace) -> int:

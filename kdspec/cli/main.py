@@ -24,6 +24,8 @@ SUBCOMMANDS = (
     "identify",
     "diff",
     "methods",
+    "lsp",
+    "importer",
 )
 
 

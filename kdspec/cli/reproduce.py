@@ -52,7 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", help="teacher cache")
     p.add_argument("--device", help="cpu, cuda, ...")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(run=run, allow_import=[])
+    p.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="MOD[,MOD]",
+        help="let `import:` sources of the run file import these modules",
+    )
+    p.set_defaults(run=run)
 
 
 def default_run_file(experiment: str) -> Path:

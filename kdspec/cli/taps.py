@@ -29,7 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="a model source (`zoo:resnet8`, `timm:...`) or a zoo name")
     p.add_argument("--input-shape", default="3,32,32", help="one input's shape (default 3,32,32)")
     p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
-    p.add_argument("--allow-import", action="append", default=[], metavar="PKG")
+    p.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="MOD[,MOD]",
+        help="let an `import:` source import these modules (also KDSPEC_ALLOW_IMPORT)",
+    )
     p.add_argument(
         "--modules",
         action=argparse.BooleanOptionalAction,

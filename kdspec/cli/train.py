@@ -55,8 +55,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--allow-import",
         action="append",
         default=[],
-        metavar="PKG",
-        help="let `import:` model sources load this package",
+        metavar="MOD[,MOD]",
+        help="let `import:` model and data sources import these modules (and their "
+        "submodules); also KDSPEC_ALLOW_IMPORT or ~/.config/kdspec/config.toml. "
+        "A run file cannot allow imports",
     )
     p.add_argument("--cache-dir", help="teacher cache (default: $KDSPEC_CACHE or ~/.cache/kdspec)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -175,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     if base is not None and brole is not None:
         base_top1 = base.summary["reported_test_top1"].get(brole.name)
         rows.append([f"{brole.name} alone", prep.sources[brole.name], _pct(base_top1)])
+    elif brole is not None:
+        rows.append([f"{brole.name} alone", prep.sources[brole.name], "not trained (--baseline)"])
     for role, top1 in summary["reported_test_top1"].items():
         delta = ""
         if base_top1 is not None and top1 is not None and brole is not None and role == brole.name:
@@ -194,10 +198,12 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, ["model", "source", "test top-1 (%)", "vs alone"]))
     for role, info in prep.teachers.items():
         if "cache" in info:
-            how = "reused from" if info.get("reused") else "trained now, cached in"
+            how = "reused from" if info.get("reused") else "pre-trained now, cached in"
             print(f"teacher {role}: {how} {info['cache']}")
+        elif "weights" in info:
+            print(f"teacher {role}: weights from {info['weights']} (not pre-trained)")
         else:
-            print(f"teacher {role}: weights from {info['weights']}")
+            print(f"teacher {role}: trained weights from its source, used as is (not pre-trained)")
     print(f"run folder: {out}")
     print(f"curves: {out / 'curves.png'}")
     return 0

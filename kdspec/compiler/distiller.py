@@ -40,7 +40,8 @@ from kdspec.ir.evaluate import EvalError, Progress, evaluate
 from kdspec.ops import TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.ops.transforms import UNSCALED
+from kdspec.vocabulary import BATCH_RELATION_KINDS, FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -477,7 +478,7 @@ class _Builder:
             if role is not None and role.mode == "virtual":
                 correct = role.options.get("correct")
                 return VirtualNode(float(self.value(correct)) if correct is not None else 0.9)
-            ens = next((x for x in self.m.ensembles if x.name == e.role), None)
+            ens = self.m.ensemble(e.role)
             if ens is not None:
                 members = [
                     self.node(e.model_copy(update={"role": r}), path, indices) for r in ens.members
@@ -489,7 +490,8 @@ class _Builder:
             return TapNode(e, indices.get(e))
         if isinstance(e, ir.LetRef):
             if e.name not in self.d._lets:
-                let = next(x for x in self.m.lets if x.name == e.name)
+                let = self.m.let(e.name)
+                assert let is not None  # the passes report unknown names
                 self.d._lets[e.name] = LetNode(self.node(let.value, path, indices))
             return self.d._lets[e.name]
         if isinstance(e, ir.Call):
@@ -509,6 +511,8 @@ class _Builder:
             extra: dict[str, Any] | None = None
             if e.func == "margin_relu":
                 extra = {"margins": self.margins(e.args[0], path)}
+            if e.func == "normalize":
+                _normalize_unscaled(inputs[0])
             return TransformNode(e.func, inputs, kwargs, extra)
         raise ValueError(f"`{type(e).__name__}` cannot be evaluated on tensors")
 
@@ -534,6 +538,8 @@ class _Builder:
             if fn.category == "adapter":
                 steps.append(AdapterNode(call.func, HoleNode(), self.kwargs(call), term=term))
             else:
+                if call.func == "normalize" and steps:
+                    _normalize_unscaled(steps[-1])
                 steps.append(TransformNode(call.func, [HoleNode()], self.kwargs(call)))
         return PipelineNode(node, steps)
 
@@ -553,10 +559,7 @@ class _Builder:
         ):
             chain.append(inner)
             inner = inner.args[0]
-        ens = next(
-            (x for x in self.m.ensembles if isinstance(inner, ir.Tap) and x.name == inner.role),
-            None,
-        )
+        ens = self.m.ensemble(inner.role) if isinstance(inner, ir.Tap) else None
         if ens is not None and isinstance(inner, ir.Tap):
             members = []
             for r in ens.members:
@@ -620,9 +623,23 @@ class _Builder:
             part = next(p for p in self.m.data if p.name == term.subset)
             fn_subset = make_subset(part, self.m.params)
             subset = lambda env, f=fn_subset: f(env.labels, env.index)  # noqa: E731
-        return TermModule(
-            term, source, target, term.loss.func, self.kwargs(term.loss), to_probs, subset
-        )
+        kwargs = self.kwargs(term.loss)
+        if term.loss.func == "frobenius" and term.kind == "transfer":
+            # The normaliser follows the knowledge's kind, never its shape (B^2 for a batch
+            # relation only: an embedding as wide as the batch is not a relation).
+            kind = types.side_kind(term, "target", self.m)
+            kwargs["relation"] = kind in BATCH_RELATION_KINDS
+        return TermModule(term, source, target, term.loss.func, kwargs, to_probs, subset)
+
+
+def _normalize_unscaled(node: Node) -> None:
+    """`normalize` of a mean over positions (gram, fsp) normalises the sum instead.
+
+    Equal values (normalisation ignores a positive factor), but the zero rows it clamps (dead
+    channels) keep the gradient of the unscaled matrix rather than 1/(H*W) of it.
+    """
+    if isinstance(node, TransformNode) and node.func in UNSCALED:
+        node.unscaled = True
 
 
 def compile_spec(
@@ -741,7 +758,7 @@ def compile_spec(
     if b.diags:
         raise KdError(b.diags)
     for name, w in d._weights.items():
-        if not _has_schedule(w):
+        if w.find(ir.Call) is None:  # no schedule: a constant
             d._const_weights[name] = float(evaluate(w, m.params))  # type: ignore[arg-type]
     d.stage_plans = [_plan(s, m) for s in m.effective_stages()]
     _dry_run(
@@ -772,16 +789,6 @@ def _whole(v: Any) -> Any:
 
 def _to(x: Any, device: str | torch.device) -> Any:
     return x.to(device) if isinstance(x, torch.Tensor) else x
-
-
-def _has_schedule(e: ir.Expr) -> bool:
-    if isinstance(e, ir.Call):
-        return True
-    if isinstance(e, ir.BinOp):
-        return _has_schedule(e.left) or _has_schedule(e.right)
-    if isinstance(e, ir.Neg):
-        return _has_schedule(e.operand)
-    return False
 
 
 def _plan(stage: ir.Stage, m: ir.Method) -> StagePlan:

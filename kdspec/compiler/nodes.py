@@ -18,6 +18,7 @@ from kdspec.ir import models as ir
 from kdspec.ops import LOSSES, TRANSFORMS, build_adapter
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
+from kdspec.ops.transforms import UNSCALED
 
 # Vocabulary names whose implementation has another name in kdspec.ops.
 _IMPL = {"mask": "mask_features"}
@@ -95,6 +96,8 @@ class TransformNode(Node):
         self.inputs = nn.ModuleList(inputs)
         self.kwargs = kwargs
         self.extra = extra or {}  # per-element tensors (OFD margins), keyed "margins"
+        # Set when `normalize` comes next: compute without the 1/(H*W) (see ops.gram_sum).
+        self.unscaled = False
 
     def forward(self, env: Env) -> list[torch.Tensor]:
         values = [node(env) for node in self.inputs]
@@ -105,7 +108,10 @@ class TransformNode(Node):
         if self.func == "resize":
             return [_resize(v, env.shape_hint, i) for i, v in enumerate(values[0])]
         impl = _IMPL.get(self.func, self.func)
-        fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
+        if self.unscaled:
+            fn = UNSCALED[impl]
+        else:
+            fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
         out = []
         for i, args in enumerate(broadcast(*values)):
             if self.func in ("binary_target", "non_target"):

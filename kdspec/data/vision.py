@@ -6,12 +6,19 @@ torchvision is not part of the default install, so it is imported only when aske
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IndexedDataset", "torchvision_dataset"]
+from kdspec.data.splits import Splits
+from kdspec.data.user import UserDataError, splits_from_datasets
+
+__all__ = ["IMAGENET_STATS", "IndexedDataset", "image_folder_splits", "torchvision_dataset"]
+
+# Normalisation of image folders (the statistics most pretrained vision models expect).
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 # Per-channel mean/std of the training images, as used by RepDistiller / CRD.
 _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -42,6 +49,80 @@ class IndexedDataset(Dataset[tuple[Any, Any, int]]):
             i += len(self)
         x, y = self.base[i]
         return x, y, i
+
+
+def _torchvision(what: str) -> Any:
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise RuntimeError(
+            f"{what} needs torchvision, which is not installed; install the build "
+            f"matching torch {torch.__version__} with `pip install torchvision` (CPU-only torch: "
+            "add `--index-url https://download.pytorch.org/whl/cpu`)"
+        ) from exc
+    return torchvision
+
+
+def image_folder_splits(
+    root: str | Path,
+    *,
+    image_size: int | None,
+    augment: bool,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> Splits:
+    """Train/val/test from a folder of images in torchvision's ``ImageFolder`` layout.
+
+    ``root/train/<class>/*.png`` (with optional ``root/val/`` and ``root/test/`` beside it),
+    or ``root/<class>/*.png`` alone; missing splits are cut from train per class. Images are
+    resized to ``image_size`` (when given), scaled to [0, 1] and normalised with
+    :data:`IMAGENET_STATS`; with ``augment`` the training images are also flipped
+    horizontally (and, with ``image_size``, randomly cropped with padding ``image_size // 8``).
+
+    Raises:
+        RuntimeError: torchvision is not installed.
+        UserDataError: Missing folder, classes that differ between splits, unusable items.
+    """
+    tv = _torchvision("`torchvision:ImageFolder`")
+    transforms = tv.transforms
+    folder = Path(root)
+    if not folder.is_dir():
+        raise UserDataError(f"image folder `{folder}` does not exist")
+    base: list[Any] = [transforms.Resize((image_size, image_size))] if image_size else []
+    tail = [transforms.ToTensor(), transforms.Normalize(*IMAGENET_STATS)]
+    aug: list[Any] = [transforms.RandomHorizontalFlip()]
+    if image_size:
+        aug.insert(0, transforms.RandomCrop(image_size, padding=image_size // 8))
+    plain_tf = transforms.Compose(base + tail)
+    aug_tf = transforms.Compose(base + (aug if augment else []) + tail)
+
+    def load(path: Path, tf: Any) -> Any:
+        try:
+            return tv.datasets.ImageFolder(str(path), transform=tf)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise UserDataError(f"cannot read image folder `{path}`: {exc}") from None
+
+    top = folder / "train" if (folder / "train").is_dir() else folder
+    train = load(top, plain_tf)
+    found = {n: load(folder / n, plain_tf) for n in ("val", "test") if (folder / n).is_dir()}
+    if top == folder and found:
+        raise UserDataError(f"`{folder}` has `val`/`test` folders but no `train` folder")
+    for name, ds in found.items():
+        if list(ds.classes) != list(train.classes):
+            raise UserDataError(
+                f"the classes of `{folder / name}` differ from those of `{top}` "
+                f"({len(ds.classes)} vs {len(train.classes)} class folders)"
+            )
+    return splits_from_datasets(
+        train,
+        found.get("val"),
+        found.get("test"),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        augmented=load(top, aug_tf) if augment else None,
+    )
 
 
 def torchvision_dataset(
@@ -79,15 +160,8 @@ def torchvision_dataset(
         raise ValueError(
             f"unsupported torchvision dataset `{name}`{hint} (supported: cifar10, cifar100)"
         )
-    try:
-        import torchvision
-        from torchvision import transforms
-    except ImportError as exc:
-        raise RuntimeError(
-            f"dataset `{name}` needs torchvision, which is not installed; install the build "
-            f"matching torch {torch.__version__} with `pip install torchvision` (CPU-only torch: "
-            "add `--index-url https://download.pytorch.org/whl/cpu`)"
-        ) from exc
+    torchvision = _torchvision(f"dataset `{name}`")
+    transforms = torchvision.transforms
 
     mean, std = _STATS[key]
     steps: list[Any] = []

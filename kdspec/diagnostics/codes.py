@@ -1,7 +1,7 @@
 """The registry of diagnostic codes: ``KD<stage><nn>``; a code is never reused.
 
 1xx syntax, 2xx names and values (lowering to the IR), 3xx method-graph passes,
-4xx binding to models (compiler), 5xx runs and data.
+4xx binding to models (compiler), 5xx runs and data, 6xx other tools (import, export).
 """
 
 from __future__ import annotations
@@ -85,6 +85,12 @@ CODES: dict[str, tuple[str, str]] = {
     "KD501": ("bad run file", "The run file is malformed or names unknown settings."),
     "KD502": ("bad data", "The data source is unknown or yields unexpected items."),
     "KD503": ("non-finite loss", "Training produced a NaN or infinite loss."),
+    "KD601": (
+        "not translatable",
+        "A setting of another tool's config (`kdspec import torchdistill`) has no kdspec "
+        "counterpart, or is approximated (a warning says how).",
+    ),
+    "KD602": ("unreadable config", "A config to import is not valid YAML or not of that tool."),
 }
 
 

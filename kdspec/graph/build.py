@@ -15,7 +15,7 @@ import networkx as nx
 
 from kdspec.graph import types
 from kdspec.ir import models as ir
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 
 @dataclass

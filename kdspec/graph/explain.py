@@ -7,7 +7,7 @@ from kdspec.graph.build import KdGraph
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 _MODE = {
     "frozen": "frozen (pre-trained, not updated)",

@@ -7,11 +7,12 @@ share them so that a kind is computed in exactly one place.
 from __future__ import annotations
 
 from kdspec.ir import models as ir
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.ir.printer import tap_text
+from kdspec.vocabulary import FUNCTIONS
 
 
 def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
-    """The kind of knowledge an expression yields (see :data:`kdspec.taxonomy.vocab.KINDS`)."""
+    """The kind of knowledge an expression yields (see :data:`kdspec.vocabulary.KINDS`)."""
     if e is None:
         return "features"
     if isinstance(e, ir.Tap):
@@ -21,7 +22,7 @@ def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
             return "embedding"
         return "features"
     if isinstance(e, ir.LetRef):
-        let = next((x for x in method.lets if x.name == e.name), None)
+        let = method.let(e.name)
         return expr_kind(let.value, method) if let else "features"
     if isinstance(e, ir.Call):
         fn = FUNCTIONS.get(e.func)
@@ -65,49 +66,37 @@ def term_sides(term: ir.Term, method: ir.Method) -> list[tuple[str, ir.Expr | No
 
 
 def taps(
-    e: ir.Expr | None,
-    method: ir.Method,
-    *,
-    under_stopgrad: bool = False,
-    _seen: frozenset[str] = frozenset(),
+    e: ir.Expr | None, method: ir.Method, *, under_stopgrad: bool = False
 ) -> list[tuple[ir.Tap, bool]]:
-    """Every tap an expression reads, with whether a ``stopgrad`` sits above it."""
-    if e is None:
-        return []
-    if isinstance(e, ir.Tap):
-        return [(e, under_stopgrad)]
-    if isinstance(e, ir.LetRef):
-        if e.name in _seen:
-            return []
-        let = next((x for x in method.lets if x.name == e.name), None)
-        return (
-            taps(let.value, method, under_stopgrad=under_stopgrad, _seen=_seen | {e.name})
-            if let
-            else []
-        )
-    if isinstance(e, ir.Call):
-        stop = under_stopgrad or e.func == "stopgrad"
-        out: list[tuple[ir.Tap, bool]] = []
-        for a in (*e.args, *e.kwargs.values()):
-            out.extend(taps(a, method, under_stopgrad=stop, _seen=_seen))
-        return out
-    if isinstance(e, ir.BinOp):
-        return [
-            *taps(e.left, method, under_stopgrad=under_stopgrad, _seen=_seen),
-            *taps(e.right, method, under_stopgrad=under_stopgrad, _seen=_seen),
-        ]
-    if isinstance(e, ir.Neg):
-        return taps(e.operand, method, under_stopgrad=under_stopgrad, _seen=_seen)
-    if isinstance(e, ir.ListE):
-        return [
-            t for i in e.items for t in taps(i, method, under_stopgrad=under_stopgrad, _seen=_seen)
-        ]
-    return []
+    """Every tap an expression reads (through lets), with whether a ``stopgrad`` sits above it."""
+    out: list[tuple[ir.Tap, bool]] = []
+    for node in ir.walk(e, method, prune=_is_stopgrad if not under_stopgrad else None):
+        if isinstance(node, ir.Tap):
+            out.append((node, under_stopgrad))
+        elif _is_stopgrad(node) and not under_stopgrad:
+            out.extend((tap, True) for tap in node.find_all(ir.Tap, method))
+    return out
+
+
+def _is_stopgrad(e: ir.Expr) -> bool:
+    return isinstance(e, ir.Call) and e.func == "stopgrad"
+
+
+def has_unknown(e: ir.Expr | None, method: ir.Method) -> bool:
+    """Whether an expression calls (through lets) a function the vocabulary lacks (KD203)."""
+    return any(call.func not in FUNCTIONS for call in ir.find_all(e, ir.Call, method))
+
+
+def term_has_unknown(term: ir.Term, method: ir.Method) -> bool:
+    """Whether a term's sides, pipeline or loss call an unknown function: its kinds are unknown,
+    so the type checks skip it rather than report consequences of that one error."""
+    parts: tuple[ir.Expr | None, ...] = (term.source, term.target, *term.knowledge, term.loss)
+    return any(has_unknown(p, method) for p in parts)
 
 
 def expand_role(name: str, method: ir.Method) -> tuple[str, ...]:
     """A role name, or an ensemble's member roles."""
-    ens = next((x for x in method.ensembles if x.name == name), None)
+    ens = method.ensemble(name)
     return ens.members if ens else (name,)
 
 
@@ -122,39 +111,25 @@ def grad_roles(e: ir.Expr | None, method: ir.Method) -> set[str]:
 
 
 def uses_adapter(e: ir.Expr | None, method: ir.Method) -> list[str]:
-    """Names of the learned functions (adapters) an expression applies."""
-    out: list[str] = []
-    if isinstance(e, ir.Call):
-        fn = FUNCTIONS.get(e.func)
-        if fn is not None and fn.category == "adapter" and e.func != "identity":
-            out.append(e.func)
-        for a in e.args:
-            out.extend(uses_adapter(a, method))
-    elif isinstance(e, ir.LetRef):
-        let = next((x for x in method.lets if x.name == e.name), None)
-        if let is not None:
-            out.extend(uses_adapter(let.value, method))
-    return out
+    """Names of the learned functions (adapters) an expression applies (through lets)."""
+    return [
+        call.func
+        for call in ir.find_all(e, ir.Call, method)
+        if call.func != "identity"
+        and (fn := FUNCTIONS.get(call.func)) is not None
+        and fn.category == "adapter"
+    ]
 
 
-def tap_text(tap: ir.Tap) -> str:
-    """A tap written back in spec syntax, e.g. ``t.stage[1..3]`` or ``s[weak].logits``."""
-    out = tap.role + (f"[{tap.view}]" if tap.view else "")
-    if tap.point == "stage":
-        if tap.is_range:
-            lo = "" if tap.first is None else str(tap.first)
-            hi = "" if tap.last is None else str(tap.last)
-            out += f".stage[{lo}..{hi}]"
-        else:
-            out += f".stage[{tap.first}]"
-    elif tap.point == "module":
-        out += f'."{tap.module}"'
-    elif not (tap.point == "output" and not tap.select):
-        out += f".{tap.point}"
-    if tap.io != "output":
-        out += f".{tap.io}"
-    if tap.call is not None:
-        out += f"@{tap.call}"
-    for sel in tap.select:
-        out += f"[{sel}]" if isinstance(sel, int) else f".{sel}"
-    return out
+__all__ = [
+    "apply_knowledge",
+    "expand_role",
+    "expr_kind",
+    "grad_roles",
+    "roles_read",
+    "side_kind",
+    "tap_text",
+    "taps",
+    "term_sides",
+    "uses_adapter",
+]

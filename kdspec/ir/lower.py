@@ -18,7 +18,7 @@ from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
-from kdspec.taxonomy.vocab import CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
+from kdspec.vocabulary import CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
 
 PathKey = tuple[object, ...]
 
@@ -81,10 +81,46 @@ class Lowered:
 MethodFinder = Callable[[str], "tuple[ast.Method, SourceFile] | None"]
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
-    """``did you mean `x`?`` for the closest candidate, if one is close enough."""
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else None
+def did_you_mean(name: str, candidates: Iterable[str], *, declared: bool = False) -> str | None:
+    """``did you mean `x`?`` where `x` is what the user meant, else None.
+
+    ``declared``: the candidates are names the file itself declares (roles, parameters, views,
+    terms), which carry no built-in meaning: the closest similar name is offered. Otherwise they
+    are the language's own words (functions, their parameters, tap points), and a suggestion
+    must keep the meaning, so looking alike is not enough: only a likely typo, at most one edit
+    (two for names longer than 5 characters; a swap of neighbours counts as one) with the same
+    digits (`l2` is not a typo of `l1`). `channel_sum` gets no `channel_dist`.
+    """
+    if declared:
+        close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+        return f"did you mean `{close[0]}`?" if close else None
+    budget = 1 if len(name) <= 5 else 2
+    best: tuple[int, str] | None = None
+    for cand in sorted(set(candidates)):
+        if _digits(cand) != _digits(name):
+            continue
+        d = _edit_distance(name.lower(), cand.lower())
+        if d <= budget and (best is None or d < best[0]):
+            best = (d, cand)
+    return f"did you mean `{best[1]}`?" if best else None
+
+
+def _digits(s: str) -> str:
+    return "".join(c for c in s if c.isdigit())
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance (insert, delete, substitute, swap neighbours)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[len(b)]
 
 
 _CONSTANTS = {"true": 1.0, "false": 0.0}
@@ -214,7 +250,7 @@ class _MethodLowering:
             f"unknown name `{n}`",
             e.span,
             "not defined in this method",
-            help=did_you_mean(n, self.names_in_scope()),
+            help=did_you_mean(n, self.names_in_scope(), declared=True),
         )
         return ir.ParamRef(name=n)  # unresolved: later checks skip it, no cascade
 
@@ -230,7 +266,13 @@ class _MethodLowering:
                 "not in the vocabulary",
                 help=did_you_mean(fname, pool) or f"known: {', '.join(pool[:12])} ...",
             )
-            return ir.Call(func=fname)
+            # Keep what the call reads (taps, parameters, lets), so that later checks see them
+            # used and report nothing else about it: one root cause, one diagnostic.
+            return ir.Call(
+                func=fname,
+                args=tuple(self.expr(a, as_value=True) for a in e.args),
+                kwargs={kw.name.name: self.expr(kw.value, as_value=True) for kw in e.kwargs},
+            )
         if fn.category not in categories:
             wanted = " or ".join(categories)
             self.err(
@@ -339,7 +381,7 @@ class _MethodLowering:
                     f"unknown role `{role}`",
                     base.span,
                     "no such role",
-                    help=did_you_mean(role, [*self.roles, *self.ensembles]),
+                    help=did_you_mean(role, [*self.roles, *self.ensembles], declared=True),
                 )
             return ir.Str(value=role)
         view = None
@@ -352,7 +394,7 @@ class _MethodLowering:
                     f"unknown view `{vname}`",
                     chain[0].index.span,
                     "not a declared view",
-                    help=did_you_mean(vname, views) or f"declare it: `view {vname}`",
+                    help=did_you_mean(vname, views, declared=True) or f"declare it: `view {vname}`",
                 )
             view = vname
             chain = chain[1:]
@@ -562,7 +604,7 @@ class _MethodLowering:
                         self.source,
                         self.m.name.span,
                         "method declared here",
-                        help=did_you_mean(name, self.params)
+                        help=did_you_mean(name, self.params, declared=True)
                         or f"parameters: {', '.join(self.params) or 'none'}",
                     )
                 )
@@ -596,7 +638,8 @@ class _MethodLowering:
                             "KD202",
                             f"unknown view `{view}`",
                             mod.view.span,
-                            help=did_you_mean(view, self.data) or f"declare `view {view}`",
+                            help=did_you_mean(view, self.data, declared=True)
+                            or f"declare `view {view}`",
                         )
                 elif mod.kind == "init" and mod.init is not None:
                     call = self.call(mod.init, categories=("role_init",))
@@ -706,7 +749,9 @@ class _MethodLowering:
                     f"unknown subset `{subset}`",
                     st.on.span,
                     help=did_you_mean(
-                        subset, [n for n, d in self.data.items() if d.kind == "subset"]
+                        subset,
+                        [n for n, d in self.data.items() if d.kind == "subset"],
+                        declared=True,
                     )
                     or f"declare it: `subset {subset}`",
                 )
@@ -779,7 +824,7 @@ class _MethodLowering:
                             "KD307",
                             f"unknown role `{ident.name}` in handoff",
                             ident.span,
-                            help=did_you_mean(ident.name, self.roles),
+                            help=did_you_mean(ident.name, self.roles, declared=True),
                         )
                 handoffs.append((src.name, dst.name))
         self.stages.append(
@@ -893,7 +938,7 @@ class _MethodLowering:
                     "KD208",
                     f"method `{name}` has no term `{ident.name}`",
                     ident.span,
-                    help=did_you_mean(ident.name, [t.name for t in other.terms]),
+                    help=did_you_mean(ident.name, [t.name for t in other.terms], declared=True),
                 )
         for t in other.terms:
             if wanted and t.name not in wanted:
@@ -926,22 +971,12 @@ class _Inliner:
         self.given = given  # values given by the caller are in the caller's scope: not inlined
 
     def __call__(self, e):  # type: ignore[no-untyped-def]
+        return e.transform(self._replace)
+
+    def _replace(self, e: ir.Expr) -> ir.Expr:
         if isinstance(e, ir.ParamRef) and e.name in self.params:
             value = self.params[e.name]
             return value if e.name in self.given else self(value)
-        if isinstance(e, ir.Call):
-            return e.model_copy(
-                update={
-                    "args": tuple(self(a) for a in e.args),
-                    "kwargs": {k: self(v) for k, v in e.kwargs.items()},
-                }
-            )
-        if isinstance(e, ir.BinOp):
-            return e.model_copy(update={"left": self(e.left), "right": self(e.right)})
-        if isinstance(e, ir.Neg):
-            return e.model_copy(update={"operand": self(e.operand)})
-        if isinstance(e, ir.ListE):
-            return e.model_copy(update={"items": tuple(self(i) for i in e.items)})
         return e
 
 

@@ -8,7 +8,8 @@ by meaning only. ``Method.model_json_schema()`` is the published JSON Schema of 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,40 +18,146 @@ class _Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+_E = TypeVar("_E")
+
+
+class _ExprNode(_Node):
+    """What every expression node shares: one traversal API, in the manner of sqlglot's
+    ``Expression.walk/find_all/transform``.
+
+    ``CHILDREN`` names the fields that hold sub-expressions (a tuple of them, or a dict whose
+    values are), so that :meth:`children`, :meth:`walk` and :meth:`transform` all visit the
+    same nodes.
+    """
+
+    CHILDREN: ClassVar[tuple[str, ...]] = ()
+
+    def children(self) -> tuple[Expr, ...]:
+        """The direct sub-expressions, in field order (a call: positional, then keyword)."""
+        out: list[Expr] = []
+        for name in self.CHILDREN:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                out.extend(value)
+            elif isinstance(value, dict):
+                out.extend(value.values())
+            else:
+                out.append(value)
+        return tuple(out)
+
+    def walk(
+        self,
+        method: Method | None = None,
+        *,
+        prune: Callable[[Expr], bool] | None = None,
+    ) -> Iterator[Expr]:
+        """Every node of the expression, depth first, parents before children.
+
+        Args:
+            method: when given, a ``let`` reference is followed into its binding's value
+                (the reference is yielded first; a binding already open on the way down is
+                not entered again, so a cycle ends).
+            prune: a node for which it returns true is yielded but its children are not.
+        """
+        stack: list[tuple[Any, frozenset[str]]] = [(self, frozenset())]
+        while stack:
+            node, open_lets = stack.pop()
+            yield node
+            if prune is not None and prune(node):
+                continue
+            below: list[tuple[Any, frozenset[str]]] = [(c, open_lets) for c in node.children()]
+            if method is not None and isinstance(node, LetRef) and node.name not in open_lets:
+                let = method.let(node.name)
+                if let is not None:
+                    below.append((let.value, open_lets | {node.name}))
+            stack.extend(reversed(below))
+
+    def find_all(self, kind: type[_E], method: Method | None = None) -> Iterator[_E]:
+        """Every node of class ``kind`` (see :meth:`walk` for ``method``)."""
+        return (n for n in self.walk(method) if isinstance(n, kind))
+
+    def find(self, kind: type[_E], method: Method | None = None) -> _E | None:
+        """The first node of class ``kind``, if any."""
+        return next(self.find_all(kind, method), None)
+
+    def transform(self, fn: Callable[[Expr], Expr]) -> Expr:
+        """A copy with ``fn`` applied to every node, top down.
+
+        Where ``fn`` returns a different node, that node is kept as it is (its children are
+        not transformed again); otherwise the children are transformed and the node is rebuilt
+        around them if any changed.
+        """
+        new = fn(self)  # type: ignore[arg-type]
+        if new is not self:
+            return new
+        update: dict[str, Any] = {}
+        for name in self.CHILDREN:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                changed: Any = tuple(v.transform(fn) for v in value)
+            elif isinstance(value, dict):
+                changed = {k: v.transform(fn) for k, v in value.items()}
+            else:
+                changed = value.transform(fn)
+            if any(a is not b for a, b in zip(_values(changed), _values(value), strict=True)):
+                update[name] = changed
+        return self.model_copy(update=update) if update else self  # type: ignore[return-value]
+
+
+def _values(v: Any) -> tuple[Any, ...]:
+    if isinstance(v, tuple):
+        return v
+    if isinstance(v, dict):
+        return tuple(v.values())
+    return (v,)
+
+
+def walk(
+    e: Expr | None, method: Method | None = None, *, prune: Callable[[Expr], bool] | None = None
+) -> Iterator[Expr]:
+    """:meth:`_ExprNode.walk` of an optional expression (nothing for ``None``)."""
+    return iter(()) if e is None else e.walk(method, prune=prune)
+
+
+def find_all(e: Expr | None, kind: type[_E], method: Method | None = None) -> Iterator[_E]:
+    """:meth:`_ExprNode.find_all` of an optional expression (nothing for ``None``)."""
+    return iter(()) if e is None else e.find_all(kind, method)
+
+
 # ---------------------------------------------------------------------------------------------
 # Expressions
 # ---------------------------------------------------------------------------------------------
 
 
-class Num(_Node):
+class Num(_ExprNode):
     """A numeric constant."""
 
     op: Literal["num"] = "num"
     value: float
 
 
-class Str(_Node):
+class Str(_ExprNode):
     """A string constant (or a bare word used as an enumeration value, e.g. ``spatial``)."""
 
     op: Literal["str"] = "str"
     value: str
 
 
-class ParamRef(_Node):
+class ParamRef(_ExprNode):
     """A reference to a method parameter, resolved when the method is bound to a run."""
 
     op: Literal["param"] = "param"
     name: str
 
 
-class LetRef(_Node):
+class LetRef(_ExprNode):
     """A reference to a ``let`` binding."""
 
     op: Literal["let"] = "let"
     name: str
 
 
-class Tap(_Node):
+class Tap(_ExprNode):
     """Where knowledge is read from one role.
 
     ``point`` is abstract (``logits``, ``embedding``, ``input`` the model input, ``output`` the
@@ -74,33 +181,37 @@ class Tap(_Node):
     select: tuple[str | int, ...] = ()
 
 
-class Call(_Node):
+class Call(_ExprNode):
     """A call of a vocabulary function (transform, adapter, combine, schedule)."""
 
+    CHILDREN: ClassVar[tuple[str, ...]] = ("args", "kwargs")
     op: Literal["call"] = "call"
     func: str
     args: tuple[Expr, ...] = ()
     kwargs: dict[str, Expr] = Field(default_factory=dict)
 
 
-class BinOp(_Node):
+class BinOp(_ExprNode):
     """Arithmetic on numbers (weights, parameters)."""
 
+    CHILDREN: ClassVar[tuple[str, ...]] = ("left", "right")
     op: Literal["+", "-", "*", "/", "^"]
     left: Expr
     right: Expr
 
 
-class Neg(_Node):
+class Neg(_ExprNode):
     """Unary minus."""
 
+    CHILDREN: ClassVar[tuple[str, ...]] = ("operand",)
     op: Literal["neg"] = "neg"
     operand: Expr
 
 
-class ListE(_Node):
+class ListE(_ExprNode):
     """A list of values (e.g. class ids, weights)."""
 
+    CHILDREN: ClassVar[tuple[str, ...]] = ("items",)
     op: Literal["list"] = "list"
     items: tuple[Expr, ...] = ()
 
@@ -172,6 +283,11 @@ class Term(_Node):
     subset: str | None = None
     origin: str | None = None  # the `use` it came from, if composed
 
+    def expressions(self) -> tuple[Expr, ...]:
+        """Every expression of the term: knowledge calls, sides, loss and weight."""
+        sides = (self.target,) if self.source is None else (self.source, self.target)
+        return (*self.knowledge, *sides, self.loss, self.weight)
+
 
 class Stage(_Node):
     """A phase of training; ``losses`` empty means every term, ``train`` empty the defaults."""
@@ -184,6 +300,11 @@ class Stage(_Node):
     freeze: tuple[Expr, ...] = ()
     losses: tuple[str, ...] = ()
     handoffs: tuple[tuple[str, str], ...] = ()
+
+    def expressions(self) -> tuple[Expr, ...]:
+        """Every expression of the stage: duration, repeat, trained and frozen items."""
+        bounds = tuple(e for e in (self.duration, self.repeat) if e is not None)
+        return (*bounds, *self.train, *self.freeze)
 
 
 class Claim(_Node):
@@ -237,6 +358,28 @@ class Method(_Node):
     def term(self, name: str) -> Term | None:
         """The term called ``name``, if any."""
         return _by_name(self.terms).get(name)
+
+    def let(self, name: str) -> Let | None:
+        """The ``let`` binding called ``name``, if any."""
+        return _by_name(self.lets).get(name)
+
+    def ensemble(self, name: str) -> Ensemble | None:
+        """The ensemble called ``name``, if any."""
+        return _by_name(self.ensembles).get(name)
+
+    def expressions(self) -> Iterator[Expr]:
+        """Every top-level expression of the method (walk each one for all the nodes)."""
+        yield from self.params.values()
+        for role in self.roles:
+            yield from role.options.values()
+        for part in self.data:
+            yield from (*part.args, *part.kwargs.values())
+        for let in self.lets:
+            yield let.value
+        for term in self.terms:
+            yield from term.expressions()
+        for stage in self.stages:
+            yield from stage.expressions()
 
     def effective_stages(self) -> tuple[Stage, ...]:
         """The declared stages, or one implicit stage ``main`` running every term."""

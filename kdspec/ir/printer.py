@@ -13,8 +13,6 @@ def _num(v: float) -> str:
 
 def expr_text(e: ir.Expr | None, prec: int = 0) -> str:
     """``beta / 2``, ``softmax(t.logits, T=4)``, ``t.stage[1..3]``."""
-    from kdspec.graph.types import tap_text
-
     if e is None:
         return ""
     if isinstance(e, ir.Num):
@@ -42,3 +40,26 @@ def expr_text(e: ir.Expr | None, prec: int = 0) -> str:
         text = f"{left}^{right}" if e.op == "^" else f"{left} {e.op} {right}"
         return f"({text})" if p < prec else text
     return "?"
+
+
+def tap_text(tap: ir.Tap) -> str:
+    """A tap written back in spec syntax, e.g. ``t.stage[1..3]`` or ``s[weak].logits``."""
+    out = tap.role + (f"[{tap.view}]" if tap.view else "")
+    if tap.point == "stage":
+        if tap.is_range:
+            lo = "" if tap.first is None else str(tap.first)
+            hi = "" if tap.last is None else str(tap.last)
+            out += f".stage[{lo}..{hi}]"
+        else:
+            out += f".stage[{tap.first}]"
+    elif tap.point == "module":
+        out += f'."{tap.module}"'
+    elif not (tap.point == "output" and not tap.select):
+        out += f".{tap.point}"
+    if tap.io != "output":
+        out += f".{tap.io}"
+    if tap.call is not None:
+        out += f"@{tap.call}"
+    for sel in tap.select:
+        out += f"[{sel}]" if isinstance(sel, int) else f".{sel}"
+    return out

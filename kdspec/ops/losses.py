@@ -256,25 +256,27 @@ def lp(
     return _reduce(norms, reduction, t.shape[0])
 
 
-def frobenius(t: Tensor, s: Tensor, relation: bool | None = None) -> Tensor:
-    """Squared Frobenius distance.
+def frobenius(t: Tensor, s: Tensor, relation: bool = False) -> Tensor:
+    """Squared Frobenius distance, normalised by what the tensors are, never by their shape.
 
-    For ``[B, B]`` relation matrices (SP): ``||t - s||_F^2 / B^2`` (RepDistiller, mdistiller,
-    torchdistill ``"batchmean"``). Otherwise ``lp(t, s, p=2, squared=True)`` (sum / B).
+    ``relation=True`` (``[B, B]`` relation matrices between the samples of a batch, SP):
+    ``||t - s||_F^2 / B^2`` (RepDistiller, mdistiller, torchdistill ``"batchmean"``).
+    Otherwise ``lp(t, s, p=2, squared=True)``: ``||t - s||_F^2 / B``. The compiler passes
+    ``relation=True`` exactly when the knowledge is a batch relation (its kind), so an embedding
+    whose width happens to equal the batch size is still divided by ``B``.
 
     Args:
-        t: Target ``[B, B]`` or ``[B, ...]``.
+        t: Target ``[B, B]`` (relation) or ``[B, ...]``.
         s: Student, same shape.
-        relation: Force (True) or forbid (False) the ``[B, B]`` reading; None decides from the
-            shape (2-D and square).
+        relation: The tensors are ``[B, B]`` relations between samples.
 
     Returns:
         Scalar.
     """
     _check_same_shape("frobenius", t, s)
-    if relation is None:
-        relation = t.dim() == 2 and t.shape[0] == t.shape[1]
     if relation:
+        if t.dim() != 2 or t.shape[0] != t.shape[1]:
+            raise ValueError(f"frobenius: a relation is [B, B], got {tuple(t.shape)}")
         return (s - t).pow(2).sum() / (t.shape[0] ** 2)
     return lp(t, s, p=2.0, squared=True, reduction="batchmean")
 

@@ -341,7 +341,17 @@ def gram(x: Tensor) -> Tensor:
         ``[B, C, C]``.
     """
     f = x.flatten(2)  # [B, C, N]
-    return torch.bmm(f, f.transpose(1, 2)) / f.shape[2]
+    return gram_sum(x) / f.shape[2]
+
+
+def gram_sum(x: Tensor) -> Tensor:
+    """``F Fᵀ`` without the ``1 / (H*W)``: what ``normalize`` after :func:`gram` normalises.
+
+    Normalisation ignores a positive factor, except where it clamps an all-zero row (a dead
+    channel): dividing by ``H*W`` first would make that row's gradient ``H*W`` times too small.
+    """
+    f = x.flatten(2)  # [B, C, N]
+    return torch.bmm(f, f.transpose(1, 2))
 
 
 def fsp(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
@@ -374,6 +384,15 @@ def fsp(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
     fa = a.flatten(2)  # [B, C1, N]
     fb = b.flatten(2)  # [B, C2, N]
     return torch.bmm(fa, fb.transpose(1, 2)) / fa.shape[2]
+
+
+def fsp_sum(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
+    """:func:`fsp` times ``h*w`` (the sum over positions): what ``normalize`` after it sees.
+
+    See :func:`gram_sum`; the product restores the exact gradient of the unscaled matrix.
+    """
+    hw = min(a.shape[2], b.shape[2]) * min(a.shape[3], b.shape[3])
+    return fsp(a, b, pool) * hw
 
 
 def channel_dist(x: Tensor) -> Tensor:
@@ -572,6 +591,9 @@ def pkt_affinity(x: Tensor, eps: float = 1e-7) -> Tensor:
     s = (f @ f.t() + 1.0) / 2.0  # [B, B] in [0, 1]
     return torch.log(s / s.sum(dim=1, keepdim=True))
 
+
+# Scale-free forms of the transforms that average over positions, used when `normalize` follows.
+UNSCALED: dict[str, Callable[..., Any]] = {"gram": gram_sum, "fsp": fsp_sum}
 
 TRANSFORMS: dict[str, Callable[..., Any]] = {
     "softmax": softmax,

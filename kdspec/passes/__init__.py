@@ -1,13 +1,18 @@
-"""Semantic passes: pure functions ``check_x(ctx) -> list[Diagnostic]``, all run, all reported."""
+"""Semantic passes: pure functions ``check_x(ctx) -> list[Diagnostic]``, all run, all reported.
+
+The claims check (KD311) needs the taxonomy, a layer above this one: it lives in
+:mod:`kdspec.taxonomy.claims`, and :func:`kdspec.api.check_source` passes it as an ``extra``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from kdspec.diagnostics import Diagnostic
+from kdspec._resources import library_dir
+from kdspec.diagnostics import Diagnostic, error
 from kdspec.graph import build_graph
-from kdspec.ir import Lowered
-from kdspec.passes.check_claims import check_claims
+from kdspec.ir import Lowered, lower_module
 from kdspec.passes.check_cycles import check_cycles
 from kdspec.passes.check_ranges import check_ranges
 from kdspec.passes.check_roles import check_roles
@@ -18,8 +23,12 @@ from kdspec.passes.check_types import check_types
 from kdspec.passes.check_unused import check_unused
 from kdspec.passes.check_values import check_values
 from kdspec.passes.context import PassContext
+from kdspec.source import SourceFile
+from kdspec.syntax import try_parse
 
-PASSES: tuple[Callable[[PassContext], list[Diagnostic]], ...] = (
+Check = Callable[[PassContext], list[Diagnostic]]
+
+PASSES: tuple[Check, ...] = (
     check_values,
     check_types,
     check_ranges,
@@ -29,17 +38,39 @@ PASSES: tuple[Callable[[PassContext], list[Diagnostic]], ...] = (
     check_self,
     check_stages,
     check_unused,
-    check_claims,
 )
 
 
-def run_passes(lowered: Lowered) -> list[Diagnostic]:
-    """Every pass over one lowered method; a crashing pass never hides the others' results."""
+def run_passes(lowered: Lowered, extra: Sequence[Check] = ()) -> list[Diagnostic]:
+    """Every pass (then every ``extra`` check) over one lowered method, all diagnostics kept."""
     ctx = PassContext(lowered.method, build_graph(lowered.method), lowered.source_map)
     out: list[Diagnostic] = []
-    for check in PASSES:
+    for check in (*PASSES, *extra):
         out.extend(check(ctx))
     return out
 
 
-__all__ = ["PASSES", "PassContext", "run_passes"]
+def check_source(
+    source: SourceFile,
+    overrides: dict[str, object] | None = None,
+    library: Path | None = None,
+    extra: Sequence[Check] = (),
+) -> tuple[list[Lowered], list[Diagnostic]]:
+    """Parse, lower and run every pass over one file (see :func:`kdspec.api.check_source`).
+
+    Returns:
+        The lowered methods (empty on syntax errors) and all diagnostics, sorted, each once.
+    """
+    module, diags = try_parse(source)
+    if module is None:
+        return [], diags
+    if not module.methods:
+        return [], [error("KD210", "the file defines no method", source)]
+    lowered, diags = lower_module(module, source, overrides, library or library_dir())
+    for low in lowered:
+        diags.extend(run_passes(low, extra))
+    unique = {(d.code, d.message, d.span): d for d in diags}
+    return list(lowered), sorted(unique.values(), key=lambda d: d.sort_key())
+
+
+__all__ = ["PASSES", "Check", "PassContext", "check_source", "run_passes"]

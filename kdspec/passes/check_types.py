@@ -5,13 +5,19 @@ from __future__ import annotations
 from kdspec.diagnostics import Diagnostic
 from kdspec.graph import types
 from kdspec.passes.context import PassContext
-from kdspec.taxonomy.vocab import FUNCTIONS, RAW_KINDS
+from kdspec.vocabulary import FUNCTIONS, RAW_KINDS
 
-_HINTS = {
-    "distribution": "make both sides distributions (`transfer softmax(T=4) from ... to ...`), "
-    "or match raw features with `mse`, `l1` or `smooth_l1`",
-    "features": "match features with `mse`, `l1`, `smooth_l1` or `cosine`",
-}
+
+def _hint(wanted: str, got: str) -> str | None:
+    """A fix that keeps the quantity the user wrote, or none.
+
+    Raw logits read by a distribution loss mean the softmax of those logits (KD's reading), so
+    that fix is offered. Nothing else is: a softmax over features, or a different loss,
+    computes something else (`pearson` on features is not DIST after a softmax, nor an `mse`).
+    """
+    if wanted == "distribution" and got == "logits":
+        return "make both sides distributions: `transfer softmax from ... to ...`"
+    return None
 
 
 _NAMES = {
@@ -44,7 +50,7 @@ def check_types(ctx: PassContext) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     for term in m.terms:
         fn = FUNCTIONS.get(term.loss.func)
-        if fn is None or fn.category != "loss":
+        if fn is None or fn.category != "loss" or types.term_has_unknown(term, m):
             continue
         key = ("term", term.name)
         target = (
@@ -101,7 +107,7 @@ def check_types(ctx: PassContext) -> list[Diagnostic]:
                     f"{_article(kind)}",
                     (*key, "target"),
                     f"{_article(kind)}",
-                    help=_HINTS.get(wanted),
+                    help=_hint(wanted, kind),
                     related=(
                         ((*key, "source"), f"{_article(kind)}"),
                         ((*key, "loss"), f"`{term.loss.func}` here"),
@@ -119,7 +125,7 @@ def check_types(ctx: PassContext) -> list[Diagnostic]:
                     f"{'student' if side == 'target' else 'teacher'} side is {_article(kind)}",
                     (*key, side),
                     f"{_article(kind)}",
-                    help=_HINTS.get(wanted),
+                    help=_hint(wanted, kind),
                     related=(((*key, "loss"), f"`{term.loss.func}` here"),),
                 )
             )

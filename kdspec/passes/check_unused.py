@@ -8,53 +8,27 @@ from kdspec.ir import models as ir
 from kdspec.passes.context import PassContext
 
 
-def _refs(e: object, out: set[str]) -> None:
+def _names(e: ir.Expr) -> tuple[str, ...]:
+    """The names one node refers to (a bare word may name a term, view or subset)."""
     if isinstance(e, ir.ParamRef | ir.LetRef):
-        out.add(e.name)
-    elif isinstance(e, ir.Tap):
-        out.add(e.role)
-        if e.view:
-            out.add(e.view)
-    elif isinstance(e, ir.Str):
-        out.add(e.value)
-    elif isinstance(e, ir.Call):
-        for a in (*e.args, *e.kwargs.values()):
-            _refs(a, out)
-    elif isinstance(e, ir.BinOp):
-        _refs(e.left, out)
-        _refs(e.right, out)
-    elif isinstance(e, ir.Neg):
-        _refs(e.operand, out)
-    elif isinstance(e, ir.ListE):
-        for i in e.items:
-            _refs(i, out)
+        return (e.name,)
+    if isinstance(e, ir.Tap):
+        return (e.role, e.view) if e.view else (e.role,)
+    if isinstance(e, ir.Str):
+        return (e.value,)
+    return ()
 
 
 def check_unused(ctx: PassContext) -> list[Diagnostic]:
     """Unused parameters, roles, views, subsets and let bindings."""
     m = ctx.method
-    used: set[str] = set()
-    for term in m.terms:
-        for e in (term.source, term.target, term.weight, term.loss, *term.knowledge):
-            _refs(e, used)
-        if term.subset:
-            used.add(term.subset)
-    for let in m.lets:
-        _refs(let.value, used)
-    for p in m.params.values():
-        _refs(p, used)
+    used = {name for e in m.expressions() for node in e.walk() for name in _names(node)}
+    used |= {term.subset for term in m.terms if term.subset}
     used |= set(m.folded_params)
     for stage in m.stages:
-        for e in (*stage.train, *stage.freeze, stage.duration, stage.repeat):
-            _refs(e, used)
         for a, b in stage.handoffs:
             used |= {a, b}
-    for part in m.data:
-        for e in (*part.args, *part.kwargs.values()):
-            _refs(e, used)
     for role in m.roles:
-        for e in role.options.values():
-            _refs(e, used)
         if role.source:
             used.add(role.source)
         if role.view:

@@ -6,7 +6,7 @@ from kdspec.diagnostics import Diagnostic
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, NumericError, evaluate
 from kdspec.passes.context import PassContext
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 _RULES = {
     "positive": (lambda v: v > 0, "must be > 0"),
@@ -15,16 +15,6 @@ _RULES = {
     "int": (lambda v: float(v).is_integer(), "must be a whole number"),
     "posint": (lambda v: float(v).is_integer() and v > 0, "must be a whole number > 0"),
 }
-
-
-def _calls(e: ir.Expr | None) -> list[ir.Call]:
-    if isinstance(e, ir.Call):
-        return [e, *(c for a in (*e.args, *e.kwargs.values()) for c in _calls(a))]
-    if isinstance(e, ir.BinOp):
-        return [*_calls(e.left), *_calls(e.right)]
-    if isinstance(e, ir.Neg):
-        return _calls(e.operand)
-    return []
 
 
 def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> list[Diagnostic]:
@@ -77,7 +67,7 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
         for i, k in enumerate(term.knowledge):
             out.extend(_check_call(ctx, k, (*key, "knowledge", i)))
         for side in ("source", "target"):
-            for call in _calls(getattr(term, side)):
+            for call in ir.find_all(getattr(term, side), ir.Call):
                 out.extend(_check_call(ctx, call, (*key, side)))
         out.extend(_check_call(ctx, term.loss, (*key, "loss")))
         try:

@@ -62,10 +62,14 @@ def _data_fields(cfg: DataConfig) -> dict[str, Any]:
     }
     if cfg.source.startswith("torchvision:"):
         fields["augment"] = cfg.augment
-    else:
+    if cfg.source in ("digits", "synthetic") or cfg.source.startswith("import:"):
         fields["test_fraction"] = cfg.test_fraction
     if cfg.source == "synthetic":
         fields.update(n=cfg.n, num_classes=cfg.num_classes, input_shape=list(cfg.input_shape))
+    if cfg.source.startswith("import:") or cfg.source == "torchvision:ImageFolder":
+        fields.update(root=cfg.root, options=cfg.options, test_fraction=cfg.test_fraction)
+    if cfg.source == "torchvision:ImageFolder":
+        fields["image_size"] = cfg.image_size
     return fields
 
 
@@ -77,14 +81,21 @@ def teacher_key_fields(
     data: DataConfig,
     teacher: TeacherConfig,
     seed: int,
+    code: dict[str, Any] | None = None,
+    data_code: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything that determines a pre-trained teacher (hashed into the cache key)."""
+    """Everything that determines a pre-trained teacher (hashed into the cache key).
+
+    ``code`` is the model source's fingerprint (the user's code behind an ``import:`` model,
+    :func:`~kdspec.runtime.models.source_fingerprint`) and ``data_code`` the data's
+    (:attr:`~kdspec.runtime.data.RunData.fingerprint`): editing either retrains the teacher.
+    """
     from kdspec.zoo import ZOO_VERSION
 
     recipe = teacher.model_dump()
     recipe["seed"] = seed
     recipe["exclude_classes"] = sorted(recipe["exclude_classes"])
-    return {
+    fields = {
         "architecture": source,
         "model_options": options,
         "num_classes": num_classes,
@@ -94,6 +105,11 @@ def teacher_key_fields(
         "zoo_version": ZOO_VERSION,
         "kdspec_version": versions()["kdspec"],
     }
+    if code:
+        fields["code"] = code
+    if data_code:
+        fields["data"]["code"] = data_code
+    return fields
 
 
 def _key(fields: dict[str, Any]) -> str:
@@ -162,6 +178,7 @@ def get_teacher(
     root: Path,
     *,
     options: dict[str, Any] | None = None,
+    code: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     callbacks: Sequence[Any] = (),
     device: str | torch.device | None = None,
@@ -179,6 +196,8 @@ def get_teacher(
         seed: The teacher's seed (initialisation and data order; part of the key).
         root: The cache folder.
         options: The architecture keywords (``[model_options]``; part of the key).
+        code: The source's fingerprint (the user's code of an ``import:`` model; part of
+            the key), and ``data.fingerprint`` is part of it too.
         log: Where to report what happened (reuse, training, corrupt entries).
         callbacks: Progress observers for the training loop.
         device: Where to train.
@@ -188,7 +207,15 @@ def get_teacher(
     """
     in_channels = data.in_channels
     fields = teacher_key_fields(
-        source, dict(options or {}), data.num_classes, in_channels, data_cfg, teacher_cfg, seed
+        source,
+        dict(options or {}),
+        data.num_classes,
+        in_channels,
+        data_cfg,
+        teacher_cfg,
+        seed,
+        code,
+        data.fingerprint,
     )
     key = _key(fields)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.split("/")[-1])[:40]
@@ -198,8 +225,14 @@ def get_teacher(
     why = _check_entry(entry, key, fields, model)
     if why is None:
         meta = json.loads((entry / SIDECAR).read_text())
-        log(f"teacher `{role}` ({source}): reusing the cached weights in {entry}")
-        return CachedTeacher(model, entry, key, True, meta.get("metrics", {}))
+        metrics = dict(meta.get("metrics", {}))
+        why = _recheck(model, data, data_cfg, metrics)
+        if why is None:
+            log(
+                f"teacher `{role}` ({source}): reusing the cached weights in {entry} "
+                f"(re-evaluated: {_recorded(metrics)} as recorded)"
+            )
+            return CachedTeacher(model, entry, key, True, metrics)
     if why != "missing":
         log(f"teacher `{role}`: cache entry {entry} is not reused: {why}; retraining")
         for name in (WEIGHTS, SIDECAR):
@@ -230,11 +263,12 @@ def get_teacher(
         meta={"key": key, "teacher": {"role": role, "source": source, "key": key}},
         device=device,
         label=f"teacher {role}",
+        num_workers=data_cfg.num_workers,
     )
     model = result.model.roles[role].cpu()
     metrics = {
-        "val_top1": (result.summary["final"][role]["val"] or {}).get("top1"),
-        "test_top1": (result.summary["final"][role]["test"] or {}).get("top1"),
+        "val_top1": _evaluate(model, data.splits.val, data_cfg),
+        "test_top1": _evaluate(model, data.splits.test, data_cfg),
         "epochs": teacher_cfg.epochs,
     }
     tmp = entry / (WEIGHTS + ".tmp")
@@ -255,6 +289,52 @@ def get_teacher(
     shutil.rmtree(entry / "training" / "models", ignore_errors=True)
     log(f"teacher `{role}`: cached in {entry}")
     return CachedTeacher(model, entry, key, False, metrics)
+
+
+# A cached teacher whose top-1 moved by more than this (percentage points) since it was cached
+# is not the model that was trained: float differences between processors move a few samples,
+# code that changed behind the cache key moves many.
+RECHECK_TOLERANCE = 1.0
+
+
+def _evaluate(model: nn.Module, split: Any, data_cfg: DataConfig) -> float | None:
+    if split is None or len(split) == 0:
+        return None
+    device = next(model.parameters()).device
+    loader = eval_loader(split, data_cfg.eval_batch_size, data_cfg.num_workers)
+    return float(evaluate_model(model, loader, device)["top1"])
+
+
+def _recorded(metrics: dict[str, Any]) -> str:
+    checked = [k.removeprefix("checked_") for k in metrics if k.startswith("checked_")]
+    parts = [
+        f"{k.split('_')[0]} top-1 {v:.2f}%"
+        for k, v in metrics.items()
+        if k in checked and v is not None
+    ]
+    return ", ".join(parts) or "no recorded accuracy"
+
+
+def _recheck(
+    model: nn.Module, data: RunData, data_cfg: DataConfig, metrics: dict[str, Any]
+) -> str | None:
+    """None if the loaded teacher scores what it scored when cached (``metrics`` updated).
+
+    Checked on the test split (validation when there is no test data or no record of it).
+    """
+    for split_name, key in (("test", "test_top1"), ("val", "val_top1")):
+        recorded = metrics.get(key)
+        now = _evaluate(model, getattr(data.splits, split_name), data_cfg)
+        if recorded is None or now is None:
+            continue
+        if abs(now - float(recorded)) > RECHECK_TOLERANCE:
+            return (
+                f"re-evaluated, its {split_name} top-1 is {now:.2f}%, but {float(recorded):.2f}% "
+                "was recorded when it was cached (the model's code or the data changed)"
+            )
+        metrics[f"checked_{key}"] = now
+        return None
+    return None
 
 
 def teacher_test_top1(model: nn.Module, data: RunData, batch_size: int = 512) -> float | None:

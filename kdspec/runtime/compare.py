@@ -31,7 +31,7 @@ from kdspec.runtime.job import (
 )
 from kdspec.runtime.plots import plot_compare
 from kdspec.runtime.runfile import Run
-from kdspec.runtime.stats import mean_std, paired_difference
+from kdspec.runtime.stats import mean_std, paired_difference, t_quantile
 
 __all__ = ["BASELINE", "CompareResult", "compare"]
 
@@ -120,6 +120,12 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     names = _unique_names([m.method.name for m in methods])
     cells: list[dict[str, Any]] = []
+    total = len(seeds) * (1 + len(methods))
+
+    def label(name: str, seed: int) -> str:
+        """Which cell a progress line belongs to: method, seed, k/N."""
+        return f"{name} seed {seed} ({len(cells) + 1}/{total})"
+
     for seed in seeds:
         seeded = run.with_updates(train={"seed": seed})
         preps: dict[str, Prepared] = {}
@@ -131,20 +137,25 @@ def compare(
 
         role = baseline_role(methods[0].method)
         key = _cell_key(BASELINE, None, seeded, role.name if role else "")
+        base_label = label(BASELINE, seed)
         base = _cell(
             BASELINE,
             seed,
             key,
             out,
-            lambda d: train_baseline(prep_for(0), d, resume=True, opts=opts),
+            lambda d, lab=base_label: train_baseline(
+                prep_for(0), d, resume=True, opts=opts, label=lab
+            ),
             opts.log,
         )
         cells.append(base)
         for i, low in enumerate(methods):
             key = _cell_key("distill", low, seeded)
 
-            def fit(d: Path, i: int = i) -> Any:
-                return distill(prep_for(i), d, resume=True, opts=opts)
+            cell_label = label(names[i], seed)
+
+            def fit(d: Path, i: int = i, lab: str = cell_label) -> Any:
+                return distill(prep_for(i), d, resume=True, opts=opts, label=lab)
 
             cell = _cell(names[i], seed, key, out, fit, opts.log)
             cells.append(cell)
@@ -171,6 +182,9 @@ def compare(
         "cells": cells,
         "command": command,
     }
+    results["warnings"] = warnings = small_sample_warnings(rows, len(seeds))
+    for line in warnings:
+        opts.log(f"warning: {line}")
     _write_json(out / "results.json", results)
     markdown = _markdown(rows, run, seeds, protocol, baseline_source, teachers, command)
     (out / "results.md").write_text(markdown)
@@ -209,6 +223,36 @@ def _rows(
     return rows
 
 
+# Fewer seeds than this: the interval is reported with a warning that it says little.
+FEW_SEEDS = 5
+
+
+def small_sample_warnings(rows: list[dict[str, Any]], n: int) -> list[str]:
+    """What the reader of a comparison over ``n`` seeds must know before trusting it."""
+    out = []
+    if n == 1:
+        out.append(
+            "1 seed: no confidence interval or p value can be computed; "
+            f"run `--seeds {FEW_SEEDS}` or more"
+        )
+    elif n < FEW_SEEDS:
+        t = t_quantile(0.975, n - 1)
+        out.append(
+            f"only {n} seeds: the 95% interval uses t({n - 1}) = {t:.2f}, so it is wide and "
+            f"the p value rests on {n} paired differences; run `--seeds {FEW_SEEDS}` or more "
+            "before drawing conclusions"
+        )
+    for r in rows:
+        d = r.get("vs_baseline")
+        if d and d["n"] >= 2 and d["low"] is None:
+            out.append(
+                f"`{r['method']}`: every seed gives the same difference to the baseline "
+                f"({d['mean']:+.2f}): no spread, so no interval or p value (more seeds, or a "
+                "larger test set, separate the runs)"
+            )
+    return out
+
+
 def _signed(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.2f}"
 
@@ -239,7 +283,7 @@ def _markdown(
         "order and budget per seed",
     ]
     for role, info in teachers.items():
-        where = info.get("weights") or info.get("cache")
+        where = info.get("weights") or info.get("cache") or "trained weights from its source"
         top1 = info.get("test_top1")
         lines.append(
             f"- teacher `{role}`: {info['source']}"
@@ -258,12 +302,18 @@ def _markdown(
             delta, p = "—", "—"
         else:
             d = r["vs_baseline"]
-            ci = f" [{_signed(d['low'])}, {_signed(d['high'])}]" if d["low"] is not None else ""
+            if d["low"] is not None:
+                ci = f" [{_signed(d['low'])}, {_signed(d['high'])}]"
+            else:
+                ci = " (no interval: one seed)" if d["n"] < 2 else " (no interval: no spread)"
             delta = f"{_signed(d['mean'])}{ci}"
             p = f"{d['p']:.3g}" if d["p"] is not None else "n/a"
         lines.append(
             f"| {r['method']} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | {delta} | {p} |"
         )
+    warnings = small_sample_warnings(rows, len(seeds))
+    if warnings:
+        lines += ["", *(f"> warning: {w}" for w in warnings)]
     lines += ["", "Per seed (test top-1, %):", ""]
     lines.append("| method | " + " | ".join(f"seed {s}" for s in seeds) + " |")
     lines.append("|---|" + "---|" * len(seeds))

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import hashlib
+import inspect
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,12 +24,28 @@ from kdspec.data import (
     synthetic_splits,
     torchvision_dataset,
 )
+from kdspec.data.user import UserDataError, user_splits
+from kdspec.data.vision import image_folder_splits
 from kdspec.diagnostics import KdError
+from kdspec.runtime.imports import (
+    ImportRefused,
+    allowed_imports,
+    bindable,
+    code_fingerprint,
+    import_factory,
+)
 from kdspec.runtime.runfile import Run
 
 __all__ = ["RunData", "build_data", "eval_loader", "train_loader"]
 
-_SOURCES = ("digits", "synthetic", "torchvision:CIFAR100", "torchvision:CIFAR10")
+_SOURCES = (
+    "digits",
+    "synthetic",
+    "torchvision:CIFAR100",
+    "torchvision:CIFAR10",
+    "torchvision:ImageFolder",
+    "import:package.module:name",
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +56,13 @@ class RunData:
         splits: train (all classes: what a teacher learns from), val and test.
         transfer: the training data of the distillation (``splits.train`` less
             ``[data].exclude_classes``).
+        fingerprint: what determines the data besides ``[data]`` (the user's code behind an
+            ``import:`` source, the file listing of an image folder): part of teacher-cache keys.
     """
 
     splits: Splits
     transfer: Dataset[Any]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -50,15 +75,32 @@ class RunData:
         return self.splits.input_shape[0]
 
 
-def build_data(run: Run) -> RunData:
+def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
     """Build the splits named by ``[data]``.
 
+    Args:
+        run: The run.
+        allow_import: Modules an ``import:`` data source may load (merged with the
+            environment and user config, :func:`~kdspec.runtime.imports.allowed_imports`).
+
     Raises:
-        KdError: KD502 for an unknown source, a missing package or missing files.
+        KdError: KD502 for an unknown source, a missing package, missing files or unusable
+            data; KD406/KD404 for an ``import:`` source that is not allowed or not found.
     """
     cfg = run.config.data
     src = cfg.source
-    if src == "digits":
+    fingerprint: dict[str, Any] = {}
+    if src.startswith("import:"):
+        splits = _import_splits(run, allow_import)
+        module = sys.modules.get(src.partition(":")[2].partition(":")[0])
+        types = [type(d) for d in (splits.train, splits.val, splits.test)]
+        fingerprint["code"] = code_fingerprint(
+            [module, *(sys.modules.get(c.__module__) for t in types for c in t.__mro__)]
+        )
+    elif src == "torchvision:ImageFolder":
+        splits = _image_folder_splits(run)
+        fingerprint["files"] = _listing(run.resolve_path(str(cfg.root)))
+    elif src == "digits":
         splits = digits_splits(cfg.seed, cfg.val_fraction, cfg.test_fraction)
     elif src == "synthetic":
         splits = synthetic_splits(
@@ -69,7 +111,7 @@ def build_data(run: Run) -> RunData:
             cfg.val_fraction,
             cfg.test_fraction,
         )
-    elif src.startswith("torchvision:"):
+    elif src in ("torchvision:CIFAR10", "torchvision:CIFAR100"):
         splits = _torchvision_splits(run)
     else:
         close = difflib.get_close_matches(src, _SOURCES, n=1)
@@ -87,7 +129,89 @@ def build_data(run: Run) -> RunData:
             ]
         )
     transfer = exclude_classes(splits.train, cfg.exclude_classes) if cfg.exclude_classes else None
-    return RunData(splits, transfer if transfer is not None else splits.train)
+    return RunData(splits, transfer if transfer is not None else splits.train, fingerprint)
+
+
+def _listing(root: Path) -> str:
+    """sha256 of every file's path and size under ``root`` (a changed image folder retrains)."""
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            h.update(f"{path.relative_to(root)}\t{path.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def _fail(run: Run, message: str, help_text: str | None = None, code: str = "KD502") -> KdError:
+    return KdError(
+        [run.diagnostic(code, message, ("data", "source"), label=message, help=help_text)]
+    )
+
+
+def _import_splits(run: Run, allow_import: Iterable[str]) -> Splits:
+    cfg = run.config.data
+    spec = cfg.source.partition(":")[2]
+    try:
+        factory = import_factory(spec, allowed_imports(allow_import), Dataset, "data")
+    except ImportRefused as exc:
+        raise _fail(run, exc.message, exc.help, exc.code) from None
+    candidates: dict[str, Any] = {"seed": cfg.seed}
+    if cfg.root is not None:
+        candidates["root"] = str(run.resolve_path(cfg.root))
+    options = dict(cfg.options)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    try:
+        if inspect.isclass(factory) and "split" in params:
+            result: Any = {
+                s: factory(**bindable(factory, candidates), split=s, **options)
+                for s in ("train", "val", "test")
+            }
+        elif inspect.isclass(factory) and "train" in params:
+            result = (
+                factory(**bindable(factory, candidates), train=True, **options),
+                factory(**bindable(factory, candidates), train=False, **options),
+            )
+        else:
+            result = factory(**bindable(factory, candidates), **options)
+    except TypeError as exc:
+        raise _fail(
+            run,
+            f"data source `{cfg.source}` does not take these arguments: {exc}",
+            "`[data] options` are passed as keywords; `root` and `seed` are passed when the "
+            "factory takes them",
+        ) from None
+    try:
+        return user_splits(
+            result, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+        )
+    except UserDataError as exc:
+        raise _fail(run, f"data source `{cfg.source}`: {exc}") from None
+
+
+def _image_folder_splits(run: Run) -> Splits:
+    cfg = run.config.data
+    if cfg.root is None:
+        raise _fail(
+            run,
+            "data source `torchvision:ImageFolder` needs `root`, the folder of images",
+            'add `root = "path/to/images"` to `[data]` (class subfolders, optionally under '
+            "`train/`, `val/`, `test/`)",
+        )
+    try:
+        return image_folder_splits(
+            run.resolve_path(cfg.root),
+            image_size=cfg.image_size,
+            augment=cfg.augment,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            seed=cfg.seed,
+        )
+    except (RuntimeError, UserDataError) as exc:
+        raise _fail(run, f"cannot load `torchvision:ImageFolder`: {exc}") from None
 
 
 def _torchvision_splits(run: Run) -> Splits:
@@ -126,15 +250,24 @@ def _torchvision_splits(run: Run) -> Splits:
     )
 
 
-def train_loader(dataset: Dataset[Any], batch_size: int, seed: int) -> DataLoader[Any]:
-    """A shuffling loader whose order depends on ``seed`` only (``num_workers=0``).
+def train_loader(
+    dataset: Dataset[Any], batch_size: int, seed: int, num_workers: int = 0
+) -> DataLoader[Any]:
+    """A shuffling loader whose order depends on ``seed`` only (not on ``num_workers``).
 
     The generator is exposed as ``loader.generator`` so a checkpoint can save its state.
     """
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, num_workers=0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=gen,
+        num_workers=num_workers,
+        pin_memory=num_workers > 0 and torch.cuda.is_available(),
+    )
 
 
-def eval_loader(dataset: Dataset[Any], batch_size: int) -> DataLoader[Any]:
+def eval_loader(dataset: Dataset[Any], batch_size: int, num_workers: int = 0) -> DataLoader[Any]:
     """A loader in dataset order."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

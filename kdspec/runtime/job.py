@@ -31,7 +31,12 @@ from kdspec.ir import Lowered
 from kdspec.ir import models as ir
 from kdspec.runtime.cache import cache_root, get_teacher, teacher_test_top1
 from kdspec.runtime.data import RunData, build_data
-from kdspec.runtime.models import build_model_from_source, load_weights
+from kdspec.runtime.models import (
+    brings_weights,
+    build_model_from_source,
+    load_weights,
+    source_fingerprint,
+)
 from kdspec.runtime.runfile import DEFAULT_MODELS, Run
 from kdspec.runtime.supervised import Supervised
 from kdspec.runtime.trainer import TrainResult, derived_seed, train
@@ -153,7 +158,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
     """
     opts = opts or JobOptions()
     method = lowered.method
-    data = build_data(run)
+    data = build_data(run, opts.allow_import)
     seed = run.config.train.seed
     trained = _trained_somewhere(method)
     models: dict[str, nn.Module] = {}
@@ -170,6 +175,13 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
             load_weights(model, role.name, weights, run)
             if role.kind == "teacher":
                 teachers[role.name] = {"source": source, "weights": str(run.resolve_path(weights))}
+        elif brings_weights(role.name, source, run):
+            if role.mode == "frozen":
+                opts.log(
+                    f"{role.kind} `{role.name}` ({source}): the source brings trained weights; "
+                    "used as is, not pre-trained"
+                )
+                teachers[role.name] = {"source": source, "pretrained": "from the source"}
         elif role.mode == "frozen" and role.name not in trained:
             pending.append(role)
         models[role.name] = model
@@ -204,6 +216,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
             run.config.teacher.seed + k,
             root,
             options=run.config.model_options.get(role.name),
+            code=source_fingerprint(source, models[role.name], run),
             log=opts.log,
             callbacks=opts.callbacks,
             device=opts.device,
@@ -214,8 +227,14 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
             "cache": str(cached.path),
             "reused": cached.reused,
         }
+        checked = cached.metrics.get("checked_test_top1", cached.metrics.get("test_top1"))
+        if checked is not None:
+            teachers[role.name]["test_top1"] = checked
     for name, info in teachers.items():
-        info["test_top1"] = teacher_test_top1(models[name], data, run.config.data.eval_batch_size)
+        if "test_top1" not in info:
+            info["test_top1"] = teacher_test_top1(
+                models[name], data, run.config.data.eval_batch_size
+            )
     return Prepared(lowered, run, data, models, sources, teachers)
 
 
@@ -294,21 +313,35 @@ def _train(
         meta=meta,
         device=opts.device,
         label=label,
+        num_workers=cfg.data.num_workers,
     )
 
 
 def distill(
-    prep: Prepared, out_dir: str | Path, *, resume: bool = False, opts: JobOptions | None = None
+    prep: Prepared,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    opts: JobOptions | None = None,
+    label: str | None = None,
 ) -> TrainResult:
-    """Compile the method and train it; files go to ``out_dir`` (see :func:`~.trainer.train`)."""
+    """Compile the method and train it; files go to ``out_dir`` (see :func:`~.trainer.train`).
+
+    ``label`` names the run in progress output (default: the method's name).
+    """
     opts = opts or JobOptions()
     distiller = compile_prepared(prep, opts)
-    name = prep.lowered.method.name
+    name = label or prep.lowered.method.name
     return _train(distiller, prep, Path(out_dir), resume, opts, _meta(prep, "distill"), name)
 
 
 def train_baseline(
-    prep: Prepared, out_dir: str | Path, *, resume: bool = False, opts: JobOptions | None = None
+    prep: Prepared,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    opts: JobOptions | None = None,
+    label: str | None = None,
 ) -> TrainResult | None:
     """Train the student alone with the distillation's budget, seed and data order.
 
@@ -334,5 +367,5 @@ def train_baseline(
         resume,
         opts,
         meta,
-        f"{role.name} alone",
+        label or f"{role.name} alone",
     )

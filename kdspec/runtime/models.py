@@ -6,8 +6,10 @@ A source names where an architecture comes from:
 * ``torchvision:resnet18`` / ``timm:resnet18`` — freshly initialised (no pretrained download);
 * ``hf:path/config.json`` or ``hf:path/to/dir`` — a transformers sequence classifier built from
   a *local* config (with the folder's weights if it has them); never a hub download;
-* ``import:pkg.module:factory`` — any factory, only for packages the run allows
-  (``allow_import = ["pkg"]`` or ``--allow-import pkg``), since importing runs code.
+* ``import:pkg.module:factory`` — a class deriving from ``nn.Module`` or a function of the
+  user's code returning one, only from modules the person running kdspec allows
+  (``--allow-import pkg``, ``KDSPEC_ALLOW_IMPORT``, the user config; see
+  :mod:`kdspec.runtime.imports`), since importing runs code.
 
 Every failure is a diagnostic (KD404 unknown model, KD405 bad checkpoint, KD406 import not
 allowed), pointing at the run file's key when there is one; never a traceback.
@@ -16,9 +18,11 @@ allowed), pointing at the run file's key when there is one; never a traceback.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
-import inspect
+import sys
 from collections.abc import Iterable, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +30,22 @@ import torch
 from torch import nn
 
 from kdspec.diagnostics import KdError
+from kdspec.runtime.imports import (
+    ImportRefused,
+    allowed_imports,
+    bindable,
+    code_fingerprint,
+    import_factory,
+)
 from kdspec.runtime.runfile import Run
 
-__all__ = ["SCHEMES", "build_model_from_source", "load_weights"]
+__all__ = [
+    "SCHEMES",
+    "brings_weights",
+    "build_model_from_source",
+    "load_weights",
+    "source_fingerprint",
+]
 
 SCHEMES = ("zoo", "torchvision", "timm", "hf", "import")
 
@@ -56,7 +73,8 @@ def build_model_from_source(
         num_classes: Outputs of the classifier.
         in_channels: Input channels of the data.
         run: The run (for diagnostics and relative paths).
-        allow_import: Packages ``import:`` may load, besides the run file's ``allow_import``.
+        allow_import: Modules ``import:`` may load (merged with ``KDSPEC_ALLOW_IMPORT`` and the
+            user config, :func:`~kdspec.runtime.imports.allowed_imports`).
 
     Returns:
         A freshly initialised model (weights are loaded separately, :func:`load_weights`).
@@ -189,16 +207,9 @@ def _hf(role: str, name: str, num_classes: int, run: Run) -> nn.Module:
     config_file = path / "config.json" if path.is_dir() else path
     config = tf.AutoConfig.from_pretrained(str(config_file), num_labels=num_classes)
     cls = tf.AutoModelForSequenceClassification
-    has_weights = path.is_dir() and any(
-        (path / f).exists() for f in ("model.safetensors", "pytorch_model.bin")
-    )
-    if has_weights:
+    if brings_weights(role, f"hf:{name}", run):
         return cls.from_pretrained(str(path), config=config, local_files_only=True)
     return cls.from_config(config)
-
-
-def _allowed(module: str, allowed: Iterable[str]) -> bool:
-    return any(module == a or module.startswith(a + ".") for a in allowed)
 
 
 def _import(
@@ -207,54 +218,102 @@ def _import(
     num_classes: int,
     in_channels: int,
     run: Run,
-    extra: Iterable[str],
+    allowed: Iterable[str],
     options: dict[str, Any],
 ) -> nn.Module:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise _fail(
-            run, role, f"bad import source `import:{spec}`", "write `import:package.module:factory`"
-        )
-    allowed = [*run.config.allow_import, *extra]
-    if not _allowed(module_name, allowed):
-        top = module_name.split(".")[0]
-        raise _fail(
-            run,
-            role,
-            f"importing `{module_name}` is not allowed",
-            f'importing runs its code: add `allow_import = ["{top}"]` to the run file '
-            f"or pass `--allow-import {top}`",
-            code="KD406",
-        )
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise _fail(run, role, f"cannot import `{module_name}`: {exc}", None) from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise _fail(run, role, f"`{module_name}` has no factory `{attr}`", _close(attr, names))
-    kwargs = _bindable(factory, {"num_classes": num_classes, "in_channels": in_channels})
+        factory = import_factory(spec, allowed_imports(allowed), nn.Module, "model")
+    except ImportRefused as exc:
+        raise _fail(run, role, exc.message, exc.help, code=exc.code) from None
+    kwargs = bindable(factory, {"num_classes": num_classes, "in_channels": in_channels})
     model = factory(**kwargs, **options)
     if not isinstance(model, nn.Module):
         raise _fail(
             run,
             role,
-            f"`{module_name}:{attr}` returned {type(model).__name__}, not an `nn.Module`",
+            f"`{spec}` returned {type(model).__name__}, not an `nn.Module`",
             None,
         )
     return model
 
 
-def _bindable(fn: Any, candidates: dict[str, Any]) -> dict[str, Any]:
-    """The candidate keywords ``fn`` accepts (all of them if it takes ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return {}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(candidates)
-    return {k: v for k, v in candidates.items() if k in params}
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _hf_has_weights(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in HF_WEIGHT_FILES)
+
+
+def brings_weights(role: str, source: str, run: Run) -> bool:
+    """Whether the model of ``role`` comes trained from its source (so it is used as is).
+
+    An ``hf:`` folder holding weights does; ``[pretrained] role = true`` says an ``import:``
+    factory returns a trained model (and ``false`` makes an ``hf:`` folder's model start
+    fresh). ``zoo:``, ``torchvision:`` and ``timm:`` models are always freshly initialised.
+
+    Raises:
+        KdError: KD501 when ``[pretrained]`` claims weights a source cannot bring.
+    """
+    declared = run.config.pretrained.get(role)
+    scheme, _, name = source.partition(":")
+    has = scheme == "hf" and _hf_has_weights(run.resolve_path(name))
+    if declared is None:
+        return has
+    if declared and scheme in ("zoo", "torchvision", "timm"):
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD501",
+                    f"`{source}` is freshly initialised, so `[pretrained] {role} = true` is "
+                    "not true",
+                    ("pretrained", role),
+                    label="claims trained weights",
+                    help=f'give trained weights in `[weights] {role} = "path.pt"`, or remove '
+                    "this line to pre-train it",
+                )
+            ]
+        )
+    if declared and scheme == "hf" and not has:
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD501",
+                    f"`{source}` has no weight file ({', '.join(HF_WEIGHT_FILES)}), so "
+                    f"`[pretrained] {role} = true` is not true",
+                    ("pretrained", role),
+                    label="claims trained weights",
+                )
+            ]
+        )
+    return bool(declared)
+
+
+def source_fingerprint(source: str, model: nn.Module, run: Run) -> dict[str, Any]:
+    """What, besides the source string, determines a model built from ``source``.
+
+    Part of the teacher-cache key: the sha256 of the user's code behind an ``import:`` model
+    (its factory's module, the model's class and the user modules they use), the ``config.json``
+    of an ``hf:`` model, the package version of ``torchvision:``/``timm:`` models. ``zoo:``
+    models are covered by :data:`kdspec.zoo.ZOO_VERSION`.
+    """
+    scheme, _, name = source.partition(":")
+    if scheme == "import":
+        modules = [sys.modules.get(name.partition(":")[0])]
+        modules += [sys.modules.get(c.__module__) for c in type(model).__mro__]
+        return {"code": code_fingerprint(modules)}
+    if scheme == "hf":
+        path = run.resolve_path(name)
+        config = path / "config.json" if path.is_dir() else path
+        try:
+            return {"config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
+        except OSError:
+            return {}
+    if scheme in ("torchvision", "timm"):
+        try:
+            return {"version": metadata.version(scheme)}
+        except metadata.PackageNotFoundError:
+            return {}
+    return {}
 
 
 def load_weights(model: nn.Module, role: str, path: str | Path, run: Run) -> None:

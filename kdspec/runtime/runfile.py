@@ -61,9 +61,14 @@ class DataConfig(_Section):
     """``[data]``: where the examples come from and how they are split and batched.
 
     Attributes:
-        source: ``digits`` (embedded), ``synthetic`` (random, learnable) or
-            ``torchvision:CIFAR100`` / ``torchvision:CIFAR10`` (read from ``root``).
-        root: Directory of the torchvision data (never downloaded).
+        source: ``digits`` (embedded), ``synthetic`` (random, learnable),
+            ``torchvision:CIFAR100`` / ``torchvision:CIFAR10`` (read from ``root``),
+            ``torchvision:ImageFolder`` (class folders under ``root``) or
+            ``import:package.module:name`` (the user's own datasets; see docs/runfile.md).
+        root: Directory of the data (never downloaded).
+        options: Keyword arguments of an ``import:`` data factory.
+        num_workers: Loader worker processes (0: load in the training process).
+        image_size: Side to which ``torchvision:ImageFolder`` images are resized.
         seed: Seed of the train/val/test split (and of synthetic data).
         val_fraction: Share of the training data held out for validation (per class).
         test_fraction: Share held out for test (digits and synthetic; torchvision has its own).
@@ -78,6 +83,9 @@ class DataConfig(_Section):
 
     source: str = "digits"
     root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    num_workers: int = Field(0, ge=0)
+    image_size: int | None = Field(None, ge=1)
     seed: int = 0
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.2, ge=0, lt=1)
@@ -133,17 +141,18 @@ class RunConfig(_Section):
 
     ``[models]`` maps roles to sources; ``[model_options]`` gives a role's architecture
     keywords (``s = { hidden = [64, 64] }`` for ``zoo:mlp``); ``[weights]`` maps roles to
-    checkpoints; ``[params]`` overrides method parameters.
+    checkpoints; ``[pretrained]`` says which sources bring trained weights (an ``import:``
+    factory returning a trained model); ``[params]`` overrides method parameters.
     """
 
     models: dict[str, str] = Field(default_factory=dict)
     model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     weights: dict[str, str] = Field(default_factory=dict)
+    pretrained: dict[str, bool] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     params: dict[str, ParamValue] = Field(default_factory=dict)
-    allow_import: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,8 @@ def parse_run(text: str, name: str = "<run>", base_dir: Path | None = None) -> R
                 )
             ]
         ) from None
+    if "allow_import" in raw:
+        raise KdError([_self_permission(source)])
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -238,6 +249,21 @@ def parse_run(text: str, name: str = "<run>", base_dir: Path | None = None) -> R
             diags.setdefault(diag.span or diag.message, diag)
         raise KdError(sorted(diags.values(), key=lambda d: d.sort_key())) from None
     return Run(config, source, base_dir if base_dir is not None else Path("."))
+
+
+def _self_permission(source: SourceFile) -> Diagnostic:
+    from kdspec.runtime.imports import CONFIG_SHOWN, ENV_VAR
+
+    return error(
+        "KD501",
+        "a run file cannot allow imports: permission to run code comes from you, "
+        "not from the file being loaded",
+        source,
+        key_span(source, ("allow_import",)),
+        "not allowed in a run file",
+        help=f"remove `allow_import` and pass `--allow-import MOD[,MOD]`, set `{ENV_VAR}`, or "
+        f"list the modules in `allow_import` of your config file {CONFIG_SHOWN}",
+    )
 
 
 def _toml_error(source: SourceFile, exc: tomllib.TOMLDecodeError) -> Diagnostic:

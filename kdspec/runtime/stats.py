@@ -95,8 +95,10 @@ def paired_difference(
     """Mean of ``xs[i] - baseline[i]`` with a t-distribution confidence interval.
 
     Returns:
-        ``mean``, ``std`` (of the differences), ``n``, ``low``/``high`` (None for n < 2) and
-        the two-sided ``p`` value of a zero mean difference (None for n < 2 or zero spread).
+        ``mean``, ``std`` (of the differences), ``n``, ``low``/``high`` and the two-sided ``p``
+        value of a zero mean difference; the interval and ``p`` are None for n < 2 and when
+        every difference is the same (zero spread: a zero-width interval would claim a
+        certainty that a few seeds cannot give).
     """
     diffs = [x - b for x, b in zip(xs, baseline, strict=True)]
     n = len(diffs)
@@ -109,10 +111,9 @@ def paired_difference(
         "high": None,
         "p": None,
     }
-    if n >= 2:
+    if n >= 2 and s > 0:
         half = t_quantile(0.5 + level / 2.0, n - 1) * s / math.sqrt(n)
         out["low"], out["high"] = m - half, m + half
-        if s > 0:
-            t = m / (s / math.sqrt(n))
-            out["p"] = 2.0 * (1.0 - t_cdf(abs(t), n - 1))
+        t = m / (s / math.sqrt(n))
+        out["p"] = 2.0 * (1.0 - t_cdf(abs(t), n - 1))
     return out

@@ -366,6 +366,7 @@ def train(
     meta: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     label: str = "",
+    num_workers: int = 0,
 ) -> TrainResult:
     """Train ``model`` through all its stages, writing metrics, checkpoints and a summary.
 
@@ -385,6 +386,7 @@ def train(
             identifies the job, so a checkpoint of another job is not resumed by mistake.
         device: Where to train (default: CUDA if available, else CPU).
         label: A name for progress output.
+        num_workers: Data-loader worker processes (``[data] num_workers``).
 
     Returns:
         The records, the summary and the trained model.
@@ -400,7 +402,7 @@ def train(
     use_amp = cfg.amp and dev.type == "cuda"
     model.to(dev)
 
-    loader = train_loader(train_set, batch_size, cfg.seed)
+    loader = train_loader(train_set, batch_size, cfg.seed, num_workers)
     assert loader.generator is not None
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -408,7 +410,7 @@ def train(
     stages = plan_stages(model.stage_plans, cfg.epochs, steps_per_epoch)
     fingerprint = _fingerprint(cfg, stages, meta)
     evals = {
-        name: eval_loader(ds, eval_batch_size)
+        name: eval_loader(ds, eval_batch_size, num_workers)
         for name, ds in (("val", val_set), ("test", test_set))
         if ds is not None and len(ds) > 0  # type: ignore[arg-type]
     }

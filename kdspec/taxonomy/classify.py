@@ -29,17 +29,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
-from kdspec.graph import types
+from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
+from kdspec.ir.canonical import canonicalize, power_of
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 if TYPE_CHECKING:
     from kdspec.graph.build import KdGraph
@@ -221,25 +222,6 @@ class Classification:
 # ---------------------------------------------------------------------------------------------
 
 
-def _calls(e: ir.Expr | None, m: ir.Method, _seen: frozenset[str] = frozenset()) -> list[ir.Call]:
-    """Every call in an expression (through ``let`` bindings), outermost first."""
-    if isinstance(e, ir.Call):
-        out = [e]
-        for a in (*e.args, *e.kwargs.values()):
-            out.extend(_calls(a, m, _seen))
-        return out
-    if isinstance(e, ir.LetRef) and e.name not in _seen:
-        let = next((x for x in m.lets if x.name == e.name), None)
-        return _calls(let.value, m, _seen | {e.name}) if let else []
-    if isinstance(e, ir.BinOp):
-        return [*_calls(e.left, m, _seen), *_calls(e.right, m, _seen)]
-    if isinstance(e, ir.Neg):
-        return _calls(e.operand, m, _seen)
-    if isinstance(e, ir.ListE):
-        return [c for i in e.items for c in _calls(i, m, _seen)]
-    return []
-
-
 def _heads(e: ir.Expr | None, m: ir.Method) -> list[str]:
     """Learned classifier heads (exits, branches) an expression applies."""
     return [
@@ -362,11 +344,17 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
     trained = {st.name: kg.trained_roles(st) for st in stages}
     active = {st.name: {t.name for t in kg.active_terms(st)} for st in stages}
     out: list[TeachingEdge] = []
+    ever_trained = set().union(*trained.values())
     for u, v, d in kg.edges_of("teaches"):
         term = m.term(d["term"])
         if term is None:
             continue
         s = v.split(":", 1)[1]
+        learner = m.role(s)
+        if learner is not None and learner.mode != "trained" and s not in ever_trained:
+            # A role no stage updates learns nothing: the term trains adapters only (FT's
+            # paraphraser reconstructing the frozen teacher's features).
+            continue
         t = u.split(":", 1)[1] if u.startswith("role:") else None
         role = m.role(t) if t else None
         path: Path = ("term", term.name)
@@ -658,7 +646,7 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
     params = m.params
     path: Path = ("term", term.name)
     pipeline = list(term.knowledge)
-    side_calls = _calls(term.source, m) + _calls(term.target, m)
+    side_calls = [c for e in (term.source, term.target) for c in ir.find_all(e, ir.Call, m)]
     funcs = [c.func for c in (*pipeline, *side_calls)]
     src_points = _side_points(term.source, m)
     dst_points = _side_points(term.target, m, learner=True)
@@ -808,7 +796,7 @@ def _transforms_and_adapters(m: ir.Method) -> tuple[Finding, Finding]:
             bucket = adapters if fn is not None and fn.category == "adapter" else sides
             bucket.setdefault(call.func, []).append("both sides")
         for side, e in (("teacher side", term.source), ("student side", term.target)):
-            for call in _calls(e, m):
+            for call in ir.find_all(e, ir.Call, m):
                 fn = FUNCTIONS.get(call.func)
                 if fn is None or fn.category not in ("transform", "adapter", "combine"):
                     continue
@@ -843,49 +831,27 @@ def _transforms_and_adapters(m: ir.Method) -> tuple[Finding, Finding]:
     return transforms, adapters_f
 
 
-def _contains(e: ir.Expr, pred: Any) -> Iterator[ir.Expr]:
-    if pred(e):
-        yield e
-    if isinstance(e, ir.BinOp):
-        yield from _contains(e.left, pred)
-        yield from _contains(e.right, pred)
-    elif isinstance(e, ir.Neg):
-        yield from _contains(e.operand, pred)
-    elif isinstance(e, ir.Call):
-        for a in (*e.args, *e.kwargs.values()):
-            yield from _contains(a, pred)
-
-
-def _same_value(a: ir.Expr, b: ir.Expr, params: dict[str, ir.Expr]) -> bool:
-    if a == b:
-        return True
-    va, vb = _num(a, params), _num(b, params)
-    return isinstance(a, ir.Num) and isinstance(b, ir.Num) and va == vb
-
-
 def _t_squared(term: ir.Term, m: ir.Method) -> ir.Expr | None:
-    """The temperature whose square scales the weight, if any."""
-    temps = [
-        call.kwargs["T"]
-        for call in term.knowledge
-        if call.func in _TEMPERATURED and "T" in call.kwargs
-    ]
-    if not temps:
-        return None
-    for temp in temps:
+    """The temperature whose square scales the weight, if any.
 
-        def squares(e: ir.Expr, temp: ir.Expr = temp) -> bool:
-            if not isinstance(e, ir.BinOp):
-                return False
-            if e.op == "^":
-                return _same_value(e.left, temp, m.params) and _num(e.right, {}) == 2.0
-            return (
-                e.op == "*"
-                and _same_value(e.left, temp, m.params)
-                and _same_value(e.right, temp, m.params)
-            )
-
-        if next(_contains(term.weight, squares), None) is not None:
+    Read on the canonical form, so every spelling counts (``T^2``, ``T * T``, ``alpha * T * T``):
+    a parameter temperature must divide every part of the weight twice. A literal temperature
+    cannot be told from a constant by its spelling (``0.9 * 4^2`` is ``14.4``): the weight
+    counts as T^2-scaled when it is a round multiple of the square (``14.4 = 0.9 * 4^2``).
+    """
+    calls = [*term.knowledge, *ir.find_all(term.source, ir.Call, m)]
+    calls += ir.find_all(term.target, ir.Call, m)
+    temps = [c.kwargs["T"] for c in calls if c.func in _TEMPERATURED and "T" in c.kwargs]
+    for temp in dict.fromkeys(temps):
+        if not isinstance(temp, ir.Num):
+            if power_of(term.weight, temp) >= 2:
+                return temp
+            continue
+        weight = _num(term.weight, m.params)
+        if weight is None or temp.value <= 1 or weight <= 0:
+            continue
+        ratio = weight / temp.value**2
+        if abs(float(f"{ratio:.2g}") - ratio) <= 1e-9 * ratio:
             return temp
     return None
 
@@ -911,7 +877,7 @@ def _losses_and_weights(m: ir.Method) -> tuple[Finding, Finding]:
         if temp is not None:
             w_vals.append("T^2 scaling")
             notes.append(f"T^2 scaling: `{expr_text(temp)}` is also the softmax temperature")
-        for call in _calls(term.weight, m):
+        for call in ir.find_all(term.weight, ir.Call, m):
             f = FUNCTIONS.get(call.func)
             if f is not None and f.category == "schedule":
                 label = "warm-up" if call.func == "warmup" else f"{call.func} schedule"
@@ -933,6 +899,22 @@ def _losses_and_weights(m: ir.Method) -> tuple[Finding, Finding]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _stage_adapters(stage: ir.Stage, m: ir.Method) -> list[str]:
+    """The learned adapters a stage trains by naming a term or a ``let`` (FT's paraphraser)."""
+    out: list[str] = []
+    for item in stage.train:
+        if isinstance(item, ir.LetRef):
+            out += types.uses_adapter(item, m)
+        elif isinstance(item, ir.Str) and (term := m.term(item.value)) is not None:
+            out += types.uses_adapter(term.source, m) + types.uses_adapter(term.target, m)
+            out += [
+                k.func
+                for k in term.knowledge
+                if FUNCTIONS.get(k.func) is not None and FUNCTIONS[k.func].category == "adapter"
+            ]
+    return list(dict.fromkeys(out))
+
+
 def _stages(kg: KdGraph, terms: dict[str, TermKnowledge]) -> Finding:
     m = kg.method
     stages = m.effective_stages()
@@ -950,11 +932,14 @@ def _stages(kg: KdGraph, terms: dict[str, TermKnowledge]) -> Finding:
             cats.append("labels")
         kinds = sorted({m.role(r).kind for r in trained if m.role(r) is not None})  # type: ignore[union-attr]
         partial = [x for x in stage.train if not (isinstance(x, ir.Tap) and x.point == "output")]
+        partly = any(isinstance(x, ir.Tap) for x in partial)
+        adapters = _stage_adapters(stage, m)
+        what = [*kinds, *([f"adapters ({', '.join(adapters)})"] if adapters else [])]
         summaries.append(
             "+".join(cats or ["nothing"])
             + " / trains "
-            + ("+".join(kinds) or "nothing")
-            + (" (partly)" if partial else "")
+            + ("+".join(what) or "nothing")
+            + (" (partly)" if partly else "")
         )
         repeat = _num(stage.repeat, m.params) if stage.repeat is not None else 1.0
         runs += int(repeat) if repeat is not None and repeat >= 1 else 2
@@ -1061,7 +1046,11 @@ def _ground_truth(m: ir.Method, edges: list[TeachingEdge]) -> Finding:
             if r in learners and role is not None:
                 kinds.append(role.kind + (" (on a subset)" if term.subset else ""))
     for term in m.terms:
-        for call in (*term.knowledge, *_calls(term.source, m), *_calls(term.target, m)):
+        for call in (
+            *term.knowledge,
+            *ir.find_all(term.source, ir.Call, m),
+            *ir.find_all(term.target, ir.Call, m),
+        ):
             fn = FUNCTIONS.get(call.func)
             if fn is not None and fn.needs_labels:
                 ev.append(
@@ -1082,8 +1071,14 @@ def _ground_truth(m: ir.Method, edges: list[TeachingEdge]) -> Finding:
 
 
 def classify(kg: KdGraph) -> Classification:
-    """Classify a method from its graph along every dimension of :data:`DIMENSIONS`."""
-    m = kg.method
+    """Classify a method from its graph along every dimension of :data:`DIMENSIONS`.
+
+    The method is classified in its canonical form (:func:`kdspec.ir.canonical.canonicalize`),
+    so two spellings of one computation get the same labels.
+    """
+    m = canonicalize(kg.method)
+    if m != kg.method:
+        kg = build_graph(m)
     edges = _edges(kg)
     terms = [_term_knowledge(t, m) for t in m.terms if t.kind == "transfer"]
     roles, topology = _roles_and_topology(kg, edges)

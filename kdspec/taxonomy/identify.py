@@ -33,12 +33,16 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 from networkx.algorithms import isomorphism
 
+from kdspec.diagnostics import Severity
 from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
+from kdspec.ir.canonical import canonicalize
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import expr_text
+from kdspec.passes import check_source
+from kdspec.source import SourceFile
 from kdspec.taxonomy.diff import term_text
-from kdspec.taxonomy.vocab import FUNCTIONS, REQUIRED
+from kdspec.vocabulary import FUNCTIONS, REQUIRED
 
 if TYPE_CHECKING:
     from kdspec.ir import Lowered
@@ -96,39 +100,32 @@ def _call_hp(prefix: str, call: ir.Call, params: dict[str, ir.Expr]) -> list[tup
     return out
 
 
-def _skeleton(e: ir.Expr | None, m: ir.Method, _seen: frozenset[str] = frozenset()) -> str:
-    """An expression without names or numbers: taps are ``@``, calls keep their function."""
+def _skeleton(e: ir.Expr | None, m: ir.Method) -> str:
+    """An expression without names or numbers: lets inlined, taps ``@``, other leaves ``#``,
+    calls keep their function and positional arguments."""
     if e is None:
         return ""
-    if isinstance(e, ir.Tap):
-        return "@"
-    if isinstance(e, ir.Call):
-        return f"{e.func}({','.join(_skeleton(a, m, _seen) for a in e.args)})"
-    if isinstance(e, ir.LetRef):
-        let = next((x for x in m.lets if x.name == e.name), None)
-        if let is None or e.name in _seen:
-            return "?"
-        return _skeleton(let.value, m, _seen | {e.name})
-    if isinstance(e, ir.BinOp):
-        return f"({_skeleton(e.left, m, _seen)}{e.op}{_skeleton(e.right, m, _seen)})"
-    if isinstance(e, ir.Neg):
-        return f"-{_skeleton(e.operand, m, _seen)}"
-    if isinstance(e, ir.ListE):
-        return f"[{','.join(_skeleton(i, m, _seen) for i in e.items)}]"
-    return "#"
+    open_lets: list[str] = []
 
+    def anonymize(n: ir.Expr) -> ir.Expr:
+        if isinstance(n, ir.LetRef):
+            let = m.let(n.name)
+            if let is None or n.name in open_lets:
+                return ir.Str(value="?")
+            open_lets.append(n.name)
+            try:
+                return let.value.transform(anonymize)
+            finally:
+                open_lets.pop()
+        if isinstance(n, ir.Tap):
+            return ir.Str(value="@")
+        if isinstance(n, ir.Num | ir.Str | ir.ParamRef):
+            return ir.Str(value="#")
+        if isinstance(n, ir.Call) and n.kwargs:
+            return n.model_copy(update={"kwargs": {}}).transform(anonymize)
+        return n
 
-def _calls(e: ir.Expr | None, m: ir.Method, _seen: frozenset[str] = frozenset()) -> list[ir.Call]:
-    if isinstance(e, ir.Call):
-        return [e, *(c for a in (*e.args, *e.kwargs.values()) for c in _calls(a, m, _seen))]
-    if isinstance(e, ir.LetRef) and e.name not in _seen:
-        let = next((x for x in m.lets if x.name == e.name), None)
-        return _calls(let.value, m, _seen | {e.name}) if let else []
-    if isinstance(e, ir.BinOp):
-        return [*_calls(e.left, m, _seen), *_calls(e.right, m, _seen)]
-    if isinstance(e, ir.Neg):
-        return _calls(e.operand, m, _seen)
-    return []
+    return expr_text(e.transform(anonymize))
 
 
 def fingerprint(method: ir.Method) -> nx.DiGraph:
@@ -138,7 +135,7 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
     composition: stages lose their order), ``hp`` (sorted ``(key, value)`` hyperparameters),
     ``kind`` and ``text`` (a description with names). Edge attribute: ``sig``.
     """
-    m = method
+    m = canonicalize(method)
     params = m.params
     kg = build_graph(m)
     g = nx.DiGraph(name=m.name)
@@ -206,13 +203,13 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
         tid = f"term:{term.name}"
         schedules = sorted(
             c.func
-            for c in _calls(term.weight, m)
+            for c in list(ir.find_all(term.weight, ir.Call, m))
             if FUNCTIONS.get(c.func) is not None and FUNCTIONS[c.func].category == "schedule"
         )
         hp = [("weight", _value(term.weight, params)), *_call_hp("", term.loss, params)]
         for call in term.knowledge:
             hp.extend(_call_hp("", call, params))
-        for call in _calls(term.weight, m):
+        for call in ir.find_all(term.weight, ir.Call, m):
             hp.extend(_call_hp("weight.", call, params))
         node(
             tid,
@@ -235,7 +232,7 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
         for side, expr, kind in types.term_sides(term, m):
             sid = f"side:{term.name}/{side}"
             hp = []
-            for call in _calls(expr, m):
+            for call in ir.find_all(expr, ir.Call, m):
                 hp.extend(_call_hp(f"{side}.", call, params))
             node(
                 sid,
@@ -460,17 +457,15 @@ def _entry(method: ir.Method, path: str | None = None) -> LibraryMethod:
 
 @functools.lru_cache(maxsize=8)
 def _load_dir(directory: str, stamp: tuple[tuple[str, int], ...]) -> tuple[LibraryMethod, ...]:
-    from kdspec.api import check_source, read_source
-    from kdspec.diagnostics import Severity
-
     out: list[LibraryMethod] = []
     for name, _ in stamp:
-        source = read_source(Path(directory) / name)
-        if not hasattr(source, "text"):
+        try:
+            source = SourceFile.read(Path(directory) / name)
+        except OSError:
             continue
-        lowered, diags = check_source(source, library=Path(directory))  # type: ignore[arg-type]
-        # A wrong `claim` (KD311) says nothing about the structure: keep such methods.
-        if any(d.severity is Severity.ERROR and d.code != "KD311" for d in diags):
+        # without the claims check: a wrong `claim` says nothing about the structure
+        lowered, diags = check_source(source, library=Path(directory))
+        if any(d.severity is Severity.ERROR for d in diags):
             continue
         out.extend(_entry(low.method, str(Path(directory) / name)) for low in lowered)
     return tuple(out)
@@ -687,10 +682,34 @@ def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[
         return found
 
     a, b = others(lib), others(spec)
+    gone: list[tuple[object, str]] = []
+    new: list[tuple[object, str]] = []
     for key in sorted(set(a) | set(b), key=str):
         xs, ys = a.get(key, []), b.get(key, [])
-        out += [f"- only in `{lib_name}`: {text}" for text in xs[len(ys) :]]
-        out += [f"+ only in this spec: {text}" for text in ys[len(xs) :]]
+        gone += [(key, text) for text in xs[len(ys) :]]
+        new += [(key, text) for text in ys[len(xs) :]]
+    # A role of the same kind in another state (a teacher made trainable) is one change.
+    for key_a, text_a in list(gone):
+        twin = next(
+            (
+                (k, t)
+                for k, t in new
+                if isinstance(k, tuple)
+                and isinstance(key_a, tuple)
+                and k[:2] == key_a[:2]
+                and k[0] == "role"
+            ),
+            None,
+        )
+        if twin is not None:
+            gone.remove((key_a, text_a))
+            new.remove(twin)
+            out.append(
+                f"~ {text_a} (`{lib_name}`) vs {twin[1].split(' ', 1)[1]} (here): "
+                f"mode {key_a[2]} -> {twin[0][2]}"  # type: ignore[index]
+            )
+    out += [f"- only in `{lib_name}`: {text}" for _, text in gone]
+    out += [f"+ only in this spec: {text}" for _, text in new]
 
     fields = ("loss", "map", "knowledge", "schedule", "source", "target")
     lib_terms = {n: _term_parts(lib, n) for n, d in lib.nodes(data=True) if d["kind"] == "term"}
@@ -698,10 +717,12 @@ def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[
     # Identical terms cancel out; the rest are paired by the number of equal parts.
     for n_lib in list(lib_terms):
         p = {k: v for k, v in lib_terms[n_lib].items() if k != "texts"}
-        twin = next(
-            (n for n, q in spec_terms.items() if {k: v for k, v in q.items() if k != "texts"} == p),
-            None,
-        )
+        twins = [
+            n for n, q in spec_terms.items() if {k: v for k, v in q.items() if k != "texts"} == p
+        ]
+        # Several structurally equal terms: the one that also reads the same taps.
+        same_text = [n for n in twins if spec_terms[n]["texts"] == lib_terms[n_lib]["texts"]]
+        twin = (same_text or twins or [None])[0]
         if twin is not None:
             del lib_terms[n_lib], spec_terms[twin]
     pairs = sorted(

@@ -8,10 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerance import assert_close
 
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 CTX = comp.BuildContext(num_classes=10, num_samples=64)
 
@@ -50,11 +51,11 @@ def test_attention_scores_and_relation_per_head() -> None:
     assert s.shape == (2, 3, 5, 5)
     # head 1 uses features 2..3, scaled by 1/sqrt(2)
     expected = q[:, :, 2:4] @ k[:, :, 2:4].transpose(1, 2) / math.sqrt(2)
-    torch.testing.assert_close(s[:, 1], expected)
+    assert_close(s[:, 1], expected)
     rel = comp.token_relation(q, k, heads=3)
     assert rel.shape == (2 * 3 * 5, 5)
-    torch.testing.assert_close(rel.exp().sum(-1), torch.ones(30))
-    torch.testing.assert_close(rel.view(2, 3, 5, 5)[:, 1], torch.log_softmax(expected, -1))
+    assert_close(rel.exp().sum(-1), torch.ones(30))
+    assert_close(rel.view(2, 3, 5, 5)[:, 1], torch.log_softmax(expected, -1))
     with pytest.raises(ValueError, match="divisible"):
         comp.attention_scores(rand(2, 5, 7), rand(2, 5, 7), heads=3)
 
@@ -72,12 +73,12 @@ def test_abf_fuses_top_down_and_reaches_teacher_shapes() -> None:
     assert deep.att_conv is None and shallow.att_conv is not None
     # the deepest level: conv1, resize (nearest) to the teacher's 2x2, conv2
     res = F.interpolate(deep.conv1(xs[1]), (2, 2), mode="nearest")
-    torch.testing.assert_close(outs[1], deep.conv2(res))
+    assert_close(outs[1], deep.conv2(res))
     # the shallow level fuses its own feature with the upsampled residual through attention
     x = shallow.conv1(xs[0])
     y = F.interpolate(res, (8, 8), mode="nearest")
     z = shallow.att_conv(torch.cat([x, y], 1))
-    torch.testing.assert_close(outs[0], shallow.conv2(x * z[:, :1] + y * z[:, 1:]))
+    assert_close(outs[0], shallow.conv2(x * z[:, :1] + y * z[:, 1:]))
 
 
 def test_abf_mid_channels_default_to_the_deepest_student_width() -> None:
@@ -109,9 +110,9 @@ def test_branches_and_gate_form_the_gated_ensemble() -> None:
     gate = comp.build_component("gate", [[x], [z0], zs], None, CTX).eval()
     (ens,) = gate([x], [z0], zs)
     g = gate.gate.weights(x)
-    torch.testing.assert_close(g.sum(1), torch.ones(4))
+    assert_close(g.sum(1), torch.ones(4))
     expected = g[:, :1] * z0 + g[:, 1:2] * zs[0] + g[:, 2:] * zs[1]
-    torch.testing.assert_close(ens, expected)
+    assert_close(ens, expected)
     with pytest.raises(AdapterShapeError, match="number of classes"):
         comp.build_component("branches", [[x]], None, comp.BuildContext(), n=2)
 
@@ -148,7 +149,7 @@ def test_crd_memory_moves_only_in_training_and_only_for_the_batch() -> None:
     crd([t], [s], env)
     moved = (crd.memory_s != before[0]).any(1)
     assert moved.nonzero().flatten().tolist() == [1, 5, 9, 60]
-    torch.testing.assert_close(crd.memory_s[env.index].norm(dim=1), torch.ones(4))
+    assert_close(crd.memory_s[env.index].norm(dim=1), torch.ones(4))
     assert (crd.z > 0).all()
 
 
@@ -170,7 +171,7 @@ def test_semckd_attention_over_teacher_layers_and_fixed_batch() -> None:
     loss = comp.build_learned_loss("semckd", ts, ss, CTX)
     att = loss.attention(ts, ss)
     assert att.shape == (8, 2, 3)
-    torch.testing.assert_close(att.sum(-1), torch.ones(8, 2))
+    assert_close(att.sum(-1), torch.ones(8, 2))
     value = loss(ts, ss)
     value.backward()
     assert all(p.grad is not None for p in loss.parameters())

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tolerance import assert_close
 from torch import nn
 
 from kdspec.ops import losses as L
@@ -108,7 +109,7 @@ def test_regressor_branches_match_repdistiller_convreg() -> None:
 
 def test_embed_outputs_unit_vectors() -> None:
     out = run(build_adapter("embed", (3, 4, 4), None), (3, 4, 4))
-    torch.testing.assert_close(out.norm(dim=1), torch.ones(B))
+    assert_close(out.norm(dim=1), torch.ones(B))
 
 
 def test_conv_bn_resizes_then_projects() -> None:
@@ -116,7 +117,7 @@ def test_conv_bn_resizes_then_projects() -> None:
     x = torch.randn(B, 4, 8, 8)
     conv, bn = module[1], module[2]
     pooled = x.reshape(B, 4, 4, 2, 4, 2).mean(dim=(3, 5))
-    torch.testing.assert_close(module(x), bn(conv(pooled)))
+    assert_close(module(x), bn(conv(pooled)))
 
 
 def test_vid_regressor_returns_mean_and_variance() -> None:
@@ -126,7 +127,7 @@ def test_vid_regressor_returns_mean_and_variance() -> None:
     mu, var = module(x)
     assert mu.shape == (B, 6, 4, 4)
     assert var.shape == (1, 6, 1, 1)
-    torch.testing.assert_close(var, torch.full((1, 6, 1, 1), 5.0))
+    assert_close(var, torch.full((1, 6, 1, 1), 5.0))
     convs = [m for m in module.regressor if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [6, 6, 6]
     assert all(c.bias is None for c in convs)
@@ -137,7 +138,7 @@ def test_vid_regressor_returns_mean_and_variance() -> None:
     assert math.isfinite(loss.item())
     custom = build_adapter("vid_regressor", (4, 8, 8), (6, 8, 8), mid=3, init_pred_var=2.0)
     assert isinstance(custom, VIDRegressor)
-    torch.testing.assert_close(custom(torch.randn(B, 4, 8, 8))[1], torch.full((1, 6, 1, 1), 2.0))
+    assert_close(custom(torch.randn(B, 4, 8, 8))[1], torch.full((1, 6, 1, 1), 2.0))
 
 
 def test_adapters_run_in_float64() -> None:

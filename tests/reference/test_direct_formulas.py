@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerance import assert_close
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 MANIFEST = json.loads((GOLDEN_DIR / "MANIFEST.json").read_text())
 CASES = sorted(c["case"] for c in MANIFEST["cases"])
-RTOL = 1e-6
 
 Tensor = torch.Tensor
 
@@ -326,17 +326,6 @@ FORMULAS: dict[str, Callable[[dict, dict], Tensor]] = {
 # ----------------------------------------------------------------------------- tests
 
 
-def assert_rel_close(actual: Tensor, expected: Tensor, what: str) -> None:
-    scale = float(expected.abs().max()) if expected.numel() else 0.0
-    torch.testing.assert_close(
-        actual,
-        expected,
-        rtol=RTOL,
-        atol=RTOL * scale + 1e-300,
-        msg=lambda m: f"{what}: {m}",
-    )
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_direct_formula_matches_golden(case: str) -> None:
     g = load(case)
@@ -347,11 +336,11 @@ def test_direct_formula_matches_golden(case: str) -> None:
     }
     loss = formula(g, x)
     assert loss.dim() == 0 and loss.dtype == torch.float64
-    assert_rel_close(loss.detach(), g["loss"], f"{case} loss")
+    assert_close(loss.detach(), g["loss"], what=f"{case} loss")
     names = sorted(g["grads"])
     grads = torch.autograd.grad(loss, [x[n] for n in names])
     for n, grad in zip(names, grads, strict=True):
-        assert_rel_close(grad, g["grads"][n], f"{case} d/d{n}")
+        assert_close(grad, g["grads"][n], what=f"{case} d/d{n}")
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.startswith("crd")])
@@ -359,10 +348,10 @@ def test_crd_memory_update_matches_golden(case: str) -> None:
     g = load(case)
     _, new = crd_forward(g, dict(g["inputs"]))
     st = g["state"]
-    assert_rel_close(new["memory_v1"], st["memory_v1_after"], f"{case} memory_v1")
-    assert_rel_close(new["memory_v2"], st["memory_v2_after"], f"{case} memory_v2")
+    assert_close(new["memory_v1"], st["memory_v1_after"], what=f"{case} memory_v1")
+    assert_close(new["memory_v2"], st["memory_v2_after"], what=f"{case} memory_v2")
     z = torch.tensor(new["z"], dtype=torch.float64)
-    assert_rel_close(z, st["params_after"][2:4], f"{case} Z constants")
+    assert_close(z, st["params_after"][2:4], what=f"{case} Z constants")
     # untouched rows stay bit-identical
     touched = torch.zeros(st["memory_v1_init"].shape[0], dtype=torch.bool)
     touched[g["inputs"]["pos_idx"]] = True
@@ -377,7 +366,7 @@ def test_kd_alpha0_equals_soft_only_formula() -> None:
     temp = g["kwargs"]["temperature"]
     p_t = torch.softmax(t / temp, dim=1)
     bare_kl = (p_t * (p_t.log() - torch.log_softmax(s / temp, dim=1))).sum() / s.shape[0]
-    assert_rel_close(g["loss"], bare_kl, "kd_alpha0")
+    assert_close(g["loss"], bare_kl, what="kd_alpha0")
 
 
 def test_every_class_has_a_formula() -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import torch
+from tolerance import assert_close
 from torch import nn
 
 from kdspec.api import load_method
@@ -34,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 MANIFEST = json.loads((GOLDEN_DIR / "MANIFEST.json").read_text())
-RTOL = 1e-6
 
 Tensor = torch.Tensor
 
@@ -52,11 +52,7 @@ def leaves(g: dict[str, Any]) -> dict[str, Tensor]:
 
 
 def assert_rel_close(actual: Tensor, expected: Tensor, what: str) -> None:
-    expected = expected.to(actual.dtype).reshape(actual.shape)
-    scale = float(expected.abs().max()) if expected.numel() else 0.0
-    torch.testing.assert_close(
-        actual, expected, rtol=RTOL, atol=RTOL * scale + 1e-300, msg=lambda m: f"{what}: {m}"
-    )
+    assert_close(actual, expected.reshape(actual.shape), what=what)
 
 
 def check(loss: Tensor, g: dict[str, Any], x: dict[str, Tensor], case: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerance import assert_close
 
 from kdspec.diagnostics import KdError, render_many
 from kdspec.runtime import default_run, load_run, parse_run
@@ -167,7 +168,9 @@ def test_hf_source_must_be_local() -> None:
     assert "never downloads" in (info.value.diagnostics[0].help or "")
 
 
-def test_import_needs_permission() -> None:
+def test_import_needs_permission(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("KDSPEC_ALLOW_IMPORT", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     source = "import:kdspec.zoo.small:cnn_tiny"
     run = _run_with(f's = "{source}"')
     with pytest.raises(KdError) as info:
@@ -175,20 +178,19 @@ def test_import_needs_permission() -> None:
     (diag,) = info.value.diagnostics
     assert diag.code == "KD406"
     assert "--allow-import kdspec" in (diag.help or "")
-    # Allowed from the command line ...
+    # Allowed from the command line; a prefix that is not a package boundary does not count.
     model = build_model_from_source("s", source, 10, 1, run, allow_import=["kdspec.zoo"])
     assert model(torch.randn(1, 1, 8, 8)).shape == (1, 10)
-    # ... or from the run file; a prefix that is not a package boundary does not count.
-    allowed = _run_with(f's = "{source}"', top='allow_import = ["kdspec"]')
-    assert build_model_from_source("s", source, 10, 1, allowed) is not None
     with pytest.raises(KdError):
         build_model_from_source("s", source, 10, 1, run, allow_import=["kdsp"])
 
 
 def test_import_of_a_missing_factory_is_kd404() -> None:
-    run = _run_with('s = "import:kdspec.zoo.small:cnn_tiiny"', top='allow_import = ["kdspec"]')
+    run = _run_with('s = "import:kdspec.zoo.small:cnn_tiiny"')
     with pytest.raises(KdError) as info:
-        build_model_from_source("s", "import:kdspec.zoo.small:cnn_tiiny", 10, 1, run)
+        build_model_from_source(
+            "s", "import:kdspec.zoo.small:cnn_tiiny", 10, 1, run, allow_import=["kdspec"]
+        )
     assert info.value.diagnostics[0].code == "KD404"
     assert "`cnn_tiny`" in (info.value.diagnostics[0].help or "")
 
@@ -219,7 +221,7 @@ def test_good_checkpoint_loads(tmp_path: Path, wrap: str) -> None:
     dst = build_model("cnn_tiny", 10, 1)
     load_weights(dst, "s", "s.pt", run)
     for k, v in dst.state_dict().items():
-        torch.testing.assert_close(v, state[k])
+        assert_close(v, state[k])
 
 
 def test_corrupt_checkpoint_is_kd405(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from taxonomy_cases import (
 
 from kdspec.cli.main import main
 from kdspec.taxonomy.classify import DIMENSIONS
-from kdspec.taxonomy.vocab import CLAIM_DIMENSIONS
+from kdspec.vocabulary import CLAIM_DIMENSIONS
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,9 @@ def test_stages_are_not_the_scheme() -> None:
     c = classify_text(library_text("fitnets"))
     assert c.stages == "multi"
     assert c.scheme == ("offline",)
-    assert c["stages"].value.startswith("2: feature / trains student (partly) -> response")
+    assert c["stages"].value.startswith(
+        "2: feature / trains student+adapters (regressor) (partly) -> response"
+    )
 
 
 def test_data_dimension() -> None:
@@ -330,7 +332,8 @@ def test_legend() -> None:
         "scheme: offline",
         "knowledge: response (soft targets); feature (raw features)",
         "topology: single_teacher (1 teacher; 1 student)",
-        "stages: 2: feature / trains student (partly) -> response+labels / trains student",
+        "stages: 2: feature / trains student+adapters (regressor) (partly) -> response+labels / "
+        "trains student",
     ]
 
 
@@ -411,3 +414,14 @@ def test_renaming_and_reordering_keep_the_classification(
     text = _SPECS[key]
     changed = rename_and_reorder(text, new_names, order)
     assert classify_text(changed).labels() == classify_text(text).labels()
+
+
+def test_ft_first_stage_trains_the_paraphraser_not_nothing() -> None:
+    """Issue 10: FT's first stage trains its paraphraser; the frozen teacher learns nothing,
+    so the reconstruction term is no self-distillation."""
+    c = classify_text(library_text("ft"))
+    assert c["stages"].value.startswith(
+        "2: feature / trains adapters (paraphraser, paraphraser_decoder) -> "
+    )
+    assert c.scheme == ("offline",)
+    assert not any("teaches itself" in e.text for e in c["scheme"].evidence)

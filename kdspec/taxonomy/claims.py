@@ -5,7 +5,7 @@ from __future__ import annotations
 from kdspec.diagnostics import Diagnostic
 from kdspec.passes.context import PassContext
 from kdspec.taxonomy.classify import classify
-from kdspec.taxonomy.vocab import CLAIM_DIMENSIONS
+from kdspec.vocabulary import CLAIM_DIMENSIONS
 
 
 def _values(values: tuple[str, ...] | list[str]) -> str:

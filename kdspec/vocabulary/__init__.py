@@ -1,0 +1,38 @@
+"""The bottom layer of kdspec: what every function of the language is, as pure data.
+
+Nothing here imports anything above it (no ir, graph, passes, compiler, torch or lark), so
+every layer may read operator facts from one place. :mod:`kdspec.vocabulary.functions` is the
+table of named functions.
+"""
+
+from kdspec.vocabulary.functions import (
+    BATCH_RELATION_KINDS,
+    CLAIM_DIMENSIONS,
+    FUNCTIONS,
+    KINDS,
+    RAW_KINDS,
+    REQUIRED,
+    ROLE_KINDS,
+    TAP_IO,
+    TAP_POINTS,
+    TENSOR_KINDS,
+    Fn,
+    Param,
+    by_category,
+)
+
+__all__ = [
+    "BATCH_RELATION_KINDS",
+    "CLAIM_DIMENSIONS",
+    "FUNCTIONS",
+    "KINDS",
+    "RAW_KINDS",
+    "REQUIRED",
+    "ROLE_KINDS",
+    "TAP_IO",
+    "TAP_POINTS",
+    "TENSOR_KINDS",
+    "Fn",
+    "Param",
+    "by_category",
+]

@@ -1,0 +1,542 @@
+"""The vocabulary of the language: every function a spec may call, as a table.
+
+Each entry says what category it is (knowledge transform, adapter, loss, schedule, ...), which
+keyword parameters it takes with their defaults and constraints, and how it types knowledge:
+which kinds of knowledge it accepts and which kind it yields. The type checker pass, the
+compiler and ``kdspec explain`` all read this one table, so adding a function is one row here
+plus its implementation in :mod:`kdspec.ops`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Kinds of knowledge a value can carry. "features" is any raw tensor read at a tap.
+KINDS = (
+    "logits",
+    "embedding",
+    "features",
+    "distribution",
+    "attention",
+    "gram",
+    "similarity",
+    "distance",
+    "angle",
+    "channel_distribution",
+    "gaussian",
+    "scalar",
+)
+TENSOR_KINDS = frozenset(KINDS) - {"scalar"}
+# Raw tensors may be matched with each other even if read at different kinds of tap
+# (an embedding against a feature map pooled to a vector is still a feature match).
+RAW_KINDS = frozenset({"logits", "embedding", "features"})
+# Kinds whose value is a [B, B] relation between the samples of a batch.
+BATCH_RELATION_KINDS = frozenset({"similarity", "distance"})
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """A keyword parameter: default (REQUIRED if none) and a constraint for KD205."""
+
+    default: object = REQUIRED
+    check: str | None = None  # "positive" | "nonneg" | "unit" (0..1) | "int" | "posint"
+
+
+@dataclass(frozen=True)
+class Fn:
+    """One function of the language.
+
+    Attributes:
+        category: transform | adapter | loss | schedule | combine | role_init | view | subset
+            | mapping.
+        params: keyword parameters (positional arguments fill them in order after the inputs).
+        inputs: number of tensor inputs (``-1`` variadic; transforms used as a knowledge
+            pipeline get their input implicitly).
+        accepts: kinds of knowledge accepted (empty: anything tensor-like).
+        returns: the kind produced; ``"same"`` keeps the input's kind.
+        needs_labels: uses the batch's labels (DKD parts, virtual teachers).
+        learned: has trainable parameters (adapters, learned losses).
+        family: loss family, or the knowledge family a transform belongs to (for taxonomy).
+        doc: one line for ``kdspec explain`` and docs.
+    """
+
+    category: str
+    params: dict[str, Param] = field(default_factory=dict)
+    inputs: int = 1
+    accepts: frozenset[str] = frozenset()
+    returns: str = "same"
+    needs_labels: bool = False
+    learned: bool = False
+    family: str = ""
+    doc: str = ""
+    teacher_accepts: frozenset[str] | None = None  # losses whose sides differ (VID)
+
+
+def _p(**params: object) -> dict[str, Param]:
+    out: dict[str, Param] = {}
+    for name, spec in params.items():
+        if isinstance(spec, tuple):
+            out[name] = Param(spec[0], spec[1])
+        else:
+            out[name] = Param(spec)
+    return out
+
+
+_FEATURE_LIKE = frozenset({"features", "embedding", "logits"})
+
+FUNCTIONS: dict[str, Fn] = {
+    # --- knowledge transforms -------------------------------------------------------------
+    "softmax": Fn(
+        "transform",
+        _p(T=(1.0, "positive")),
+        returns="distribution",
+        accepts=_FEATURE_LIKE,
+        family="soft targets",
+        doc="temperature softmax over classes (carried as log-probabilities)",
+    ),
+    "log_softmax": Fn(
+        "transform",
+        _p(T=(1.0, "positive")),
+        accepts=_FEATURE_LIKE,
+        family="soft targets",
+        doc="log-softmax with temperature, a plain tensor",
+    ),
+    "zscore": Fn(
+        "transform",
+        _p(eps=(1e-7, "nonneg")),
+        family="standardised logits",
+        doc="z-score standardisation along the last axis",
+    ),
+    "attention": Fn(
+        "transform",
+        _p(p=(2.0, "positive")),
+        accepts=_FEATURE_LIKE,
+        returns="attention",
+        family="attention map",
+        doc="spatial attention map: mean_c |x|^p, flattened, L2-normalised",
+    ),
+    "normalize": Fn("transform", _p(p=(2.0, "positive")), doc="Lp normalisation per sample"),
+    "flatten": Fn("transform", doc="flatten all but the batch axis"),
+    "pool": Fn("transform", _p(size=(1, "posint")), doc="adaptive average pooling"),
+    "interpolate": Fn("transform", _p(size=REQUIRED), doc="bilinear resize to a spatial size"),
+    "gram": Fn(
+        "transform",
+        accepts=_FEATURE_LIKE,
+        returns="gram",
+        family="gram",
+        doc="channel Gram matrix F Fᵀ / HW per sample",
+    ),
+    "fsp": Fn(
+        "transform",
+        _p(pool="avg"),
+        inputs=2,
+        accepts=_FEATURE_LIKE,
+        returns="gram",
+        family="fsp",
+        doc="flow of solution procedure: Gram matrix between two layers",
+    ),
+    "similarity": Fn(
+        "transform",
+        _p(p=(2.0, "positive")),
+        accepts=_FEATURE_LIKE,
+        returns="similarity",
+        family="sample similarity",
+        doc="batch similarity matrix x xᵀ with normalised rows",
+    ),
+    "distances": Fn(
+        "transform",
+        _p(normalize=True),
+        accepts=_FEATURE_LIKE,
+        returns="distance",
+        family="sample distance",
+        doc="pairwise distances between samples, divided by their mean",
+    ),
+    "angles": Fn(
+        "transform",
+        accepts=_FEATURE_LIKE,
+        returns="angle",
+        family="sample angle",
+        doc="cosines of the angles formed by sample triplets",
+    ),
+    "pkt_affinity": Fn(
+        "transform",
+        _p(eps=(1e-7, "nonneg")),
+        accepts=_FEATURE_LIKE,
+        returns="distribution",
+        family="sample similarity distribution",
+        doc="cosine affinities between samples as conditional probabilities",
+    ),
+    "channel_dist": Fn(
+        "transform",
+        accepts=_FEATURE_LIKE,
+        returns="channel_distribution",
+        family="neuron selectivity",
+        doc="each channel's spatial activation pattern, L2-normalised",
+    ),
+    "binary_target": Fn(
+        "transform",
+        _p(T=(1.0, "positive")),
+        accepts=_FEATURE_LIKE,
+        returns="distribution",
+        needs_labels=True,
+        family="target class",
+        doc="DKD: [p_target, 1 - p_target]",
+    ),
+    "non_target": Fn(
+        "transform",
+        _p(T=(1.0, "positive")),
+        accepts=_FEATURE_LIKE,
+        returns="distribution",
+        needs_labels=True,
+        family="non-target classes",
+        doc="DKD: distribution over the non-target classes",
+    ),
+    "binarize": Fn(
+        "transform",
+        accepts=_FEATURE_LIKE,
+        family="activation boundary",
+        doc="1 where the pre-activation is positive, else 0",
+    ),
+    "margin_relu": Fn(
+        "transform",
+        accepts=_FEATURE_LIKE,
+        family="margin ReLU",
+        doc="OFD teacher transform: max(x, m) with m from batch-norm statistics",
+    ),
+    "mask": Fn(
+        "transform",
+        _p(ratio=(0.5, "unit"), mode="channel"),
+        family="masked features",
+        doc="MGD: randomly zero channels (or positions)",
+    ),
+    "resize": Fn(
+        "transform",
+        accepts=_FEATURE_LIKE,
+        doc="pool or interpolate a feature map to the other side's spatial size",
+    ),
+    "stopgrad": Fn("transform", doc="stop the gradient (detach)"),
+    "exp": Fn("transform", returns="features", doc="probabilities from a distribution"),
+    # --- combining several roles or values -------------------------------------------------
+    "mean": Fn(
+        "combine",
+        _p(weights=None),
+        inputs=-1,
+        doc="(weighted) mean; of distributions, the mean of the probabilities",
+    ),
+    "weighted": Fn("combine", _p(weights=REQUIRED), inputs=-1, doc="weighted mean"),
+    # --- adapters (learned, sized by shape inference) --------------------------------------
+    "conv1x1": Fn("adapter", learned=True, family="conv", doc="1x1 convolution"),
+    "conv_bn": Fn("adapter", learned=True, family="conv", doc="1x1 convolution + batch norm"),
+    "regressor": Fn(
+        "adapter",
+        learned=True,
+        family="conv",
+        doc="FitNets convolutional regressor to the teacher's shape",
+    ),
+    "linear": Fn("adapter", _p(dim=None), learned=True, family="linear", doc="linear map"),
+    "mlp": Fn(
+        "adapter", _p(hidden=None, dim=None), learned=True, family="mlp", doc="two-layer perceptron"
+    ),
+    "embed": Fn(
+        "adapter",
+        _p(dim=(128, "posint")),
+        learned=True,
+        returns="embedding",
+        family="linear",
+        doc="CRD: linear embedding to dim, L2-normalised",
+    ),
+    "classifier_head": Fn(
+        "adapter",
+        learned=True,
+        returns="logits",
+        family="head",
+        doc="auxiliary classifier (exit) on an intermediate feature",
+    ),
+    "vid_regressor": Fn(
+        "adapter",
+        _p(init_pred_var=(5.0, "positive")),
+        learned=True,
+        returns="gaussian",
+        family="conv",
+        doc="VID: predicts a Gaussian (mean, variance) of the teacher feature",
+    ),
+    "identity": Fn("adapter", doc="no adapter"),
+    # --- losses ------------------------------------------------------------------------------
+    "kl": Fn(
+        "loss",
+        _p(reduction="batchmean", eps=(0.0, "nonneg")),
+        inputs=2,
+        accepts=frozenset({"distribution"}),
+        family="divergence",
+        doc="Kullback-Leibler divergence KL(teacher || student)",
+    ),
+    "soft_ce": Fn(
+        "loss",
+        _p(reduction="batchmean"),
+        inputs=2,
+        accepts=frozenset({"distribution"}),
+        family="divergence",
+        doc="cross-entropy against the teacher's distribution",
+    ),
+    "cross_entropy": Fn(
+        "loss",
+        _p(label_smoothing=(0.0, "unit")),
+        inputs=1,
+        accepts=frozenset({"logits"}),
+        family="supervised",
+        doc="cross-entropy with the ground-truth labels",
+    ),
+    "mse": Fn("loss", _p(reduction="mean"), inputs=2, family="L2", doc="mean squared error"),
+    "l1": Fn("loss", _p(reduction="mean"), inputs=2, family="L1", doc="mean absolute error"),
+    "smooth_l1": Fn(
+        "loss",
+        _p(beta=(1.0, "positive"), reduction="mean"),
+        inputs=2,
+        family="Huber",
+        doc="Huber / smooth L1",
+    ),
+    "cosine": Fn("loss", inputs=2, family="cosine", doc="1 - cosine similarity"),
+    "lp": Fn(
+        "loss",
+        _p(p=(2.0, "positive"), dim=None, squared=True, reduction="batchmean"),
+        inputs=2,
+        family="L2",
+        doc="Lp norm of the difference",
+    ),
+    "frobenius": Fn("loss", inputs=2, family="L2", doc="squared Frobenius norm"),
+    "mmd": Fn(
+        "loss",
+        _p(kernel="poly", gamma=(1.0, "positive")),
+        inputs=2,
+        accepts=frozenset({"channel_distribution"}),
+        family="MMD",
+        doc="maximum mean discrepancy between channel distributions",
+    ),
+    "pearson": Fn(
+        "loss",
+        _p(dim=(1, "int"), eps=(1e-8, "nonneg")),
+        inputs=2,
+        accepts=frozenset({"distribution"}),
+        family="correlation",
+        doc="1 - Pearson correlation (DIST)",
+    ),
+    "ab_hinge": Fn(
+        "loss",
+        _p(margin=(1.0, "nonneg"), reduction="batchmean"),
+        inputs=2,
+        accepts=_FEATURE_LIKE,
+        family="hinge",
+        doc="activation-boundary hinge (AB)",
+    ),
+    "partial_l2": Fn(
+        "loss",
+        inputs=2,
+        accepts=_FEATURE_LIKE,
+        family="L2",
+        doc="OFD partial L2: skips positions where the student is below a negative teacher",
+    ),
+    "gaussian_nll": Fn(
+        "loss",
+        inputs=2,
+        accepts=frozenset({"gaussian"}),
+        teacher_accepts=_FEATURE_LIKE,
+        family="variational",
+        doc="VID: negative log-likelihood of the teacher under the student's Gaussian",
+    ),
+    "hcl": Fn(
+        "loss",
+        inputs=2,
+        accepts=_FEATURE_LIKE,
+        family="L2",
+        doc="ReviewKD hierarchical context loss (MSE over a spatial pyramid)",
+    ),
+    "info_nce": Fn(
+        "loss",
+        _p(T=(0.07, "positive")),
+        inputs=2,
+        family="contrastive",
+        doc="in-batch contrastive (InfoNCE) loss",
+    ),
+    # --- schedules (in weight expressions) -------------------------------------------------
+    "warmup": Fn(
+        "schedule",
+        _p(epochs=(1, "positive")),
+        inputs=0,
+        doc="linear warm-up from 0 to 1 over the first epochs of the stage",
+    ),
+    "ramp": Fn(
+        "schedule", _p(start=0.0, end=1.0), inputs=0, doc="linear from start to end over the stage"
+    ),
+    "cosine_schedule": Fn(
+        "schedule", _p(start=1.0, end=0.0), inputs=0, doc="cosine from start to end over the stage"
+    ),
+    "step": Fn(
+        "schedule",
+        _p(every=(1, "positive"), gamma=(0.1, "nonneg")),
+        inputs=0,
+        doc="multiply by gamma every n epochs",
+    ),
+    "anneal": Fn(
+        "schedule",
+        _p(start=1.0, end=0.0),
+        inputs=0,
+        doc="linear annealing from start to end over the stage (FitNets' λ)",
+    ),
+    # --- role initialisers -----------------------------------------------------------------
+    "ema": Fn(
+        "role_init",
+        _p(decay=(0.999, "unit")),
+        inputs=1,
+        doc="exponential moving average of another role's weights",
+    ),
+    "virtual": Fn(
+        "role_init",
+        _p(correct=(0.9, "unit")),
+        inputs=0,
+        needs_labels=True,
+        doc="a hand-designed teacher: `correct` on the true class, uniform elsewhere",
+    ),
+    "snapshot": Fn(
+        "role_init", inputs=1, doc="a frozen copy of another role, taken at a stage boundary"
+    ),
+    # --- data views and subsets ------------------------------------------------------------
+    "gaussian_noise": Fn(
+        "view", _p(std=(0.1, "nonneg")), inputs=0, doc="add Gaussian noise to the input"
+    ),
+    "augment": Fn(
+        "view",
+        _p(strength=(1.0, "nonneg")),
+        inputs=0,
+        doc="random shifts and noise (bound to a real augmentation by the run)",
+    ),
+    "same_class": Fn("view", inputs=0, doc="another sample of the same class (CS-KD pairs)"),
+    "clean": Fn("view", inputs=0, doc="the data as is"),
+    "exclude_classes": Fn("subset", inputs=-1, doc="the training data without some classes"),
+    "only_classes": Fn("subset", inputs=-1, doc="the training data of some classes only"),
+    "fraction": Fn(
+        "subset",
+        _p(p=(0.1, "unit")),
+        inputs=0,
+        doc="a fixed random fraction (e.g. the labelled part)",
+    ),
+    # --- layer mapping rules (teacher and student of different depth) ----------------------
+    "one_to_one": Fn("mapping", inputs=0, doc="pair layers in order (lengths must match)"),
+    "uniform": Fn(
+        "mapping",
+        inputs=0,
+        doc="student layer i takes teacher layer round((i+1)·n_t/n_s)-1 (uniform skip)",
+    ),
+    "last": Fn("mapping", inputs=0, doc="pair the last layers of the longer side"),
+    "first": Fn("mapping", inputs=0, doc="pair the first layers of the longer side"),
+    "all_pairs": Fn("mapping", inputs=0, doc="every student layer with every teacher layer"),
+    # --- method components (kdspec.ops.components) -----------------------------------------
+    "token": Fn(
+        "transform",
+        _p(index=(0, "int")),
+        accepts=_FEATURE_LIKE,
+        family="token",
+        doc="one token of [B, L, D] token features (0: BERT's [CLS])",
+    ),
+    "rows": Fn("transform", doc="every row a sample: [..., D] -> [N, D] (per-token losses)"),
+    "token_relation": Fn(
+        "transform",
+        _p(heads=(12, "posint")),
+        inputs=2,
+        accepts=_FEATURE_LIKE,
+        returns="distribution",
+        family="self-attention relation",
+        doc="MiniLM: per-head softmax(a bᵀ/√d) of token features (queries·keys, values·values)",
+    ),
+    "attention_scores": Fn(
+        "transform",
+        _p(heads=(12, "posint")),
+        inputs=2,
+        accepts=_FEATURE_LIKE,
+        returns="attention",
+        family="attention scores",
+        doc="TinyBERT: unnormalised per-head attention scores a bᵀ/√d (queries·keys)",
+    ),
+    "abf": Fn(
+        "adapter",
+        _p(mid=None),
+        learned=True,
+        family="review fusion",
+        doc="ReviewKD: attention-based fusion of each student level with the deeper ones (ABF)",
+    ),
+    "paraphraser": Fn(
+        "adapter",
+        _p(rate=(0.5, "positive")),
+        learned=True,
+        family="paraphraser",
+        doc="FT: paraphraser encoder, teacher feature -> factor with rate·C channels",
+    ),
+    "paraphraser_decoder": Fn(
+        "adapter",
+        learned=True,
+        family="paraphraser",
+        doc="FT: paraphraser decoder, reconstructs the teacher feature from its factor",
+    ),
+    "translator": Fn(
+        "adapter",
+        learned=True,
+        family="translator",
+        doc="FT: translator, student feature -> the teacher factor's shape",
+    ),
+    "branches": Fn(
+        "adapter",
+        _p(n=(2, "posint"), width=None),
+        learned=True,
+        returns="logits",
+        family="head",
+        doc="ONE: n new branches (conv blocks + classifier) on a shared trunk feature",
+    ),
+    "gate": Fn(
+        "adapter",
+        inputs=-1,
+        learned=True,
+        returns="logits",
+        family="gate",
+        doc="ONE: gated ensemble sum_i g_i(x) z_i of branch logits, g from the trunk feature x",
+    ),
+    "generator": Fn(
+        "adapter",
+        learned=True,
+        family="generator",
+        doc="MGD: generation block (conv3x3-ReLU-conv3x3) to the teacher's channels",
+    ),
+    "crd_nce": Fn(
+        "loss",
+        _p(k=(16384, "posint"), T=(0.07, "positive"), momentum=(0.5, "unit")),
+        inputs=2,
+        learned=True,
+        accepts=frozenset({"embedding"}),
+        family="contrastive",
+        doc="CRD: NCE against memory banks of every training sample's embeddings (needs indices)",
+    ),
+    "semckd": Fn(
+        "loss",
+        _p(factor=(4, "posint")),
+        inputs=2,
+        learned=True,
+        accepts=_FEATURE_LIKE,
+        family="L2",
+        doc="SemCKD: every student layer to every teacher layer, weighed by learned attention",
+    ),
+}
+
+ROLE_KINDS = ("teacher", "student", "assistant", "peer")
+TAP_POINTS = ("logits", "embedding", "input", "output", "stage")
+TAP_IO = ("output", "input", "preact")
+CLAIM_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "scheme": ("offline", "online", "self"),
+    "knowledge": ("response", "feature", "relation"),
+    "topology": ("single_teacher", "multi_teacher", "chain", "mutual", "self"),
+    "stages": ("single", "multi"),
+}
+
+
+def by_category(category: str) -> list[str]:
+    """Names of the functions of one category, sorted."""
+    return sorted(name for name, fn in FUNCTIONS.items() if fn.category == category)
