@@ -137,8 +137,13 @@ def _out_dir(args: argparse.Namespace, method: str) -> Path:
     return base / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
+def _value_text(metric: str) -> Any:
+    digits = 4 if metric == "teacher_cosine" else 2
+    return lambda x: "-" if x is None else f"{x:.{digits}f}"
+
+
+def _delta(metric: str, d: float) -> str:
+    return f"{d:+.4f}" if metric == "teacher_cosine" else f"{d:+.2f}"
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
@@ -170,21 +175,33 @@ def run(args: argparse.Namespace) -> int:
     cfg = run_cfg.config
     summary = result.summary
     rows: list[list[str]] = []
+    metric = cfg.train.metric
+    value_of = _value_text(metric)
     for role, info in prep.teachers.items():
-        rows.append([f"teacher {role}", info["source"], _pct(info.get("test_top1"))])
+        rows.append([f"teacher {role}", info["source"], value_of(info.get(f"test_{metric}"))])
     brole = baseline_role(lowered.method)
-    base_top1 = None
+    base_value = None
     if base is not None and brole is not None:
-        base_top1 = base.summary["reported_test_top1"].get(brole.name)
-        rows.append([f"{brole.name} alone", prep.sources[brole.name], _pct(base_top1)])
+        base_value = base.summary["reported_test"].get(brole.name)
+        rows.append([f"{brole.name} alone", prep.sources[brole.name], value_of(base_value)])
     elif brole is not None:
         rows.append([f"{brole.name} alone", prep.sources[brole.name], "not trained (--baseline)"])
-    for role, top1 in summary["reported_test_top1"].items():
+    for role, value in summary["reported_test"].items():
         delta = ""
-        if base_top1 is not None and top1 is not None and brole is not None and role == brole.name:
-            delta = f"{top1 - base_top1:+.2f}"
+        if (
+            base_value is not None
+            and value is not None
+            and brole is not None
+            and role == brole.name
+        ):
+            delta = _delta(metric, value - base_value)
         rows.append(
-            [f"{role} distilled ({method})", prep.sources.get(role, "(copy)"), _pct(top1), delta]
+            [
+                f"{role} distilled ({method})",
+                prep.sources.get(role, "(copy)"),
+                value_of(value),
+                delta,
+            ]
         )
     for r in rows:
         r.extend([""] * (4 - len(r)))
@@ -195,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
         f"{method} on {data}: seed {cfg.train.seed}, {cfg.train.epochs} epochs, "
         f"{summary['eval_protocol']['description']}"
     )
-    print(format_table(rows, ["model", "source", "test top-1 (%)", "vs alone"]))
+    label = summary["metric"]["label"]
+    print(format_table(rows, ["model", "source", f"test {label}", "vs alone"]))
     for role, info in prep.teachers.items():
         if "cache" in info:
             how = "reused from" if info.get("reused") else "pre-trained now, cached in"

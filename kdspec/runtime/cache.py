@@ -93,6 +93,7 @@ def teacher_key_fields(
     from kdspec.zoo import ZOO_VERSION
 
     recipe = teacher.model_dump()
+    recipe.pop("metric", None)  # always top-1 for a teacher: not part of the key
     recipe["seed"] = seed
     recipe["exclude_classes"] = sorted(recipe["exclude_classes"])
     fields = {
@@ -337,11 +338,14 @@ def _recheck(
     return None
 
 
-def teacher_test_top1(model: nn.Module, data: RunData, batch_size: int = 512) -> float | None:
-    """Test top-1 (%) of a teacher on the run's test split (None without test data)."""
+def teacher_test_top1(
+    model: nn.Module, data: RunData, batch_size: int = 512, metric: str = "top1"
+) -> float | None:
+    """Test top-1 (%), or another ``metric``, of a teacher on the run's test split (None
+    without test data)."""
     test = data.splits.test
     if len(test) == 0:  # type: ignore[arg-type]
         return None
     return evaluate_model(model, eval_loader(test, batch_size), next(model.parameters()).device)[
-        "top1"
+        metric
     ]

@@ -29,6 +29,7 @@ from kdspec.runtime.job import (
     prepare,
     train_baseline,
 )
+from kdspec.runtime.metrics import METRICS
 from kdspec.runtime.plots import plot_compare
 from kdspec.runtime.runfile import Run
 from kdspec.runtime.stats import mean_std, paired_difference, t_quantile
@@ -75,8 +76,8 @@ def _cell(
             cell = json.loads(path.read_text())
         except ValueError:
             cell = None
-        if cell is not None and cell.get("key") == key:
-            log(f"{name} seed {seed}: done earlier ({cell['test_top1']:.2f}%), not recomputed")
+        if cell is not None and cell.get("key") == key and "value" in cell:
+            log(f"{name} seed {seed}: done earlier ({cell['value']:.4g}), not recomputed")
             return cell
         log(f"{name} seed {seed}: stored cell has other settings; recomputing")
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -92,6 +93,8 @@ def _cell(
         "source": summary.get("models", {}).get(role),
         "teachers": summary.get("teachers", {}),
         "test_top1": summary["reported_test_top1"][role],
+        "metric": summary["metric"]["name"],
+        "value": summary["reported_test"][role],
         "final": summary["final"][role],
         "best_val": summary["best_val"][role],
         "eval_protocol": summary["eval_protocol"],
@@ -170,8 +173,10 @@ def compare(
         baseline_source = prep.sources.get(role.name) if role else None
     rows = _rows([BASELINE, *names], cells, seeds)
     protocol = cells[0]["eval_protocol"]["description"] if cells else ""
+    metric = METRICS[run.config.train.metric]
     results = {
         "seeds": list(seeds),
+        "metric": {"name": metric.name, "label": metric.label},
         "eval_protocol": protocol,
         "confidence": "95% t-interval of the per-seed difference to the baseline (paired by seed)",
         "baseline": {"source": baseline_source},
@@ -191,7 +196,8 @@ def compare(
     plot_compare(
         [{"method": r["method"], "mean": r["mean"], "std": r["std"]} for r in rows],
         out / "compare.png",
-        title=f"{run.config.data.source}: test top-1 over {len(seeds)} seed(s)",
+        title=f"{run.config.data.source}: test {metric.label} over {len(seeds)} seed(s)",
+        ylabel=f"test {metric.label}",
     )
     return CompareResult(rows, cells, out, markdown)
 
@@ -210,7 +216,7 @@ def _unique_names(names: list[str]) -> list[str]:
 def _rows(
     names: list[str], cells: list[dict[str, Any]], seeds: Sequence[int]
 ) -> list[dict[str, Any]]:
-    by = {(c["method"], c["seed"]): c["test_top1"] for c in cells}
+    by = {(c["method"], c["seed"]): c["value"] for c in cells}
     base = [by[(BASELINE, s)] for s in seeds]
     rows = []
     for name in names:
@@ -267,6 +273,7 @@ def _markdown(
     command: str,
 ) -> str:
     cfg = run.config
+    label = METRICS[cfg.train.metric].label
     data = cfg.data.source + (
         f" (transfer set without classes {cfg.data.exclude_classes})"
         if cfg.data.exclude_classes
@@ -294,7 +301,7 @@ def _markdown(
         lines.append(f"- command: `{command}`")
     lines += [
         "",
-        "| method | n | test top-1 (%) mean ± std | Δ vs baseline (95% CI, paired t) | p |",
+        f"| method | n | test {label} mean ± std | Δ vs baseline (95% CI, paired t) | p |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
@@ -314,9 +321,9 @@ def _markdown(
     warnings = small_sample_warnings(rows, len(seeds))
     if warnings:
         lines += ["", *(f"> warning: {w}" for w in warnings)]
-    lines += ["", "Per seed (test top-1, %):", ""]
+    lines += ["", f"Per seed (test {label}):", ""]
     lines.append("| method | " + " | ".join(f"seed {s}" for s in seeds) + " |")
     lines.append("|---|" + "---|" * len(seeds))
     for r in rows:
-        lines.append(f"| {r['method']} | " + " | ".join(f"{x:.2f}" for x in r["per_seed"]) + " |")
+        lines.append(f"| {r['method']} | " + " | ".join(f"{x:.4g}" for x in r["per_seed"]) + " |")
     return "\n".join(lines) + "\n"

@@ -31,6 +31,7 @@ from kdspec.ir import Lowered
 from kdspec.ir import models as ir
 from kdspec.runtime.cache import cache_root, get_teacher, teacher_test_top1
 from kdspec.runtime.data import RunData, build_data
+from kdspec.runtime.metrics import METRICS
 from kdspec.runtime.models import (
     brings_weights,
     build_model_from_source,
@@ -48,6 +49,7 @@ __all__ = [
     "distill",
     "model_roles",
     "prepare",
+    "reference_teacher",
     "train_baseline",
 ]
 
@@ -109,6 +111,18 @@ def _trained_somewhere(method: ir.Method) -> set[str]:
     return out
 
 
+def _teacher_roles(method: ir.Method) -> list[str]:
+    return [r.name for r in model_roles(method) if r.kind == "teacher"]
+
+
+def reference_teacher(prep: Prepared) -> nn.Module | None:
+    """The teacher that ``[train] metric = "teacher_cosine"`` compares with (the first one)."""
+    if not METRICS[prep.run.config.train.metric].needs_teacher:
+        return None
+    names = _teacher_roles(prep.lowered.method)
+    return prep.models[names[0]] if names else None
+
+
 def baseline_role(method: ir.Method) -> ir.Role | None:
     """The role a student-alone baseline trains: the first student, else peer, else assistant."""
     for kind in ("student", "peer", "assistant"):
@@ -158,6 +172,19 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
     """
     opts = opts or JobOptions()
     method = lowered.method
+    if METRICS[run.config.train.metric].needs_teacher and not _teacher_roles(method):
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD501",
+                    f'`[train] metric = "{run.config.train.metric}"` compares with a teacher, '
+                    f"and `{method.name}` has none",
+                    ("train", "metric"),
+                    label="no teacher to compare with",
+                    help="use `top1`, `top5` or `perplexity`",
+                )
+            ]
+        )
     data = build_data(run, opts.allow_import)
     seed = run.config.train.seed
     trained = _trained_somewhere(method)
@@ -230,10 +257,15 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
         checked = cached.metrics.get("checked_test_top1", cached.metrics.get("test_top1"))
         if checked is not None:
             teachers[role.name]["test_top1"] = checked
+    metric = run.config.train.metric
     for name, info in teachers.items():
         if "test_top1" not in info:
             info["test_top1"] = teacher_test_top1(
                 models[name], data, run.config.data.eval_batch_size
+            )
+        if metric not in ("top1", "teacher_cosine"):
+            info[f"test_{metric}"] = teacher_test_top1(
+                models[name], data, run.config.data.eval_batch_size, metric
             )
     return Prepared(lowered, run, data, models, sources, teachers)
 
@@ -314,6 +346,7 @@ def _train(
         device=opts.device,
         label=label,
         num_workers=cfg.data.num_workers,
+        reference=reference_teacher(prep),
     )
 
 

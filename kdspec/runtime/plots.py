@@ -64,13 +64,19 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
     return path
 
 
-def plot_compare(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Bar chart of mean test top-1 per method with ±std error bars.
+def plot_compare(
+    rows: list[dict[str, Any]],
+    path: str | Path,
+    title: str = "",
+    ylabel: str = "test top-1 (%)",
+) -> Path:
+    """Bar chart of the mean test metric per method with ±std error bars.
 
     Args:
         rows: ``{"method": str, "mean": float, "std": float}`` per method.
         path: Where to write the PNG.
         title: Figure title.
+        ylabel: The metric's label (a label ending in ``(%)`` keeps the axis within 0-100).
     """
     plt = _pyplot()
     path = Path(path)
@@ -82,11 +88,15 @@ def plot_compare(rows: list[dict[str, Any]], path: str | Path, title: str = "") 
         ax.bar(names, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
         low = min((m - s for m, s in zip(means, stds, strict=True)), default=0.0)
         high = max((m + s for m, s in zip(means, stds, strict=True)), default=100.0)
-        pad = max(1.0, 0.15 * (high - low))
-        ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
-        ax.set_ylabel("test top-1 (%)")
+        percent = ylabel.endswith("(%)")
+        pad = max(1.0 if percent else 0.05 * abs(high) + 1e-6, 0.15 * (high - low))
+        bottom, top = low - pad, high + pad
+        if percent:
+            bottom, top = max(0.0, bottom), min(100.0, top)
+        ax.set_ylim(bottom, top)
+        ax.set_ylabel(ylabel)
         for i, (m, s) in enumerate(zip(means, stds, strict=True)):
-            ax.text(i, m + s, f"{m:.2f}", ha="center", va="bottom", fontsize="small")
+            ax.text(i, m + s, f"{m:.4g}", ha="center", va="bottom", fontsize="small")
         if title:
             ax.set_title(title)
         fig.tight_layout()

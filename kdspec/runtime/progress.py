@@ -19,10 +19,14 @@ def _fmt_terms(values: dict[str, float], limit: int = 6) -> str:
 
 
 def _fmt_metrics(record: dict[str, Any]) -> str:
+    metric = record.get("metric", "top1")
     parts = []
     for split in ("val", "test"):
         for role, m in record.get(split, {}).items():
-            parts.append(f"{split} {role} {m['top1']:.2f}%")
+            if metric in ("top1", "top5"):
+                parts.append(f"{split} {role} {metric} {m[metric]:.2f}%")
+            elif metric in m:
+                parts.append(f"{split} {role} {metric} {m[metric]:.4g}")
     return "  ".join(parts)
 
 

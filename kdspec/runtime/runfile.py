@@ -103,7 +103,8 @@ class TrainConfig(_Section):
 
     ``milestones`` are epochs of the whole run; a method with several stages gets a fresh
     optimizer per stage, with the schedule compressed to the stage's length (see
-    :mod:`kdspec.runtime.trainer`).
+    :mod:`kdspec.runtime.trainer`). ``metric`` is what train, compare and the summary report
+    (and what ``eval = "best_val"`` selects by): see :mod:`kdspec.runtime.metrics`.
     """
 
     epochs: int = Field(20, ge=1)
@@ -120,6 +121,7 @@ class TrainConfig(_Section):
     amp: bool = False
     seed: int = 0
     eval: Literal["last", "best_val"] = "last"
+    metric: Literal["top1", "top5", "perplexity", "teacher_cosine"] = "top1"
 
 
 class TeacherConfig(TrainConfig):
@@ -131,6 +133,7 @@ class TeacherConfig(TrainConfig):
 
     exclude_classes: list[int] = Field(default_factory=list)
     pretrain: bool = True  # false: a frozen teacher must come with [weights] (else KD407)
+    metric: Literal["top1"] = "top1"  # a teacher is pre-trained and cached on top-1
 
 
 ParamValue = bool | int | float | str

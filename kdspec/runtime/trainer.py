@@ -41,14 +41,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdspec.compiler.taps import logits_of
 from kdspec.diagnostics import KdError, error
 from kdspec.ir.evaluate import Progress
 from kdspec.runtime.data import eval_loader, train_loader
+from kdspec.runtime.metrics import METRICS as METRIC_KINDS
+from kdspec.runtime.metrics import evaluate_logits
 from kdspec.runtime.runfile import TrainConfig
 
 __all__ = [
@@ -238,31 +238,17 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-@torch.no_grad()
 def evaluate_model(
-    model: nn.Module, loader: DataLoader[Any], device: torch.device
+    model: nn.Module,
+    loader: DataLoader[Any],
+    device: torch.device,
+    reference: nn.Module | None = None,
 ) -> dict[str, float]:
-    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
-
-    The model runs in eval mode; its (and its submodules') train/eval state is restored.
+    """Top-1/top-5 accuracy (%), mean cross-entropy and perplexity of ``model`` over
+    ``loader``, and its cosine to ``reference``'s logits when given (see
+    :mod:`kdspec.runtime.metrics`). Train/eval states are restored.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    correct, loss, n = 0, 0.0, 0
-    try:
-        for batch in loader:
-            x, y = _to(batch[0], device), _to(batch[1], device)
-            logits = logits_of(model(x))  # [B, K]
-            if logits is None:
-                raise TypeError("the model returned no logits")
-            logits = logits.float()
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            n += len(y)
-    finally:
-        for m, mode in modes:
-            m.train(mode)
-    return {"top1": 100.0 * correct / max(n, 1), "loss": loss / max(n, 1), "n": n}
+    return evaluate_logits(model, loader, device, _to, reference)
 
 
 @dataclass
@@ -341,13 +327,16 @@ def _non_finite(out: Any) -> str | None:
     return None
 
 
-def _update_best(best: dict[str, Any], record: dict[str, Any], roles: list[str]) -> None:
+def _update_best(
+    best: dict[str, Any], record: dict[str, Any], roles: list[str], metric: str = "top1"
+) -> None:
+    judge = METRIC_KINDS[metric]
     for role in roles:
         val = record["val"].get(role)
-        if val is None:
+        if val is None or metric not in val:
             continue
         old = best.get(role)
-        if old is None or val["top1"] > old["val"]["top1"]:
+        if old is None or judge.better(val[metric], old["val"][metric]):
             best[role] = {"epoch": record["epoch"], "val": val, "test": record["test"].get(role)}
 
 
@@ -367,6 +356,7 @@ def train(
     device: str | torch.device | None = None,
     label: str = "",
     num_workers: int = 0,
+    reference: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` through all its stages, writing metrics, checkpoints and a summary.
 
@@ -387,6 +377,7 @@ def train(
         device: Where to train (default: CUDA if available, else CPU).
         label: A name for progress output.
         num_workers: Data-loader worker processes (``[data] num_workers``).
+        reference: The teacher that ``teacher_cosine`` compares with (``[train] metric``).
 
     Returns:
         The records, the summary and the trained model.
@@ -401,6 +392,8 @@ def train(
     dev = torch.device(device) if device is not None else _default_device()
     use_amp = cfg.amp and dev.type == "cuda"
     model.to(dev)
+    if reference is not None:
+        reference.to(dev)
 
     loader = train_loader(train_set, batch_size, cfg.seed, num_workers)
     assert loader.generator is not None
@@ -558,13 +551,15 @@ def train(
                     }
                     for split, ev_loader in evals.items():
                         record[split] = {
-                            r: evaluate_model(model.roles[r], ev_loader, dev) for r in roles
+                            r: evaluate_model(model.roles[r], ev_loader, dev, reference)
+                            for r in roles
                         }
                     record.setdefault("val", {})
                     record.setdefault("test", {})
                     record["time_s"] = round(time.perf_counter() - started, 3)
                     records.append(record)
-                    _update_best(best, record, roles)
+                    record["metric"] = cfg.metric
+                    _update_best(best, record, roles, cfg.metric)
                     with (out / METRICS).open("a") as f:
                         f.write(json.dumps(record) + "\n")
                     _save_checkpoint(
@@ -660,8 +655,8 @@ def _save_checkpoint(
 
 
 _PROTOCOLS = {
-    "last": "test top-1 of the last epoch",
-    "best_val": "test top-1 at the epoch with the best validation top-1",
+    "last": "test {m} of the last epoch",
+    "best_val": "test {m} at the epoch with the best validation {m}",
 }
 
 
@@ -682,7 +677,8 @@ def _summary(
     best_val = {r: best.get(r, final[r]) for r in roles}
     chosen = best_val if cfg.eval == "best_val" else final
     reported = {r: (chosen[r]["test"] or {}).get("top1") for r in roles}
-    protocol = _PROTOCOLS[cfg.eval]
+    metric = METRIC_KINDS[cfg.metric]
+    protocol = _PROTOCOLS[cfg.eval].format(m=metric.label.removesuffix(" (%)"))
     if cfg.eval == "best_val" and not best:
         protocol += " (no validation data: last epoch used)"
     return {
@@ -690,6 +686,12 @@ def _summary(
         **{k: v for k, v in meta.items() if k != "key"},
         "eval_protocol": {"report": cfg.eval, "description": protocol},
         "reported_test_top1": reported,
+        "metric": {
+            "name": metric.name,
+            "label": metric.label,
+            "higher_is_better": metric.higher_is_better,
+        },
+        "reported_test": {r: (chosen[r]["test"] or {}).get(metric.name) for r in roles},
         "final": final,
         "best_val": best_val,
         "seed": cfg.seed,
