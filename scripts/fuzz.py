@@ -333,7 +333,7 @@ def _cli(argv: list[str]) -> int:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
-    if code not in (0, 1):
+    if code not in (0, 1, 2) or "internal error" in err.getvalue():  # 2: a usage error
         raise RuntimeError(f"exit {code}: {err.getvalue()[-300:]}")
     return code
 
