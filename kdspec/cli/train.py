@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from kdspec.cli.common import UsageError, parse_overrides
+from kdspec.diagnostics import KdError, error
 
 EPILOG = """examples:
   kdspec train specs/hinton.kd
@@ -126,15 +126,36 @@ def close_progress(progress: Any) -> None:
 
 
 def _out_dir(args: argparse.Namespace, method: str) -> Path:
+    """The run folder: never one that already holds files, unless resuming it.
+
+    ``--out DIR`` that is a new or empty folder is used as is; one that holds files gets a
+    unique sub-folder (the user's files are never overwritten or deleted); a file is KD504.
+    Without ``--out`` each run gets its own new ``runs-out/<method>-<time>[-n]`` folder.
+    """
+    from kdspec.runtime.files import check_writable, fresh_folder
+
     if args.out:
-        return Path(args.out)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise KdError(
+                [error("KD504", f"--out `{out}` is a file, not a folder", help="name a folder")]
+            )
+        if args.resume:
+            check_writable(out)
+            return out
+        if out.is_dir() and any(out.iterdir()):
+            sub = fresh_folder(out, method)
+            print(f"--out `{out}` already holds files: writing this run to `{sub}`")
+            return sub
+        check_writable(out)
+        return out
     base = Path("runs-out")
     if args.resume:
         found = sorted(base.glob(f"{method}-*"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise UsageError(f"--resume: no earlier run of `{method}` in {base}/; pass --out DIR")
         return found[-1]
-    return base / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return fresh_folder(base, method)
 
 
 def _value_text(metric: str) -> Any:
@@ -156,6 +177,7 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdspec.runtime.files import write_failure
     from kdspec.runtime.job import baseline_role, distill, prepare, train_baseline
 
     run_cfg, lowered = load_job(args, args.spec)
@@ -169,6 +191,15 @@ def run(args: argparse.Namespace) -> int:
         base = None
         if want_baseline:
             base = train_baseline(prep, out / "baseline", resume=args.resume, opts=opts)
+    except OSError as exc:  # a folder made read-only or a disk filled up mid-run
+        ckpt = out / "checkpoint.pt"
+        kept = (
+            f"the last good checkpoint is kept in `{ckpt}`: rerun with `--resume` when the "
+            "disk has room"
+            if ckpt.is_file()
+            else None
+        )
+        raise write_failure(exc, "run outputs", out, kept=kept) from None
     finally:
         close_progress(progress)
 

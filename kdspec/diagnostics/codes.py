@@ -85,6 +85,10 @@ CODES: dict[str, tuple[str, str]] = {
     "KD501": ("bad run file", "The run file is malformed or names unknown settings."),
     "KD502": ("bad data", "The data source is unknown or yields unexpected items."),
     "KD503": ("non-finite loss", "Training produced a NaN or infinite loss."),
+    "KD504": (
+        "cannot write outputs",
+        "A run folder or the teacher cache is not writable, is a file, or the disk is full.",
+    ),
     "KD601": (
         "not translatable",
         "A setting of another tool's config (`kdspec import torchdistill`) has no kdspec "

@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from kdspec.data import exclude_classes
+from kdspec.diagnostics import KdError, error
 from kdspec.runtime.data import RunData, eval_loader
+from kdspec.runtime.files import atomic_write, check_writable, write_failure
 from kdspec.runtime.runfile import DataConfig, TeacherConfig
 from kdspec.runtime.supervised import Supervised
 from kdspec.runtime.trainer import evaluate_model, train, versions
@@ -221,6 +223,20 @@ def get_teacher(
     key = _key(fields)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.split("/")[-1])[:40]
     entry = root / f"{slug}-{key}"
+    for path in (entry, entry / SIDECAR, entry / WEIGHTS):
+        odd = path.is_symlink() or (path.exists() and path.is_dir() != (path == entry))
+        if odd:
+            kind = "a symlink" if path.is_symlink() else "a folder" if path.is_dir() else "a file"
+            raise KdError(
+                [
+                    error(
+                        "KD504",
+                        f"teacher cache entry `{path}` is {kind}: kdspec neither uses nor "
+                        "removes it",
+                        help="remove it, or choose another cache with `--cache-dir`",
+                    )
+                ]
+            )
     torch.manual_seed(seed)
     model = build()
     why = _check_entry(entry, key, fields, model)
@@ -242,7 +258,11 @@ def get_teacher(
         f"teacher `{role}` ({source}): no cached weights, training it for "
         f"{teacher_cfg.epochs} epochs (once) -> {entry}"
     )
-    entry.mkdir(parents=True, exist_ok=True)
+    check_writable(root)
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failure(exc, "the teacher cache", root) from None
     train_set = data.splits.train
     if teacher_cfg.exclude_classes:
         train_set = exclude_classes(train_set, teacher_cfg.exclude_classes)
@@ -272,9 +292,7 @@ def get_teacher(
         "test_top1": _evaluate(model, data.splits.test, data_cfg),
         "epochs": teacher_cfg.epochs,
     }
-    tmp = entry / (WEIGHTS + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, entry / WEIGHTS)
+    atomic_write(entry / WEIGHTS, lambda p: torch.save(model.state_dict(), p))
     sidecar = {
         "key": key,
         "fields": fields,
@@ -282,9 +300,8 @@ def get_teacher(
         "metrics": metrics,
         "role": role,
     }
-    tmp = entry / (SIDECAR + ".tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, entry / SIDECAR)
+    text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
+    atomic_write(entry / SIDECAR, lambda p: p.write_text(text))
     # The resume checkpoint is no longer needed once the weights are cached.
     (entry / "training" / "checkpoint.pt").unlink(missing_ok=True)
     shutil.rmtree(entry / "training" / "models", ignore_errors=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import random
 import sys
@@ -47,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdspec.diagnostics import KdError, error
 from kdspec.ir.evaluate import Progress
 from kdspec.runtime.data import eval_loader, train_loader
+from kdspec.runtime.files import atomic_write
 from kdspec.runtime.metrics import METRICS as METRIC_KINDS
 from kdspec.runtime.metrics import evaluate_logits
 from kdspec.runtime.runfile import TrainConfig
@@ -262,9 +262,7 @@ class TrainResult:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, write)
 
 
 def _write_json(path: Path, obj: Any) -> None:
