@@ -36,7 +36,7 @@ from kdspec.diagnostics import Diagnostic, KdError
 from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import Lowered, SourceMap
 from kdspec.ir import models as ir
-from kdspec.ir.evaluate import EvalError, Progress, evaluate
+from kdspec.ir.evaluate import EvalError, Progress, compile_value, evaluate, uses_progress
 from kdspec.ops import TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
@@ -343,7 +343,7 @@ class Distiller(nn.Module):
         """Total loss and weighted terms for one batch (``(x, y[, index])`` or a dict)."""
         if self._stage is None:
             self.set_stage(self.method.effective_stages()[0].name)
-        env = self._begin(batch)
+        env = self._begin(batch, progress)
         terms: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
         try:
@@ -360,7 +360,7 @@ class Distiller(nn.Module):
             total = torch.zeros(())
         return DistillOutput(total, terms)
 
-    def _begin(self, batch: Any) -> Env:
+    def _begin(self, batch: Any, progress: Progress | None = None) -> Env:
         """Start evaluating a batch: fresh per-forward caches and the environment terms read."""
         self._batch = _unpack(batch)
         if self._batch.taps is not None:
@@ -372,6 +372,7 @@ class Distiller(nn.Module):
             index=self._batch.index,
             num_classes=self.num_classes,
             num_samples=self.num_samples,
+            progress=progress,
         )
 
     def raw_terms(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -437,14 +438,17 @@ class _Builder:
         smap = self.smap or SourceMap(None)  # type: ignore[arg-type]
         self.diags.append(smap.diagnostic(code, message, path, label, help=help, notes=notes))
 
-    def value(self, e: ir.Expr) -> Any:
+    def value(self, e: ir.Expr | None) -> Any:
+        """A number as the runtime uses it: constant, or :class:`Scheduled` (every step)."""
+        if e is None:
+            return None
         try:
-            return evaluate(e, self.m.params)
+            return _whole(compile_value(e, self.m.params))
         except EvalError:
             return None
 
     def kwargs(self, call: ir.Call) -> dict[str, Any]:
-        return {k: _whole(self.value(v)) for k, v in call.kwargs.items()}
+        return {k: self.value(v) for k, v in call.kwargs.items()}
 
     def resolve(self, tap: ir.Tap, path: tuple[object, ...]) -> None:
         if self.d.functional or tap in self.d._points:
@@ -477,15 +481,13 @@ class _Builder:
             role = self.m.role(e.role)
             if role is not None and role.mode == "virtual":
                 correct = role.options.get("correct")
-                return VirtualNode(float(self.value(correct)) if correct is not None else 0.9)
+                return VirtualNode(self.value(correct) if correct is not None else 0.9)
             ens = self.m.ensemble(e.role)
             if ens is not None:
                 members = [
                     self.node(e.model_copy(update={"role": r}), path, indices) for r in ens.members
                 ]
-                return CombineNode(
-                    members, list(ens.weights) if ens.weights else None, distribution=False
-                )
+                return CombineNode(members, self.value(ens.weights), distribution=False)
             self.resolve(e, path)
             return TapNode(e, indices.get(e))
         if isinstance(e, ir.LetRef):
@@ -570,9 +572,7 @@ class _Builder:
                     self.pipeline(self.node(member, path, indices), term.knowledge, side, term.name)
                 )
             kind = types.apply_knowledge(types.expr_kind(expr, self.m), term.knowledge)
-            return CombineNode(
-                members, list(ens.weights) if ens.weights else None, kind == "distribution"
-            )
+            return CombineNode(members, self.value(ens.weights), kind == "distribution")
         return self.pipeline(self.node(expr, path, indices), term.knowledge, side, term.name)
 
     def pair_indices(self, term: ir.Term) -> dict[ir.Tap, list[int]] | None:
@@ -758,7 +758,7 @@ def compile_spec(
     if b.diags:
         raise KdError(b.diags)
     for name, w in d._weights.items():
-        if w.find(ir.Call) is None:  # no schedule: a constant
+        if not uses_progress(w, m.params):
             d._const_weights[name] = float(evaluate(w, m.params))  # type: ignore[arg-type]
     d.stage_plans = [_plan(s, m) for s in m.effective_stages()]
     _dry_run(

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdspec.ir import models as ir
+from kdspec.ir.evaluate import Progress, at_progress
 from kdspec.ops import LOSSES, TRANSFORMS, build_adapter
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
@@ -38,6 +39,7 @@ class Env:
     cache: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     shape_hint: list[tuple[int, ...]] | None = None  # the other side's shapes (adapters)
     hole: list[torch.Tensor] | None = None  # the value a pipeline step applies to
+    progress: Progress | None = None  # where training is: values with schedules depend on it
 
 
 def broadcast(*lists: list[Any]) -> list[tuple[Any, ...]]:
@@ -71,14 +73,15 @@ class TapNode(Node):
 class VirtualNode(Node):
     """A virtual teacher's logits: ``correct`` on the true class, the rest spread evenly."""
 
-    def __init__(self, correct: float):
+    def __init__(self, correct: object):
         super().__init__()
         self.correct = correct
 
     def forward(self, env: Env) -> list[torch.Tensor]:
         if env.labels is None or env.num_classes is None:
             raise ValueError("a virtual teacher needs the batch's labels")
-        return [TRANSFORMS["virtual_teacher"](env.labels, env.num_classes, correct=self.correct)]
+        correct = float(at_progress(self.correct, env.progress))  # type: ignore[arg-type]
+        return [TRANSFORMS["virtual_teacher"](env.labels, env.num_classes, correct=correct)]
 
 
 class TransformNode(Node):
@@ -112,16 +115,17 @@ class TransformNode(Node):
             fn = UNSCALED[impl]
         else:
             fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
+        kwargs = at_progress(self.kwargs, env.progress)
         out = []
         for i, args in enumerate(broadcast(*values)):
             if self.func in ("binary_target", "non_target"):
-                out.append(fn(args[0], env.labels, **self.kwargs))
+                out.append(fn(args[0], env.labels, **kwargs))
             elif self.func == "margin_relu":
                 margins = self.extra["margins"]
                 margin = margins[i if len(margins) > 1 else 0].to(args[0])
                 out.append(fn(args[0], margin))
             else:
-                out.append(fn(*args, **self.kwargs))
+                out.append(fn(*args, **kwargs))
         return out
 
 
@@ -171,7 +175,7 @@ class PipelineNode(Node):
 class CombineNode(Node):
     """A (weighted) mean over several inputs; of distributions, the mean of probabilities."""
 
-    def __init__(self, inputs: list[Node], weights: list[float] | None, distribution: bool):
+    def __init__(self, inputs: list[Node], weights: object, distribution: bool):
         super().__init__()
         self.inputs = nn.ModuleList(inputs)
         self.weights = weights
@@ -180,7 +184,10 @@ class CombineNode(Node):
     def forward(self, env: Env) -> list[torch.Tensor]:
         values = [node(env) for node in self.inputs]
         fn = TRANSFORMS["mean_dist" if self.distribution else "mean"]
-        return [fn(*args, weights=self.weights) for args in broadcast(*values)]
+        weights = at_progress(self.weights, env.progress)
+        if weights is not None and not sum(weights) > 0:  # type: ignore[arg-type]
+            raise ValueError(f"the weights {weights} sum to zero at this point of training")
+        return [fn(*args, weights=weights) for args in broadcast(*values)]
 
 
 class AdapterNode(Node):
@@ -302,6 +309,7 @@ class TermModule(nn.Module):
 
     def forward(self, env: Env) -> torch.Tensor:
         fn = LOSSES.get(self.loss)
+        loss_kwargs = at_progress(self.loss_kwargs, env.progress)
         if self.source is None:  # supervision by labels
             env.shape_hint = None
             outs = self.target(env)
@@ -319,7 +327,7 @@ class TermModule(nn.Module):
                     v, y = v[mask], labels[mask]
                 else:
                     y = labels
-                total = total + fn(v, y, **self.loss_kwargs)
+                total = total + fn(v, y, **loss_kwargs)
             return total
         # Adapters and `resize` on the student side size themselves from the teacher side's
         # raw value (before the knowledge pipeline), e.g. a regressor to the teacher's map.
@@ -361,7 +369,7 @@ class TermModule(nn.Module):
                 and s.shape != t.shape
             ):
                 raise ShapeMismatch(tuple(s.shape[1:]), tuple(t.shape[1:]))
-            total = total + fn(s, t, **self.loss_kwargs)
+            total = total + fn(s, t, **loss_kwargs)
         return total
 
 

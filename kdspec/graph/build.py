@@ -15,6 +15,7 @@ import networkx as nx
 
 from kdspec.graph import types
 from kdspec.ir import models as ir
+from kdspec.ir.printer import expr_text
 from kdspec.vocabulary import FUNCTIONS
 
 
@@ -87,7 +88,7 @@ def build_graph(method: ir.Method) -> KdGraph:
             type="ensemble",
             name=ens.name,
             members=ens.members,
-            weights=ens.weights,
+            weights=expr_text(ens.weights) if ens.weights is not None else None,
         )
         for member in ens.members:
             g.add_edge(f"role:{member}", f"ensemble:{ens.name}", type="member")

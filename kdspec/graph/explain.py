@@ -55,8 +55,11 @@ def explain(kg: KdGraph) -> str:
         lines.append(f"  - {role.kind} `{role.name}`: {mode}{extra}")
     for ens in m.ensembles:
         how = "weighted mean" if ens.weights else "mean"
+        weights = f", weights {_value(ens.weights, m.params)}" if ens.weights else ""
         lines.append(
-            f"  - ensemble `{ens.name}`: {how} of " + ", ".join(f"`{x}`" for x in ens.members)
+            f"  - ensemble `{ens.name}`: {how} of "
+            + ", ".join(f"`{x}`" for x in ens.members)
+            + weights
         )
     for part in m.data:
         how = f" = {part.func}" if part.func else " (bound by the run)"

@@ -5,8 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kdspec.ir import models as ir
+
+__all__ = [
+    "EvalError",
+    "Progress",
+    "Scheduled",
+    "at_progress",
+    "compile_value",
+    "evaluate",
+    "schedule_value",
+    "uses_progress",
+]
 
 
 class EvalError(ValueError):
@@ -19,10 +31,76 @@ class NumericError(EvalError):
 
 @dataclass(frozen=True)
 class Progress:
-    """Where training is, for schedules: epoch (fractional) within the stage, and its length."""
+    """Where training is, for schedules: epoch (fractional) within the stage, and its length.
+
+    ``kdspec train`` and :meth:`kdspec.compiler.Distiller.stages` give every step
+    ``Progress.at(step, steps_per_epoch, stage_steps)``; a loop of one's own may pass it to
+    ``distiller(batch, progress=...)``.
+    """
 
     epoch: float = 0.0
     stage_epochs: float = 1.0
+
+    @classmethod
+    def at(cls, step: int, steps_per_epoch: int, stage_steps: int) -> Progress:
+        """Progress before the optimizer step ``step`` (0-based) of a stage of ``stage_steps``."""
+        return cls(epoch=step / steps_per_epoch, stage_epochs=stage_steps / steps_per_epoch)
+
+
+def uses_progress(e: ir.Expr | None, params: Mapping[str, ir.Expr], _depth: int = 0) -> bool:
+    """Whether a value changes as training goes on: it contains a schedule (through params too).
+
+    In a numeric expression every call is a schedule (anything else fails to evaluate).
+    """
+    if e is None or _depth > 400:  # deeper than the parser and `evaluate` allow
+        return False
+    if isinstance(e, ir.Call):
+        return True
+    if isinstance(e, ir.ParamRef):
+        return e.name in params and uses_progress(params[e.name], params, _depth + 1)
+    if isinstance(e, ir.BinOp):
+        return uses_progress(e.left, params, _depth + 1) or uses_progress(
+            e.right, params, _depth + 1
+        )
+    if isinstance(e, ir.Neg):
+        return uses_progress(e.operand, params, _depth + 1)
+    if isinstance(e, ir.ListE):
+        return any(uses_progress(i, params, _depth + 1) for i in e.items)
+    return False
+
+
+@dataclass(frozen=True, eq=False)
+class Scheduled:
+    """A compiled value that depends on where training is: evaluated afresh at every step.
+
+    The compiler stores it wherever a number (or a list of numbers) is used at run time (a
+    term's weight, a transform's or a loss's parameter, ensemble weights, an EMA decay), and
+    the runtime node calls :func:`at_progress` with the step's :class:`Progress`.
+    """
+
+    expr: ir.Expr
+    params: Mapping[str, ir.Expr]
+
+    def at(self, progress: Progress | None) -> float | str | list[object]:
+        return evaluate(self.expr, dict(self.params), progress)
+
+
+def compile_value(e: ir.Expr, params: Mapping[str, ir.Expr]) -> object:
+    """A constant's value, or a :class:`Scheduled` when it changes during training."""
+    if uses_progress(e, params):
+        return Scheduled(e, params)
+    return evaluate(e, dict(params))
+
+
+def at_progress(value: Any, progress: Progress | None) -> Any:
+    """A compiled value at ``progress`` (constants are returned as they are)."""
+    if isinstance(value, Scheduled):
+        return value.at(progress)
+    if isinstance(value, dict):
+        return {k: at_progress(v, progress) for k, v in value.items()}
+    if isinstance(value, list):
+        return [at_progress(v, progress) for v in value]
+    return value
 
 
 def evaluate(

@@ -81,6 +81,11 @@ class Lowered:
 MethodFinder = Callable[[str], "tuple[ast.Method, SourceFile] | None"]
 
 
+def _a(noun: str) -> str:
+    """``a transform``, ``an adapter``."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def did_you_mean(name: str, candidates: Iterable[str], *, declared: bool = False) -> str | None:
     """``did you mean `x`?`` where `x` is what the user meant, else None.
 
@@ -277,9 +282,9 @@ class _MethodLowering:
             wanted = " or ".join(categories)
             self.err(
                 "KD203",
-                f"`{fname}` is a {fn.category}, not a {wanted}",
+                f"`{fname}` is {_a(fn.category)}, not {_a(wanted)}",
                 e.func.span,
-                f"a {fn.category} here",
+                f"{_a(fn.category)} here",
                 help=did_you_mean(fname, [n for c in categories for n in by_category(c)]),
             )
         n_inputs = max(fn.inputs, 0) - implicit_inputs if fn.inputs >= 0 else len(e.args)
@@ -684,16 +689,15 @@ class _MethodLowering:
                     st.init.span,
                     help="e.g. `ensemble ts = mean(t1, t2, t3)`",
                 )
-        weights = None
-        w = call.kwargs.get("weights")
-        if isinstance(w, ir.ListE):
-            weights = tuple(i.value if isinstance(i, ir.Num) else 1.0 for i in w.items)
-            if len(weights) != len(members):
-                self.err(
-                    "KD204", f"{len(weights)} weights for {len(members)} members", st.init.span
+        for kw in st.init.kwargs:
+            if kw.name.name == "weights":
+                self.smap.spans[("ensemble", st.name.name, "weights")] = getattr(
+                    kw.value, "span", kw.span
                 )
+        # The weights stay an expression (parameters, overrides, schedules); the count, signs
+        # and sum are checked by `check_values` like every other value.
         self.ensembles[st.name.name] = ir.Ensemble(
-            name=st.name.name, members=tuple(members), weights=weights
+            name=st.name.name, members=tuple(members), weights=call.kwargs.get("weights")
         )
 
     def datapart(self, st: ast.View | ast.Subset) -> None:

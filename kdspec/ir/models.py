@@ -249,7 +249,9 @@ class Ensemble(_Node):
 
     name: str
     members: tuple[str, ...]
-    weights: tuple[float, ...] | None = None
+    # An expression like any weight (a list literal, a parameter, schedules inside): evaluated
+    # at every step; None is the plain mean.
+    weights: Expr | None = None
 
 
 class DataPart(_Node):
@@ -372,6 +374,9 @@ class Method(_Node):
         yield from self.params.values()
         for role in self.roles:
             yield from role.options.values()
+        for ens in self.ensembles:
+            if ens.weights is not None:
+                yield ens.weights
         for part in self.data:
             yield from (*part.args, *part.kwargs.values())
         for let in self.lets:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kdspec.diagnostics import Diagnostic
 from kdspec.ir import models as ir
-from kdspec.ir.evaluate import EvalError, NumericError, evaluate
+from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses_progress
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS
 
@@ -17,17 +17,62 @@ _RULES = {
 }
 
 
+# Where a schedule is evaluated at every step; anywhere else a value is fixed when the method is
+# compiled (adapter and learned-loss sizes, stage lengths, data views), so it must be constant.
+_RUNTIME_CATEGORIES = frozenset({"transform", "loss", "combine", "role_init"})
+_START, _END = Progress(0.0, 1.0), Progress(1.0, 1.0)
+
+
+def over_training(e: ir.Expr, params: dict[str, ir.Expr]) -> list[object]:
+    """A value at the start and at the end of a stage (once if it has no schedule).
+
+    Schedules are monotone over a stage, so their extremes are at its ends.
+    """
+    if not uses_progress(e, params):
+        return [evaluate(e, params)]
+    return [evaluate(e, params, _START), evaluate(e, params, _END)]
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _shown(v: object) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_shown(x) for x in v) + "]"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> list[Diagnostic]:
     fn = FUNCTIONS.get(call.func)
     out: list[Diagnostic] = []
     if fn is None:
         return out
+    params = ctx.method.params
     for name, value in call.kwargs.items():
         rule = fn.params.get(name)
-        if rule is None or rule.check is None:
+        if rule is None:
+            continue
+        if uses_progress(value, params) and (fn.category not in _RUNTIME_CATEGORIES or fn.learned):
+            out.append(
+                ctx.diag(
+                    "KD205",
+                    f"`{call.func}`'s `{name}` is fixed when the method is compiled, so it "
+                    "cannot follow a schedule",
+                    path,
+                    f"`{name}` changes during training",
+                    help="schedules work in weights and in the parameters of knowledge "
+                    "transforms, losses and ensembles; give a number here",
+                )
+            )
+            continue
+        if fn.category == "combine" and name == "weights":
+            out.extend(_check_weights(ctx, value, len(call.args), path))
+            continue
+        if rule.check is None:
             continue
         try:
-            v = evaluate(value, ctx.method.params)
+            values = over_training(value, params)
         except NumericError as exc:
             out.append(
                 ctx.diag("KD205", f"`{call.func}`'s `{name}`: {exc}", path, f"`{name}` here")
@@ -35,27 +80,137 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
             continue
         except EvalError:
             continue
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            out.append(
-                ctx.diag(
-                    "KD205",
-                    f"`{call.func}`'s `{name}` must be a number, got `{v}`",
-                    path,
-                    f"`{name}` here",
+        for v in values:
+            if not _is_number(v):
+                out.append(
+                    ctx.diag(
+                        "KD205",
+                        f"`{call.func}`'s `{name}` must be a number, got `{_shown(v)}`",
+                        path,
+                        f"`{name}` here",
+                    )
                 )
-            )
-            continue
-        ok, text = _RULES[rule.check]
-        if not ok(v):
-            out.append(
-                ctx.diag(
-                    "KD205",
-                    f"`{call.func}`'s `{name}` {text}, got {v:g}",
-                    path,
-                    f"`{name}` = {v:g}",
+                break
+            ok, text = _RULES[rule.check]
+            if not ok(v):
+                out.append(
+                    ctx.diag(
+                        "KD205",
+                        f"`{call.func}`'s `{name}` {text}, got {v:g}"
+                        + (" during training" if len(values) > 1 else ""),
+                        path,
+                        f"`{name}` = {v:g}",
+                    )
                 )
-            )
+                break
     return out
+
+
+def _check_weights(
+    ctx: PassContext, e: ir.Expr | None, members: int, path: tuple[object, ...]
+) -> list[Diagnostic]:
+    """Ensemble (or weighted mean) weights: one number >= 0 per member, not all zero."""
+    if e is None:
+        return []
+    try:
+        values = over_training(e, ctx.method.params)
+    except EvalError as exc:
+        return [ctx.diag("KD205", f"the weights are not numbers: {exc}", path, "not numbers")]
+    for v in values:
+        if not isinstance(v, list) or not all(_is_number(x) for x in v):
+            return [
+                ctx.diag(
+                    "KD205",
+                    f"the weights must be a list of numbers, got `{_shown(v)}`",
+                    path,
+                    "not a list of numbers",
+                    help="e.g. `weights=[0.7, 0.3]`, one weight per member",
+                )
+            ]
+        if len(v) != members:
+            return [
+                ctx.diag("KD204", f"{len(v)} weights for {members} members", path, "one per member")
+            ]
+        if any(x < 0 for x in v):  # type: ignore[operator]
+            return [
+                ctx.diag(
+                    "KD205",
+                    f"ensemble weights must be >= 0, got {_shown(v)}"
+                    + (" during training" if len(values) > 1 else ""),
+                    path,
+                    "a negative weight",
+                    help="the weights mix the members' outputs (normalised to sum 1); a "
+                    "negative weight is no mixture",
+                )
+            ]
+        if not sum(v) > 0:  # type: ignore[arg-type]
+            return [
+                ctx.diag(
+                    "KD205",
+                    f"ensemble weights sum to zero ({_shown(v)})",
+                    path,
+                    "all zero",
+                    help="give at least one member a positive weight",
+                )
+            ]
+    return []
+
+
+def _constant(
+    ctx: PassContext, e: ir.Expr | None, path: tuple[object, ...], what: str
+) -> list[Diagnostic]:
+    if e is None or not uses_progress(e, ctx.method.params):
+        return []
+    return [
+        ctx.diag(
+            "KD205",
+            f"{what} is fixed before training, so it cannot follow a schedule",
+            path,
+            "changes during training",
+            help="schedules work in weights and in the parameters of knowledge transforms, "
+            "losses and ensembles; give a number here",
+        )
+    ]
+
+
+def _check_weight(ctx: PassContext, term: ir.Term) -> list[Diagnostic]:
+    """A term's weight: a number >= 0 at every point of training."""
+    path = ("term", term.name, "weight")
+    try:
+        values = over_training(term.weight, ctx.method.params)
+    except EvalError as exc:
+        return [
+            ctx.diag(
+                "KD205",
+                f"the weight of `{term.name}` is not a number: {exc}",
+                path,
+                "not a number",
+            )
+        ]
+    for w in values:
+        if not _is_number(w):
+            return [
+                ctx.diag(
+                    "KD205",
+                    f"the weight of `{term.name}` must be a number, got `{_shown(w)}`",
+                    path,
+                    "not a number",
+                    help="a weight is a number, a parameter, a schedule or arithmetic on them, "
+                    "e.g. `weight alpha * warmup(epochs=5)`",
+                )
+            ]
+        if w < 0:  # type: ignore[operator]
+            return [
+                ctx.diag(
+                    "KD205",
+                    f"the weight of `{term.name}` must be >= 0, got {w:g}"
+                    + (" during training" if len(values) > 1 else ""),
+                    path,
+                    f"= {w:g}",
+                    help="a negative weight would maximise the loss",
+                )
+            ]
+    return []
 
 
 def check_values(ctx: PassContext) -> list[Diagnostic]:
@@ -70,32 +225,27 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
             for call in ir.find_all(getattr(term, side), ir.Call):
                 out.extend(_check_call(ctx, call, (*key, side)))
         out.extend(_check_call(ctx, term.loss, (*key, "loss")))
-        try:
-            w = evaluate(term.weight, m.params)
-        except EvalError as exc:
-            out.append(
-                ctx.diag(
-                    "KD205",
-                    f"the weight of `{term.name}` is not a number: {exc}",
-                    (*key, "weight"),
-                    "not a number",
-                )
-            )
-            continue
-        if isinstance(w, int | float) and w < 0:
-            out.append(
-                ctx.diag(
-                    "KD205",
-                    f"the weight of `{term.name}` must be >= 0, got {w:g}",
-                    (*key, "weight"),
-                    f"= {w:g}",
-                    help="a negative weight would maximise the loss",
-                )
-            )
+        out.extend(_check_weight(ctx, term))
+    for let in m.lets:
+        for call in ir.find_all(let.value, ir.Call):
+            out.extend(_check_call(ctx, call, ("let", let.name)))
+    for ens in m.ensembles:
+        path = ("ensemble", ens.name, "weights")
+        out.extend(_check_weights(ctx, ens.weights, len(ens.members), path))
+    for role in m.roles:
+        if role.options and role.mode in FUNCTIONS:
+            call = ir.Call(func=role.mode, kwargs=role.options)
+            out.extend(_check_call(ctx, call, ("role", role.name)))
+    for part in m.data:
+        for e in (*part.args, *part.kwargs.values()):
+            out.extend(_constant(ctx, e, ("data", part.name), f"{part.kind} `{part.name}`"))
     for stage in m.stages:
         key = ("stage", stage.name)
         for what, e in (("duration", stage.duration), ("repeat", stage.repeat)):
             if e is None:
+                continue
+            if uses_progress(e, m.params):
+                out.extend(_constant(ctx, e, (*key, what), f"the {what} of stage `{stage.name}`"))
                 continue
             try:
                 v = evaluate(e, m.params)

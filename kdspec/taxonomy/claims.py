@@ -36,18 +36,24 @@ def check_claims(ctx: PassContext) -> list[Diagnostic]:
         claimed = tuple(dict.fromkeys(claim.values))
         if set(claimed) == set(found):
             continue
-        extra = [v for v in found if v not in claimed]
+        missing = [v for v in found if v not in claimed]  # shown by the graph, left out
+        wrong = [v for v in claimed if v not in found]  # claimed, not shown
         related: tuple[tuple[tuple[object, ...], str], ...] = ()
-        if extra:
-            why = finding.why(extra[0])
-            reason = why[0].text if why else f"the graph shows `{extra[0]}`"
-            message = f"claims {_values(claimed)}, but {reason}"
+        reason = ""
+        if missing:
+            why = finding.why(missing[0])
+            reason = why[0].text if why else f"the graph shows `{missing[0]}`"
             if why and why[0].path:
-                related = ((why[0].path, f"`{extra[0]}` because of this"),)
+                related = ((why[0].path, f"`{missing[0]}` because of this"),)
+        shown = _values(found) if found and found != ("none",) else "none"
+        if wrong:
+            # Blame the value that is claimed and absent; say why the graph shows what it does.
+            message = f"claims `{wrong[0]}`, but the graph shows {shown}"
+            if reason:
+                message += f": {reason}"
         else:
-            missing = next(v for v in claimed if v not in found)
-            shown = _values(found) if found and found != ("none",) else "none"
-            message = f"claims `{missing}`, but the graph shows {shown}"
+            # Every claimed value holds: blame the one the claim leaves out.
+            message = f"the claim leaves out `{missing[0]}`: {reason}"
         notes = tuple(
             dict.fromkeys(f"{label}: {e.text}" for label, evs in finding.support for e in evs)
         ) or tuple(e.text for e in finding.evidence)

@@ -338,6 +338,15 @@ def _stage_word(stage: ir.Stage, m: ir.Method) -> str:
     return f" in stage `{stage.name}`" if m.stages else ""
 
 
+def _in_group(term: ir.Term, role: str, m: ir.Method) -> bool:
+    """The term's teacher side reads an ensemble with ``role`` and at least one other member."""
+    for tap in ir.find_all(term.source, ir.Tap, m):
+        ens = m.ensemble(tap.role)
+        if ens is not None and role in ens.members and len(set(ens.members)) > 1:
+            return True
+    return False
+
+
 def _edges(kg: KdGraph) -> list[TeachingEdge]:
     m = kg.method
     stages = m.effective_stages()
@@ -351,6 +360,10 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
             continue
         s = v.split(":", 1)[1]
         learner = m.role(s)
+        if u == v and _in_group(term, s, m):
+            # The learner's own share of an ensemble of peers that teaches it (online KD from
+            # the group's average) is not self-distillation; its peers' edges carry the scheme.
+            continue
         if learner is not None and learner.mode != "trained" and s not in ever_trained:
             # A role no stage updates learns nothing: the term trains adapters only (FT's
             # paraphraser reconstructing the frozen teacher's features).
@@ -492,7 +505,7 @@ def _roles_and_topology(kg: KdGraph, edges: list[TeachingEdge]) -> tuple[Finding
         ev.append(
             Evidence(
                 f"ensemble `{ens.name}` combines {_names(ens.members)} by {how}"
-                + (f" (weights {list(ens.weights)})" if ens.weights else ""),
+                + (f" (weights {expr_text(ens.weights)})" if ens.weights else ""),
                 ("ensemble", ens.name),
             )
         )
@@ -627,6 +640,11 @@ def _mapping(term: ir.Term, m: ir.Method) -> str:
     dst = [t for t, _ in types.taps(term.target, m)]
     if not src or not dst:
         return "single"
+    loss = FUNCTIONS.get(term.loss.func)
+    several = len(src) > 1 or len(dst) > 1 or any(t.is_range for t in (*src, *dst))
+    if loss is not None and loss.learned and several:
+        # A learned loss sees both sides whole, unpaired: it weighs every layer pair itself.
+        return f"all pairs (weighed by `{term.loss.func}`)"
     if len(src) > 1 or len(dst) > 1:
         return "several taps"
     a, b = src[0], dst[0]
@@ -686,6 +704,11 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
             f"`{term.name}` correlates each class's predictions across the samples of the "
             f"batch (`pearson` with `dim=0`) at {where}",
         )
+    within = [
+        f"`{c.func}`"
+        for c in (*pipeline, *side_calls)
+        if c.func in FUNCTIONS and FUNCTIONS[c.func].returns == "gram"
+    ]
     for call in (*pipeline, *side_calls):
         # A transform of two inputs (FSP between layers, MiniLM's and TinyBERT's token
         # relations) relates them to each other; an adapter fusing several taps (ReviewKD's
@@ -695,6 +718,11 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
             continue
         taps = [t for a in call.args for t, _ in types.taps(a, m)]
         points = list(dict.fromkeys(point_text(t) for t in taps))
+        if len({t.model_copy(update={"role": ""}) for t in taps}) < 2:
+            # One rule for every relation inside one tap (a channel Gram matrix, the token
+            # relations of one layer): it describes that tap's features, sample by sample.
+            within.append(f"`{call.func}` of {_names(points) or 'its input'}")
+            continue
         return make(
             "relation",
             fn.family or call.func,
@@ -737,6 +765,14 @@ def _term_knowledge(term: ir.Term, m: ir.Method) -> TermKnowledge:
         kind = "variational (Gaussian)"
     else:
         kind = "raw features"
+    if within:
+        return make(
+            "feature",
+            kind,
+            f"`{term.name}` relates the elements of one tap to each other, sample by sample "
+            f"({', '.join(dict.fromkeys(within))}; {where}, `{term.loss.func}`): features of "
+            "that layer, not relations between samples or layers",
+        )
     return make(
         "feature",
         kind,
@@ -808,12 +844,14 @@ def _transforms_and_adapters(m: ir.Method) -> tuple[Finding, Finding]:
             text = f"{func} ({', '.join(dict.fromkeys(where))})"
             t_vals.append(text)
             t_ev.append(Evidence(f"`{term.name}`: {text}", ("term", term.name)))
+        loss = FUNCTIONS.get(term.loss.func)
+        if loss is not None and loss.learned:
+            adapters.setdefault(term.loss.func, []).append("inside the loss")
         for func, where in adapters.items():
             fn = FUNCTIONS[func]
             trained = "trained" if fn.learned else "fixed"
-            text = (
-                f"{func} ({fn.family or 'adapter'}, {', '.join(dict.fromkeys(where))}, {trained})"
-            )
+            family = "learned loss" if fn.category == "loss" else fn.family or "adapter"
+            text = f"{func} ({family}, {', '.join(dict.fromkeys(where))}, {trained})"
             a_vals.append(text)
             a_ev.append(Evidence(f"`{term.name}`: {text}", ("term", term.name)))
     transforms = Finding(

@@ -162,7 +162,7 @@ def _ensemble_fields(e: ir.Ensemble) -> dict[str, str]:
     members = e.members if e.weights else tuple(sorted(e.members))
     return {
         "members": ", ".join(members),
-        "weights": ", ".join(f"{w:g}" for w in e.weights) if e.weights else "-",
+        "weights": expr_text(e.weights) if e.weights else "-",
     }
 
 

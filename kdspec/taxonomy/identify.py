@@ -37,7 +37,7 @@ from kdspec.diagnostics import Severity
 from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
 from kdspec.ir.canonical import canonicalize
-from kdspec.ir.evaluate import EvalError, evaluate
+from kdspec.ir.evaluate import EvalError, evaluate, uses_progress
 from kdspec.ir.printer import expr_text
 from kdspec.passes import check_source
 from kdspec.source import SourceFile
@@ -76,10 +76,45 @@ def _hv(v: object) -> object:
 def _value(e: ir.Expr | None, params: dict[str, ir.Expr]) -> object:
     if e is None:
         return None
+    if uses_progress(e, params):  # a schedule is its formula, never one of its values
+        return _schedule_text(e, params)
     try:
         return _hv(evaluate(e, params))
     except EvalError:
         return expr_text(e)
+
+
+def _schedule_text(e: ir.Expr, params: dict[str, ir.Expr]) -> str:
+    """A value with schedules, parameters replaced by their values: ``2 * ramp(start=1, end=8)``."""
+    return expr_text(_substituted(e, params))
+
+
+def _substituted(e: ir.Expr, params: dict[str, ir.Expr], _depth: int = 0) -> ir.Expr:
+    """``e`` with parameters replaced and every part without a schedule folded to its value."""
+    if _depth > 50:
+        return e
+    if isinstance(e, ir.ParamRef) and e.name in params:
+        return _substituted(params[e.name], params, _depth + 1)
+    if not uses_progress(e, params):
+        try:
+            v = evaluate(e, params)
+        except EvalError:
+            return e
+        if isinstance(v, int | float):
+            return ir.Num(value=float(v))
+        return e
+    if isinstance(e, ir.Call):
+        kw = {k: _substituted(v, params, _depth + 1) for k, v in e.kwargs.items()}
+        return e.model_copy(update={"kwargs": kw})
+    if isinstance(e, ir.BinOp):
+        left, right = (_substituted(x, params, _depth + 1) for x in (e.left, e.right))
+        return e.model_copy(update={"left": left, "right": right})
+    if isinstance(e, ir.Neg):
+        return e.model_copy(update={"operand": _substituted(e.operand, params, _depth + 1)})
+    if isinstance(e, ir.ListE):
+        items = tuple(_substituted(i, params, _depth + 1) for i in e.items)
+        return e.model_copy(update={"items": items})
+    return e
 
 
 def _call_hp(prefix: str, call: ir.Call, params: dict[str, ir.Expr]) -> list[tuple[str, object]]:
@@ -183,7 +218,7 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
             "ensemble",
             ("ensemble", "weighted" if ens.weights else "mean", len(ens.members)),
             f"ensemble `{ens.name}`",
-            [("weights", _hv(ens.weights))] if ens.weights else [],
+            [("weights", _value(ens.weights, params))] if ens.weights else [],
         )
         for member in ens.members:
             edge(f"role:{member}", f"ens:{ens.name}", "member")

@@ -40,9 +40,9 @@ def test_a_wrong_scheme_claim_points_at_the_claim() -> None:
     text = _with_claim(SKETCHES["online"], "claim scheme = offline")
     source, diags = _diags(text)
     (d,) = [d for d in diags if d.code == "KD311"]
-    assert (
-        d.message
-        == "claims `offline`, but teacher `t` is trained in stage `joint` together with `s`"
+    assert d.message == (
+        "claims `offline`, but the graph shows `online`: teacher `t` is trained in stage "
+        "`joint` together with `s`"
     )
     assert _line(source, d) == text.splitlines().index("  claim scheme = offline") + 1
     assert d.labels[0].message == "the graph shows `online`"
@@ -55,7 +55,9 @@ def test_a_wrong_scheme_claim_points_at_the_claim() -> None:
 def test_a_claimed_value_the_graph_lacks() -> None:
     text = _with_claim(library_text("hinton"), "claim topology = mutual")
     (d,) = _kd311(text)
-    assert d.message == "claims `mutual`, but `s` learns from one teacher, `t`"
+    assert d.message == (
+        "claims `mutual`, but the graph shows `single_teacher`: `s` learns from one teacher, `t`"
+    )
     assert d.labels[0].message == "the graph shows `single_teacher`"
 
 
@@ -88,9 +90,10 @@ def test_ban_claims_both_offline_and_self() -> None:
     """Each generation is offline; the generations make it self-distillation."""
     assert _kd311(_with_claim(SKETCHES["ban"], "claim scheme = offline, self")) == []
     (d,) = _kd311(_with_claim(SKETCHES["ban"], "claim scheme = self"))
+    # Issue 10: `self` holds; the headline names the value the claim leaves out.
     assert d.message == (
-        "claims `self`, but teacher `t` is trained only in stage `teacher`, and frozen when "
-        "`s` learns from it"
+        "the claim leaves out `offline`: teacher `t` is trained only in stage `teacher`, and "
+        "frozen when `s` learns from it"
     )
 
 

@@ -14,6 +14,7 @@ from taxonomy_cases import (
     classify_text,
     library_names,
     library_text,
+    lower_text,
     rename_and_reorder,
 )
 
@@ -425,3 +426,59 @@ def test_ft_first_stage_trains_the_paraphraser_not_nothing() -> None:
     )
     assert c.scheme == ("offline",)
     assert not any("teaches itself" in e.text for e in c["scheme"].evidence)
+
+
+PEERS_ENSEMBLE = """method peers_ensemble {
+  peer p1, p2, p3
+  ensemble group = mean(p1, p2, p3)
+  transfer kd1: softmax(T=3) from stopgrad(group.logits) to p1.logits with kl weight 9
+  transfer kd2: softmax(T=3) from stopgrad(group.logits) to p2.logits with kl weight 9
+  transfer kd3: softmax(T=3) from stopgrad(group.logits) to p3.logits with kl weight 9
+  supervise ce1: p1.logits with cross_entropy
+  supervise ce2: p2.logits with cross_entropy
+  supervise ce3: p3.logits with cross_entropy
+}"""
+
+
+def test_an_ensemble_that_includes_the_learner_is_not_self_distillation() -> None:
+    """Issue 10: peers learning from their averaged output are online, with no false
+    "its shallower layers learn from its deeper ones" evidence."""
+    c = classify_text(PEERS_ENSEMBLE)
+    assert c.scheme == ("online",)
+    texts = [e.text for f in c.findings for e in f.evidence]
+    assert not any("teaches itself" in t or "shallower layers" in t for t in texts)
+
+
+def test_semckd_weighs_all_layer_pairs_with_a_learned_loss() -> None:
+    """Issue 10: SemCKD's mapping is every layer pair (not one-to-one) and its learned
+    projections and attention (inside the loss) are adapters."""
+    c = classify_text(library_text("semckd"))
+    assert "all pairs (weighed by `semckd`)" in c["mapping"].value
+    assert "one-to-one" not in c["mapping"].value
+    assert "semckd (learned loss, inside the loss, trained)" in c["adapters"].value
+
+
+GRAM_AND_TOKENS = """method within {
+  teacher t
+  student s
+  transfer g: gram from t.stage[-1] to s.stage[-1] with mse
+  transfer r: from token_relation(t.stage[-1], t.stage[-1])
+      to token_relation(s.stage[-1], s.stage[-1]) with kl
+  transfer f: from fsp(t.stage[1], t.stage[2]) to fsp(s.stage[1], s.stage[2]) with mse
+}"""
+
+
+def test_one_rule_for_relations_inside_one_tap() -> None:
+    """Issue 10: a channel Gram matrix and the token relations of a single tap get the same
+    category (feature knowledge of that tap); a relation between two taps (FSP) is relation."""
+    c = classify_text(GRAM_AND_TOKENS)
+    by_term = {tk.term: tk.category for tk in c.terms}
+    assert by_term == {"g": "feature", "r": "feature", "f": "relation"}
+
+
+def test_multi_teacher_is_titled_after_what_it_does() -> None:
+    """Issue 10: the spec leaves out You et al.'s relative-dissimilarity term, so it is not
+    titled after their paper."""
+    m = lower_text(library_text("multi_teacher")).method
+    assert m.title == "Multi-teacher averaging of soft targets"
+    assert "relative-dissimilarity term" in library_text("multi_teacher")
