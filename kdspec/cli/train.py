@@ -73,8 +73,10 @@ def load_job(args: argparse.Namespace, spec: str, *, with_params: bool = True) -
     run = load_run(args.run_file) if args.run_file else default_run()
     updates: dict[str, Any] = {}
     if args.epochs is not None:
-        if args.epochs < 1:
-            raise UsageError("--epochs must be at least 1")
+        from kdspec.runtime.runfile import MAX_EPOCHS
+
+        if not 1 <= args.epochs <= MAX_EPOCHS:
+            raise UsageError(f"--epochs must be between 1 and {MAX_EPOCHS:,}")
         updates["epochs"] = args.epochs
     if args.seed is not None:
         updates["seed"] = args.seed

@@ -8,12 +8,17 @@ from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS
 
+MAX_SIZE = 10_000_000  # sizes (dims, heads, negatives): larger is a typo that would exhaust memory
+
 _RULES = {
     "positive": (lambda v: v > 0, "must be > 0"),
     "nonneg": (lambda v: v >= 0, "must be >= 0"),
     "unit": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
     "int": (lambda v: float(v).is_integer(), "must be a whole number"),
-    "posint": (lambda v: float(v).is_integer() and v > 0, "must be a whole number > 0"),
+    "posint": (
+        lambda v: float(v).is_integer() and 0 < v <= MAX_SIZE,
+        f"must be a whole number > 0 and at most {MAX_SIZE:,}",
+    ),
 }
 
 

@@ -135,12 +135,31 @@ def _close(name: str, names: Iterable[str]) -> str | None:
     return "did you mean " + ", ".join(f"`{by_lower[c]}`" for c in close) + "?" if close else None
 
 
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 weights: larger is a typo on a training run
+
+
 def _zoo(
     role: str, name: str, num_classes: int, in_channels: int, run: Run, options: dict[str, Any]
 ) -> nn.Module:
     from kdspec.zoo import available_models, build_model
 
     try:
+        with torch.device("meta"):  # sized first without memory: `hidden = [1e6, 1e6]`
+            probe = build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+        size = sum(p.numel() for p in probe.parameters())
+        if size > MAX_PARAMETERS:
+            raise KdError(
+                [
+                    run.diagnostic(
+                        "KD404",
+                        f"model `zoo:{name}` of role `{role}` would have {size:,} parameters, "
+                        f"more than the {MAX_PARAMETERS:,} allowed",
+                        ("model_options", role) if options else ("models", role),
+                        label="too large",
+                        help="check `[model_options]` and `num_classes` for a typo",
+                    )
+                ]
+            )
         return build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
     except KeyError:
         hint = _close(name, available_models())
