@@ -266,6 +266,16 @@ def get_teacher(
     train_set = data.splits.train
     if teacher_cfg.exclude_classes:
         train_set = exclude_classes(train_set, teacher_cfg.exclude_classes)
+        if len(train_set) == 0:  # type: ignore[arg-type]
+            raise KdError(
+                [
+                    error(
+                        "KD501",
+                        f"`[teacher] exclude_classes` removes every class: teacher `{role}` "
+                        "would see no data",
+                    )
+                ]
+            )
     cfg = teacher_cfg.model_copy(update={"seed": seed})
     # A fresh model from the same seed: the one above may hold a partially loaded state.
     torch.manual_seed(seed)

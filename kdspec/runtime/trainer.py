@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdspec.diagnostics import KdError, error
 from kdspec.ir.evaluate import Progress
-from kdspec.runtime.data import eval_loader, train_loader
+from kdspec.runtime.data import drops_a_lone_example, eval_loader, train_loader
 from kdspec.runtime.files import atomic_write
 from kdspec.runtime.metrics import METRICS as METRIC_KINDS
 from kdspec.runtime.metrics import evaluate_logits
@@ -195,8 +195,7 @@ def _check_budget(
     total = sum(s.steps * s.repeat for s in stages)
     if total > MAX_TOTAL_STEPS:
         problems.append(
-            f"the plan has {total:,} optimisation steps, more than the {MAX_TOTAL_STEPS:,} "
-            "allowed"
+            f"the plan has {total:,} optimisation steps, more than the {MAX_TOTAL_STEPS:,} allowed"
         )
     if problems:
         raise KdError(
@@ -436,6 +435,12 @@ def train(
         reference.to(dev)
 
     loader = train_loader(train_set, batch_size, cfg.seed, num_workers)
+    if drops_a_lone_example(train_set, batch_size):
+        print(
+            f"note: {label or 'training'}: the last batch of each epoch would hold 1 example "
+            f"({len(train_set)} examples, batches of {batch_size}); it is left out",  # type: ignore[arg-type]
+            file=sys.stderr,
+        )
     assert loader.generator is not None
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:

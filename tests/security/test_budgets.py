@@ -82,7 +82,8 @@ def test_an_absurd_model_is_kd404_before_memory_is_used(capsys, tmp_path: Path) 
     code, out = _train(
         capsys,
         tmp_path,
-        extra='[models]\nt = "zoo:cnn_tiny"\ns = "zoo:mlp"\n[model_options]\ns = { hidden = [1000000, 1000000] }',
+        extra='[models]\nt = "zoo:cnn_tiny"\ns = "zoo:mlp"\n'
+        "[model_options]\ns = { hidden = [1000000, 1000000] }",
     )
     assert code == 1 and "KD404" in out and "parameters" in out
 
@@ -115,3 +116,50 @@ def test_posint_sizes_have_an_upper_bound() -> None:
     )
     _, diags = check_source(SourceFile("x.kd", text))
     assert any(d.code == "KD205" and "at most" in d.message for d in diags), diags
+
+
+def test_excluding_every_class_is_kd501(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, out = _train(capsys, tmp_path, data="exclude_classes = [0, 1, 2, 3]")
+    assert code == 1 and "KD501" in out and "every class" in out
+
+
+def test_batch_norm_with_batches_of_one_is_kd501(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "r.toml"
+    run.write_text(TINY.format(data="", train="", teacher="", extra="").replace("= 16", "= 1"))
+    code = main(["train", "hinton", "--run", str(run), "--quiet", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "KD501" in err and "batch norm" in err
+
+
+def test_a_last_batch_of_one_example_is_dropped() -> None:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from kdspec.runtime.data import train_loader
+
+    ds = TensorDataset(torch.zeros(33, 2), torch.zeros(33, dtype=torch.long))
+    sizes = [len(b[0]) for b in train_loader(ds, 16, 0)]
+    assert sizes == [16, 16]
+    assert [len(b[0]) for b in train_loader(TensorDataset(torch.zeros(34, 2)), 16, 0)] == [
+        16,
+        16,
+        2,
+    ]
+
+
+def test_a_lazy_model_is_sized_before_training(capsys, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "lazymod.py").write_text(
+        "import torch\n"
+        "def make(num_classes, in_channels):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out = _train(
+        capsys,
+        tmp_path,
+        "hinton",
+        "--allow-import",
+        "lazymod",
+        extra='[models]\nt = "zoo:cnn_tiny"\ns = "import:lazymod:make"',
+    )
+    assert code == 0, out
