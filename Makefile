@@ -23,6 +23,7 @@ run: setup
 test: setup
 	$(BIN)/ruff check kdspec tests scripts
 	$(BIN)/lint-imports
+	$(BIN)/mypy -p kdspec
 	$(BIN)/kdspec check specs/
 	$(BIN)/kdspec fmt --check specs/
 	$(BIN)/python -m pytest

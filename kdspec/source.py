@@ -68,10 +68,6 @@ class Span:
         if self.end < self.start:
             object.__setattr__(self, "end", self.start)
 
-    def cover(self, other: Span) -> Span:
-        """The smallest span containing both spans."""
-        return Span(min(self.start, other.start), max(self.end, other.end))
-
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -115,9 +111,3 @@ class SourceFile:
             return ""
         end = starts[line] - 1 if line < len(starts) else len(self.text)
         return self.text[starts[line - 1] : end]
-
-    @property
-    def line_count(self) -> int:
-        """Number of lines (a trailing newline does not start a new one)."""
-        n = len(self._line_starts)
-        return n - 1 if self.text.endswith("\n") and n > 1 else n

@@ -51,7 +51,7 @@ def split_method(spec: str) -> tuple[str, str | None]:
     return path, method or None
 
 
-def _load(arg: str, overrides: dict[str, object]):  # type: ignore[no-untyped-def]
+def _load(arg: str, overrides: dict[str, object]):
     from kdspec.cli.taxonomy import load_all
     from kdspec.taxonomy.diff import stage_view
 

@@ -66,7 +66,7 @@ def resolve(spec: str | Path) -> Path:
     return path
 
 
-def load_all(paths: Sequence[str | Path], overrides: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+def load_all(paths: Sequence[str | Path], overrides: dict[str, object] | None = None):
     """Every method of the named files, and the KD311 diagnostics found on the way.
 
     Raises:
@@ -94,7 +94,7 @@ def load_all(paths: Sequence[str | Path], overrides: dict[str, object] | None = 
     return methods, claims
 
 
-def load_one(spec: str, method: str | None = None, overrides: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+def load_one(spec: str, method: str | None = None, overrides: dict[str, object] | None = None):
     """One method (the first of its file unless ``method`` names another), KD311 tolerated."""
     from kdspec.cli.common import UsageError
 

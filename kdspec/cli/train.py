@@ -20,7 +20,12 @@ EPILOG = """examples:
   kdspec train specs/fitnets.kd --epochs 30 --seed 1
   kdspec train specs/hinton.kd --run runs/cifar100_resnet32x4_resnet8x4.toml --out runs-out/kd
   kdspec train specs/hinton.kd --out runs-out/kd --resume
-  kdspec train hinton --param T=8 --param alpha=0.5"""
+  kdspec train hinton --param T=8 --param alpha=0.5
+  kdspec train hinton --run mydata.toml --allow-import mydata
+
+run files (--run): every table and key, the model and data sources (your own Dataset
+included), metrics, import permission and the teacher cache are documented in
+docs/runfile.md of the kdspec repository."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,6 @@ adapter can fix is reported against the spec line before training starts.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -308,7 +307,7 @@ class Distiller(nn.Module):
                 float(evaluate(role.options["decay"], self.params_ir))  # type: ignore[arg-type]
                 if "decay" in role.options
                 else 0.999
-            )  # type: ignore[arg-type]
+            )
             ema, src = self.roles[role.name], self.roles[role.source]
             for pe, ps in zip(ema.parameters(), src.parameters(), strict=True):
                 pe.mul_(decay).add_(ps.detach(), alpha=1 - decay)
@@ -391,27 +390,6 @@ class Distiller(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Unweighted terms on given tapped tensors, keyed by tap text (``"t.stage[1..3]"``)."""
         return self.raw_terms({**tensors, "labels": labels})
-
-    def explain_plan(self) -> str:
-        """Which hook points every role is tapped at, and every adapter's shape (deterministic)."""
-        lines = []
-        for role, info in self._taps.items():
-            lines.append(
-                f"role {role}: stages {info.stages} ({info.stage_source}), "
-                f"classifier {info.classifier}"
-            )
-        for tap, points in self._points.items():
-            where = ", ".join(
-                f"{p.path or p.kind}:{p.io}" + (f"@{p.call}" if p.call else "") for p in points
-            )
-            lines.append(f"  {types.tap_text(tap)} -> {where}")
-        for name, term in self.terms.items():
-            for node in term.modules():
-                if isinstance(node, AdapterNode):
-                    for a in node.adapters:
-                        n = sum(p.numel() for p in a.parameters())
-                        lines.append(f"  {name}: {node.func} ({n} parameters)")
-        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -844,11 +822,3 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
         d.train()
         for name, mode in modes.items():
             d.roles[name].train(mode)
-
-
-def iter_adapters(d: Distiller) -> Iterator[nn.Module]:
-    """Every adapter module of a compiled method."""
-    for term in d.terms.values():
-        for node in term.modules():
-            if isinstance(node, AdapterNode):
-                yield from node.adapters

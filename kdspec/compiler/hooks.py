@@ -176,7 +176,7 @@ class TapSession:
                 self._handles.append(module.register_forward_hook(self._make_hook(path, outputs)))
         return self
 
-    def _make_pre_hook(self, path: str, points: list[HookPoint]):  # type: ignore[no-untyped-def]
+    def _make_pre_hook(self, path: str, points: list[HookPoint]):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             k = self._pre_counts.get(path, 0)
             self._pre_counts[path] = k + 1
@@ -189,7 +189,7 @@ class TapSession:
 
         return hook
 
-    def _make_hook(self, path: str, points: list[HookPoint]):  # type: ignore[no-untyped-def]
+    def _make_hook(self, path: str, points: list[HookPoint]):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             k = self._counts.get(path, 0)
             self._counts[path] = k + 1

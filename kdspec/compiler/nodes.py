@@ -80,7 +80,7 @@ class VirtualNode(Node):
     def forward(self, env: Env) -> list[torch.Tensor]:
         if env.labels is None or env.num_classes is None:
             raise ValueError("a virtual teacher needs the batch's labels")
-        correct = float(at_progress(self.correct, env.progress))  # type: ignore[arg-type]
+        correct = float(at_progress(self.correct, env.progress))
         return [TRANSFORMS["virtual_teacher"](env.labels, env.num_classes, correct=correct)]
 
 
@@ -185,7 +185,7 @@ class CombineNode(Node):
         values = [node(env) for node in self.inputs]
         fn = TRANSFORMS["mean_dist" if self.distribution else "mean"]
         weights = at_progress(self.weights, env.progress)
-        if weights is not None and not sum(weights) > 0:  # type: ignore[arg-type]
+        if weights is not None and not sum(weights) > 0:
             raise ValueError(f"the weights {weights} sum to zero at this point of training")
         return [fn(*args, weights=weights) for args in broadcast(*values)]
 
@@ -342,8 +342,6 @@ class TermModule(nn.Module):
         env.shape_hint = hint
         if isinstance(self.target, PipelineNode):
             raw_t = self.target.raw(env)
-            env.shape_hint = [tuple(v.shape[1:]) for v in src]
-            env.shape_hint = hint
             tgt = self.target.apply_steps(raw_t, env)
         else:
             tgt = self.target(env)

@@ -93,7 +93,6 @@ class ModelTaps:
     paths: list[str]
     classifier: str | None
     stages: list[str]
-    output_shape: tuple[int, ...] | None
     logits_shape: tuple[int, ...] | None
     input_shape: tuple[int, ...]
     stage_source: str = "hint"
@@ -312,7 +311,6 @@ def discover(model: nn.Module, example_input: Any) -> ModelTaps:
         paths=[n for n, _ in model.named_modules() if n],
         classifier=classifier,
         stages=stages,
-        output_shape=_shape(first_tensor(output)),
         logits_shape=_shape(logits),
         input_shape=_shape(first) or (),
         stage_source=source,

@@ -26,10 +26,6 @@ class KdGraph:
     method: ir.Method
     g: nx.MultiDiGraph
 
-    def nodes_of(self, type_: str) -> list[tuple[str, dict[str, Any]]]:
-        """Nodes of one type, with their attributes, in insertion order."""
-        return [(n, d) for n, d in self.g.nodes(data=True) if d.get("type") == type_]
-
     def edges_of(self, type_: str) -> list[tuple[str, str, dict[str, Any]]]:
         """Edges of one type, with their attributes."""
         return [(u, v, d) for u, v, d in self.g.edges(data=True) if d.get("type") == type_]

@@ -100,14 +100,14 @@ _NEEDS_AUX = {
 }
 
 
-class _Map(dict):  # type: ignore[type-arg]
+class _Map(dict):
     """A YAML mapping that remembers where each key and value is in the file."""
 
     spans: dict[str, Span]
     span: Span
 
 
-class _Tagged(dict):  # type: ignore[type-arg]
+class _Tagged(dict):
     """A torchdistill ``!tag`` node, kept as data (never imported or called)."""
 
     span: Span
@@ -138,7 +138,7 @@ def _construct_tag(loader: _Loader, suffix: str, node: yaml.Node) -> Any:
     elif isinstance(node, yaml.MappingNode):
         value = _construct_mapping(loader, node)
     else:
-        value = loader.construct_scalar(node)  # type: ignore[arg-type]
+        value = loader.construct_scalar(node)
     tagged = _Tagged(tag=suffix, value=value)
     tagged.span = Span(node.start_mark.index, node.end_mark.index)
     return tagged
@@ -190,7 +190,7 @@ class _Converter:
 
     def warn(self, message: str, node: Any = None, key: str | None = None, **kw: Any) -> None:
         self.diags.append(
-            warning("KD601", message, self.source, self._span(node, key), **kw)  # type: ignore[arg-type]
+            warning("KD601", message, self.source, self._span(node, key), **kw)
         )
 
     def fail(self, message: str, node: Any = None, key: str | None = None, **kw: Any) -> None:
@@ -247,7 +247,7 @@ class _Converter:
             )
             return []
         self.check_kwargs(cls, kw, crit)
-        return handler(key, kw, w, wrapper, crit, student_adapt)  # type: ignore[no-any-return]
+        return handler(key, kw, w, wrapper, crit, student_adapt)
 
     _KNOWN_KW: ClassVar[dict[str, set[str]]] = {
         "KDLoss": {

@@ -296,7 +296,8 @@ def _pipeline(term: ir.Term) -> ir.Term:
         return term
     if _has_adapter(term.source) or _has_adapter(term.target):
         return term
-    src, dst, moved = term.source, term.target, []
+    src, dst = term.source, term.target
+    moved: list[ir.Call] = []
     while (
         isinstance(src, ir.Call)
         and isinstance(dst, ir.Call)
@@ -323,7 +324,7 @@ def _expressions(m: ir.Method) -> ir.Method:
 
     def step(node: BaseModel) -> BaseModel:
         if isinstance(node, _ARITH):
-            return fold(node)  # type: ignore[arg-type]
+            return fold(node)
         if isinstance(node, ir.Call):
             kwargs = {
                 k: v for k, v in sorted(node.kwargs.items()) if not _is_default(node.func, k, v)
@@ -422,7 +423,7 @@ def _stages(m: ir.Method) -> ir.Method:
 
 def _fold_params(m: ir.Method) -> ir.Method:
     def step(node: BaseModel) -> BaseModel:
-        return fold(node) if isinstance(node, _ARITH) else node  # type: ignore[arg-type]
+        return fold(node) if isinstance(node, _ARITH) else node
 
     return m.model_copy(update={"params": {k: transform(v, step) for k, v in m.params.items()}})
 
@@ -432,7 +433,8 @@ def _inline_params(m: ir.Method) -> ir.Method:
     for _ in range(len(params) + 1):
         params = {k: _substitute(v, params, ir.ParamRef) for k, v in params.items()}
     body = m.model_copy(update={"params": {}, "folded_params": ()})
-    return _substitute(body, params, ir.ParamRef)  # type: ignore[no-any-return]
+    inlined: ir.Method = _substitute(body, params, ir.ParamRef)
+    return inlined
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,7 +468,7 @@ def rename(m: ir.Method, mapping: dict[str, str]) -> ir.Method:
         if isinstance(node, ir.Stage):
 
             def item(x: ir.Expr) -> ir.Expr:
-                return ir.Str(value=new(x.value)) if isinstance(x, ir.Str) else x  # type: ignore[arg-type]
+                return ir.Str(value=new(x.value)) if isinstance(x, ir.Str) else x
 
             return node.model_copy(
                 update={

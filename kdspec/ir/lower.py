@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
@@ -176,7 +177,7 @@ class _MethodLowering:
     def err(
         self, code: str, message: str, span: Span | None, label: str = "", **kw: object
     ) -> None:
-        self.diags.append(error(code, message, self.source, span, label, **kw))  # type: ignore[arg-type]
+        self.diags.append(error(code, message, self.source, span, label, **kw))
 
     def define(self, what: str, ident: ast.Ident) -> bool:
         """Record a definition; report a duplicate (KD201). Returns False on duplicates."""
@@ -219,7 +220,7 @@ class _MethodLowering:
         if isinstance(e, ast.Call):
             return self.call(e, categories=("transform", "combine", "adapter", "schedule"))
         if isinstance(e, ast.BinOp):
-            return ir.BinOp(op=e.op, left=self.expr(e.left), right=self.expr(e.right))  # type: ignore[arg-type]
+            return ir.BinOp(op=e.op, left=self.expr(e.left), right=self.expr(e.right))
         if isinstance(e, ast.Neg):
             return ir.Neg(operand=self.expr(e.operand))
         if isinstance(e, ast.ListExpr):
@@ -405,7 +406,7 @@ class _MethodLowering:
             chain = chain[1:]
         fields: dict[str, object] = {"role": role, "view": view}
         if not chain:
-            return ir.Tap(point="output", **fields)  # type: ignore[arg-type]
+            return ir.Tap(point="output", **fields)
         head, rest = chain[0], chain[1:]
         select: list[str | int] = []
         if isinstance(head, ast.Attr) and head.name.name in (
@@ -492,7 +493,7 @@ class _MethodLowering:
                     help=_TAP_HELP,
                 )
         fields["select"] = tuple(select)
-        return ir.Tap(**fields)  # type: ignore[arg-type]
+        return ir.Tap(**fields)
 
     # -- statements -------------------------------------------------------------------------
 
@@ -509,7 +510,7 @@ class _MethodLowering:
                     if self.define(st.kind, ident):
                         self.roles[ident.name] = ir.Role(
                             name=ident.name,
-                            kind=st.kind,  # type: ignore[arg-type]
+                            kind=st.kind,
                             mode="frozen" if st.kind == "teacher" else "trained",
                         )
                         self.smap.spans[("role", ident.name)] = ident.span
@@ -520,7 +521,7 @@ class _MethodLowering:
             elif isinstance(st, (ast.View, ast.Subset)):
                 kind = "view" if isinstance(st, ast.View) else "subset"
                 if self.define(kind, st.name):
-                    self.data[st.name.name] = ir.DataPart(name=st.name.name, kind=kind)  # type: ignore[arg-type]
+                    self.data[st.name.name] = ir.DataPart(name=st.name.name, kind=kind)
                     self.smap.spans[("data", st.name.name)] = st.span
             elif isinstance(st, ast.Let):
                 if self.define("let", st.name):
@@ -671,7 +672,7 @@ class _MethodLowering:
                 name=ident.name,
                 kind=role.kind,
                 mode=mode,
-                source=source,  # type: ignore[arg-type]
+                source=source,
                 options=options,
                 view=view,
             )
@@ -708,7 +709,7 @@ class _MethodLowering:
         self.data[st.name.name] = ir.DataPart(
             name=st.name.name,
             kind=kind,
-            func=call.func,  # type: ignore[arg-type]
+            func=call.func,
             args=tuple(self.expr(a, as_value=True) for a in st.init.args)
             if call.func in ("exclude_classes", "only_classes")
             else call.args,
@@ -836,7 +837,7 @@ class _MethodLowering:
                 name=st.name.name,
                 duration=duration,
                 unit=unit,
-                repeat=repeat,  # type: ignore[arg-type]
+                repeat=repeat,
                 train=tuple(train),
                 freeze=tuple(freeze),
                 losses=tuple(losses),
@@ -974,7 +975,7 @@ class _Inliner:
         self.params = params
         self.given = given  # values given by the caller are in the caller's scope: not inlined
 
-    def __call__(self, e):  # type: ignore[no-untyped-def]
+    def __call__(self, e: Any) -> Any:  # an expression in, the same kind of node out
         return e.transform(self._replace)
 
     def _replace(self, e: ir.Expr) -> ir.Expr:

@@ -101,7 +101,7 @@ class _ExprNode(_Node):
                 changed = value.transform(fn)
             if any(a is not b for a, b in zip(_values(changed), _values(value), strict=True)):
                 update[name] = changed
-        return self.model_copy(update=update) if update else self  # type: ignore[return-value]
+        return self.model_copy(update=update) if update else self
 
 
 def _values(v: Any) -> tuple[Any, ...]:

@@ -232,8 +232,8 @@ class ABF(nn.Module):
         self.att_conv = (
             nn.Sequential(nn.Conv2d(2 * mid, 2, kernel_size=1), nn.Sigmoid()) if fuse else None
         )
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)  # type: ignore[arg-type, index, operator]  # torch typing of submodules
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)  # type: ignore[arg-type, index, operator]  # torch typing of submodules
+        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)  # type: ignore[arg-type]  # torch typing of submodules
+        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)  # type: ignore[arg-type]  # torch typing of submodules
 
     def forward(
         self, x: Tensor, residual: Tensor | None, out_size: tuple[int, int]
@@ -634,10 +634,10 @@ class CRDLoss(nn.Module):
         if index is None:
             raise ValueError("crd_nce needs the batch's sample indices: batches (x, y, index)")
         idx = self.sample_negatives(index.long())
-        out_s = torch.exp(torch.einsum("bkd,bd->bk", self.memory_t[idx], vs) / self.T)  # type: ignore[arg-type, index, operator]  # torch typing of submodules
-        out_t = torch.exp(torch.einsum("bkd,bd->bk", self.memory_s[idx], vt) / self.T)  # type: ignore[arg-type, index, operator]  # torch typing of submodules
-        z = self.z.clone()  # type: ignore[arg-type, index, operator]  # torch typing of submodules
-        rows_ = self.memory_s.shape[0]  # type: ignore[arg-type, index, operator]  # torch typing of submodules
+        out_s = torch.exp(torch.einsum("bkd,bd->bk", self.memory_t[idx], vs) / self.T)  # type: ignore[index]  # torch typing of submodules
+        out_t = torch.exp(torch.einsum("bkd,bd->bk", self.memory_s[idx], vt) / self.T)  # type: ignore[index]  # torch typing of submodules
+        z = self.z.clone()  # type: ignore[operator]  # torch typing of submodules
+        rows_ = self.memory_s.shape[0]  # type: ignore[index]  # torch typing of submodules
         if z[0] < 0:
             z[0] = out_s.detach().mean() * rows_
         if z[1] < 0:
@@ -645,11 +645,11 @@ class CRDLoss(nn.Module):
         loss = self._nce(out_s / z[0]) + self._nce(out_t / z[1])
         if self.training:
             with torch.no_grad():
-                self.z.copy_(z)  # type: ignore[arg-type, index, operator]  # torch typing of submodules
+                self.z.copy_(z)  # type: ignore[operator]  # torch typing of submodules
                 pos = index.long()
                 for memory, v in ((self.memory_s, vs), (self.memory_t, vt)):
-                    moved = memory[pos] * self.momentum + v.detach() * (1 - self.momentum)  # type: ignore[arg-type, index, operator]  # torch typing of submodules
-                    memory[pos] = F.normalize(moved, p=2.0, dim=1, eps=0.0)  # type: ignore[arg-type, index, operator]  # torch typing of submodules
+                    moved = memory[pos] * self.momentum + v.detach() * (1 - self.momentum)  # type: ignore[index]  # torch typing of submodules
+                    memory[pos] = F.normalize(moved, p=2.0, dim=1, eps=0.0)  # type: ignore[operator]  # torch typing of submodules
         return loss
 
 
@@ -750,8 +750,8 @@ class SemCKDLoss(nn.Module):
         """Student layer i projected to teacher layer j, and the teacher map at the same size."""
         s_h, t_h = fs.shape[2], ft.shape[2]
         if s_h > t_h:
-            return self.proj[i][j](F.adaptive_avg_pool2d(fs, (t_h, t_h))), ft  # type: ignore[arg-type, index, operator]  # torch typing of submodules
-        return self.proj[i][j](fs), F.adaptive_avg_pool2d(ft, (s_h, s_h))  # type: ignore[arg-type, index, operator]  # torch typing of submodules
+            return self.proj[i][j](F.adaptive_avg_pool2d(fs, (t_h, t_h))), ft  # type: ignore[index]  # torch typing of submodules
+        return self.proj[i][j](fs), F.adaptive_avg_pool2d(ft, (s_h, s_h))  # type: ignore[index]  # torch typing of submodules
 
     def forward(self, t: list[Tensor], s: list[Tensor], env: Any = None) -> Tensor:
         """Attention-weighted MSE over all (student, teacher) layer pairs.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from kdspec.diagnostics import Diagnostic
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses_progress
@@ -10,7 +13,7 @@ from kdspec.vocabulary import FUNCTIONS
 
 MAX_SIZE = 10_000_000  # sizes (dims, heads, negatives): larger is a typo that would exhaust memory
 
-_RULES = {
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "positive": (lambda v: v > 0, "must be > 0"),
     "nonneg": (lambda v: v >= 0, "must be >= 0"),
     "unit": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
@@ -136,7 +139,7 @@ def _check_weights(
             return [
                 ctx.diag("KD204", f"{len(v)} weights for {members} members", path, "one per member")
             ]
-        if any(x < 0 for x in v):  # type: ignore[operator]
+        if any(x < 0 for x in v):
             return [
                 ctx.diag(
                     "KD205",
@@ -148,7 +151,7 @@ def _check_weights(
                     "negative weight is no mixture",
                 )
             ]
-        if not sum(v) > 0:  # type: ignore[arg-type]
+        if not sum(v) > 0:
             return [
                 ctx.diag(
                     "KD205",
@@ -246,9 +249,10 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
             out.extend(_constant(ctx, e, ("data", part.name), f"{part.kind} `{part.name}`"))
     for stage in m.stages:
         key = ("stage", stage.name)
-        for what, e in (("duration", stage.duration), ("repeat", stage.repeat)):
-            if e is None:
+        for what, bound in (("duration", stage.duration), ("repeat", stage.repeat)):
+            if bound is None:
                 continue
+            e = bound
             if uses_progress(e, m.params):
                 out.extend(_constant(ctx, e, (*key, what), f"the {what} of stage `{stage.name}`"))
                 continue

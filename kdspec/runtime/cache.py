@@ -98,7 +98,7 @@ def teacher_key_fields(
     recipe.pop("metric", None)  # always top-1 for a teacher: not part of the key
     recipe["seed"] = seed
     recipe["exclude_classes"] = sorted(recipe["exclude_classes"])
-    fields = {
+    fields: dict[str, Any] = {
         "architecture": source,
         "model_options": options,
         "num_classes": num_classes,

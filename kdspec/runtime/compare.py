@@ -145,7 +145,7 @@ def compare(
             seed,
             key,
             out,
-            lambda d, lab=base_label: train_baseline(
+            lambda d, lab=base_label: train_baseline(  # type: ignore[misc]
                 prep_for(0), d, resume=True, opts=opts, label=lab
             ),
             opts.log,

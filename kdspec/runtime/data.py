@@ -89,6 +89,22 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
     """
     cfg = run.config.data
     src = cfg.source
+    for key, value, only in (
+        ("options", cfg.options, "import:"),
+        ("image_size", cfg.image_size, "torchvision:ImageFolder"),
+    ):
+        if value and not src.startswith(only):
+            raise KdError(
+                [
+                    run.diagnostic(
+                        "KD502",
+                        f"`[data] {key}` is only used by `{only}` sources, not by `{src}`",
+                        ("data", key),
+                        label="not used by this source",
+                        help="remove it (see docs/runfile.md)",
+                    )
+                ]
+            )
     fingerprint: dict[str, Any] = {}
     if src.startswith("import:"):
         splits = _import_splits(run, allow_import)
@@ -166,7 +182,7 @@ def _import_splits(run: Run, allow_import: Iterable[str]) -> Splits:
     cfg = run.config.data
     spec = cfg.source.partition(":")[2]
     try:
-        factory = import_factory(spec, allowed_imports(allow_import), Dataset, "data")
+        factory: Any = import_factory(spec, allowed_imports(allow_import), Dataset, "data")
     except ImportRefused as exc:
         raise _fail(run, exc.message, exc.help, exc.code) from None
     candidates: dict[str, Any] = {"seed": cfg.seed}
@@ -178,12 +194,13 @@ def _import_splits(run: Run, allow_import: Iterable[str]) -> Splits:
     except (TypeError, ValueError):
         params = {}  # type: ignore[assignment]
     try:
-        if inspect.isclass(factory) and "split" in params:
+        is_class = inspect.isclass(factory)  # kept apart: narrowing would type it `type[object]`
+        if is_class and "split" in params:
             result: Any = {
                 s: factory(**bindable(factory, candidates), split=s, **options)
                 for s in ("train", "val", "test")
             }
-        elif inspect.isclass(factory) and "train" in params:
+        elif is_class and "train" in params:
             result = (
                 factory(**bindable(factory, candidates), train=True, **options),
                 factory(**bindable(factory, candidates), train=False, **options),

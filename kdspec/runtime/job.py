@@ -47,6 +47,7 @@ __all__ = [
     "Prepared",
     "baseline_role",
     "distill",
+    "load_models",
     "model_roles",
     "prepare",
     "reference_teacher",
@@ -335,6 +336,56 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
                 models[name], data, run.config.data.eval_batch_size, metric
             )
     return Prepared(lowered, run, data, models, sources, teachers)
+
+
+def load_models(
+    spec: str | Path | Lowered = "hinton",
+    run: str | Path | Run | None = None,
+    *,
+    allow_import: Sequence[str] = (),
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Prepared:
+    """The roles' models of a spec and a run, exactly as ``kdspec train`` prepares them.
+
+    For a training loop of your own: ``[weights]`` are loaded, a frozen teacher without weights
+    comes pre-trained from the teacher cache (trained once and cached if it is not there yet,
+    with the run's ``[teacher]`` recipe), and sources that bring their weights are used as is.
+
+    Args:
+        spec: A ``.kd`` file, a library method name, or a method from
+            :func:`kdspec.api.load_method`; it says which roles exist and which are teachers.
+        run: A run file (path or :class:`Run`); None for the embedded digits job.
+        allow_import: Modules ``import:`` sources may load (as ``--allow-import``).
+        cache_dir: The teacher cache (default ``$KDSPEC_CACHE`` or ``~/.cache/kdspec``).
+        device: Where a teacher is pre-trained if it must be.
+        log: Where progress messages go (default: stderr).
+
+    Returns:
+        :class:`Prepared`: ``.models`` (role -> ``nn.Module``), ``.data`` (the splits),
+        ``.teachers`` (where each teacher's weights came from, its test top-1).
+
+    Example:
+        >>> from kdspec.runtime import load_models
+        >>> prep = load_models("hinton", log=lambda m: None)  # doctest: +SKIP
+        >>> teacher = prep.models["t"]  # the cached pre-trained zoo:cnn_small  # doctest: +SKIP
+    """
+    from kdspec.api import load_method
+    from kdspec.runtime.runfile import default_run, load_run
+
+    if not isinstance(run, Run):
+        run = load_run(run) if run is not None else default_run()
+    lowered = (
+        spec if isinstance(spec, Lowered) else load_method(spec, overrides=dict(run.config.params))
+    )
+    opts = JobOptions(
+        cache_dir=Path(cache_dir) if cache_dir is not None else None,
+        allow_import=tuple(allow_import),
+        device=device,
+        log=log or _stderr,
+    )
+    return prepare(lowered, run, opts)
 
 
 def _example_batch(prep: Prepared) -> Any:

@@ -314,9 +314,10 @@ class _Layout:
     def open_brace(self, node: Any) -> int:
         """Offset of the ``{`` of a block: the last token before its first item (or ``}``)."""
         children = _children(node)
-        pos = children[0].span.start if children else node.span.end - 1
+        pos: int = children[0].span.start if children else node.span.end - 1
         if self.text is None:  # the best guess: right after the last header part with a span
-            return min(pos, max(part.span.end for part in _header_parts(node)))
+            header_end: int = max(part.span.end for part in _header_parts(node))
+            return min(pos, header_end)
         while pos > node.span.start:
             ch = self.text[pos - 1]
             comment = self._comment_at(pos - 1)

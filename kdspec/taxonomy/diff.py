@@ -257,8 +257,8 @@ def _part_names(a: ir.Method, b: ir.Method) -> dict[str, str]:
         roles = sum(
             1 for r in renamed.roles if r.name in b_roles and _role_fields(r) == b_roles[r.name]
         )
-        same = sum(1 for x, y in names.items() if x == y)
-        score = (terms, roles, same)
+        kept = sum(1 for x, y in names.items() if x == y)
+        score = (terms, roles, kept)
         if best is None or score > best[0]:
             best = (score, names)
     assert best is not None

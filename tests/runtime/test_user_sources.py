@@ -176,6 +176,16 @@ def test_data_sources_share_the_import_permission(user, tmp_path) -> None:
     assert "not a data factory" in info.value.diagnostics[0].message
 
 
+def test_source_specific_data_keys_are_rejected_elsewhere(tmp_path) -> None:
+    for key, value in (("options", "{ n = 3 }"), ("image_size", "32")):
+        run = _run(f'[data]\nsource = "digits"\n{key} = {value}\n', tmp_path)
+        with pytest.raises(KdError) as info:
+            build_data(run)
+        (diag,) = info.value.diagnostics
+        assert diag.code == "KD502" and f"`[data] {key}` is only used" in diag.message
+        assert diag.source.line_col(diag.span.start)[0] == 3
+
+
 # -- torchvision:ImageFolder --------------------------------------------------------------------
 
 
