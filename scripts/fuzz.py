@@ -49,7 +49,9 @@ RUNS = sorted((ROOT / "runs").glob("*.toml")) + sorted((ROOT / "tests/golden/run
 
 MEMORY_LIMIT = 2 * 1024**3  # bytes of address space per worker
 PREPARE_SHARE = 0.1  # run files whose job is also prepared (models built): the slow part
-TIME_LIMIT = 10.0  # seconds of wall time per case before it is called a hang
+TIME_LIMIT = 10.0  # CPU seconds per case before it is called a hang
+SLOW_LIMIT = 2.0  # CPU seconds: an input slower than this (below 100 KB) is reported
+WALL_LIMIT = 120.0  # wall seconds (catches a case blocked without using CPU)
 
 
 @dataclass
@@ -442,6 +444,26 @@ def _worker(conn: mp.connection.Connection) -> None:  # type: ignore[name-define
         conn.send((result, time.perf_counter() - t0, time.process_time() - c0))
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time used so far by a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _answered(conn: object, pid: int | None) -> bool:
+    """Wait for the worker's answer; False (a hang) once the case has used TIME_LIMIT seconds
+    of CPU, or WALL_LIMIT seconds of wall time (a blocked read uses no CPU). CPU time is the
+    measure because a loaded machine stretches wall time many-fold."""
+    cpu0, wall0 = _cpu_seconds(pid), time.perf_counter()
+    while not conn.poll(0.5):  # type: ignore[attr-defined]
+        if _cpu_seconds(pid) - cpu0 > TIME_LIMIT or time.perf_counter() - wall0 > WALL_LIMIT:
+            return False
+    return True
+
+
 @dataclass
 class Report:
     cases: int = 0
@@ -451,6 +473,7 @@ class Report:
     hangs: list[Case] = field(default_factory=list)
     slowest: list[tuple[float, float, Case]] = field(default_factory=list)
     by_kind: Counter[str] = field(default_factory=Counter)
+    slow: int = 0  # inputs under 100 KB that took over SLOW_LIMIT CPU seconds
 
     def add_error(self, sig: str, message: str, case: Case) -> None:
         self.errors[sig] += 1
@@ -473,9 +496,10 @@ class Report:
                 f"          shortest input ({case.kind}, {case.origin}, {len(case.data)} bytes): "
                 f"{case.data[:200]!r}"
             )
-        out(f"hangs (over {TIME_LIMIT:g} s): {len(self.hangs)}")
+        out(f"hangs (over {TIME_LIMIT:g} CPU s or {WALL_LIMIT:g} s): {len(self.hangs)}")
         for case in self.hangs[:5]:
             out(f"          {case.kind} {case.origin} {len(case.data)} bytes: {case.data[:200]!r}")
+        out(f"inputs under 100 KB over {SLOW_LIMIT:g} CPU s: {self.slow}")
         out("slowest (wall s, cpu s, bytes, origin):")
         for wall, cpu, case in sorted(self.slowest, key=lambda x: -x[1])[:5]:
             out(f"  {wall:7.2f} {cpu:7.2f} {len(case.data):8d}  {case.kind} {case.origin}")
@@ -501,7 +525,7 @@ def fuzz(cases: int, seed: int, progress_every: int = 0) -> Report:
             report.cases += 1
             report.by_kind[case.kind] += 1
             conn.send(case)  # type: ignore[attr-defined]
-            if not conn.poll(TIME_LIMIT):  # type: ignore[attr-defined]
+            if not _answered(conn, proc.pid):
                 report.hangs.append(case)
                 proc.kill()
                 proc.join()
@@ -516,6 +540,8 @@ def fuzz(cases: int, seed: int, progress_every: int = 0) -> Report:
                 continue
             if result is not None:
                 report.add_error(result[0], result[1], case)
+            if cpu > SLOW_LIMIT and len(case.data) < 100_000:
+                report.slow += 1
             report.slowest.append((wall, cpu, case))
             report.slowest = sorted(report.slowest, key=lambda x: -x[1])[:5]
             if progress_every and report.cases % progress_every == 0:

@@ -65,6 +65,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "submodules); also KDSPEC_ALLOW_IMPORT or ~/.config/kdspec/config.toml. "
         "A run file cannot allow imports",
     )
+    p.add_argument(
+        "--on-nonfinite",
+        choices=["stop", "skip"],
+        default="stop",
+        help="at a NaN/inf loss: stop with KD503 (default) or skip the batch and count it",
+    )
     p.add_argument("--cache-dir", help="teacher cache (default: $KDSPEC_CACHE or ~/.cache/kdspec)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -117,6 +123,7 @@ def job_options(args: argparse.Namespace) -> tuple[Any, Any]:
         device=args.device,
         log=(lambda m: None) if args.quiet else _log,
         callbacks=[progress] if progress is not None else [],
+        on_nonfinite=getattr(args, "on_nonfinite", "stop"),
     )
     return opts, progress
 
@@ -255,11 +262,15 @@ def run(args: argparse.Namespace) -> int:
     for role, info in prep.teachers.items():
         if "cache" in info:
             how = "reused from" if info.get("reused") else "pre-trained now, cached in"
+            if info.get("replaced"):  # said even with --quiet: a corrupt entry was retrained
+                how = f"the cache entry was not reused ({info['replaced']}); {how}"
             print(f"teacher {role}: {how} {info['cache']}")
         elif "weights" in info:
             print(f"teacher {role}: weights from {info['weights']} (not pre-trained)")
         else:
             print(f"teacher {role}: trained weights from its source, used as is (not pre-trained)")
+    if summary.get("skipped_nonfinite"):
+        print(f"skipped {summary['skipped_nonfinite']} batches with a non-finite loss")
     print(f"run folder: {out}")
     print(f"curves: {out / 'curves.png'}")
     return 0

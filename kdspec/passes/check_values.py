@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kdspec.diagnostics import Diagnostic
+from kdspec.diagnostics import Diagnostic, Severity
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses_progress
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS
 
+MIN_TEMPERATURE = 1e-3  # below this, logits / T overflow float32 for ordinary logits
 MAX_SIZE = 10_000_000  # sizes (dims, heads, negatives): larger is a typo that would exhaust memory
 
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -108,6 +109,20 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
                         + (" during training" if len(values) > 1 else ""),
                         path,
                         f"`{name}` = {v:g}",
+                    )
+                )
+                break
+            if name == "T" and 0 < v < MIN_TEMPERATURE:
+                out.append(
+                    ctx.diag(
+                        "KD205",
+                        f"`{call.func}`'s temperature `T` = {v:g} is tiny: logits / T overflow, "
+                        "the softened distribution is a one-hot argmax and the loss diverges",
+                        path,
+                        f"`T` = {v:g}",
+                        severity=Severity.WARNING,
+                        help="KD temperatures are between about 1 and 20 (0.05-0.2 for "
+                        "contrastive losses)",
                     )
                 )
                 break

@@ -145,6 +145,7 @@ class CachedTeacher:
     key: str
     reused: bool
     metrics: dict[str, Any] = field(default_factory=dict)
+    replaced: str | None = None  # why an existing entry was not reused (corrupt, stale ...)
 
 
 def _check_entry(entry: Path, key: str, fields: dict[str, Any], model: nn.Module) -> str | None:
@@ -316,7 +317,7 @@ def get_teacher(
     (entry / "training" / "checkpoint.pt").unlink(missing_ok=True)
     shutil.rmtree(entry / "training" / "models", ignore_errors=True)
     log(f"teacher `{role}`: cached in {entry}")
-    return CachedTeacher(model, entry, key, False, metrics)
+    return CachedTeacher(model, entry, key, False, metrics, None if why == "missing" else why)
 
 
 # A cached teacher whose top-1 moved by more than this (percentage points) since it was cached

@@ -69,6 +69,7 @@ class JobOptions:
         device: Where to train (default: CUDA if available, else CPU).
         log: Where progress messages go (default: stderr).
         callbacks: Observers of every training loop (progress bars).
+        on_nonfinite: ``"stop"`` (KD503) or ``"skip"`` a batch whose loss is not finite.
     """
 
     cache_dir: Path | None = None
@@ -76,6 +77,7 @@ class JobOptions:
     device: str | None = None
     log: Callable[[str], None] = _stderr
     callbacks: Sequence[Any] = ()
+    on_nonfinite: str = "stop"
 
 
 @dataclass
@@ -322,6 +324,8 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
             "cache": str(cached.path),
             "reused": cached.reused,
         }
+        if cached.replaced is not None:
+            teachers[role.name]["replaced"] = cached.replaced
         checked = cached.metrics.get("checked_test_top1", cached.metrics.get("test_top1"))
         if checked is not None:
             teachers[role.name]["test_top1"] = checked
@@ -465,6 +469,7 @@ def _train(
         label=label,
         num_workers=cfg.data.num_workers,
         reference=reference_teacher(prep),
+        on_nonfinite=opts.on_nonfinite,
     )
 
 

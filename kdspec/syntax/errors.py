@@ -84,6 +84,9 @@ def _format_expected(expected: list[str]) -> str:
     return ", ".join(expected[:-1]) + " or " + expected[-1]
 
 
+_DEEP_STACK = 200
+
+
 def syntax_diagnostic(exc: UnexpectedInput, source: SourceFile, lark: Lark) -> Diagnostic:
     """One diagnostic for a lark syntax error (KD101 bad character, KD102 token, KD103 EOF)."""
     text = source.text
@@ -116,7 +119,12 @@ def syntax_diagnostic(exc: UnexpectedInput, source: SourceFile, lark: Lark) -> D
     token = exc.token
     start = token.start_pos or 0
     span = Span(start, token.end_pos if token.end_pos is not None else start + 1)
-    expected_names = sorted(exc.accepts or exc.expected)
+    # `accepts` replays every terminal on a copy of the parser stack: cheap normally, but
+    # quadratic-like on a stack thousands deep (5,000 unclosed `[`): then the table's
+    # `expected` set is used (same answer up to reductions, instant).
+    stack = getattr(getattr(exc.interactive_parser, "parser_state", None), "state_stack", ())
+    deep = len(stack) > _DEEP_STACK
+    expected_names = sorted(exc.expected if deep else (exc.accepts or exc.expected))
     expected = sorted({_describe_terminal(lark, t) for t in expected_names})
     # Name the keywords that could come next; operators that could extend an expression are noise.
     keywords = [e for e in expected if e.strip("`").isidentifier()]

@@ -120,3 +120,15 @@ def test_an_odd_teacher_cache_entry_is_kd504(capsys, tmp_path: Path, odd: str) -
         (entry / "teacher.json").mkdir()
     code, out = _train(capsys, tmp_path, "--out", str(tmp_path / "b"), "--cache-dir", str(cache))
     assert code == 1 and "KD504" in out and "internal error" not in out
+
+
+def test_a_corrupt_teacher_cache_entry_is_retrained_with_one_line(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cache = tmp_path / "cache"
+    code, _ = _train(capsys, tmp_path, "--out", str(tmp_path / "a"), "--cache-dir", str(cache))
+    assert code == 0
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    weights = entry / "teacher.pt"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    code, out = _train(capsys, tmp_path, "--out", str(tmp_path / "b"), "--cache-dir", str(cache))
+    assert code == 0
+    assert out.count("not reused") == 1 and "corrupt" in out  # said once, even with --quiet
