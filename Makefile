@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine (set-up included):
 #   make run    distil on the embedded default (digits; teacher trained once and cached)
 #   make test   the test suite (what CI runs)
+#   make test-fast  the tests that train no model (pytest -m 'not slow'), for development
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test lint setup clean
+.PHONY: run test test-fast lint setup clean
 
 $(BIN)/kdspec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ test: setup
 	$(BIN)/kdspec check specs/
 	$(BIN)/kdspec fmt --check specs/
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check kdspec tests scripts

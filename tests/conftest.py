@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,18 @@ def _seed() -> None:
         import torch
 
         torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One teacher cache for the whole run: the digits teacher is trained once, then reused."""
+    return tmp_path_factory.mktemp("teachers")
+
+
+@pytest.fixture(autouse=True)
+def _shared_teacher_cache(teacher_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Teachers go to the run's shared cache, never to the user's ``~/.cache/kdspec``.
+
+    A test that checks the cache itself passes ``--cache-dir`` or sets ``KDSPEC_CACHE``.
+    """
+    monkeypatch.setenv("KDSPEC_CACHE", str(teacher_cache))

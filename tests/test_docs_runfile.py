@@ -15,6 +15,8 @@ from kdspec.runtime import parse_run
 from kdspec.runtime.models import SCHEMES
 from kdspec.runtime.runfile import RunConfig
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "runfile.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", DOC, re.S)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

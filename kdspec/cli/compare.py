@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from kdspec.diagnostics import KdError, error
     from kdspec.runtime import default_run, load_run
     from kdspec.runtime.compare import compare
+    from kdspec.runtime.job import check_role_keys
 
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 for name in unknown
             ]
         )
+    check_role_keys(run_cfg, [m.method for m in methods])
     base_seed = args.seed if args.seed is not None else run_cfg.config.train.seed
     seeds = [base_seed + k for k in range(args.seeds)]
     out = (

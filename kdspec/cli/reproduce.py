@@ -82,6 +82,7 @@ def _floats(text: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from kdspec.api import load_method
     from kdspec.runtime import load_run
+    from kdspec.runtime.job import check_role_keys
     from kdspec.runtime.omitted_digit import reproduce
 
     if args.seeds < 1:
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     def method(temp: float) -> Any:
         return load_method("hinton", overrides={**overrides, "T": temp})
 
-    method(temps[0])  # report spec errors before any training
+    check_role_keys(run_cfg, [method(temps[0]).method])  # spec and run errors before training
     seeds = [args.seed + k for k in range(args.seeds)]
     out = (
         Path(args.out)

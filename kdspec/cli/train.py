@@ -192,9 +192,16 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from kdspec.runtime.files import write_failure
-    from kdspec.runtime.job import baseline_role, distill, prepare, train_baseline
+    from kdspec.runtime.job import (
+        baseline_role,
+        check_role_keys,
+        distill,
+        prepare,
+        train_baseline,
+    )
 
     run_cfg, lowered = load_job(args, args.spec)
+    check_role_keys(run_cfg, [lowered.method])
     method = lowered.method.name
     out = _out_dir(args, method)
     want_baseline = args.baseline if args.baseline is not None else not args.run_file

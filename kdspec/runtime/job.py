@@ -46,6 +46,7 @@ __all__ = [
     "JobOptions",
     "Prepared",
     "baseline_role",
+    "check_role_keys",
     "distill",
     "load_models",
     "model_roles",
@@ -112,6 +113,50 @@ def _trained_somewhere(method: ir.Method) -> set[str]:
     for stage in method.effective_stages():
         out |= graph.trained_roles(stage)
     return out
+
+
+ROLE_TABLES = ("models", "model_options", "weights", "pretrained")
+
+
+def check_role_keys(run: Run, methods: Sequence[ir.Method]) -> None:
+    """Every key of the run's role tables names a role that takes a model in some method.
+
+    A misspelt role (``[weights] teacher`` for a role ``t``) would otherwise be ignored and the
+    teacher pre-trained instead of loaded. ``compare`` passes every compared method: a key
+    is fine when any of them has the role.
+
+    Raises:
+        KdError: KD501 for each key that names no such role, with a did-you-mean.
+    """
+    import difflib
+
+    roles = sorted({r.name for m in methods for r in model_roles(m)})
+    others = {r.name: r.mode for m in methods for r in m.roles if r.name not in roles}
+    diags = []
+    for table in ROLE_TABLES:
+        for key in getattr(run.config, table):
+            if key in roles:
+                continue
+            if key in others:
+                why = f"`{key}` is a{'n' if others[key] == 'ema' else ''} {others[key]} role"
+                why += " and takes no model of its own"
+            else:
+                names = ", ".join(m.name for m in methods)
+                why = f"{names} ha{'s' if len(methods) == 1 else 've'} no role `{key}`"
+            close = difflib.get_close_matches(key, roles, n=1)
+            diags.append(
+                run.diagnostic(
+                    "KD501",
+                    f"`[{table}] {key}`: {why}",
+                    (table, key),
+                    label="not a role",
+                    help=(f"did you mean `{close[0]}`? " if close else "")
+                    + "roles that take a model: "
+                    + ", ".join(f"`{r}`" for r in roles),
+                )
+            )
+    if diags:
+        raise KdError(diags)
 
 
 def _teacher_roles(method: ir.Method) -> list[str]:

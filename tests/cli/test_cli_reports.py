@@ -11,6 +11,8 @@ from kdspec.cli.main import main
 from kdspec.runtime.compare import small_sample_warnings
 from kdspec.runtime.stats import paired_difference
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 TINY = """
 [data]
 source = "synthetic"

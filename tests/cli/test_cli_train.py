@@ -9,6 +9,8 @@ import pytest
 
 from kdspec.cli.main import main
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Tiny synthetic data and a one-epoch teacher: every command finishes in seconds.
@@ -114,13 +116,22 @@ def test_train_resume_of_a_finished_run_recomputes_nothing(
     assert again.splitlines()[:5] == out.splitlines()[:5]
 
 
-def test_default_digits_job(capsys, tmp_path: Path) -> None:
-    code, out, err = _train(capsys, tmp_path, "--epochs", "1")
+def test_default_digits_job(capsys, tmp_path: Path, teacher_cache: Path) -> None:
+    # The defaults (digits, zoo teacher and student, baseline) with a 2-epoch teacher instead
+    # of 20: the job's shape is under test, not the teacher's accuracy. The teacher lands in
+    # the run's shared cache, so it is trained once per test run.
+    short = tmp_path / "short.toml"
+    short.write_text("[teacher]\nepochs = 2\n")
+    out_dir = str(tmp_path / "out")
+    code, out, err = run(
+        capsys, "train", "hinton", "--run", str(short), "--out", out_dir, "--quiet", "--epochs", "1"
+    )
     assert code == 0, err
     assert "hinton on digits" in out
     assert "zoo:cnn_small" in out
     assert "zoo:cnn_tiny" in out
     assert "s alone" in out
+    assert any(teacher_cache.glob("zoo_cnn_small-*/teacher.pt"))
 
 
 def test_bad_run_file_is_a_diagnostic(capsys, tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ from kdspec.compiler import compile_spec
 from kdspec.source import SourceFile
 from kdspec.syntax.fmt import format_text
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 LIBRARY = {
     "hinton", "fitnets", "at", "fsp", "nst", "sp", "vid", "rkd", "pkt", "ab", "ft", "crd",
     "crd_kd", "dkd", "reviewkd", "dist", "ofd", "dml", "one", "byot", "ban", "takd",

@@ -17,6 +17,8 @@ from kdspec.runtime import load_run
 from kdspec.runtime.models import build_model_from_source
 from kdspec.runtime.trainer import lr_factor, train
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 RUNS = Path(__file__).resolve().parents[2] / "runs"
 PAIRS = [
     "cifar100_resnet32x4_resnet8x4",

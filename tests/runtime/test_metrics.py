@@ -15,6 +15,8 @@ from kdspec.cli.main import main
 from kdspec.runtime.metrics import METRICS
 from kdspec.runtime.trainer import _update_best, evaluate_model
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 
 def test_every_metric_matches_its_definition_in_float64() -> None:
     torch.manual_seed(0)

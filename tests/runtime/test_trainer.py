@@ -20,6 +20,8 @@ from kdspec.runtime.supervised import Plan, Supervised
 from kdspec.runtime.trainer import lr_factor, plan_stages, train
 from kdspec.zoo import build_model
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 TWO_STAGES = """
 method two {
   param T = 2

@@ -18,6 +18,8 @@ from kdspec.runtime import parse_run
 from kdspec.runtime.data import build_data
 from kdspec.runtime.job import JobOptions, prepare
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 DATA_MODULE = '''
 import torch
 from torch.utils.data import Dataset
@@ -401,3 +403,24 @@ def test_an_hf_folder_with_weights_is_not_pretrained_again(user, tmp_path) -> No
         assert torch.equal(a, b)
     assert prep.teachers["t"]["pretrained"] == "from the source"
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_role_table_key_that_names_no_role_is_an_error(capsys, tmp_path) -> None:
+    """`[weights] teacher` for a role `t` would leave the checkpoint unused."""
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[models]\nt = "zoo:cnn_small"\ns = "zoo:cnn_tiny"\n[weights]\nteacher = "t.pt"\n'
+    )
+    assert main(["train", "hinton", "--run", str(path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "error[KD501]: `[weights] teacher`: hinton has no role `teacher`" in err
+    assert "r.toml:5:1" in err and "roles that take a model: `s`, `t`" in err
+    # compare accepts a key when any compared method has the role.
+    from kdspec.runtime.job import check_role_keys
+
+    run = _run('[models]\nt = "zoo:cnn_small"\nt1 = "zoo:mlp"\ns = "zoo:cnn_tiny"\n', tmp_path)
+    both = [load_method("hinton").method, load_method("multi_teacher").method]
+    check_role_keys(run, both)
+    with pytest.raises(KdError) as info:
+        check_role_keys(run, both[:1])
+    assert [d.message for d in info.value.diagnostics] == ["`[models] t1`: hinton has no role `t1`"]
