@@ -267,3 +267,13 @@ def test_a_run_file_that_is_not_utf8_is_kd501(tmp_path: Path) -> None:
     with pytest.raises(KdError) as exc:
         load_run(path)
     assert "not UTF-8" in exc.value.diagnostics[0].message
+
+
+def test_import_roots_hold_for_one_command_only(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tree / "outside" / "lib.kd").write_text(_spec().replace("method m", "method other"))
+    spec = tree / "proj" / "x.kd"
+    spec.write_text(_spec(body=KD + "\n  use other", head='import "../outside/lib.kd"\n'))
+    assert _cli(capsys, "check", "--import-root", str(tree / "outside"), str(spec))[0] == 0
+    assert _cli(capsys, "check", str(spec))[0] == 1
