@@ -94,3 +94,13 @@ def test_term_lookup_is_indexed() -> None:
     assert m.term("k299") is m.terms[299] and m.term("nope") is None
     assert m.role("t") is m.roles[0]
     assert models._by_name(m.terms) is models._by_name(m.terms)  # one index, built once
+
+
+@pytest.mark.parametrize("where", ["missing/x.dot", "."])
+def test_graph_output_that_cannot_be_written_is_kd504(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "x.kd"
+    spec.write_text(UGLY)
+    assert main(["graph", str(spec), "-o", str(tmp_path / where)]) == 1
+    assert "KD504" in capsys.readouterr().err
