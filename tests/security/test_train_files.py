@@ -132,3 +132,33 @@ def test_a_corrupt_teacher_cache_entry_is_retrained_with_one_line(capsys, tmp_pa
     code, out = _train(capsys, tmp_path, "--out", str(tmp_path / "b"), "--cache-dir", str(cache))
     assert code == 0
     assert out.count("not reused") == 1 and "corrupt" in out  # said once, even with --quiet
+
+
+def test_a_disk_full_mid_run_is_kd504_and_keeps_the_last_checkpoint(
+    capsys, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    from kdspec.runtime import trainer
+
+    real = trainer.atomic_write
+    calls = {"checkpoint": 0}
+
+    def filling(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+        if path == out / "checkpoint.pt":  # the distillation's, not the teacher's
+            calls["checkpoint"] += 1
+            if calls["checkpoint"] > 1:  # the disk fills after the first good checkpoint
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, write)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(trainer, "atomic_write", filling)
+    run = tmp_path / "tiny.toml"
+    run.write_text(TINY.replace("[train]\nepochs = 1", "[train]\nepochs = 3"))
+    code = main(
+        ["train", "hinton", "--run", str(run), "--quiet", "--out", str(out),
+         "--cache-dir", str(tmp_path / "c")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "KD504" in err and "disk is full" in err
+    assert "last good checkpoint" in err and (out / "checkpoint.pt").is_file()
