@@ -241,6 +241,13 @@ def pathological() -> list[tuple[str, bytes]]:
             m.format(body="\n".join(f"  let l{i} = t.logits" for i in range(2000)) + "\n" + kd),
         )
     )
+    negs = "- " * 90
+    chain = [m.format(body=f"  param p = 1\n{kd} weight p").replace("method m", "method m0")]
+    chain += [
+        f"method m{i} {{\n teacher t\n student s\n param p = 1\n use m{i - 1}(p = {negs}p)\n}}\n"
+        for i in range(1, 15)
+    ]
+    out.append(("use chain of deep expressions", "".join(reversed(chain))))
     out.append(("empty", ""))
     out.append(("only bom", "\ufeff"))
     return [(n, t if isinstance(t, bytes) else t.encode("utf-8", "surrogatepass")) for n, t in out]

@@ -277,3 +277,14 @@ def test_import_roots_hold_for_one_command_only(
     spec.write_text(_spec(body=KD + "\n  use other", head='import "../outside/lib.kd"\n'))
     assert _cli(capsys, "check", "--import-root", str(tree / "outside"), str(spec))[0] == 0
     assert _cli(capsys, "check", str(spec))[0] == 1
+
+
+def test_uses_composing_deep_expressions_are_kd106() -> None:
+    negs = "- " * 90
+    parts = [_spec(f"  param p = 1\n{KD} weight p").replace("method m", "method m0")]
+    for i in range(1, 15):
+        parts.append(
+            f"method m{i} {{\n  teacher t\n  student s\n  param p = 1\n"
+            f"  use m{i - 1}(p = {negs}p)\n}}\n"
+        )
+    assert [d.code for d in _errors("".join(reversed(parts)))] == ["KD106"]
