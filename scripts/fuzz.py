@@ -105,6 +105,12 @@ def _nest(rng: random.Random, inner: str) -> str:
     return inner + "[1]" * depth
 
 
+def _cached_tokens(cache: dict[int, list], i: int, text: str) -> list:
+    if i not in cache:  # not setdefault: that would lex on every call
+        cache[i] = _tokens(text)
+    return cache[i]
+
+
 def mutate(rng: random.Random, texts: list[str], token_cache: dict[int, list]) -> str:
     """One to four token-level edits of a library spec (or a splice of two).
 
@@ -113,7 +119,7 @@ def mutate(rng: random.Random, texts: list[str], token_cache: dict[int, list]) -
     """
     i = rng.randrange(len(texts))
     text = texts[i]
-    toks = token_cache.setdefault(i, _tokens(text))
+    toks = _cached_tokens(token_cache, i, text)
     if not toks:
         return text
     picked = sorted({rng.randrange(len(toks)) for _ in range(rng.randint(1, 4))}, reverse=True)
@@ -126,7 +132,7 @@ def mutate(rng: random.Random, texts: list[str], token_cache: dict[int, list]) -
             text = text[:b] + " " + text[a:b] + text[b:]
         elif op == 2:  # replace by a token of another spec
             j = rng.randrange(len(texts))
-            other = token_cache.setdefault(j, _tokens(texts[j]))
+            other = _cached_tokens(token_cache, j, texts[j])
             if other:
                 c, d, _ = other[rng.randrange(len(other))]
                 text = text[:a] + texts[j][c:d] + text[b:]
@@ -307,6 +313,7 @@ def generate(seed: int) -> Iterator[Case]:
     rng = random.Random(seed)
     texts = _library()
     token_cache: dict[int, list] = {}
+    param_tokens: dict[int, list] = {}  # lexing is the generator's main cost: once per text
     templates = [p.read_text(encoding="utf-8") for p in RUNS]
     patho = pathological()
     grammar = _grammar_cases(seed)
@@ -327,7 +334,9 @@ def generate(seed: int) -> Iterator[Case]:
         else:
             spec = rng.choice(["hinton", "fitnets", "at", "dkd", "crd", "rkd"])
             value = (
-                rng.choice(PARAM_VALUES) if rng.random() < 0.7 else mutate(rng, PARAM_VALUES, {})
+                rng.choice(PARAM_VALUES)
+                if rng.random() < 0.7
+                else mutate(rng, PARAM_VALUES, param_tokens)
             )
             name = rng.choice(["T", "alpha", "weight", "beta", "x", "a" * 300])
             yield Case("param", "param", f"{name}={value}".encode("utf-8", "surrogatepass"), spec)
