@@ -12,6 +12,9 @@ from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS
 
 MIN_TEMPERATURE = 1e-3  # below this, logits / T overflow float32 for ordinary logits
+# Sizes whose cost grows fast: ONE's branches are whole sub-networks (thousands take minutes to
+# build); the same caps hold at compile time (kdspec.ops.components).
+SIZE_CAPS = {("branches", "n"): 256, ("branches", "width"): 1 << 14}
 MAX_SIZE = 10_000_000  # sizes (dims, heads, negatives): larger is a typo that would exhaust memory
 
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -107,6 +110,17 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
                         "KD205",
                         f"`{call.func}`'s `{name}` {text}, got {v:g}"
                         + (" during training" if len(values) > 1 else ""),
+                        path,
+                        f"`{name}` = {v:g}",
+                    )
+                )
+                break
+            cap = SIZE_CAPS.get((call.func, name))
+            if cap is not None and v > cap:
+                out.append(
+                    ctx.diag(
+                        "KD205",
+                        f"`{call.func}`'s `{name}` is at most {cap:,}, got {v:g}",
                         path,
                         f"`{name}` = {v:g}",
                     )
