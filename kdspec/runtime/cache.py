@@ -224,8 +224,9 @@ def get_teacher(
     key = _key(fields)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.split("/")[-1])[:40]
     entry = root / f"{slug}-{key}"
-    for path in (entry, entry / SIDECAR, entry / WEIGHTS):
-        odd = path.is_symlink() or (path.exists() and path.is_dir() != (path == entry))
+    folders = (entry, entry / "training")  # a planted link here would redirect the writes
+    for path in (*folders, entry / SIDECAR, entry / WEIGHTS):
+        odd = path.is_symlink() or (path.exists() and path.is_dir() != (path in folders))
         if odd:
             kind = "a symlink" if path.is_symlink() else "a folder" if path.is_dir() else "a file"
             raise KdError(

@@ -104,7 +104,7 @@ def test_a_read_only_out_is_kd504(capsys, tmp_path: Path) -> None:  # type: igno
     assert code == 1 and "KD504" in out
 
 
-@pytest.mark.parametrize("odd", ["entry-is-a-file", "sidecar-is-a-folder"])
+@pytest.mark.parametrize("odd", ["entry-is-a-file", "sidecar-is-a-folder", "training-is-a-link"])
 def test_an_odd_teacher_cache_entry_is_kd504(capsys, tmp_path: Path, odd: str) -> None:  # type: ignore[no-untyped-def]
     cache = tmp_path / "cache"
     code, out = _train(capsys, tmp_path, "--out", str(tmp_path / "a"), "--cache-dir", str(cache))
@@ -115,9 +115,16 @@ def test_an_odd_teacher_cache_entry_is_kd504(capsys, tmp_path: Path, odd: str) -
 
         shutil.rmtree(entry)
         entry.write_text("a file where the entry should be")
-    else:
+    elif odd == "sidecar-is-a-folder":
         (entry / "teacher.json").unlink()
         (entry / "teacher.json").mkdir()
+    else:  # another user's link: training files would land in the victim folder
+        import shutil
+
+        victim = tmp_path / "victim"
+        victim.mkdir()
+        shutil.rmtree(entry / "training", ignore_errors=True)
+        (entry / "training").symlink_to(victim)
     code, out = _train(capsys, tmp_path, "--out", str(tmp_path / "b"), "--cache-dir", str(cache))
     assert code == 1 and "KD504" in out and "internal error" not in out
 
