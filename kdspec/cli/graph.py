@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if done.returncode != 0:
             raise KdError(
-                [error("KD504", f"`dot` could not write `{args.output}`: {done.stderr.strip()}")]
+                [error("KD505", f"`dot` could not write `{args.output}`: {done.stderr.strip()}")]
             )
         print(f"wrote {args.output}")
         return 0
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.output).write_text(text, encoding="utf-8")
         except OSError as exc:
             raise KdError(
-                [error("KD504", f"cannot write `{args.output}`: {exc.strerror or exc}")]
+                [error("KD505", f"cannot write `{args.output}`: {exc.strerror or exc}")]
             ) from None
         print(f"wrote {args.output}")
     else:

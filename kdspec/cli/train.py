@@ -143,7 +143,7 @@ def _out_dir(args: argparse.Namespace, method: str) -> Path:
     """The run folder: never one that already holds files, unless resuming it.
 
     ``--out DIR`` that is a new or empty folder is used as is; one that holds files gets a
-    unique sub-folder (the user's files are never overwritten or deleted); a file is KD504.
+    unique sub-folder (the user's files are never overwritten or deleted); a file is KD505.
     Without ``--out`` each run gets its own new ``runs-out/<method>-<time>[-n]`` folder.
     """
     from kdspec.runtime.files import check_writable, fresh_folder
@@ -152,7 +152,7 @@ def _out_dir(args: argparse.Namespace, method: str) -> Path:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise KdError(
-                [error("KD504", f"--out `{out}` is a file, not a folder", help="name a folder")]
+                [error("KD505", f"--out `{out}` is a file, not a folder", help="name a folder")]
             )
         if args.resume:
             check_writable(out)

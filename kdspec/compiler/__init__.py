@@ -1,6 +1,7 @@
 """Checked method graph + ``nn.Module``s -> a trainable :class:`Distiller`."""
 
 from kdspec.compiler.distiller import Distiller, DistillOutput, StagePlan, compile_spec
+from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
 from kdspec.compiler.taps import ModelTaps, discover
 from kdspec.ir.evaluate import Progress
 
@@ -9,7 +10,10 @@ __all__ = [
     "Distiller",
     "ModelTaps",
     "Progress",
+    "StageLoop",
     "StagePlan",
+    "StageRun",
     "compile_spec",
     "discover",
+    "plan_stages",
 ]

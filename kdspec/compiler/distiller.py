@@ -8,6 +8,7 @@ adapter can fix is reported against the spec line before training starts.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from kdspec.compiler.nodes import (
     TransformNode,
     VirtualNode,
 )
+from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
 from kdspec.compiler.taps import ModelTaps, discover
 from kdspec.compiler.views import make_subset, make_view
 from kdspec.diagnostics import Diagnostic, KdError
@@ -56,10 +58,15 @@ class StagePlan:
 
 @dataclass
 class DistillOutput:
-    """The total loss and each term's weighted value (named after its spec line)."""
+    """The total loss and each term's weighted value (named after its spec line).
+
+    ``terms`` are detached, for logging (``float(v)``); ``grad_terms`` are the same values with
+    their graph, for a loop that needs one term's gradient.
+    """
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    grad_terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,6 +149,10 @@ class Distiller(nn.Module):
         self._batch: _Batch | None = None
         self._given: dict[str, Any] = {}
         self.stage_plans: list[StagePlan] = []
+        # Where training is: set per batch by `stages()`; the last progress a forward used.
+        self._position: Progress | None = None
+        self._last_progress: Progress | None = None
+        self._scheduled: list[tuple[str, tuple[str, str]]] = _scheduled_parts(self.method)
 
     # -- running roles ----------------------------------------------------------------------
 
@@ -304,7 +315,7 @@ class Distiller(nn.Module):
             if role.mode != "ema" or role.source is None or role.name not in self.roles:
                 continue
             decay = (
-                float(evaluate(role.options["decay"], self.params_ir))  # type: ignore[arg-type]
+                float(evaluate(role.options["decay"], self.params_ir, self._last_progress))  # type: ignore[arg-type]
                 if "decay" in role.options
                 else 0.999
             )
@@ -338,10 +349,89 @@ class Distiller(nn.Module):
             return self._const_weights[name]
         return float(evaluate(self._weights[name], self.params_ir, progress))  # type: ignore[arg-type]
 
+    # -- where training is -------------------------------------------------------------------
+
+    def plan(self, epochs: float, steps_per_epoch: int) -> list[StageRun]:
+        """Every stage's length in optimizer steps for a run of ``epochs`` (as ``kdspec train``).
+
+        Raises:
+            KdError: KD207 when the stages with a fixed length do not fit in ``epochs``.
+        """
+        return plan_stages(self.stage_plans, epochs, steps_per_epoch)
+
+    def stages(
+        self, loader: Iterable[Any], epochs: float, *, steps_per_epoch: int | None = None
+    ) -> Iterator[StageLoop]:
+        """Run the method's stages as ``kdspec train`` does, in a loop of one's own.
+
+        Yields one :class:`~kdspec.compiler.stages.StageLoop` per stage (and repetition), with
+        the stage set; iterating it gives that stage's batches (``for 30%`` of ``epochs`` is 30%
+        of the steps), and each forward evaluates schedules at that batch's step. Hand-offs
+        between repetitions happen when the next one is asked for. Make a fresh optimizer per
+        stage over :meth:`trainable_parameters`, which change between stages.
+
+        Args:
+            loader: the training batches, one epoch per pass (a ``DataLoader``).
+            epochs: the length of the whole run.
+            steps_per_epoch: batches per epoch (default ``len(loader)``).
+        """
+        per_epoch = steps_per_epoch if steps_per_epoch is not None else len(loader)  # type: ignore[arg-type]
+        runs = self.plan(epochs, per_epoch)
+        for run in runs:
+            for rep in range(run.repeat):
+                self.set_stage(run.name)
+                self.train()
+                self._position = Progress.at(0, per_epoch, run.steps)
+                yield StageLoop(run, rep, loader, per_epoch, self._set_position)
+                self.finish_repeat(last=rep == run.repeat - 1)
+
+    def _set_position(self, progress: Progress) -> None:
+        self._position = progress
+
+    def _where(self, progress: Progress | None) -> Progress | None:
+        """The progress a forward uses; KD504 where it matters and nobody said."""
+        progress = progress if progress is not None else self._position
+        stages = self.method.effective_stages()
+        timed = len(stages) > 1 or stages[0].duration is not None
+        if progress is None and (self._scheduled or (self._stage is None and timed)):
+            what = (
+                "changes values during training (schedules in "
+                + ", ".join(text for text, _ in self._scheduled)
+                + ")"
+                if self._scheduled
+                else "has stages (" + ", ".join(f"`{s.name}`" for s in stages) + ")"
+            )
+            smap = self.lowered.source_map
+            where = self._scheduled[0][1] if self._scheduled else ("stage", stages[-1].name)
+            raise KdError(
+                [
+                    smap.diagnostic(
+                        "KD504",
+                        f"`{self.method.name}` {what}, but the Distiller does not know where "
+                        "training is",
+                        where,
+                        "depends on where training is",
+                        help="iterate `distiller.stages(loader, epochs=...)` and its batches, "
+                        "as `kdspec train` does, or pass "
+                        "`progress=Progress.at(step, steps_per_epoch, stage_steps)`",
+                    )
+                ]
+            )
+        return progress
+
     def forward(self, batch: Any, progress: Progress | None = None) -> DistillOutput:
-        """Total loss and weighted terms for one batch (``(x, y[, index])`` or a dict)."""
+        """Total loss and weighted terms for one batch (``(x, y[, index])`` or a dict).
+
+        Schedules are evaluated at ``progress``, or where :meth:`stages` says training is.
+
+        Raises:
+            KdError: KD504 when the method has schedules, or several (or timed) stages and no
+                stage was set, and neither ``progress`` nor :meth:`stages` says where training is.
+        """
+        progress = self._where(progress)
         if self._stage is None:
             self.set_stage(self.method.effective_stages()[0].name)
+        self._last_progress = progress
         env = self._begin(batch, progress)
         terms: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
@@ -357,7 +447,7 @@ class Distiller(nn.Module):
             self._batch = None
         if total is None:
             total = torch.zeros(())
-        return DistillOutput(total, terms)
+        return DistillOutput(total, {k: v.detach() for k, v in terms.items()}, terms)
 
     def _begin(self, batch: Any, progress: Progress | None = None) -> Env:
         """Start evaluating a batch: fresh per-forward caches and the environment terms read."""
@@ -822,3 +912,25 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
         d.train()
         for name, mode in modes.items():
             d.roles[name].train(mode)
+
+
+def _scheduled_parts(m: ir.Method) -> list[tuple[str, tuple[str, str]]]:
+    """The parts of a method whose values follow a schedule (named for KD504)."""
+
+    def has(e: ir.Expr | None) -> bool:
+        for n in ir.walk(e, m):
+            if isinstance(n, ir.ParamRef) and uses_progress(n, m.params):
+                return True
+            fn = FUNCTIONS.get(n.func) if isinstance(n, ir.Call) else None
+            if fn is not None and fn.category == "schedule":
+                return True
+        return False
+
+    out = [(f"`{t.name}`", ("term", t.name)) for t in m.terms if any(map(has, t.expressions()))]
+    out += [(f"ensemble `{x.name}`", ("ensemble", x.name)) for x in m.ensembles if has(x.weights)]
+    out += [
+        (f"{r.kind} `{r.name}`", ("role", r.name))
+        for r in m.roles
+        if any(has(v) for v in r.options.values())
+    ]
+    return out

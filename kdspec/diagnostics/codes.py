@@ -86,6 +86,13 @@ CODES: dict[str, tuple[str, str]] = {
     "KD502": ("bad data", "The data source is unknown or yields unexpected items."),
     "KD503": ("non-finite loss", "Training produced a NaN or infinite loss."),
     "KD504": (
+        "training position unknown",
+        "The method has schedules (or several stages and none was set), and a Distiller was "
+        "called without knowing where training is. Iterate `distiller.stages(loader, "
+        "epochs=...)` and its batches, which runs the stages and schedules as `kdspec train` "
+        "does, or pass `progress=Progress.at(step, steps_per_epoch, stage_steps)`.",
+    ),
+    "KD505": (
         "cannot write outputs",
         "A run folder or the teacher cache is not writable, is a file, or the disk is full.",
     ),

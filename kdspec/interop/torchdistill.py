@@ -189,9 +189,7 @@ class _Converter:
         return getattr(node, "span", None)
 
     def warn(self, message: str, node: Any = None, key: str | None = None, **kw: Any) -> None:
-        self.diags.append(
-            warning("KD601", message, self.source, self._span(node, key), **kw)
-        )
+        self.diags.append(warning("KD601", message, self.source, self._span(node, key), **kw))
 
     def fail(self, message: str, node: Any = None, key: str | None = None, **kw: Any) -> None:
         self.diags.append(error("KD601", message, self.source, self._span(node, key), **kw))

@@ -232,7 +232,7 @@ def get_teacher(
             raise KdError(
                 [
                     error(
-                        "KD504",
+                        "KD505",
                         f"teacher cache entry `{path}` is {kind}: kdspec neither uses nor "
                         "removes it",
                         help="remove it, or choose another cache with `--cache-dir`",

@@ -40,7 +40,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def write_failure(exc: OSError, what: str, where: Path, *, kept: str | None = None) -> KdError:
-    """KD504 for a failed write: the disk is full, the folder is read-only, ..."""
+    """KD505 for a failed write: the disk is full, the folder is read-only, ..."""
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         reason = "the disk is full"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -49,18 +49,18 @@ def write_failure(exc: OSError, what: str, where: Path, *, kept: str | None = No
         reason = exc.strerror or str(exc)
     notes = [kept] if kept else []
     return KdError(
-        [error("KD504", f"cannot write {what} in `{where}`: {reason}", None, notes=notes)]
+        [error("KD505", f"cannot write {what} in `{where}`: {reason}", None, notes=notes)]
     )
 
 
 def check_writable(folder: Path, need: int = MIN_FREE_BYTES) -> None:
-    """KD504 before anything trains if ``folder`` (or the nearest existing parent it will be
+    """KD505 before anything trains if ``folder`` (or the nearest existing parent it will be
     created in) is not a writable folder with ``need`` bytes free."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise KdError([error("KD504", f"`{existing}` is a file, not a folder", None)])
+        raise KdError([error("KD505", f"`{existing}` is a file, not a folder", None)])
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".kdspec-probe-")
         os.close(fd)
@@ -72,7 +72,7 @@ def check_writable(folder: Path, need: int = MIN_FREE_BYTES) -> None:
         raise KdError(
             [
                 error(
-                    "KD504",
+                    "KD505",
                     f"only {free / 2**20:.0f} MiB free in `{existing}`; a run needs at least "
                     f"{need / 2**20:.0f} MiB for its checkpoints",
                     None,
@@ -100,7 +100,7 @@ def fresh_folder(base: Path, name: str) -> Path:
         except OSError as exc:
             raise write_failure(exc, "the run folder", base) from None
         return path
-    raise KdError([error("KD504", f"no free run folder name in `{base}`", None)])
+    raise KdError([error("KD505", f"no free run folder name in `{base}`", None)])
 
 
 def _as_os_error(exc: BaseException, folder: Path) -> OSError:

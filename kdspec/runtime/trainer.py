@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from kdspec.compiler.stages import StageRun, plan_stages
 from kdspec.diagnostics import KdError, error
 from kdspec.ir.evaluate import Progress
 from kdspec.runtime.data import drops_a_lone_example, eval_loader, train_loader
@@ -108,108 +109,6 @@ def _notify(callbacks: Iterable[Any], event: str, *args: Any) -> None:
         fn = getattr(cb, event, None)
         if fn is not None:
             fn(*args)
-
-
-@dataclass(frozen=True)
-class StageRun:
-    """A stage as scheduled: its length per repetition, in epochs and in optimizer steps."""
-
-    index: int
-    name: str
-    epochs: float
-    steps: int
-    repeat: int
-
-
-def plan_stages(plans: Sequence[Any], total_epochs: float, steps_per_epoch: int) -> list[StageRun]:
-    """Turn stage plans into step counts (see the module docstring for the rules).
-
-    Example:
-        >>> from kdspec.runtime.supervised import Plan
-        >>> [(s.name, s.steps) for s in plan_stages(
-        ...     [Plan("hints", 0.25, "fraction"), Plan("distill")], 8, 10)]
-        [('hints', 20), ('distill', 60)]
-    """
-    fixed: dict[int, float] = {}
-    for i, p in enumerate(plans):
-        if p.duration is None:
-            continue
-        if p.unit == "fraction":
-            fixed[i] = float(p.duration) * total_epochs
-        elif p.unit == "steps":
-            fixed[i] = float(p.duration) / steps_per_epoch
-        else:
-            fixed[i] = float(p.duration)
-    used = sum(fixed[i] * max(1, int(plans[i].repeat)) for i in fixed)
-    open_reps = sum(max(1, int(p.repeat)) for i, p in enumerate(plans) if i not in fixed)
-    if used > total_epochs + 1e-9 or (open_reps and used >= total_epochs - 1e-9):
-        # A stage written for a longer run (FT's 30-epoch paraphraser stage on a 20-epoch run)
-        # would eat the whole budget and leave the other stages a single step.
-        names = ", ".join(f"`{plans[i].name}` ({fixed[i]:g} epochs)" for i in fixed)
-        raise KdError(
-            [
-                error(
-                    "KD207",
-                    f"the stages with a fixed length ({names}) take {used:g} of the run's "
-                    f"{total_epochs:g} epochs"
-                    + (", leaving nothing for the others" if open_reps else ""),
-                    help="train longer (`--epochs`, `[train] epochs`) or shorten the stage with "
-                    "`--param` (library specs make the length a parameter, e.g. `init_epochs`; "
-                    "`kdspec explain SPEC` shows it)",
-                )
-            ]
-        )
-    share = max(0.0, total_epochs - used) / open_reps if open_reps else 0.0
-    out = []
-    short: list[str] = []
-    for i, p in enumerate(plans):
-        epochs = fixed.get(i, share)
-        if int(p.repeat) > 1 and epochs * steps_per_epoch < 1 and p.unit != "steps":
-            short.append(p.name)
-        steps = max(1, round(epochs * steps_per_epoch))
-        if p.unit == "steps" and p.duration is not None:
-            steps = max(1, int(p.duration))
-        out.append(StageRun(i, p.name, steps / steps_per_epoch, steps, max(1, int(p.repeat))))
-    _check_budget(out, short, total_epochs, steps_per_epoch)
-    return out
-
-
-HUGE_LOSS = 1e6  # an epoch loss beyond this is divergence, even while it stays finite
-MAX_TOTAL_STEPS = 100_000_000
-"""More optimisation steps than any real run takes: a larger plan is a typo (`repeat 1e6`)."""
-
-
-def _check_budget(
-    stages: list[StageRun], short: list[str], total_epochs: float, steps_per_epoch: int
-) -> None:
-    """KD207 before training when repeats do not fit the run or the plan is absurdly long.
-
-    Every repetition of a stage runs at least one step, so ``repeat 40`` on a run of 19 steps
-    would silently train 40 steps (and evaluate 40 times): refused instead.
-    """
-    problems = [
-        f"stage `{s.name}` repeats {s.repeat:,} times, but its share of the run is less than "
-        "one step per repetition"
-        for s in stages
-        if s.name in short
-    ]
-    total = sum(s.steps * s.repeat for s in stages)
-    if total > MAX_TOTAL_STEPS:
-        problems.append(
-            f"the plan has {total:,} optimisation steps, more than the {MAX_TOTAL_STEPS:,} allowed"
-        )
-    if problems:
-        raise KdError(
-            [
-                error(
-                    "KD207",
-                    text,
-                    help=f"the run has {total_epochs:g} epochs of {steps_per_epoch} steps; lower "
-                    "the repeat count (`--param`) or train longer",
-                )
-                for text in problems
-            ]
-        )
 
 
 def lr_factor(cfg: TrainConfig, step: int, stage_steps: int, steps_per_epoch: int) -> float:
@@ -301,6 +200,9 @@ class TrainResult:
     records: list[dict[str, Any]]
     summary: dict[str, Any]
     model: Any = field(repr=False)
+
+
+HUGE_LOSS = 1e6  # an epoch loss beyond this is divergence, even while it stays finite
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -545,9 +447,7 @@ def train(
                         if opt is not None:
                             for group in opt.param_groups:
                                 group["lr"] = lr
-                        progress = Progress(
-                            epoch=steps_done / steps_per_epoch, stage_epochs=stage.epochs
-                        )
+                        progress = Progress.at(steps_done, steps_per_epoch, stage.steps)
                         with torch.autocast(dev.type, enabled=use_amp):
                             result = model(batch, progress=progress)
                         bad = _non_finite(result)

@@ -253,14 +253,14 @@ def test_stopgrad_stops_gradient_exactly_where_the_spec_says():
     p1, p2 = build_model("mlp", 10, 1), build_model("mlp", 10, 1)
     d = compile_spec(spec(DML), {"p1": p1, "p2": p2}, batch())
     d.set_stage("main")
-    d(batch()).terms["a"].backward()
+    d(batch()).grad_terms["a"].backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in p2.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in p1.parameters())
     d.zero_grad()
     open_text = DML.replace("stopgrad(p2.logits)", "p2.logits")
     d2 = compile_spec(spec(open_text), {"p1": p1, "p2": p2}, batch())
     d2.set_stage("main")
-    d2(batch()).terms["a"].backward()
+    d2(batch()).grad_terms["a"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in p2.parameters())
 
 

@@ -289,7 +289,7 @@ def test_nst_squared_mmd_with_polynomial_kernel() -> None:
         return k(t, t) + k(s, s) - 2 * k(s, t)
 
     paper = 50 / 2 * sum(mmd2(fs, ft) for fs, ft in zip(ss, ts, strict=True))
-    same_loss_and_grads(out.terms["nst"], paper, ss)
+    same_loss_and_grads(out.grad_terms["nst"], paper, ss)
 
 
 def _margin(bn: nn.BatchNorm2d) -> Tensor:

@@ -328,7 +328,7 @@ def test_ft_factor_loss_with_torchdistill_mean() -> None:
     replace_adapters(d, "translator", Passthrough)
     d.set_stage("transfer")  # the `recon` decoder was built for the real paraphraser's factor
     out = d(with_labels(taps))
-    check(out.terms["ft"] / d.weight("ft", None), g, x, "ft")
+    check(out.grad_terms["ft"] / d.weight("ft", None), g, x, "ft")
 
 
 @pytest.mark.parametrize("case", ["hcl", "hcl_small"])

@@ -103,4 +103,4 @@ def test_graph_output_that_cannot_be_written_is_kd504(
     spec = tmp_path / "x.kd"
     spec.write_text(UGLY)
     assert main(["graph", str(spec), "-o", str(tmp_path / where)]) == 1
-    assert "KD504" in capsys.readouterr().err
+    assert "KD505" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Issue 13: `kdspec train` never loses a user's files and reports unwritable outputs as KD504."""
+"""Issue 13: `kdspec train` never loses a user's files and reports unwritable outputs as KD505."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_out_naming_a_file_is_kd504(capsys, tmp_path: Path) -> None:  # type: ig
     target = tmp_path / "file"
     target.write_text("keep")
     code, out = _train(capsys, tmp_path, "--out", str(target))
-    assert code == 1 and "KD504" in out and "internal error" not in out
+    assert code == 1 and "KD505" in out and "internal error" not in out
     assert target.read_text() == "keep"
 
 
@@ -89,7 +89,7 @@ def test_too_little_free_space_is_kd504_before_training(monkeypatch, tmp_path: P
     monkeypatch.setattr(files.shutil, "disk_usage", lambda p: real(p)._replace(free=1024))
     with pytest.raises(KdError) as exc:
         files.check_writable(tmp_path / "new")
-    assert exc.value.diagnostics[0].code == "KD504"
+    assert exc.value.diagnostics[0].code == "KD505"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -101,7 +101,7 @@ def test_a_read_only_out_is_kd504(capsys, tmp_path: Path) -> None:  # type: igno
         code, out = _train(capsys, tmp_path, "--out", str(ro / "run"))
     finally:
         os.chmod(ro, 0o755)
-    assert code == 1 and "KD504" in out
+    assert code == 1 and "KD505" in out
 
 
 @pytest.mark.parametrize("odd", ["entry-is-a-file", "sidecar-is-a-folder", "training-is-a-link"])
@@ -126,7 +126,7 @@ def test_an_odd_teacher_cache_entry_is_kd504(capsys, tmp_path: Path, odd: str) -
         shutil.rmtree(entry / "training", ignore_errors=True)
         (entry / "training").symlink_to(victim)
     code, out = _train(capsys, tmp_path, "--out", str(tmp_path / "b"), "--cache-dir", str(cache))
-    assert code == 1 and "KD504" in out and "internal error" not in out
+    assert code == 1 and "KD505" in out and "internal error" not in out
 
 
 def test_a_corrupt_teacher_cache_entry_is_retrained_with_one_line(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -167,5 +167,5 @@ def test_a_disk_full_mid_run_is_kd504_and_keeps_the_last_checkpoint(
          "--cache-dir", str(tmp_path / "c")]
     )  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 1 and "KD504" in err and "disk is full" in err
+    assert code == 1 and "KD505" in err and "disk is full" in err
     assert "last good checkpoint" in err and (out / "checkpoint.pt").is_file()
