@@ -29,8 +29,11 @@ HEADERS = {
     "losses": "losses",
     "weights": "weights",
     "stages": "stages",
-    "data": "data",
+    "data": "data preparation",
     "ground_truth": "labels",
+    "architecture": "T/S architecture",
+    "initialisation": "learner init",
+    "algorithm": "algorithm (Gou)",
 }
 
 

@@ -453,7 +453,13 @@ def rename(m: ir.Method, mapping: dict[str, str]) -> ir.Method:
     def step(node: BaseModel) -> BaseModel:
         if isinstance(node, ir.Role):
             return node.model_copy(
-                update={"name": new(node.name), "source": new(node.source), "view": new(node.view)}
+                update={
+                    "name": new(node.name),
+                    "source": new(node.source),
+                    "view": new(node.view),
+                    "like": new(node.like),
+                    "init_from": new(node.init_from),
+                }
             )
         if isinstance(node, ir.Ensemble):
             return node.model_copy(
@@ -495,7 +501,14 @@ def _signatures(m: ir.Method) -> dict[str, tuple[object, ...]]:
     names = [r.name for r in m.roles] + [d.name for d in m.data]
     sig: dict[str, tuple[object, ...]] = {}
     for r in m.roles:
-        own = r.model_copy(update={"name": "", "source": "?" if r.source else None})
+        own = r.model_copy(
+            update={
+                "name": "",
+                "source": "?" if r.source else None,
+                "like": "?" if r.like else None,
+                "init_from": "?" if r.init_from else None,
+            }
+        )
         sig[r.name] = ("role", r.kind, _key(own), _uses(m, r.name, names))
     for d in m.data:
         sig[d.name] = ("data", d.kind, _blank(d), _uses(m, d.name, names))
@@ -523,7 +536,23 @@ def _rest_names(m: ir.Method, base: dict[str, str]) -> dict[str, str]:
     r = rename(m, base)
     out: dict[str, str] = {}
     out |= {e.name: f"ensemble{i}" for i, e in enumerate(sorted(r.ensembles, key=_blank), 1)}
-    out |= {x.name: f"let{i}" for i, x in enumerate(sorted(r.lets, key=_blank), 1)}
+    # Lets in dependency order: a binding is named once the bindings it reads are, from its
+    # form with those names in place (never from the names the spec gave them).
+    left = list(r.lets)
+    lets: dict[str, str] = {}
+    while left:
+        ready = [
+            x
+            for x in left
+            if all(n.name in lets for n in walk(x.value) if isinstance(n, ir.LetRef))
+        ] or left  # a cycle (rejected by the checks): name what is left by form
+        first = min(
+            ready, key=lambda x: _blank(rename(ir.Method(name="", lets=(x,)), lets).lets[0])
+        )
+        lets[first.name] = f"let{len(lets) + 1}"
+        left.remove(first)
+    out |= lets
+    r = rename(r, out)  # terms are ordered by their form with every name above in place
     stage_of = {
         t.name: tuple(i for i, st in enumerate(r.stages) if not st.losses or t.name in st.losses)
         for t in r.terms

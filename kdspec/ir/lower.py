@@ -633,9 +633,28 @@ class _MethodLowering:
             role = self.roles[ident.name]
             mode: str = role.mode
             source, options, view = None, {}, None
+            like: str | None = None
+            size: str | None = None
+            init_from: str | None = None
             for mod in st.mods:
                 if mod.kind in ("frozen", "trained"):
                     mode = mod.kind
+                elif mod.kind in ("like", "from") and mod.view is not None:
+                    other = mod.view.name
+                    if other not in self.roles or other == ident.name:
+                        self.err(
+                            "KD202",
+                            f"unknown role `{other}`"
+                            if other != ident.name
+                            else f"`{ident.name}` cannot be `{mod.kind}` itself",
+                            mod.view.span,
+                            "not a role of this method" if other != ident.name else "itself",
+                            help=did_you_mean(other, [r for r in self.roles if r != ident.name]),
+                        )
+                    elif mod.kind == "like":
+                        like, size = other, mod.size
+                    else:
+                        init_from = other
                 elif mod.kind == "sees" and mod.view is not None:
                     view = mod.view.name
                     part = self.data.get(view)
@@ -675,6 +694,9 @@ class _MethodLowering:
                 source=source,
                 options=options,
                 view=view,
+                like=like,
+                size=size,
+                init_from=init_from,
             )
 
     def ensemble(self, st: ast.Ensemble) -> None:

@@ -242,6 +242,10 @@ class Role(_Node):
     source: str | None = None
     options: dict[str, Expr] = Field(default_factory=dict)
     view: str | None = None
+    # Stated architecture and initialisation (``like s``, ``like s deeper``, ``from t``).
+    like: str | None = None
+    size: Literal["deeper", "wider", "smaller"] | None = None
+    init_from: str | None = None
 
 
 class Ensemble(_Node):

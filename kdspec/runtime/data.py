@@ -31,6 +31,7 @@ from kdspec.runtime.imports import (
     ImportRefused,
     allowed_imports,
     bindable,
+    call_factory,
     code_fingerprint,
     import_factory,
 )
@@ -193,26 +194,29 @@ def _import_splits(run: Run, allow_import: Iterable[str]) -> Splits:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}  # type: ignore[assignment]
+    args = {**bindable(factory, candidates), **options}
     try:
-        is_class = inspect.isclass(factory)  # kept apart: narrowing would type it `type[object]`
-        if is_class and "split" in params:
+        if inspect.isclass(factory) and "split" in params:
             result: Any = {
-                s: factory(**bindable(factory, candidates), split=s, **options)
+                s: call_factory(factory, {**args, "split": s}, spec, "KD502")
                 for s in ("train", "val", "test")
             }
-        elif is_class and "train" in params:
-            result = (
-                factory(**bindable(factory, candidates), train=True, **options),
-                factory(**bindable(factory, candidates), train=False, **options),
+        elif inspect.isclass(factory) and "train" in params:
+            result = tuple(
+                call_factory(factory, {**args, "train": t}, spec, "KD502") for t in (True, False)
             )
         else:
-            result = factory(**bindable(factory, candidates), **options)
-    except TypeError as exc:
-        raise _fail(
-            run,
-            f"data source `{cfg.source}` does not take these arguments: {exc}",
-            "`[data] options` are passed as keywords; `root` and `seed` are passed when the "
-            "factory takes them",
+            result = call_factory(factory, args, spec, "KD502")
+    except ImportRefused as exc:
+        help_text = exc.help
+        if exc.bad_arguments:
+            help_text = (
+                "`[data] options` are passed as keywords; `root` and `seed` are passed when "
+                "the factory takes them"
+            )
+        key = "options" if exc.bad_arguments and options else "source"
+        raise KdError(
+            [run.diagnostic("KD502", exc.message, ("data", key), label=exc.message, help=help_text)]
         ) from None
     try:
         return user_splits(

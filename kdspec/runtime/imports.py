@@ -32,10 +32,10 @@ import os
 import sys
 import sysconfig
 import tomllib
+import traceback
 import types
 import typing
 from collections.abc import Iterable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "ImportRefused",
     "allowed_imports",
     "bindable",
+    "call_factory",
     "code_fingerprint",
     "import_factory",
     "is_user_code",
@@ -64,11 +65,14 @@ class ImportRefused(Exception):
         help: What to do about it.
     """
 
-    def __init__(self, code: str, message: str, help: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, help: str | None = None, bad_arguments: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.help = help
+        self.bad_arguments = bad_arguments
 
 
 def user_config_path() -> Path:
@@ -128,17 +132,45 @@ def is_user_code(module: Any) -> bool:
     return not any(path.is_relative_to(root) for root in _library_roots())
 
 
-@contextmanager
-def _cwd_on_path() -> Any:
+def _cwd_on_path() -> None:
+    """Put the current folder last on the import path (it can shadow no installed module).
+
+    It stays there: data-loader workers started by ``spawn`` re-import the user's module
+    from the parent's path.
+    """
     cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+def call_factory(factory: Any, kwargs: dict[str, Any], spec: str, code: str) -> Any:
+    """Call an ``import:`` factory; what goes wrong in the user's code is a diagnostic.
+
+    Raises:
+        ImportRefused: ``code`` with ``bad_arguments`` when the keywords do not fit the
+            signature; ``code`` naming the exception and where it was raised otherwise.
+    """
     try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        raise ImportRefused(
+            code, f"`import:{spec}` does not take these arguments: {exc}", bad_arguments=True
+        ) from None
+    except ValueError:  # no signature to check (some builtin classes)
+        pass
+    try:
+        return factory(**kwargs)
+    except Exception as exc:
+        raise ImportRefused(
+            code,
+            f"`import:{spec}` raised {type(exc).__name__}: {str(exc).strip()[:300]}",
+            f"raised at {_where(exc)}, in the code `import:{spec}` runs",
+        ) from None
 
 
 def _returns(fn: Any, base: type) -> bool:
@@ -176,10 +208,16 @@ def import_factory(spec: str, allowed: Iterable[str], base: type, what: str = "m
         raise ImportRefused(
             "KD406", f"importing `{module_name}` is not allowed", where_permission_comes_from(top)
         )
+    _cwd_on_path()
     try:
-        with _cwd_on_path():
-            module = importlib.import_module(module_name)
-    except ImportError as exc:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        if not isinstance(exc, ImportError):
+            raise ImportRefused(
+                "KD404",
+                f"importing `{module_name}` raised {type(exc).__name__}: {str(exc).strip()[:300]}",
+                f"raised at {_where(exc)}",
+            ) from None
         raise ImportRefused(
             "KD404",
             f"cannot import `{module_name}`: {exc}",

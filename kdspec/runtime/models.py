@@ -35,6 +35,7 @@ from kdspec.runtime.imports import (
     ImportRefused,
     allowed_imports,
     bindable,
+    call_factory,
     code_fingerprint,
     import_factory,
 )
@@ -301,7 +302,13 @@ def _import(
     except ImportRefused as exc:
         raise _fail(run, role, exc.message, exc.help, code=exc.code) from None
     kwargs = bindable(factory, {"num_classes": num_classes, "in_channels": in_channels})
-    model = factory(**kwargs, **options)
+    try:
+        model = call_factory(factory, {**kwargs, **options}, spec, "KD404")
+    except ImportRefused as exc:
+        keys = ("model_options", role) if exc.bad_arguments and options else ("models", role)
+        raise KdError(
+            [run.diagnostic(exc.code, exc.message, keys, label=exc.message, help=exc.help)]
+        ) from None
     if not isinstance(model, nn.Module):
         raise _fail(
             run,

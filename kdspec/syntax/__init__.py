@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lark import Tree
-from lark.exceptions import UnexpectedInput, VisitError
+from lark import Lark, Tree
+from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from kdspec.diagnostics import Diagnostic, KdError, error
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
-from kdspec.syntax.errors import syntax_diagnostic
+from kdspec.syntax.errors import MAX_SYNTAX_ERRORS, error_offset, skip_statement, syntax_diagnostic
 from kdspec.syntax.grammar import grammar_text, parser
 from kdspec.syntax.transform import ToAst, _tok_span
 
@@ -21,14 +21,15 @@ def try_parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
     """Parse a source file; return the tree, or None and the syntax diagnostics."""
     lark, comments = parser()
     comments.clear()
+    tree, errors = _parse_or_errors(source, lark)
+    if tree is None:
+        comments.clear()
+        return None, errors
+    too_deep = _too_deep(tree, source)
+    if too_deep is not None:
+        return None, [too_deep]
     try:
-        tree = lark.parse(source.text)
-        too_deep = _too_deep(tree, source)
-        if too_deep is not None:
-            return None, [too_deep]
         module = ToAst().transform(tree)
-    except UnexpectedInput as exc:
-        return None, [syntax_diagnostic(exc, source, lark)]
     except VisitError as exc:  # a transformer bug must still not be a traceback
         return None, [
             error("KD104", f"could not build the syntax tree: {exc.orig_exc}", source, Span(0, 0))
@@ -36,6 +37,45 @@ def try_parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
     found = tuple(ast.Comment(str(tok), _tok_span(tok)) for tok in comments)
     comments.clear()
     return ast.Module(module.imports, module.methods, found, module.span), []
+
+
+RECOVERY_BUDGET = 1_000_000
+"""Characters re-parsed while recovering from syntax errors: each error costs a parse of the
+whole file, so a large broken file reports fewer errors instead of taking seconds."""
+
+
+def _parse_or_errors(source: SourceFile, lark: Lark) -> tuple[Tree | None, list[Diagnostic]]:
+    """The parse tree of a file that parses (parsed once), or every syntax error of one that
+    does not, one per broken statement.
+
+    After an error the broken statement is blanked out and the file parsed again, so the next
+    statement is checked from a clean parser state instead of reporting follow-on errors.
+    """
+    out: list[Diagnostic] = []
+    text = source.text
+    seen: set[int] = set()
+    reparsed = 0
+    while len(out) < MAX_SYNTAX_ERRORS and reparsed <= RECOVERY_BUDGET:
+        try:
+            tree = lark.parse(text)
+            if not out:
+                return tree, []
+            break
+        except UnexpectedInput as exc:
+            reparsed += len(text)
+            offset = error_offset(exc)
+            if offset in seen:
+                break
+            seen.add(offset)
+            out.append(syntax_diagnostic(exc, source, lark))
+            at_end = isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
+            if isinstance(exc, UnexpectedEOF) or at_end:
+                break
+            skipped = skip_statement(text, offset)
+            if skipped is None:
+                break
+            text = skipped
+    return None, out
 
 
 MAX_NESTING = 100

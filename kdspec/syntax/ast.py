@@ -173,11 +173,14 @@ class Param:
 
 @dataclass(frozen=True)
 class RoleMod:
-    """A role modifier: ``frozen``, ``trained``, ``= ema(s, decay=0.999)`` or ``sees view``."""
+    """A role modifier: ``frozen``, ``trained``, ``= ema(s, decay=0.999)``, ``sees view``,
+    ``like s`` (the architecture of ``s``; ``like s deeper``: its family, another size) or
+    ``from t`` (initialised from the weights of ``t``)."""
 
-    kind: str  # "frozen" | "trained" | "init" | "sees"
+    kind: str  # "frozen" | "trained" | "init" | "sees" | "like" | "from"
     init: Call | None = None
-    view: Ident | None = None
+    view: Ident | None = None  # the view (sees) or the other role (like, from)
+    size: str | None = None  # like: "deeper" | "wider" | "smaller"
     span: Span = _span()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import cache
 
 from lark import Lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -10,31 +12,171 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from kdspec.diagnostics import Diagnostic, error
 from kdspec.source import SourceFile, Span
 
-# Which statement a keyword starts, and how that statement reads (for `help:`).
-STATEMENT_FORMS = {
-    "transfer": "transfer [label:] [knowledge] from <teacher expr> to <student expr> "
-    "with <loss> [weight <expr>] [on <subset>]",
-    "supervise": "supervise [label:] <student expr> with <loss> [weight <expr>]",
-    "param": "param <name> = <value>",
-    "teacher": "teacher <name>[, <name>...] [frozen | trained | = ema(...) | sees <view>]",
-    "student": "student <name>[, <name>...] [sees <view>]",
-    "peer": "peer <name>, <name>...",
-    "assistant": "assistant <name>",
-    "stage": "stage <name> [for <n> epochs|steps|%] [repeat <n>] { train ...  losses ... }",
-    "use": "use <method>(<param>=<value>, ...) [as <name>] [only <term>, ...]",
-    "claim": "claim <dimension> = <value>[, <value>...]",
-    "method": 'method <name> ["title"] { <statements> }',
-    "let": "let <name> = <expr>",
-    "ensemble": "ensemble <name> = mean(<role>, <role>, ...)",
-    "view": "view <name> [= <augmentation>(...)]",
-    "subset": "subset <name> [= <selection>(...)]",
-    "cite": 'cite "<authors, venue, arXiv id>"',
-}
+
+@dataclass(frozen=True)
+class Example:
+    """How one statement is written, and how it is written wrong.
+
+    ``good`` is shown in the ``help:`` of a syntax error whose parser state matches one of the
+    ``bad`` snippets (lark's ``match_examples``): the parser, not a second description of the
+    grammar, decides which statement a user was writing. A test parses every ``good`` and
+    checks that every ``bad`` fails.
+    """
+
+    statement: str
+    good: str
+    bad: tuple[str, ...]
+    whole_file: bool = False  # the snippets are files, not statements inside a method
 
 
+EXAMPLES: tuple[Example, ...] = (
+    Example(
+        "transfer",
+        "transfer kd: softmax(T=4) from t.logits to s.logits with kl weight 16",
+        (
+            "transfer kd: from t.logits s.logits with kl",
+            "transfer hint: from t.stage[3] s.stage[2] with mse",
+            'transfer hint: from t."layer3" s."layer2" with mse',
+            "transfer kd: from softmax(t.logits) softmax(s.logits) with kl",
+            "transfer kd: from t.logits to s.logits kl",
+            "transfer from: from t.logits to s.logits with kl",
+            "transfer kd: softmax(T=4 from t.logits to s.logits with kl",
+            "transfer kd: from t.logits to s.logits with kl(T=4",
+            "transfer kd: from t.logits to s.logits with kl(4",
+            "transfer kd: from conv1x1(t.stage[1] to s.stage[1] with mse",
+            "transfer kd: t.logits to s.logits with kl",
+            "transfer kd: from t.logits to s.logits with kl weight",
+            "transfer kd: from t.stage[3] to s.stage[2] map with mse",
+        ),
+    ),
+    Example(
+        "supervise",
+        "supervise ce: s.logits with cross_entropy weight 0.1",
+        (
+            "supervise ce: s.logits cross_entropy",
+            "supervise ce: from.logits with cross_entropy",
+            "supervise ce: s.logits with",
+        ),
+    ),
+    Example("param", "param T = 4", ("param T 4", "param = 4", "param T =")),
+    Example(
+        "role",
+        "teacher big = ema(s, decay=0.999)",
+        ("teacher", "student = ", "teacher big = ema(s, decay=0.999", "peer a b"),
+    ),
+    Example(
+        "let",
+        "let hint = conv1x1(s.stage[2])",
+        ("let hint conv1x1(s.stage[2])", "let = conv1x1(s.stage[2])", "let hint ="),
+    ),
+    Example(
+        "stage",
+        "stage warmup for 10 epochs { train s  losses kd }",
+        (
+            "stage warmup for epochs { train s }",
+            "stage warmup for 10 { train s }",
+            "stage { train s }",
+            "stage warmup { train }",
+        ),
+    ),
+    Example("use", "use hinton(T=2) as kd", ("use hinton(T=2 as kd", "use (T=2)", "use hinton as")),
+    Example(
+        "claim",
+        "claim knowledge = response",
+        ("claim knowledge response", "claim = response", "claim knowledge ="),
+    ),
+    Example(
+        "ensemble",
+        "ensemble both = mean(t, s)",
+        ("ensemble both mean(t, s)", "ensemble = mean(t, s)"),
+    ),
+    Example("data", "subset few = exclude_classes(1)", ("subset few exclude_classes(1)",)),
+    Example("cite", 'cite "Hinton et al. 2015, arXiv:1503.02531"', ("cite Hinton",)),
+    Example(
+        "method",
+        'method hinton "Distilling the knowledge in a neural network" { teacher t  student s }',
+        ("method { teacher t }", "method m teacher t }", 'method m "title" "again" { }'),
+        whole_file=True,
+    ),
+)
+
+
+def example_file(example: Example, snippet: str) -> str:
+    """A snippet as the file it is matched in (statements go inside a method)."""
+    if example.whole_file:
+        return snippet + "\n"
+    return f"method m {{\n  teacher t\n  student s\n  {snippet}\n}}\n"
+
+
+# Words that begin a statement: after a syntax error, parsing resumes at the next line that
+# starts with one of them (or with `}`), so each broken statement is reported once.
+STATEMENT_KEYWORDS = frozenset(
+    [
+        "method",
+        "import",
+        "param",
+        "teacher",
+        "student",
+        "assistant",
+        "peer",
+        "ensemble",
+        "view",
+        "subset",
+        "let",
+        "transfer",
+        "supervise",
+        "stage",
+        "use",
+        "claim",
+        "cite",
+        "train",
+        "freeze",
+        "losses",
+        "handoff",
+    ]
+)
+MAX_SYNTAX_ERRORS = 20
 _COMMENT = re.compile(r"#[^\n]*")
-# A statement keyword is the first word of a line or follows a brace.
-_STATEMENT_START = re.compile(r"(?:^|[\n{}])[ \t]*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _statement_lines(text: str) -> list[int]:
+    """Offsets of the first token of every line that starts a statement or closes a block."""
+    out, pos = [], 0
+    for line in text.splitlines(keepends=True):
+        stripped = line.lstrip()
+        word = stripped.split(None, 1)[0] if stripped.strip() else ""
+        if word.startswith("}") or word.split("(")[0] in STATEMENT_KEYWORDS:
+            out.append(pos + len(line) - len(stripped))
+        pos += len(line)
+    return out
+
+
+def skip_statement(text: str, offset: int) -> str | None:
+    """``text`` with the statement around ``offset`` blanked out (lines and offsets kept).
+
+    The statement runs from the last statement start before ``offset`` to the next one at or
+    after it. None when nothing would be blanked or nothing would be left to parse.
+    """
+    starts = _statement_lines(text)
+    begin = max((s for s in starts if s < offset), default=text.rfind("\n", 0, offset) + 1)
+    end = min((s for s in starts if s >= offset and s > begin), default=len(text))
+    if end <= begin:
+        return None
+    # a broken block header (`method m teacher t {`, `stage x for {`) takes its block with it
+    depth = text.count("{", begin, end) - text.count("}", begin, end)
+    while depth > 0 and end < len(text):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        end += 1
+    blank = "".join(c if c == "\n" else " " for c in text[begin:end])
+    rest = text[:begin] + blank + text[end:]
+    return rest if _COMMENT.sub("", rest).strip() else None
+
+
+def error_offset(exc: UnexpectedInput) -> int:
+    """Where a lark error happened, as an offset into the text."""
+    if isinstance(exc, UnexpectedToken) and exc.token.start_pos is not None:
+        return int(exc.token.start_pos)
+    return int(exc.pos_in_stream or 0)
 
 
 def _describe_terminal(lark: Lark, name: str) -> str:
@@ -69,11 +211,21 @@ def _describe_token(token_type: str, value: str) -> str:
     return f"`{value}`"
 
 
-def _statement_keyword(text: str, offset: int) -> str | None:
-    """The keyword of the statement that ``offset`` lies in: the last one written before it."""
-    before = _COMMENT.sub("", text[:offset])
-    words = [m.group(1) for m in _STATEMENT_START.finditer(before) if m.group(1) in STATEMENT_FORMS]
-    return words[-1] if words else None
+@cache
+def _example_table() -> dict[str, list[str]]:
+    return {
+        f"{ex.statement}\0{ex.good}": [example_file(ex, bad) for bad in ex.bad] for ex in EXAMPLES
+    }
+
+
+def _matching_example(exc: UnexpectedInput, lark: Lark) -> str | None:
+    """The right way to write the statement the parser was in, found by ``match_examples``."""
+    table = _example_table()
+    try:
+        label = exc.match_examples(lark.parse, table, token_type_match_fallback=True)
+    except TypeError:  # lark 1.2 formats a debug line with %d on a ParserState state
+        label = exc.match_examples(lark.parse, table, True, use_accepts=False)
+    return None if label is None else label.split("\0")[1]
 
 
 def _format_expected(expected: list[str]) -> str:
@@ -131,8 +283,8 @@ def syntax_diagnostic(exc: UnexpectedInput, source: SourceFile, lark: Lark) -> D
     if keywords:
         expected = keywords
     found = _describe_token(token.type, str(token))
-    keyword = _statement_keyword(text, start)
-    hint = f"{keyword} reads `{STATEMENT_FORMS[keyword]}`" if keyword else None
+    good = _matching_example(exc, lark)
+    hint = f"for example: `{good}`" if good else None
     if token.type != "NAME" and str(token).isidentifier() and "a name" in expected:
         hint = f"`{token}` is a keyword and cannot be used as a name"
     return error(

@@ -165,6 +165,10 @@ def _role_mod(mod: ast.RoleMod) -> str:
         return f"= {_call(mod.init)}"
     if mod.kind == "sees" and mod.view is not None:
         return f"sees {mod.view.name}"
+    if mod.kind == "like" and mod.view is not None:
+        return f"like {mod.view.name}" + (f" {mod.size}" if mod.size else "")
+    if mod.kind == "from" and mod.view is not None:
+        return f"from {mod.view.name}"
     return mod.kind
 
 

@@ -138,6 +138,16 @@ class ToAst(Transformer[Token, Any]):
     def sees(self, meta: Meta, children: list[Token]) -> ast.RoleMod:
         return ast.RoleMod("sees", view=_ident(children[0]), span=_meta_span(meta))
 
+    def like(self, meta: Meta, children: list[Any]) -> ast.RoleMod:
+        size = str(children[1]) if len(children) > 1 else None
+        return ast.RoleMod("like", view=_ident(children[0]), size=size, span=_meta_span(meta))
+
+    def size(self, meta: Meta, children: list[Token]) -> str:
+        return str(children[0])
+
+    def init_from(self, meta: Meta, children: list[Token]) -> ast.RoleMod:
+        return ast.RoleMod("from", view=_ident(children[0]), span=_meta_span(meta))
+
     def role(self, meta: Meta, children: list[Any]) -> ast.Role:
         names = tuple(_ident(c) for c in children[1:] if isinstance(c, Token))
         mods = tuple(c for c in children[1:] if isinstance(c, ast.RoleMod))

@@ -62,6 +62,9 @@ DIMENSIONS = (
     "stages",
     "data",
     "ground_truth",
+    "architecture",
+    "initialisation",
+    "algorithm",
 )
 CATEGORIES = ("response", "feature", "relation")
 SCHEMES = ("offline", "online", "self")
@@ -338,6 +341,19 @@ def _stage_word(stage: ir.Stage, m: ir.Method) -> str:
     return f" in stage `{stage.name}`" if m.stages else ""
 
 
+def same_architecture(a: str, b: str, m: ir.Method) -> bool:
+    """Whether the spec states that two roles share one architecture (``like``, no size)."""
+    ra, rb = m.role(a), m.role(b)
+    return (ra is not None and ra.like == b and ra.size is None) or (
+        rb is not None and rb.like == a and rb.size is None
+    )
+
+
+def _like_text(a: str, b: str, m: ir.Method) -> str:
+    ra = m.role(a)
+    return f"`{a} like {b}`" if ra is not None and ra.like == b else f"`{b} like {a}`"
+
+
 def _in_group(term: ir.Term, role: str, m: ir.Method) -> bool:
     """The term's teacher side reads an ensemble with ``role`` and at least one other member."""
     for tap in ir.find_all(term.source, ir.Tap, m):
@@ -415,7 +431,8 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
             reasons.append(Evidence(text, ("role", t)))
         else:
             link = _handoff_linked(t, s, m)
-            relation = "generation" if link else "external"
+            copy = not link and t is not None and same_architecture(t, s, m)
+            relation = "generation" if link else "copy" if copy else "external"
             if role is not None and role.mode == "ema":
                 state = "moving_average"
             elif role is not None and role.mode == "snapshot":
@@ -463,6 +480,18 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
                     )
                 )
                 schemes = (*schemes, "self")
+            elif copy:
+                reasons.append(
+                    Evidence(
+                        f"teacher `{t}` has the architecture of `{s}` (stated: "
+                        f"{_like_text(t, s, m)}), trained before it teaches: the network "
+                        "teaches a fresh copy of itself, self-distillation in Gou et al.'s sense "
+                        "(Tf-KD's self-training); each step is still "
+                        f"{'online' if 'online' in schemes else 'offline'}",
+                        ("role", t),
+                    )
+                )
+                schemes = (*schemes, "self")
         out.append(
             TeachingEdge(
                 teacher=t or "labels",
@@ -478,7 +507,7 @@ def _edges(kg: KdGraph) -> list[TeachingEdge]:
     return out
 
 
-_SELF_LIKE = frozenset({"self", "ema", "snapshot", "generation", "virtual"})
+_SELF_LIKE = frozenset({"self", "ema", "snapshot", "generation", "virtual", "copy"})
 
 
 def _roles_and_topology(kg: KdGraph, edges: list[TeachingEdge]) -> tuple[Finding, Finding]:
@@ -544,6 +573,7 @@ def _roles_and_topology(kg: KdGraph, edges: list[TeachingEdge]) -> tuple[Finding
                 "snapshot": "snapshot",
                 "generation": "generations",
                 "virtual": "virtual teacher",
+                "copy": "pre-trained copy",
             }[e.relation]
             for e in self_edges
         }
@@ -1022,6 +1052,8 @@ def _stages(kg: KdGraph, terms: dict[str, TermKnowledge]) -> Finding:
 
 
 def _data(m: ir.Method) -> Finding:
+    """Data preparation as the seed paper's general model has it: modification (views,
+    augmentation, noise, paired samples) and partitioning (subsets per role and per term)."""
     seen: dict[str, set[str]] = {}
     for term in m.terms:
         for e in (term.source, term.target):
@@ -1031,35 +1063,198 @@ def _data(m: ir.Method) -> Finding:
     for role in m.roles:
         if role.view:
             seen.setdefault(role.view, set()).add(role.name)
-    vals: list[str] = []
+    modified: list[str] = []
+    parts: list[str] = []
     ev: list[Evidence] = []
     for part in m.data:
         if part.kind == "view":
             if part.func == "same_class":
                 label = "paired samples (same_class)"
             elif part.func == "gaussian_noise":
-                label = "noised views (gaussian_noise)"
+                label = "noise (gaussian_noise)"
             elif part.func == "clean":
                 label = "clean view"
             else:
-                label = f"augmented views ({part.func or 'bound by the run'})"
-            vals.append(label)
+                label = f"augmentation ({part.func or 'bound by the run'})"
+            modified.append(label)
             who = _names(sorted(seen.get(part.name, ()))) or "no role"
             ev.append(
-                Evidence(f"view `{part.name}` = {part.func}: seen by {who}", ("data", part.name))
-            )
-        else:
-            vals.append(f"partitioned subset ({part.func or 'bound by the run'})")
-            users = [t.name for t in m.terms if t.subset == part.name]
-            ev.append(
                 Evidence(
-                    f"subset `{part.name}` = {part.func}: used by {_names(users) or 'no term'}",
+                    f"modification: view `{part.name}` = {part.func or 'bound by the run'}, "
+                    f"seen by {who}",
                     ("data", part.name),
                 )
             )
-    if not vals:
-        ev.append(Evidence("no views or subsets: every role sees the same batches"))
-    return Finding("data", "; ".join(_sorted_unique(vals)) or "same data", (), tuple(ev))
+        else:
+            users = [t.name for t in m.terms if t.subset == part.name]
+            parts.append(f"subset ({part.func or 'bound by the run'}) per term")
+            ev.append(
+                Evidence(
+                    f"partitioning: subset `{part.name}` = {part.func or 'bound by the run'}, "
+                    f"used by {_names(users) or 'no term'}",
+                    ("data", part.name),
+                )
+            )
+    if len(seen) > 1 or (seen and len({r for rs in seen.values() for r in rs}) < len(m.roles)):
+        views = "; ".join(f"{_names(sorted(rs))} under `{v}`" for v, rs in sorted(seen.items()))
+        ev.append(Evidence(f"the roles see different data: {views}"))
+    value = []
+    if modified:
+        value.append("modification: " + ", ".join(_sorted_unique(modified)))
+    if parts:
+        value.append("partitioning: " + ", ".join(_sorted_unique(parts)))
+    if not value:
+        ev.append(Evidence("no views or subsets: every role sees the same batches, unmodified"))
+    return Finding("data", "; ".join(value) or "same data", (), tuple(ev))
+
+
+def _architecture(m: ir.Method, edges: list[TeachingEdge]) -> Finding:
+    """The teacher-student architecture relation of each teaching edge, as the spec states it."""
+    labels: list[str] = []
+    ev: list[Evidence] = []
+    for e in edges:
+        if e.relation == "virtual":
+            continue
+        role_t, role_s = m.role(e.teacher), m.role(e.student)
+        if e.relation in ("self", "ema", "snapshot", "generation", "copy"):
+            label = "same"
+            how = {
+                "self": "one network teaches itself",
+                "ema": "the teacher is a moving average of the learner",
+                "snapshot": "the teacher is a snapshot of the learner",
+                "generation": "generations of one network (handoff)",
+                "copy": f"stated: {_like_text(e.teacher, e.student, m)}",
+            }[e.relation]
+        elif role_s is not None and role_s.like == e.teacher and role_s.size:
+            label, how = (
+                f"family ({role_s.size})",
+                f"stated: `{e.student} like {e.teacher} {role_s.size}`",
+            )
+        elif role_t is not None and role_t.like == e.student and role_t.size:
+            label, how = (
+                f"family ({role_t.size})",
+                f"stated: `{e.teacher} like {e.student} {role_t.size}`",
+            )
+        else:
+            label = "unstated"
+            how = "no `like` relates them: any two models the run binds"
+        labels.append(label)
+        ev.append(Evidence(f"`{e.teacher}` -> `{e.student}`: {label} architecture ({how})"))
+    if not ev:
+        ev.append(Evidence("no network teaches: no architecture relation"))
+    return Finding("architecture", ", ".join(_sorted_unique(labels)) or "none", (), tuple(ev))
+
+
+def _initialisation(m: ir.Method, edges: list[TeachingEdge]) -> Finding:
+    """How each learner's weights start: from scratch, from another role, a previous
+    generation."""
+    learners = list(dict.fromkeys([e.student for e in edges if e.relation != "self"]))
+    learners += [
+        r.name for r in m.roles if r.kind in ("student", "peer") and r.name not in learners
+    ]
+    handed = {dst: (src, st.name) for st in m.stages for src, dst in st.handoffs}
+    labels: list[str] = []
+    ev: list[Evidence] = []
+    for name in learners:
+        role = m.role(name)
+        if role is None or role.mode in ("ema", "snapshot", "virtual"):
+            continue
+        if role.init_from:
+            teaches = any(e.teacher == role.init_from and e.student == name for e in edges)
+            label = "from the teacher's weights" if teaches else "from another role's weights"
+            ev.append(
+                Evidence(
+                    f"`{name}` starts from the weights of `{role.init_from}` (stated: "
+                    f"`{name} from {role.init_from}`)",
+                    ("role", name),
+                )
+            )
+        else:
+            label = "from scratch"
+            ev.append(Evidence(f"`{name}` starts from scratch (no `from`)", ("role", name)))
+        labels.append(label)
+    for dst, (src, stage) in handed.items():
+        labels.append("previous generation")
+        ev.append(
+            Evidence(
+                f"`{dst}` takes the weights of `{src}` after each run of stage "
+                f"`{stage}` (handoff): the next generation's teacher",
+                ("stage", stage),
+            )
+        )
+    if not ev:
+        ev.append(Evidence("no learner"))
+    return Finding("initialisation", ", ".join(_sorted_unique(labels)) or "none", (), tuple(ev))
+
+
+_UNDERIVABLE = (
+    "cross-modal, data-free, quantized, lifelong and NAS-based distillation cannot be told from "
+    "a spec today (the language states no modality, synthetic data, precision, task sequence or "
+    "architecture search)"
+)
+
+
+def _algorithm(
+    m: ir.Method, edges: list[TeachingEdge], terms: list[TermKnowledge], topology: str
+) -> Finding:
+    """Gou et al.'s distillation algorithms (Sec. 5), where the graph shows them."""
+    support: dict[str, list[Evidence]] = {}
+    for term in m.terms:
+        if term.kind != "transfer":
+            continue
+        calls = [*term.knowledge, *ir.find_all(term.source, ir.Call, m)]
+        calls += ir.find_all(term.target, ir.Call, m)
+        attn = [
+            c.func
+            for c in calls
+            if c.func in FUNCTIONS
+            and (
+                FUNCTIONS[c.func].returns == "attention" or "attention" in FUNCTIONS[c.func].family
+            )
+        ]
+        if attn:
+            support.setdefault("attention-based", []).append(
+                Evidence(
+                    f"`{term.name}` transfers attention (`{'`, `'.join(dict.fromkeys(attn))}`)",
+                    ("term", term.name),
+                )
+            )
+        adv = [
+            c.func
+            for c in [*calls, term.loss]
+            if c.func in FUNCTIONS and FUNCTIONS[c.func].family in ("adversarial", "discriminator")
+        ]
+        if adv:
+            support.setdefault("adversarial", []).append(
+                Evidence(
+                    f"`{term.name}` is adversarial (`{'`, `'.join(adv)}`)", ("term", term.name)
+                )
+            )
+    sample_kinds = {FUNCTIONS[f].family for f in _SAMPLE_RELATIONS if f in FUNCTIONS}
+    sample_kinds |= {"contrastive", "intra-class correlation"}
+    for tk in terms:
+        if tk.category == "relation" and set(tk.kind.split(", ")) & sample_kinds:
+            support.setdefault("graph-based", []).append(
+                Evidence(
+                    f"`{tk.term}` relates the samples of a batch ({tk.kind}): a graph over "
+                    "the batch",
+                    ("term", tk.term),
+                )
+            )
+    if topology == "multi_teacher":
+        support.setdefault("multi-teacher", []).append(
+            Evidence("a learner learns from several teachers (topology multi_teacher)")
+        )
+    labels = tuple(sorted(support))
+    ev = [x for k in labels for x in support[k]]
+    ev.append(Evidence(_UNDERIVABLE))
+    return Finding(
+        "algorithm",
+        ", ".join(labels) or "plain",
+        labels,
+        tuple(ev),
+        tuple((k, tuple(v)) for k, v in support.items()),
+    )
 
 
 def _ground_truth(m: ir.Method, edges: list[TeachingEdge]) -> Finding:
@@ -1139,6 +1334,9 @@ def classify(kg: KdGraph) -> Classification:
         _stages(kg, {t.term: t for t in terms}),
         _data(m),
         _ground_truth(m, edges),
+        _architecture(m, edges),
+        _initialisation(m, edges),
+        _algorithm(m, edges, terms, topology.labels[0]),
     )
     return Classification(m.name, findings, tuple(edges), tuple(terms))
 

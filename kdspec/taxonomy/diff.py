@@ -121,6 +121,8 @@ def _role_fields(r: ir.Role) -> dict[str, str]:
         "source": r.source or "-",
         "options": ", ".join(f"{k}={expr_text(v)}" for k, v in sorted(r.options.items())) or "-",
         "view": r.view or "-",
+        "like": (f"{r.like} {r.size}" if r.size else r.like) if r.like else "-",
+        "from": r.init_from or "-",
     }
 
 

@@ -205,13 +205,23 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
         node(
             f"role:{role.name}",
             "role",
-            ("role", role.kind, role.mode),
+            (
+                "role",
+                role.kind,
+                role.mode,
+                f"like {role.size or 'same'}" if role.like else "",
+                "from" if role.init_from else "",
+            ),
             f"{role.kind} `{role.name}`",
             hp,
         )
     for role in m.roles:
         if role.source and g.has_node(f"role:{role.source}"):
             edge(f"role:{role.source}", f"role:{role.name}", role.mode)
+        if role.like and g.has_node(f"role:{role.like}"):
+            edge(f"role:{role.like}", f"role:{role.name}", "like")
+        if role.init_from and g.has_node(f"role:{role.init_from}"):
+            edge(f"role:{role.init_from}", f"role:{role.name}", "init_from")
     for ens in m.ensembles:
         node(
             f"ens:{ens.name}",
@@ -739,9 +749,19 @@ def _near_differences(spec: nx.DiGraph, lib: nx.DiGraph, lib_name: str) -> list[
         if twin is not None:
             gone.remove((key_a, text_a))
             new.remove(twin)
+            what = [
+                f"{field} {x or 'unstated'} -> {y or 'unstated'}"
+                for field, x, y in zip(
+                    ("mode", "architecture", "initialised"),
+                    key_a[2:],  # type: ignore[index]
+                    twin[0][2:],
+                    strict=False,
+                )
+                if x != y
+            ]
             out.append(
                 f"~ {text_a} (`{lib_name}`) vs {twin[1].split(' ', 1)[1]} (here): "
-                f"mode {key_a[2]} -> {twin[0][2]}"  # type: ignore[index]
+                + "; ".join(what)
             )
     out += [f"- only in `{lib_name}`: {text}" for _, text in gone]
     out += [f"+ only in this spec: {text}" for _, text in new]

@@ -41,6 +41,10 @@ class NotAModel:
 
 def returns_a_string():
     return "no"
+
+
+def broken(num_classes=10):
+    raise ValueError("my model is broken")
 """
 
 
@@ -102,6 +106,18 @@ def test_a_users_own_module_in_the_current_folder_imports_without_pythonpath(
     diag = _refused(f"import:{mod}:returns_a_string", [mod])  # called, then refused
     assert "not an `nn.Module`" in diag.message
     assert sys.modules[mod].CALLS == [8]
+
+
+def test_errors_in_the_users_code_are_diagnostics_that_say_where(user_dir: Path) -> None:
+    mod = user_dir.name
+    diag = _refused(f"import:{mod}:broken", [mod])
+    assert diag.code == "KD404"
+    assert "raised ValueError: my model is broken" in diag.message
+    assert f"{mod}.py:" in (diag.help or "")
+    (user_dir.parent / "crashes_on_import.py").write_text("x = 1 / 0\n")
+    diag = _refused("import:crashes_on_import:Net", ["crashes_on_import"])
+    assert "raised ZeroDivisionError" in diag.message
+    sys.modules.pop("crashes_on_import", None)
 
 
 def test_a_missing_module_says_where_kdspec_looked(user_dir: Path) -> None:

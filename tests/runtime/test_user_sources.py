@@ -65,6 +65,13 @@ def not_data():
     return 42
 
 
+class NoVal(Blobs):
+    def __init__(self, split):
+        if split == "val":
+            raise KeyError("no validation split here")
+        super().__init__(split)
+
+
 def float_labels():
     return torch.utils.data.TensorDataset(torch.randn(10, 1, 8, 8), torch.rand(10))
 '''
@@ -80,6 +87,7 @@ def user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KDSPEC_ALLOW_IMPORT", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
     names: list[str] = []
 
     def write(stem: str, text: str) -> str:
@@ -153,7 +161,11 @@ def test_data_factories_return_any_group_of_splits(user, tmp_path, factory, size
 
 @pytest.mark.parametrize(
     ("factory", "message"),
-    [("not_data", "returned int"), ("float_labels", "integer class indices")],
+    [
+        ("not_data", "returned int"),
+        ("float_labels", "integer class indices"),
+        ("NoVal", "raised KeyError: 'no validation split here'"),
+    ],
 )
 def test_unusable_user_data_is_kd502(user, tmp_path, factory, message) -> None:
     mod = user("bad", DATA_MODULE)

@@ -63,7 +63,13 @@ def rename_all(m: ir.Method, rng: random.Random) -> ir.Method:
     def step(node):  # type: ignore[no-untyped-def]
         if isinstance(node, ir.Role):
             return node.model_copy(
-                update={"name": new(node.name), "source": new(node.source), "view": new(node.view)}
+                update={
+                    "name": new(node.name),
+                    "source": new(node.source),
+                    "view": new(node.view),
+                    "like": new(node.like),
+                    "init_from": new(node.init_from),
+                }
             )
         if isinstance(node, ir.Ensemble):
             return node.model_copy(

@@ -18,7 +18,9 @@ from taxonomy_cases import (
     rename_and_reorder,
 )
 
+from kdspec.api import check_source
 from kdspec.cli.main import main
+from kdspec.source import SourceFile
 from kdspec.taxonomy.classify import DIMENSIONS
 from kdspec.vocabulary import CLAIM_DIMENSIONS
 
@@ -308,10 +310,16 @@ def test_stages_are_not_the_scheme() -> None:
 
 def test_data_dimension() -> None:
     assert classify_text(library_text("hinton"))["data"].value == "same data"
-    assert classify_text(library_text("mean_teacher"))["data"].value == (
-        "noised views (gaussian_noise); partitioned subset (fraction)"
+    mt = classify_text(library_text("mean_teacher"))["data"]
+    assert mt.value == (
+        "modification: noise (gaussian_noise); partitioning: subset (fraction) per term"
     )
-    assert classify_text(SKETCHES["cskd"])["data"].value == "paired samples (same_class)"
+    texts = [e.text for e in mt.evidence]
+    assert any(t.startswith("modification: view ") and "seen by" in t for t in texts)
+    assert any(t.startswith("partitioning: subset ") and "used by `ce`" in t for t in texts)
+    assert classify_text(SKETCHES["cskd"])["data"].value == (
+        "modification: paired samples (same_class)"
+    )
 
 
 def test_ground_truth() -> None:
@@ -482,3 +490,58 @@ def test_multi_teacher_is_titled_after_what_it_does() -> None:
     m = lower_text(library_text("multi_teacher")).method
     assert m.title == "Multi-teacher averaging of soft targets"
     assert "relative-dissimilarity term" in library_text("multi_teacher")
+
+
+TF_SELF_UNSTATED = (
+    library_text("tfkd_self")
+    .replace("teacher t like s", "teacher t")
+    .replace("  claim scheme = offline, self\n", "")
+)
+
+
+def test_tf_kd_self_training_is_self_distillation_when_stated() -> None:
+    """Issue 10: the teacher stated to be the student's architecture (`like`) makes Tf-KD's
+    self-training self-distillation; without the statement it is Hinton KD."""
+    c = classify_text(library_text("tfkd_self"))
+    assert c.scheme == ("offline", "self")
+    assert c.topology == "self"
+    assert c["architecture"].value == "same"
+    assert any("`t like s`" in e.text for e in c["scheme"].evidence)
+    plain = classify_text(TF_SELF_UNSTATED)
+    assert plain.scheme == ("offline",)
+    assert plain["architecture"].value == "unstated"
+
+
+def test_architecture_relation_and_initialisation() -> None:
+    c = classify_text(library_text("distilbert"))
+    assert c["architecture"].value == "family (smaller)"
+    assert c["initialisation"].value == "from the teacher's weights"
+    assert c.scheme == ("offline",)
+    assert classify_text(library_text("hinton"))["initialisation"].value == "from scratch"
+    ban = classify_text(SKETCHES["ban"])
+    assert ban["initialisation"].value == "from scratch, previous generation"
+    assert ban["architecture"].value == "same"
+
+
+def test_algorithm_axis() -> None:
+    """Gou's distillation algorithms where the graph shows them, with evidence."""
+    expect = {
+        "at": "attention-based",
+        "rkd": "graph-based",
+        "multi_teacher": "multi-teacher",
+        "hinton": "plain",
+        "minilm": "attention-based",
+    }
+    for name, value in expect.items():
+        f = classify_text(library_text(name))["algorithm"]
+        assert f.value == value, name
+        assert any("cannot be told from a spec" in e.text for e in f.evidence)
+    f = classify_text(library_text("at"))["algorithm"]
+    assert f.why("attention-based")[0].path == ("term", "attention")
+
+
+def test_like_and_from_name_roles() -> None:
+    text = library_text("hinton").replace("teacher t", "teacher t like x")
+    _, diags = check_source(SourceFile("x.kd", text))
+    (d,) = [d for d in diags if d.code == "KD202"]
+    assert d.message == "unknown role `x`"
