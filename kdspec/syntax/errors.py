@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -218,13 +219,39 @@ def _example_table() -> dict[str, list[str]]:
     }
 
 
+@cache
+def _example_parser(lark: Lark) -> Callable[[str], object]:
+    """``lark.parse`` for the example snippets, each parsed once per process.
+
+    ``match_examples`` parses every bad example for every syntax error: 20 errors meant 880
+    parses and over a second per file. The examples never change, so their errors are kept
+    and raised again (the same exception objects, so matching is exactly lark's).
+    """
+    seen: dict[str, UnexpectedInput | None] = {}
+
+    def parse(text: str) -> object:
+        if text not in seen:
+            try:
+                lark.parse(text)
+                seen[text] = None
+            except UnexpectedInput as exc:
+                seen[text] = exc
+        found = seen[text]
+        if found is not None:
+            raise found
+        return None
+
+    return parse
+
+
 def _matching_example(exc: UnexpectedInput, lark: Lark) -> str | None:
     """The right way to write the statement the parser was in, found by ``match_examples``."""
     table = _example_table()
+    parse = _example_parser(lark)
     try:
-        label = exc.match_examples(lark.parse, table, token_type_match_fallback=True)
+        label = exc.match_examples(parse, table, token_type_match_fallback=True)
     except TypeError:  # lark 1.2 formats a debug line with %d on a ParserState state
-        label = exc.match_examples(lark.parse, table, True, use_accepts=False)
+        label = exc.match_examples(parse, table, True, use_accepts=False)
     return None if label is None else label.split("\0")[1]
 
 
