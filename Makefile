@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test test-fast lint setup clean
+.PHONY: run test test-fast test-extras lint setup clean
 
 $(BIN)/kdspec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# The optional integrations' tests (they skip in `make test` where the packages are missing).
+test-extras: setup
+	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard]'
+	$(BIN)/python -m pytest tests/integrations tests/editor tests/interop tests/runtime/test_loggers.py
 
 lint: setup
 	$(BIN)/ruff check kdspec tests scripts

@@ -52,26 +52,12 @@ def split_method(spec: str) -> tuple[str, str | None]:
 
 
 def _load(arg: str, overrides: dict[str, object]):
-    from kdspec.cli.taxonomy import load_all
+    from kdspec.cli.taxonomy import load_one
     from kdspec.taxonomy.diff import stage_view
 
     spec, stage = split_stage(arg)
     spec, method_name = split_method(spec)
-    methods, _ = load_all([spec], overrides)
-    if not methods:
-        raise UsageError(f"`{spec}` defines no method")
-    if method_name is None and len(methods) > 1:
-        names = ", ".join(low.method.name for low in methods)
-        raise UsageError(
-            f"`{spec}` defines {len(methods)} methods ({names}): say which one, "
-            f"e.g. `{spec}:{methods[0].method.name}`"
-        )
-    low = methods[0]
-    if method_name is not None:
-        low = next((x for x in methods if x.method.name == method_name), None)
-        if low is None:
-            names = ", ".join(x.method.name for x in methods)
-            raise UsageError(f"no method `{method_name}` in `{spec}` (methods: {names})")
+    low = load_one(spec, method_name, overrides)
     method = low.method
     label = f"{spec} ({method.name})"
     if stage is None:

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  kdspec identify my_method.kd\n"
         "  kdspec identify specs/hinton.kd --param T=2",
     )
-    p.add_argument("spec", help="a spec file or a library method name")
+    p.add_argument("spec", help="a spec file (FILE:METHOD for one of several), or a library name")
     p.add_argument("--method", help="which method of the file")
     p.add_argument("--param", action="append", metavar="NAME=VALUE")
     p.add_argument("--library", help="a folder of specs to match against (default: the library)")
@@ -31,10 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdspec.cli.diff import split_method
     from kdspec.cli.taxonomy import load_one
     from kdspec.taxonomy.identify import identify
 
-    low = load_one(args.spec, args.method, parse_overrides(args.param))
+    spec, method = split_method(args.spec)
+    low = load_one(spec, args.method or method, parse_overrides(args.param))
     result = identify(low, args.library)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
     return 0

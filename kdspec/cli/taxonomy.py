@@ -98,13 +98,20 @@ def load_all(paths: Sequence[str | Path], overrides: dict[str, object] | None = 
 
 
 def load_one(spec: str, method: str | None = None, overrides: dict[str, object] | None = None):
-    """One method (the first of its file unless ``method`` names another), KD311 tolerated."""
+    """One method of a file, KD311 tolerated: the only one, or the one ``method`` names (a
+    file of several methods and no name is a usage error that lists them)."""
     from kdspec.cli.common import UsageError
 
     methods, _ = load_all([spec], overrides)
     if not methods:
         raise UsageError(f"`{spec}` defines no method")
     if method is None:
+        if len(methods) > 1:
+            names = ", ".join(low.method.name for low in methods)
+            raise UsageError(
+                f"`{spec}` defines {len(methods)} methods ({names}): say which one, "
+                f"e.g. `{spec}:{methods[0].method.name}`"
+            )
         return methods[0]
     for low in methods:
         if low.method.name == method:

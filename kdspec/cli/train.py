@@ -74,6 +74,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="teacher cache (default: $KDSPEC_CACHE or ~/.cache/kdspec)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also log losses, terms, lr and accuracies to TensorBoard under DIR",
+    )
+    p.add_argument(
+        "--callback",
+        action="append",
+        default=[],
+        metavar="MODULE:NAME",
+        help="an observer of the training loop to import and call (repeatable)",
+    )
 
 
 def load_job(args: argparse.Namespace, spec: str, *, with_params: bool = True) -> tuple[Any, Any]:
@@ -117,15 +129,37 @@ def job_options(args: argparse.Namespace) -> tuple[Any, Any]:
                 "(torch was installed without it, or no GPU is visible)"
             )
     progress = make_progress(args.quiet)
+    observers = [progress] if progress is not None else []
+    observers += _loggers(args)
     opts = JobOptions(
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         allow_import=tuple(args.allow_import),
         device=args.device,
         log=(lambda m: None) if args.quiet else _log,
-        callbacks=[progress] if progress is not None else [],
+        callbacks=observers,
         on_nonfinite=getattr(args, "on_nonfinite", "stop"),
     )
     return opts, progress
+
+
+def _loggers(args: argparse.Namespace) -> list[Any]:
+    """``--tensorboard`` and ``--callback`` observers."""
+    from kdspec.runtime.loggers import TensorBoardLogger, load_callback
+
+    out: list[Any] = []
+    if getattr(args, "tensorboard", None):
+        try:
+            out.append(TensorBoardLogger(args.tensorboard))
+        except ImportError:
+            raise UsageError(
+                "--tensorboard needs the tensorboard package: pip install 'kdspec[tensorboard]'"
+            ) from None
+    for spec in getattr(args, "callback", None) or []:
+        try:
+            out.append(load_callback(spec))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return out
 
 
 def _log(message: str) -> None:

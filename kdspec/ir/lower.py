@@ -154,6 +154,8 @@ class _MethodLowering:
         self.stack = stack
         self.diags: list[Diagnostic] = []
         self.smap = SourceMap(source)
+        self.smap.spans[("method",)] = method.span
+        self.smap.spans[("method", "name")] = method.name.span
         self.params: dict[str, ir.Expr] = {}
         self.roles: dict[str, ir.Role] = {}
         self.ensembles: dict[str, ir.Ensemble] = {}

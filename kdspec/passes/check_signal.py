@@ -12,6 +12,20 @@ def check_signal(ctx: PassContext) -> list[Diagnostic]:
     """A student (or peer, assistant, trained teacher) with no loss to learn from."""
     m = ctx.method
     out: list[Diagnostic] = []
+    if not m.terms:
+        student = next((r.name for r in m.roles if r.mode == "trained"), None)
+        return [
+            ctx.diag(
+                "KD303",
+                f"method `{m.name}` has no loss term: there is nothing to train",
+                ("method", "name"),
+                "no `transfer` or `supervise` in this method",
+                help=f"add `supervise {student}.logits with cross_entropy` or a `transfer`"
+                if student
+                else "declare `teacher t` and `student s`, then "
+                "`transfer softmax(T=4) from t.logits to s.logits with kl`",
+            )
+        ]
     learners: set[str] = set()
     for term in m.terms:
         learners |= types.grad_roles(term.target, m)

@@ -8,8 +8,10 @@ from typing import Any
 from kdspec.diagnostics import Diagnostic, Severity
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses_progress
+from kdspec.ir.lower import did_you_mean
+from kdspec.ir.printer import expr_text
 from kdspec.passes.context import PassContext
-from kdspec.vocabulary import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS, Param
 
 MIN_TEMPERATURE = 1e-3  # below this, logits / T overflow float32 for ordinary logits
 # Sizes whose cost grows fast: ONE's branches are whole sub-networks (thousands take minutes to
@@ -55,6 +57,38 @@ def _shown(v: object) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _unresolved(e: ir.Expr, params: dict[str, ir.Expr]) -> bool:
+    """Whether ``e`` names an unknown parameter (lowering reported it; no second error)."""
+    return any(isinstance(n, ir.ParamRef) and n.name not in params for n in ir.walk(e))
+
+
+def _wanted(rule: Param) -> str:
+    """What a parameter takes, in words (the vocabulary's default says which kind)."""
+    if rule.choices:
+        return "one of " + ", ".join(f"`{c}`" for c in rule.choices)
+    if isinstance(rule.default, str):
+        return "a word"
+    if rule.check is not None or isinstance(rule.default, int | float):
+        return "a number"
+    return "a number or a list of numbers"
+
+
+def _type_error(v: object, rule: Param) -> str | None:
+    """None if ``v`` fits the parameter, else a help text ("" when there is none to give)."""
+    if rule.choices or isinstance(rule.default, str):
+        if not isinstance(v, str):
+            return ""
+        if rule.choices and v not in rule.choices:
+            return did_you_mean(v, rule.choices) or ""
+        return None
+    if _is_number(v):
+        return None
+    if rule.check is None and not isinstance(rule.default, int | float):
+        if isinstance(v, list) and v and all(_is_number(x) for x in v):
+            return None
+    return ""
+
+
 def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> list[Diagnostic]:
     fn = FUNCTIONS.get(call.func)
     out: list[Diagnostic] = []
@@ -81,8 +115,6 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
         if fn.category == "combine" and name == "weights":
             out.extend(_check_weights(ctx, value, len(call.args), path))
             continue
-        if rule.check is None:
-            continue
         try:
             values = over_training(value, params)
         except NumericError as exc:
@@ -91,18 +123,32 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
             )
             continue
         except EvalError:
+            if _unresolved(value, params):
+                continue  # an unknown name: KD202 says so already
+            out.append(
+                ctx.diag(
+                    "KD205",
+                    f"`{call.func}`'s `{name}` must be {_wanted(rule)}, got `{expr_text(value)}`",
+                    path,
+                    f"`{name}` here",
+                )
+            )
             continue
         for v in values:
-            if not _is_number(v):
+            bad = _type_error(v, rule)
+            if bad is not None:
                 out.append(
                     ctx.diag(
                         "KD205",
-                        f"`{call.func}`'s `{name}` must be a number, got `{_shown(v)}`",
+                        f"`{call.func}`'s `{name}` must be {_wanted(rule)}, got `{_shown(v)}`",
                         path,
                         f"`{name}` here",
+                        help=bad or None,
                     )
                 )
                 break
+            if rule.check is None:
+                continue
             ok, text = _RULES[rule.check]
             if not ok(v):
                 out.append(
@@ -152,6 +198,8 @@ def _check_weights(
     try:
         values = over_training(e, ctx.method.params)
     except EvalError as exc:
+        if _unresolved(e, ctx.method.params):
+            return []
         return [ctx.diag("KD205", f"the weights are not numbers: {exc}", path, "not numbers")]
     for v in values:
         if not isinstance(v, list) or not all(_is_number(x) for x in v):

@@ -13,6 +13,7 @@ This is what ``kdspec train``, ``compare`` and ``reproduce`` share:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import sys
@@ -341,6 +342,8 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
                 for role in pending
             ]
         )
+    if pending:  # a wrong tap or shape is found in seconds, not after a teacher's training
+        _compile(lowered, {n: copy.deepcopy(m) for n, m in models.items()}, data, run, opts)
     root = cache_root(opts.cache_dir)
     for k, role in enumerate(pending):
         source = sources[role.name]
@@ -437,9 +440,9 @@ def load_models(
     return prepare(lowered, run, opts)
 
 
-def _example_batch(prep: Prepared) -> Any:
-    transfer = prep.data.transfer
-    n = min(len(transfer), prep.run.config.data.batch_size)  # type: ignore[arg-type]
+def _example_batch(data: RunData, run: Run) -> Any:
+    transfer = data.transfer
+    n = min(len(transfer), run.config.data.batch_size)  # type: ignore[arg-type]
     return default_collate([transfer[i] for i in range(n)])
 
 
@@ -473,17 +476,23 @@ def _meta(prep: Prepared, kind: str) -> dict[str, Any]:
 
 def compile_prepared(prep: Prepared, opts: JobOptions | None = None) -> Any:
     """Compile the method onto the prepared models (adapters initialised from a fixed seed)."""
+    return _compile(prep.lowered, dict(prep.models), prep.data, prep.run, opts or JobOptions())
+
+
+def _compile(
+    lowered: Lowered, models: dict[str, nn.Module], data: RunData, run: Run, opts: JobOptions
+) -> Any:
+    """compile_spec on a run's models and data: taps resolved (KD401/KD402), adapters sized."""
     from kdspec.compiler import compile_spec
 
-    opts = opts or JobOptions()
-    torch.manual_seed(derived_seed(prep.run.config.train.seed, "compile"))
+    torch.manual_seed(derived_seed(run.config.train.seed, "compile"))
     return compile_spec(
-        prep.lowered,
-        dict(prep.models),
-        _example_batch(prep),
-        num_classes=prep.data.num_classes,
-        num_samples=len(prep.data.transfer),  # type: ignore[arg-type]
-        train_data=prep.data.transfer,
+        lowered,
+        models,
+        _example_batch(data, run),
+        num_classes=data.num_classes,
+        num_samples=len(data.transfer),  # type: ignore[arg-type]
+        train_data=data.transfer,
         device=opts.device,
     )
 

@@ -42,6 +42,7 @@ class Param:
 
     default: object = REQUIRED
     check: str | None = None  # "positive" | "nonneg" | "unit" (0..1) | "int" | "posint"
+    choices: tuple[str, ...] = ()  # the words a word-valued parameter accepts
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,16 @@ def _p(**params: object) -> dict[str, Param]:
     out: dict[str, Param] = {}
     for name, spec in params.items():
         if isinstance(spec, tuple):
-            out[name] = Param(spec[0], spec[1])
+            out[name] = Param(*spec)
         else:
             out[name] = Param(spec)
     return out
 
 
 _FEATURE_LIKE = frozenset({"features", "embedding", "logits"})
+# A loss's `reduction`: the same three words everywhere (kdspec.ops.losses._reduce).
+_REDUCTIONS = ("batchmean", "mean", "sum")
+_BATCHMEAN, _MEAN = ("batchmean", None, _REDUCTIONS), ("mean", None, _REDUCTIONS)
 
 FUNCTIONS: dict[str, Fn] = {
     # --- knowledge transforms -------------------------------------------------------------
@@ -130,7 +134,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "fsp": Fn(
         "transform",
-        _p(pool="avg"),
+        _p(pool=("avg", None, ("avg", "max"))),
         inputs=2,
         accepts=_FEATURE_LIKE,
         returns="gram",
@@ -207,7 +211,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "mask": Fn(
         "transform",
-        _p(ratio=(0.5, "unit"), mode="channel"),
+        _p(ratio=(0.5, "unit"), mode=("channel", None, ("channel", "spatial"))),
         family="masked features",
         doc="MGD: randomly zero channels (or positions)",
     ),
@@ -235,9 +239,15 @@ FUNCTIONS: dict[str, Fn] = {
         family="conv",
         doc="FitNets convolutional regressor to the teacher's shape",
     ),
-    "linear": Fn("adapter", _p(dim=None), learned=True, family="linear", doc="linear map"),
+    "linear": Fn(
+        "adapter", _p(dim=(None, "posint")), learned=True, family="linear", doc="linear map"
+    ),
     "mlp": Fn(
-        "adapter", _p(hidden=None, dim=None), learned=True, family="mlp", doc="two-layer perceptron"
+        "adapter",
+        _p(hidden=(None, "posint"), dim=(None, "posint")),
+        learned=True,
+        family="mlp",
+        doc="two-layer perceptron",
     ),
     "embed": Fn(
         "adapter",
@@ -266,7 +276,7 @@ FUNCTIONS: dict[str, Fn] = {
     # --- losses ------------------------------------------------------------------------------
     "kl": Fn(
         "loss",
-        _p(reduction="batchmean", eps=(0.0, "nonneg")),
+        _p(reduction=_BATCHMEAN, eps=(0.0, "nonneg")),
         inputs=2,
         accepts=frozenset({"distribution"}),
         family="divergence",
@@ -274,7 +284,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "soft_ce": Fn(
         "loss",
-        _p(reduction="batchmean"),
+        _p(reduction=_BATCHMEAN),
         inputs=2,
         accepts=frozenset({"distribution"}),
         family="divergence",
@@ -288,11 +298,11 @@ FUNCTIONS: dict[str, Fn] = {
         family="supervised",
         doc="cross-entropy with the ground-truth labels",
     ),
-    "mse": Fn("loss", _p(reduction="mean"), inputs=2, family="L2", doc="mean squared error"),
-    "l1": Fn("loss", _p(reduction="mean"), inputs=2, family="L1", doc="mean absolute error"),
+    "mse": Fn("loss", _p(reduction=_MEAN), inputs=2, family="L2", doc="mean squared error"),
+    "l1": Fn("loss", _p(reduction=_MEAN), inputs=2, family="L1", doc="mean absolute error"),
     "smooth_l1": Fn(
         "loss",
-        _p(beta=(1.0, "positive"), reduction="mean"),
+        _p(beta=(1.0, "positive"), reduction=_MEAN),
         inputs=2,
         family="Huber",
         doc="Huber / smooth L1",
@@ -300,7 +310,7 @@ FUNCTIONS: dict[str, Fn] = {
     "cosine": Fn("loss", inputs=2, family="cosine", doc="1 - cosine similarity"),
     "lp": Fn(
         "loss",
-        _p(p=(2.0, "positive"), dim=None, squared=True, reduction="batchmean"),
+        _p(p=(2.0, "positive"), dim=None, squared=True, reduction=_BATCHMEAN),
         inputs=2,
         family="L2",
         doc="Lp norm of the difference",
@@ -308,7 +318,7 @@ FUNCTIONS: dict[str, Fn] = {
     "frobenius": Fn("loss", inputs=2, family="L2", doc="squared Frobenius norm"),
     "mmd": Fn(
         "loss",
-        _p(kernel="poly", gamma=(1.0, "positive")),
+        _p(kernel=("poly", None, ("poly", "linear", "rbf")), gamma=(1.0, "positive")),
         inputs=2,
         accepts=frozenset({"channel_distribution"}),
         family="MMD",
@@ -324,7 +334,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "ab_hinge": Fn(
         "loss",
-        _p(margin=(1.0, "nonneg"), reduction="batchmean"),
+        _p(margin=(1.0, "nonneg"), reduction=_BATCHMEAN),
         inputs=2,
         accepts=_FEATURE_LIKE,
         family="hinge",
@@ -460,7 +470,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "abf": Fn(
         "adapter",
-        _p(mid=None),
+        _p(mid=(None, "posint")),
         learned=True,
         family="review fusion",
         doc="ReviewKD: attention-based fusion of each student level with the deeper ones (ABF)",
@@ -486,7 +496,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "branches": Fn(
         "adapter",
-        _p(n=(2, "posint"), width=None),
+        _p(n=(2, "posint"), width=(None, "posint")),
         learned=True,
         returns="logits",
         family="head",

@@ -177,3 +177,16 @@ def test_cli_diff_on_a_file_of_several_methods(
     assert out.rstrip().endswith("no differences in meaning (names only)")
     assert main(["diff", f"{path}:three", "specs/hinton.kd"]) == 2
     assert "no method `three`" in capsys.readouterr().err
+
+
+def test_cli_identify_on_a_file_of_several_methods(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "two.kd"  # type: ignore[operator]
+    path.write_text(MULTI)
+    assert main(["identify", str(path)]) == 2
+    assert "defines 2 methods (one, two)" in capsys.readouterr().err
+    assert main(["identify", f"{path}:two"]) == 0
+    assert capsys.readouterr().out.startswith("`two` is `hinton` (exact match)")
+    assert main(["identify", str(path), "--method", "one"]) == 0
+    assert "`one` is" in capsys.readouterr().out
