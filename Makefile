@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: run test test-fast test-extras lint setup clean
+.PHONY: run test test-fast test-extras test-wheel lint setup clean
 
 $(BIN)/kdspec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test-fast: setup
 test-extras: setup
 	$(BIN)/pip install -q -e '.[dev,lightning,tensorboard]'
 	$(BIN)/python -m pytest tests/integrations tests/editor tests/interop tests/runtime/test_loggers.py
+
+# Build the wheel, install it in a fresh venv outside the source tree, run kdspec from it (~80 s).
+test-wheel: setup
+	$(BIN)/python scripts/wheel_smoke.py
 
 lint: setup
 	$(BIN)/ruff check kdspec tests scripts

@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "explain",
     "ir",
     "taps",
+    "plan",
     "train",
     "compare",
     "reproduce",
@@ -25,6 +26,8 @@ SUBCOMMANDS = (
     "diff",
     "lsp",
     "importer",
+    "init",
+    "export",
 )
 
 

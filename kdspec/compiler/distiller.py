@@ -30,6 +30,14 @@ from kdspec.compiler.nodes import (
     TransformNode,
     VirtualNode,
 )
+from kdspec.compiler.plan import (
+    AdapterPlan,
+    CompiledPlan,
+    RolePlan,
+    StageView,
+    TapPlan,
+    TermPlan,
+)
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
 from kdspec.compiler.taps import ModelTaps, discover
 from kdspec.compiler.views import make_subset, make_view
@@ -38,6 +46,7 @@ from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import Lowered, SourceMap
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, Progress, compile_value, evaluate, uses_progress
+from kdspec.ir.printer import expr_text
 from kdspec.ops import TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
@@ -480,6 +489,74 @@ class Distiller(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Unweighted terms on given tapped tensors, keyed by tap text (``"t.stage[1..3]"``)."""
         return self.raw_terms({**tensors, "labels": labels})
+
+    def compiled_plan(self) -> CompiledPlan:
+        """What this compiled method does, as frozen data (see :mod:`kdspec.compiler.plan`)."""
+        roles = tuple(
+            RolePlan(
+                r.name,
+                r.kind,
+                r.mode,
+                sum(p.numel() for p in self.roles[r.name].parameters()),
+                tuple(self._taps[r.name].stages) if r.name in self._taps else (),
+                self._taps[r.name].stage_source if r.name in self._taps else "-",
+                self._taps[r.name].classifier if r.name in self._taps else None,
+            )
+            for r in self.method.roles
+            if r.name in self.roles
+        )
+        taps = tuple(
+            TapPlan(types.tap_text(tap), tuple(self._point_text(tap.role, p) for p in points))
+            for tap, points in self._points.items()
+        )
+        adapters = tuple(
+            AdapterPlan(name, node.func, sum(p.numel() for p in node.parameters()))
+            for name, term in self.terms.items()
+            for node in term.modules()
+            if isinstance(node, AdapterNode)
+        )
+        terms = tuple(
+            TermPlan(
+                t.name,
+                t.kind,
+                expr_text(t.loss),
+                f"{self._const_weights[t.name]:g}"
+                if t.name in self._const_weights
+                else expr_text(t.weight),
+            )
+            for t in self.method.terms
+        )
+        return CompiledPlan(self.method.name, roles, taps, adapters, terms, self._stage_views())
+
+    def _point_text(self, role: str, point: HookPoint) -> str:
+        info = self._taps.get(role)
+        if point.kind != "module" or info is None:
+            shape = info.logits_shape if info and point.kind == "logits" else None
+            return f"{point.kind}" + (f" {list(shape)}" if shape else "")
+        call = next(
+            (c for c in info.calls if c.path == point.path and c.call == point.call), None
+        )
+        shape = (call.in_shape if point.io == "input" else call.out_shape) if call else None
+        at = f"@{point.call}" if point.call else ""
+        return f"{point.path}:{point.io}{at}" + (f" {list(shape)}" if shape else "")
+
+    def _stage_views(self) -> tuple[StageView, ...]:
+        saved, views = self._stage, []
+        for stage, sp in zip(self.method.effective_stages(), self.stage_plans, strict=True):
+            self._stage = stage
+            count = sum(p.numel() for p in self.trainable_parameters())
+            length = "rest" if sp.duration is None else f"{sp.duration:g} {sp.unit}"
+            views.append(
+                StageView(
+                    stage.name,
+                    length + (f" x{sp.repeat}" if sp.repeat > 1 else ""),
+                    tuple(t.name for t in self.graph.active_terms(stage)),
+                    tuple(sorted(self.graph.trained_roles(stage))),
+                    count,
+                )
+            )
+        self._stage = saved
+        return tuple(views)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,6 +102,10 @@ CODES: dict[str, tuple[str, str]] = {
         "counterpart, or is approximated (a warning says how).",
     ),
     "KD602": ("unreadable config", "A config to import is not valid YAML or not of that tool."),
+    "KD603": (
+        "cannot export",
+        "`kdspec export` cannot write the method as a plain script (the note lists what).",
+    ),
 }
 
 

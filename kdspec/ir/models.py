@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from kdspec.ir import traverse
 
 
 class _Node(BaseModel):
@@ -22,94 +24,30 @@ _E = TypeVar("_E")
 
 
 class _ExprNode(_Node):
-    """What every expression node shares: one traversal API, in the manner of sqlglot's
-    ``Expression.walk/find_all/transform``.
-
-    ``CHILDREN`` names the fields that hold sub-expressions (a tuple of them, or a dict whose
-    values are), so that :meth:`children`, :meth:`walk` and :meth:`transform` all visit the
-    same nodes.
-    """
-
-    CHILDREN: ClassVar[tuple[str, ...]] = ()
+    """What every expression node shares: the traversal of :mod:`kdspec.ir.traverse` as
+    methods, in the manner of sqlglot's ``Expression.walk/find_all/transform``."""
 
     def children(self) -> tuple[Expr, ...]:
         """The direct sub-expressions, in field order (a call: positional, then keyword)."""
-        out: list[Expr] = []
-        for name in self.CHILDREN:
-            value = getattr(self, name)
-            if isinstance(value, tuple):
-                out.extend(value)
-            elif isinstance(value, dict):
-                out.extend(value.values())
-            else:
-                out.append(value)
-        return tuple(out)
+        return tuple(traverse.children(self))  # type: ignore[arg-type]
 
     def walk(
-        self,
-        method: Method | None = None,
-        *,
-        prune: Callable[[Expr], bool] | None = None,
+        self, method: Method | None = None, *, prune: Callable[[Expr], bool] | None = None
     ) -> Iterator[Expr]:
-        """Every node of the expression, depth first, parents before children.
-
-        Args:
-            method: when given, a ``let`` reference is followed into its binding's value
-                (the reference is yielded first; a binding already open on the way down is
-                not entered again, so a cycle ends).
-            prune: a node for which it returns true is yielded but its children are not.
-        """
-        stack: list[tuple[Any, frozenset[str]]] = [(self, frozenset())]
-        while stack:
-            node, open_lets = stack.pop()
-            yield node
-            if prune is not None and prune(node):
-                continue
-            below: list[tuple[Any, frozenset[str]]] = [(c, open_lets) for c in node.children()]
-            if method is not None and isinstance(node, LetRef) and node.name not in open_lets:
-                let = method.let(node.name)
-                if let is not None:
-                    below.append((let.value, open_lets | {node.name}))
-            stack.extend(reversed(below))
+        """Every node, depth first, parents first (see :func:`kdspec.ir.traverse.walk`)."""
+        return traverse.walk(self, method, prune=prune)  # type: ignore[return-value]
 
     def find_all(self, kind: type[_E], method: Method | None = None) -> Iterator[_E]:
         """Every node of class ``kind`` (see :meth:`walk` for ``method``)."""
-        return (n for n in self.walk(method) if isinstance(n, kind))
+        return iter(traverse.find_all(self, kind, method))  # type: ignore[type-var]
 
     def find(self, kind: type[_E], method: Method | None = None) -> _E | None:
         """The first node of class ``kind``, if any."""
         return next(self.find_all(kind, method), None)
 
     def transform(self, fn: Callable[[Expr], Expr]) -> Expr:
-        """A copy with ``fn`` applied to every node, top down.
-
-        Where ``fn`` returns a different node, that node is kept as it is (its children are
-        not transformed again); otherwise the children are transformed and the node is rebuilt
-        around them if any changed.
-        """
-        new = fn(self)  # type: ignore[arg-type]
-        if new is not self:
-            return new
-        update: dict[str, Any] = {}
-        for name in self.CHILDREN:
-            value = getattr(self, name)
-            if isinstance(value, tuple):
-                changed: Any = tuple(v.transform(fn) for v in value)
-            elif isinstance(value, dict):
-                changed = {k: v.transform(fn) for k, v in value.items()}
-            else:
-                changed = value.transform(fn)
-            if any(a is not b for a, b in zip(_values(changed), _values(value), strict=True)):
-                update[name] = changed
-        return self.model_copy(update=update) if update else self
-
-
-def _values(v: Any) -> tuple[Any, ...]:
-    if isinstance(v, tuple):
-        return v
-    if isinstance(v, dict):
-        return tuple(v.values())
-    return (v,)
+        """A copy rebuilt bottom-up with ``fn`` (see :func:`kdspec.ir.traverse.transform`)."""
+        return traverse.transform(self, fn)  # type: ignore[arg-type, return-value]
 
 
 def walk(
@@ -184,7 +122,6 @@ class Tap(_ExprNode):
 class Call(_ExprNode):
     """A call of a vocabulary function (transform, adapter, combine, schedule)."""
 
-    CHILDREN: ClassVar[tuple[str, ...]] = ("args", "kwargs")
     op: Literal["call"] = "call"
     func: str
     args: tuple[Expr, ...] = ()
@@ -194,7 +131,6 @@ class Call(_ExprNode):
 class BinOp(_ExprNode):
     """Arithmetic on numbers (weights, parameters)."""
 
-    CHILDREN: ClassVar[tuple[str, ...]] = ("left", "right")
     op: Literal["+", "-", "*", "/", "^"]
     left: Expr
     right: Expr
@@ -203,7 +139,6 @@ class BinOp(_ExprNode):
 class Neg(_ExprNode):
     """Unary minus."""
 
-    CHILDREN: ClassVar[tuple[str, ...]] = ("operand",)
     op: Literal["neg"] = "neg"
     operand: Expr
 
@@ -211,7 +146,6 @@ class Neg(_ExprNode):
 class ListE(_ExprNode):
     """A list of values (e.g. class ids, weights)."""
 
-    CHILDREN: ClassVar[tuple[str, ...]] = ("items",)
     op: Literal["list"] = "list"
     items: tuple[Expr, ...] = ()
 

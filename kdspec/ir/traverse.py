@@ -1,4 +1,9 @@
-"""A generic traversal of the IR: children, walk, find_all and transform.
+"""The one traversal of the IR: children, walk, find_all and transform.
+
+Expression nodes offer the same functions as methods (``e.walk(method)``,
+``e.find_all(ir.Call)``, ``e.transform(fn)``); every pass, the graph builder, the compiler,
+the taxonomy and the lowering's ``use`` inliner go through them instead of a recursion of
+their own.
 
 Written over pydantic's field metadata, not over the node classes, so that a node type added
 to :mod:`kdspec.ir.models` (a new expression, a new method part) is visited without a change
@@ -42,16 +47,38 @@ def children(node: BaseModel) -> Iterator[BaseModel]:
         yield from _nodes_in(getattr(node, name))
 
 
-def walk(node: BaseModel) -> Iterator[BaseModel]:
-    """``node`` and every node inside it, depth first, parents before children."""
-    yield node
-    for child in children(node):
-        yield from walk(child)
+def walk(
+    node: BaseModel,
+    method: Any = None,
+    *,
+    prune: Callable[[Any], bool] | None = None,
+) -> Iterator[BaseModel]:
+    """``node`` and every node inside it, depth first, parents before children.
+
+    Args:
+        method: a :class:`~kdspec.ir.models.Method`; when given, a ``let`` reference is
+            followed into its binding's value after the reference itself (a binding already
+            open on the way down is not entered again, so a cycle ends).
+        prune: a node for which it returns true is yielded but its children are not.
+    """
+    stack: list[tuple[BaseModel, frozenset[str]]] = [(node, frozenset())]
+    while stack:
+        current, open_lets = stack.pop()
+        yield current
+        if prune is not None and prune(current):
+            continue
+        below = [(c, open_lets) for c in children(current)]
+        name = getattr(current, "name", None) if getattr(current, "op", None) == "let" else None
+        if method is not None and name is not None and name not in open_lets:
+            let = method.let(name)
+            if let is not None:
+                below.append((let.value, open_lets | {name}))
+        stack.extend(reversed(below))
 
 
-def find_all(node: BaseModel, kind: type[N]) -> list[N]:
+def find_all(node: BaseModel, kind: type[N], method: Any = None) -> list[N]:
     """Every node of one class inside ``node`` (``node`` included), in walk order."""
-    return [n for n in walk(node) if isinstance(n, kind)]
+    return [n for n in walk(node, method) if isinstance(n, kind)]
 
 
 def map_children(node: N, fn: Callable[[BaseModel], BaseModel]) -> N:

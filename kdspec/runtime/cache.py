@@ -96,6 +96,8 @@ def teacher_key_fields(
 
     recipe = teacher.model_dump()
     recipe.pop("metric", None)  # always top-1 for a teacher: not part of the key
+    if recipe.get("code_version") is None:
+        recipe.pop("code_version", None)  # keys of runs that do not set it stay as they were
     recipe["seed"] = seed
     recipe["exclude_classes"] = sorted(recipe["exclude_classes"])
     fields: dict[str, Any] = {

@@ -72,6 +72,7 @@ class JobOptions:
         log: Where progress messages go (default: stderr).
         callbacks: Observers of every training loop (progress bars).
         on_nonfinite: ``"stop"`` (KD503) or ``"skip"`` a batch whose loss is not finite.
+        untrained: Build the models without pre-training teachers (a plan needs shapes only).
     """
 
     cache_dir: Path | None = None
@@ -80,6 +81,7 @@ class JobOptions:
     log: Callable[[str], None] = _stderr
     callbacks: Sequence[Any] = ()
     on_nonfinite: str = "stop"
+    untrained: bool = False  # build every model but train no teacher (`kdspec plan`: shapes only)
 
 
 @dataclass
@@ -324,7 +326,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
                     "used as is, not pre-trained"
                 )
                 teachers[role.name] = {"source": source, "pretrained": "from the source"}
-        elif role.mode == "frozen" and role.name not in trained:
+        elif role.mode == "frozen" and role.name not in trained and not opts.untrained:
             pending.append(role)
         models[role.name] = model
     _check_batch_norm(models, run)

@@ -156,6 +156,9 @@ class TeacherConfig(TrainConfig):
     exclude_classes: list[int] = Field(default_factory=list)
     pretrain: bool = True  # false: a frozen teacher must come with [weights] (else KD407)
     metric: Literal["top1"] = "top1"  # a teacher is pre-trained and cached on top-1
+    # Part of the teacher-cache key: change it to retrain when something the code fingerprint
+    # cannot see has changed (a file the model reads, code outside the user's modules).
+    code_version: str | None = None
 
 
 ParamValue = bool | int | float | str

@@ -156,8 +156,8 @@ def _skeleton(e: ir.Expr | None, m: ir.Method) -> str:
             return ir.Str(value="@")
         if isinstance(n, ir.Num | ir.Str | ir.ParamRef):
             return ir.Str(value="#")
-        if isinstance(n, ir.Call) and n.kwargs:
-            return n.model_copy(update={"kwargs": {}}).transform(anonymize)
+        if isinstance(n, ir.Call) and n.kwargs:  # its arguments are already anonymized
+            return n.model_copy(update={"kwargs": {}})
         return n
 
     return expr_text(e.transform(anonymize))
@@ -361,8 +361,17 @@ def _loose_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _signatures(g: nx.DiGraph) -> Counter[object]:
-    """Node signatures and (signature, edge, signature) triples, as a multiset."""
+    """Node signatures and (signature, edge, signature) triples, as a multiset.
+
+    A role also counts by its kind and by whether it is a network at all, so that a role that
+    changed state (a teacher made trainable) stays closer to a network teacher than to a
+    virtual one.
+    """
     out: Counter[object] = Counter(("node", d["sig"]) for _, d in g.nodes(data=True))
+    for _, d in g.nodes(data=True):
+        if d["kind"] == "role":
+            out[("role kind", d["sig"][1])] += 1
+            out[("role network", d["sig"][1], d["sig"][2] != "virtual")] += 1
     for u, v, d in g.edges(data=True):
         out[("edge", g.nodes[u]["sig"], d["sig"], g.nodes[v]["sig"])] += 1
     return out

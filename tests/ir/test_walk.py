@@ -1,4 +1,4 @@
-"""The IR's one traversal API: children, walk, find_all, transform, and Method lookups."""
+"""The IR's one traversal API (kdspec.ir.traverse, also as methods of expression nodes)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_find_all_sees_every_kind_of_child() -> None:
     assert list(ir.walk(None)) == []
 
 
-def test_transform_replaces_top_down_and_keeps_untouched_nodes() -> None:
+def test_transform_rebuilds_bottom_up_and_keeps_untouched_nodes() -> None:
     m = method()
     kd = m.term("kd")
     assert kd is not None

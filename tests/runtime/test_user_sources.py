@@ -436,3 +436,13 @@ def test_a_role_table_key_that_names_no_role_is_an_error(capsys, tmp_path) -> No
     with pytest.raises(KdError) as info:
         check_role_keys(run, both[:1])
     assert [d.message for d in info.value.diagnostics] == ["`[models] t1`: hinton has no role `t1`"]
+
+
+def test_a_code_version_the_user_passes_is_part_of_the_teacher_key(user, tmp_path) -> None:
+    mod = user("version", TEACHER.format(act="nn.ReLU()"))
+    first, _ = _prepare(tmp_path, mod)
+    same, _ = _prepare(tmp_path, mod)
+    bumped, _ = _prepare(tmp_path, mod, extra='code_version = "2"\n')
+    assert same.teachers["t"]["cache"] == first.teachers["t"]["cache"]
+    assert bumped.teachers["t"]["reused"] is False
+    assert bumped.teachers["t"]["cache"] != first.teachers["t"]["cache"]
