@@ -288,3 +288,13 @@ def test_uses_composing_deep_expressions_are_kd106() -> None:
             f"  use m{i - 1}(p = {negs}p)\n}}\n"
         )
     assert [d.code for d in _errors("".join(reversed(parts)))] == ["KD106"]
+
+
+def test_a_temperature_that_is_a_call_is_a_diagnostic_not_a_crash() -> None:
+    """Found by scripts/fuzz.py (seed 9, case 50,435): a call as `T` made the classifier hash
+    an expression holding a dict."""
+    text = _spec(
+        "  param tau = 1\n"
+        "  transfer kd: softmax(one(one(tau))) from t.logits to s.logits with kl weight tau^2"
+    )
+    assert {d.code for d in _errors(text)} == {"KD203", "KD205"}
