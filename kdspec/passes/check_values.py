@@ -161,6 +161,8 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
                     )
                 )
                 break
+            if not isinstance(v, int | float):
+                continue
             cap = SIZE_CAPS.get((call.func, name))
             if cap is not None and v > cap:
                 out.append(

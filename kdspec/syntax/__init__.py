@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lark import Lark, Tree
 from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -44,7 +45,7 @@ RECOVERY_BUDGET = 1_000_000
 whole file, so a large broken file reports fewer errors instead of taking seconds."""
 
 
-def _parse_or_errors(source: SourceFile, lark: Lark) -> tuple[Tree | None, list[Diagnostic]]:
+def _parse_or_errors(source: SourceFile, lark: Lark) -> tuple[Tree[Any] | None, list[Diagnostic]]:
     """The parse tree of a file that parses (parsed once), or every syntax error of one that
     does not, one per broken statement.
 
@@ -84,9 +85,9 @@ MAX_NESTING = 100
 them all far below Python's recursion limit."""
 
 
-def _too_deep(tree: Tree, source: SourceFile) -> Diagnostic | None:
+def _too_deep(tree: Tree[Any], source: SourceFile) -> Diagnostic | None:
     """KD106 at the first node nested deeper than MAX_NESTING (walked without recursion)."""
-    stack: list[tuple[Tree, int]] = [(tree, 1)]
+    stack: list[tuple[Tree[Any], int]] = [(tree, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_NESTING:

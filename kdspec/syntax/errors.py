@@ -6,8 +6,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
-from lark import Lark
+from lark import Lark, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from kdspec.diagnostics import Diagnostic, error
@@ -220,26 +221,25 @@ def _example_table() -> dict[str, list[str]]:
 
 
 @cache
-def _example_parser(lark: Lark) -> Callable[[str], object]:
+def _example_parser(lark: Lark) -> Callable[[str], Tree[Any]]:
     """``lark.parse`` for the example snippets, each parsed once per process.
 
     ``match_examples`` parses every bad example for every syntax error: 20 errors meant 880
     parses and over a second per file. The examples never change, so their errors are kept
     and raised again (the same exception objects, so matching is exactly lark's).
     """
-    seen: dict[str, UnexpectedInput | None] = {}
+    seen: dict[str, UnexpectedInput | Tree[Any]] = {}
 
-    def parse(text: str) -> object:
+    def parse(text: str) -> Tree[Any]:
         if text not in seen:
             try:
-                lark.parse(text)
-                seen[text] = None
+                seen[text] = lark.parse(text)
             except UnexpectedInput as exc:
                 seen[text] = exc
         found = seen[text]
-        if found is not None:
+        if isinstance(found, UnexpectedInput):
             raise found
-        return None
+        return found
 
     return parse
 
