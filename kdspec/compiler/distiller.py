@@ -18,12 +18,16 @@ from torch import nn
 from kdspec.compiler.hooks import HookPoint, TapError, TapSession, resolve_tap
 from kdspec.compiler.nodes import (
     AdapterNode,
+    ArgNode,
     CombineNode,
+    ConstNode,
     Env,
     HoleNode,
+    LearnedNode,
     LetNode,
     Node,
     PipelineNode,
+    PrimNode,
     ShapeMismatch,
     TapNode,
     TermModule,
@@ -46,8 +50,9 @@ from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import Lowered, SourceMap
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, Progress, compile_value, evaluate, uses_progress
+from kdspec.ir.functions import HOLE, STUDENT_SIDE, TEACHER_SIDE, expand
 from kdspec.ir.printer import expr_text
-from kdspec.ops import TRANSFORMS
+from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
 from kdspec.ops.transforms import UNSCALED
@@ -296,7 +301,7 @@ class Distiller(nn.Module):
             if term.name in frozen_terms:
                 continue
             for node in term.modules():
-                if isinstance(node, AdapterNode):
+                if isinstance(node, AdapterNode | LearnedNode):
                     params.extend(node.parameters())
             params.extend(term.learned.parameters())  # type: ignore[union-attr]
         for let in named & set(self._lets):
@@ -466,6 +471,7 @@ class Distiller(nn.Module):
         self._forward_cache, self._view_cache = {}, {}
         return Env(
             read=self._read,
+            batch_size=_batch_size(self._batch),
             labels=self._batch.labels,
             index=self._batch.index,
             num_classes=self.num_classes,
@@ -570,6 +576,7 @@ class _Builder:
         self.m = d.method
         self.smap = smap
         self.diags: list[Diagnostic] = []
+        self.holes: dict[str, types.VType] = {}  # types of the stand-ins being built
 
     def diag(
         self,
@@ -641,6 +648,22 @@ class _Builder:
                 assert let is not None  # the passes report unknown names
                 self.d._lets[e.name] = LetNode(self.node(let.value, path, indices))
             return self.d._lets[e.name]
+        if isinstance(e, ir.ArgRef):
+            return HoleNode() if e.name == HOLE else ArgNode(e.name)
+        if types.is_static(e, self.m):
+            return ConstNode(self.value(e))
+        if isinstance(e, ir.BinOp | ir.Neg):
+            operands = [e.left, e.right] if isinstance(e, ir.BinOp) else [e.operand]
+            return self.primitive(
+                "neg" if isinstance(e, ir.Neg) else e.op, operands, {}, path, indices
+            )
+        if isinstance(e, ir.Call) and self.m.function(e.func) is not None:
+            fdef = self.m.function(e.func)
+            assert fdef is not None
+            return self.node(expand(e, fdef), path, indices)
+        if isinstance(e, ir.Call) and _is_primitive_call(e):
+            fn = FUNCTIONS[e.func]
+            return self.primitive(e.func, list(e.args), self.kwargs(e), path, indices, fn)
         if isinstance(e, ir.Call):
             fn = FUNCTIONS[e.func]
             kwargs = self.kwargs(e)
@@ -663,6 +686,25 @@ class _Builder:
             return TransformNode(e.func, inputs, kwargs, extra)
         raise ValueError(f"`{type(e).__name__}` cannot be evaluated on tensors")
 
+    def primitive(
+        self,
+        func: str,
+        operands: list[ir.Expr],
+        kwargs: dict[str, Any],
+        path: tuple[object, ...],
+        indices: dict[ir.Tap, list[int]],
+        fn: Any = None,
+    ) -> Node:
+        """A primitive or operator node, its inputs typed (axes, distribution) statically."""
+        ins = [types.value_type(a, self.m, holes=self.holes) for a in operands]
+        nodes = [self.node(a, path, indices) for a in operands]
+        axes = [t.axes for t in ins]
+        dist = [t.kind == "distribution" for t in ins]
+        if fn is not None and fn.learned:
+            return LearnedNode(func, nodes, kwargs, axes)
+        keep = fn is not None and (fn.returns == "same" or fn.log_inputs)
+        return PrimNode(func, nodes, kwargs, axes, dist, keep_storage=keep)
+
     def margins(self, e: ir.Expr, path: tuple[object, ...]) -> list[torch.Tensor]:
         """OFD: margins from the batch norm before each tapped teacher pre-activation."""
         out = []
@@ -678,9 +720,29 @@ class _Builder:
                 out.append(TRANSFORMS["ofd_margin"](self.d.roles[tap.role].get_submodule(bn_path)))
         return out or [torch.zeros(())]
 
-    def pipeline(self, node: Node, knowledge: tuple[ir.Call, ...], side: str, term: str) -> Node:
+    def pipeline(
+        self,
+        node: Node,
+        knowledge: tuple[ir.Call, ...],
+        side: str,
+        term: str,
+        start: types.VType | None = None,
+    ) -> Node:
         steps: list[Node] = []
+        current = start or types.UNKNOWN
         for call in knowledge:
+            fdef = self.m.function(call.func)
+            if fdef is not None or _is_primitive_call(call):
+                body = (
+                    expand(call, fdef, (ir.ArgRef(name=HOLE),))
+                    if fdef is not None
+                    else call.model_copy(update={"args": (ir.ArgRef(name=HOLE), *call.args)})
+                )
+                self.holes[HOLE] = current
+                steps.append(self.node(body, ("term", term, side), {}))
+                current = types.value_type(body, self.m, holes=self.holes)
+                continue
+            current = types.knowledge_type(current, (call,), self.m)
             fn = FUNCTIONS[call.func]
             if fn.category == "adapter":
                 steps.append(AdapterNode(call.func, HoleNode(), self.kwargs(call), term=term))
@@ -714,11 +776,23 @@ class _Builder:
                 for call in reversed(chain):
                     member = call.model_copy(update={"args": (member,)})
                 members.append(
-                    self.pipeline(self.node(member, path, indices), term.knowledge, side, term.name)
+                    self.pipeline(
+                        self.node(member, path, indices),
+                        term.knowledge,
+                        side,
+                        term.name,
+                        types.value_type(member, self.m),
+                    )
                 )
             kind = types.apply_knowledge(types.expr_kind(expr, self.m), term.knowledge)
             return CombineNode(members, self.value(ens.weights), kind == "distribution")
-        return self.pipeline(self.node(expr, path, indices), term.knowledge, side, term.name)
+        return self.pipeline(
+            self.node(expr, path, indices),
+            term.knowledge,
+            side,
+            term.name,
+            types.value_type(expr, self.m),
+        )
 
     def pair_indices(self, term: ir.Term) -> dict[ir.Tap, list[int]] | None:
         src = [t for t, _ in types.taps(term.source, self.m) if t.is_range]
@@ -748,6 +822,14 @@ class _Builder:
         return out
 
     def term(self, term: ir.Term) -> TermModule | None:
+        fdef = self.m.function(term.loss.func)
+        weight = (
+            None
+            if types.is_static(term.weight, self.m)
+            else self.node(term.weight, ("term", term.name, "weight"), {})
+        )
+        if fdef is not None:
+            return self.expression_term(term, fdef, weight)
         fn = FUNCTIONS.get(term.loss.func)
         if fn is None:
             return None
@@ -762,7 +844,7 @@ class _Builder:
         else:
             target = self.node(term.target, ("term", term.name, "target"), indices)
         dist = term.kind == "transfer" and types.side_kind(term, "target", self.m) == "distribution"
-        to_probs = dist and term.loss.func not in ("kl", "soft_ce")
+        to_probs = dist and not fn.log_inputs
         subset = None
         if term.subset:
             part = next(p for p in self.m.data if p.name == term.subset)
@@ -774,7 +856,56 @@ class _Builder:
             # relation only: an embedding as wide as the batch is not a relation).
             kind = types.side_kind(term, "target", self.m)
             kwargs["relation"] = kind in BATCH_RELATION_KINDS
-        return TermModule(term, source, target, term.loss.func, kwargs, to_probs, subset)
+        return TermModule(
+            term, source, target, term.loss.func, kwargs, to_probs, subset, weight_node=weight
+        )
+
+    def subset(self, term: ir.Term) -> Any:
+        if not term.subset:
+            return None
+        part = next(p for p in self.m.data if p.name == term.subset)
+        fn_subset = make_subset(part, self.m.params)
+        return lambda env, f=fn_subset: f(env.labels, env.index)
+
+    def expression_term(
+        self, term: ir.Term, fdef: ir.FunctionDef, weight: Node | None
+    ) -> TermModule | None:
+        """A term whose loss is a `def`: its sides bound to the def's first parameters."""
+        indices = self.pair_indices(term) if term.kind == "transfer" else {}
+        if indices is None:
+            return None
+        sides: dict[str, types.VType] = {}
+        source: Node | None = None
+        if term.kind == "transfer":
+            source = self.side(term, "source", indices)
+            target = self.side(term, "target", indices)
+            for side in ("source", "target"):
+                raw = types.value_type(getattr(term, side), self.m)
+                sides[side] = types.knowledge_type(raw, term.knowledge, self.m)
+        else:
+            target = self.node(term.target, ("term", term.name, "target"), indices)
+            sides["target"] = types.value_type(term.target, self.m)
+        if term.kind == "supervise":
+            implicit: tuple[ir.Expr, ...] = (ir.ArgRef(name=STUDENT_SIDE),)
+        else:
+            implicit = (ir.ArgRef(name=TEACHER_SIDE), ir.ArgRef(name=STUDENT_SIDE))
+        self.holes = {
+            TEACHER_SIDE: sides.get("source", types.UNKNOWN),
+            STUDENT_SIDE: sides["target"],
+        }
+        loss = self.node(expand(term.loss, fdef, implicit), ("term", term.name, "loss"), {})
+        self.holes = {}
+        return TermModule(
+            term,
+            source,
+            target,
+            term.loss.func,
+            {},
+            False,
+            self.subset(term),
+            loss_node=loss,
+            weight_node=weight,
+        )
 
 
 def _normalize_unscaled(node: Node) -> None:
@@ -903,7 +1034,9 @@ def compile_spec(
     if b.diags:
         raise KdError(b.diags)
     for name, w in d._weights.items():
-        if not uses_progress(w, m.params):
+        if not types.is_static(w, m):
+            d._const_weights[name] = 1.0  # computed from the batch by the term itself
+        elif not uses_progress(w, m.params):
             d._const_weights[name] = float(evaluate(w, m.params))  # type: ignore[arg-type]
     d.stage_plans = [_plan(s, m) for s in m.effective_stages()]
     _dry_run(
@@ -921,6 +1054,26 @@ def compile_spec(
     if device is not None:
         d.to(device)
     return d
+
+
+def _is_primitive_call(e: ir.Call) -> bool:
+    """A call compiled as a typed primitive (legacy transforms keep their own nodes)."""
+    fn = FUNCTIONS.get(e.func)
+    if fn is None:
+        return False
+    return fn.category == "primitive" or (
+        (fn.category == "loss" and e.func in LOSSES)  # a loss's value inside an expression
+        or (e.func in ("softmax", "log_softmax", "normalize", "mean") and "over" in e.kwargs)
+    )
+
+
+def _batch_size(batch: _Batch) -> int | None:
+    for v in (batch.labels, batch.x, *((batch.taps or {}).values())):
+        if isinstance(v, list | tuple) and v:
+            v = v[0]
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    return None
 
 
 def _whole(v: Any) -> Any:

@@ -39,7 +39,16 @@ class Env:
     cache: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     shape_hint: list[tuple[int, ...]] | None = None  # the other side's shapes (adapters)
     hole: list[torch.Tensor] | None = None  # the value a pipeline step applies to
+    batch_size: int | None = None  # `B`
+    args: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # a def loss's sides
     progress: Progress | None = None  # where training is: values with schedules depend on it
+
+
+def _tensor(v: Any) -> Any:
+    """A number computed in a spec (`2`, `B`) as a tensor, for functions written for tensors."""
+    if isinstance(v, int | float):
+        return torch.as_tensor(float(v), dtype=torch.get_default_dtype())
+    return v
 
 
 def broadcast(*lists: list[Any]) -> list[tuple[Any, ...]]:
@@ -103,11 +112,9 @@ class TransformNode(Node):
         self.unscaled = False
 
     def forward(self, env: Env) -> list[torch.Tensor]:
-        values = [node(env) for node in self.inputs]
+        values = [[_tensor(v) for v in node(env)] for node in self.inputs]
         if self.func == "stopgrad":
             return [v.detach() for v in values[0]]
-        if self.func == "exp":
-            return [v.exp() for v in values[0]]
         if self.func == "resize":
             return [_resize(v, env.shape_hint, i) for i, v in enumerate(values[0])]
         impl = _IMPL.get(self.func, self.func)
@@ -230,8 +237,6 @@ class AdapterNode(Node):
                     "(adapters on both sides need an explicit `dim=`)"
                 )
             kwargs = {k: v for k, v in kwargs.items() if v is not None}
-            if self.func == "embed" and "dim" not in kwargs:
-                kwargs["dim"] = 128
             module = build_adapter(self.func, tuple(v.shape[1:]), out_shape, **kwargs)
             self.adapters.append(module.to(device=v.device, dtype=v.dtype).train(self.training))
 
@@ -285,8 +290,12 @@ class TermModule(nn.Module):
         loss_kwargs: dict[str, Any],
         to_probs: bool,
         subset: Callable[..., Any] | None,
+        loss_node: Node | None = None,
+        weight_node: Node | None = None,
     ):
         super().__init__()
+        self.loss_node = loss_node  # a loss written as a `def`, over env.args
+        self.weight_node = weight_node  # a weight computed from the batch
         self.term = term
         self.name = term.name
         self.source = source
@@ -308,6 +317,61 @@ class TermModule(nn.Module):
         return value
 
     def forward(self, env: Env) -> torch.Tensor:
+        if self.loss_node is not None:
+            return self._expression_loss(env)
+        value = self._builtin_loss(env)
+        if self.weight_node is not None:
+            value = value * self.weight_node(env)[0]
+        return value
+
+    def _sides(self, env: Env) -> tuple[list[torch.Tensor] | None, list[torch.Tensor]]:
+        if self.source is None:
+            env.shape_hint = None
+            return None, self.target(env)
+        env.shape_hint = None
+        if isinstance(self.source, PipelineNode):
+            raw = self.source.raw(env)
+            hint = [tuple(v.shape[1:]) for v in raw]
+            src = self.source.apply_steps(raw, env)
+        else:
+            src = self.source(env)
+            hint = [tuple(v.shape[1:]) for v in src]
+        env.shape_hint = hint
+        if isinstance(self.target, PipelineNode):
+            tgt = self.target.apply_steps(self.target.raw(env), env)
+        else:
+            tgt = self.target(env)
+        env.shape_hint = None
+        return src, tgt
+
+    def _expression_loss(self, env: Env) -> torch.Tensor:
+        """A `def` loss: per paired layer, summed over the batch after the weight."""
+        from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE
+
+        assert self.loss_node is not None
+        src, tgt = self._sides(env)
+        mask = self.subset(env) if self.subset else None
+        pairs = broadcast(src, tgt) if src is not None else [(None, t) for t in tgt]
+        total: torch.Tensor | None = None
+        labels = env.labels
+        for s, t in pairs:
+            if mask is not None:
+                if not bool(mask.any()):
+                    continue
+                s = s[mask] if s is not None else None
+                t = t[mask]
+                env.labels = labels[mask] if labels is not None else None
+            env.args = {STUDENT_SIDE: [t], **({TEACHER_SIDE: [s]} if s is not None else {})}
+            value = self.loss_node(env)[0]
+            if self.weight_node is not None:
+                value = value * self.weight_node(env)[0]
+            value = torch.as_tensor(value).sum()
+            total = value if total is None else total + value
+            env.labels = labels
+        env.args = {}
+        return total if total is not None else tgt[0].new_zeros(())
+
+    def _builtin_loss(self, env: Env) -> torch.Tensor:
         fn = LOSSES.get(self.loss)
         loss_kwargs = at_progress(self.loss_kwargs, env.progress)
         if self.source is None:  # supervision by labels
@@ -378,3 +442,136 @@ class ShapeMismatch(ValueError):
         super().__init__(f"teacher side {list(source)} vs student side {list(target)}")
         self.source_shape = source
         self.target_shape = target
+
+
+# ---------------------------------------------------------------------------------------------
+# Expressions of typed primitives (issue 9): constants, arguments, operators, primitives
+# ---------------------------------------------------------------------------------------------
+
+
+class ConstNode(Node):
+    """A number known before the batch: a constant, a parameter, or a schedule (per step)."""
+
+    def __init__(self, value: Any):
+        super().__init__()
+        self.value = value
+
+    def forward(self, env: Env) -> list[Any]:
+        return [float(at_progress(self.value, env.progress))]
+
+
+class ArgNode(Node):
+    """A value bound by the term: a loss's teacher or student side (``env.args``)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        return env.args[self.name]
+
+
+class PrimNode(Node):
+    """A primitive (or an operator) applied per paired layer, its inputs lined up by axes.
+
+    ``in_axes``/``in_dist``: each input's static axes and whether it is a distribution (kept
+    as log-probabilities: read as probabilities, except by ``log``, which reads them exactly).
+    """
+
+    def __init__(
+        self,
+        func: str,
+        inputs: list[Node],
+        kwargs: dict[str, Any],
+        in_axes: list[Any],
+        in_dist: list[bool],
+        keep_storage: bool = False,
+    ):
+        super().__init__()
+        self.func = func
+        self.inputs = nn.ModuleList(inputs)
+        self.kwargs = kwargs
+        self.in_axes = in_axes
+        self.in_dist = in_dist
+        self.keep_storage = keep_storage  # stopgrad & co. pass a distribution through as it is
+
+    def _read(self, v: Any, dist: bool) -> Any:
+        if isinstance(v, int | float) and self.func not in ("size", "+", "-", "*", "/", "^"):
+            return torch.as_tensor(float(v), dtype=torch.get_default_dtype())  # `log(classes)`
+        if not dist or self.keep_storage or not isinstance(v, torch.Tensor):
+            return v
+        return v if self.func == "log" else v.exp()
+
+    def forward(self, env: Env) -> list[Any]:
+        from kdspec.ops import primitives as P
+
+        values = [node(env) for node in self.inputs]
+        kwargs = at_progress(self.kwargs, env.progress)  # `grad_reverse(x, scale=ramp(...))`
+        out: list[Any] = []
+        for args in broadcast(*values) if values else [()]:
+            xs = [self._read(v, d) for v, d in zip(args, self.in_dist, strict=False)]
+            if self.func in P.BINARY:
+                out.append(P.binary(self.func, xs[0], xs[1], self.in_axes))
+            elif self.func == "neg":
+                out.append(-xs[0])
+            elif self.func == "log" and self.in_dist and self.in_dist[0]:
+                out.append(xs[0])  # the stored log-probabilities, exactly
+            elif self.func in LOSSES:  # a built-in loss's value (a number) inside an expression
+                if self.func == "cross_entropy":
+                    out.append(LOSSES[self.func](xs[0], env.labels, **kwargs))
+                else:
+                    out.append(LOSSES[self.func](*xs, **kwargs))
+            elif self.func in ("label_mask", "at_label"):
+                if env.labels is None:
+                    raise ValueError(f"`{self.func}` needs the batch's labels")
+                out.append(
+                    P.PRIMITIVES[self.func](*xs, axes=self.in_axes, labels=env.labels, **kwargs)
+                )
+            elif self.func == "size" and not xs:
+                over = kwargs.get("over")
+                n = env.batch_size if over == "batch" else env.num_classes
+                if n is None:
+                    raise ValueError(f"the size of `{over}` is not known here")
+                out.append(float(n))
+            elif self.func == "size":
+                out.append(float(P.size(*xs, axes=self.in_axes, **kwargs)))
+            else:
+                out.append(P.PRIMITIVES[self.func](*xs, axes=self.in_axes, **kwargs))
+        return out
+
+
+class LearnedNode(Node):
+    """A learned tensor (``learned``) or head (``head``), built on the dry run, then trained."""
+
+    def __init__(self, func: str, inputs: list[Node], kwargs: dict[str, Any], in_axes: list[Any]):
+        super().__init__()
+        self.func = func
+        self.inputs = nn.ModuleList(inputs)
+        self.kwargs = kwargs
+        self.in_axes = in_axes
+        self.adapters = nn.ModuleList()
+
+    def forward(self, env: Env) -> list[Any]:
+        from kdspec.ops import primitives as P
+
+        values = [node(env) for node in self.inputs]
+        if len(self.adapters) == 0:
+            example = values[0][0] if values else None
+            built: nn.Module
+            if self.func == "head":
+                assert example is not None  # `head` takes an input (KD204 otherwise)
+                built = P.head(example, axes=self.in_axes, **at_progress(self.kwargs, None))
+            else:
+                built = P.learned(
+                    example,
+                    axes=self.in_axes,
+                    num_samples=env.num_samples,
+                    **at_progress(self.kwargs, None),
+                )
+                if example is not None:
+                    built = built.to(device=example.device, dtype=example.dtype)
+            self.adapters.append(built.train(self.training))
+        module = self.adapters[0]
+        if self.func == "head":
+            return [module(v) for v in values[0]]
+        return [module(env.index)]

@@ -30,6 +30,20 @@ CODES: dict[str, tuple[str, str]] = {
     "KD210": ("no method", "A file defines no method, or not the one asked for."),
     "KD211": ("bad role", "A role modifier is invalid (e.g. `ema` of an unknown role)."),
     "KD212": ("bad claim", "A claim names an unknown taxonomy dimension or value."),
+    "KD213": (
+        "bad function definition",
+        "A `def` repeats a parameter, or puts a tensor parameter after one with a default.",
+    ),
+    "KD214": (
+        "shape value out of scope",
+        "A size of a value (`C`, `H`, `W`, `HW`, `tokens`) is used where no value is in "
+        "scope: outside a `def`, or in a `def` without tensor inputs.",
+    ),
+    "KD215": (
+        "recursive function",
+        "A `def` calls itself, directly or through other functions; functions are expanded "
+        "where they are called, so they cannot recurse.",
+    ),
     "KD301": (
         "loss does not accept this knowledge",
         "The loss is not defined for the kind of "
@@ -73,6 +87,31 @@ CODES: dict[str, tuple[str, str]] = {
         "wrong side",
         "A role appears where it cannot learn: a virtual teacher (a hand-designed "
         "distribution, no network) on the student side of a transfer.",
+    ),
+    "KD313": (
+        "wrong axis",
+        "An operation works along an axis its input does not have (e.g. `mean(x, over=space)` "
+        "on logits, whose axes are (batch, class)).",
+    ),
+    "KD314": (
+        "axes do not fit",
+        "Two operands of an element-wise operation (or of `relation`) have axes that do not "
+        "line up: one side's axes must contain the other's.",
+    ),
+    "KD316": (
+        "per-sample loss without normaliser",
+        "A loss gives one value per sample but the term's weight does not say how to "
+        "normalise their sum (`weight 1 / B`, `weight w / sum(w, over=batch)`).",
+    ),
+    "KD317": (
+        "weight not per sample",
+        "A term's weight has axes other than the batch, or weighs samples of a loss that is "
+        "already one number for the batch.",
+    ),
+    "KD318": (
+        "loss not reduced",
+        "A loss written as a `def` gives values along axes other than the batch; a loss is a "
+        "number or one value per sample.",
     ),
     "KD401": ("unknown module path", "A tap names a submodule the model does not have."),
     "KD402": ("tap point not found", "An abstract tap point could not be resolved on a model."),

@@ -6,9 +6,15 @@ share them so that a kind is computed in exactly one place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from kdspec.ir import models as ir
+from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import tap_text
-from kdspec.vocabulary import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS, Fn
+from kdspec.vocabulary import axes as axes_rules
+from kdspec.vocabulary.axes import FEATURE_AXES, TAP_AXES, Axes, AxisError
 
 
 def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
@@ -27,21 +33,29 @@ def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
     if isinstance(e, ir.Call):
         fn = FUNCTIONS.get(e.func)
         inner = expr_kind(e.args[0], method) if e.args else "features"
+        if fn is None and method.function(e.func) is not None:
+            return value_type(e, method).kind
         if fn is None:
             return inner
         if fn.category == "schedule":
             return "scalar"
         return inner if fn.returns == "same" else fn.returns
-    if isinstance(e, ir.Num | ir.ParamRef | ir.BinOp | ir.Neg):
+    if isinstance(e, ir.Num | ir.ParamRef):
         return "scalar"
+    if isinstance(e, ir.BinOp | ir.Neg):
+        return "scalar" if is_static(e, method) else value_type(e, method).kind
     return "features"
 
 
-def apply_knowledge(kind: str, knowledge: tuple[ir.Call, ...]) -> str:
+def apply_knowledge(
+    kind: str, knowledge: tuple[ir.Call, ...], method: ir.Method | None = None
+) -> str:
     """The kind after a transfer's knowledge pipeline is applied to a side."""
     for call in knowledge:
         fn = FUNCTIONS.get(call.func)
-        if fn is not None and fn.returns != "same":
+        if fn is None and method is not None and method.function(call.func) is not None:
+            kind = knowledge_type(VType(kind, None), (call,), method).kind
+        elif fn is not None and fn.returns != "same":
             kind = fn.returns
     return kind
 
@@ -49,7 +63,7 @@ def apply_knowledge(kind: str, knowledge: tuple[ir.Call, ...]) -> str:
 def side_kind(term: ir.Term, side: str, method: ir.Method) -> str:
     """Kind of a term's ``source`` or ``target`` side after its knowledge pipeline."""
     e = term.source if side == "source" else term.target
-    return apply_knowledge(expr_kind(e, method), term.knowledge)
+    return apply_knowledge(expr_kind(e, method), term.knowledge, method)
 
 
 def term_sides(term: ir.Term, method: ir.Method) -> list[tuple[str, ir.Expr | None, str]]:
@@ -121,15 +135,203 @@ def uses_adapter(e: ir.Expr | None, method: ir.Method) -> list[str]:
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# Value types: knowledge kind and axes, through every operation
+# ---------------------------------------------------------------------------------------------
+
+Report = Callable[[str, str, tuple[object, ...]], None]
+
+
+@dataclass(frozen=True)
+class VType:
+    """The static type of a value: its knowledge kind and its axes (None: unknown)."""
+
+    kind: str
+    axes: Axes | None
+
+    @property
+    def scalar(self) -> bool:
+        return self.axes == ()
+
+
+SCALAR = VType("scalar", ())
+UNKNOWN = VType("features", None)
+
+
+def tap_axes(tap: ir.Tap) -> Axes:
+    """The axes a tap reads: logits (batch, class), embedding (batch, channel), else features."""
+    return TAP_AXES.get(tap.point, FEATURE_AXES)
+
+
+def constant(e: ir.Expr, method: ir.Method) -> object:
+    """The value of a constant argument (a number, a bare word, a list), or None."""
+    try:
+        return evaluate(e, method.params)
+    except EvalError:
+        return None
+
+
+def _relation_kind(kw: dict[str, object]) -> str:
+    over = kw.get("over")
+    if over == "channel":
+        return "gram"
+    return "distance" if kw.get("kernel") in ("distance", "sqdistance") else "similarity"
+
+
+def is_static(e: ir.Expr | None, method: ir.Method) -> bool:
+    """A number known before training (constants, parameters, schedules): no tensor, no size."""
+    if e is None or isinstance(e, ir.Num | ir.Str | ir.ParamRef):
+        return True
+    if isinstance(e, ir.BinOp):
+        return is_static(e.left, method) and is_static(e.right, method)
+    if isinstance(e, ir.Neg):
+        return is_static(e.operand, method)
+    if isinstance(e, ir.ListE):
+        return all(is_static(i, method) for i in e.items)
+    if isinstance(e, ir.Call):
+        fn = FUNCTIONS.get(e.func)
+        return fn is not None and fn.category == "schedule"
+    return False
+
+
+def value_type(
+    e: ir.Expr | None,
+    method: ir.Method,
+    report: Report | None = None,
+    path: tuple[object, ...] = (),
+    holes: dict[str, VType] | None = None,
+) -> VType:
+    """Kind and axes of an expression; axis errors go to ``report(code, message, path)``.
+
+    ``holes`` gives the types of stand-ins (a pipeline step's input, a loss's two sides). A
+    ``def`` call is typed through its body; its errors are reported at the call.
+    """
+    holes = holes or {}
+
+    def fail(code: str, message: str, where: tuple[object, ...]) -> None:
+        if report is not None:
+            report(code, message, where)
+
+    if e is None:
+        return UNKNOWN
+    if isinstance(e, ir.Num | ir.ParamRef | ir.Str):
+        return SCALAR
+    if isinstance(e, ir.Tap):
+        return VType(expr_kind(e, method), tap_axes(e))
+    if isinstance(e, ir.ArgRef):
+        return holes.get(e.name, UNKNOWN)
+    if isinstance(e, ir.LetRef):
+        let = next((x for x in method.lets if x.name == e.name), None)
+        return value_type(let.value, method, None, (), holes) if let else UNKNOWN
+    if isinstance(e, ir.Neg):
+        inner = value_type(e.operand, method, report, (*path, "operand"), holes)
+        return VType("scalar" if inner.scalar else "features", inner.axes)
+    if isinstance(e, ir.BinOp):
+        a = value_type(e.left, method, report, (*path, "left"), holes)
+        b = value_type(e.right, method, report, (*path, "right"), holes)
+        if a.axes is None or b.axes is None:
+            return UNKNOWN
+        try:
+            out = axes_rules.broadcast(a.axes, b.axes)
+        except AxisError as exc:
+            fail(exc.code, f"`{e.op}`: {exc.message}", path)
+            return UNKNOWN
+        return VType("scalar" if out == () else "features", out)
+    if isinstance(e, ir.ListE):
+        return SCALAR
+    if not isinstance(e, ir.Call):
+        return UNKNOWN
+    fdef = method.function(e.func)
+    if fdef is not None:
+        from kdspec.ir.functions import expand
+
+        return value_type(expand(e, fdef), method, report, path, holes)
+    fn = FUNCTIONS.get(e.func)
+    if fn is None:
+        return UNKNOWN
+    ins = [value_type(a, method, report, (*path, "args", i), holes) for i, a in enumerate(e.args)]
+    return call_type(e, fn, ins, method, fail, path)
+
+
+def call_type(
+    e: ir.Call,
+    fn: Fn,
+    ins: list[VType],
+    method: ir.Method,
+    fail: Callable[[str, str, tuple[object, ...]], None],
+    path: tuple[object, ...],
+) -> VType:
+    """The type of a built-in call on inputs of known types."""
+    kw = {k: constant(v, method) for k, v in e.kwargs.items()}
+    if fn.category == "schedule":
+        return SCALAR
+    if fn.category == "loss":
+        return SCALAR
+    if fn.inputs > 0 and len(ins) < fn.inputs - fn.optional_inputs:
+        return UNKNOWN  # a missing input (KD204, reported by lowering)
+    if e.func == "mean" and kw.get("over") is None:  # the combine: mean of several values
+        kinds = {t.kind for t in ins}
+        return VType(kinds.pop() if len(kinds) == 1 else "features", ins[0].axes if ins else None)
+    try:
+        rule = "reduce" if e.func == "mean" else fn.axes  # `mean(x, over=...)`: a reduction
+        axes = axes_rules.infer(e.func, rule, [t.axes for t in ins], kw)
+    except AxisError as exc:
+        if not exc.word:  # a word that is no axis is reported by lowering, where it is written
+            where = (*path, "kwargs", exc.param) if exc.param in e.kwargs else path
+            fail(exc.code, exc.message, where)
+        return UNKNOWN
+    inner = ins[0].kind if ins else "features"
+    if e.func == "relation":
+        kind = _relation_kind(kw)
+    elif fn.returns == "same":
+        kind = inner
+    else:
+        kind = fn.returns
+    if axes == () and kind == "features":
+        kind = "scalar"
+    return VType(kind, axes)
+
+
+def knowledge_type(
+    start: VType,
+    knowledge: tuple[ir.Call, ...],
+    method: ir.Method,
+    report: Report | None = None,
+    path: tuple[object, ...] = (),
+) -> VType:
+    """The type of a side after a transfer's knowledge pipeline."""
+    from kdspec.ir.functions import HOLE, expand
+
+    current = start
+    for i, call in enumerate(knowledge):
+        where = (*path, "knowledge", i)
+        fdef = method.function(call.func)
+        if fdef is not None:
+            body = expand(call, fdef, (ir.ArgRef(name=HOLE),))
+            current = value_type(body, method, report, where, {HOLE: current})
+            continue
+        fn = FUNCTIONS.get(call.func)
+        if fn is None:
+            return UNKNOWN
+        ins = [current] + [
+            value_type(a, method, report, (*where, "args", j)) for j, a in enumerate(call.args)
+        ]
+        current = call_type(call, fn, ins, method, report or (lambda *a: None), where)
+    return current
+
+
 __all__ = [
     "apply_knowledge",
     "expand_role",
     "expr_kind",
     "grad_roles",
+    "is_static",
+    "knowledge_type",
     "roles_read",
     "side_kind",
     "tap_text",
     "taps",
     "term_sides",
     "uses_adapter",
+    "value_type",
 ]

@@ -146,8 +146,8 @@ class _Arith:
             return {(): e.value} if e.value != 0 else {}
         if isinstance(e, ir.Neg):
             return {m: -c for m, c in self.poly(e.operand).items()}
-        if not isinstance(e, ir.BinOp):
-            return self.atom(e)
+        if not isinstance(e, ir.BinOp) or e.op not in ("+", "-", "*", "/", "^"):
+            return self.atom(e)  # a comparison is no polynomial
         a, b = self.poly(e.left), self.poly(e.right)
         if e.op == "+":
             return _add(a, b)

@@ -20,6 +20,15 @@ __all__ = [
     "uses_progress",
 ]
 
+_COMPARE = {
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
 
 class EvalError(ValueError):
     """An expression is not a number (e.g. a tap used where a weight is expected)."""
@@ -151,6 +160,8 @@ def _arith(op: str, a: float, b: float) -> float:
         if b == 0:
             raise NumericError("division by zero")
         return a / b
+    if op in _COMPARE:
+        return 1.0 if _COMPARE[op](a, b) else 0.0
     if a == 0 and b < 0:
         raise NumericError("zero raised to a negative power")
     if a < 0 and not b.is_integer():

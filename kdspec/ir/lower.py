@@ -20,6 +20,7 @@ from kdspec.ir import models as ir
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
 from kdspec.vocabulary import CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
+from kdspec.vocabulary.axes import AXES, BASE_AXES
 
 PathKey = tuple[object, ...]
 
@@ -130,6 +131,18 @@ def _edit_distance(a: str, b: str) -> int:
 
 
 _CONSTANTS = {"true": 1.0, "false": 0.0}
+# Where a call may stand in an expression (a side, a weight, a `let`, a `def` body).
+EXPRESSION_CATEGORIES = ("transform", "primitive", "combine", "adapter", "schedule", "loss")
+# Shape values: sizes of the batch and of the label space, usable anywhere...
+GLOBAL_SHAPES = {"B": "batch", "classes": "class"}
+# ... and sizes of a value, usable inside a `def` (of its first input): (axis, part).
+VALUE_SHAPES: dict[str, tuple[str, int | None]] = {
+    "C": ("channel", None),
+    "HW": ("space", None),
+    "H": ("space", 0),
+    "W": ("space", 1),
+    "tokens": ("token", None),
+}
 _UNITS = {"epochs": "epochs", "epoch": "epochs", "steps": "steps", "step": "steps", "%": "fraction"}
 _TAP_HELP = (
     "a tap reads `role.logits`, `role.embedding`, `role.input`, `role.output[...]`, "
@@ -146,7 +159,10 @@ class _MethodLowering:
         finder: MethodFinder | None,
         overrides: dict[str, object],
         stack: tuple[str, ...],
+        defs: DefTable | None = None,
     ):
+        self.defs = defs
+        self.used_defs: set[str] = set()
         self.m = method
         self.source = source
         self.finder = finder
@@ -202,8 +218,19 @@ class _MethodLowering:
 
     # -- expressions ------------------------------------------------------------------------
 
-    def expr(self, e: ast.Expr, *, as_value: bool = False) -> ir.Expr:
-        """Lower an expression. ``as_value``: bare unknown words become strings (kwarg values)."""
+    def expr(self, e: ast.Expr, *, as_value: bool = False, path: PathKey | None = None) -> ir.Expr:
+        """Lower an expression. ``as_value``: bare unknown words become strings (kwarg values).
+
+        ``path``: the IR path of the expression; the spans of its parts are recorded under it
+        (``(*path, "args", 0)``, ``(*path, "kwargs", "over")``, ``(*path, "left")``, ...), so a
+        diagnostic about a part points at that part.
+        """
+        if path is not None:
+            self.smap.spans.setdefault(path, e.span)
+
+        def sub(*more: object) -> PathKey | None:
+            return (*path, *more) if path is not None else None
+
         if isinstance(e, ast.Number):
             if not math.isfinite(e.value):
                 self.err(
@@ -220,13 +247,22 @@ class _MethodLowering:
         if isinstance(e, ast.Name):
             return self.name(e, as_value=as_value)
         if isinstance(e, ast.Call):
-            return self.call(e, categories=("transform", "combine", "adapter", "schedule"))
+            return self.call(e, categories=EXPRESSION_CATEGORIES, path=path)
         if isinstance(e, ast.BinOp):
-            return ir.BinOp(op=e.op, left=self.expr(e.left), right=self.expr(e.right))
+            return ir.BinOp(
+                op=e.op,
+                left=self.expr(e.left, path=sub("left")),
+                right=self.expr(e.right, path=sub("right")),
+            )
         if isinstance(e, ast.Neg):
-            return ir.Neg(operand=self.expr(e.operand))
+            return ir.Neg(operand=self.expr(e.operand, path=sub("operand")))
         if isinstance(e, ast.ListExpr):
-            return ir.ListE(items=tuple(self.expr(i, as_value=as_value) for i in e.items))
+            return ir.ListE(
+                items=tuple(
+                    self.expr(i, as_value=as_value, path=sub("items", k))
+                    for k, i in enumerate(e.items)
+                )
+            )
         if isinstance(e, (ast.Attr, ast.ModulePath, ast.Index, ast.CallIndex)):
             return self.tap(e)
         self.err("KD104", "unsupported expression", getattr(e, "span", None))
@@ -242,6 +278,9 @@ class _MethodLowering:
             return ir.LetRef(name=n)
         if n in _CONSTANTS:
             return ir.Num(value=_CONSTANTS[n])
+        shape = self.shape_value(e)
+        if shape is not None:
+            return shape
         if as_value:
             return ir.Str(value=n)
         if n in self.data:
@@ -262,9 +301,105 @@ class _MethodLowering:
         )
         return ir.ParamRef(name=n)  # unresolved: later checks skip it, no cascade
 
-    def call(self, e: ast.Call, categories: tuple[str, ...], implicit_inputs: int = 0) -> ir.Call:
+    def shape_value(self, e: ast.Name) -> ir.Expr | None:
+        """``B`` and ``classes`` anywhere; ``C``, ``HW``, ... only inside a ``def`` (KD214)."""
+        if e.id in GLOBAL_SHAPES:
+            return ir.Call(func="size", kwargs={"over": ir.Str(value=GLOBAL_SHAPES[e.id])})
+        if e.id in VALUE_SHAPES:
+            self.err(
+                "KD214",
+                f"`{e.id}` is the size of a value, and here there is none",
+                e.span,
+                "shape value out of scope",
+                help=f"inside a `def` it is the size of its first input; elsewhere write "
+                f"`size(x, over={VALUE_SHAPES[e.id][0]})`",
+            )
+            return ir.Num(value=1.0)
+        return None
+
+    def check_axis_words(self, e: ast.Expr) -> None:
+        """KD313 for a bare word given as an axis that is no axis (`over=spaec`)."""
+        words = e.items if isinstance(e, ast.ListExpr) else (e,)
+        for w in words:
+            if not isinstance(w, ast.Name) or w.id in AXES or self.is_value_name(w.id):
+                continue
+            self.err(
+                "KD313",
+                f"`{w.id}` is not an axis",
+                w.span,
+                "not an axis",
+                help=did_you_mean(w.id, AXES) or f"axes: {', '.join(BASE_AXES)}",
+            )
+
+    def is_value_name(self, name: str) -> bool:
+        """A name that stands for a value here (a parameter), not a bare word."""
+        return name in self.params
+
+    def def_call(self, e: ast.Call, implicit_inputs: int, path: PathKey | None) -> ir.Call:
+        """A call of a user-defined function: arguments checked as for a built-in."""
+        fname = e.func.name
+        assert self.defs is not None
+        fdef = self.defs.lower(fname, e.func.span, self.source)
+        if fdef is None:
+            return ir.Call(func=fname)
+        self.used_defs.add(fname)
+
+        def sub(*more: object) -> PathKey | None:
+            return (*path, *more) if path is not None else None
+
+        n_inputs = len(fdef.inputs) - implicit_inputs
+        keywords = [p.name for p in fdef.params if p.default is not None]
+        args = tuple(
+            self.expr(a, path=sub("args", i)) for i, a in enumerate(e.args[: max(n_inputs, 0)])
+        )
+        extra = e.args[max(n_inputs, 0) :]
+        kwargs: dict[str, ir.Expr] = {}
+        if len(extra) > len(keywords):
+            self.err(
+                "KD204",
+                f"`{fname}` takes at most {max(n_inputs, 0) + len(keywords)} "
+                f"positional arguments, got {len(e.args)}",
+                e.span,
+                "too many arguments",
+            )
+        for pname, a in zip(keywords, extra, strict=False):
+            kwargs[pname] = self.expr(a, as_value=True, path=sub("kwargs", pname))
+        for kw in e.kwargs:
+            if kw.name.name not in keywords:
+                known = ", ".join(f"`{p}`" for p in keywords) or "no keyword arguments"
+                self.err(
+                    "KD204",
+                    f"`{fname}` has no parameter `{kw.name.name}`",
+                    kw.name.span,
+                    "unknown keyword",
+                    help=did_you_mean(kw.name.name, keywords) or f"`{fname}` takes {known}",
+                )
+                continue
+            if kw.name.name in kwargs:
+                self.err("KD204", f"`{kw.name.name}` given twice to `{fname}`", kw.span)
+            kwargs[kw.name.name] = self.expr(
+                kw.value, as_value=True, path=sub("kwargs", kw.name.name)
+            )
+        if len(args) < n_inputs:
+            self.err(
+                "KD204",
+                f"`{fname}` needs {n_inputs} input{'s' * (n_inputs > 1)}, got {len(args)}",
+                e.span,
+                "missing input",
+            )
+        return ir.Call(func=fname, args=args, kwargs=kwargs)
+
+    def call(
+        self,
+        e: ast.Call,
+        categories: tuple[str, ...],
+        implicit_inputs: int = 0,
+        path: PathKey | None = None,
+    ) -> ir.Call:
         fname = e.func.name
         fn = FUNCTIONS.get(fname)
+        if fn is None and self.defs is not None and self.defs.has(fname):
+            return self.def_call(e, implicit_inputs, path)
         if fn is None:
             pool = [n for c in categories for n in by_category(c)]
             self.err(
@@ -290,10 +425,19 @@ class _MethodLowering:
                 f"{_a(fn.category)} here",
                 help=did_you_mean(fname, [n for c in categories for n in by_category(c)]),
             )
+
+        def sub(*more: object) -> PathKey | None:
+            return (*path, *more) if path is not None else None
+
         n_inputs = max(fn.inputs, 0) - implicit_inputs if fn.inputs >= 0 else len(e.args)
-        args = tuple(self.expr(a) for a in e.args[: max(n_inputs, 0)])
+        # Optional trailing inputs (`relation(x[, y])`): tensors, not keyword values.
+        given = sum(1 for a in e.args if not isinstance(a, ast.Number | ast.String))
+        n_taken = min(n_inputs, max(n_inputs - fn.optional_inputs, given))
+        args = tuple(
+            self.expr(a, path=sub("args", i)) for i, a in enumerate(e.args[: max(n_taken, 0)])
+        )
         kwargs: dict[str, ir.Expr] = {}
-        extra = e.args[max(n_inputs, 0) :]
+        extra = e.args[max(n_taken, 0) :]
         names = list(fn.params)
         if len(extra) > len(names):
             self.err(
@@ -304,7 +448,9 @@ class _MethodLowering:
                 "too many arguments",
             )
         for pname, a in zip(names, extra, strict=False):
-            kwargs[pname] = self.expr(a, as_value=fn.params[pname].check is None)
+            kwargs[pname] = self.expr(
+                a, as_value=fn.params[pname].check is None, path=sub("kwargs", pname)
+            )
         for kw in e.kwargs:
             if kw.name.name not in fn.params:
                 known = ", ".join(f"`{p}`" for p in fn.params) or "no keyword arguments"
@@ -319,11 +465,16 @@ class _MethodLowering:
             if kw.name.name in kwargs:
                 self.err("KD204", f"`{kw.name.name}` given twice to `{fname}`", kw.span)
             numeric = fn.params[kw.name.name].check is not None
-            kwargs[kw.name.name] = self.expr(kw.value, as_value=not numeric)
-        if fn.inputs > 0 and len(args) < n_inputs:
+            kwargs[kw.name.name] = self.expr(
+                kw.value, as_value=not numeric, path=sub("kwargs", kw.name.name)
+            )
+            if kw.name.name == "over":
+                self.check_axis_words(kw.value)
+        if fn.inputs > 0 and len(args) < n_inputs - fn.optional_inputs:
             self.err(
                 "KD204",
-                f"`{fname}` needs {n_inputs} input{'s' * (n_inputs > 1)}, got {len(args)}",
+                f"`{fname}` needs {n_inputs - fn.optional_inputs} "
+                f"input{'s' * (n_inputs - fn.optional_inputs > 1)}, got {len(args)}",
                 e.span,
                 "missing input",
             )
@@ -544,7 +695,9 @@ class _MethodLowering:
             elif isinstance(st, (ast.View, ast.Subset)):
                 self.datapart(st)
             elif isinstance(st, ast.Let):
-                self.lets[st.name.name] = ir.Let(name=st.name.name, value=self.expr(st.value))
+                self.lets[st.name.name] = ir.Let(
+                    name=st.name.name, value=self.expr(st.value, path=("let", st.name.name))
+                )
         for st in body:
             if isinstance(st, ast.Use):
                 self.use(st)
@@ -571,6 +724,7 @@ class _MethodLowering:
             claims=tuple(self.claims),
             uses=tuple(self.uses),
             folded_params=tuple(sorted(self.folded_params)),
+            functions=self.defs.closure(self.used_defs) if self.defs is not None else (),
         )
 
     def adopt_stages(self) -> None:
@@ -762,12 +916,12 @@ class _MethodLowering:
             self.defined[name] = ("term", st.span)
         key = ("term", name)
         self.smap.spans[key] = st.span
-        loss = self.call(st.loss, categories=("loss",), implicit_inputs=2)
+        loss = self.call(st.loss, categories=("loss",), implicit_inputs=2, path=(*key, "loss"))
         self.smap.spans[(*key, "loss")] = st.loss.span
         weight: ir.Expr = ir.Num(value=1.0)
         if st.weight is not None:
-            weight = self.expr(st.weight)
             self.smap.spans[(*key, "weight")] = st.weight.span
+            weight = self.expr(st.weight, path=(*key, "weight"))
         subset = None
         if st.on is not None:
             subset = st.on.name
@@ -784,8 +938,8 @@ class _MethodLowering:
                     )
                     or f"declare it: `subset {subset}`",
                 )
-        target = self.expr(st.target)
         self.smap.spans[(*key, "target")] = st.target.span
+        target = self.expr(st.target, path=(*key, "target"))
         if isinstance(st, ast.Supervise):
             self.terms[name] = ir.Term(
                 name=name, kind="supervise", target=target, loss=loss, weight=weight, subset=subset
@@ -793,10 +947,17 @@ class _MethodLowering:
             return
         knowledge = []
         for i, k in enumerate(st.knowledge):
-            knowledge.append(self.call(k, categories=("transform",), implicit_inputs=1))
             self.smap.spans[(*key, "knowledge", i)] = k.span
-        source = self.expr(st.source)
+            knowledge.append(
+                self.call(
+                    k,
+                    categories=("transform", "primitive"),
+                    implicit_inputs=1,
+                    path=(*key, "knowledge", i),
+                )
+            )
         self.smap.spans[(*key, "source")] = st.source.span
+        source = self.expr(st.source, path=(*key, "source"))
         mapping = None
         if st.mapping is not None:
             mapping = self.call(st.mapping, categories=("mapping",)).func
@@ -923,9 +1084,17 @@ class _MethodLowering:
         for kw in st.kwargs:
             args[kw.name.name] = self.expr(kw.value, as_value=True)
         sub = _MethodLowering(
-            other_ast, other_source, self.finder, args, (*self.stack, self.m.name.name)
+            other_ast,
+            other_source,
+            self.finder,
+            args,
+            (*self.stack, self.m.name.name),
+            self.defs.for_source(other_source) if self.defs is not None else None,
         )
         other = sub.lower()
+        if self.defs is not None:
+            self.defs.adopt(other.functions)
+            self.used_defs |= {f.name for f in other.functions}
         for d in sub.diags:  # problems inside the used method are reported at the `use`
             self.err(d.code, f"in `use {name}`: {d.message}", st.span, "used here", help=d.help)
         self.uses.append(name)
@@ -1146,10 +1315,242 @@ def lower_module(
     """
     finder = make_finder(module, source, library)
     diags = check_imports(module, source, library)
+    defs = DefTable.for_module(module, source, library)
     out = []
     for m in module.methods:
-        lowering = _MethodLowering(m, source, finder, dict(overrides or {}), ())
+        lowering = _MethodLowering(m, source, finder, dict(overrides or {}), (), defs)
         method = lowering.lower()
         diags.extend(lowering.diags)
         out.append(Lowered(method, lowering.smap))
+    defs.lower_all()  # a def no method calls is still checked
+    diags.extend(defs.diags)
     return out, diags
+
+
+# ---------------------------------------------------------------------------------------------
+# User-defined functions
+# ---------------------------------------------------------------------------------------------
+
+
+class _FunctionLowering(_MethodLowering):
+    """Lowers a ``def`` body: its parameters are ``ArgRef``s, its lets are inlined."""
+
+    def __init__(self, fn: ast.Function, source: SourceFile, defs: DefTable):
+        shell = ast.Method(fn.name, None, ())
+        super().__init__(shell, source, None, {}, (), defs)
+        self.fn = fn
+        self.arg_names = {p.name.name for p in fn.params}
+        self.first_input = next((p.name.name for p in fn.params if p.default is None), None)
+        self.local: dict[str, ir.Expr] = {}
+
+    def name(self, e: ast.Name, *, as_value: bool = False) -> ir.Expr:
+        n = e.id
+        if n in self.arg_names:
+            return ir.ArgRef(name=n)
+        if n in self.local:
+            return self.local[n]
+        return super().name(e, as_value=as_value)
+
+    def is_value_name(self, name: str) -> bool:
+        return name in self.arg_names or name in self.local
+
+    def shape_value(self, e: ast.Name) -> ir.Expr | None:
+        if e.id in VALUE_SHAPES and self.first_input is not None:
+            axis, part = VALUE_SHAPES[e.id]
+            kwargs: dict[str, ir.Expr] = {"over": ir.Str(value=axis)}
+            if part is not None:
+                kwargs["part"] = ir.Num(value=float(part))
+            return ir.Call(func="size", args=(ir.ArgRef(name=self.first_input),), kwargs=kwargs)
+        return super().shape_value(e)
+
+    def lower_function(self) -> ir.FunctionDef:
+        fn = self.fn
+        params: list[ir.FunctionParam] = []
+        seen: set[str] = set()
+        keyword_seen = False
+        for p in fn.params:
+            if p.name.name in seen:
+                self.err(
+                    "KD213",
+                    f"`{fn.name.name}` has two parameters called `{p.name.name}`",
+                    p.name.span,
+                    "repeated here",
+                )
+                continue
+            seen.add(p.name.name)
+            if p.default is None and keyword_seen:
+                self.err(
+                    "KD213",
+                    f"tensor parameter `{p.name.name}` after a parameter with a default",
+                    p.span,
+                    "no default here",
+                    help="put the tensor inputs first: `def f(x, y, T=4) = ...`",
+                )
+            keyword_seen = keyword_seen or p.default is not None
+            default = self.expr(p.default, as_value=True) if p.default is not None else None
+            params.append(ir.FunctionParam(name=p.name.name, default=default))
+        for let in fn.lets:
+            if let.name.name in self.local or let.name.name in self.arg_names:
+                self.err("KD201", f"`{let.name.name}` is defined twice", let.name.span)
+            self.local[let.name.name] = self.expr(let.value)
+        body = self.expr(fn.body)
+        return ir.FunctionDef(name=fn.name.name, params=tuple(params), body=body)
+
+
+def _prelude_files() -> list[Path]:
+    folder = Path(__file__).resolve().parents[1] / "prelude"
+    return sorted(folder.glob("*.kd")) if folder.is_dir() else []
+
+
+_DefsOfFile = tuple[dict[str, tuple[ast.Function, SourceFile]], list[Diagnostic]]
+_PRELUDE_CACHE: dict[tuple[str, float], _DefsOfFile] = {}
+
+
+def _module_defs(path: Path) -> _DefsOfFile:
+    """The defs of a file (cached by modification time): the prelude, imported files."""
+    from kdspec.syntax import try_parse
+
+    try:
+        key = (str(path), path.stat().st_mtime)
+    except OSError:
+        return {}, []
+    if key not in _PRELUDE_CACHE:
+        try:
+            src = SourceFile.read(path)
+        except OSError:
+            return {}, []
+        module, errs = try_parse(src)
+        found = {f.name.name: (f, src) for f in module.functions} if module else {}
+        _PRELUDE_CACHE[key] = (found, errs)
+    return _PRELUDE_CACHE[key]
+
+
+class DefTable:
+    """Every ``def`` a file can call: its own, its imports', the prelude's; lowered on demand.
+
+    A def is lowered once, in its own file (so its diagnostics point into that file); a def
+    that reaches itself through its calls is KD215 and is left out of every method.
+    """
+
+    def __init__(self) -> None:
+        self.asts: dict[str, tuple[ast.Function, SourceFile]] = {}
+        self.lowered: dict[str, ir.FunctionDef] = {}
+        self.recursive: set[str] = set()
+        self.stack: list[str] = []
+        self.diags: list[Diagnostic] = []
+        self.local: set[str] = set()  # defined in the checked file itself
+
+    @classmethod
+    def for_module(
+        cls, module: ast.Module, source: SourceFile, library: Path | None = None
+    ) -> DefTable:
+        table = cls()
+        for path in _prelude_files():
+            found, errs = _module_defs(path)
+            table.asts.update(found)
+            table.diags.extend(errs)
+        for imp in module.imports:
+            path = resolve_import(imp.path.value, source, library)
+            if isinstance(path, str):  # refused (KD105 from check_imports): never read
+                continue
+            found, _ = _module_defs(path)
+            table.asts.update(found)
+        for fn in module.functions:
+            name = fn.name.name
+            if name in FUNCTIONS:
+                table.diags.append(
+                    error(
+                        "KD201",
+                        f"`{name}` is a built-in function of the language",
+                        source,
+                        fn.name.span,
+                        "redefined here",
+                        help="give your function another name",
+                    )
+                )
+                continue
+            if name in table.local:
+                prior = table.asts[name][0]
+                table.diags.append(
+                    error(
+                        "KD201",
+                        f"`{name}` is defined twice",
+                        source,
+                        fn.name.span,
+                        "redefined here",
+                        related=[Label(prior.name.span, "first defined here", primary=False)],
+                    )
+                )
+                continue
+            table.local.add(name)
+            table.asts[name] = (fn, source)
+        return table
+
+    def for_source(self, source: SourceFile) -> DefTable:
+        """The table a method of another file (reached by `use`) sees: that file's defs too."""
+        path = Path(source.name)
+        if not path.is_file():
+            return self
+        found, _ = _module_defs(path.resolve())
+        for name, entry in found.items():
+            self.asts.setdefault(name, entry)
+        return self
+
+    def has(self, name: str) -> bool:
+        return name in self.asts
+
+    def adopt(self, functions: tuple[ir.FunctionDef, ...]) -> None:
+        for f in functions:
+            self.lowered.setdefault(f.name, f)
+
+    def lower(self, name: str, span: Span | None, source: SourceFile) -> ir.FunctionDef | None:
+        """The lowered def, or None if it recurses (KD215, reported at ``span``)."""
+        if name in self.stack:
+            cycle = [*self.stack[self.stack.index(name) :], name]
+            self.recursive.update(cycle)
+            self.diags.append(
+                error(
+                    "KD215",
+                    f"function `{name}` calls itself",
+                    source,
+                    span,
+                    "recursive call",
+                    notes=[" -> ".join(cycle)],
+                    help="functions are expanded where they are called, so they cannot recurse",
+                )
+            )
+            return None
+        if name in self.lowered:
+            return None if name in self.recursive else self.lowered[name]
+        fn, fsource = self.asts[name]
+        self.stack.append(name)
+        try:
+            lowering = _FunctionLowering(fn, fsource, self)
+            fdef = lowering.lower_function()
+        finally:
+            self.stack.pop()
+        self.diags.extend(lowering.diags)
+        self.lowered[name] = fdef
+        return None if name in self.recursive else fdef
+
+    def lower_all(self) -> None:
+        for name in sorted(self.local):
+            if name not in self.lowered and name not in self.stack:
+                fn, src = self.asts[name]
+                self.lower(name, fn.name.span, src)
+
+    def closure(self, names: set[str]) -> tuple[ir.FunctionDef, ...]:
+        """The defs named, and every def they call, in a stable order; recursive ones left out."""
+        from kdspec.ir.functions import calls
+
+        out: dict[str, ir.FunctionDef] = {}
+        todo = sorted(names)
+        while todo:
+            n = todo.pop()
+            if n in out or n in self.recursive or n not in self.lowered:
+                continue
+            out[n] = self.lowered[n]
+            todo.extend(c for c in calls(out[n].body) if c in self.lowered)
+            for p in out[n].params:
+                todo.extend(c for c in calls(p.default) if c in self.lowered)
+        return tuple(out[n] for n in sorted(out))

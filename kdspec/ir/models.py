@@ -128,10 +128,17 @@ class Call(_ExprNode):
     kwargs: dict[str, Expr] = Field(default_factory=dict)
 
 
-class BinOp(_ExprNode):
-    """Arithmetic on numbers (weights, parameters)."""
+class ArgRef(_ExprNode):
+    """A parameter of a ``def`` inside its body, replaced by the argument when it is called."""
 
-    op: Literal["+", "-", "*", "/", "^"]
+    op: Literal["arg"] = "arg"
+    name: str
+
+
+class BinOp(_ExprNode):
+    """Arithmetic and comparisons, on numbers (weights) or element-wise on tensors by axis."""
+
+    op: Literal["+", "-", "*", "/", "^", "<", ">", "<=", ">=", "==", "!="]
     left: Expr
     right: Expr
 
@@ -151,11 +158,33 @@ class ListE(_ExprNode):
 
 
 Expr = Annotated[
-    Num | Str | ParamRef | LetRef | Tap | Call | BinOp | Neg | ListE, Field(discriminator="op")
+    Num | Str | ParamRef | LetRef | ArgRef | Tap | Call | BinOp | Neg | ListE,
+    Field(discriminator="op"),
 ]
 
 for _model in (Call, BinOp, Neg, ListE):
     _model.model_rebuild()
+
+
+class FunctionParam(_Node):
+    """A parameter of a ``def``: tensors have no default, keyword parameters have one."""
+
+    name: str
+    default: Expr | None = None
+
+
+class FunctionDef(_Node):
+    """A user-defined function: ``def name(params) = body`` (local lets already inlined)."""
+
+    name: str
+    params: tuple[FunctionParam, ...] = ()
+    body: Expr
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The tensor parameters (those without a default), in order."""
+        return tuple(p.name for p in self.params if p.default is None)
+
 
 # ---------------------------------------------------------------------------------------------
 # Method parts
@@ -290,6 +319,11 @@ class Method(_Node):
     claims: tuple[Claim, ...] = ()
     uses: tuple[str, ...] = ()
     folded_params: tuple[str, ...] = ()  # parameters folded into tap indices (`stage[k]`)
+    functions: tuple[FunctionDef, ...] = ()  # the `def`s this method calls, directly or not
+
+    def function(self, name: str) -> FunctionDef | None:
+        """The ``def`` called ``name``, if the method calls it."""
+        return next((f for f in self.functions if f.name == name), None)
 
     def role(self, name: str) -> Role | None:
         """The role called ``name``, if any."""

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from kdspec.ir import models as ir
 
-_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "^": 4}
+_PREC = {
+    "+": 1,
+    "-": 1,
+    "*": 2,
+    "/": 2,
+    "^": 4,
+    **dict.fromkeys(("<", ">", "<=", ">=", "==", "!="), 0),
+}
 
 
 def _num(v: float) -> str:
@@ -32,6 +39,8 @@ def expr_text(e: ir.Expr | None, prec: int = 0) -> str:
         return f"({inner})" if prec > 3 else inner
     if isinstance(e, ir.ListE):
         return "[" + ", ".join(expr_text(i) for i in e.items) + "]"
+    if isinstance(e, ir.ArgRef):
+        return e.name
     if isinstance(e, ir.BinOp):
         p = _PREC[e.op]
         right_assoc = e.op == "^"

@@ -367,11 +367,11 @@ def _mlp(
     return nn.Sequential(*layers)
 
 
-def _embed(in_shape: Shape, out_shape: Shape | None, dim: int | None = None) -> nn.Module:
+def _embed(in_shape: Shape, out_shape: Shape | None, dim: int = 128) -> nn.Module:
     if out_shape is not None and len(out_shape) != 1:
         raise _fail("embed", in_shape, out_shape, "it produces vectors [dim]")
-    size = dim or (out_shape[0] if out_shape is not None else 128)
-    if out_shape is not None and dim is not None and out_shape[0] != dim:
+    size = dim
+    if out_shape is not None and out_shape[0] != dim:
         raise _fail("embed", in_shape, out_shape, f"`dim` {dim} contradicts the target shape")
     return Embed(math.prod(in_shape), size)
 

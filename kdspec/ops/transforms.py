@@ -206,6 +206,11 @@ def mean(*xs: Tensor, weights: Sequence[float] | Tensor | None = None) -> Tensor
     return (stacked * w).sum(dim=0)
 
 
+def weighted(*xs: Tensor, weights: Sequence[float] | Tensor) -> Tensor:
+    """Weighted mean of tensors of equal shape (weights normalised to sum 1)."""
+    return mean(*xs, weights=weights)
+
+
 def virtual_teacher(
     labels: Tensor,
     num_classes: int,
@@ -475,7 +480,7 @@ def stopgrad(x: Tensor) -> Tensor:
 
 def mask_features(
     x: Tensor,
-    ratio: float,
+    ratio: float = 0.5,
     mode: str = "channel",
     generator: torch.Generator | None = None,
 ) -> Tensor:

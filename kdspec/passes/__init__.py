@@ -13,6 +13,7 @@ from kdspec._resources import library_dir
 from kdspec.diagnostics import Diagnostic, error
 from kdspec.graph import build_graph
 from kdspec.ir import Lowered, lower_module
+from kdspec.passes.check_axes import check_axes
 from kdspec.passes.check_cycles import check_cycles
 from kdspec.passes.check_ranges import check_ranges
 from kdspec.passes.check_roles import check_roles
@@ -31,6 +32,7 @@ Check = Callable[[PassContext], list[Diagnostic]]
 PASSES: tuple[Check, ...] = (
     check_values,
     check_types,
+    check_axes,
     check_ranges,
     check_roles,
     check_signal,
@@ -64,7 +66,7 @@ def check_source(
     module, diags = try_parse(source)
     if module is None:
         return [], diags
-    if not module.methods:
+    if not module.methods and not module.functions:  # a file of defs is a function library
         return [], [error("KD210", "the file defines no method", source)]
     try:
         lowered, diags = lower_module(module, source, overrides, library or library_dir())

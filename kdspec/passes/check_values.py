@@ -6,12 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 from kdspec.diagnostics import Diagnostic, Severity
+from kdspec.graph import types
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses_progress
 from kdspec.ir.lower import did_you_mean
 from kdspec.ir.printer import expr_text
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS, Param
+from kdspec.vocabulary.axes import AXES
 
 MIN_TEMPERATURE = 1e-3  # below this, logits / T overflow float32 for ordinary logits
 # Sizes whose cost grows fast: ONE's branches are whole sub-networks (thousands take minutes to
@@ -33,7 +35,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 # Where a schedule is evaluated at every step; anywhere else a value is fixed when the method is
 # compiled (adapter and learned-loss sizes, stage lengths, data views), so it must be constant.
-_RUNTIME_CATEGORIES = frozenset({"transform", "loss", "combine", "role_init"})
+_RUNTIME_CATEGORIES = frozenset({"transform", "primitive", "loss", "combine", "role_init"})
 _START, _END = Progress(0.0, 1.0), Progress(1.0, 1.0)
 
 
@@ -64,6 +66,8 @@ def _unresolved(e: ir.Expr, params: dict[str, ir.Expr]) -> bool:
 
 def _wanted(rule: Param) -> str:
     """What a parameter takes, in words (the vocabulary's default says which kind)."""
+    if rule.choices is AXES:
+        return "an axis or a list of axes"
     if rule.choices:
         return "one of " + ", ".join(f"`{c}`" for c in rule.choices)
     if isinstance(rule.default, str):
@@ -75,6 +79,9 @@ def _wanted(rule: Param) -> str:
 
 def _type_error(v: object, rule: Param) -> str | None:
     """None if ``v`` fits the parameter, else a help text ("" when there is none to give)."""
+    if rule.choices is AXES and isinstance(v, list) and v:  # `over=[batch, batch2]`
+        bad = [x for x in v if not isinstance(x, str) or x not in AXES]
+        return None if not bad else (did_you_mean(str(bad[0]), AXES) or "")
     if rule.choices or isinstance(rule.default, str):
         if not isinstance(v, str):
             return ""
@@ -112,6 +119,8 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
                 )
             )
             continue
+        if rule.choices is AXES and not any(isinstance(n, ir.ParamRef) for n in ir.walk(value)):
+            continue  # an axis written here: lowering checks it where it is written (KD313)
         if fn.category == "combine" and name == "weights":
             out.extend(_check_weights(ctx, value, len(call.args), path))
             continue
@@ -312,6 +321,10 @@ def check_values(ctx: PassContext) -> list[Diagnostic]:
             for call in ir.find_all(getattr(term, side), ir.Call):
                 out.extend(_check_call(ctx, call, (*key, side)))
         out.extend(_check_call(ctx, term.loss, (*key, "loss")))
+        if not types.is_static(term.weight, m):
+            for call in ir.find_all(term.weight, ir.Call):
+                out.extend(_check_call(ctx, call, (*key, "weight")))
+            continue  # a weight computed from the batch (typed by check_axes)
         out.extend(_check_weight(ctx, term))
     for let in m.lets:
         for call in ir.find_all(let.value, ir.Call):

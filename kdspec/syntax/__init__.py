@@ -37,7 +37,7 @@ def try_parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
         ]
     found = tuple(ast.Comment(str(tok), _tok_span(tok)) for tok in comments)
     comments.clear()
-    return ast.Module(module.imports, module.methods, found, module.span), []
+    return ast.Module(module.imports, module.methods, found, module.span, module.functions), []
 
 
 RECOVERY_BUDGET = 1_000_000

@@ -123,7 +123,7 @@ class CallIndex:
 
 @dataclass(frozen=True)
 class BinOp:
-    """``left op right`` with op one of ``+ - * / ^``."""
+    """``left op right`` with op one of ``+ - * / ^ < > <= >= == !=``."""
 
     op: str
     left: Expr
@@ -316,6 +316,27 @@ class Method:
 
 
 @dataclass(frozen=True)
+class FunctionParam:
+    """A ``def`` parameter: a tensor input (no default) or a keyword parameter."""
+
+    name: Ident
+    default: Expr | None = None
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class Function:
+    """``def name(params) = body`` or ``def name(params) { let ... return body }``."""
+
+    name: Ident
+    params: tuple[FunctionParam, ...]
+    lets: tuple[Let, ...]
+    body: Expr
+    block: bool = field(default=False, compare=False)  # written with braces
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
 class Import:
     """``import "other.kd" [as name]``."""
 
@@ -340,3 +361,4 @@ class Module:
     methods: tuple[Method, ...]
     comments: tuple[Comment, ...] = field(default=(), compare=False)
     span: Span = _span()
+    functions: tuple[Function, ...] = ()

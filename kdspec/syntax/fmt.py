@@ -29,8 +29,8 @@ MAX_WIDTH = 100
 INDENT = "  "
 CONTINUATION = "    "
 
-# Binding strength, loosest first; mirrors the `?sum`, `?product`, ... chain of the grammar.
-_SUM, _PRODUCT, _UNARY, _POWER, _POSTFIX, _ATOM = range(1, 7)
+# Binding strength, loosest first; mirrors the `?comparison`, `?sum`, ... chain of the grammar.
+_COMPARE, _SUM, _PRODUCT, _UNARY, _POWER, _POSTFIX, _ATOM = range(0, 7)
 
 # op: (precedence of the result, least precedence of the left operand, ... of the right operand)
 _BINARY = {
@@ -39,6 +39,7 @@ _BINARY = {
     "*": (_PRODUCT, _PRODUCT, _UNARY),
     "/": (_PRODUCT, _PRODUCT, _UNARY),
     "^": (_POWER, _POSTFIX, _UNARY),  # right-associative: `a^b^c` is `a^(b^c)`
+    **{op: (_COMPARE, _SUM, _SUM) for op in ("<", ">", "<=", ">=", "==", "!=")},
 }
 
 _BLANK_LINE = re.compile(r"\n[ \t\f\r]*\n")
@@ -238,6 +239,18 @@ def _statement(node: Any) -> str:
     raise TypeError(f"not a statement node: {type(node).__name__}")
 
 
+def _function_lines(node: ast.Function, indent: str) -> list[str]:
+    params = ", ".join(
+        p.name.name + (f"={format_expr(p.default)}" if p.default is not None else "")
+        for p in node.params
+    )
+    head = f"{indent}def {node.name.name}({params})"
+    if not node.block:
+        return [f"{head} = {format_expr(node.body)}"]
+    lets = [f"{indent}{INDENT}{_statement(let)}" for let in node.lets]
+    return [f"{head} {{", *lets, f"{indent}{INDENT}return {format_expr(node.body)}", f"{indent}}}"]
+
+
 def _stage_header(node: ast.Stage) -> str:
     parts = [f"stage {node.name.name}"]
     if node.duration is not None:
@@ -412,6 +425,8 @@ class _Layout:
             prev_end = c.span.end
 
     def node_lines(self, node: Any, indent: str, inner: list[ast.Comment]) -> list[str]:
+        if isinstance(node, ast.Function):
+            return _function_lines(node, indent)
         if isinstance(node, ast.Method):
             return self.block_lines(_method_header(node), node, inner, indent)
         if isinstance(node, ast.Stage):
@@ -439,7 +454,7 @@ class _Layout:
         return [head, *body, indent + "}"]
 
     def render(self) -> str:
-        children = [*self.tree.imports, *self.tree.methods]
+        children = [*self.tree.imports, *self.tree.functions, *self.tree.methods]
         children.sort(key=lambda n: n.span.start)  # type: ignore[attr-defined]
         _, slots, dangling = self.assign(children, self.comments, None)
         out: list[str] = []

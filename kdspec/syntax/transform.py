@@ -108,6 +108,24 @@ class ToAst(Transformer[Token, Any]):
     def pow(self, meta: Meta, children: list[Any]) -> ast.BinOp:
         return self._binop("^", meta, children)
 
+    def lt(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop("<", meta, children)
+
+    def gt(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop(">", meta, children)
+
+    def le(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop("<=", meta, children)
+
+    def ge(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop(">=", meta, children)
+
+    def eq(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop("==", meta, children)
+
+    def ne(self, meta: Meta, children: list[Any]) -> ast.BinOp:
+        return self._binop("!=", meta, children)
+
     def neg(self, meta: Meta, children: list[Any]) -> ast.Neg:
         return ast.Neg(children[0], _meta_span(meta))
 
@@ -296,7 +314,26 @@ class ToAst(Transformer[Token, Any]):
         tok = children[0]
         return ast.Import(ast.String(_unquote(tok), _tok_span(tok)), alias, _meta_span(meta))
 
+    def fparam(self, meta: Meta, children: list[Any]) -> ast.FunctionParam:
+        default = children[1] if len(children) > 1 else None
+        return ast.FunctionParam(_ident(children[0]), default, _meta_span(meta))
+
+    def function(self, meta: Meta, children: list[Any]) -> ast.Function:
+        params = tuple(c for c in children[1:] if isinstance(c, ast.FunctionParam))
+        lets = tuple(c for c in children[1:] if isinstance(c, ast.Let))
+        body = children[-1]
+        block = bool(lets) or self._braced(meta, children)
+        return ast.Function(_ident(children[0]), params, lets, body, block, _meta_span(meta))
+
+    @staticmethod
+    def _braced(meta: Meta, children: list[Any]) -> bool:
+        # `def f(x) { return x }` has no lets; it ends in `}`, an `=` form ends in its body.
+        body = children[-1]
+        end = getattr(getattr(body, "span", None), "end", None)
+        return end is not None and end < meta.end_pos
+
     def start(self, meta: Meta, children: list[Any]) -> ast.Module:
         imports = tuple(c for c in children if isinstance(c, ast.Import))
         methods = tuple(c for c in children if isinstance(c, ast.Method))
-        return ast.Module(imports, methods, span=_meta_span(meta))
+        functions = tuple(c for c in children if isinstance(c, ast.Function))
+        return ast.Module(imports, methods, span=_meta_span(meta), functions=functions)

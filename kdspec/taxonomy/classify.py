@@ -933,6 +933,8 @@ def _losses_and_weights(m: ir.Method) -> tuple[Finding, Finding]:
     for term in m.terms:
         fn = FUNCTIONS.get(term.loss.func)
         family = fn.family if fn and fn.family else "?"
+        if fn is None and m.function(term.loss.func) is not None:
+            family = "defined in the spec"
         l_vals.append(f"{term.loss.func} ({family})")
         l_ev.append(
             Evidence(
@@ -949,6 +951,11 @@ def _losses_and_weights(m: ir.Method) -> tuple[Finding, Finding]:
         if temp is not None:
             w_vals.append("T^2 scaling")
             notes.append(f"T^2 scaling: `{expr_text(temp)}` is also the softmax temperature")
+        if not types.is_static(term.weight, m):
+            per_sample = types.value_type(term.weight, m).axes == ("batch",)
+            label = "per-sample" if per_sample else "computed from the batch"
+            w_vals.append(label)
+            notes.append(label)
         for call in ir.find_all(term.weight, ir.Call, m):
             f = FUNCTIONS.get(call.func)
             if f is not None and f.category == "schedule":

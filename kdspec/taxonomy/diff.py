@@ -301,6 +301,15 @@ def _pair_parts(
     return out
 
 
+def _let_key(let: ir.Let) -> str:
+    """A let's value with the lets it reads unnamed (their names are paired later)."""
+    return expr_text(
+        let.value.transform(
+            lambda n: n.model_copy(update={"name": "?"}) if isinstance(n, ir.LetRef) else n
+        )
+    )
+
+
 def _params(
     a: _Prepared, b: _Prepared, names: dict[str, str]
 ) -> tuple[list[Change], dict[str, str]]:
@@ -322,11 +331,14 @@ def _params(
     if groups and math.prod(len(g) for g in groups) <= _MAX_CANDIDATES:
         renamed = canonical_rename(a.sym, names)
         b_terms = Counter(_term_key(t) for t in b.sym.terms)
+        b_lets = Counter(_let_key(x) for x in b.sym.lets)
         best: tuple[int, dict[str, str]] | None = None
         for combo in itertools.product(*groups):
             extra = {x: y for pairs in combo for x, y in pairs}
             trial = _rename_params(renamed, mapping | extra)
             score = sum((Counter(_term_key(t) for t in trial.terms) & b_terms).values())
+            # Lets read parameters too (ONE's `branches(n=m - 1)`, beside T = m = 3).
+            score += sum((Counter(_let_key(x) for x in trial.lets) & b_lets).values())
             if best is None or score > best[0]:
                 best = (score, extra)
         assert best is not None
@@ -465,17 +477,31 @@ def diff(a: ir.Method, b: ir.Method) -> list[Change]:
     # Lets left after canonicalisation (shared adapters, bindings a stage names).
     lets_b = {x.name: x for x in pb.sym.lets}
     let_map = {x.name: x.name for x in ra.lets if x.name in lets_b}
-    for x in ra.lets:
-        if x.name not in let_map:
+
+    def renamed(e: ir.Expr) -> ir.Expr:  # a let's value with the lets it reads paired so far
+        return e.transform(
+            lambda n: n.model_copy(update={"name": let_map[n.name]})
+            if isinstance(n, ir.LetRef) and n.name in let_map
+            else n
+        )
+
+    paired = True
+    while paired:  # a let reading another let pairs once that one has (ONE's `gated`)
+        paired = False
+        for x in ra.lets:
+            if x.name in let_map:
+                continue
+            value = renamed(x.value)
             twin = next(
-                (y for y in lets_b if y not in let_map.values() and lets_b[y].value == x.value),
+                (y for y in lets_b if y not in let_map.values() and lets_b[y].value == value),
                 None,
             )
             if twin is not None:
                 let_map[x.name] = twin
+                paired = True
     out += _pair_parts(
         "let",
-        {x.name: x for x in ra.lets},
+        {x.name: x.model_copy(update={"value": renamed(x.value)}) for x in ra.lets},
         lets_b,
         let_map,
         lambda x: {"value": expr_text(x.value)},

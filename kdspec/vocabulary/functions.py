@@ -9,7 +9,9 @@ plus its implementation in :mod:`kdspec.ops`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from kdspec.vocabulary.axes import AXES
 
 # Kinds of knowledge a value can carry. "features" is any raw tensor read at a tap.
 KINDS = (
@@ -61,6 +63,12 @@ class Fn:
         learned: has trainable parameters (adapters, learned losses).
         family: loss family, or the knowledge family a transform belongs to (for taxonomy).
         doc: one line for ``kdspec explain`` and docs.
+        teacher_accepts: the teacher side's kinds where they differ from the student's.
+        axes: the rule giving the output axes from the input axes
+            (:data:`kdspec.vocabulary.axes.RULES`); None where the axes are unknown.
+        optional_inputs: how many of the trailing tensor inputs may be left out.
+        log_inputs: the loss takes distributions as log-probabilities (else probabilities).
+        impl: where the implementation lives, ``"kdspec.ops.module:function"``.
     """
 
     category: str
@@ -73,6 +81,10 @@ class Fn:
     family: str = ""
     doc: str = ""
     teacher_accepts: frozenset[str] | None = None  # losses whose sides differ (VID)
+    axes: str | None = None  # the axis rule (kdspec.vocabulary.axes.RULES); None: unknown
+    optional_inputs: int = 0  # trailing tensor inputs that may be left out (`relation(x[, y])`)
+    log_inputs: bool = False  # a distribution loss that takes log-probabilities (kl, soft_ce)
+    impl: str = ""  # "module:function" of the implementation, checked against its signature
 
 
 def _p(**params: object) -> dict[str, Param]:
@@ -94,18 +106,22 @@ FUNCTIONS: dict[str, Fn] = {
     # --- knowledge transforms -------------------------------------------------------------
     "softmax": Fn(
         "transform",
-        _p(T=(1.0, "positive")),
+        _p(T=(1.0, "positive"), over=(None, None, AXES)),
         returns="distribution",
         accepts=_FEATURE_LIKE,
         family="soft targets",
-        doc="temperature softmax over classes (carried as log-probabilities)",
+        doc="temperature softmax along `over` (default the last axis: classes of logits)",
+        axes="along",
+        impl="kdspec.ops.primitives:softmax",
     ),
     "log_softmax": Fn(
         "transform",
-        _p(T=(1.0, "positive")),
+        _p(T=(1.0, "positive"), over=(None, None, AXES)),
         accepts=_FEATURE_LIKE,
         family="soft targets",
-        doc="log-softmax with temperature, a plain tensor",
+        doc="log-softmax with temperature along `over` (default the last axis), a plain tensor",
+        axes="along",
+        impl="kdspec.ops.primitives:log_softmax",
     ),
     "zscore": Fn(
         "transform",
@@ -121,7 +137,13 @@ FUNCTIONS: dict[str, Fn] = {
         family="attention map",
         doc="spatial attention map: mean_c |x|^p, flattened, L2-normalised",
     ),
-    "normalize": Fn("transform", _p(p=(2.0, "positive")), doc="Lp normalisation per sample"),
+    "normalize": Fn(
+        "transform",
+        _p(p=(2.0, "positive"), over=(None, None, AXES)),
+        doc="Lp normalisation along `over`; without `over`, per sample (3-D: the last axis)",
+        axes="along",
+        impl="kdspec.ops.primitives:normalize",
+    ),
     "flatten": Fn("transform", doc="flatten all but the batch axis"),
     "pool": Fn("transform", _p(size=(1, "posint")), doc="adaptive average pooling"),
     "interpolate": Fn("transform", _p(size=REQUIRED), doc="bilinear resize to a spatial size"),
@@ -220,14 +242,21 @@ FUNCTIONS: dict[str, Fn] = {
         accepts=_FEATURE_LIKE,
         doc="pool or interpolate a feature map to the other side's spatial size",
     ),
-    "stopgrad": Fn("transform", doc="stop the gradient (detach)"),
-    "exp": Fn("transform", returns="features", doc="probabilities from a distribution"),
+    "stopgrad": Fn(
+        "transform",
+        doc="stop the gradient (detach)",
+        axes="same",
+        impl="kdspec.ops.primitives:stopgrad",
+    ),
     # --- combining several roles or values -------------------------------------------------
     "mean": Fn(
         "combine",
-        _p(weights=None),
+        _p(weights=None, over=(None, None, AXES)),
         inputs=-1,
-        doc="(weighted) mean; of distributions, the mean of the probabilities",
+        doc="with `over=`: the mean along axes; else the (weighted) mean of several values "
+        "(of distributions, the mean of the probabilities)",
+        axes="elementwise",
+        impl="kdspec.ops.primitives:mean",
     ),
     "weighted": Fn("combine", _p(weights=REQUIRED), inputs=-1, doc="weighted mean"),
     # --- adapters (learned, sized by shape inference) --------------------------------------
@@ -535,6 +564,203 @@ FUNCTIONS: dict[str, Fn] = {
         doc="SemCKD: every student layer to every teacher layer, weighed by learned attention",
     ),
 }
+
+
+# Axis rules of the named functions (kdspec.vocabulary.axes.RULES); unknown ones stay None.
+_NAMED_AXES = {
+    "same": "conv1x1 conv_bn regressor generator identity zscore binarize margin_relu mask "
+    "resize pool interpolate channel_dist",
+    "vector": "linear mlp embed flatten token",
+    "class_vector": "classifier_head binary_target non_target branches gate",
+    "spatial": "attention",
+    "channel_matrix": "gram fsp",
+    "sample_matrix": "similarity distances pkt_affinity",
+    "elementwise": "weighted",
+    "rows": "rows",
+}
+for _name in ("kl", "soft_ce"):  # distribution losses computed from log-probabilities
+    FUNCTIONS[_name] = replace(FUNCTIONS[_name], log_inputs=True)
+for _rule, _names in _NAMED_AXES.items():
+    for _name in _names.split():
+        FUNCTIONS[_name] = replace(FUNCTIONS[_name], axes=_rule)
+
+
+# Where each named function is implemented ("module:function"); tests/ops/test_vocabulary.py
+# binds every declared parameter and default against that function's signature.
+_IMPLS = {
+    "kdspec.ops.transforms": "zscore attention flatten pool interpolate gram fsp similarity "
+    "distances angles pkt_affinity channel_dist binary_target non_target binarize margin_relu "
+    "mask=mask_features weighted",
+    "kdspec.ops.losses": "kl soft_ce cross_entropy mse l1 smooth_l1 cosine lp frobenius mmd "
+    "pearson ab_hinge partial_l2 gaussian_nll hcl info_nce",
+    "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
+    "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
+    "vid_regressor=_vid_regressor identity=_identity",
+    "kdspec.ops.components": "token rows token_relation attention_scores abf=_abf "
+    "paraphraser=_paraphraser paraphraser_decoder=_paraphraser_decoder translator=_translator "
+    "branches=_branches gate=_gate generator=_generator crd_nce=_crd_nce semckd=_semckd",
+    "kdspec.compiler.nodes": "resize=_resize virtual=VirtualNode",
+    "kdspec.ir.evaluate": "warmup=schedule_value ramp=schedule_value "
+    "cosine_schedule=schedule_value step=schedule_value anneal=schedule_value",
+    "kdspec.compiler.views": "gaussian_noise=make_view augment=make_view same_class=make_view "
+    "clean=make_view exclude_classes=make_subset only_classes=make_subset fraction=make_subset",
+    "kdspec.compiler.distiller": "one_to_one=_mapping_pairs uniform=_mapping_pairs "
+    "last=_mapping_pairs first=_mapping_pairs all_pairs=_mapping_pairs "
+    "ema=Distiller.after_step snapshot=Distiller.set_stage",
+}
+for _module, _entries in _IMPLS.items():
+    for _entry in _entries.split():
+        _name, _, _func = _entry.partition("=")
+        FUNCTIONS[_name] = replace(FUNCTIONS[_name], impl=f"{_module}:{_func or _name}")
+
+
+def _prim(doc: str, axes: str, impl: str, inputs: int = 1, **kw: object) -> Fn:
+    return Fn(
+        "primitive",
+        inputs=inputs,
+        returns=str(kw.pop("returns", "features")),
+        doc=doc,
+        axes=axes,
+        impl=f"kdspec.ops.primitives:{impl}",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _unary(doc: str, name: str) -> Fn:
+    return _prim(doc, "same", name)
+
+
+def _reduction(doc: str, name: str, **params: object) -> Fn:
+    return _prim(doc, "reduce", name, params=_p(**params, over=(REQUIRED, None, AXES)))
+
+
+# The core of tensor primitives (issue 9): typed by axes, usable in every expression, in
+# knowledge pipelines, in losses and in `def` bodies. Element-wise `+ - * / ^`, unary minus and
+# the comparisons `< > <= >= == !=` are operators of the grammar, typed by the same axis rules.
+PRIMITIVES: dict[str, Fn] = {
+    "exp": _unary("e to the power x, element-wise", "exp"),
+    "log": _unary(
+        "natural logarithm, element-wise (of a distribution: its exact log-probabilities)", "log"
+    ),
+    "abs": _unary("absolute value, element-wise", "abs"),
+    "sqrt": _unary("square root, element-wise", "sqrt"),
+    "sigmoid": _unary("logistic function, element-wise", "sigmoid"),
+    "softplus": _unary("log(1 + e^x), element-wise", "softplus"),
+    "relu": _unary("max(x, 0), element-wise", "relu"),
+    "tanh": _unary("hyperbolic tangent, element-wise", "tanh"),
+    "clamp": _prim(
+        "limit to [min, max], element-wise (either bound may be left out)",
+        "same",
+        "clamp",
+        params=_p(min=None, max=None),
+    ),
+    "pow": _prim("x to the power p, element-wise", "same", "pow", params=_p(p=REQUIRED)),
+    "where": _prim(
+        "element-wise choice: a where cond is non-zero, else b", "elementwise", "where", inputs=3
+    ),
+    "sum": _reduction("sum along axes", "sum"),
+    "std": _reduction(
+        "standard deviation along axes (correction=1: unbiased)", "std", correction=(1, "int")
+    ),
+    "var": _reduction("variance along axes (correction=1: unbiased)", "var", correction=(1, "int")),
+    "max": _reduction("largest value along axes", "max"),
+    "min": _reduction("smallest value along axes", "min"),
+    "logsumexp": _reduction("log of the sum of exponentials along axes", "logsumexp"),
+    "norm": _reduction("Lp norm along axes", "norm", p=(2.0, "positive")),
+    "median": _reduction("median along one axis (the lower of the two middle values)", "median"),
+    "quantile": _reduction(
+        "q-quantile along axes (linear interpolation)", "quantile", q=(0.5, "unit")
+    ),
+    "relation": _prim(
+        "relation between the rows along `over` of x (or of x and y): every axis but batch, "
+        "head and `over` is contracted; kernel dot | cosine | rbf (exp(-gamma d²)) | distance "
+        "| sqdistance",
+        "relation",
+        "relation",
+        inputs=2,
+        optional_inputs=1,
+        params=_p(
+            over=(REQUIRED, None, AXES),
+            kernel=("dot", None, ("dot", "cosine", "rbf", "distance", "sqdistance")),
+            gamma=(1.0, "positive"),
+        ),
+        returns="similarity",
+    ),
+    "size": _prim(
+        "the size of an axis of x, a number (without x: `over=batch` the batch size, "
+        "`over=class` the number of classes); `part=0`/`1`: H or W of `space`",
+        "size",
+        "size",
+        inputs=1,
+        optional_inputs=1,
+        params=_p(over=(REQUIRED, None, AXES), part=None),
+        returns="scalar",
+    ),
+    "label_mask": _prim(
+        "1 at the true class, 0 elsewhere, shaped like x (needs a class axis)",
+        "needs_class",
+        "label_mask",
+        needs_labels=True,
+    ),
+    "at_label": _prim(
+        "x at the true class (the class axis goes away)",
+        "drop_class",
+        "at_label",
+        needs_labels=True,
+    ),
+    "topk": _prim(
+        "1 at the k largest entries along `over` (default the last axis), 0 elsewhere",
+        "along",
+        "topk",
+        params=_p(k=(1, "posint"), over=(None, None, AXES)),
+    ),
+    "rank": _prim(
+        "rank of each entry along `over` (default the last axis): 0 for the largest",
+        "along",
+        "rank",
+        params=_p(over=(None, None, AXES)),
+    ),
+    "grad_reverse": _prim(
+        "identity forward; the gradient is multiplied by -scale (gradient reversal)",
+        "same",
+        "grad_reverse",
+        params=_p(scale=(1.0, "nonneg")),
+        returns="same",
+    ),
+    "tokens": _prim(
+        "read features as token features: (batch, channel, space) -> (batch, token, channel)",
+        "tokens",
+        "tokens",
+        returns="same",
+    ),
+    "heads": _prim(
+        "split token features into n heads: (batch, token, channel) -> "
+        "(batch, head, token, channel)",
+        "heads",
+        "heads",
+        params=_p(n=(12, "posint")),
+        returns="same",
+    ),
+    "learned": _prim(
+        "a learned tensor: a number, one value per `over` axis of x (`learned(x, "
+        "over=channel)`) or per training sample (`over=batch`), starting at `init`",
+        "learned",
+        "learned",
+        inputs=1,
+        optional_inputs=1,
+        params=_p(over=(None, None, AXES), init=0.0),
+        learned=True,
+    ),
+    "head": _prim(
+        "a learned linear head on x's per-sample features (pooled): one value per sample "
+        "(dim=1) or dim values; weights start at 0 and the bias at `init`",
+        "head",
+        "head",
+        params=_p(dim=(1, "posint"), init=0.0),
+        learned=True,
+    ),
+}
+FUNCTIONS.update(PRIMITIVES)
 
 ROLE_KINDS = ("teacher", "student", "assistant", "peer")
 TAP_POINTS = ("logits", "embedding", "input", "output", "stage")

@@ -136,3 +136,20 @@ def test_script_is_plain_pytorch(tmp_path) -> None:
     assert "def term_hint(self, taps, y):" in text and "class Method(nn.Module):" in text
     assert "STAGES = [('hints'," in text
     assert Path(out).stat().st_size < 200_000
+
+
+@pytest.mark.parametrize("spec", ["fitnets", "hinton", "at"])
+@pytest.mark.parametrize(("epochs", "steps_per_epoch"), [(20, 7), (3, 10), (240, 782)])
+def test_script_plans_stages_as_kdspec_train(spec, epochs, steps_per_epoch, digits_batches,
+                                             tmp_path) -> None:  # fmt: skip
+    from kdspec.runtime.trainer import plan_stages
+
+    torch.manual_seed(0)
+    t, s = build_model("cnn_small", 10, 1), build_model("cnn_tiny", 10, 1)
+    x, y = digits_batches[0]
+    d = compile_spec(load_method(spec), {"t": t, "s": s}, (x, y))
+    path = tmp_path / "script.py"
+    path.write_text(eject(d, (x, y), sources={"t": "zoo:cnn_small", "s": "zoo:cnn_tiny"}))
+    scope = runpy.run_path(str(path), run_name="exported")
+    ours = [(r.name, r.steps) for r in plan_stages(d.stage_plans, epochs, steps_per_epoch)]
+    assert scope["plan"](scope["Method"].STAGES, epochs, steps_per_epoch) == ours

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdspec.taxonomy.vocab import ROLE_KINDS
+from kdspec.vocabulary import ROLE_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAMMAR_WORDS = set(re.findall(r'"([a-z_]+)"', (ROOT / "grammar" / "kdspec.lark").read_text()))

@@ -76,3 +76,38 @@ def test_model_argument_is_refused(tmp_path) -> None:
     d, *_ = digits_distiller("hinton")
     with pytest.raises(TypeError, match="instead of `model`"):
         DistillTrainer(d, model=d)
+
+
+def test_tiny_bert_pair_with_token_batches(tmp_path) -> None:
+    """A transformers teacher and student (built from configs, no download) on token batches."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from kdspec.api import load_method
+    from kdspec.compiler import compile_spec
+
+    torch.manual_seed(0)
+
+    def bert(hidden: int, layers: int) -> BertForSequenceClassification:
+        cfg = BertConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=2, intermediate_size=2 * hidden, num_labels=3,
+                         max_position_embeddings=16)  # fmt: skip
+        return BertForSequenceClassification(cfg)
+
+    teacher, student = bert(32, 2), bert(16, 1)
+    ids = torch.randint(0, 50, (24, 8))
+    labels = ids[:, 0] % 3
+    rows = [{"input_ids": ids[i], "attention_mask": torch.ones(8, dtype=torch.long),
+             "labels": labels[i]} for i in range(24)]  # fmt: skip
+    example = ({"input_ids": ids[:4], "attention_mask": torch.ones(4, 8, dtype=torch.long)},
+               labels[:4])  # fmt: skip
+    d = compile_spec(load_method("hinton"), {"t": teacher, "s": student}, example)
+    args = TrainingArguments(str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8,
+                             learning_rate=1e-3, logging_steps=1, save_strategy="no",
+                             report_to=[], use_cpu=True, disable_tqdm=True)  # fmt: skip
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer = DistillTrainer(d, args=args, train_dataset=rows)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 6 and all({"term/kd", "term/ce"} <= set(h) for h in logs)
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert trainer.student is student

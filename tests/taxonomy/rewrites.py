@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from kdspec.ir import models as ir
 from kdspec.ir.traverse import transform, walk
-from kdspec.taxonomy.vocab import FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 Rewrite = Callable[[ir.Method, random.Random], ir.Method]
 
@@ -198,7 +198,7 @@ def _spell(v: float, rng: random.Random) -> ir.Expr:
     choice = rng.randrange(4)
     if choice == 0:
         return ir.BinOp(op="/", left=ir.Num(value=v * 10), right=ir.Num(value=10.0))
-    if choice == 1:
+    if choice == 1 and (v + 1) - 1 == v:  # (1e-7 + 1) - 1 is not 1e-7 in floating point
         return ir.BinOp(op="-", left=ir.Num(value=v + 1), right=ir.Num(value=1.0))
     if choice == 2:
         return ir.BinOp(op="*", left=ir.Num(value=1.0), right=ir.Num(value=v))

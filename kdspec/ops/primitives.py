@@ -1,0 +1,478 @@
+"""The tensor primitives of the language, laid out by axis names.
+
+Each primitive takes its tensor inputs, ``axes`` (the static axes of every input, from
+:func:`kdspec.vocabulary.axes.infer`; None where unknown) and the keyword parameters its
+vocabulary entry declares, with the same defaults (``tests/ops/test_primitives.py`` binds every
+declaration against these signatures). A tensor's dimensions follow its axes in order; ``space``
+covers every dimension the others leave (``H, W``, one, or none).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdspec.vocabulary import FUNCTIONS
+from kdspec.vocabulary.axes import Axes, over_axes
+
+AxesIn = Sequence[Axes | None]
+
+
+# --------------------------------------------------------------------------------------------
+# Layout: axis names -> tensor dimensions
+# --------------------------------------------------------------------------------------------
+
+
+def spans(axes: Axes, ndim: int) -> list[int]:
+    """How many tensor dimensions each axis covers (``space`` takes what the others leave)."""
+    rest = ndim - (len(axes) - 1) if "space" in axes else 1
+    out = [builtins.max(rest, 0) if a == "space" else 1 for a in axes]
+    if builtins.sum(out) != ndim:
+        raise ValueError(
+            f"a tensor of {ndim} dimensions cannot have the axes ({', '.join(axes)}); read "
+            "token features with `tokens(x)`, or one row per token with `rows(x)`"
+        )
+    return out
+
+
+def dims(axes: Axes | None, x: Tensor, over: object) -> list[int]:
+    """The dimensions of ``x`` along the named axes (the last one when ``over`` is None)."""
+    if over is None:
+        return [x.dim() - 1]
+    if axes is None:
+        raise ValueError(f"the axes of this value are unknown, so `over={over}` cannot be placed")
+    names = over_axes(over)
+    out: list[int] = []
+    start = 0
+    for a, n in zip(axes, spans(axes, x.dim()), strict=True):
+        if a in names:
+            out.extend(range(start, start + n))
+        start += n
+    return out
+
+
+def align(small: Tensor, s_axes: Axes, big_axes: Axes, big_ndim: int) -> Tensor:
+    """View ``small`` so that torch broadcasting lines its axes up with ``big_axes`` by name."""
+    s_spans = spans(s_axes, small.dim())
+    shape: list[int] = []
+    j = k = 0
+    for ax, n in zip(big_axes, spans(big_axes, big_ndim), strict=True):
+        if k < len(s_axes) and s_axes[k] == ax:
+            m = s_spans[k]
+            shape.extend(small.shape[j : j + m])
+            shape.extend([1] * (n - m))
+            j += m
+            k += 1
+        else:
+            shape.extend([1] * n)
+    return small.reshape(shape)
+
+
+def elementwise_inputs(values: Sequence[Any], axes: AxesIn) -> list[Any]:
+    """Line up the inputs of an element-wise operation by axis name (numbers pass through)."""
+    known = [
+        (a, v) for a, v in zip(axes, values, strict=True) if a is not None and isinstance(v, Tensor)
+    ]
+    if len(known) < 2 or any(
+        a is None for a, v in zip(axes, values, strict=True) if isinstance(v, Tensor)
+    ):
+        return list(values)
+    big_axes, big = builtins.max(known, key=lambda p: len(p[0]))
+    out = []
+    for a, v in zip(axes, values, strict=True):
+        if isinstance(v, Tensor) and a is not None and a != big_axes:
+            v = align(v, a, big_axes, big.dim())
+        out.append(v)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Element-wise
+# --------------------------------------------------------------------------------------------
+
+
+def exp(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    return torch.exp(x)
+
+
+def log(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    return torch.log(x)
+
+
+def abs(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    return torch.abs(x)
+
+
+def sqrt(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    return torch.sqrt(x)
+
+
+def sigmoid(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    return torch.sigmoid(x)
+
+
+def softplus(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    return F.softplus(x)
+
+
+def relu(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    return torch.relu(x)
+
+
+def tanh(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    return torch.tanh(x)
+
+
+def clamp(
+    x: Tensor, *, axes: AxesIn = (), min: float | None = None, max: float | None = None
+) -> Tensor:
+    return torch.clamp(x, min=min, max=max)
+
+
+def pow(x: Tensor, *, axes: AxesIn = (), p: float) -> Tensor:
+    return torch.pow(x, p)
+
+
+def where(cond: Tensor, a: Any, b: Any, *, axes: AxesIn = ()) -> Tensor:
+    cond, a, b = elementwise_inputs([cond, a, b], list(axes) or [None] * 3)
+    return torch.where(torch.as_tensor(cond) != 0, a, b)
+
+
+BINARY: dict[str, Any] = {
+    "+": torch.add,
+    "-": torch.sub,
+    "*": torch.mul,
+    "/": torch.div,
+    "^": torch.pow,
+    "<": torch.lt,
+    ">": torch.gt,
+    "<=": torch.le,
+    ">=": torch.ge,
+    "==": torch.eq,
+    "!=": torch.ne,
+}
+COMPARISONS = frozenset({"<", ">", "<=", ">=", "==", "!="})
+
+
+def binary(op: str, a: Any, b: Any, axes: AxesIn) -> Any:
+    """``a op b`` lined up by axis name; comparisons give 1.0/0.0 masks (no gradient)."""
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        a = torch.as_tensor(a, dtype=torch.get_default_dtype())
+    a, b = elementwise_inputs([a, b], axes)
+    out = BINARY[op](a, b)
+    if op in COMPARISONS:
+        ref = a if isinstance(a, Tensor) and a.is_floating_point() else b
+        dtype = ref.dtype if isinstance(ref, Tensor) and ref.is_floating_point() else None
+        return out.to(dtype or torch.get_default_dtype())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Along an axis
+# --------------------------------------------------------------------------------------------
+
+
+def softmax(x: Tensor, *, axes: AxesIn = (), T: float = 1.0, over: object = None) -> Tensor:
+    """Temperature softmax along ``over``, as log-probabilities (how distributions are kept)."""
+    return log_softmax(x, axes=axes, T=T, over=over)
+
+
+def log_softmax(x: Tensor, *, axes: AxesIn = (), T: float = 1.0, over: object = None) -> Tensor:
+    d = dims(axes[0] if axes else None, x, over)
+    if len(d) != 1:
+        # Several dims (e.g. space = H, W): one distribution over all of them.
+        moved = torch.movedim(x / T, d, list(range(x.dim() - len(d), x.dim())))
+        flat = moved.reshape(*moved.shape[: x.dim() - len(d)], -1)
+        out = F.log_softmax(flat, dim=-1).reshape(moved.shape)
+        return torch.movedim(out, list(range(x.dim() - len(d), x.dim())), d)
+    return F.log_softmax(x / T, dim=d[0])
+
+
+def normalize(x: Tensor, *, axes: AxesIn = (), p: float = 2.0, over: object = None) -> Tensor:
+    """Lp-normalise along ``over``; without it, per sample (the legacy transform)."""
+    if over is None:
+        from kdspec.ops.transforms import normalize as per_sample
+
+        return per_sample(x, p=p)
+    d = dims(axes[0] if axes else None, x, over)
+    n = torch.linalg.vector_norm(x, ord=p, dim=d, keepdim=True)
+    return x / n.clamp_min(1e-12)
+
+
+def _reduce_dims(x: Tensor, axes: AxesIn, over: object) -> list[int]:
+    return dims(axes[0] if axes else None, x, over)
+
+
+def sum(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+    return x.sum(dim=_reduce_dims(x, axes, over))
+
+
+def mean(*xs: Tensor, axes: AxesIn = (), weights: Any = None, over: object = None) -> Tensor:
+    """With ``over``: the mean along axes; else the (weighted) mean of several tensors."""
+    if over is None:
+        from kdspec.ops.transforms import mean as combine
+
+        return combine(*xs, weights=weights)
+    (x,) = xs
+    return x.mean(dim=_reduce_dims(x, axes, over))
+
+
+def std(x: Tensor, *, axes: AxesIn = (), correction: int = 1, over: object) -> Tensor:
+    return torch.std(x, dim=_reduce_dims(x, axes, over), correction=correction)
+
+
+def var(x: Tensor, *, axes: AxesIn = (), correction: int = 1, over: object) -> Tensor:
+    return torch.var(x, dim=_reduce_dims(x, axes, over), correction=correction)
+
+
+def _flat(x: Tensor, d: list[int]) -> Tensor:
+    """Move the dims ``d`` to the end and merge them into one."""
+    moved = torch.movedim(x, d, list(range(x.dim() - len(d), x.dim())))
+    return moved.reshape(*moved.shape[: x.dim() - len(d)], -1)
+
+
+def max(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+    return torch.amax(x, dim=_reduce_dims(x, axes, over))
+
+
+def min(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+    return torch.amin(x, dim=_reduce_dims(x, axes, over))
+
+
+def logsumexp(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+    return torch.logsumexp(x, dim=_reduce_dims(x, axes, over))
+
+
+def norm(x: Tensor, *, axes: AxesIn = (), p: float = 2.0, over: object) -> Tensor:
+    return torch.linalg.vector_norm(x, ord=p, dim=_reduce_dims(x, axes, over))
+
+
+def median(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+    return _flat(x, _reduce_dims(x, axes, over)).median(dim=-1).values
+
+
+def quantile(x: Tensor, *, axes: AxesIn = (), q: float = 0.5, over: object) -> Tensor:
+    return torch.quantile(_flat(x, _reduce_dims(x, axes, over)), q, dim=-1)
+
+
+def topk(x: Tensor, *, axes: AxesIn = (), k: int = 1, over: object = None) -> Tensor:
+    (d,) = dims(axes[0] if axes else None, x, over)[:1] or [x.dim() - 1]
+    idx = x.detach().topk(int(k), dim=d).indices
+    return torch.zeros_like(x).scatter(d, idx, 1.0)
+
+
+def rank(x: Tensor, *, axes: AxesIn = (), over: object = None) -> Tensor:
+    (d,) = dims(axes[0] if axes else None, x, over)[:1] or [x.dim() - 1]
+    order = x.detach().argsort(dim=d, descending=True)
+    return order.argsort(dim=d).to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+
+
+# --------------------------------------------------------------------------------------------
+# Relations
+# --------------------------------------------------------------------------------------------
+
+
+def _rows(x: Tensor, axes: Axes, over: str) -> Tensor:
+    """``[*keep, N, D]``: kept axes (batch, head) first, the rows along ``over``, the rest flat."""
+    sp = spans(axes, x.dim())
+    starts = [0]
+    for n in sp:
+        starts.append(starts[-1] + n)
+    keep = [a for a in axes if a in ("batch", "head") and a != over]
+    order: list[int] = []
+    for group in (keep, [over]):
+        for a in group:
+            i = axes.index(a)
+            order.extend(range(starts[i], starts[i + 1]))
+    rest = [d for d in range(x.dim()) if d not in order]
+    moved = x.permute(*order, *rest)
+    lead = moved.shape[: len(order)]
+    n_keep = len(keep)
+    rows = int(torch.tensor(lead[n_keep:]).prod()) if len(lead) > n_keep else 1
+    return moved.reshape(*lead[:n_keep], rows, -1)
+
+
+def relation(
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    axes: AxesIn = (),
+    over: object,
+    kernel: str = "dot",
+    gamma: float = 1.0,
+) -> Tensor:
+    """Relation matrix between the rows of x (and y) along ``over``; ``[*keep, N, N]``."""
+    ax = axes[0] if axes else None
+    if ax is None:
+        raise ValueError("`relation` needs the axes of its input")
+    (name,) = over_axes(over)
+    a = _rows(x, ax, name)
+    b = a if y is None else _rows(y, ax, name)
+    if kernel == "dot":
+        return a @ b.transpose(-1, -2)
+    if kernel == "cosine":
+        an = F.normalize(a, dim=-1, eps=1e-12)
+        bn = F.normalize(b, dim=-1, eps=1e-12)
+        return an @ bn.transpose(-1, -2)
+    sq = (a.unsqueeze(-2) - b.unsqueeze(-3)).pow(2).sum(-1)
+    if kernel == "sqdistance":
+        return sq
+    if kernel == "distance":
+        return sq.clamp_min(1e-12).sqrt() * (sq > 0)
+    if kernel == "rbf":
+        return torch.exp(-gamma * sq)
+    raise ValueError(f"unknown kernel `{kernel}` (dot, cosine, rbf, distance, sqdistance)")
+
+
+# --------------------------------------------------------------------------------------------
+# Labels, shapes, gradients, retyping
+# --------------------------------------------------------------------------------------------
+
+
+def label_mask(x: Tensor, *, axes: AxesIn = (), labels: Tensor) -> Tensor:
+    (d,) = dims(axes[0] if axes else None, x, "class")
+    shape = [1] * x.dim()
+    shape[0] = labels.shape[0]
+    shape[d] = x.shape[d]
+    onehot = F.one_hot(labels, num_classes=x.shape[d]).to(x.dtype)  # [B, K]
+    onehot = onehot.reshape(
+        labels.shape[0], *([1] * (d - 1)), x.shape[d], *([1] * (x.dim() - d - 1))
+    )
+    return onehot.expand_as(x)
+
+
+def at_label(x: Tensor, *, axes: AxesIn = (), labels: Tensor) -> Tensor:
+    (d,) = dims(axes[0] if axes else None, x, "class")
+    return (x * label_mask(x, axes=axes, labels=labels)).sum(dim=d)
+
+
+def size(
+    x: Tensor | None = None, *, axes: AxesIn = (), over: object, part: int | None = None
+) -> int:
+    if x is None:
+        raise ValueError("`size` without an input is the batch size or the class count")
+    d = dims(axes[0] if axes else None, x, over)
+    if part is not None:
+        d = d[int(part) : int(part) + 1]
+    out = 1
+    for i in d:
+        out *= x.shape[i]
+    return out
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: Tensor, *, axes: AxesIn = (), scale: float = 1.0) -> Tensor:
+    out: Tensor = _GradReverse.apply(x, float(scale))
+    return out
+
+
+def stopgrad(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    return x.detach()
+
+
+def tokens(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    """``[B, L, D]`` stays; a feature map ``[B, C, H, W]`` becomes ``[B, HW, C]``."""
+    if x.dim() == 4:
+        return x.flatten(2).transpose(1, 2)
+    return x
+
+
+def heads(x: Tensor, *, axes: AxesIn = (), n: int = 12) -> Tensor:
+    """``[B, L, D]`` -> ``[B, n, L, D / n]``."""
+    b, length, d = x.shape
+    if d % n:
+        raise ValueError(f"{d} channels do not split into {n} heads")
+    return x.reshape(b, length, n, d // n).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Learned tensors
+# --------------------------------------------------------------------------------------------
+
+
+class Learned(nn.Module):
+    """A learned tensor: a number, one value per ``over`` position of x, or per sample id."""
+
+    def __init__(self, shape: Sequence[int], init: float, per_sample: bool):
+        super().__init__()
+        self.value = nn.Parameter(torch.full(tuple(shape), float(init)))
+        self.per_sample = per_sample
+
+    def forward(self, index: Tensor | None) -> Tensor:
+        if self.per_sample:
+            if index is None:
+                raise ValueError("a per-sample learned tensor needs the samples' indices")
+            return self.value[index]
+        return self.value
+
+
+def learned(
+    x: Tensor | None = None,
+    *,
+    axes: AxesIn = (),
+    over: object = None,
+    init: float = 0.0,
+    num_samples: int | None = None,
+) -> Learned:
+    """Build the module of ``learned(...)`` from an example input."""
+    names = over_axes(over) if over is not None else ()
+    if x is None:
+        if names == ("batch",):
+            if num_samples is None:
+                raise ValueError("`learned(over=batch)` needs the size of the training set")
+            return Learned((num_samples,), init, per_sample=True)
+        return Learned((), init, per_sample=False)
+    ax = axes[0] if axes else None
+    if ax is None:
+        raise ValueError("`learned(x, over=...)` needs the axes of x")
+    shape: list[int] = []
+    for a, n in zip(ax, spans(ax, x.dim()), strict=True):
+        if a in names:
+            start = builtins.sum(spans(ax, x.dim())[: ax.index(a)])
+            shape.extend(x.shape[start : start + n])
+    return Learned(shape, init, per_sample=False)
+
+
+class Head(nn.Module):
+    """A linear head on x's pooled per-sample features, zero weights, bias ``init``."""
+
+    def __init__(self, features: int, dim: int, init: float):
+        super().__init__()
+        self.linear = nn.Linear(features, dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.constant_(self.linear.bias, float(init))
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.flatten(2).mean(-1) if x.dim() > 2 else x
+        out: Tensor = self.linear(flat)
+        return out.squeeze(-1) if self.dim == 1 else out
+
+
+def head(x: Tensor, *, axes: AxesIn = (), dim: int = 1, init: float = 0.0) -> Head:
+    """Build the module of ``head(x, ...)`` from an example input."""
+    features = x.shape[1]
+    return Head(int(features), int(dim), init).to(dtype=x.dtype, device=x.device)
+
+
+# Every vocabulary entry implemented here, by its declared `impl` (one source of truth).
+PRIMITIVES = {
+    name: globals()[fn.impl.partition(":")[2]]
+    for name, fn in FUNCTIONS.items()
+    if fn.impl.startswith(__name__ + ":")
+}

@@ -1,0 +1,117 @@
+"""KD313/KD314/KD316/KD317/KD318: axes through every operation, losses and per-sample weights.
+
+Every value's axes are inferred (:func:`kdspec.graph.types.value_type`); an operation along an
+axis its input lacks is KD313, element-wise operands whose axes do not fit are KD314. A term's
+value is the sum over the batch of loss times weight: a loss that gives one value per sample
+needs a weight that says how to normalise it (KD316), a weight is a number or one value per
+sample (KD317), and a loss gives a number or one value per sample (KD318).
+"""
+
+from __future__ import annotations
+
+from kdspec.diagnostics import Diagnostic
+from kdspec.graph import types
+from kdspec.graph.types import VType
+from kdspec.ir import models as ir
+from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE, expand
+from kdspec.passes.context import PassContext
+from kdspec.vocabulary.axes import axes_text
+
+_LABELS = {"KD313": "wrong axis", "KD314": "axes do not fit"}
+
+
+def loss_type(
+    term: ir.Term,
+    sides: dict[str, VType],
+    method: ir.Method,
+    report: types.Report | None = None,
+) -> VType | None:
+    """The type of a term's loss value, for a loss written as a ``def`` (None: a built-in)."""
+    fdef = method.function(term.loss.func)
+    if fdef is None:
+        return None
+    if term.kind == "supervise":
+        implicit: tuple[ir.Expr, ...] = (ir.ArgRef(name=STUDENT_SIDE),)
+    else:
+        implicit = (ir.ArgRef(name=TEACHER_SIDE), ir.ArgRef(name=STUDENT_SIDE))
+    body = expand(term.loss, fdef, implicit)
+    holes = {TEACHER_SIDE: sides.get("source", types.UNKNOWN), STUDENT_SIDE: sides["target"]}
+    return types.value_type(body, method, report, ("term", term.name, "loss"), holes)
+
+
+def check_axes(ctx: PassContext) -> list[Diagnostic]:
+    """Type every expression's axes; check losses and weights per sample."""
+    m = ctx.method
+    out: list[Diagnostic] = []
+    seen: set[tuple[str, str, tuple[object, ...]]] = set()
+
+    def report(code: str, message: str, path: tuple[object, ...]) -> None:
+        if (code, message, path) in seen:
+            return
+        seen.add((code, message, path))
+        out.append(ctx.diag(code, message, path, _LABELS.get(code, "")))
+
+    for let in m.lets:
+        types.value_type(let.value, m, report, ("let", let.name))
+    for term in m.terms:
+        key = ("term", term.name)
+        sides: dict[str, VType] = {}
+        if term.kind == "transfer":
+            for side in ("source", "target"):
+                raw = types.value_type(getattr(term, side), m, report, (*key, side))
+                sides[side] = types.knowledge_type(raw, term.knowledge, m, report, key)
+        else:
+            sides["target"] = types.value_type(term.target, m, report, (*key, "target"))
+        loss = loss_type(term, sides, m, report)
+        per_sample_loss = loss is not None and loss.axes == ("batch",)
+        if loss is not None and loss.axes not in (None, (), ("batch",)):
+            out.append(
+                ctx.diag(
+                    "KD318",
+                    f"the loss of `{term.name}` gives values along {axes_text(loss.axes)}; a "
+                    "loss gives a number or one value per sample",
+                    (*key, "loss"),
+                    f"axes {axes_text(loss.axes)}",
+                    help="reduce the other axes in the loss: `sum(..., over=class)`",
+                )
+            )
+        static = types.is_static(term.weight, m)
+        weight = (
+            types.SCALAR if static else types.value_type(term.weight, m, report, (*key, "weight"))
+        )
+        if weight.axes is not None and weight.axes not in ((), ("batch",)):
+            out.append(
+                ctx.diag(
+                    "KD317",
+                    f"the weight of `{term.name}` has the axes {axes_text(weight.axes)}; a "
+                    "weight is a number or one value per sample",
+                    (*key, "weight"),
+                    "not per sample",
+                    help="reduce it to one value per sample, e.g. `max(p, over=class)`",
+                )
+            )
+        elif weight.axes == ("batch",) and not per_sample_loss:
+            out.append(
+                ctx.diag(
+                    "KD317",
+                    f"`{term.name}` weighs samples, but its loss is already one number for "
+                    "the batch",
+                    (*key, "weight"),
+                    "one value per sample",
+                    help="write the loss as a `def` that gives one value per sample, e.g. "
+                    "`sum(..., over=class)` without the mean over the batch",
+                )
+            )
+        if per_sample_loss and static:
+            out.append(
+                ctx.diag(
+                    "KD316",
+                    f"the loss of `{term.name}` gives one value per sample; say how to "
+                    "normalise their sum",
+                    (*key, "loss"),
+                    "one value per sample",
+                    help="add a weight with the normaliser: `weight 1 / B` (the batch mean) "
+                    "or `weight w / sum(w, over=batch)`",
+                )
+            )
+    return out

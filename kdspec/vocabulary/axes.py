@@ -1,0 +1,257 @@
+"""Axes of tensor values and the axis rule of every function: pure functions over name tuples.
+
+Every value of the language has a static type made of its knowledge kind and its axes, an
+ordered tuple of axis names. Tensors at run time lay their dimensions out in that order; the
+one axis that may cover several (or no) dimensions is ``space`` (``H, W`` of a feature map, or
+nothing once pooled). The checker (torch-free) and the compiler both compute axes with
+:func:`infer`, so a wrong axis is found before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+Axes = tuple[str, ...]
+
+BASE_AXES: Axes = ("batch", "channel", "space", "token", "class", "head")
+# A relation matrix has two axes of the same nature: its rows are `x`, its columns `x2`.
+AXES: Axes = BASE_AXES + tuple(f"{a}2" for a in BASE_AXES)
+
+# Where a tap's value comes from decides its axes (transformer features: `tokens(x)`).
+TAP_AXES: dict[str, Axes] = {
+    "logits": ("batch", "class"),
+    "embedding": ("batch", "channel"),
+}
+FEATURE_AXES: Axes = ("batch", "channel", "space")
+
+
+class AxisError(ValueError):
+    """A function applied along an axis its input does not have (KD313), or mismatched axes.
+
+    Attributes:
+        param: the argument at fault (``"over"``, or ``""`` for the call as a whole).
+        code: ``KD313`` (wrong axis) or ``KD314`` (axes of two inputs do not fit).
+    """
+
+    def __init__(self, message: str, param: str = "", code: str = "KD313", word: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.word = word  # a bare word that is no axis (reported where it is written)
+
+
+def axes_text(axes: Axes) -> str:
+    """``(batch, class)``; ``()`` for a number."""
+    return "(" + ", ".join(axes) + ")"
+
+
+def over_axes(value: object, *, param: str = "over") -> Axes:
+    """The axes named by an ``over=`` value: one bare word or a list of them."""
+    names = list(value) if isinstance(value, list | tuple) else [value]
+    out: list[str] = []
+    for n in names:
+        if not isinstance(n, str) or n not in AXES:
+            raise AxisError(
+                f"`{n}` is not an axis (axes: {', '.join(BASE_AXES)}, and `batch2`, ... for "
+                "the columns of a relation)",
+                param,
+                word=True,
+            )
+        out.append(n)
+    return tuple(out)
+
+
+def broadcast(a: Axes, b: Axes) -> Axes:
+    """The axes of an element-wise result: one side's axes must contain the other's, in order.
+
+    A number (no axes) fits everything. ``(batch)`` against ``(batch, class)`` is a per-sample
+    value applied to every class; ``(batch, channel)`` against ``(batch, class)`` is an error:
+    nothing says how channels line up with classes.
+    """
+    small, big = (a, b) if len(a) <= len(b) else (b, a)
+    it = iter(big)
+    if all(ax in it for ax in small):
+        return big
+    raise AxisError(
+        f"axes {axes_text(a)} and {axes_text(b)} do not fit: one side's axes must contain "
+        "the other's",
+        "",
+        "KD314",
+    )
+
+
+def _need(axes: Axes, wanted: Axes, func: str, param: str = "over") -> None:
+    for ax in wanted:
+        if ax not in axes:
+            raise AxisError(
+                f"`{func}` over `{ax}`, but the input's axes are {axes_text(axes)}", param
+            )
+
+
+def _over(axes: Axes, kwargs: dict[str, object], func: str, *, default_last: bool) -> Axes:
+    value = kwargs.get("over")
+    if value is None:
+        if default_last:
+            return axes[-1:]
+        raise AxisError(f"`{func}` needs `over=` (the axis it works along)", "over")
+    over = over_axes(value)
+    _need(axes, over, func)
+    return over
+
+
+Rule = Callable[[str, list[Axes], dict[str, object]], Axes]
+
+
+def _same(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    return ins[0]
+
+
+def _elementwise(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    out: Axes = ()
+    for a in ins:
+        out = broadcast(out, a)
+    return out
+
+
+def _along(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """Works along `over` (default the last axis) and keeps the shape: softmax, normalize."""
+    if kw.get("over") is not None:
+        _over(ins[0], kw, func, default_last=True)
+    return ins[0]
+
+
+def _along_required(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    _over(ins[0], kw, func, default_last=False)
+    return ins[0]
+
+
+def _reduce(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    over = _over(ins[0], kw, func, default_last=False)
+    return tuple(a for a in ins[0] if a not in over)
+
+
+def _relation(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    x = ins[0]
+    if len(ins) > 1 and ins[1] != x:
+        raise AxisError(
+            f"`relation` of two values needs equal axes, got {axes_text(x)} and "
+            f"{axes_text(ins[1])}",
+            "",
+            "KD314",
+        )
+    (over,) = _over(x, kw, func, default_last=False)[:1] or ("",)
+    if over.endswith("2"):
+        raise AxisError("`relation` rows cannot be a column axis (`" + over + "`)", "over")
+    keep = tuple(a for a in x if a in ("batch", "head") and a != over)
+    return (*keep, over, f"{over}2")
+
+
+def _needs(axis: str) -> Rule:
+    def rule(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+        if axis not in ins[0]:
+            raise AxisError(
+                f"`{func}` needs a `{axis}` axis, but the input's axes are {axes_text(ins[0])}",
+                "",
+            )
+        return ins[0]
+
+    return rule
+
+
+def _drop_class(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    _needs("class")(func, ins, kw)
+    return tuple(a for a in ins[0] if a != "class")
+
+
+def _size(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    if ins:
+        _over(ins[0], kw, func, default_last=False)
+    return ()
+
+
+def _tokens(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    if ins[0] not in (FEATURE_AXES, ("batch", "token", "channel")):
+        raise AxisError(
+            f"`tokens` reads features (batch, channel, space), got {axes_text(ins[0])}", ""
+        )
+    return ("batch", "token", "channel")
+
+
+def _heads(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    if ins[0] != ("batch", "token", "channel"):
+        raise AxisError(
+            f"`heads` splits token features (batch, token, channel), got {axes_text(ins[0])}",
+            "",
+        )
+    return ("batch", "head", "token", "channel")
+
+
+def _fixed(axes: Axes) -> Rule:
+    def rule(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+        return axes
+
+    return rule
+
+
+def _learned(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    over = over_axes(kw["over"]) if kw.get("over") is not None else ()
+    if ins:
+        _need(ins[0], over, func)
+    elif any(a != "batch" for a in over):
+        raise AxisError(
+            f"`{func}` without an input is a number or one value per training sample "
+            "(`over=batch`); give an input to size other axes: `learned(x, over=channel)`",
+            "over",
+        )
+    return over
+
+
+def _head(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    if "batch" not in ins[0]:
+        raise AxisError(f"`head` reads per-sample values, got {axes_text(ins[0])}", "")
+    dim = kw.get("dim", 1)
+    return ("batch",) if dim == 1 else ("batch", "channel")
+
+
+def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """Every row a sample: all axes but the last become the batch (per-token losses)."""
+    return ("batch", ins[0][-1]) if ins[0] else ins[0]
+
+
+RULES: dict[str, Rule] = {
+    "rows": _rows,
+    "same": _same,
+    "elementwise": _elementwise,
+    "along": _along,
+    "along_required": _along_required,
+    "reduce": _reduce,
+    "relation": _relation,
+    "needs_class": _needs("class"),
+    "drop_class": _drop_class,
+    "size": _size,
+    "tokens": _tokens,
+    "heads": _heads,
+    "learned": _learned,
+    "head": _head,
+    "vector": _fixed(("batch", "channel")),
+    "class_vector": _fixed(("batch", "class")),
+    "spatial": _fixed(("batch", "space")),
+    "sample_matrix": _fixed(("batch", "batch2")),
+    "channel_matrix": _fixed(("batch", "channel", "channel2")),
+}
+
+
+def infer(
+    func: str, rule: str | None, ins: Sequence[Axes | None], kw: dict[str, object]
+) -> Axes | None:
+    """Axes of ``func(*ins, **kw)`` by its rule; None where a rule or an input is unknown.
+
+    Raises:
+        AxisError: the call is wrong about axes (the message says how).
+    """
+    if rule is None or rule not in RULES:
+        return None
+    if any(a is None for a in ins):
+        return None
+    return RULES[rule](func, [a for a in ins if a is not None], kw)
