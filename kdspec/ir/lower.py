@@ -1450,10 +1450,10 @@ class DefTable:
             table.asts.update(found)
             table.diags.extend(errs)
         for imp in module.imports:
-            path = resolve_import(imp.path.value, source, library)
-            if isinstance(path, str):  # refused (KD105 from check_imports): never read
+            target = resolve_import(imp.path.value, source, library)
+            if isinstance(target, str):  # refused (KD105 from check_imports): never read
                 continue
-            found, _ = _module_defs(path)
+            found, _ = _module_defs(target)
             table.asts.update(found)
         for fn in module.functions:
             name = fn.name.name
