@@ -44,6 +44,7 @@ from kdspec.compiler.plan import (
 )
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
 from kdspec.compiler.taps import ModelTaps, discover
+from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, TeacherCache
 from kdspec.compiler.views import make_subset, make_view
 from kdspec.diagnostics import Diagnostic, KdError
 from kdspec.graph import KdGraph, build_graph, types
@@ -158,6 +159,8 @@ class Distiller(nn.Module):
         self._lets: dict[str, LetNode] = {}
         self._stage: ir.Stage | None = None
         self._trained: set[str] = set()
+        self._parked: set[str] = set()  # frozen roles `train()` put in eval mode
+        self._teacher_cache: TeacherCache | None = None
         self._forward_cache: dict[tuple[str, str | None], TapSession] = {}
         self._view_cache: dict[str | None, Any] = {}
         self._batch: _Batch | None = None
@@ -198,15 +201,77 @@ class Distiller(nn.Module):
         with session:
             if trained:
                 session.run(x)
-            else:  # frozen roles run in eval mode, without building a graph
-                model.eval()
+            elif not self._from_cache(role, view, session):
+                # frozen roles run in eval mode, without building a graph, up to their taps
+                if was_training:  # `train()` and `set_stage()` keep frozen roles in eval mode
+                    model.eval()
                 try:
                     with torch.no_grad():
-                        session.run(x)
+                        session.run(x, stop_early=True)
                 finally:
-                    model.train(was_training)
+                    if was_training:
+                        model.train()
+                if self._cached(role):
+                    self._teacher_cache.store(role, view, session.values, self._index())  # type: ignore[union-attr]
         self._forward_cache[key] = session
         return session
+
+    def cache_frozen_outputs(self, enabled: bool = True) -> None:
+        """Compute what frozen roles' taps produce once per training sample and reuse it.
+
+        Needs batches ``(x, y, index)`` with each sample's index into the training set, and
+        inputs that are the same every epoch: random views are refused here, and random
+        augmentation in the loader must be off (the caller's to ensure). ``ema`` and
+        ``snapshot`` roles change during training and are never cached; only batches seen in
+        training mode are read from or written to the cache; loading new teacher weights
+        needs ``cache_frozen_outputs()`` again (a fresh cache).
+
+        Raises:
+            ValueError: the number of training samples is unknown, or a frozen role reads a
+                random view.
+        """
+        if not enabled:
+            self._teacher_cache = None
+            return
+        if self.num_samples is None:
+            raise ValueError("caching teacher outputs needs the training set size (num_samples)")
+        for role in self.method.roles:
+            if role.mode != "frozen":
+                continue
+            for tap in self._points:
+                view = self._role_view(tap) if tap.role == role.name else None
+                part = next((p for p in self.method.data if p.name == view), None)
+                if part is not None and part.func not in DETERMINISTIC_VIEWS:
+                    raise ValueError(
+                        f"cannot cache `{role.name}`'s outputs: it reads view `{view}` "
+                        f"(`{part.func}`), which is random, so its outputs change every epoch"
+                    )
+        self._teacher_cache = TeacherCache(self.num_samples)
+
+    def _cached(self, role: str) -> bool:
+        r = self.method.role(role)
+        # training batches only: their indices are the training-set positions the cache is keyed by
+        return (
+            self.training
+            and self._teacher_cache is not None
+            and r is not None
+            and r.mode == "frozen"
+        )
+
+    def _index(self) -> torch.Tensor:
+        assert self._batch is not None
+        if self._batch.index is None:
+            raise ValueError("the teacher cache needs batches (x, y, index) with sample indices")
+        return self._batch.index
+
+    def _from_cache(self, role: str, view: str | None, session: TapSession) -> bool:
+        """Fill ``session`` with a cached batch; False when not cached (or not all of it)."""
+        if not self._cached(role):
+            return False
+        found = self._teacher_cache.lookup(role, view, session.points, self._index())  # type: ignore[union-attr]
+        if found is not None:
+            session.values = dict(found)
+        return found is not None
 
     def _read(self, tap: ir.Tap, indices: list[int] | None) -> list[torch.Tensor]:
         if self.functional:
@@ -253,6 +318,23 @@ class Distiller(nn.Module):
         trainable = {id(p) for p in self.trainable_parameters()}
         for p in self.parameters():
             p.requires_grad_(id(p) in trainable)
+        if self._teacher_cache is not None and any(
+            r.mode == "frozen" and r.name in self._trained for r in self.method.roles
+        ):  # a stage that trains a `frozen` role makes its cached outputs stale
+            self._teacher_cache.clear()
+        for name in self._parked & self._trained:  # frozen by `train()` in an earlier stage
+            self.roles[name].train(self.training)
+        self._parked -= self._trained
+
+    def train(self, mode: bool = True) -> Distiller:
+        """Set training mode; the current stage's frozen roles go to (and stay in) eval mode,
+        so that a step need not switch them."""
+        super().train(mode)
+        if self._stage is not None:
+            self._parked = {n for n in self.roles if n not in self._trained}
+            for name in self._parked:
+                self.roles[name].eval()
+        return self
 
     def _subset_params(self, role: str, taps: list[ir.Tap]) -> list[nn.Parameter]:
         model = self.roles[role]
@@ -539,9 +621,7 @@ class Distiller(nn.Module):
         if point.kind != "module" or info is None:
             shape = info.logits_shape if info and point.kind == "logits" else None
             return f"{point.kind}" + (f" {list(shape)}" if shape else "")
-        call = next(
-            (c for c in info.calls if c.path == point.path and c.call == point.call), None
-        )
+        call = next((c for c in info.calls if c.path == point.path and c.call == point.call), None)
         shape = (call.in_shape if point.io == "input" else call.out_shape) if call else None
         at = f"@{point.call}" if point.call else ""
         return f"{point.path}:{point.io}{at}" + (f" {list(shape)}" if shape else "")

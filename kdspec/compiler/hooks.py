@@ -145,6 +145,10 @@ def resolve_tap(tap: ir.Tap, taps: ModelTaps, model: nn.Module) -> list[HookPoin
     return points
 
 
+class _Done(Exception):
+    """Raised by a hook to end a forward once every tapped value is in (``stop_early``)."""
+
+
 class TapSession:
     """Hooks on one model for a set of hook points; read :attr:`values` after a forward.
 
@@ -158,6 +162,8 @@ class TapSession:
         self._handles: list[Any] = []
         self._counts: dict[str, int] = {}
         self._pre_counts: dict[str, int] = {}
+        self._module_points = 0
+        self._stop_early = False
 
     def __enter__(self) -> TapSession:
         by_path: dict[str, list[HookPoint]] = {}
@@ -186,8 +192,13 @@ class TapSession:
                     if isinstance(value, torch.Tensor) and getattr(module, "inplace", False):
                         value = value.clone()
                     self.values[p] = select(value, p.select) if p.select else value
+            self._stop_if_done()
 
         return hook
+
+    def _stop_if_done(self) -> None:
+        if self._stop_early and len(self.values) == self._module_points:
+            raise _Done
 
     def _make_hook(self, path: str, points: list[HookPoint]):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -196,6 +207,7 @@ class TapSession:
             for p in points:
                 if p.call == k:
                     self.values[p] = select(output, p.select) if p.select else output
+            self._stop_if_done()
 
         return hook
 
@@ -204,12 +216,28 @@ class TapSession:
             h.remove()
         self._handles.clear()
 
-    def run(self, x: Any) -> Any:
-        """One forward pass; fills :attr:`values` (input, output and logits points too)."""
+    def run(self, x: Any, stop_early: bool = False) -> Any:
+        """One forward pass; fills :attr:`values` (input, output and logits points too).
+
+        ``stop_early`` (for a frozen model under no_grad, whose later modules have no effect
+        anyone reads) ends the forward as soon as every module point has its value, when no
+        point needs the model's output; the return value is then ``None``.
+        """
         self.values = {}
         self._counts = {}
         self._pre_counts = {}
-        output = self.model(**x) if isinstance(x, dict) else self.model(x)
+        self._module_points = sum(p.kind == "module" for p in self.points)
+        self._stop_early = (
+            stop_early
+            and self._module_points > 0
+            and all(p.kind in ("module", "input") for p in self.points)
+        )
+        try:
+            output = self.model(**x) if isinstance(x, dict) else self.model(x)
+        except _Done:
+            output = None
+        finally:
+            self._stop_early = False
         for p in self.points:
             if p.kind == "input":
                 self.values[p] = x

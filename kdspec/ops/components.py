@@ -610,6 +610,23 @@ class CRDLoss(nn.Module):
         idx[:, 0] = index
         return idx
 
+    def _scores_every_row(self, idx: Tensor) -> bool:
+        return self.num_samples <= 4 * idx.shape[1]
+
+    def _scores(self, memory: Tensor, v: Tensor, idx: Tensor) -> Tensor:
+        """``v[b] · memory[idx[b, j]]`` as ``[B, K + 1]``.
+
+        Gathering the rows first materialises ``[B, K + 1, D]`` (hundreds of MB per side at
+        K=16384); when the bank has at most a few times K + 1 rows, scoring every row with one
+        matrix product and gathering the scores is several times faster. Larger banks (ImageNet
+        sized) gather rows with ``index_select``, which costs less than scoring every row.
+        """
+        b, k1 = idx.shape
+        if self._scores_every_row(idx):
+            return (v @ memory.T).gather(1, idx)
+        rows = memory.index_select(0, idx.reshape(-1)).view(b, k1, -1)
+        return torch.bmm(rows, v.unsqueeze(2)).squeeze(2)
+
     def _nce(self, p: Tensor) -> Tensor:
         mpn = self.k / self.num_samples
         log_d1 = torch.log(p[:, 0] / (p[:, 0] + mpn + self.eps))
@@ -634,8 +651,8 @@ class CRDLoss(nn.Module):
         if index is None:
             raise ValueError("crd_nce needs the batch's sample indices: batches (x, y, index)")
         idx = self.sample_negatives(index.long())
-        out_s = torch.exp(torch.einsum("bkd,bd->bk", self.memory_t[idx], vs) / self.T)  # type: ignore[index]  # torch typing of submodules
-        out_t = torch.exp(torch.einsum("bkd,bd->bk", self.memory_s[idx], vt) / self.T)  # type: ignore[index]  # torch typing of submodules
+        out_s = torch.exp(self._scores(self.memory_t, vs, idx) / self.T)  # type: ignore[arg-type]  # torch typing of submodules
+        out_t = torch.exp(self._scores(self.memory_s, vt, idx) / self.T)  # type: ignore[arg-type]  # torch typing of submodules
         z = self.z.clone()  # type: ignore[operator]  # torch typing of submodules
         rows_ = self.memory_s.shape[0]  # type: ignore[index]  # torch typing of submodules
         if z[0] < 0:
@@ -647,9 +664,15 @@ class CRDLoss(nn.Module):
             with torch.no_grad():
                 self.z.copy_(z)  # type: ignore[operator]  # torch typing of submodules
                 pos = index.long()
-                for memory, v in ((self.memory_s, vs), (self.memory_t, vt)):
-                    moved = memory[pos] * self.momentum + v.detach() * (1 - self.momentum)  # type: ignore[index]  # torch typing of submodules
-                    memory[pos] = F.normalize(moved, p=2.0, dim=1, eps=0.0)  # type: ignore[operator]  # torch typing of submodules
+                for name, v in (("memory_s", vs), ("memory_t", vt)):
+                    memory: Tensor = getattr(self, name)
+                    moved = memory[pos] * self.momentum + v.detach() * (1 - self.momentum)
+                    rows = F.normalize(moved, p=2.0, dim=1, eps=0.0)
+                    if self._scores_every_row(idx):
+                        # the scores' backward reads the whole bank: write a new one
+                        setattr(self, name, memory.index_put((pos,), rows))
+                    else:
+                        memory[pos] = rows
         return loss
 
 

@@ -240,7 +240,7 @@ def import_factory(spec: str, allowed: Iterable[str], base: type, what: str = "m
         raise ImportRefused(
             "KD406",
             f"`{module_name}:{attr}` is not a {what} factory: {why}",
-            f"name a class deriving from `{base.__module__}.{base.__qualname__}`, or a function "
+            f"name a class deriving from `{_public_name(base)}`, or a function "
             f"of your own module that returns one (annotate it `-> {base.__qualname__}` if it "
             "lives in an installed package)",
         )
@@ -295,6 +295,15 @@ def bindable(fn: Any, candidates: dict[str, Any]) -> dict[str, Any]:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return dict(candidates)
     return {k: v for k, v in candidates.items() if k in params}
+
+
+def _public_name(cls: type) -> str:
+    """``torch.nn.Module`` rather than ``torch.nn.modules.module.Module``."""
+    for public in ("torch.nn", "torch.utils.data"):
+        module = sys.modules.get(public)
+        if module is not None and getattr(module, cls.__qualname__, None) is cls:
+            return f"{public}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _not_a_factory(factory: Any, base: type, allowed: Iterable[str]) -> str | None:

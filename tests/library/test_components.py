@@ -153,6 +153,27 @@ def test_crd_memory_moves_only_in_training_and_only_for_the_batch() -> None:
     assert (crd.z > 0).all()
 
 
+@pytest.mark.parametrize("k", [5, 40])
+def test_crd_scoring_every_row_equals_gathering_rows(k: int) -> None:
+    """Both scoring paths (one product over the bank, or gathered rows) give the same loss,
+    gradients and memory over two training steps, in float64."""
+    runs = []
+    for every_row in (True, False):
+        torch.manual_seed(0)
+        crd = _crd(k=k).double().train()
+        crd._scores_every_row = lambda idx, every_row=every_row: every_row  # type: ignore[method-assign]
+        trace = []
+        for step in range(2):
+            t = F.normalize(rand(4, 6, seed=3 + step), dim=1).double().requires_grad_()
+            s = F.normalize(rand(4, 6, seed=5 + step), dim=1).double().requires_grad_()
+            loss = crd([t], [s], SimpleNamespace(index=torch.tensor([1, 5, 9, 60])))
+            loss.backward()
+            trace += [loss.detach(), t.grad, s.grad, crd.memory_s.clone(), crd.memory_t.clone()]
+        runs.append(trace)
+    for a, b in zip(*runs, strict=True):
+        assert_close(a, b, rtol=1e-12)
+
+
 def test_crd_negatives_put_the_positive_first_and_need_indices() -> None:
     crd = _crd(k=7)
     idx = crd.sample_negatives(torch.tensor([3, 4]))
