@@ -30,11 +30,26 @@ def check_source(
     return passes.check_source(source, overrides, library, extra=(check_claims,))
 
 
-def spec_files(paths: list[str | Path]) -> list[Path]:
-    """The ``.kd`` files named by paths (folders are searched recursively)."""
+def library_spec(name: str | Path) -> Path | None:
+    """The library file of a method name (``hinton``), unless ``name`` is an existing path."""
+    path = Path(name)
+    candidate = library_dir() / f"{name}.kd"
+    if not path.exists() and path.name == str(name) and candidate.is_file():
+        return candidate
+    return None
+
+
+def spec_files(paths: list[str | Path], *, library: bool = False) -> list[Path]:
+    """The ``.kd`` files named by paths (folders are searched recursively).
+
+    ``library``: a bare method name that is no path names the shipped library's spec.
+    """
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        found = library_spec(p) if library else None
+        if found is not None:
+            out.append(found)
+        elif p.is_dir():
             out.extend(sorted(p.rglob("*.kd")))
         else:
             out.append(p)
@@ -73,9 +88,7 @@ def load_method(
     if text is not None:
         source = SourceFile(str(spec), text)
     else:
-        path = Path(spec)
-        if not path.exists() and (library_dir() / f"{spec}.kd").exists():
-            path = library_dir() / f"{spec}.kd"
+        path = library_spec(spec) or Path(spec)
         got = read_source(path)
         if isinstance(got, Diagnostic):
             raise KdError([got])

@@ -8,8 +8,10 @@ statement lines (neither blank nor comments), its taxonomy as
 found by reading the test files: a **torchdistill golden** when
 ``tests/reference/test_parity_specs.py`` compiles it against torchdistill's own loss, a
 **paper-equation test** when ``tests/library/test_paper_equations.py`` compares it with the
-paper's objective written out, else **trains only** (every spec trains in
-``tests/library/test_library_trains.py``). ``--check`` exits 1 if the file on disk differs.
+paper's objective written out, a **paper reference** when ``tests/reference/test_paper_specs.py``
+compares it with the independent float64 reference of ``tests/reference/paper_refs.py``, else
+**trains only** (every spec trains in ``tests/library/test_library_trains.py``). ``--check``
+exits 1 if the file on disk differs.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 PARITY = ROOT / "tests" / "reference" / "test_parity_specs.py"
 PAPER = ROOT / "tests" / "library" / "test_paper_equations.py"
+PAPER_REFS = ROOT / "tests" / "reference" / "test_paper_specs.py"
 
 _PARITY_USE = re.compile(r'compile_library\(\s*"(\w+)"')
 _PAPER_USE = re.compile(r'(?:functional\(\s*"(\w+)"|SPECS / "(\w+)\.kd")')
+_REFS_USE = re.compile(r'spec_loss\(\s*"(\w+)"')
 
 HEADER = """# The method library
 
@@ -45,6 +49,10 @@ reference:
   follows the paper and the test reaches torchdistill's variant through the spec's parameters.
 - **paper equation**: its loss and gradients match the paper's objective (or the authors'
   reference code) written out in plain torch (`tests/library/test_paper_equations.py`).
+- **paper reference**: written with the language's primitives and `def` only (no Python of its
+  own), its loss and gradients match an independent float64 implementation of the paper's
+  equations (`tests/reference/paper_refs.py`, itself checked against the official code) to
+  1e-6 (`tests/reference/test_paper_specs.py`).
 - **trains only**: no numeric reference beyond training.
 
 **Lines** counts statement lines (neither blank nor comments). **Taxonomy** is derived from the
@@ -57,27 +65,29 @@ def statement_lines(text: str) -> int:
     return sum(1 for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
 
 
-def verified_by() -> tuple[set[str], set[str]]:
-    """Spec names compared with torchdistill goldens, and with written-out paper equations."""
+def verified_by() -> tuple[set[str], set[str], set[str]]:
+    """Spec names compared with torchdistill goldens, written-out equations, paper references."""
     parity = set(_PARITY_USE.findall(PARITY.read_text())) if PARITY.exists() else set()
     paper: set[str] = set()
     if PAPER.exists():
         for a, b in _PAPER_USE.findall(PAPER.read_text()):
             paper.add(a or b)
-    return parity, paper
+    refs = set(_REFS_USE.findall(PAPER_REFS.read_text())) if PAPER_REFS.exists() else set()
+    return parity, paper, refs
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def row(path: Path, parity: set[str], paper: set[str]) -> str:
+def row(path: Path, parity: set[str], paper: set[str], refs: set[str]) -> str:
     low = load_method(path)
     m = low.method
     c = classify(build_graph(m))
     taxonomy = "; ".join([", ".join(c.scheme) or "none", c["knowledge"].value, c.topology])
     how = [w for w, hit in (("torchdistill golden", m.name in parity),
-                            ("paper equation", m.name in paper)) if hit]  # fmt: skip
+                            ("paper equation", m.name in paper),
+                            ("paper reference", m.name in refs)) if hit]  # fmt: skip
     if m.uses:
         golden = all(u in parity for u in m.uses)
         parts = " + ".join(f"`{u}`" for u in m.uses)
@@ -92,13 +102,13 @@ def row(path: Path, parity: set[str], paper: set[str]) -> str:
 
 
 def generate() -> str:
-    parity, paper = verified_by()
+    parity, paper, refs = verified_by()
     lines = [
         HEADER,
         "| Spec | Method | Citation | Lines | Taxonomy | Verified |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [row(p, parity, paper) for p in sorted(SPECS.glob("*.kd"))]
+    lines += [row(p, parity, paper, refs) for p in sorted(SPECS.glob("*.kd"))]
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,9 @@ from kdspec.cli.common import parse_overrides, report
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check specs for errors", description=__doc__)
-    p.add_argument("paths", nargs="+", help="spec files or folders (searched recursively)")
+    p.add_argument(
+        "paths", nargs="+", help="spec files, folders (searched recursively) or library names"
+    )
     p.add_argument("--format", choices=["full", "concise", "json"], default="full")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a parameter")
     p.add_argument("--max-errors", type=int, default=None, help="show at most this many")
@@ -21,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from kdspec.diagnostics import Diagnostic, error
 
     overrides = parse_overrides(args.param)
-    files = spec_files(args.paths)
+    files = spec_files(args.paths, library=True)
     diags: list[Diagnostic] = []
     if not files:
         diags.append(error("KD105", "no .kd files found in " + ", ".join(args.paths)))

@@ -12,6 +12,7 @@ import sys
 
 SUBCOMMANDS = (
     "check",
+    "show",
     "fmt",
     "graph",
     "explain",

@@ -157,6 +157,13 @@ def evidence_text(c: object, markdown: bool = False) -> str:
 def _plain_table(classifications: Sequence[object]) -> str:
     from kdspec.taxonomy.classify import DIMENSIONS
 
+    if len(classifications) == 1:  # one method: a column per dimension would be 400 wide
+        (c,) = classifications
+        labels = c.labels()  # type: ignore[attr-defined]
+        width = max(len(HEADERS[d]) for d in DIMENSIONS)
+        lines = [f"{'method'.ljust(width)}  {c.method}"]  # type: ignore[attr-defined]
+        lines += [f"{HEADERS[d].ljust(width)}  {labels[d]}" for d in DIMENSIONS]
+        return "\n".join(line.rstrip() for line in lines)
     header = ["method", *(HEADERS[d] for d in DIMENSIONS)]
     rows = [header] + [
         [c.method, *(c.labels()[d] for d in DIMENSIONS)]  # type: ignore[attr-defined]

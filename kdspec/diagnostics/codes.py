@@ -148,10 +148,47 @@ CODES: dict[str, tuple[str, str]] = {
 }
 
 
+# A spec that triggers the code, and the same spec fixed (shown by `kdspec explain KDnnn`).
+EXAMPLES: dict[str, tuple[str, str]] = {
+    "KD205": (
+        "transfer kd: softmax(T=0) from t.logits to s.logits with kl weight -1",
+        "transfer kd: softmax(T=4) from t.logits to s.logits with kl weight 16",
+    ),
+    "KD301": (
+        "transfer hint: from t.stage[2] to s.stage[2] with kl",
+        "transfer hint: from t.stage[2] to s.stage[2] with mse",
+    ),
+    "KD303": (
+        "student s2   # nothing teaches s2\n"
+        "  transfer kd: softmax(T=4) from t.logits to s.logits with kl",
+        "student s2\n  transfer kd: softmax(T=4) from t.logits to s2.logits with kl",
+    ),
+    "KD310": (
+        "# a teacher with 4 stages, a student with 2\n"
+        "  transfer hints: from t.stage[..] to conv1x1(s.stage[..]) with mse",
+        "# student stage i learns from teacher stage round((i+1) * 4/2) - 1: stages 2 and 4\n"
+        "  transfer hints: from t.stage[..] to conv1x1(s.stage[..]) map uniform with mse\n"
+        "  # or `map last` (the last 2 teacher stages), `map first`, `map all_pairs`,\n"
+        "  # or equal ranges: from t.stage[3..4] to conv1x1(s.stage[1..2])",
+    ),
+    "KD504": (
+        "for x, y in loader:\n    out = distiller((x, y))   # a spec with warmup(...)",
+        "for stage in distiller.stages(loader, epochs=20):\n"
+        "    for x, y in stage:\n"
+        "        out = distiller((x, y))",
+    ),
+}
+
+
 def describe(code: str) -> str | None:
-    """``KD301: loss does not accept this knowledge`` and its long description."""
+    """``KD301: loss does not accept this knowledge``, its long description and an example."""
     entry = CODES.get(code.upper())
     if entry is None:
         return None
     title, text = entry
-    return f"{code.upper()}: {title}\n\n{text}"
+    out = f"{code.upper()}: {title}\n\n{text}"
+    example = EXAMPLES.get(code.upper())
+    if example is not None:
+        bad, good = example
+        out += f"\n\nFor example:\n\n  {bad}\n\nFixed:\n\n  {good}"
+    return out

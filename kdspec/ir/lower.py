@@ -19,7 +19,7 @@ from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
-from kdspec.vocabulary import CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
+from kdspec.vocabulary import ALIASES, CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
 from kdspec.vocabulary.axes import AXES, BASE_AXES
 
 PathKey = tuple[object, ...]
@@ -173,6 +173,7 @@ class _MethodLowering:
         self.smap.spans[("method",)] = method.span
         self.smap.spans[("method", "name")] = method.name.span
         self.params: dict[str, ir.Expr] = {}
+        self.unknown: set[str] = set()  # unknown names already reported
         self.roles: dict[str, ir.Role] = {}
         self.ensembles: dict[str, ir.Ensemble] = {}
         self.data: dict[str, ir.DataPart] = {}
@@ -207,7 +208,8 @@ class _MethodLowering:
                 ident.span,
                 f"{what} `{ident.name}` redefined here",
                 related=[Label(prior[1], f"first defined here as a {prior[0]}", primary=False)],
-                help="give each parameter, role, view, subset, let and term its own name",
+                help="give each parameter, role, ensemble, view, subset, let, term and stage its "
+                "own name",
             )
             return False
         self.defined[ident.name] = (what, ident.span)
@@ -292,13 +294,16 @@ class _MethodLowering:
                 help=f"pick a view per role: `s[{n}].logits`",
             )
             return ir.Str(value=n)
-        self.err(
-            "KD202",
-            f"unknown name `{n}`",
-            e.span,
-            "not defined in this method",
-            help=did_you_mean(n, self.names_in_scope(), declared=True),
-        )
+        if n not in self.unknown:  # one error per name, however often it is used
+            self.unknown.add(n)
+            self.err(
+                "KD202",
+                f"unknown name `{n}`",
+                e.span,
+                "not defined in this method",
+                help=did_you_mean(n, self.names_in_scope(), declared=True)
+                or f"declare it: `param {n} = ...`",
+            )
         return ir.ParamRef(name=n)  # unresolved: later checks skip it, no cascade
 
     def shape_value(self, e: ast.Name) -> ir.Expr | None:
@@ -407,7 +412,12 @@ class _MethodLowering:
                 f"unknown function `{fname}`",
                 e.func.span,
                 "not in the vocabulary",
-                help=did_you_mean(fname, pool) or f"known: {', '.join(pool[:12])} ...",
+                help=did_you_mean(fname, pool)
+                or (
+                    f"kdspec calls it `{ALIASES[fname.lower()]}`"
+                    if ALIASES.get(fname.lower()) in pool
+                    else f"known: {', '.join(pool[:12])} ..."
+                ),
             )
             # Keep what the call reads (taps, parameters, lets), so that later checks see them
             # used and report nothing else about it: one root cause, one diagnostic.
@@ -534,13 +544,19 @@ class _MethodLowering:
                     base.span,
                     help="taps are read from roles: `s.logits`",
                 )
-            else:
+            elif role not in self.unknown:  # one error per name
+                self.unknown.add(role)
                 self.err(
                     "KD202",
                     f"unknown role `{role}`",
                     base.span,
                     "no such role",
-                    help=did_you_mean(role, [*self.roles, *self.ensembles], declared=True),
+                    help=did_you_mean(role, [*self.roles, *self.ensembles], declared=True)
+                    or (
+                        None
+                        if role in self.defined  # defined as something else: KD201 says so
+                        else f"declare it: `student {role}` (or `teacher {role}`, ...)"
+                    ),
                 )
             return ir.Str(value=role)
         view = None

@@ -275,6 +275,8 @@ def _check_weight(ctx: PassContext, term: ir.Term) -> list[Diagnostic]:
     try:
         values = over_training(term.weight, ctx.method.params)
     except EvalError as exc:
+        if _unresolved(term.weight, ctx.method.params):
+            return []  # an unknown name: KD202 says so already
         return [
             ctx.diag(
                 "KD205",

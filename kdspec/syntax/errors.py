@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +137,30 @@ STATEMENT_KEYWORDS = frozenset(
         "losses",
         "handoff",
     ]
+)
+# The statement keywords in the order a method is usually written (for "expected" lists).
+_STATEMENT_ORDER = (
+    "teacher",
+    "student",
+    "assistant",
+    "peer",
+    "transfer",
+    "supervise",
+    "param",
+    "let",
+    "ensemble",
+    "view",
+    "subset",
+    "stage",
+    "use",
+    "claim",
+    "cite",
+    "train",
+    "freeze",
+    "losses",
+    "handoff",
+    "method",
+    "import",
 )
 MAX_SYNTAX_ERRORS = 20
 _COMMENT = re.compile(r"#[^\n]*")
@@ -310,6 +335,20 @@ def syntax_diagnostic(exc: UnexpectedInput, source: SourceFile, lark: Lark) -> D
     if keywords:
         expected = keywords
     found = _describe_token(token.type, str(token))
+    starts = [w for w in _STATEMENT_ORDER if f"`{w}`" in expected]
+    line_start = text.rfind("\n", 0, start) + 1
+    if token.type == "NAME" and starts and not text[line_start:start].strip(" \t{"):
+        # A word where a statement begins: most likely a misspelled keyword (`studnt`).
+        close = difflib.get_close_matches(str(token), starts, n=1, cutoff=0.6)
+        listed = ", ".join(f"`{w}`" for w in starts)
+        return error(
+            "KD102",
+            f"expected a statement, found {found}",
+            source,
+            span,
+            "not a statement keyword",
+            help=f"did you mean `{close[0]}`?" if close else f"a statement starts with {listed}",
+        )
     good = _matching_example(exc, lark)
     hint = f"for example: `{good}`" if good else None
     if token.type != "NAME" and str(token).isidentifier() and "a name" in expected:

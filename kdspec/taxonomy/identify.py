@@ -36,7 +36,7 @@ from networkx.algorithms import isomorphism
 from kdspec.diagnostics import Severity
 from kdspec.graph import build_graph, types
 from kdspec.ir import models as ir
-from kdspec.ir.canonical import canonicalize
+from kdspec.ir.canonical import canonical_names, canonicalize, fold
 from kdspec.ir.evaluate import EvalError, evaluate, uses_progress
 from kdspec.ir.printer import expr_text
 from kdspec.passes import check_source
@@ -160,7 +160,22 @@ def _skeleton(e: ir.Expr | None, m: ir.Method) -> str:
             return n.model_copy(update={"kwargs": {}})
         return n
 
-    return expr_text(e.transform(anonymize))
+    # Folded again once anonymous: the order of a sum must not follow the names it had.
+    masked = e.transform(anonymize)
+    return expr_text(masked.transform(lambda n: fold(n) if isinstance(n, ir.BinOp) else n))
+
+
+def _named_refs(e: ir.Expr, names: dict[str, str]) -> ir.Expr:
+    """``e`` with the roles of its taps and the lets it reads under their canonical names."""
+
+    def step(n: Any) -> Any:
+        if isinstance(n, ir.Tap):
+            return n.model_copy(update={"role": names.get(n.role, n.role)})
+        if isinstance(n, ir.LetRef):
+            return n.model_copy(update={"name": names.get(n.name, n.name)})
+        return n
+
+    return e.transform(step)
 
 
 def fingerprint(method: ir.Method) -> nx.DiGraph:
@@ -172,6 +187,9 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
     """
     m = canonicalize(method)
     params = m.params
+    # Names inside values (a weight computed from `s.logits`, a let it reads) are compared by
+    # their structural names, so that renaming a role or a let changes no hyperparameter.
+    names = canonical_names(m)
     kg = build_graph(m)
     g = nx.DiGraph(name=m.name)
 
@@ -251,10 +269,11 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
             for c in list(ir.find_all(term.weight, ir.Call, m))
             if FUNCTIONS.get(c.func) is not None and FUNCTIONS[c.func].category == "schedule"
         )
-        hp = [("weight", _value(term.weight, params)), *_call_hp("", term.loss, params)]
+        weight = _named_refs(term.weight, names)
+        hp = [("weight", _value(weight, params)), *_call_hp("", term.loss, params)]
         for call in term.knowledge:
             hp.extend(_call_hp("", call, params))
-        for call in ir.find_all(term.weight, ir.Call, m):
+        for call in ir.find_all(weight, ir.Call):
             hp.extend(_call_hp("weight.", call, params))
         node(
             tid,

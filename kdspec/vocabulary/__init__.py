@@ -6,6 +6,7 @@ table of named functions.
 """
 
 from kdspec.vocabulary.functions import (
+    ALIASES,
     BATCH_RELATION_KINDS,
     CLAIM_DIMENSIONS,
     FUNCTIONS,
@@ -22,6 +23,7 @@ from kdspec.vocabulary.functions import (
 )
 
 __all__ = [
+    "ALIASES",
     "BATCH_RELATION_KINDS",
     "CLAIM_DIMENSIONS",
     "FUNCTIONS",

@@ -773,6 +773,26 @@ CLAIM_DIMENSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Names other libraries give our functions (PyTorch, torchdistill): a KD203 suggests ours.
+ALIASES: dict[str, str] = {
+    "kl_div": "kl",
+    "kldiv": "kl",
+    "kl_divergence": "kl",
+    "kldivloss": "kl",
+    "mse_loss": "mse",
+    "mseloss": "mse",
+    "l1_loss": "l1",
+    "l1loss": "l1",
+    "smooth_l1_loss": "smooth_l1",
+    "huber": "smooth_l1",
+    "cross_entropy_loss": "cross_entropy",
+    "crossentropyloss": "cross_entropy",
+    "ce": "cross_entropy",
+    "cosine_similarity": "cosine",
+    "cosine_loss": "cosine",
+}
+
+
 def by_category(category: str) -> list[str]:
     """Names of the functions of one category, sorted."""
     return sorted(name for name, fn in FUNCTIONS.items() if fn.category == category)

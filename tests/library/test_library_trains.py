@@ -37,6 +37,8 @@ LIBRARY = {
     "crd_kd", "dkd", "reviewkd", "dist", "ofd", "dml", "one", "byot", "ban", "takd",
     "multi_teacher", "cskd", "tfkd_self", "tfkd_reg", "mean_teacher", "tinybert", "distilbert",
     "minilm", "bert_pkd", "semckd", "mgd",
+    # primitives and `def` only (issue 9), checked in tests/reference/test_paper_specs.py
+    "nkd", "wsl", "mlkd", "ctkd", "ttm", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl",
 }  # fmt: skip
 MAX_LINES = 30
 _ARXIV = re.compile(r"arXiv:\d{4}\.\d{4,5}")

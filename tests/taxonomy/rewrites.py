@@ -196,7 +196,7 @@ def distribute_pipeline(m: ir.Method, rng: random.Random) -> ir.Method:
 def _spell(v: float, rng: random.Random) -> ir.Expr:
     """Another spelling of the number ``v``."""
     choice = rng.randrange(4)
-    if choice == 0:
+    if choice == 0 and (v * 10) / 10 == v:  # exact spellings only: a rewrite keeps the value
         return ir.BinOp(op="/", left=ir.Num(value=v * 10), right=ir.Num(value=10.0))
     if choice == 1 and (v + 1) - 1 == v:  # (1e-7 + 1) - 1 is not 1e-7 in floating point
         return ir.BinOp(op="-", left=ir.Num(value=v + 1), right=ir.Num(value=1.0))

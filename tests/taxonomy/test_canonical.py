@@ -6,7 +6,7 @@ import doctest
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rewrites import EDITS, PRESERVING
 from taxonomy_cases import library_names, library_text, lower_text, rename_and_reorder
@@ -132,6 +132,7 @@ def test_library_methods_are_pairwise_different() -> None:
     steps=st.lists(st.sampled_from(sorted(PRESERVING)), min_size=1, max_size=4),
     seed=st.integers(0, 10**6),
 )
+@example(name="dist", steps=["let", "values", "values"], seed=5)
 def test_meaning_preserving_rewrites_are_equal(name: str, steps: list[str], seed: int) -> None:
     rng = random.Random(seed)
     m = LIBRARY[name]

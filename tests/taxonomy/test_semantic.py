@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rewrites import EDITS, PRESERVING
 from taxonomy_cases import library_names, library_text, lower_text
@@ -36,6 +36,8 @@ def _rewrite(name: str, steps: list[str], seed: int):  # type: ignore[no-untyped
     steps=st.lists(st.sampled_from(sorted(PRESERVING)), min_size=1, max_size=4),
     seed=st.integers(0, 10**6),
 )
+@example(name="pkt", steps=["pipeline", "reorder", "values", "values"], seed=1)
+@example(name="one", steps=["rename"], seed=0)
 def test_rewrites_keep_identify_exact_taxonomy_and_an_empty_diff(
     name: str, steps: list[str], seed: int
 ) -> None:
