@@ -7,9 +7,54 @@ people as 1-based ``line:col`` (the convention of lark, CPython and rustc).
 from __future__ import annotations
 
 import bisect
+import errno
+import os
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+
+MAX_SOURCE_BYTES = 4 * 1024 * 1024
+"""The largest spec file read (the library's largest spec is under 4 KB)."""
+
+
+def read_regular_file(path: str | Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes.
+
+    Opened without blocking (a FIFO would block forever) and checked with ``fstat`` on the open
+    file (no race between the check and the read); devices, FIFOs and folders are refused.
+    """
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except ValueError:  # a NUL character in the path
+        raise OSError(errno.EINVAL, "the path contains a NUL character") from None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or socket)")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than the limit of {limit:,} bytes")
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # grew since fstat, or a /proc-like file that reports size 0
+        raise OSError(errno.EFBIG, f"larger than the limit of {limit:,} bytes")
+    return data
+
+
+def decode_source(data: bytes) -> str:
+    """UTF-8 text of a spec (an optional BOM is dropped); other encodings are refused."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = data[: exc.start]
+        line = bad.count(b"\n") + 1
+        col = exc.start - (bad.rfind(b"\n") + 1) + 1
+        raise OSError(
+            errno.EILSEQ,
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, byte {col}); "
+            "save the file as UTF-8",
+        ) from None
 
 
 @dataclass(frozen=True, order=True)
@@ -33,9 +78,14 @@ class SourceFile:
 
     @classmethod
     def read(cls, path: str | Path) -> SourceFile:
-        """Read a file as UTF-8 (undecodable bytes are replaced, never fatal)."""
-        data = Path(path).read_bytes()
-        return cls(str(path), data.decode("utf-8", errors="replace"))
+        """Read a spec file: a regular file of at most MAX_SOURCE_BYTES, in UTF-8 (a BOM is
+        dropped).
+
+        Raises:
+            OSError: the file cannot be read, is not a regular file (a FIFO, ``/dev/zero``), is
+                too large or is not UTF-8; ``strerror`` says which, without quoting the file.
+        """
+        return cls(str(path), decode_source(read_regular_file(path, MAX_SOURCE_BYTES)))
 
     @cached_property
     def _line_starts(self) -> list[int]:

@@ -44,7 +44,27 @@ def main() -> int:
     )
     print(f"`kdspec check specs/` wall:  {wall:.3f} s (fresh process, exit {proc.returncode})")
     print(f"torch imported:              {torch_loaded}")
+    small, large = _scaling(1000), _scaling(4000)
+    print(
+        f"1,000 / 4,000 terms + claims: {small:.2f} / {large:.2f} CPU s "
+        f"(ratio {large / small:.1f}; linear is 4, quadratic 16)"
+    )
     return 0 if not torch_loaded and proc.returncode == cold.returncode == 0 else 1
+
+
+def _scaling(terms: int) -> float:
+    """CPU seconds to check a generated spec with ``terms`` terms and a claim per dimension."""
+    from kdspec.api import check_source
+    from kdspec.source import SourceFile
+
+    body = "\n".join(
+        f"  transfer k{i}: softmax(T=4) from t.logits to s.logits with kl" for i in range(terms)
+    )
+    claims = "claim scheme = offline claim knowledge = response claim stages = single"
+    text = f"method m {{\n  teacher t\n  student s\n{body}\n  {claims}\n}}\n"
+    start = time.process_time()
+    check_source(SourceFile("gen.kd", text))
+    return time.process_time() - start
 
 
 if __name__ == "__main__":

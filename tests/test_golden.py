@@ -163,6 +163,7 @@ NOT_FROM_SPECS = {
     "KD210": "asking the API for a method the file lacks (tests/cli)",
     "KD503": "a non-finite loss during training (tests/cli/test_cli_train.py)",
     "KD504": "a Distiller not told where training is (tests/runtime/test_own_loop.py)",
+    "KD505": "unwritable run folders and caches (tests/security/test_train_files.py)",
     "KD601": "a torchdistill config setting (tests/interop/test_torchdistill_import.py)",
     "KD602": "an unreadable torchdistill config (tests/interop/test_torchdistill_import.py)",
     "KD603": "a method kdspec export cannot write out (tests/compiler/test_eject.py)",

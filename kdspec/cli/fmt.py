@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -18,12 +19,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace a file's text without ever leaving it half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Replace a file's text without ever leaving it half-written.
+
+    A symlink is written through (its target changes, the link stays a link) and the file
+    keeps its permission bits; the new text goes to a fresh ``mkstemp`` file beside the target
+    (never a predictable name) and is renamed over it.
+    """
+    target = Path(os.path.realpath(path))
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:  # a new file: what open() would give it
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -31,7 +45,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kdspec.api import read_source, spec_files
-    from kdspec.diagnostics import Diagnostic
+    from kdspec.diagnostics import Diagnostic, error
     from kdspec.syntax import try_parse
     from kdspec.syntax.fmt import format_module
 
@@ -54,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
         if args.check:
             print(f"would reformat {path}")
         else:
-            write_atomically(Path(path), text)
+            try:
+                write_atomically(Path(path), text)
+            except OSError as exc:  # a read-only file or folder: the file is left as it was
+                diags.append(error("KD105", f"cannot write `{path}`: {exc.strerror or exc}", None))
+                continue
             print(f"reformatted {path}")
     code = report(diags)
     if args.check and changed:

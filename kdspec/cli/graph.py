@@ -32,6 +32,7 @@ def _legend(kg: object) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from kdspec.api import load_method
+    from kdspec.diagnostics import KdError, error
     from kdspec.graph import build_graph
     from kdspec.graph.export import to_dot, to_json, to_mermaid
 
@@ -47,12 +48,16 @@ def run(args: argparse.Namespace) -> int:
             )
         if not args.output:
             raise UsageError(f"--format {args.format} writes a binary file: give -o FILE")
-        subprocess.run(
+        done = subprocess.run(
             [dot, f"-T{args.format}", "-o", args.output],
             input=to_dot(kg, legend),
             text=True,
-            check=True,
+            capture_output=True,
         )
+        if done.returncode != 0:
+            raise KdError(
+                [error("KD505", f"`dot` could not write `{args.output}`: {done.stderr.strip()}")]
+            )
         print(f"wrote {args.output}")
         return 0
     text = {
@@ -61,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
         "json": lambda: to_json(kg),
     }[args.format]()
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise KdError(
+                [error("KD505", f"cannot write `{args.output}`: {exc.strerror or exc}")]
+            ) from None
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text)

@@ -43,14 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"kdspec.cli.{name}").add_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--import-root",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="also allow spec `import`s from DIR (default: the spec's folder and the library)",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; never lets a Python traceback reach the user."""
-    from kdspec.cli.common import UsageError, report
-    from kdspec.diagnostics import KdError
-
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -59,6 +64,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    if not getattr(args, "import_root", None):
+        return _run(args)
+    from pathlib import Path
+
+    from kdspec.ir.lower import IMPORT_ROOTS
+
+    token = IMPORT_ROOTS.set(tuple(Path(p) for p in args.import_root))
+    try:  # the roots hold for this command only (main may be called again in-process)
+        return _run(args)
+    finally:
+        IMPORT_ROOTS.reset(token)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run a parsed command; diagnostics, usage and internal errors become exit codes."""
+    from kdspec.cli.common import UsageError, report
+    from kdspec.diagnostics import KdError
+
     try:
         return int(args.run(args))
     except KdError as exc:

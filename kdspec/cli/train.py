@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from kdspec.cli.common import UsageError, parse_overrides
+from kdspec.diagnostics import KdError, error
 
 EPILOG = """examples:
   kdspec train specs/hinton.kd
@@ -65,6 +65,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "submodules); also KDSPEC_ALLOW_IMPORT or ~/.config/kdspec/config.toml. "
         "A run file cannot allow imports",
     )
+    p.add_argument(
+        "--on-nonfinite",
+        choices=["stop", "skip"],
+        default="stop",
+        help="at a NaN/inf loss: stop with KD503 (default) or skip the batch and count it",
+    )
     p.add_argument("--cache-dir", help="teacher cache (default: $KDSPEC_CACHE or ~/.cache/kdspec)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -90,8 +96,10 @@ def load_job(args: argparse.Namespace, spec: str, *, with_params: bool = True) -
     run = load_run(args.run_file) if args.run_file else default_run()
     updates: dict[str, Any] = {}
     if args.epochs is not None:
-        if args.epochs < 1:
-            raise UsageError("--epochs must be at least 1")
+        from kdspec.runtime.runfile import MAX_EPOCHS
+
+        if not 1 <= args.epochs <= MAX_EPOCHS:
+            raise UsageError(f"--epochs must be between 1 and {MAX_EPOCHS:,}")
         updates["epochs"] = args.epochs
     if args.seed is not None:
         updates["seed"] = args.seed
@@ -129,6 +137,7 @@ def job_options(args: argparse.Namespace) -> tuple[Any, Any]:
         device=args.device,
         log=(lambda m: None) if args.quiet else _log,
         callbacks=observers,
+        on_nonfinite=getattr(args, "on_nonfinite", "stop"),
     )
     return opts, progress
 
@@ -165,15 +174,36 @@ def close_progress(progress: Any) -> None:
 
 
 def _out_dir(args: argparse.Namespace, method: str) -> Path:
+    """The run folder: never one that already holds files, unless resuming it.
+
+    ``--out DIR`` that is a new or empty folder is used as is; one that holds files gets a
+    unique sub-folder (the user's files are never overwritten or deleted); a file is KD505.
+    Without ``--out`` each run gets its own new ``runs-out/<method>-<time>[-n]`` folder.
+    """
+    from kdspec.runtime.files import check_writable, fresh_folder
+
     if args.out:
-        return Path(args.out)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise KdError(
+                [error("KD505", f"--out `{out}` is a file, not a folder", help="name a folder")]
+            )
+        if args.resume:
+            check_writable(out)
+            return out
+        if out.is_dir() and any(out.iterdir()):
+            sub = fresh_folder(out, method)
+            print(f"--out `{out}` already holds files: writing this run to `{sub}`")
+            return sub
+        check_writable(out)
+        return out
     base = Path("runs-out")
     if args.resume:
         found = sorted(base.glob(f"{method}-*"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise UsageError(f"--resume: no earlier run of `{method}` in {base}/; pass --out DIR")
         return found[-1]
-    return base / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return fresh_folder(base, method)
 
 
 def _value_text(metric: str) -> Any:
@@ -195,6 +225,7 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdspec.runtime.files import write_failure
     from kdspec.runtime.job import (
         baseline_role,
         check_role_keys,
@@ -215,6 +246,15 @@ def run(args: argparse.Namespace) -> int:
         base = None
         if want_baseline:
             base = train_baseline(prep, out / "baseline", resume=args.resume, opts=opts)
+    except OSError as exc:  # a folder made read-only or a disk filled up mid-run
+        ckpt = out / "checkpoint.pt"
+        kept = (
+            f"the last good checkpoint is kept in `{ckpt}`: rerun with `--resume` when the "
+            "disk has room"
+            if ckpt.is_file()
+            else None
+        )
+        raise write_failure(exc, "run outputs", out, kept=kept) from None
     finally:
         close_progress(progress)
 
@@ -263,11 +303,15 @@ def run(args: argparse.Namespace) -> int:
     for role, info in prep.teachers.items():
         if "cache" in info:
             how = "reused from" if info.get("reused") else "pre-trained now, cached in"
+            if info.get("replaced"):  # said even with --quiet: a corrupt entry was retrained
+                how = f"the cache entry was not reused ({info['replaced']}); {how}"
             print(f"teacher {role}: {how} {info['cache']}")
         elif "weights" in info:
             print(f"teacher {role}: weights from {info['weights']} (not pre-trained)")
         else:
             print(f"teacher {role}: trained weights from its source, used as is (not pre-trained)")
+    if summary.get("skipped_nonfinite"):
+        print(f"skipped {summary['skipped_nonfinite']} batches with a non-finite loss")
     print(f"run folder: {out}")
     print(f"curves: {out / 'curves.png'}")
     return 0

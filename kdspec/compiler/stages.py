@@ -74,13 +74,54 @@ def plan_stages(plans: Sequence[Any], total_epochs: float, steps_per_epoch: int)
         )
     share = max(0.0, total_epochs - used) / open_reps if open_reps else 0.0
     out = []
+    short: list[str] = []
     for i, p in enumerate(plans):
         epochs = fixed.get(i, share)
+        if int(p.repeat) > 1 and epochs * steps_per_epoch < 1 and p.unit != "steps":
+            short.append(p.name)
         steps = max(1, round(epochs * steps_per_epoch))
         if p.unit == "steps" and p.duration is not None:
             steps = max(1, int(p.duration))
         out.append(StageRun(i, p.name, steps / steps_per_epoch, steps, max(1, int(p.repeat))))
+    _check_budget(out, short, total_epochs, steps_per_epoch)
     return out
+
+
+MAX_TOTAL_STEPS = 100_000_000
+"""More optimisation steps than any real run takes: a larger plan is a typo (`repeat 1e6`)."""
+
+
+def _check_budget(
+    stages: list[StageRun], short: list[str], total_epochs: float, steps_per_epoch: int
+) -> None:
+    """KD207 before training when repeats do not fit the run or the plan is absurdly long.
+
+    Every repetition of a stage runs at least one step, so ``repeat 40`` on a run of 19 steps
+    would silently train 40 steps (and evaluate 40 times): refused instead.
+    """
+    problems = [
+        f"stage `{s.name}` repeats {s.repeat:,} times, but its share of the run is less than "
+        "one step per repetition"
+        for s in stages
+        if s.name in short
+    ]
+    total = sum(s.steps * s.repeat for s in stages)
+    if total > MAX_TOTAL_STEPS:
+        problems.append(
+            f"the plan has {total:,} optimisation steps, more than the {MAX_TOTAL_STEPS:,} allowed"
+        )
+    if problems:
+        raise KdError(
+            [
+                error(
+                    "KD207",
+                    text,
+                    help=f"the run has {total_epochs:g} epochs of {steps_per_epoch} steps; lower "
+                    "the repeat count (`--param`) or train longer",
+                )
+                for text in problems
+            ]
+        )
 
 
 @dataclass

@@ -13,6 +13,11 @@ CODES: dict[str, tuple[str, str]] = {
     "KD103": ("unexpected end of file", "The file ended inside a method or statement."),
     "KD104": ("malformed syntax tree", "The parse tree could not be turned into a syntax tree."),
     "KD105": ("unreadable file", "A spec file or an imported file could not be read."),
+    "KD106": (
+        "nesting too deep",
+        "An expression is nested deeper than the parser's limit (100 levels); split it with "
+        "`let` or `param`.",
+    ),
     "KD201": ("duplicate definition", "A name is defined twice in the same method."),
     "KD202": ("unknown name", "A name refers to no parameter, role, view, subset, let or term."),
     "KD203": ("unknown function", "A knowledge transform, loss, adapter or schedule is unknown."),
@@ -125,6 +130,10 @@ CODES: dict[str, tuple[str, str]] = {
         "called without knowing where training is. Iterate `distiller.stages(loader, "
         "epochs=...)` and its batches, which runs the stages and schedules as `kdspec train` "
         "does, or pass `progress=Progress.at(step, steps_per_epoch, stage_steps)`.",
+    ),
+    "KD505": (
+        "cannot write outputs",
+        "A run folder or the teacher cache is not writable, is a file, or the disk is full.",
     ),
     "KD601": (
         "not translatable",

@@ -28,21 +28,41 @@ _LEGEND = [
 ]
 
 
-def _label(node: str, data: dict[str, object]) -> str:
+def _label(node: str, data: dict[str, object]) -> list[str]:
+    """The lines of a node's label, as plain text (each format escapes them its own way)."""
     kind = data.get("type")
     if kind == "role":
-        return f"{data['kind']} {data['name']}\\n({data['mode']})"
+        return [f"{data['kind']} {data['name']}", f"({data['mode']})"]
     if kind == "tap":
-        return str(data["text"])
+        return [str(data["text"])]
     if kind == "knowledge":
-        return f"{data['term']}: {data['kind']}"
+        return [f"{data['term']}: {data['kind']}"]
     if kind == "loss":
-        return f"{data['term']}\\n{data['func']}"
+        return [str(data["term"]), str(data["func"])]
     if kind == "adapter":
-        return str(data["func"])
+        return [str(data["func"])]
     if kind == "stage":
-        return f"stage {data['name']}"
-    return node.split(":", 1)[-1]
+        return [f"stage {data['name']}"]
+    return [node.split(":", 1)[-1]]
+
+
+def _dot(text: str) -> str:
+    """Text inside a DOT double-quoted string: quotes, backslashes and line breaks escaped
+    (a tap's quoted module path is user text and must not end the string)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "")
+
+
+def _mermaid(text: str) -> str:
+    """Text inside a Mermaid label: characters with a meaning there as entity codes."""
+    for char, code in (
+        ("#", "#35;"),
+        ('"', "#quot;"),
+        ("|", "#124;"),
+        ("<", "#lt;"),
+        (">", "#gt;"),
+    ):
+        text = text.replace(char, code)
+    return text.replace("\n", " ")
 
 
 def _edge_label(data: dict[str, object]) -> str:
@@ -63,14 +83,15 @@ def to_dot(kg: KdGraph, legend: str | None = None) -> str:
     lines = [f'digraph "{kg.method.name}" {{', "  rankdir=LR;", '  node [fontname="Helvetica"];']
     for node, data in kg.g.nodes(data=True):
         shape = _SHAPES.get(str(data.get("type")), "box")
-        lines.append(f'  {ids[node]} [label="{_label(node, data)}", shape={shape}];')
+        label = "\\n".join(_dot(line) for line in _label(node, data))
+        lines.append(f'  {ids[node]} [label="{label}", shape={shape}];')
     for u, v, data in kg.g.edges(data=True):
-        label = _edge_label(data)
+        label = _dot(_edge_label(data))
         style = ', style=bold, color="#c0392b"' if data.get("type") == "teaches" else ""
         attr = f' [label="{label}"{style}]' if label else ""
         lines.append(f"  {ids[u]} -> {ids[v]}{attr};")
     if legend:
-        text = legend.replace('"', "'").replace("\n", "\\l")
+        text = "\\l".join(_dot(line) for line in legend.split("\n"))
         lines.append(f'  legend [shape=plaintext, label="{text}\\l"];')
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -81,14 +102,14 @@ def to_mermaid(kg: KdGraph, legend: str | None = None) -> str:
     ids = _ids(kg)
     lines = ["flowchart LR"]
     for node, data in kg.g.nodes(data=True):
-        label = _label(node, data).replace("\\n", "<br/>").replace('"', "'")
+        label = "<br/>".join(_mermaid(line) for line in _label(node, data))
         lines.append(f'  {ids[node]}["{label}"]')
     for u, v, data in kg.g.edges(data=True):
-        label = _edge_label(data)
+        label = _mermaid(_edge_label(data))
         arrow = "==>" if data.get("type") == "teaches" else "-->"
         lines.append(f"  {ids[u]} {arrow}{f'|{label}|' if label else ''} {ids[v]}")
     if legend:
-        lines.append("  %% " + legend.replace("\n", "; "))
+        lines.append("  %% " + legend.replace("\r", "").replace("\n", "; "))
     return "\n".join(lines) + "\n"
 
 

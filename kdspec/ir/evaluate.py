@@ -34,6 +34,10 @@ class EvalError(ValueError):
     """An expression is not a number (e.g. a tap used where a weight is expected)."""
 
 
+class NumericError(EvalError):
+    """Arithmetic without a finite result: overflow, division by zero, `(-8)^0.5`."""
+
+
 @dataclass(frozen=True)
 class Progress:
     """Where training is, for schedules: epoch (fractional) within the stage, and its length.
@@ -57,7 +61,7 @@ def uses_progress(e: ir.Expr | None, params: Mapping[str, ir.Expr], _depth: int 
 
     In a numeric expression every call is a schedule (anything else fails to evaluate).
     """
-    if e is None or _depth > 50:
+    if e is None or _depth > 400:  # deeper than the parser and `evaluate` allow
         return False
     if isinstance(e, ir.Call):
         return True
@@ -109,46 +113,70 @@ def at_progress(value: Any, progress: Progress | None) -> Any:
 
 
 def evaluate(
-    e: ir.Expr, params: dict[str, ir.Expr], progress: Progress | None = None, _depth: int = 0
+    e: ir.Expr,
+    params: dict[str, ir.Expr],
+    progress: Progress | None = None,
+    _depth: int = 0,
+    _hops: int = 0,
 ) -> float | str | list[object]:
     """The value of a constant expression, with schedules evaluated at ``progress``.
 
     Without ``progress`` a schedule evaluates to its largest value (used for static checks).
     """
-    if _depth > 50:
-        raise EvalError("parameters refer to each other in a cycle")
+    if _depth > 400:  # the parser bounds one expression; parameters chain them
+        raise EvalError("the expression, with its parameters inlined, is nested too deeply")
     if isinstance(e, ir.Num):
-        return e.value
+        return _finite(e.value)
     if isinstance(e, ir.Str):
         return e.value
     if isinstance(e, ir.ParamRef):
         if e.name not in params:
             raise EvalError(f"unknown parameter `{e.name}`")
-        return evaluate(params[e.name], params, progress, _depth + 1)
+        if _hops > 50:
+            raise EvalError("parameters refer to each other in a cycle")
+        return evaluate(params[e.name], params, progress, _depth + 1, _hops + 1)
     if isinstance(e, ir.ListE):
-        return [evaluate(i, params, progress, _depth + 1) for i in e.items]
+        return [evaluate(i, params, progress, _depth + 1, _hops) for i in e.items]
     if isinstance(e, ir.Neg):
-        return -_num(evaluate(e.operand, params, progress, _depth + 1))
+        return -_num(evaluate(e.operand, params, progress, _depth + 1, _hops))
     if isinstance(e, ir.BinOp):
-        a = _num(evaluate(e.left, params, progress, _depth + 1))
-        b = _num(evaluate(e.right, params, progress, _depth + 1))
-        if e.op == "+":
-            return a + b
-        if e.op == "-":
-            return a - b
-        if e.op == "*":
-            return a * b
-        if e.op == "/":
-            if b == 0:
-                raise EvalError("division by zero")
-            return a / b
-        if e.op in _COMPARE:
-            return 1.0 if _COMPARE[e.op](a, b) else 0.0
-        return float(a**b)
+        a = _num(evaluate(e.left, params, progress, _depth + 1, _hops))
+        b = _num(evaluate(e.right, params, progress, _depth + 1, _hops))
+        return _finite(_arith(e.op, a, b))
     if isinstance(e, ir.Call):
-        kw = {k: evaluate(v, params, progress, _depth + 1) for k, v in e.kwargs.items()}
+        kw = {k: evaluate(v, params, progress, _depth + 1, _hops) for k, v in e.kwargs.items()}
         return schedule_value(e.func, kw, progress)
     raise EvalError(f"`{type(e).__name__}` is not a number")
+
+
+def _arith(op: str, a: float, b: float) -> float:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    if op == "/":
+        if b == 0:
+            raise NumericError("division by zero")
+        return a / b
+    if op in _COMPARE:
+        return 1.0 if _COMPARE[op](a, b) else 0.0
+    if a == 0 and b < 0:
+        raise NumericError("zero raised to a negative power")
+    if a < 0 and not b.is_integer():
+        raise NumericError(f"a negative number raised to the fractional power {b:g}")
+    try:
+        return float(a**b)
+    except OverflowError:
+        raise NumericError("the result is too large (overflow)") from None
+
+
+def _finite(v: float) -> float:
+    """Every value a spec computes is finite: `1e400` or `2^2^2^2^2^2` is an error, not inf."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise NumericError("the value is not finite (too large for a float)")
+    return v
 
 
 def _num(v: object) -> float:

@@ -7,7 +7,10 @@ argument becomes a diagnostic and a placeholder in the IR, so later passes still
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +234,15 @@ class _MethodLowering:
             return (*path, *more) if path is not None else None
 
         if isinstance(e, ast.Number):
+            if not math.isfinite(e.value):
+                self.err(
+                    "KD205",
+                    f"the number `{_shorten(e.text, 40)}` is too large for a float",
+                    e.span,
+                    "overflows to infinity",
+                    help="numbers must be finite (at most about 1.8e308)",
+                )
+                return ir.Num(value=1.0)  # a placeholder inside every range: one error, not two
             return ir.Num(value=float(e.value))
         if isinstance(e, ast.String):
             return ir.Str(value=e.value)
@@ -1182,15 +1194,50 @@ class _Inliner:
         return e
 
 
+IMPORT_ROOTS: ContextVar[tuple[Path, ...]] = ContextVar("IMPORT_ROOTS", default=())
+"""Folders the person running kdspec allowed imports from (``--import-root``), besides the
+spec's own folder and the library. Set by the command line, never by a file being read."""
+
+_LIBRARY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    text = text.replace("\0", "\\0")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def resolve_import(value: str, source: SourceFile, library: Path | None) -> Path | str:
+    """The real path of an `import` (symlinks resolved), or why it is refused.
+
+    An import must name a file inside an allowed root: the importing spec's folder, the
+    method library, or a folder given with ``--import-root``. Symlinks are resolved before the
+    check, so a link cannot lead out of a root.
+    """
+    if "\0" in value:
+        return "the path contains a NUL character"
+    try:
+        base = Path(source.name).parent.resolve()
+        path = (base / value).resolve()
+        roots = [base, *(r.resolve() for r in IMPORT_ROOTS.get())]
+        if library is not None:
+            roots.append(library.resolve())
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a name too long
+        return getattr(exc, "strerror", None) or "the path cannot be resolved"
+    if not any(path.is_relative_to(root) for root in roots):
+        return "outside the spec's folder, the library and every --import-root"
+    return path
+
+
 def make_finder(module: ast.Module, source: SourceFile, library: Path | None) -> MethodFinder:
     """Find methods for `use`: this file first, then its imports, then the library."""
     from kdspec.syntax import try_parse
 
     local = {m.name.name: (m, source) for m in module.methods}
     imported: dict[str, tuple[ast.Method, SourceFile]] = {}
-    base = Path(source.name).parent
     for imp in module.imports:
-        path = (base / imp.path.value).resolve()
+        path = resolve_import(imp.path.value, source, library)
+        if isinstance(path, str):
+            continue
         try:
             other_src = SourceFile.read(path)
         except OSError:
@@ -1208,37 +1255,52 @@ def make_finder(module: ast.Module, source: SourceFile, library: Path | None) ->
             return local[name]
         if name in imported:
             return imported[name]
-        if library is not None:
-            path = library / f"{name}.kd"
-            if path.is_file():
-                lib_src = SourceFile.read(path)
-                lib, _ = try_parse(lib_src)
-                if lib is not None:
-                    for m in lib.methods:
-                        if m.name.name == name:
-                            return m, lib_src
-                    if lib.methods:
-                        return lib.methods[0], lib_src
+        if library is not None and _LIBRARY_NAME.fullmatch(name):
+            try:
+                lib_src = SourceFile.read(library / f"{name}.kd")
+            except OSError:
+                return None
+            lib, _ = try_parse(lib_src)
+            if lib is not None:
+                for m in lib.methods:
+                    if m.name.name == name:
+                        return m, lib_src
+                if lib.methods:
+                    return lib.methods[0], lib_src
         return None
 
     return find
 
 
-def check_imports(module: ast.Module, source: SourceFile) -> list[Diagnostic]:
+def check_imports(
+    module: ast.Module, source: SourceFile, library: Path | None = None
+) -> list[Diagnostic]:
     """KD105 for every import that cannot be read or parsed."""
     from kdspec.syntax import try_parse
 
     diags = []
-    base = Path(source.name).parent
     for imp in module.imports:
-        path = base / imp.path.value
+        path = resolve_import(imp.path.value, source, library)
+        if isinstance(path, str):  # refused before it is opened: nothing of it is ever quoted
+            diags.append(
+                error(
+                    "KD105",
+                    f"import `{_shorten(imp.path.value)}` is not allowed",
+                    source,
+                    imp.path.span,
+                    path,
+                    help="imports resolve inside the spec's folder and the method library; "
+                    "allow another folder with `--import-root DIR`",
+                )
+            )
+            continue
         try:
             other_src = SourceFile.read(path)
         except OSError as exc:
             diags.append(
                 error(
                     "KD105",
-                    f"cannot read imported file `{imp.path.value}`",
+                    f"cannot read imported file `{_shorten(imp.path.value)}`",
                     source,
                     imp.path.span,
                     exc.strerror or "unreadable",
@@ -1268,8 +1330,8 @@ def lower_module(
         The lowered methods and every diagnostic found while lowering.
     """
     finder = make_finder(module, source, library)
-    diags = check_imports(module, source)
-    defs = DefTable.for_module(module, source)
+    diags = check_imports(module, source, library)
+    defs = DefTable.for_module(module, source, library)
     out = []
     for m in module.methods:
         lowering = _MethodLowering(m, source, finder, dict(overrides or {}), (), defs)
@@ -1395,15 +1457,19 @@ class DefTable:
         self.local: set[str] = set()  # defined in the checked file itself
 
     @classmethod
-    def for_module(cls, module: ast.Module, source: SourceFile) -> DefTable:
+    def for_module(
+        cls, module: ast.Module, source: SourceFile, library: Path | None = None
+    ) -> DefTable:
         table = cls()
         for path in _prelude_files():
             found, errs = _module_defs(path)
             table.asts.update(found)
             table.diags.extend(errs)
-        base = Path(source.name).parent
         for imp in module.imports:
-            found, _ = _module_defs((base / imp.path.value).resolve())
+            target = resolve_import(imp.path.value, source, library)
+            if isinstance(target, str):  # refused (KD105 from check_imports): never read
+                continue
+            found, _ = _module_defs(target)
             table.asts.update(found)
         for fn in module.functions:
             name = fn.name.name

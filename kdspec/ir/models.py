@@ -7,8 +7,9 @@ by meaning only. ``Method.model_json_schema()`` is the published JSON Schema of 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -282,6 +283,26 @@ class Claim(_Node):
     values: tuple[str, ...]
 
 
+_INDEXES: OrderedDict[int, tuple[tuple[Any, ...], dict[str, Any]]] = OrderedDict()
+
+
+def _by_name(items: tuple[Any, ...]) -> dict[str, Any]:
+    """A name -> first item index of a tuple, cached by the tuple's identity: a lookup per term
+    stays O(1), so passes that look up every term are linear, not quadratic, in the terms."""
+    key = id(items)
+    hit = _INDEXES.get(key)
+    if hit is not None and hit[0] is items:
+        _INDEXES.move_to_end(key)
+        return hit[1]
+    index: dict[str, Any] = {}
+    for item in items:
+        index.setdefault(item.name, item)
+    _INDEXES[key] = (items, index)  # holding the tuple keeps its id from being reused
+    if len(_INDEXES) > 64:
+        _INDEXES.popitem(last=False)
+    return index
+
+
 class Method(_Node):
     """A whole KD method, architecture-agnostic."""
 
@@ -306,19 +327,19 @@ class Method(_Node):
 
     def role(self, name: str) -> Role | None:
         """The role called ``name``, if any."""
-        return next((r for r in self.roles if r.name == name), None)
+        return _by_name(self.roles).get(name)
 
     def term(self, name: str) -> Term | None:
         """The term called ``name``, if any."""
-        return next((t for t in self.terms if t.name == name), None)
+        return _by_name(self.terms).get(name)
 
     def let(self, name: str) -> Let | None:
         """The ``let`` binding called ``name``, if any."""
-        return next((x for x in self.lets if x.name == name), None)
+        return _by_name(self.lets).get(name)
 
     def ensemble(self, name: str) -> Ensemble | None:
         """The ensemble called ``name``, if any."""
-        return next((x for x in self.ensembles if x.name == name), None)
+        return _by_name(self.ensembles).get(name)
 
     def expressions(self) -> Iterator[Expr]:
         """Every top-level expression of the method (walk each one for all the nodes)."""

@@ -400,6 +400,10 @@ class _Branches(nn.Module):
         return [head(xs[0]) for head in self.heads]
 
 
+MAX_BRANCHES = 256  # ONE uses 3; thousands would take minutes to build and never train
+MAX_WIDTH = 1 << 14
+
+
 def _branches(
     inputs: list[list[Tensor]],
     hint: list[Shape] | None,
@@ -417,8 +421,10 @@ def _branches(
     c = _maps("branches", tuple(inputs[0][0].shape[1:]), "the trunk feature")[0]
     if ctx.num_classes is None:
         raise _fail("branches", "the number of classes is unknown")
-    if int(n) < 1:
-        raise _fail("branches", f"needs n >= 1, got {n}")
+    if not 1 <= int(n) <= MAX_BRANCHES:
+        raise _fail("branches", f"needs 1 <= n <= {MAX_BRANCHES}, got {n}")
+    if width is not None and not 1 <= int(width) <= MAX_WIDTH:
+        raise _fail("branches", f"needs 1 <= width <= {MAX_WIDTH}, got {width}")
     return _Branches(c, int(width or c), int(n), ctx.num_classes)
 
 

@@ -68,9 +68,22 @@ def check_source(
         return [], diags
     if not module.methods and not module.functions:  # a file of defs is a function library
         return [], [error("KD210", "the file defines no method", source)]
-    lowered, diags = lower_module(module, source, overrides, library or library_dir())
-    for low in lowered:
-        diags.extend(run_passes(low, extra))
+    try:
+        lowered, diags = lower_module(module, source, overrides, library or library_dir())
+        for low in lowered:
+            diags.extend(run_passes(low, extra))
+    except RecursionError:
+        # Each expression is at most MAX_NESTING deep, but `use` inlines one method's
+        # parameters into another's: a chain of uses can compose them past Python's stack.
+        return [], [
+            error(
+                "KD106",
+                "expressions nest too deeply once `use` inlines methods into each other",
+                source,
+                module.span,
+                help="pass plain values to used methods, or split expressions with `let`",
+            )
+        ]
     unique = {(d.code, d.message, d.span): d for d in diags}
     return list(lowered), sorted(unique.values(), key=lambda d: d.sort_key())
 

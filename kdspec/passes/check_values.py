@@ -5,22 +5,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kdspec.diagnostics import Diagnostic
+from kdspec.diagnostics import Diagnostic, Severity
 from kdspec.graph import types
 from kdspec.ir import models as ir
-from kdspec.ir.evaluate import EvalError, Progress, evaluate, uses_progress
+from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses_progress
 from kdspec.ir.lower import did_you_mean
 from kdspec.ir.printer import expr_text
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS, Param
 from kdspec.vocabulary.axes import AXES
 
+MIN_TEMPERATURE = 1e-3  # below this, logits / T overflow float32 for ordinary logits
+# Sizes whose cost grows fast: ONE's branches are whole sub-networks (thousands take minutes to
+# build); the same caps hold at compile time (kdspec.ops.components).
+SIZE_CAPS = {("branches", "n"): 256, ("branches", "width"): 1 << 14}
+MAX_SIZE = 10_000_000  # sizes (dims, heads, negatives): larger is a typo that would exhaust memory
+
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "positive": (lambda v: v > 0, "must be > 0"),
     "nonneg": (lambda v: v >= 0, "must be >= 0"),
     "unit": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
     "int": (lambda v: float(v).is_integer(), "must be a whole number"),
-    "posint": (lambda v: float(v).is_integer() and v > 0, "must be a whole number > 0"),
+    "posint": (
+        lambda v: float(v).is_integer() and 0 < v <= MAX_SIZE,
+        f"must be a whole number > 0 and at most {MAX_SIZE:,}",
+    ),
 }
 
 
@@ -117,6 +126,11 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
             continue
         try:
             values = over_training(value, params)
+        except NumericError as exc:
+            out.append(
+                ctx.diag("KD205", f"`{call.func}`'s `{name}`: {exc}", path, f"`{name}` here")
+            )
+            continue
         except EvalError:
             if _unresolved(value, params):
                 continue  # an unknown name: KD202 says so already
@@ -153,6 +167,33 @@ def _check_call(ctx: PassContext, call: ir.Call, path: tuple[object, ...]) -> li
                         + (" during training" if len(values) > 1 else ""),
                         path,
                         f"`{name}` = {v:g}",
+                    )
+                )
+                break
+            if not isinstance(v, int | float):
+                continue
+            cap = SIZE_CAPS.get((call.func, name))
+            if cap is not None and v > cap:
+                out.append(
+                    ctx.diag(
+                        "KD205",
+                        f"`{call.func}`'s `{name}` is at most {cap:,}, got {v:g}",
+                        path,
+                        f"`{name}` = {v:g}",
+                    )
+                )
+                break
+            if name == "T" and 0 < v < MIN_TEMPERATURE:
+                out.append(
+                    ctx.diag(
+                        "KD205",
+                        f"`{call.func}`'s temperature `T` = {v:g} is tiny: logits / T overflow, "
+                        "the softened distribution is a one-hot argmax and the loss diverges",
+                        path,
+                        f"`T` = {v:g}",
+                        severity=Severity.WARNING,
+                        help="KD temperatures are between about 1 and 20 (0.05-0.2 for "
+                        "contrastive losses)",
                     )
                 )
                 break

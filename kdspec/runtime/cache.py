@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from kdspec.data import exclude_classes
+from kdspec.diagnostics import KdError, error
 from kdspec.runtime.data import RunData, eval_loader
+from kdspec.runtime.files import atomic_write, check_writable, write_failure
 from kdspec.runtime.runfile import DataConfig, TeacherConfig
 from kdspec.runtime.supervised import Supervised
 from kdspec.runtime.trainer import evaluate_model, train, versions
@@ -145,6 +147,7 @@ class CachedTeacher:
     key: str
     reused: bool
     metrics: dict[str, Any] = field(default_factory=dict)
+    replaced: str | None = None  # why an existing entry was not reused (corrupt, stale ...)
 
 
 def _check_entry(entry: Path, key: str, fields: dict[str, Any], model: nn.Module) -> str | None:
@@ -223,6 +226,21 @@ def get_teacher(
     key = _key(fields)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.split("/")[-1])[:40]
     entry = root / f"{slug}-{key}"
+    folders = (entry, entry / "training")  # a planted link here would redirect the writes
+    for path in (*folders, entry / SIDECAR, entry / WEIGHTS):
+        odd = path.is_symlink() or (path.exists() and path.is_dir() != (path in folders))
+        if odd:
+            kind = "a symlink" if path.is_symlink() else "a folder" if path.is_dir() else "a file"
+            raise KdError(
+                [
+                    error(
+                        "KD505",
+                        f"teacher cache entry `{path}` is {kind}: kdspec neither uses nor "
+                        "removes it",
+                        help="remove it, or choose another cache with `--cache-dir`",
+                    )
+                ]
+            )
     torch.manual_seed(seed)
     model = build()
     why = _check_entry(entry, key, fields, model)
@@ -244,10 +262,24 @@ def get_teacher(
         f"teacher `{role}` ({source}): no cached weights, training it for "
         f"{teacher_cfg.epochs} epochs (once) -> {entry}"
     )
-    entry.mkdir(parents=True, exist_ok=True)
+    check_writable(root)
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failure(exc, "the teacher cache", root) from None
     train_set = data.splits.train
     if teacher_cfg.exclude_classes:
         train_set = exclude_classes(train_set, teacher_cfg.exclude_classes)
+        if len(train_set) == 0:  # type: ignore[arg-type]
+            raise KdError(
+                [
+                    error(
+                        "KD501",
+                        f"`[teacher] exclude_classes` removes every class: teacher `{role}` "
+                        "would see no data",
+                    )
+                ]
+            )
     cfg = teacher_cfg.model_copy(update={"seed": seed})
     # A fresh model from the same seed: the one above may hold a partially loaded state.
     torch.manual_seed(seed)
@@ -274,9 +306,7 @@ def get_teacher(
         "test_top1": _evaluate(model, data.splits.test, data_cfg),
         "epochs": teacher_cfg.epochs,
     }
-    tmp = entry / (WEIGHTS + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, entry / WEIGHTS)
+    atomic_write(entry / WEIGHTS, lambda p: torch.save(model.state_dict(), p))
     sidecar = {
         "key": key,
         "fields": fields,
@@ -284,14 +314,13 @@ def get_teacher(
         "metrics": metrics,
         "role": role,
     }
-    tmp = entry / (SIDECAR + ".tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, entry / SIDECAR)
+    text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
+    atomic_write(entry / SIDECAR, lambda p: p.write_text(text))
     # The resume checkpoint is no longer needed once the weights are cached.
     (entry / "training" / "checkpoint.pt").unlink(missing_ok=True)
     shutil.rmtree(entry / "training" / "models", ignore_errors=True)
     log(f"teacher `{role}`: cached in {entry}")
-    return CachedTeacher(model, entry, key, False, metrics)
+    return CachedTeacher(model, entry, key, False, metrics, None if why == "missing" else why)
 
 
 # A cached teacher whose top-1 moved by more than this (percentage points) since it was cached

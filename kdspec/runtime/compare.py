@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdspec.ir import Lowered
+from kdspec.runtime.files import atomic_write
 from kdspec.runtime.job import (
     JobOptions,
     Prepared,
@@ -56,9 +56,8 @@ def _cell_key(kind: str, lowered: Lowered | None, run: Run, role: str = "") -> s
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def _cell(

@@ -146,6 +146,19 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
             ]
         )
     transfer = exclude_classes(splits.train, cfg.exclude_classes) if cfg.exclude_classes else None
+    if transfer is not None and len(transfer) == 0:  # type: ignore[arg-type]
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD501",
+                    f"`exclude_classes` removes every class of the {splits.num_classes}: the "
+                    "student would see no data",
+                    ("data", "exclude_classes"),
+                    label="excludes everything",
+                    help="keep at least one class in the transfer set",
+                )
+            ]
+        )
     return RunData(splits, transfer if transfer is not None else splits.train, fingerprint)
 
 
@@ -286,7 +299,18 @@ def train_loader(
         generator=gen,
         num_workers=num_workers,
         pin_memory=num_workers > 0 and torch.cuda.is_available(),
+        drop_last=drops_a_lone_example(dataset, batch_size),
     )
+
+
+def drops_a_lone_example(dataset: Dataset[Any], batch_size: int) -> bool:
+    """Whether the last training batch would hold a single example, and is dropped.
+
+    A batch of one has no relations between samples (a relation loss divides 0 by 0) and no
+    batch statistics (batch norm fails or learns nothing), so it is left out of each epoch.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    return batch_size > 1 and n > 1 and n % batch_size == 1
 
 
 def eval_loader(dataset: Dataset[Any], batch_size: int, num_workers: int = 0) -> DataLoader[Any]:

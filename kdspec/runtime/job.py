@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from kdspec.diagnostics import KdError
+from kdspec.diagnostics import KdError, error
 from kdspec.graph import build_graph
 from kdspec.ir import Lowered
 from kdspec.ir import models as ir
@@ -71,6 +71,7 @@ class JobOptions:
         device: Where to train (default: CUDA if available, else CPU).
         log: Where progress messages go (default: stderr).
         callbacks: Observers of every training loop (progress bars).
+        on_nonfinite: ``"stop"`` (KD503) or ``"skip"`` a batch whose loss is not finite.
         untrained: Build the models without pre-training teachers (a plan needs shapes only).
     """
 
@@ -79,6 +80,7 @@ class JobOptions:
     device: str | None = None
     log: Callable[[str], None] = _stderr
     callbacks: Sequence[Any] = ()
+    on_nonfinite: str = "stop"
     untrained: bool = False  # build every model but train no teacher (`kdspec plan`: shapes only)
 
 
@@ -213,6 +215,71 @@ def _build(role: str, source: str, run: Run, data: RunData, opts: JobOptions) ->
     )
 
 
+def _probe(role: str, source: str, model: nn.Module, data: RunData) -> None:
+    """KD403 now, not an internal error mid-training, when a model cannot take the run's
+    inputs (a text model on images) or returns no logits. Runs one batch of two examples in
+    eval mode without gradients (this also sizes lazy modules such as ``LazyLinear``)."""
+    from torch.utils.data import default_collate
+
+    from kdspec.compiler.taps import logits_of
+
+    train = data.splits.train
+    if len(train) == 0:  # type: ignore[arg-type]
+        return
+    items = [train[0], train[min(1, len(train) - 1)]]  # type: ignore[arg-type]
+    x = default_collate(items)[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+        missing = logits_of(out) is None
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise KdError(
+            [
+                error(
+                    "KD403",
+                    f"model `{source}` of role `{role}` cannot take this run's inputs (a batch "
+                    f"of shape {list(x.shape) if hasattr(x, 'shape') else type(x).__name__}): "
+                    f"{type(exc).__name__}: {first}",
+                    help="pair the model with data of its kind (a text model needs token ids)",
+                )
+            ]
+        ) from None
+    finally:
+        model.train(was_training)
+    if missing:
+        raise KdError(
+            [error("KD403", f"model `{source}` of role `{role}` returns no logits", None)]
+        )
+
+
+def _check_batch_norm(models: dict[str, nn.Module], run: Run) -> None:
+    """KD501 for `batch_size = 1` with batch norm: statistics of one example are meaningless
+    (a run would "finish" at chance accuracy)."""
+    if run.config.data.batch_size >= 2:
+        return
+    with_bn = [
+        name
+        for name, model in models.items()
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    ]
+    if with_bn:
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD501",
+                    f"`batch_size = 1` with batch norm in {', '.join(f'`{r}`' for r in with_bn)}:"
+                    " the batch statistics of one example are meaningless",
+                    ("data", "batch_size"),
+                    label="one example per batch",
+                    help="use batches of at least 2 (batch norm needs several examples)",
+                )
+            ]
+        )
+
+
 def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepared:
     """Build data and role models; load weights; pre-train (or reuse) teachers.
 
@@ -246,6 +313,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
         sources[role.name] = source
         torch.manual_seed(derived_seed(seed, "init", role.name))
         model = _build(role.name, source, run, data, opts)
+        _probe(role.name, source, model, data)
         weights = run.config.weights.get(role.name)
         if weights is not None:
             load_weights(model, role.name, weights, run)
@@ -261,6 +329,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
         elif role.mode == "frozen" and role.name not in trained and not opts.untrained:
             pending.append(role)
         models[role.name] = model
+    _check_batch_norm(models, run)
     if pending and not run.config.teacher.pretrain:
         raise KdError(
             [
@@ -305,6 +374,8 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
             "cache": str(cached.path),
             "reused": cached.reused,
         }
+        if cached.replaced is not None:
+            teachers[role.name]["replaced"] = cached.replaced
         checked = cached.metrics.get("checked_test_top1", cached.metrics.get("test_top1"))
         if checked is not None:
             teachers[role.name]["test_top1"] = checked
@@ -454,6 +525,7 @@ def _train(
         label=label,
         num_workers=cfg.data.num_workers,
         reference=reference_teacher(prep),
+        on_nonfinite=opts.on_nonfinite,
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import json
 import sys
 from collections.abc import Iterable, Mapping
 from importlib import metadata
@@ -39,6 +40,7 @@ from kdspec.runtime.imports import (
     import_factory,
 )
 from kdspec.runtime.runfile import Run
+from kdspec.source import read_regular_file
 
 __all__ = [
     "SCHEMES",
@@ -136,12 +138,31 @@ def _close(name: str, names: Iterable[str]) -> str | None:
     return "did you mean " + ", ".join(f"`{by_lower[c]}`" for c in close) + "?" if close else None
 
 
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 weights: larger is a typo on a training run
+
+
 def _zoo(
     role: str, name: str, num_classes: int, in_channels: int, run: Run, options: dict[str, Any]
 ) -> nn.Module:
     from kdspec.zoo import available_models, build_model
 
     try:
+        with torch.device("meta"):  # sized first without memory: `hidden = [1e6, 1e6]`
+            probe = build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+        size = sum(p.numel() for p in probe.parameters())
+        if size > MAX_PARAMETERS:
+            raise KdError(
+                [
+                    run.diagnostic(
+                        "KD404",
+                        f"model `zoo:{name}` of role `{role}` would have {size:,} parameters, "
+                        f"more than the {MAX_PARAMETERS:,} allowed",
+                        ("model_options", role) if options else ("models", role),
+                        label="too large",
+                        help="check `[model_options]` and `num_classes` for a typo",
+                    )
+                ]
+            )
         return build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
     except KeyError:
         hint = _close(name, available_models())
@@ -206,11 +227,65 @@ def _hf(role: str, name: str, num_classes: int, run: Run) -> nn.Module:
         )
     tf = _need("transformers", run, role, f"hf:{name}")
     config_file = path / "config.json" if path.is_dir() else path
-    config = tf.AutoConfig.from_pretrained(str(config_file), num_labels=num_classes)
+    _hf_refuse_remote_code(role, name, config_file, run)
     cls = tf.AutoModelForSequenceClassification
-    if brings_weights(role, f"hf:{name}", run):
-        return cls.from_pretrained(str(path), config=config, local_files_only=True)
-    return cls.from_config(config)
+    try:
+        config = tf.AutoConfig.from_pretrained(
+            str(config_file), num_labels=num_classes, trust_remote_code=False
+        )
+        if not brings_weights(role, f"hf:{name}", run):
+            return cls.from_config(config, trust_remote_code=False)
+        safetensors = (path / HF_WEIGHT_FILES[0]).is_file()
+        if not safetensors:
+            _hf_check_pickle(role, name, path / HF_WEIGHT_FILES[1], run)
+        return cls.from_pretrained(
+            str(path),
+            config=config,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=safetensors,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise _fail(run, role, f"`hf:{name}` could not be loaded: {first}", None) from None
+
+
+def _hf_refuse_remote_code(role: str, name: str, config_file: Path, run: Run) -> None:
+    """KD404 for a config that is unreadable or maps to code in the folder (``auto_map``):
+    kdspec never runs a model folder's code (``trust_remote_code`` is never set)."""
+    try:
+        config = json.loads(read_regular_file(config_file, 1 << 20))
+    except (OSError, ValueError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not JSON"
+        raise _fail(
+            run, role, f"`hf:{name}`: cannot read `{config_file}`: {detail}", None
+        ) from None
+    if not isinstance(config, dict):
+        raise _fail(run, role, f"`hf:{name}`: `{config_file}` is not a JSON object", None)
+    if "auto_map" in config:
+        raise _fail(
+            run,
+            role,
+            f"`hf:{name}` asks to run code from the model folder (`auto_map` in config.json)",
+            "kdspec never runs code shipped with a model (no `trust_remote_code`); use a "
+            "model class transformers has built in, or an `import:` factory you allow",
+        )
+
+
+def _hf_check_pickle(role: str, name: str, weights: Path, run: Run) -> None:
+    """KD405 unless a ``pytorch_model.bin`` loads with ``weights_only`` (plain tensors)."""
+    try:
+        torch.load(weights, weights_only=True, map_location="cpu")
+    except Exception as exc:  # an unpickler refusal, a corrupt zip, a truncated file...
+        raise _fail(
+            run,
+            role,
+            f"`hf:{name}`: `{weights.name}` is not a plain weights file "
+            f"({type(exc).__name__}); it was not loaded",
+            "only safetensors or `weights_only` pickles are loaded; a pickle that needs more "
+            "could run code",
+            code="KD405",
+        ) from None
 
 
 def _import(

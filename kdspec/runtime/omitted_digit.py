@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from torch import nn
 from kdspec.compiler.taps import logits_of
 from kdspec.ir import Lowered
 from kdspec.runtime.data import eval_loader
+from kdspec.runtime.files import atomic_write
 from kdspec.runtime.job import JobOptions, Prepared, distill, prepare, train_baseline
 from kdspec.runtime.runfile import Run
 from kdspec.runtime.stats import mean_std
@@ -112,9 +112,8 @@ def _key(name: str, temp: float | None, seed: int, run: Run, low: Lowered) -> st
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def reproduce(

@@ -19,16 +19,17 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kdspec.diagnostics import Diagnostic, KdError, error
-from kdspec.source import SourceFile, Span
+from kdspec.source import MAX_SOURCE_BYTES, SourceFile, Span, decode_source, read_regular_file
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -55,6 +56,15 @@ DEFAULT_MODELS: dict[str, str] = {
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Sizes beyond these are mistakes (`n = 1e9`, `epochs = 10^9`), refused before anything runs.
+MAX_EPOCHS = 100_000
+MAX_SAMPLES = 10_000_000
+MAX_CLASSES = 1_000_000
+MAX_BATCH = 1 << 16
+MAX_SIDE = 4096
+MAX_SYNTHETIC_VALUES = 1 << 28  # 1 GiB of float32
 
 
 class DataConfig(_Section):
@@ -90,12 +100,24 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.2, ge=0, lt=1)
     exclude_classes: list[int] = Field(default_factory=list)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
     augment: bool = True
-    n: int = Field(512, ge=1)
-    num_classes: int = Field(10, ge=1)
-    input_shape: list[int] = Field(default_factory=lambda: [1, 8, 8], min_length=1)
+    n: int = Field(512, ge=1, le=MAX_SAMPLES)
+    num_classes: int = Field(10, ge=1, le=MAX_CLASSES)
+    input_shape: list[Annotated[int, Field(ge=1, le=MAX_SIDE)]] = Field(
+        default_factory=lambda: [1, 8, 8], min_length=1, max_length=4
+    )
+
+    @model_validator(mode="after")
+    def _synthetic_fits_in_memory(self) -> DataConfig:
+        values = self.n * math.prod(self.input_shape)
+        if self.source == "synthetic" and values > MAX_SYNTHETIC_VALUES:
+            raise ValueError(
+                f"synthetic data of n = {self.n} inputs of shape {self.input_shape} is "
+                f"{values:,} numbers, more than the {MAX_SYNTHETIC_VALUES:,} allowed"
+            )
+        return self
 
 
 class TrainConfig(_Section):
@@ -107,7 +129,7 @@ class TrainConfig(_Section):
     (and what ``eval = "best_val"`` selects by): see :mod:`kdspec.runtime.metrics`.
     """
 
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
     optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -216,7 +238,7 @@ def load_run(path: str | Path) -> Run:
     """
     p = Path(path)
     try:
-        text = p.read_bytes().decode("utf-8", errors="replace")
+        text = decode_source(read_regular_file(p, MAX_SOURCE_BYTES))
     except OSError as exc:
         raise KdError(
             [error("KD501", f"cannot read run file `{path}`: {exc.strerror or exc}")]
@@ -231,6 +253,18 @@ def parse_run(text: str, name: str = "<run>", base_dir: Path | None = None) -> R
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise KdError([_toml_error(source, exc)]) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise KdError(
+            [
+                error(
+                    "KD501",
+                    "run file nests arrays or tables too deeply",
+                    source,
+                    Span(0, 0),
+                    help="a run file needs at most a few levels of nesting",
+                )
+            ]
+        ) from None
     if "allow_import" in raw:
         raise KdError([_self_permission(source)])
     try:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import random
 import sys
@@ -47,7 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 from kdspec.compiler.stages import StageRun, plan_stages
 from kdspec.diagnostics import KdError, error
 from kdspec.ir.evaluate import Progress
-from kdspec.runtime.data import eval_loader, train_loader
+from kdspec.runtime.data import drops_a_lone_example, eval_loader, train_loader
+from kdspec.runtime.files import atomic_write
 from kdspec.runtime.metrics import METRICS as METRIC_KINDS
 from kdspec.runtime.metrics import evaluate_logits
 from kdspec.runtime.runfile import TrainConfig
@@ -202,10 +202,11 @@ class TrainResult:
     model: Any = field(repr=False)
 
 
+HUGE_LOSS = 1e6  # an epoch loss beyond this is divergence, even while it stays finite
+
+
 def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, write)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -298,6 +299,7 @@ def train(
     label: str = "",
     num_workers: int = 0,
     reference: nn.Module | None = None,
+    on_nonfinite: str = "stop",
 ) -> TrainResult:
     """Train ``model`` through all its stages, writing metrics, checkpoints and a summary.
 
@@ -319,6 +321,8 @@ def train(
         label: A name for progress output.
         num_workers: Data-loader worker processes (``[data] num_workers``).
         reference: The teacher that ``teacher_cosine`` compares with (``[train] metric``).
+        on_nonfinite: ``"stop"`` (KD503 at the first non-finite loss) or ``"skip"`` (the
+            batch makes no update; each epoch's record counts the skipped batches).
 
     Returns:
         The records, the summary and the trained model.
@@ -337,6 +341,12 @@ def train(
         reference.to(dev)
 
     loader = train_loader(train_set, batch_size, cfg.seed, num_workers)
+    if drops_a_lone_example(train_set, batch_size):
+        print(
+            f"note: {label or 'training'}: the last batch of each epoch would hold 1 example "
+            f"({len(train_set)} examples, batches of {batch_size}); it is left out",  # type: ignore[arg-type]
+            file=sys.stderr,
+        )
     assert loader.generator is not None
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -391,6 +401,7 @@ def train(
     else:
         for name in (METRICS, SUMMARY, CHECKPOINT):
             (out / name).unlink(missing_ok=True)
+    warned_huge = False
     records = _read_records(out / METRICS, global_step)
     # Rewrite metrics.jsonl so lines written after the checkpoint (a crash) are dropped.
     _atomic_write(
@@ -440,23 +451,21 @@ def train(
                         with torch.autocast(dev.type, enabled=use_amp):
                             result = model(batch, progress=progress)
                         bad = _non_finite(result)
+                        if bad is not None and on_nonfinite == "skip":
+                            # no update from this batch; counted in the epoch's record
+                            sums["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0) + 1
+                            model.after_step()
+                            steps_done += 1
+                            global_step += 1
+                            continue
                         if bad is not None:
                             _diverged(
                                 out, records, best, cfg, roles, meta, bad, stage, global_epoch
                             )
                             raise KdError(
                                 [
-                                    error(
-                                        "KD503",
-                                        f"non-finite loss in {_term_text(bad)} at stage "
-                                        f"`{stage.name}`, epoch {global_epoch + 1:g}, "
-                                        f"step {global_step + 1}",
-                                        notes=[
-                                            f"files kept in `{out}` (last good epoch "
-                                            "in checkpoint.pt)"
-                                        ],
-                                        help="lower the learning rate, set "
-                                        "`[train] grad_clip`, or check the term's weight",
+                                    _nonfinite_diagnostic(
+                                        model, bad, stage.name, global_epoch, global_step, out
                                     )
                                 ]
                             )
@@ -478,6 +487,8 @@ def train(
                         _notify(callbacks, "on_step", stage.name, values)
                     stage_epoch += 1
                     global_epoch += n / steps_per_epoch
+                    skipped_here = int(sums.pop("skipped_nonfinite", 0))
+                    counted = n - skipped_here
                     record: dict[str, Any] = {
                         "stage": stage.name,
                         "repeat": rep,
@@ -485,9 +496,19 @@ def train(
                         "epoch": round(global_epoch, 6),
                         "step": global_step,
                         "lr": lr,
-                        "loss": sums.pop("loss") / n,
-                        "terms": {k: v / n for k, v in sums.items()},
+                        "loss": sums.pop("loss") / counted if counted else float("nan"),
+                        "terms": {k: v / counted for k, v in sums.items()} if counted else {},
                     }
+                    if skipped_here:
+                        record["skipped_nonfinite"] = skipped_here
+                    if not warned_huge and abs(record["loss"]) > HUGE_LOSS:
+                        warned_huge = True  # said once: finite but useless training
+                        print(
+                            f"warning: {label or 'training'}: epoch loss {record['loss']:.3g} "
+                            f"at epoch {global_epoch:g}: the objective is diverging (a tiny "
+                            "temperature or a huge weight?); training goes on",
+                            file=sys.stderr,
+                        )
                     for split, ev_loader in evals.items():
                         record[split] = {
                             r: evaluate_model(model.roles[r], ev_loader, dev, reference)
@@ -547,11 +568,41 @@ def train(
             lambda p, r=role: torch.save(model.roles[r].state_dict(), p),
         )
     summary = _summary(records, best, cfg, roles, meta, stages, time.perf_counter() - started)
+    skipped = sum(r.get("skipped_nonfinite", 0) for r in records)
+    if skipped:
+        summary["skipped_nonfinite"] = skipped
     _write_json(out / SUMMARY, summary)
     from kdspec.runtime.plots import plot_curves
 
     plot_curves(records, out / CURVES, title=label)
     return TrainResult(out, records, summary, model)
+
+
+def _nonfinite_diagnostic(
+    model: Any, term: str, stage: str, epoch: float, step: int, out: Path
+) -> Any:
+    """KD503 at the term's line in the spec, with the step and the last good checkpoint."""
+    ckpt = out / CHECKPOINT
+    kept = (
+        f"the last good checkpoint is `{ckpt}` (resume with `--resume` after a fix)"
+        if ckpt.is_file()
+        else f"no checkpoint yet (it diverged in the first epoch); files kept in `{out}`"
+    )
+    message = (
+        f"non-finite loss in {_term_text(term)} at stage `{stage}`, epoch {epoch + 1:g}, "
+        f"step {step + 1}"
+    )
+    help_text = (
+        "lower the learning rate, set `[train] grad_clip`, check the term's weight, or pass "
+        "`--on-nonfinite skip` to skip such batches (they are counted)"
+    )
+    lowered = getattr(model, "lowered", None)
+    smap = getattr(lowered, "source_map", None)
+    if smap is not None and smap.source is not None and smap.span("term", term) is not None:
+        return smap.diagnostic(
+            "KD503", message, ("term", term), "not finite here", notes=(kept,), help=help_text
+        )
+    return error("KD503", message, notes=[kept], help=help_text)
 
 
 def _term_text(name: str) -> str:

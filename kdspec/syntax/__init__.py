@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from lark import Lark
+from lark import Lark, Tree
 from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from kdspec.diagnostics import Diagnostic, KdError, error
@@ -20,12 +21,15 @@ __all__ = ["ast", "grammar_text", "parse_file", "parse_source", "parse_text", "t
 def try_parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
     """Parse a source file; return the tree, or None and the syntax diagnostics."""
     lark, comments = parser()
-    errors = _syntax_errors(source, lark)
-    if errors:
-        return None, errors
     comments.clear()
+    tree, errors = _parse_or_errors(source, lark)
+    if tree is None:
+        comments.clear()
+        return None, errors
+    too_deep = _too_deep(tree, source)
+    if too_deep is not None:
+        return None, [too_deep]
     try:
-        tree = lark.parse(source.text)
         module = ToAst().transform(tree)
     except VisitError as exc:  # a transformer bug must still not be a traceback
         return None, [
@@ -36,8 +40,14 @@ def try_parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
     return ast.Module(module.imports, module.methods, found, module.span, module.functions), []
 
 
-def _syntax_errors(source: SourceFile, lark: Lark) -> list[Diagnostic]:
-    """Every syntax error of a file, one per broken statement (none if it parses).
+RECOVERY_BUDGET = 1_000_000
+"""Characters re-parsed while recovering from syntax errors: each error costs a parse of the
+whole file, so a large broken file reports fewer errors instead of taking seconds."""
+
+
+def _parse_or_errors(source: SourceFile, lark: Lark) -> tuple[Tree[Any] | None, list[Diagnostic]]:
+    """The parse tree of a file that parses (parsed once), or every syntax error of one that
+    does not, one per broken statement.
 
     After an error the broken statement is blanked out and the file parsed again, so the next
     statement is checked from a clean parser state instead of reporting follow-on errors.
@@ -45,11 +55,15 @@ def _syntax_errors(source: SourceFile, lark: Lark) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     text = source.text
     seen: set[int] = set()
-    while len(out) < MAX_SYNTAX_ERRORS:
+    reparsed = 0
+    while len(out) < MAX_SYNTAX_ERRORS and reparsed <= RECOVERY_BUDGET:
         try:
-            lark.parse(text)
+            tree = lark.parse(text)
+            if not out:
+                return tree, []
             break
         except UnexpectedInput as exc:
+            reparsed += len(text)
             offset = error_offset(exc)
             if offset in seen:
                 break
@@ -62,7 +76,34 @@ def _syntax_errors(source: SourceFile, lark: Lark) -> list[Diagnostic]:
             if skipped is None:
                 break
             text = skipped
-    return out
+    return None, out
+
+
+MAX_NESTING = 100
+"""Deepest syntax tree accepted (`- - 1` is 2 levels, a call in a call 4): every later stage
+(transformer, lowering, evaluator, printers, `fmt`) recurses over the tree, so the limit keeps
+them all far below Python's recursion limit."""
+
+
+def _too_deep(tree: Tree[Any], source: SourceFile) -> Diagnostic | None:
+    """KD106 at the first node nested deeper than MAX_NESTING (walked without recursion)."""
+    stack: list[tuple[Tree[Any], int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            meta = node.meta
+            start = getattr(meta, "start_pos", 0) if not meta.empty else 0
+            end = getattr(meta, "end_pos", start) if not meta.empty else start
+            return error(
+                "KD106",
+                f"expression nested more than {MAX_NESTING} levels deep",
+                source,
+                Span(start, min(end, start + 1)),
+                "too deep here",
+                help="split it with `let` or `param` definitions",
+            )
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+    return None
 
 
 def parse_source(source: SourceFile) -> ast.Module:

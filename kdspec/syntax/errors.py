@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
-from lark import Lark
+from lark import Lark, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from kdspec.diagnostics import Diagnostic, error
@@ -243,13 +245,38 @@ def _example_table() -> dict[str, list[str]]:
     }
 
 
+@cache
+def _example_parser(lark: Lark) -> Callable[[str], Tree[Any]]:
+    """``lark.parse`` for the example snippets, each parsed once per process.
+
+    ``match_examples`` parses every bad example for every syntax error: 20 errors meant 880
+    parses and over a second per file. The examples never change, so their errors are kept
+    and raised again (the same exception objects, so matching is exactly lark's).
+    """
+    seen: dict[str, UnexpectedInput | Tree[Any]] = {}
+
+    def parse(text: str) -> Tree[Any]:
+        if text not in seen:
+            try:
+                seen[text] = lark.parse(text)
+            except UnexpectedInput as exc:
+                seen[text] = exc
+        found = seen[text]
+        if isinstance(found, UnexpectedInput):
+            raise found
+        return found
+
+    return parse
+
+
 def _matching_example(exc: UnexpectedInput, lark: Lark) -> str | None:
     """The right way to write the statement the parser was in, found by ``match_examples``."""
     table = _example_table()
+    parse = _example_parser(lark)
     try:
-        label = exc.match_examples(lark.parse, table, token_type_match_fallback=True)
+        label = exc.match_examples(parse, table, token_type_match_fallback=True)
     except TypeError:  # lark 1.2 formats a debug line with %d on a ParserState state
-        label = exc.match_examples(lark.parse, table, True, use_accepts=False)
+        label = exc.match_examples(parse, table, True, use_accepts=False)
     return None if label is None else label.split("\0")[1]
 
 
@@ -259,6 +286,9 @@ def _format_expected(expected: list[str]) -> str:
     if len(expected) == 1:
         return expected[0]
     return ", ".join(expected[:-1]) + " or " + expected[-1]
+
+
+_DEEP_STACK = 200
 
 
 def syntax_diagnostic(exc: UnexpectedInput, source: SourceFile, lark: Lark) -> Diagnostic:
@@ -293,7 +323,12 @@ def syntax_diagnostic(exc: UnexpectedInput, source: SourceFile, lark: Lark) -> D
     token = exc.token
     start = token.start_pos or 0
     span = Span(start, token.end_pos if token.end_pos is not None else start + 1)
-    expected_names = sorted(exc.accepts or exc.expected)
+    # `accepts` replays every terminal on a copy of the parser stack: cheap normally, but
+    # quadratic-like on a stack thousands deep (5,000 unclosed `[`): then the table's
+    # `expected` set is used (same answer up to reductions, instant).
+    stack = getattr(getattr(exc.interactive_parser, "parser_state", None), "state_stack", ())
+    deep = len(stack) > _DEEP_STACK
+    expected_names = sorted(exc.expected if deep else (exc.accepts or exc.expected))
     expected = sorted({_describe_terminal(lark, t) for t in expected_names})
     # Name the keywords that could come next; operators that could extend an expression are noise.
     keywords = [e for e in expected if e.strip("`").isidentifier()]

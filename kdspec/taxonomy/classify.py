@@ -910,7 +910,11 @@ def _t_squared(term: ir.Term, m: ir.Method) -> ir.Expr | None:
     calls = [*term.knowledge, *ir.find_all(term.source, ir.Call, m)]
     calls += ir.find_all(term.target, ir.Call, m)
     temps = [c.kwargs["T"] for c in calls if c.func in _TEMPERATURED and "T" in c.kwargs]
-    for temp in dict.fromkeys(temps):
+    unique: list[ir.Expr] = []  # by equality: an expression with a call (kwargs) is unhashable
+    for temp in temps:
+        if temp not in unique:
+            unique.append(temp)
+    for temp in unique:
         if not isinstance(temp, ir.Num):
             if power_of(term.weight, temp) >= 2:
                 return temp

@@ -1,0 +1,606 @@
+"""Fuzz kdspec's front end: specs, run files and ``--param`` values.
+
+Every case runs in a worker process under a memory limit and a time limit; a case that raises
+anything but a diagnostic is an *internal error*, one that runs past the time limit a *hang*.
+
+Cases come from four generators, mixed by a seed (the same seed gives the same cases):
+
+- ``grammar``: random sentences of ``grammar/kdspec.lark`` (hypothesis' lark strategy);
+- ``mutate``: token-level mutations and splices of every library spec (delete, duplicate,
+  swap, replace a number by an extreme one, wrap an expression in deep nesting, splice two
+  specs, inject bytes: NUL, invalid UTF-8, a BOM);
+- ``patho``: the pathological files of issue 13 (deep nesting, overflowing numbers, long names,
+  NUL in import paths, `/dev/zero` and FIFO imports, thousands of terms with claims);
+- ``run``: run files (valid ones mutated, deep arrays, odd types and sizes) and ``param``:
+  ``--param`` values, each checked against a library spec.
+
+Usage::
+
+    python scripts/fuzz.py --cases 2000 --seed 1          # what CI runs (a sample)
+    nice python scripts/fuzz.py --cases 200000 --seed 7   # a long run
+
+It prints cases run, internal errors (grouped by signature, with a shortest input for each),
+hangs and the slowest cases, and exits 1 if any internal error or hang was found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import io
+import multiprocessing as mp
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").glob("*.kd"))
+RUNS = sorted((ROOT / "runs").glob("*.toml")) + sorted((ROOT / "tests/golden/run").glob("*.toml"))
+
+MEMORY_LIMIT = 2 * 1024**3  # bytes of address space per worker
+PREPARE_SHARE = 0.1  # run files whose job is also prepared (models built): the slow part
+TIME_LIMIT = 10.0  # CPU seconds per case before it is called a hang
+SLOW_LIMIT = 2.0  # CPU seconds of one command (check, fmt, graph, ...; a run file's prepare)
+WALL_LIMIT = 120.0  # wall seconds (catches a case blocked without using CPU)
+
+
+@dataclass
+class Case:
+    kind: str  # "spec", "run" or "param"
+    origin: str  # which generator made it
+    data: bytes  # the file (spec or run file), or the --param value
+    spec: str = ""  # for "run" and "param": the library spec it is checked with
+
+
+# -- generators ----------------------------------------------------------------------------
+
+EXTREME_NUMBERS = [
+    "0", "1", "1e400", "1e308", "1e-9", "1e-400", "99999999999999999999999999", "0.0",
+    "1000000000", "1e9", "2^2^2^2^2^2", "10^400", "0^-1", "(0-8)^0.5", "1/0", "1e308*10",
+]  # fmt: skip
+EXTREME_NAMES = ["a" * 300, "x" * 5000, "_", "method", "teacher", "nan", "inf", "__class__"]
+INJECT = ["\0", "\udcff", "\ufeff", "\r", "\t", "\f", "\u2028", "é", '"', "\\", "#", "\n" * 3]
+
+
+def _library() -> list[str]:
+    return [p.read_text(encoding="utf-8") for p in SPECS]
+
+
+def _tokens(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, type) of the tokens of a spec (with lark's lexer; errors end the list)."""
+    from kdspec.syntax.grammar import parser
+
+    lark, comments = parser()
+    out = []
+    with contextlib.suppress(Exception):
+        for tok in lark.lex(text):
+            out.append((tok.start_pos, tok.end_pos, tok.type))
+    comments.clear()
+    return out
+
+
+def _nest(rng: random.Random, inner: str) -> str:
+    depth = rng.choice([2, 10, 50, 51, 99, 100, 101, 150, 245, 490, 1000, 5000])
+    shape = rng.choice(["neg", "list", "call", "paren", "pow", "idx"])
+    if shape == "neg":
+        return "- " * depth + inner
+    if shape == "list":
+        return "[" * depth + inner + "]" * depth
+    if shape == "call":
+        return "one(" * depth + inner + ")" * depth
+    if shape == "paren":
+        return "(" * depth + inner + ")" * depth
+    if shape == "pow":
+        return "^".join([inner] * depth)
+    return inner + "[1]" * depth
+
+
+def _cached_tokens(cache: dict[int, list], i: int, text: str) -> list:
+    if i not in cache:  # not setdefault: that would lex on every call
+        cache[i] = _tokens(text)
+    return cache[i]
+
+
+def mutate(rng: random.Random, texts: list[str], token_cache: dict[int, list]) -> str:
+    """One to four token-level edits of a library spec (or a splice of two).
+
+    Edits are applied from the last token to the first, so the token positions of the
+    original stay valid (no re-lexing between edits).
+    """
+    i = rng.randrange(len(texts))
+    text = texts[i]
+    toks = _cached_tokens(token_cache, i, text)
+    if not toks:
+        return text
+    picked = sorted({rng.randrange(len(toks)) for _ in range(rng.randint(1, 4))}, reverse=True)
+    for k in picked:
+        a, b, kind = toks[k]
+        op = rng.randrange(9)
+        if op == 0:  # delete a token
+            text = text[:a] + text[b:]
+        elif op == 1:  # duplicate a token
+            text = text[:b] + " " + text[a:b] + text[b:]
+        elif op == 2:  # replace by a token of another spec
+            j = rng.randrange(len(texts))
+            other = _cached_tokens(token_cache, j, texts[j])
+            if other:
+                c, d, _ = other[rng.randrange(len(other))]
+                text = text[:a] + texts[j][c:d] + text[b:]
+        elif op == 3:  # an extreme number
+            if kind == "NUMBER" or rng.random() < 0.3:
+                text = text[:a] + rng.choice(EXTREME_NUMBERS) + text[b:]
+        elif op == 4:  # an extreme name
+            if kind == "NAME":
+                text = text[:a] + rng.choice(EXTREME_NAMES) + text[b:]
+        elif op == 5:  # deep nesting around a token
+            text = text[:a] + _nest(rng, text[a:b]) + text[b:]
+        elif op == 6:  # splice: this spec's head, another spec's tail
+            j = rng.randrange(len(texts))
+            cut = rng.randrange(len(texts[j]) + 1)
+            text = text[:a] + texts[j][cut:]
+        elif op == 7:  # odd characters
+            text = text[:a] + rng.choice(INJECT) + text[a:]
+        else:  # a statement of another spec, repeated
+            j = rng.randrange(len(texts))
+            lines = [ln for ln in texts[j].splitlines() if ln.strip().startswith(STATEMENTS)]
+            if lines:
+                line = rng.choice(lines)
+                text = text[:b] + "\n" + (line + "\n") * rng.choice([1, 2, 20]) + text[b:]
+    return text
+
+
+STATEMENTS = ("transfer", "let", "param", "stage", "use", "claim", "view", "subset", "teacher")
+
+
+def _grammar_cases(seed: int) -> Iterator[str]:
+    """Sentences of the grammar, from hypothesis' lark strategy (seeded, no database)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hseed
+    from hypothesis import strategies as st
+    from hypothesis.extra.lark import from_lark
+    from lark import Lark
+
+    from kdspec.syntax.grammar import grammar_text
+
+    grammar = Lark(grammar_text(), parser="lalr", start="start")
+    explicit = {
+        "NAME": st.sampled_from(["t", "s", "kd", "T", "logits", "softmax", "kl", "a" * 40]),
+        "NUMBER": st.sampled_from([*EXTREME_NUMBERS[:9], "4", "0.5", "2"]),
+        "STRING": st.sampled_from(['"layer1"', '"x.kd"', '"\\""', '""', '"' + "a" * 300 + '"']),
+    }
+    strategy = from_lark(grammar, explicit=explicit)
+    out: list[str] = []
+
+    @hseed(seed)
+    @settings(
+        max_examples=500,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.data())
+    def collect(data: st.DataObject) -> None:
+        out.append(data.draw(strategy))
+
+    while True:
+        out.clear()
+        with contextlib.suppress(Exception):
+            collect()
+        yield from out
+        seed += 1
+        collect = hseed(seed)(collect)  # type: ignore[assignment]
+
+
+def pathological() -> list[tuple[str, bytes]]:
+    """The hostile files of issue 13, each as (name, bytes)."""
+    m = "method m {{\n  teacher t\n  student s\n{body}\n}}\n"
+    kd = "  transfer softmax(T=4) from t.logits to s.logits with kl"
+    out: list[tuple[str, str | bytes]] = []
+    for n in (99, 100, 101, 245, 490, 1000, 20000):
+        out.append((f"neg{n}", m.format(body=f"  param p = {'- ' * n}1\n{kd}")))
+        out.append((f"list{n}", m.format(body=f"  param p = {'[' * n}1{']' * n}\n{kd}")))
+        out.append((f"call{n}", m.format(body=f"{kd} weight {'one(' * n}1{')' * n}")))
+        out.append((f"paren{n}", m.format(body=f"{kd} weight {'(' * n}1{')' * n}")))
+        out.append((f"pow{n}", m.format(body=f"  param p = {'^'.join(['2'] * n)}\n{kd}")))
+    for expr in ["1e400", "2^2^2^2^2^2", "one(1e308)", "1e308*10", "-1e400", "0^-1", "1/0"]:
+        out.append((f"num {expr}", m.format(body=f"{kd} weight {expr}")))
+        out.append((f"T {expr}", m.format(body=kd.replace("T=4", f"T={expr}"))))
+        out.append(
+            (f"repeat {expr}", m.format(body=f"{kd}\n  stage a repeat {expr} {{ train s }}"))
+        )
+        out.append(
+            (f"for {expr}", m.format(body=f"{kd}\n  stage a for {expr} epochs {{ train s }}"))
+        )
+    out.append(("long use", m.format(body=f"{kd}\n  use {'a' * 300}")))
+    out.append(("long use 2", m.format(body=f"{kd}\n  use {'a' * 5000}(T=1)")))
+    out.append(("long dotted use", m.format(body=f"{kd}\n  use {'.'.join(['a' * 200] * 30)}")))
+    for path in ["\0x.kd", "a\0b", "/dev/zero", "/proc/self/environ", "../" * 40 + "etc/passwd",
+                 "a" * 5000, "/", ".", "", "fifo.kd", "/dev/stdin", "x/../../y.kd"]:  # fmt: skip
+        out.append((f"import {path[:20]!r}", f'import "{path}"\n' + m.format(body=kd)))
+    out.append(("bom", "\ufeff" + m.format(body=kd)))
+    out.append(("latin1", m.format(body=kd + "  # caf\xe9").encode("latin-1")))
+    out.append(("bad utf8", b"method m { teacher t student s # \xff\xfe\n}"))
+    out.append(("nul", m.format(body=kd + "\0")))
+    many = "\n".join(
+        f"  transfer k{i}: softmax(T=4) from t.logits to s.logits with kl" for i in range(1500)
+    )
+    out.append(("claims+1500 terms", m.format(body=f"{many}\n  claim transfer = offline")))
+    out.append(
+        (
+            "2000 params",
+            m.format(body="\n".join(f"  param p{i} = {i}" for i in range(2000)) + "\n" + kd),
+        )
+    )
+    out.append(
+        (
+            "2000 lets",
+            m.format(body="\n".join(f"  let l{i} = t.logits" for i in range(2000)) + "\n" + kd),
+        )
+    )
+    negs = "- " * 90
+    chain = [m.format(body=f"  param p = 1\n{kd} weight p").replace("method m", "method m0")]
+    chain += [
+        f"method m{i} {{\n teacher t\n student s\n param p = 1\n use m{i - 1}(p = {negs}p)\n}}\n"
+        for i in range(1, 15)
+    ]
+    out.append(("use chain of deep expressions", "".join(reversed(chain))))
+    out.append(("empty", ""))
+    out.append(("only bom", "\ufeff"))
+    return [(n, t if isinstance(t, bytes) else t.encode("utf-8", "surrogatepass")) for n, t in out]
+
+
+def run_files(rng: random.Random, templates: list[str]) -> str:
+    """A run file: a mutated real one, or a hostile one."""
+    choice = rng.randrange(6)
+    if choice == 0:
+        depth = rng.choice([10, 100, 500, 1000, 3000])
+        return f"[data]\nseed = {'[' * depth}1{']' * depth}\n"
+    if choice == 1:
+        depth = rng.choice([10, 100, 500, 1000, 3000])
+        return "[params]\n" + "a = " + "{x = " * depth + "1" + "}" * depth + "\n"
+    if choice == 2:
+        key = rng.choice(
+            ["[data]\nn", "[data]\nnum_classes", "[data]\nbatch_size", "[train]\nepochs",
+             "[train]\nlr", "[data]\ninput_shape", "[teacher]\nepochs", "[data]\nval_fraction",
+             "[data]\nexclude_classes", "[models]\ns", "[params]\nT", "[train]\nseed"]
+        )  # fmt: skip
+        value = rng.choice(
+            ["1e9", "1000000000", "-1", "0", "nan", "inf", "-inf", "1e400", '"x"', "[1e6, 1e6]",
+             "[]", "{}", "true", "99999999999999999999", '"' + "a" * 5000 + '"',
+             "[0,1,2,3,4,5,6,7,8,9]",
+             '"import:os:system"', '"hf:/etc"', '"zoo:' + "a" * 300 + '"', "1979-05-27"]
+        )  # fmt: skip
+        return f"{key} = {value}\n"
+    text = rng.choice(templates)
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(len(text) + 1)
+        op = rng.randrange(4)
+        if op == 0:
+            text = text[:i] + text[i + rng.randint(1, 10) :]
+        elif op == 1:
+            noise = [*list("[]{}=\",.\n#'"), "1e400", "nan", "\x00"]
+            text = text[:i] + rng.choice(noise) + text[i:]
+        elif op == 2:
+            j = rng.randrange(len(text) + 1)
+            text = text[:i] + text[min(i, j) : max(i, j)] + text[i:]
+        else:
+            lines = text.splitlines(keepends=True)
+            rng.shuffle(lines)
+            text = "".join(lines)
+    return text
+
+
+PARAM_VALUES = [
+    "1e400", "nan", "inf", "-inf", "1e-9", "0", "-1", "2^2^2^2^2^2", "[[[[1]]]]",
+    "[" * 500 + "]" * 500, '"x"', "t.logits", "", "=", "1 2", "(((", "a" * 300, "- " * 600 + "1",
+    "\0", "1e308*10", "one(1)",
+    "softmax(T=1e400)", "99999999999999999999999", "0x10", "1_000", "True", "None",
+]  # fmt: skip
+
+
+def generate(seed: int) -> Iterator[Case]:
+    """An endless, seeded stream of cases from every generator."""
+    rng = random.Random(seed)
+    texts = _library()
+    token_cache: dict[int, list] = {}
+    param_tokens: dict[int, list] = {}  # lexing is the generator's main cost: once per text
+    templates = [p.read_text(encoding="utf-8") for p in RUNS]
+    patho = pathological()
+    grammar = _grammar_cases(seed)
+    for name, data in patho:  # the hostile files always run first
+        yield Case("spec", f"patho:{name}", data)
+    while True:
+        r = rng.random()
+        if r < 0.55:
+            yield Case(
+                "spec", "mutate", mutate(rng, texts, token_cache).encode("utf-8", "surrogatepass")
+            )
+        elif r < 0.70:
+            yield Case("spec", "grammar", next(grammar).encode("utf-8", "surrogatepass"))
+        elif r < 0.85:
+            yield Case(
+                "run", "run", run_files(rng, templates).encode("utf-8", "surrogatepass"), "hinton"
+            )
+        else:
+            spec = rng.choice(["hinton", "fitnets", "at", "dkd", "crd", "rkd"])
+            value = (
+                rng.choice(PARAM_VALUES)
+                if rng.random() < 0.7
+                else mutate(rng, PARAM_VALUES, param_tokens)
+            )
+            name = rng.choice(["T", "alpha", "weight", "beta", "x", "a" * 300])
+            yield Case("param", "param", f"{name}={value}".encode("utf-8", "surrogatepass"), spec)
+
+
+# -- running one case ----------------------------------------------------------------------
+
+
+def _cli(argv: list[str]) -> int:
+    from kdspec.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _command():
+        code = main(argv)
+    if code not in (0, 1, 2) or "internal error" in err.getvalue():  # 2: a usage error
+        raise RuntimeError(f"exit {code}: {err.getvalue()[-300:]}")
+    return code
+
+
+COMMANDS = [["graph", "--format", "dot"], ["graph", "--format", "mermaid"], ["taxonomy", "--why"],
+            ["identify"], ["ir"], ["explain"], ["diff", "hinton"]]  # fmt: skip
+
+
+def run_case(case: Case, folder: Path, prepare_runs: bool, sample_commands: bool = True) -> None:
+    """Run one case through every command that reads it; raise on an internal error."""
+    if case.kind == "spec":
+        path = folder / "fuzz.kd"
+        path.write_bytes(case.data)
+        formatted = _check_spec(path)
+        if formatted is not None:  # a clean spec also goes through the commands that read one
+            pick = random.Random(case.data)
+            for argv in pick.sample(COMMANDS, k=1 if sample_commands else len(COMMANDS)):
+                _cli([*argv, str(path)])
+            if _check_text(formatted) is None:
+                raise RuntimeError("`fmt` turned a clean spec into one with errors")
+    elif case.kind == "run":
+        path = folder / "fuzz.toml"
+        path.write_bytes(case.data)
+        with _command():
+            _run_file(path, case.spec, prepare_runs)
+    else:
+        spec = str(ROOT / "specs" / f"{case.spec}.kd")
+        _cli(["check", "--param", case.data.decode("utf-8", "surrogateescape"), spec])
+
+
+def _check_spec(path: Path) -> str | None:
+    """What `kdspec check` (both formats) and `kdspec fmt --check` do, without the CLI's
+    start-up cost; the formatted text if the spec has no errors, else None."""
+    from kdspec.api import read_source
+    from kdspec.diagnostics import Diagnostic, render_many
+
+    source = read_source(path)
+    if isinstance(source, Diagnostic):
+        render_many([source], "full")
+        return None
+    return _check_text(source.text, source.name)
+
+
+def _check_text(text: str, name: str = "fuzz.kd") -> str | None:
+    from kdspec.api import check_source
+    from kdspec.diagnostics import Severity, render_many
+    from kdspec.source import SourceFile
+    from kdspec.syntax import try_parse
+    from kdspec.syntax.fmt import format_module
+
+    source = SourceFile(name, text)
+    with _command():  # `kdspec check`
+        _, diags = check_source(source)
+        render_many(diags, "full")
+        render_many(diags, "json")
+    with _command():  # `kdspec fmt --check`
+        module, _ = try_parse(source)
+        formatted = format_module(module, source.text) if module is not None else None
+    return None if any(d.severity is Severity.ERROR for d in diags) else formatted
+
+
+_LONGEST = [0.0]  # CPU seconds of the slowest single command of the current case
+
+
+@contextlib.contextmanager
+def _command() -> Iterator[None]:
+    start = time.process_time()
+    try:
+        yield
+    finally:
+        _LONGEST[0] = max(_LONGEST[0], time.process_time() - start)
+
+
+def _run_file(path: Path, spec: str, prepare_runs: bool) -> None:
+    """Read a run file and prepare its job without training (models built, data loaded)."""
+    from kdspec.api import load_method
+    from kdspec.diagnostics import KdError
+    from kdspec.runtime.job import JobOptions, prepare
+    from kdspec.runtime.runfile import load_run
+
+    try:
+        run = load_run(path)
+        low = load_method(spec, overrides=dict(run.config.params))
+        if prepare_runs:  # data and models built; teachers never trained (KD407 instead)
+            teacher = run.config.teacher.model_copy(update={"pretrain": False})
+            config = run.config.model_copy(update={"teacher": teacher})
+            prepare(low, dataclasses.replace(run, config=config), JobOptions(log=lambda m: None))
+    except KdError:
+        pass
+
+
+# -- worker and driver ---------------------------------------------------------------------
+
+
+def _worker(conn: mp.connection.Connection) -> None:  # type: ignore[name-defined]
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    os.environ["KDSPEC_DEBUG"] = "1"  # internal errors raise instead of printing
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from kdspec.cli import main as cli_main
+
+    cli_main.build_parser = functools.cache(cli_main.build_parser)  # argparse set-up once
+    folder = Path(tempfile.mkdtemp(prefix="kdspec-fuzz-"))
+    os.mkfifo(folder / "fifo.kd")
+    while True:
+        case = conn.recv()
+        if case is None:
+            return
+        t0, c0 = time.perf_counter(), time.process_time()
+        _LONGEST[0] = 0.0
+        try:
+            run_case(case, folder, prepare_runs=random.Random(case.data).random() < PREPARE_SHARE)
+            result = None
+        except MemoryError:
+            result = ("MemoryError", f"out of memory (limit {MEMORY_LIMIT >> 20} MiB)")
+        except BaseException as exc:
+            tb = traceback.extract_tb(exc.__traceback__)
+            frame = next(
+                (f for f in reversed(tb) if "/kdspec/" in f.filename), tb[-1] if tb else None
+            )
+            where = f"{Path(frame.filename).name}:{frame.lineno}" if frame else "?"
+            result = (f"{type(exc).__name__} at {where}", f"{type(exc).__name__}: {exc}"[:300])
+        conn.send((result, time.perf_counter() - t0, time.process_time() - c0, _LONGEST[0]))
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time used so far by a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _answered(conn: object, pid: int | None) -> bool:
+    """Wait for the worker's answer; False (a hang) once the case has used TIME_LIMIT seconds
+    of CPU, or WALL_LIMIT seconds of wall time (a blocked read uses no CPU). CPU time is the
+    measure because a loaded machine stretches wall time many-fold."""
+    cpu0, wall0 = _cpu_seconds(pid), time.perf_counter()
+    while not conn.poll(0.5):  # type: ignore[attr-defined]
+        if _cpu_seconds(pid) - cpu0 > TIME_LIMIT or time.perf_counter() - wall0 > WALL_LIMIT:
+            return False
+    return True
+
+
+@dataclass
+class Report:
+    cases: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, Case] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+    hangs: list[Case] = field(default_factory=list)
+    slowest: list[tuple[float, float, Case]] = field(default_factory=list)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    slow: int = 0  # inputs under 100 KB whose slowest command took over SLOW_LIMIT CPU s
+
+    def add_error(self, sig: str, message: str, case: Case) -> None:
+        self.errors[sig] += 1
+        old = self.examples.get(sig)
+        if old is None or len(case.data) < len(old.data):
+            self.examples[sig] = case
+            self.messages[sig] = message
+
+    def print(self, elapsed: float, out: Callable[[str], None] = print) -> None:
+        out(
+            f"cases run: {self.cases} ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.by_kind.items()))
+            + f") in {elapsed:.0f} s"
+        )
+        out(f"internal errors: {sum(self.errors.values())} in {len(self.errors)} signatures")
+        for sig, n in self.errors.most_common():
+            case = self.examples[sig]
+            out(f"  {n:6d}  {sig}: {self.messages[sig]}")
+            out(
+                f"          shortest input ({case.kind}, {case.origin}, {len(case.data)} bytes): "
+                f"{case.data[:200]!r}"
+            )
+        out(f"hangs (over {TIME_LIMIT:g} CPU s or {WALL_LIMIT:g} s): {len(self.hangs)}")
+        for case in self.hangs[:5]:
+            out(f"          {case.kind} {case.origin} {len(case.data)} bytes: {case.data[:200]!r}")
+        out(f"inputs under 100 KB with a command over {SLOW_LIMIT:g} CPU s: {self.slow}")
+        out("slowest (CPU s of its slowest command, CPU s of the whole case, bytes, origin):")
+        for command, cpu, case in sorted(self.slowest, key=lambda x: -x[0])[:5]:
+            out(f"  {command:7.2f} {cpu:7.2f} {len(case.data):8d}  {case.kind} {case.origin}")
+
+
+def fuzz(cases: int, seed: int, progress_every: int = 0) -> Report:
+    """Run ``cases`` cases of the seeded stream; return what was found."""
+    ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+    report = Report()
+
+    def start() -> tuple[mp.Process, object]:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(child,), daemon=True)
+        proc.start()
+        return proc, parent
+
+    proc, conn = start()
+    t0 = time.perf_counter()
+    try:
+        for case in generate(seed):
+            if report.cases >= cases:
+                break
+            report.cases += 1
+            report.by_kind[case.kind] += 1
+            conn.send(case)  # type: ignore[attr-defined]
+            if not _answered(conn, proc.pid):
+                report.hangs.append(case)
+                proc.kill()
+                proc.join()
+                proc, conn = start()
+                continue
+            try:
+                result, _wall, cpu, command_cpu = conn.recv()  # type: ignore[attr-defined]
+            except EOFError:  # the worker died (memory limit, a crash in C code)
+                report.add_error("worker died", f"exit code {proc.exitcode}", case)
+                proc.join()
+                proc, conn = start()
+                continue
+            if result is not None:
+                report.add_error(result[0], result[1], case)
+            if command_cpu > SLOW_LIMIT and len(case.data) < 100_000:
+                report.slow += 1
+            report.slowest.append((command_cpu, cpu, case))
+            report.slowest = sorted(report.slowest, key=lambda x: -x[0])[:5]
+            if progress_every and report.cases % progress_every == 0:
+                report.print(time.perf_counter() - t0)
+                sys.stdout.flush()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.send(None)  # type: ignore[attr-defined]
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+    report.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--cases", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--progress", type=int, default=0, help="print a report every N cases")
+    args = ap.parse_args(argv)
+    report = fuzz(args.cases, args.seed, args.progress)
+    report.print(report.elapsed)  # type: ignore[attr-defined]
+    return 1 if report.errors or report.hangs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
