@@ -62,6 +62,12 @@ def logits_of(output: Any) -> torch.Tensor | None:
     return None
 
 
+def call_model(model: Any, x: Any) -> Any:
+    """A model's output on a batch input: a dict input (token data: ``input_ids``,
+    ``attention_mask``) is passed as keywords, as Hugging Face models take it."""
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
 def select(value: Any, path: tuple[str | int, ...]) -> Any:
     """Pick an element of a tuple/dict/ModelOutput output: ``("hidden_states", 4)``."""
     for key in path:

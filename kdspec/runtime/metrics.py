@@ -5,6 +5,10 @@ Every evaluation computes all of them (they share one pass over the data):
 * ``top1`` / ``top5``: accuracy (%) of the first / first five predictions (top-5 counts the
   first ``min(5, classes)``);
 * ``perplexity``: ``exp`` of the mean cross-entropy per sample (lower is better);
+
+Token data (logits ``[B, T, V]``, labels ``[B, T]``) counts label tokens, not rows: top-1/top-5
+are next-token accuracies, perplexity is ``exp`` of the mean cross-entropy per label token
+(positions labelled ``-100`` are left out) and the cosine is averaged over those tokens.
 * ``teacher_cosine``: mean cosine similarity between the model's logits and the teacher's on
   the same inputs (only when a teacher is given; 1 means the same outputs up to scale).
 
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdspec.compiler.taps import logits_of
+from kdspec.compiler.taps import call_model, logits_of
 
 __all__ = ["METRICS", "Metric", "MetricName", "evaluate_logits"]
 
@@ -76,13 +80,16 @@ def evaluate_logits(
     try:
         for batch in loader:
             x, y = move(batch[0], device), move(batch[1], device)
-            logits = _logits(model, x)  # [B, K]
+            logits = _logits(model, x)  # [B, K], or [B, T, V] for token data
+            keep = (y != -100).flatten()  # every row of class data; label tokens of text
+            logits, y = logits.flatten(0, -2)[keep], y.flatten()[keep]  # [N, K], [N]
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [B, k]
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [N, k]
             correct1 += int((top[:, 0] == y).sum())
             correct5 += int((top == y[:, None]).any(1).sum())
             if reference is not None:
-                cosine += float(F.cosine_similarity(logits, _logits(reference, x), dim=1).sum())
+                ref = _logits(reference, x).flatten(0, -2)[keep]
+                cosine += float(F.cosine_similarity(logits, ref, dim=1).sum())
             n += len(y)
     finally:
         for m, mode in modes:
@@ -102,7 +109,7 @@ def evaluate_logits(
 
 
 def _logits(model: nn.Module, x: Any) -> torch.Tensor:
-    logits = logits_of(model(x))
+    logits = logits_of(call_model(model, x))
     if logits is None:
         raise TypeError("the model returned no logits")
     return logits.float()
