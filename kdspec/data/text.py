@@ -7,12 +7,13 @@ kdspec dataset (NOTES: the batch contract of token data):
 
 * ``x`` = ``{"input_ids": [T], "attention_mask": [T]}`` (1 on real tokens, 0 on padding; right
   padding), so every model is called ``model(**x)`` as a Hugging Face model is;
-* ``labels`` = ``[T]``, already shifted: ``labels[t]`` is the target of the logits at position
-  ``t`` (the token at ``t + 1``), ``-100`` where there is no loss (prompt, padding, the end).
+* ``labels`` = ``[T]`` in the Hugging Face convention (unshifted): ``labels[t]`` is
+  ``input_ids[t]`` where that token is a target, ``-100`` where it is not (``bos``, prompt,
+  padding). A causal model's logits at ``t`` predict token ``t + 1``; the consumers shift.
 
 ``packing`` concatenates the examples of a split into one stream and cuts it into rows of
-``seq_len`` positions (every token predicted once, no padding but in the last row); without it
-each example is one row, truncated to ``seq_len`` and right-padded.
+``seq_len`` tokens (no padding but in the last row; a row's first token is context only);
+without it each example is one row, truncated to ``seq_len`` and right-padded.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ class TokenDataset(Dataset[tuple[dict[str, Tensor], Tensor, int]]):
 
     Attributes:
         input_ids, attention_mask, labels: ``[N, T]`` each.
-        prompt_lengths: ``[N]`` tokens before the first loss position of each unpacked row
-            (``bos`` + prompt), or None for packed rows (they hold several examples).
+        prompt_lengths: ``[N]`` tokens before the first target of each row (``bos`` +
+            prompt), or None for packed rows without ``prompt_tokens`` (several examples).
         tokenizer: The tokenizer that made them (generation views decode and pad with it).
     """
 
@@ -210,23 +211,25 @@ def _tokens(ex: Example, tok: Tokenizer) -> tuple[list[int], list[bool]]:
 
 
 def _row(ids: list[int], target: list[bool], seq_len: int, pad: int) -> tuple[list[int], ...]:
-    """One row of ``seq_len`` positions from ``ids[: seq_len + 1]`` (inputs, mask, labels)."""
-    ids, target = ids[: seq_len + 1], target[: seq_len + 1]
-    inputs = ids[:-1] if len(ids) > 1 else ids
-    labels = [i if t else IGNORE for i, t in zip(ids[1:], target[1:], strict=True)]
-    n = len(inputs)
-    fill = seq_len - n
-    return (
-        inputs + [pad] * fill,
-        [1] * n + [0] * fill,
-        labels + [IGNORE] * (seq_len - len(labels)),
-    )
+    """One row of ``seq_len`` positions from ``ids[:seq_len]`` (inputs, mask, labels)."""
+    ids, target = ids[:seq_len], target[:seq_len]
+    labels = [i if t else IGNORE for i, t in zip(ids, target, strict=True)]
+    fill = seq_len - len(ids)
+    return ids + [pad] * fill, [1] * len(ids) + [0] * fill, labels + [IGNORE] * fill
 
 
 def tokenize(
-    examples: Sequence[Example], tok: Tokenizer, seq_len: int, packing: bool
+    examples: Sequence[Example],
+    tok: Tokenizer,
+    seq_len: int,
+    packing: bool,
+    prompt_tokens: int = 0,
 ) -> TokenDataset:
     """The rows of a split (see the module's docstring); rows without a target are dropped.
+
+    ``prompt_tokens = k`` makes the first ``k`` tokens of every row a prompt: no loss on them
+    (``labels[:k]`` are ``-100``), and the on-policy and sequence-level views continue them;
+    every row then has a prompt of at least ``k`` tokens (packed rows too).
 
     Raises:
         TextDataError: no row has a target (every prompt fills ``seq_len``, or no example).
@@ -237,20 +240,25 @@ def tokenize(
     if packing:
         stream = [i for ids, _ in encoded for i in ids]
         flags = [f for _, fl in encoded for f in fl]
-        for start in range(0, max(len(stream) - 1, 0), seq_len):
-            end = start + seq_len + 1
+        for start in range(0, len(stream), seq_len):
+            end = start + seq_len
+            flags[start] = False  # a row's first token has nothing before it to predict it
             rows.append(_row(stream[start:end], flags[start:end], seq_len, tok.pad_token_id))
     else:
         for ids, flags in encoded:
             rows.append(_row(ids, flags, seq_len, tok.pad_token_id))
             prompts.append(flags.index(True))
+    if prompt_tokens:
+        k = prompt_tokens
+        rows = [(r[0], r[1], [IGNORE] * k + r[2][k:]) for r in rows]
+        prompts = [max(k, p) for p in prompts] if prompts else [k] * len(rows)
     keep = [k for k, r in enumerate(rows) if any(v != IGNORE for v in r[2])]
     if not keep:
         raise TextDataError(
             f"no example has a response token within `seq_len = {seq_len}` positions"
         )
     cols = [torch.tensor([rows[k][c] for k in keep], dtype=torch.long) for c in range(3)]
-    lengths = None if packing else torch.tensor([prompts[k] for k in keep], dtype=torch.long)
+    lengths = torch.tensor([prompts[k] for k in keep], dtype=torch.long) if prompts else None
     return TokenDataset(cols[0], cols[1], cols[2], tok, lengths)
 
 
@@ -282,6 +290,7 @@ def text_splits(
     *,
     seq_len: int,
     packing: bool,
+    prompt_tokens: int = 0,
     val_fraction: float,
     test_fraction: float,
     seed: int,
@@ -289,7 +298,9 @@ def text_splits(
     """Tokenised train/val/test splits; ``num_classes`` is the vocabulary size and
     ``input_shape`` is ``(seq_len,)`` (zoo LMs are sized from both)."""
     parts = split_examples(examples, val_fraction, test_fraction, seed)
-    train, val, test = (tokenize(p, tok, seq_len, packing) if p else None for p in parts)
+    train, val, test = (
+        tokenize(p, tok, seq_len, packing, prompt_tokens) if p else None for p in parts
+    )
     assert train is not None
     none = torch.zeros(0, seq_len, dtype=torch.long)
     empty = TokenDataset(none, none, none, tok)

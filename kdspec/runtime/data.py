@@ -49,7 +49,7 @@ _SOURCES = (
     "jsonl:path/to/file.jsonl",
     "pydoc",
 )
-_TEXT_KEYS = ("tokenizer", "seq_len", "packing")
+_TEXT_KEYS = ("tokenizer", "seq_len", "packing", "prompt_tokens")
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,7 @@ def _text_splits(run: Run) -> tuple[Splits, dict[str, Any]]:
             tok,
             seq_len=cfg.seq_len,
             packing=cfg.packing,
+            prompt_tokens=cfg.prompt_tokens,
             val_fraction=cfg.val_fraction,
             test_fraction=cfg.test_fraction,
             seed=cfg.seed,

@@ -6,9 +6,10 @@ Every evaluation computes all of them (they share one pass over the data):
   first ``min(5, classes)``);
 * ``perplexity``: ``exp`` of the mean cross-entropy per sample (lower is better);
 
-Token data (logits ``[B, T, V]``, labels ``[B, T]``) counts label tokens, not rows: top-1/top-5
-are next-token accuracies, perplexity is ``exp`` of the mean cross-entropy per label token
-(positions labelled ``-100`` are left out) and the cosine is averaged over those tokens.
+Token data (logits ``[B, T, V]``, labels ``[B, T]``, unshifted as in Hugging Face) counts label
+tokens, not rows: top-1/top-5 are next-token accuracies, perplexity is ``exp`` of the mean
+cross-entropy per label token (labels ``-100`` left out; a causal LM's logits at ``t`` predict
+the label at ``t + 1``) and the cosine is averaged over those tokens.
 * ``teacher_cosine``: mean cosine similarity between the model's logits and the teacher's on
   the same inputs (only when a teacher is given; 1 means the same outputs up to scale).
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdspec.compiler.taps import call_model, logits_of
+from kdspec.compiler.taps import call_model, is_causal, logits_of, next_token_pairs
 
 __all__ = ["METRICS", "Metric", "MetricName", "evaluate_logits"]
 
@@ -80,17 +81,16 @@ def evaluate_logits(
     try:
         for batch in loader:
             x, y = move(batch[0], device), move(batch[1], device)
-            logits = _logits(model, x)  # [B, K], or [B, T, V] for token data
-            keep = (y != -100).flatten()  # every row of class data; label tokens of text
-            logits, y = logits.flatten(0, -2)[keep], y.flatten()[keep]  # [N, K], [N]
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            full = _logits(model, x)  # [B, K], or [B, T, V] for token data
+            logits, target = next_token_pairs(full, y, is_causal(model))  # [N, K], [N]
+            loss += float(F.cross_entropy(logits, target, reduction="sum"))
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [N, k]
-            correct1 += int((top[:, 0] == y).sum())
-            correct5 += int((top == y[:, None]).any(1).sum())
+            correct1 += int((top[:, 0] == target).sum())
+            correct5 += int((top == target[:, None]).any(1).sum())
             if reference is not None:
-                ref = _logits(reference, x).flatten(0, -2)[keep]
+                ref, _ = next_token_pairs(_logits(reference, x), y, is_causal(model))
                 cosine += float(F.cosine_similarity(logits, ref, dim=1).sum())
-            n += len(y)
+            n += len(target)
     finally:
         for m, mode in modes:
             m.train(mode)

@@ -95,6 +95,7 @@ class DataConfig(_Section):
             ``byte`` (built in) or ``hf:PATH`` (a local tokenizer folder).
         seq_len: text only: positions per row.
         packing: text only: concatenate examples into full rows (else one padded row each).
+        prompt_tokens: text only: the first N tokens of every row are a prompt (no loss).
     """
 
     source: str = "digits"
@@ -117,6 +118,15 @@ class DataConfig(_Section):
     tokenizer: str = "auto"
     seq_len: int = Field(128, ge=2, le=MAX_SIDE)
     packing: bool = True
+    prompt_tokens: int = Field(0, ge=0, le=MAX_SIDE)
+
+    @model_validator(mode="after")
+    def _prompt_fits_in_a_row(self) -> DataConfig:
+        if self.prompt_tokens >= self.seq_len:
+            raise ValueError(
+                f"prompt_tokens ({self.prompt_tokens}) must be less than seq_len ({self.seq_len})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _synthetic_fits_in_memory(self) -> DataConfig:

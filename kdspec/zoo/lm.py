@@ -62,6 +62,7 @@ class CausalLM(nn.Module):
     """
 
     kd_classifier: str = "head"
+    kd_causal: bool = True  # logits at t predict token t + 1 (labels are unshifted)
 
     def __init__(
         self,

@@ -41,37 +41,37 @@ def test_byte_tokenizer_round_trips_utf8_and_skips_special_ids() -> None:
     assert TOK.decode([TOK.bos_token_id, *ids, TOK.eos_token_id, TOK.pad_token_id]) == "héllo"
 
 
-def test_padded_rows_shift_labels_and_mask_the_prompt() -> None:
+def test_padded_rows_label_the_response_only() -> None:
     ds = tokenize([Example("ab", "cd")], TOK, seq_len=8, packing=False)
     ids, mask, labels = ds.input_ids[0], ds.attention_mask[0], ds.labels[0]
     a, b, c, d = (ord(ch) for ch in "abcd")
     bos, eos, pad = TOK.bos_token_id, TOK.eos_token_id, TOK.pad_token_id
-    assert ids.tolist() == [bos, a, b, c, d, pad, pad, pad]  # the eos is only a target
-    assert mask.tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
-    # labels[t] is the target of position t: the response tokens and the eos only
-    assert labels.tolist() == [IGNORE, IGNORE, c, d, eos, IGNORE, IGNORE, IGNORE]
-    assert ds.prompt_lengths.tolist() == [3]  # bos + "ab": the first target is at position 2
+    assert ids.tolist() == [bos, a, b, c, d, eos, pad, pad]
+    assert mask.tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
+    # Hugging Face labels (unshifted): the response tokens and the eos only
+    assert labels.tolist() == [IGNORE, IGNORE, IGNORE, c, d, eos, IGNORE, IGNORE]
+    assert ds.prompt_lengths.tolist() == [3]  # bos + "ab"
 
 
 def test_padded_rows_truncate_and_drop_examples_without_targets() -> None:
     ds = tokenize([Example("x" * 10, "y"), Example("", "abcdef")], TOK, seq_len=4, packing=False)
     assert len(ds) == 1  # the long prompt leaves no response token in 4 positions
-    assert ds.labels[0].tolist() == [ord(c) for c in "abcd"]
+    assert ds.labels[0].tolist() == [IGNORE, *(ord(c) for c in "abc")]
     with pytest.raises(TextDataError, match="no example has a response token"):
         tokenize([Example("x" * 10, "y")], TOK, seq_len=4, packing=False)
 
 
-def test_packed_rows_predict_every_token_of_the_stream_once() -> None:
+def test_packed_rows_cut_the_stream_and_label_each_token_once() -> None:
     examples = [Example("", "hello"), Example("p", "world!")]
     ds = tokenize(examples, TOK, seq_len=4, packing=True)
     stream = [TOK.bos_token_id, *b"hello", TOK.eos_token_id, TOK.bos_token_id, *b"pworld!"]
     stream.append(TOK.eos_token_id)
+    assert ds.input_ids.flatten().tolist() == stream  # 16 tokens: 4 full rows
     targets = [t for row in ds.labels.tolist() for t in row if t != IGNORE]
-    # every stream token after the first is a target once, except bos and the prompt "p"
-    expected = [t for k, t in enumerate(stream[1:], 1) if k not in (7, 8)]
+    # not bos, not the prompt "p", not a row's first token (nothing before it predicts it)
+    expected = [t for k, t in enumerate(stream) if k not in (0, 7, 8) and k % 4]
     assert targets == expected
     assert ds.prompt_lengths is None
-    assert ds.input_ids[1].tolist() == stream[4:8]  # rows continue the stream
 
 
 def test_split_is_by_whole_documents_and_seeded() -> None:
@@ -140,7 +140,11 @@ def test_the_pydoc_source_packs_by_default(tmp_path: Path) -> None:
     data = build_data(_run(tmp_path, 'source = "pydoc"\nseq_len = 32'))
     train = data.splits.train
     assert len(train) > 5000
-    assert bool((train.labels != IGNORE).all()) or int((train.labels == IGNORE).sum()) < 100
+    full = train.attention_mask[:-1].bool()
+    assert bool(full.all())  # packed: only the last row has padding
+    unlabelled = train.labels[:-1, 1:] == IGNORE
+    assert torch.equal(unlabelled, train.input_ids[:-1, 1:] == TOK.bos_token_id)
+    assert bool((train.labels[:, 0] == IGNORE).all())
 
 
 @pytest.mark.parametrize(
@@ -164,13 +168,18 @@ def test_text_source_mistakes_are_diagnostics(
     assert where in text
 
 
-def test_token_metrics_and_supervised_loss_count_label_tokens_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("causal", [False, True])
+def test_token_metrics_and_supervised_loss_count_label_tokens_only(
+    tmp_path: Path, causal: bool
+) -> None:
     _jsonl(tmp_path / "qa.jsonl", [{"prompt": "abc", "response": "d" * (i + 1)} for i in range(6)])
     data = build_data(_run(tmp_path, 'source = "jsonl:qa.jsonl"\nseq_len = 8\npacking = false'))
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(TOK.vocab_size, 8), torch.nn.Linear(8, 259))
 
     class LM(torch.nn.Module):
+        kd_causal = causal
+
         def __init__(self) -> None:
             super().__init__()
             self.net = model
@@ -181,9 +190,11 @@ def test_token_metrics_and_supervised_loss_count_label_tokens_only(tmp_path: Pat
     lm = LM()
     train = data.splits.train
     x = {"input_ids": train.input_ids, "attention_mask": train.attention_mask}
-    logits = lm(**x).double()
-    keep = train.labels != IGNORE
-    ce = F.cross_entropy(logits[keep], train.labels[keep])  # by hand: label tokens only
+    logits, labels = lm(**x).double(), train.labels
+    if causal:  # by hand: logits at t predict the label at t + 1
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != IGNORE
+    ce = F.cross_entropy(logits[keep], labels[keep])  # label tokens only
     loader = torch.utils.data.DataLoader(train, batch_size=2)
     out = evaluate_logits(lm, loader, torch.device("cpu"), _to)
     assert out["n"] == int(keep.sum())
@@ -201,5 +212,15 @@ def test_the_documented_text_run_file_builds(tmp_path: Path) -> None:
     assert (len(data.splits.train), len(data.splits.val), len(data.splits.test)) == (14, 2, 4)
     train = data.splits.train
     for row, start in zip(train.labels.tolist(), train.prompt_lengths.tolist(), strict=True):
-        assert row[start - 1] == ord("A")  # the prompt's last position predicts the answer
-        assert set(row[: start - 1]) == {IGNORE}
+        assert row[start] == ord("A")  # the first label is the answer's first byte
+        assert set(row[:start]) == {IGNORE}
+
+
+def test_prompt_tokens_make_every_row_start_with_a_prompt() -> None:
+    ds = tokenize([Example("", "abcdefghijklmnop")], TOK, seq_len=6, packing=True, prompt_tokens=3)
+    assert ds.prompt_lengths.tolist() == [3] * len(ds)
+    for row in ds.labels.tolist():
+        assert row[:3] == [IGNORE] * 3
+    assert ds.labels[0].tolist() == [IGNORE] * 3 + [ord(c) for c in "cde"]
+    padded = tokenize([Example("ab", "cdefgh")], TOK, seq_len=6, packing=False, prompt_tokens=2)
+    assert padded.prompt_lengths.tolist() == [3]  # the example's own prompt is longer
