@@ -79,14 +79,14 @@ def _generated_view(func: str, kw: dict[str, Any], train_data: Any) -> BatchRewr
         )
     if train_data is not None and not hasattr(train_data, "prompt_lengths"):
         raise ValueError(f"`{func}` needs token data (a `jsonl:` or `pydoc` source)")
-    new = int(kw.get("max_new_tokens", 32))  # type: ignore[call-overload]
+    new = int(kw.get("max_new_tokens", 32))
     if func == "on_policy":
         return OnPolicy(
-            float(kw.get("lmbda", 0.5)),  # type: ignore[arg-type]
+            float(kw.get("lmbda", 0.5)),
             new,
-            float(kw.get("temperature", 1.0)),  # type: ignore[arg-type]
+            float(kw.get("temperature", 1.0)),
         )
-    return TeacherGenerations(new, float(kw.get("temperature", 0.0)))  # type: ignore[arg-type]
+    return TeacherGenerations(new, float(kw.get("temperature", 0.0)))
 
 
 def make_subset(
