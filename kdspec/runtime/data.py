@@ -179,7 +179,8 @@ def _check_text_keys(run: Run) -> None:
     """KD502 for a text-only key written for an image source, or `exclude_classes` on text."""
     cfg = run.config.data
     text = is_text_source(cfg.source)
-    bad = [k for k in _TEXT_KEYS if k in cfg.model_fields_set and not text]
+    defaults = type(cfg).model_fields
+    bad = [k for k in _TEXT_KEYS if not text and getattr(cfg, k) != defaults[k].default]
     if text and cfg.exclude_classes:
         bad.append("exclude_classes")
     if bad:
