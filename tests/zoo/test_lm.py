@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tolerance import assert_close
 
 from kdspec.compiler.taps import call_model
 from kdspec.zoo import build_model
@@ -20,8 +21,8 @@ def test_logits_are_causal_and_sized_from_the_vocabulary(name: str) -> None:
     changed = ids.clone()
     changed[:, 8:] = (changed[:, 8:] + 1) % 50  # a later token never changes earlier logits
     out2 = model(changed)
-    assert torch.allclose(out[:, :8], out2[:, :8], atol=1e-5)
-    assert not torch.allclose(out[:, 8:], out2[:, 8:], atol=1e-5)
+    assert_close(out2[:, :8], out[:, :8])
+    assert float((out[:, 8:] - out2[:, 8:]).abs().max()) > 1e-3
     modules = dict(model.named_modules())
     assert all(s in modules for s in model.kd_stages)
     assert model.kd_classifier in modules
