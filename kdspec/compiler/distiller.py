@@ -1222,6 +1222,8 @@ def _whole(v: Any) -> Any:
 
 
 def _to(x: Any, device: str | torch.device) -> Any:
+    if isinstance(x, dict):  # token data: the models' keyword inputs
+        return {k: _to(v, device) for k, v in x.items()}
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
 

@@ -188,7 +188,7 @@ class OnPolicy(BatchRewrite):
 
     def rows(self, labels: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """A Bernoulli(``lmbda``) draw per row from the global generator (seeded by the run)."""
-        return torch.rand(len(labels)) < self.lmbda
+        return (torch.rand(len(labels)) < self.lmbda).to(labels.device)
 
 
 class TeacherGenerations(BatchRewrite):
@@ -204,7 +204,7 @@ class TeacherGenerations(BatchRewrite):
 
     def rows(self, labels: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """Every row."""
-        return torch.ones(len(labels), dtype=torch.bool)
+        return torch.ones(len(labels), dtype=torch.bool, device=labels.device)
 
     def generated(
         self,
@@ -218,7 +218,7 @@ class TeacherGenerations(BatchRewrite):
         if index is None:
             raise ValueError("`teacher_generations` needs sample indices in the batch")
         keys = [int(k) for k in index.tolist()]
-        todo = torch.tensor([k not in self.cache for k in keys], dtype=torch.bool)
+        todo = torch.tensor([k not in self.cache for k in keys], device=ids.device)
         new = sample_continuations(
             model, ids, prompts, todo & chosen, self.max_new_tokens, self.temperature
         )

@@ -141,3 +141,11 @@ def test_a_generated_view_every_role_must_see_and_packed_rows_are_refused(tmp_pa
     packed = _data(packing=True)
     with pytest.raises(KdError, match="packed rows have none"):
         compile_spec(GKD, models, _batch(packed, 2), train_data=packed)
+
+
+def test_token_inputs_move_to_the_compile_device() -> None:
+    from kdspec.compiler.distiller import _to
+
+    x = {"input_ids": torch.zeros(2, 3, dtype=torch.long)}
+    moved = _to(x, "meta")
+    assert moved["input_ids"].device.type == "meta"
