@@ -125,7 +125,7 @@ def test_prelude_functions_and_defs_export(digits_batches, tmp_path) -> None:
     from kdspec.vocabulary import FUNCTIONS, PRELUDE_IMPL
 
     prelude = {n for n, f in FUNCTIONS.items() if f.impl.startswith(PRELUDE_IMPL)}
-    written = set(re.findall(r"\b([a-z_]+)\b", PRELUDE_MIX)) & prelude
+    written = set(re.findall(r"\b([a-z_0-9]+)\b", PRELUDE_MIX)) & prelude
     assert len(written) >= 9  # the script computes them from the primitives
     torch.manual_seed(0)
     t, s = build_model("cnn_small", 10, 1), build_model("cnn_tiny", 10, 1)
