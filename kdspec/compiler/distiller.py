@@ -740,7 +740,7 @@ class _Builder:
         if isinstance(e, ir.Call) and self.m.function(e.func) is not None:
             fdef = self.m.function(e.func)
             assert fdef is not None
-            return self.node(expand(e, fdef), path, indices)
+            return self.node(expand(e, fdef, params=self.m.params), path, indices)
         if isinstance(e, ir.Call) and _is_primitive_call(e):
             fn = FUNCTIONS[e.func]
             args = list(e.args)
@@ -781,7 +781,7 @@ class _Builder:
         """
         body = e
         if isinstance(e, ir.Call) and (fdef := self.m.function(e.func)) is not None:
-            body = expand(e, fdef)
+            body = expand(e, fdef, params=self.m.params)
         if isinstance(body, ir.BinOp) and body.op == "/" and self.positive(body.right):
             return self.scale_free(body.left)
         if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.left):
@@ -852,7 +852,7 @@ class _Builder:
             fdef = self.m.function(call.func)
             if fdef is not None or _is_primitive_call(call):
                 body = (
-                    expand(call, fdef, (ir.ArgRef(name=HOLE),))
+                    expand(call, fdef, (ir.ArgRef(name=HOLE),), self.m.params)
                     if fdef is not None
                     else call.model_copy(update={"args": (ir.ArgRef(name=HOLE), *call.args)})
                 )
@@ -895,6 +895,7 @@ class _Builder:
         while (
             isinstance(inner, ir.Call)
             and len(inner.args) == 1
+            and inner.func in FUNCTIONS  # a user's `def` is no named transform
             and FUNCTIONS[inner.func].category == "transform"
         ):
             chain.append(inner)
@@ -1024,7 +1025,8 @@ class _Builder:
             TEACHER_SIDE: sides.get("source", types.UNKNOWN),
             STUDENT_SIDE: sides["target"],
         }
-        loss = self.node(expand(term.loss, fdef, implicit), ("term", term.name, "loss"), {})
+        body = expand(term.loss, fdef, implicit, self.m.params)
+        loss = self.node(body, ("term", term.name, "loss"), {})
         self.holes = {}
         return TermModule(
             term,

@@ -247,7 +247,8 @@ def value_type(
     if fdef is not None:
         from kdspec.ir.functions import expand
 
-        return value_type(expand(e, fdef), method, report, path, holes)
+        body = expand(e, fdef, params=method.params)
+        return value_type(body, method, report, path, holes)
     fn = FUNCTIONS.get(e.func)
     if fn is None:
         return UNKNOWN
@@ -309,7 +310,7 @@ def knowledge_type(
         where = (*path, "knowledge", i)
         fdef = method.function(call.func) if call.func not in FUNCTIONS else None
         if fdef is not None:
-            body = expand(call, fdef, (ir.ArgRef(name=HOLE),))
+            body = expand(call, fdef, (ir.ArgRef(name=HOLE),), method.params)
             current = value_type(body, method, report, where, {HOLE: current})
             continue
         fn = FUNCTIONS.get(call.func)

@@ -327,6 +327,28 @@ def relation(
     raise ValueError(f"unknown kernel `{kernel}` (dot, cosine, rbf, distance, sqdistance)")
 
 
+def eye(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    """1 where a relation matrix's row and column are the same, 0 elsewhere (no gradient)."""
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    return torch.eye(x.shape[-2], x.shape[-1], dtype=dtype, device=x.device).expand(x.shape)
+
+
+def diag(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    """The diagonal of a relation matrix: ``(..., N, N) -> (..., N)``."""
+    return torch.diagonal(x, dim1=-2, dim2=-1)
+
+
+def stack(*xs: Tensor, axes: AxesIn = (), over: object) -> Tensor:
+    """The inputs side by side along a new last axis."""
+    return torch.stack(torch.broadcast_tensors(*xs), dim=-1)
+
+
+def concat(*xs: Tensor, axes: AxesIn = (), over: object) -> Tensor:
+    """The inputs end to end along their axis ``over``."""
+    (d,) = dims(axes[0] if axes else None, xs[0], over)
+    return torch.cat(xs, dim=d)
+
+
 # --------------------------------------------------------------------------------------------
 # Labels, shapes, gradients, retyping
 # --------------------------------------------------------------------------------------------

@@ -690,6 +690,34 @@ PRIMITIVES: dict[str, Fn] = {
         ),
         returns="similarity",
     ),
+    "eye": _prim(
+        "the identity matrix shaped like a relation matrix x (..., a, a2): 1 where the row and "
+        "the column are the same, 0 elsewhere (RKD's zeroed diagonal: `r * (1 - eye(r))`)",
+        "matrix",
+        "eye",
+    ),
+    "diag": _prim(
+        "the diagonal of a relation matrix x (..., a, a2) -> (..., a): each row's entry at its "
+        "own column (InfoNCE's positives: `diag(relation(t, s, over=batch))`)",
+        "matrix",
+        "diag",
+        returns="same",
+    ),
+    "stack": _prim(
+        "the inputs (equal axes) side by side along a new last axis `over`: "
+        "`stack(p, 1 - p, over=class)` is (batch) -> (batch, class)",
+        "joined",
+        "stack",
+        inputs=-1,
+        params=_p(over=(REQUIRED, None, AXES)),
+    ),
+    "concat": _prim(
+        "the inputs (equal axes) joined end to end along their axis `over`",
+        "joined",
+        "concat",
+        inputs=-1,
+        params=_p(over=(REQUIRED, None, AXES)),
+    ),
     "size": _prim(
         "the size of an axis of x, a number (without x: `over=batch` the batch size, "
         "`over=class` the number of classes); `part=0`/`1`: H or W of `space`",
