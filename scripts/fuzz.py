@@ -51,6 +51,7 @@ MEMORY_LIMIT = 2 * 1024**3  # bytes of address space per worker
 PREPARE_SHARE = 0.1  # run files whose job is also prepared (models built): the slow part
 TIME_LIMIT = 10.0  # CPU seconds per case before it is called a hang
 SLOW_LIMIT = 2.0  # CPU seconds of one command (check, fmt, graph, ...; a run file's prepare)
+PLANT_CRASH = "KDSPEC_FUZZ_PLANT_CRASH"  # set: workers replace the checker by a crash (self-test)
 WALL_LIMIT = 120.0  # wall seconds (catches a case blocked without using CPU)
 
 
@@ -453,6 +454,13 @@ def _worker(conn: mp.connection.Connection) -> None:  # type: ignore[name-define
     from kdspec.cli import main as cli_main
 
     cli_main.build_parser = functools.cache(cli_main.build_parser)  # argparse set-up once
+    if os.environ.get(PLANT_CRASH):  # the harness's own test: every check crashes
+        import kdspec.api
+
+        def planted(*args: object, **kwargs: object) -> None:
+            raise ZeroDivisionError("planted")
+
+        kdspec.api.check_source = planted  # type: ignore[assignment]
     folder = Path(tempfile.mkdtemp(prefix="kdspec-fuzz-"))
     os.mkfifo(folder / "fifo.kd")
     while True:
@@ -539,7 +547,9 @@ class Report:
 
 def fuzz(cases: int, seed: int, progress_every: int = 0) -> Report:
     """Run ``cases`` cases of the seeded stream; return what was found."""
-    ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+    # Spawned, not forked: a forked child inherits the parent's thread pools (OpenMP) with
+    # their locks possibly held, and can deadlock in its first tensor operation.
+    ctx = mp.get_context("spawn")
     report = Report()
 
     def start() -> tuple[mp.Process, object]:
