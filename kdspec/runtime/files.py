@@ -137,15 +137,16 @@ def output_folder(
         log(f"--out `{path}` already holds files: writing to `{sub}`")
         return _marked(sub, resumable)
     check_writable(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_failure(exc, "the output folder", path) from None
     return _marked(path, resumable)
 
 
 def _marked(path: Path, kind: str | None) -> Path:
+    """Mark a folder as ``kind``'s output; unmarked (``train``) folders are made on first write."""
     if kind is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failure(exc, "the output folder", path) from None
         atomic_write(path / OUTPUT_MARK, lambda p: p.write_text(kind + "\n"))
     return path
 
