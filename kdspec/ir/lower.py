@@ -19,8 +19,8 @@ from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
-from kdspec.vocabulary import ALIASES, CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
-from kdspec.vocabulary.axes import AXES, BASE_AXES
+from kdspec.vocabulary import ALIASES, CLAIM_DIMENSIONS, FUNCTIONS, PRELUDE_IMPL, REQUIRED, by_category
+from kdspec.vocabulary.axes import AXES, AXIS_SETS, BASE_AXES
 
 PathKey = tuple[object, ...]
 
@@ -326,7 +326,12 @@ class _MethodLowering:
         """KD313 for a bare word given as an axis that is no axis (`over=spaec`)."""
         words = e.items if isinstance(e, ast.ListExpr) else (e,)
         for w in words:
-            if not isinstance(w, ast.Name) or w.id in AXES or self.is_value_name(w.id):
+            if (
+                not isinstance(w, ast.Name)
+                or w.id in AXES
+                or w.id in AXIS_SETS
+                or self.is_value_name(w.id)
+            ):
                 continue
             self.err(
                 "KD313",
@@ -496,6 +501,11 @@ class _MethodLowering:
                     e.span,
                     f"missing `{pname}=`",
                 )
+        if fn.impl.startswith(PRELUDE_IMPL) and self.defs is not None:
+            # Written in kdspec itself: the method carries the prelude def, and the compiler
+            # expands the call as a user def's; its facts stay those of the vocabulary.
+            if self.defs.lower(fname, e.func.span, self.source) is not None:
+                self.used_defs.add(fname)
         return ir.Call(func=fname, args=args, kwargs=kwargs)
 
     def _const_int(self, e: ast.Expr | None) -> int | None:

@@ -46,7 +46,7 @@ def dims(axes: Axes | None, x: Tensor, over: object) -> list[int]:
         return [x.dim() - 1]
     if axes is None:
         raise ValueError(f"the axes of this value are unknown, so `over={over}` cannot be placed")
-    names = over_axes(over)
+    names = over_axes(over, of=axes)
     out: list[int] = []
     start = 0
     for a, n in zip(axes, spans(axes, x.dim()), strict=True):

@@ -46,11 +46,24 @@ def axes_text(axes: Axes) -> str:
     return "(" + ", ".join(axes) + ")"
 
 
-def over_axes(value: object, *, param: str = "over") -> Axes:
-    """The axes named by an ``over=`` value: one bare word or a list of them."""
+# Words for a set of axes, read against the value's own axes: `sample` is every axis but the
+# batch (per sample, whatever the value is), `all` every axis.
+AXIS_SETS: Axes = ("sample", "all")
+
+
+def over_axes(value: object, *, param: str = "over", of: Axes | None = None) -> Axes:
+    """The axes named by an ``over=`` value: one bare word or a list of them.
+
+    ``of``: the axes of the value it applies to, which `sample` and `all` stand for.
+    """
     names = list(value) if isinstance(value, list | tuple) else [value]
     out: list[str] = []
     for n in names:
+        if n in AXIS_SETS:
+            if of is None:
+                raise AxisError(f"`over={n}` needs a value whose axes are known", param)
+            out.extend(a for a in of if (n == "all" or a != "batch") and a not in out)
+            continue
         if not isinstance(n, str) or n not in AXES:
             raise AxisError(
                 f"`{n}` is not an axis (axes: {', '.join(BASE_AXES)}, and `batch2`, ... for "
@@ -95,7 +108,7 @@ def _over(axes: Axes, kwargs: dict[str, object], func: str, *, default_last: boo
         if default_last:
             return axes[-1:]
         raise AxisError(f"`{func}` needs `over=` (the axis it works along)", "over")
-    over = over_axes(value)
+    over = over_axes(value, of=axes)
     _need(axes, over, func)
     return over
 
