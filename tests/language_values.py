@@ -53,3 +53,68 @@ def loss(
     batch = {f"t.{tap}": teacher, f"s.{tap}": student}
     d = compile_spec(low, None, {k: v.detach() for k, v in batch.items()})
     return d(batch).loss
+
+
+def _literal(v: object) -> str:
+    """A Python keyword value as .kd text."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_literal(x) for x in v) + "]"
+    return repr(v)
+
+
+class _Losses:
+    """The prelude's losses called as the Python functions they replaced took them.
+
+    ``L.kl(t, s, reduction="sum")``: distribution losses take log-probabilities (``kl``,
+    ``soft_ce``) or probabilities (``pearson``) and read them as a softmax of log-probabilities
+    (the same distribution, the same gradients); the other losses take any tensor, called from
+    a ``def`` so that no knowledge kind is asked of it. Spec errors come back as ``ValueError``.
+    Functions still written in Python (``cross_entropy``, ...) are returned as they are.
+    """
+
+    LOG_PROBS = frozenset({"kl", "soft_ce"})
+    PROBS = frozenset({"pearson"})
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        from kdspec.ops import LOSSES
+
+        if name == "LOSSES":
+            return LOSSES
+        if name in LOSSES:
+            return LOSSES[name]
+
+        def call(t: torch.Tensor, s: torch.Tensor, **kwargs: object) -> torch.Tensor:
+            from kdspec.diagnostics import KdError
+
+            args = ", ".join(f"{k}={_literal(v)}" for k, v in kwargs.items())
+            try:
+                if name in self.LOG_PROBS or name in self.PROBS:
+                    if name in self.PROBS:
+                        t, s = t.log(), s.log()
+                    return loss(f"{name}({args})", t, s, tap="logits", knowledge="softmax")
+                return _def_loss(f"{name}(t, s{', ' if args else ''}{args})", t, s)
+            except KdError as exc:
+                raise ValueError(str(exc)) from exc
+
+        return call
+
+
+def _def_loss(body: str, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    text = (
+        f"def probe(t, s) = {body}\n"
+        "method probe {\n  teacher t\n  student s\n"
+        "  transfer v: from t.stage[1] to s.stage[1] with probe\n}"
+    )
+    low = load_method("probe.kd", text=text)
+    batch = {"t.stage[1]": teacher, "s.stage[1]": student}
+    d = compile_spec(low, None, {k: v.detach() for k, v in batch.items()})
+    return d(batch).loss
+
+
+losses = _Losses()

@@ -5,6 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import language_values as language
+import pytest
+import torch
+
+from kdspec.api import load_method
+from kdspec.compiler import compile_spec
+from kdspec.diagnostics import KdError
 from kdspec.ir.lower import _module_defs, _prelude_files
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.vocabulary import FUNCTIONS, PRELUDE_IMPL
@@ -21,8 +28,19 @@ def _defs() -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
         for name in found:
             m = re.search(rf"^def {name}\(.*?\) = (.+)$", text, re.MULTILINE)
-            assert m, f"`{name}`: one-line `def ... = body` expected"
-            out[name] = m.group(1).strip()
+            block = re.search(
+                rf"^def {name}\(.*?\) \{{\n(.*?)\n\}}$", text, re.MULTILINE | re.DOTALL
+            )
+            assert m or block, f"`{name}`: `def ... = body` or `def ... {{ block }}` expected"
+            # A block reads as its lines joined by `; ` (how the reference shows it).
+            out[name] = (
+                m.group(1).strip()
+                if m
+                else "; ".join(
+                    line.strip()
+                    for line in block.group(1).splitlines()  # type: ignore[union-attr]
+                )
+            )
     return out
 
 
@@ -40,3 +58,23 @@ def test_prelude_functions_have_no_python() -> None:
 def test_the_reference_shows_each_body_as_written() -> None:
     for name, body in _defs().items():
         assert f"| `{name}` | `{body}` |" in DOC, f"docs/language.md: no prelude row for `{name}`"
+
+
+def test_a_prelude_loss_on_sides_of_different_shapes_is_kd403() -> None:
+    term = "transfer v: from t.embedding to s.embedding with info_nce"
+    text = f"method m {{\n  teacher t\n  student s\n  {term}\n}}"
+    batch = {"t.embedding": torch.randn(8, 4), "s.embedding": torch.randn(8, 5)}
+    with pytest.raises(KdError, match="KD403") as exc:
+        compile_spec(load_method("m.kd", text=text), None, batch)
+    assert "different shapes" in str(exc.value)
+
+
+def test_a_mean_along_an_axis_of_a_distribution_averages_its_probabilities() -> None:
+    z = torch.randn(4, 6, dtype=torch.float64)
+    got = language.value("mean(softmax(s.logits, T=2), over=class)", {"s.logits": z})
+    assert torch.allclose(got, torch.softmax(z / 2, dim=1).mean(dim=1), rtol=1e-12)
+    got = language.value(
+        "softmax(s.logits, T=2) - mean(softmax(s.logits, T=2), over=class)", {"s.logits": z}
+    )
+    p = torch.softmax(z / 2, dim=1)
+    assert torch.allclose(got, p - p.mean(dim=1, keepdim=True), rtol=1e-12)

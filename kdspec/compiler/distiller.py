@@ -819,7 +819,9 @@ class _Builder:
         dist = [t.kind == "distribution" for t in ins]
         if fn is not None and fn.learned:
             return LearnedNode(func, nodes, kwargs, axes)
-        keep = fn is not None and (fn.returns == "same" or fn.log_inputs)
+        # stopgrad & co. pass a distribution through as it is; `mean(p, over=...)` and the
+        # rest read its probabilities.
+        keep = fn is not None and ((fn.returns == "same" and func != "mean") or fn.log_inputs)
         return PrimNode(func, nodes, kwargs, axes, dist, keep_storage=keep)
 
     def margins(self, e: ir.Expr, path: tuple[object, ...]) -> list[torch.Tensor]:

@@ -285,7 +285,7 @@ def call_type(
     inner = ins[0].kind if ins else "features"
     if e.func == "relation":
         kind = _relation_kind(kw)
-    elif fn.returns == "same":
+    elif fn.returns == "same" and e.func != "mean":  # a mean along axes is no distribution
         kind = inner
     else:
         kind = fn.returns

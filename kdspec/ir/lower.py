@@ -19,7 +19,14 @@ from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
-from kdspec.vocabulary import ALIASES, CLAIM_DIMENSIONS, FUNCTIONS, PRELUDE_IMPL, REQUIRED, by_category
+from kdspec.vocabulary import (
+    ALIASES,
+    CLAIM_DIMENSIONS,
+    FUNCTIONS,
+    PRELUDE_IMPL,
+    REQUIRED,
+    by_category,
+)
 from kdspec.vocabulary.axes import AXES, AXIS_SETS, BASE_AXES
 
 PathKey = tuple[object, ...]

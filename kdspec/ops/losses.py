@@ -31,8 +31,6 @@ __all__ = [
     "cross_entropy",
     "frobenius",
     "gaussian_nll",
-    "hcl",
-    "info_nce",
     "kl",
     "l1",
     "lp",
@@ -414,59 +412,6 @@ def gaussian_nll(
     return nll.mean()
 
 
-def hcl(t: Tensor, s: Tensor, levels: Sequence[int] = (4, 2, 1)) -> Tensor:
-    """ReviewKD hierarchical context loss (``hcl`` in ReviewKD / mdistiller / torchdistill).
-
-    ``MSE + sum_k w_k MSE(pool_k)`` divided by the total weight, where ``w`` starts at 1 and halves
-    for every level that is used; levels ``>= H`` are skipped.
-
-    Args:
-        t: Teacher ``[B, C, H, W]``.
-        s: Student (fused) features, same shape.
-        levels: Pyramid output sizes.
-
-    Returns:
-        Scalar.
-    """
-    _check_same_shape("hcl", t, s)
-    h = s.shape[2]
-    loss = F.mse_loss(s, t, reduction="mean")
-    w = 1.0
-    total = 1.0
-    for level in levels:
-        if level >= h:
-            continue
-        w /= 2.0
-        ps = F.adaptive_avg_pool2d(s, (level, level))
-        pt = F.adaptive_avg_pool2d(t, (level, level))
-        loss = loss + w * F.mse_loss(ps, pt, reduction="mean")
-        total += w
-    return loss / total
-
-
-def info_nce(t: Tensor, s: Tensor, T: float = 0.07) -> Tensor:
-    """In-batch InfoNCE: sample i of the student must pick sample i of the teacher.
-
-    A memory-bank-free stand-in for CRD's NCE: L2-normalised embeddings, logits ``s tᵀ / T``,
-    cross-entropy with the diagonal as positives.
-
-    Args:
-        t: Teacher embeddings ``[B, D]`` (other shapes are flattened).
-        s: Student embeddings ``[B, D]``.
-        T: Temperature.
-
-    Returns:
-        Scalar.
-    """
-    zt = F.normalize(t.reshape(t.shape[0], -1), dim=1)  # [B, D]
-    zs = F.normalize(s.reshape(s.shape[0], -1), dim=1)  # [B, D]
-    if zt.shape != zs.shape:
-        raise ValueError(f"info_nce: teacher {tuple(zt.shape)} != student {tuple(zs.shape)}")
-    logits = zs @ zt.t() / T  # [B, B]
-    target = torch.arange(zs.shape[0], device=zs.device)
-    return F.cross_entropy(logits, target)
-
-
 LOSSES: dict[str, Callable[..., Any]] = {
     "kl": kl,
     "soft_ce": soft_ce,
@@ -481,7 +426,5 @@ LOSSES: dict[str, Callable[..., Any]] = {
     "pearson": pearson,
     "ab_hinge": ab_hinge,
     "gaussian_nll": gaussian_nll,
-    "hcl": hcl,
-    "info_nce": info_nce,
 }
 """Every loss by its spec name."""

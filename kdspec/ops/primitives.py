@@ -45,6 +45,9 @@ def dims(axes: Axes | None, x: Tensor, over: object) -> list[int]:
     if over is None:
         return [x.dim() - 1]
     if axes is None:
+        # `all` and `sample` need no axis names: every dimension, or every one but the batch.
+        if over in ("all", "sample"):
+            return list(range(0 if over == "all" else 1, x.dim()))
         raise ValueError(f"the axes of this value are unknown, so `over={over}` cannot be placed")
     names = over_axes(over, of=axes)
     out: list[int] = []

@@ -591,12 +591,12 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
-    "pkt_affinity",
+    "pkt_affinity hcl info_nce",
     "kdspec.ops.transforms": "flatten pool interpolate fsp "
     "distances angles binary_target margin_relu "
     "mask=mask_features weighted",
     "kdspec.ops.losses": "kl soft_ce cross_entropy mse l1 smooth_l1 cosine lp frobenius mmd "
-    "pearson ab_hinge gaussian_nll hcl info_nce",
+    "pearson ab_hinge gaussian_nll",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
