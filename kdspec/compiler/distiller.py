@@ -57,7 +57,7 @@ from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
 from kdspec.ops.transforms import UNSCALED
-from kdspec.vocabulary import BATCH_RELATION_KINDS, FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -984,11 +984,6 @@ class _Builder:
             fn_subset = make_subset(part, self.m.params)
             subset = lambda env, f=fn_subset: f(env.labels, env.index)  # noqa: E731
         kwargs = self.kwargs(term.loss)
-        if term.loss.func == "frobenius" and term.kind == "transfer":
-            # The normaliser follows the knowledge's kind, never its shape (B^2 for a batch
-            # relation only: an embedding as wide as the batch is not a relation).
-            kind = types.side_kind(term, "target", self.m)
-            kwargs["relation"] = kind in BATCH_RELATION_KINDS
         return TermModule(
             term, source, target, term.loss.func, kwargs, to_probs, subset, weight_node=weight
         )

@@ -29,7 +29,6 @@ __all__ = [
     "ab_hinge",
     "cosine",
     "cross_entropy",
-    "frobenius",
     "gaussian_nll",
     "kl",
     "l1",
@@ -253,31 +252,6 @@ def lp(
     return _reduce(norms, reduction, t.shape[0])
 
 
-def frobenius(t: Tensor, s: Tensor, relation: bool = False) -> Tensor:
-    """Squared Frobenius distance, normalised by what the tensors are, never by their shape.
-
-    ``relation=True`` (``[B, B]`` relation matrices between the samples of a batch, SP):
-    ``||t - s||_F^2 / B^2`` (RepDistiller, mdistiller, torchdistill ``"batchmean"``).
-    Otherwise ``lp(t, s, p=2, squared=True)``: ``||t - s||_F^2 / B``. The compiler passes
-    ``relation=True`` exactly when the knowledge is a batch relation (its kind), so an embedding
-    whose width happens to equal the batch size is still divided by ``B``.
-
-    Args:
-        t: Target ``[B, B]`` (relation) or ``[B, ...]``.
-        s: Student, same shape.
-        relation: The tensors are ``[B, B]`` relations between samples.
-
-    Returns:
-        Scalar.
-    """
-    _check_same_shape("frobenius", t, s)
-    if relation:
-        if t.dim() != 2 or t.shape[0] != t.shape[1]:
-            raise ValueError(f"frobenius: a relation is [B, B], got {tuple(t.shape)}")
-        return (s - t).pow(2).sum() / (t.shape[0] ** 2)
-    return lp(t, s, p=2.0, squared=True, reduction="batchmean")
-
-
 # --------------------------------------------------------------------------------------------
 # Distribution-matching and correlation losses
 # --------------------------------------------------------------------------------------------
@@ -421,7 +395,6 @@ LOSSES: dict[str, Callable[..., Any]] = {
     "smooth_l1": smooth_l1,
     "cosine": cosine,
     "lp": lp,
-    "frobenius": frobenius,
     "mmd": mmd,
     "pearson": pearson,
     "ab_hinge": ab_hinge,

@@ -47,8 +47,14 @@ def axes_text(axes: Axes) -> str:
 
 
 # Words for a set of axes, read against the value's own axes: `sample` is every axis but the
-# batch (per sample, whatever the value is), `all` every axis.
-AXIS_SETS: Axes = ("sample", "all")
+# batch (per sample, whatever the value is), `all` every axis, `batches` the axes that count
+# samples (batch, and batch2 of a relation between samples).
+AXIS_SETS: Axes = ("sample", "all", "batches")
+_SET_MEMBERS: dict[str, Callable[[str], bool]] = {
+    "sample": lambda a: a != "batch",
+    "all": lambda a: True,
+    "batches": lambda a: a in ("batch", "batch2"),
+}
 
 
 def over_axes(value: object, *, param: str = "over", of: Axes | None = None) -> Axes:
@@ -62,7 +68,7 @@ def over_axes(value: object, *, param: str = "over", of: Axes | None = None) -> 
         if n in AXIS_SETS:
             if of is None:
                 raise AxisError(f"`over={n}` needs a value whose axes are known", param)
-            out.extend(a for a in of if (n == "all" or a != "batch") and a not in out)
+            out.extend(a for a in of if _SET_MEMBERS[n](a) and a not in out)
             continue
         if not isinstance(n, str) or n not in AXES:
             raise AxisError(

@@ -32,8 +32,6 @@ TENSOR_KINDS = frozenset(KINDS) - {"scalar"}
 # Raw tensors may be matched with each other even if read at different kinds of tap
 # (an embedding against a feature map pooled to a vector is still a feature match).
 RAW_KINDS = frozenset({"logits", "embedding", "features"})
-# Kinds whose value is a [B, B] relation between the samples of a batch.
-BATCH_RELATION_KINDS = frozenset({"similarity", "distance"})
 
 REQUIRED = object()
 
@@ -344,7 +342,12 @@ FUNCTIONS: dict[str, Fn] = {
         family="L2",
         doc="Lp norm of the difference",
     ),
-    "frobenius": Fn("loss", inputs=2, family="L2", doc="squared Frobenius norm"),
+    "frobenius": Fn(
+        "loss",
+        inputs=2,
+        family="L2",
+        doc="squared Frobenius norm per sample (per sample pair for a relation between samples)",
+    ),
     "mmd": Fn(
         "loss",
         _p(kernel=("poly", None, ("poly", "linear", "rbf")), gamma=(1.0, "positive")),
@@ -591,11 +594,11 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
-    "pkt_affinity hcl info_nce",
+    "pkt_affinity hcl info_nce frobenius",
     "kdspec.ops.transforms": "flatten pool interpolate fsp "
     "distances angles binary_target margin_relu "
     "mask=mask_features weighted",
-    "kdspec.ops.losses": "kl soft_ce cross_entropy mse l1 smooth_l1 cosine lp frobenius mmd "
+    "kdspec.ops.losses": "kl soft_ce cross_entropy mse l1 smooth_l1 cosine lp mmd "
     "pearson ab_hinge gaussian_nll",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "

@@ -250,8 +250,12 @@ def test_lp_variants() -> None:
 
 
 def test_frobenius_relation_and_feature() -> None:
+    # A relation between samples (axes batch, batch2) is divided by B^2, anything else by B,
+    # even a [B, B] embedding.
+    xt, xs = randn(5, 3), randn(5, 3)
+    want = ((similarity(xt) - similarity(xs)) ** 2).sum() / 25
+    close(language.loss("frobenius", xt, xs, tap="embedding", knowledge="similarity"), want)
     t, s = randn(5, 5), randn(5, 5)
-    close(L.frobenius(t, s, relation=True), ((t - s) ** 2).sum() / 25)
     close(L.frobenius(t, s), ((t - s) ** 2).sum() / 5)
     f, g = randn(3, 4, 2, 2), randn(3, 4, 2, 2)
     close(L.frobenius(f, g), ((f - g) ** 2).sum() / 3)
@@ -265,9 +269,9 @@ def test_sp_matches_repdistiller_and_torchdistill() -> None:
         gt = F.normalize(f_t.view(6, -1) @ f_t.view(6, -1).t(), p=p)
         return ((gt - gs) ** 2).view(-1, 1).sum(0) / 36
 
-    sim = similarity
-    close(L.frobenius(sim(ft), sim(fs), relation=True), ref(fs, ft, 2.0)[0])
-    close(L.frobenius(sim(ft, p=1.0), sim(fs, p=1.0), relation=True), ref(fs, ft, 1.0)[0])
+    for p in (2.0, 1.0):
+        sim = f"similarity(p={p})"
+        close(language.loss("frobenius", ft, fs, knowledge=sim), ref(fs, ft, p)[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,7 +523,7 @@ def test_registry_names() -> None:
     assert set(python_losses.LOSSES) == {
         "kl", "soft_ce", "cross_entropy", "mse", "l1", "smooth_l1", "cosine", "lp", "frobenius",
         "mmd", "pearson", "ab_hinge", "gaussian_nll",
-    }  # fmt: skip
+    } - {"frobenius"}  # fmt: skip
     for name, fn in python_losses.LOSSES.items():
         assert fn.__doc__ and "Returns:" in fn.__doc__, name
 
@@ -537,7 +541,7 @@ def _all_losses(dtype: torch.dtype) -> dict[str, torch.Tensor]:
         "smooth_l1": L.smooth_l1(m1, m2),
         "cosine": L.cosine(m1, m2),
         "lp": L.lp(m1, m2),
-        "frobenius": L.frobenius(similarity(m1), similarity(m2), relation=True),
+        "frobenius": language.loss("frobenius", m1, m2, knowledge="similarity"),
         "mmd": L.mmd(channel_dist(m1), channel_dist(m2)),
         "pearson": L.pearson(v1.softmax(1), v2.softmax(1)),
         "ab_hinge": L.ab_hinge(m1, m2),
