@@ -46,7 +46,8 @@ def _defs() -> dict[str, str]:
 
 def test_the_prelude_defines_exactly_the_functions_the_vocabulary_says() -> None:
     declared = {n for n, f in FUNCTIONS.items() if f.impl.startswith(PRELUDE_IMPL)}
-    assert set(_defs()) == declared
+    # Helpers of the prelude (`_reduce`) start with `_`; every other def is a vocabulary entry.
+    assert {n for n in _defs() if not n.startswith("_")} == declared
     assert len(declared) >= 6
 
 
@@ -78,3 +79,15 @@ def test_a_mean_along_an_axis_of_a_distribution_averages_its_probabilities() -> 
     )
     p = torch.softmax(z / 2, dim=1)
     assert torch.allclose(got, p - p.mean(dim=1, keepdim=True), rtol=1e-12)
+
+
+def test_a_prelude_loss_compares_sides_of_one_shape_whatever_their_axis_names() -> None:
+    # (batch, class) against (batch, channel): the Python losses compared the tensors by
+    # shape; so do their prelude defs (no KD314).
+    term = "transfer v: from t.logits to s.embedding with mse"
+    text = f"method m {{\n  teacher t\n  student s\n  {term}\n}}"
+    t, s = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    loss = compile_spec(load_method("m.kd", text=text), None, {"t.logits": t, "s.embedding": s})(
+        {"t.logits": t, "s.embedding": s}
+    ).loss
+    assert torch.allclose(loss, ((s - t) ** 2).mean(), rtol=1e-12)

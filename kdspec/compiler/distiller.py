@@ -741,6 +741,11 @@ class _Builder:
             fdef = self.m.function(e.func)
             assert fdef is not None
             return self.node(expand(e, fdef), path, indices)
+        if isinstance(e, ir.Call) and e.func == "choose" and len(e.args) == 3:
+            chosen = types.choose_branch(e, self.m)
+            if chosen is None:
+                raise ValueError("the condition of `choose` is not known before training")
+            return self.node(chosen, path, indices)
         if isinstance(e, ir.Call) and _is_primitive_call(e):
             fn = FUNCTIONS[e.func]
             args = list(e.args)
@@ -1017,10 +1022,7 @@ class _Builder:
             implicit: tuple[ir.Expr, ...] = (ir.ArgRef(name=STUDENT_SIDE),)
         else:
             implicit = (ir.ArgRef(name=TEACHER_SIDE), ir.ArgRef(name=STUDENT_SIDE))
-        self.holes = {
-            TEACHER_SIDE: sides.get("source", types.UNKNOWN),
-            STUDENT_SIDE: sides["target"],
-        }
+        self.holes = types.loss_holes(term.loss.func, sides)
         loss = self.node(expand(term.loss, fdef, implicit), ("term", term.name, "loss"), {})
         self.holes = {}
         return TermModule(

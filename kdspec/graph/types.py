@@ -171,6 +171,36 @@ def constant(e: ir.Expr, method: ir.Method) -> object:
         return None
 
 
+def loss_holes(func: str, sides: dict[str, VType]) -> dict[str, VType]:
+    """The types of a loss's two sides (``$teacher``, ``$student``) inside its body.
+
+    A loss of the library compares two sides of one shape, as its Python ancestors did: where
+    their axes are named differently (logits against a linear map's channels) the student side
+    is read with the teacher side's axes; sides of different shapes are KD403 at the dry run.
+    """
+    from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE
+
+    source, target = sides.get("source", UNKNOWN), sides["target"]
+    fn = FUNCTIONS.get(func)
+    if (
+        fn is not None
+        and fn.category == "loss"
+        and source.axes is not None
+        and target.axes is not None
+        and source.axes != target.axes
+    ):
+        target = VType(target.kind, source.axes)
+    return {TEACHER_SIDE: source, STUDENT_SIDE: target}
+
+
+def choose_branch(e: ir.Call, method: ir.Method) -> ir.Expr | None:
+    """The argument ``choose(cond, a, b)`` stands for, or None if ``cond`` is not static."""
+    cond = constant(e.args[0], method) if is_static(e.args[0], method) else None
+    if not isinstance(cond, int | float):
+        return None
+    return e.args[1] if cond else e.args[2]
+
+
 def _relation_kind(kw: dict[str, object]) -> str:
     over = kw.get("over")
     if over == "channel":
@@ -248,6 +278,14 @@ def value_type(
         from kdspec.ir.functions import expand
 
         return value_type(expand(e, fdef), method, report, path, holes)
+    if e.func == "choose" and len(e.args) == 3:
+        chosen = choose_branch(e, method)
+        if chosen is None:
+            fail("KD205", "the condition of `choose` is not known before training", path)
+            return UNKNOWN
+        return value_type(
+            chosen, method, report, (*path, "args", 1 if chosen is e.args[1] else 2), holes
+        )
     fn = FUNCTIONS.get(e.func)
     if fn is None:
         return UNKNOWN

@@ -140,9 +140,11 @@ def evaluate(
     if isinstance(e, ir.Neg):
         return -_num(evaluate(e.operand, params, progress, _depth + 1, _hops))
     if isinstance(e, ir.BinOp):
-        a = _num(evaluate(e.left, params, progress, _depth + 1, _hops))
-        b = _num(evaluate(e.right, params, progress, _depth + 1, _hops))
-        return _finite(_arith(e.op, a, b))
+        left = evaluate(e.left, params, progress, _depth + 1, _hops)
+        right = evaluate(e.right, params, progress, _depth + 1, _hops)
+        if e.op in ("==", "!=") and not (_is_num(left) and _is_num(right)):
+            return 1.0 if (left == right) == (e.op == "==") else 0.0  # words, lists
+        return _finite(_arith(e.op, _num(left), _num(right)))
     if isinstance(e, ir.Call):
         kw = {k: evaluate(v, params, progress, _depth + 1, _hops) for k, v in e.kwargs.items()}
         return schedule_value(e.func, kw, progress)
@@ -177,6 +179,10 @@ def _finite(v: float) -> float:
     if isinstance(v, float) and not math.isfinite(v):
         raise NumericError("the value is not finite (too large for a float)")
     return v
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _num(v: object) -> float:

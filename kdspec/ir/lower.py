@@ -287,6 +287,8 @@ class _MethodLowering:
             return ir.LetRef(name=n)
         if n in _CONSTANTS:
             return ir.Num(value=_CONSTANTS[n])
+        if n == "none":  # no value (a parameter left out): compared with `==` in `choose`
+            return ir.Str(value=n)
         shape = self.shape_value(e)
         if shape is not None:
             return shape
