@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdspec.ops.transforms import mean as combine
+from kdspec.ops.transforms import normalize as per_sample
 from kdspec.vocabulary import FUNCTIONS
 from kdspec.vocabulary.axes import Axes, over_axes, positional
 
@@ -229,8 +231,6 @@ def log_softmax(x: Tensor, *, axes: AxesIn = (), T: float = 1.0, over: object = 
 def normalize(x: Tensor, *, axes: AxesIn = (), p: float = 2.0, over: object = None) -> Tensor:
     """Lp-normalise along ``over``; without it, per sample (the legacy transform)."""
     if over is None:
-        from kdspec.ops.transforms import normalize as per_sample
-
         return per_sample(x, p=p)
     d = dims(axes[0] if axes else None, x, over)
     n = torch.linalg.vector_norm(x, ord=p, dim=d, keepdim=True)
@@ -248,8 +248,6 @@ def sum(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
 def mean(*xs: Tensor, axes: AxesIn = (), weights: Any = None, over: object = None) -> Tensor:
     """With ``over``: the mean along axes; else the (weighted) mean of several tensors."""
     if over is None:
-        from kdspec.ops.transforms import mean as combine
-
         return combine(*xs, weights=weights)
     (x,) = xs
     return x.mean(dim=_reduce_dims(x, axes, over))
