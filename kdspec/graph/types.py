@@ -180,7 +180,10 @@ def loss_holes(func: str, sides: dict[str, VType]) -> dict[str, VType]:
     """
     from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE
 
-    source, target = sides.get("source", UNKNOWN), sides["target"]
+    # A side that is no tensor (an unknown role, reported where it is written) types nothing.
+    source, target = (
+        UNKNOWN if t.axes == () else t for t in (sides.get("source", UNKNOWN), sides["target"])
+    )
     fn = FUNCTIONS.get(func)
     if (
         fn is not None
@@ -244,6 +247,8 @@ def value_type(
 
     if e is None:
         return UNKNOWN
+    if isinstance(e, ir.ParamRef) and e.name not in method.params:
+        return UNKNOWN  # an unknown name (KD202 says so): nothing to check against it
     if isinstance(e, ir.Num | ir.ParamRef | ir.Str):
         return SCALAR
     if isinstance(e, ir.Tap):
