@@ -47,11 +47,11 @@ def dims(axes: Axes | None, x: Tensor, over: object) -> list[int]:
     if over is None:
         return [x.dim() - 1]
     if positional(over):  # torch dimensions (the `dim=` of a legacy loss)
-        items = over if isinstance(over, list | tuple) else [over]
-        out = sorted({int(i) % x.dim() for i in items if -x.dim() <= int(i) < x.dim()})
-        if len(out) != len({int(i) for i in items}):
+        items: list[Any] = list(over) if isinstance(over, list | tuple) else [over]
+        picked = sorted({int(i) % x.dim() for i in items if -x.dim() <= int(i) < x.dim()})
+        if len(picked) != len({int(i) for i in items}):
             raise ValueError(f"dimensions {over} do not fit a tensor of {x.dim()} dimensions")
-        return out
+        return picked
     if axes is None:
         # `all` and `sample` need no axis names: every dimension, or every one but the batch;
         # the batch is the first dimension of every value that has one.

@@ -10,6 +10,7 @@ nothing once pooled). The checker (torch-free) and the compiler both compute axe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 Axes = tuple[str, ...]
 
@@ -327,10 +328,10 @@ def positions(axes: Axes, over: object, func: str) -> Axes | None:
     layout depend on the tensor (it may cover several dimensions, or none)."""
     if "space" in axes:
         return None
-    items = over if isinstance(over, list | tuple) else [over]
+    items: list[Any] = list(over) if isinstance(over, list | tuple) else [over]
     out: list[str] = []
     for i in items:
-        d = int(i)  # type: ignore[call-overload]
+        d = int(i)
         if not -len(axes) <= d < len(axes):
             raise AxisError(
                 f"`{func}` over dimension {d}, but its input has {len(axes)} dimensions "
