@@ -299,6 +299,8 @@ RULES: dict[str, Rule] = {
     "class_vector": _fixed(("batch", "class")),
     "spatial": _fixed(("batch", "space")),
     "sample_matrix": _fixed(("batch", "batch2")),
+    "token_matrix": _fixed(("batch", "head", "token", "token2")),
+    "token_rows": _fixed(("batch", "token2")),
     "channel_matrix": _fixed(("batch", "channel", "channel2")),
 }
 

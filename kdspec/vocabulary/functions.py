@@ -581,6 +581,8 @@ _NAMED_AXES = {
     "sample_matrix": "similarity distances pkt_affinity",
     "elementwise": "weighted",
     "rows": "rows",
+    "token_matrix": "attention_scores",
+    "token_rows": "token_relation",
 }
 for _rule, _names in _NAMED_AXES.items():
     for _name in _names.split():
@@ -593,16 +595,17 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
+    "binary_target distances attention_scores token_relation "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
     "ab_hinge gaussian_nll",
     "kdspec.ops.transforms": "flatten pool interpolate fsp "
-    "distances angles binary_target margin_relu "
+    "angles margin_relu "
     "mask=mask_features weighted",
     "kdspec.ops.losses": "cross_entropy",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
-    "kdspec.ops.components": "token rows token_relation attention_scores abf=_abf "
+    "kdspec.ops.components": "token rows abf=_abf "
     "paraphraser=_paraphraser paraphraser_decoder=_paraphraser_decoder translator=_translator "
     "branches=_branches gate=_gate generator=_generator crd_nce=_crd_nce semckd=_semckd",
     "kdspec.compiler.nodes": "resize=_resize virtual=VirtualNode",
