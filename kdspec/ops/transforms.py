@@ -6,9 +6,8 @@ compiler looks them up by name in :data:`TRANSFORMS`. The transforms written in 
 (``attention``, ``similarity``, ``gram``, ...) live in ``kdspec/prelude/*.kd`` instead.
 
 Distributions (the outputs of ``softmax``, ``binary_target`` and ``mean_dist``) are always
-carried as **log-probabilities**; the losses in
-:mod:`kdspec.ops.losses` that take distributions (``kl``, ``soft_ce``) take log-probabilities on
-both sides.
+carried as **log-probabilities**; the prelude's losses read a distribution's probabilities, or
+its exact log-probabilities through ``log`` (``kl``, ``soft_ce``).
 
 Formulas follow the reference implementations named in each docstring (RepDistiller, mdistiller,
 torchdistill, the authors' code) so that a spec reproduces their numbers.

@@ -10,6 +10,7 @@ nothing once pooled). The checker (torch-free) and the compiler both compute axe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 Axes = tuple[str, ...]
 
@@ -47,8 +48,14 @@ def axes_text(axes: Axes) -> str:
 
 
 # Words for a set of axes, read against the value's own axes: `sample` is every axis but the
-# batch (per sample, whatever the value is), `all` every axis.
-AXIS_SETS: Axes = ("sample", "all")
+# batch (per sample, whatever the value is), `all` every axis, `batches` the axes that count
+# samples (batch, and batch2 of a relation between samples).
+AXIS_SETS: Axes = ("sample", "all", "batches")
+_SET_MEMBERS: dict[str, Callable[[str], bool]] = {
+    "sample": lambda a: a != "batch",
+    "all": lambda a: True,
+    "batches": lambda a: a in ("batch", "batch2"),
+}
 
 
 def over_axes(value: object, *, param: str = "over", of: Axes | None = None) -> Axes:
@@ -62,7 +69,7 @@ def over_axes(value: object, *, param: str = "over", of: Axes | None = None) -> 
         if n in AXIS_SETS:
             if of is None:
                 raise AxisError(f"`over={n}` needs a value whose axes are known", param)
-            out.extend(a for a in of if (n == "all" or a != "batch") and a not in out)
+            out.extend(a for a in of if _SET_MEMBERS[n](a) and a not in out)
             continue
         if not isinstance(n, str) or n not in AXES:
             raise AxisError(
@@ -308,4 +315,38 @@ def infer(
         return None
     if any(a is None for a in ins):
         return None
+    if positional(kw.get("over")):
+        named = positions(ins[0], kw["over"], func)  # type: ignore[arg-type]
+        if named is None:
+            return None
+        kw = {**kw, "over": list(named)}
     return RULES[rule](func, [a for a in ins if a is not None], kw)
+
+
+def positions(axes: Axes, over: object, func: str) -> Axes | None:
+    """The axes at torch dimensions ``over`` of a value, or None where ``space`` makes the
+    layout depend on the tensor (it may cover several dimensions, or none)."""
+    if "space" in axes:
+        return None
+    items: list[Any] = list(over) if isinstance(over, list | tuple) else [over]
+    out: list[str] = []
+    for i in items:
+        d = int(i)
+        if not -len(axes) <= d < len(axes):
+            raise AxisError(
+                f"`{func}` over dimension {d}, but its input has {len(axes)} dimensions "
+                f"{axes_text(axes)}",
+                "over",
+            )
+        out.append(axes[d])
+    return tuple(out)
+
+
+def positional(over: object) -> bool:
+    """``over=`` given as torch dimensions (``1``, ``[1, 2]``, ``-1``: the `dim=` of a legacy
+    loss) rather than axis names: the dimensions of the tensor as it is, whatever its axes."""
+    items = over if isinstance(over, list | tuple) else [over]
+    return bool(items) and all(
+        isinstance(i, int | float) and not isinstance(i, bool) and float(i).is_integer()
+        for i in items
+    )

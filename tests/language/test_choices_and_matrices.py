@@ -92,7 +92,7 @@ method m {
     from kdspec.ir.evaluate import evaluate
 
     low = load_method("spec.kd", text=text)
-    assert low.method.terms[0].weight.find(ir.Cond) is None  # the branch is the weight
+    assert low.method.terms[0].weight.find(ir.Call) is None  # the branch is the weight
 
     assert evaluate(low.method.terms[0].weight, low.method.params) == 16.0
     low = load_method("spec.kd", text=text, overrides={"T": 1})
