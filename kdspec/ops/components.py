@@ -3,9 +3,9 @@
 Generic adapters (:mod:`kdspec.ops.adapters`) map one tensor to one tensor. The components here
 cover what a method needs beyond that, so that its spec stays a few lines:
 
-* **Token transforms** (:data:`TRANSFORMS`, fixed, no parameters): ``token`` (one token of
-  ``[B, L, D]``) and ``rows`` (every row a sample); MiniLM's ``token_relation`` and TinyBERT's
-  ``attention_scores`` are written in kdspec (``kdspec/prelude/transforms.kd``).
+* **Token transforms** (:data:`TRANSFORMS`, fixed, no parameters): ``rows`` (every row a
+  sample); ``token``, MiniLM's ``token_relation`` and TinyBERT's ``attention_scores`` are
+  written in kdspec (``kdspec/prelude/transforms.kd``).
 * **List components** (:data:`COMPONENTS`, learned): modules over a whole *list* of tensors (the
   layers a side reads), sized on the compiler's dry run from example tensors and, where they
   map to the other side, from its shapes: ``abf`` (ReviewKD's attention-based fusion),
@@ -46,7 +46,6 @@ __all__ = [
     "build_component",
     "build_learned_loss",
     "rows",
-    "token",
 ]
 
 Shape = tuple[int, ...]
@@ -86,21 +85,6 @@ def _maps(name: str, shape: Shape | None, what: str) -> Shape:
 # --------------------------------------------------------------------------------------------
 
 
-def token(x: Tensor, index: int = 0) -> Tensor:
-    """One token of a sequence of token features (BERT-PKD's ``[CLS]``).
-
-    Args:
-        x: ``[B, L, D]``.
-        index: Token position (0 is ``[CLS]``).
-
-    Returns:
-        ``[B, D]``.
-    """
-    if x.dim() != 3:
-        raise ValueError(f"token expects [B, L, D], got {tuple(x.shape)}")
-    return x[:, int(index)]
-
-
 def rows(x: Tensor) -> Tensor:
     """Every row a sample: ``[..., D] -> [N, D]``.
 
@@ -117,7 +101,6 @@ def rows(x: Tensor) -> Tensor:
 
 
 TRANSFORMS: dict[str, Callable[..., Tensor]] = {
-    "token": token,
     "rows": rows,
 }
 """Fixed component transforms by spec name (looked up after :data:`kdspec.ops.TRANSFORMS`)."""

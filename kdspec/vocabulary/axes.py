@@ -273,6 +273,14 @@ def _joined(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ins[0]
 
 
+def _select(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """One position along an axis: the axis goes away."""
+    (over,) = _over(ins[0], kw, func, default_last=False)[:1] or ("",)
+    if over == "space":
+        raise AxisError("`select` takes one position of one axis; `space` may cover several", "over")
+    return tuple(a for a in ins[0] if a != over)
+
+
 def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     """Every row a sample: all axes but the last become the batch (per-token losses)."""
     return ("batch", ins[0][-1]) if ins[0] else ins[0]
@@ -281,6 +289,7 @@ def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
 RULES: dict[str, Rule] = {
     "rows": _rows,
     "matrix": _matrix,
+    "select": _select,
     "joined": _joined,
     "same": _same,
     "elementwise": _elementwise,

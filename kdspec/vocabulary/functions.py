@@ -595,7 +595,7 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
-    "binary_target distances attention_scores token_relation "
+    "binary_target distances attention_scores token_relation token "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
     "ab_hinge gaussian_nll",
     "kdspec.ops.transforms": "flatten pool interpolate fsp "
@@ -605,7 +605,7 @@ _IMPLS = {
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
-    "kdspec.ops.components": "token rows abf=_abf "
+    "kdspec.ops.components": "rows abf=_abf "
     "paraphraser=_paraphraser paraphraser_decoder=_paraphraser_decoder translator=_translator "
     "branches=_branches gate=_gate generator=_generator crd_nce=_crd_nce semckd=_semckd",
     "kdspec.compiler.nodes": "resize=_resize virtual=VirtualNode",
@@ -731,6 +731,14 @@ PRIMITIVES: dict[str, Fn] = {
         "own column (InfoNCE's positives: `diag(relation(t, s, over=batch))`)",
         "matrix",
         "diag",
+        returns="same",
+    ),
+    "select": _prim(
+        "the entries at one position `index` of the axis `over`, which goes away: "
+        "`select(tokens(x), over=token, index=0)` is BERT's [CLS] token",
+        "select",
+        "select",
+        params=_p(over=(REQUIRED, None, AXES), index=(0, "int")),
         returns="same",
     ),
     "stack": _prim(

@@ -38,12 +38,14 @@ def test_every_component_is_in_the_vocabulary() -> None:
 
 
 def test_token_and_rows() -> None:
+    from language_values import value
+
     x = rand(2, 5, 4)
-    assert torch.equal(comp.token(x), x[:, 0])
-    assert torch.equal(comp.token(x, 3), x[:, 3])
+    assert torch.equal(value("token(s.stage[1])", {"s.stage[1]": x}), x[:, 0])
+    assert torch.equal(value("token(s.stage[1], index=3)", {"s.stage[1]": x}), x[:, 3])
     assert comp.rows(x).shape == (10, 4)
-    with pytest.raises(ValueError, match="token expects"):
-        comp.token(rand(2, 4))
+    with pytest.raises(KdError, match="over=token"):  # a vector has no tokens
+        value("token(s.embedding)", {"s.embedding": rand(2, 4)})
 
 
 def test_attention_scores_and_relation_per_head() -> None:

@@ -393,9 +393,9 @@ def test_gradcheck(name: str) -> None:
     ("call", "tap", "labels"),
     [
         ("distances(s.embedding)", "s.embedding", None),
-        ("binary_target(s.logits, T=2)", "s.logits", torch.tensor([0, 3, 7])),
+        ("binary_target(s.logits, T=2)", "s.logits", torch.tensor([0, 3, 1])),
     ],
 )
 def test_gradcheck_of_prelude_transforms(call: str, tap: str, labels) -> None:  # type: ignore[no-untyped-def]
-    x = randn(3, 8).requires_grad_()
-    assert torch.autograd.gradcheck(lambda v: value(call, {tap: v}, labels), (x,))
+    x = randn(3, 4).requires_grad_()  # every evaluation compiles the spec: a small input
+    assert torch.autograd.gradcheck(lambda v: value(call, {tap: v}, labels), (x,), fast_mode=True)
