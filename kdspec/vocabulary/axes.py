@@ -277,7 +277,7 @@ def _select(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     """One position along an axis: the axis goes away."""
     (over,) = _over(ins[0], kw, func, default_last=False)[:1] or ("",)
     if over == "space":
-        raise AxisError("`select` takes one position of one axis; `space` may cover several", "over")
+        raise AxisError("`select` takes a position of one axis; `space` may cover several", "over")
     return tuple(a for a in ins[0] if a != over)
 
 

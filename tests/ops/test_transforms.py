@@ -360,7 +360,6 @@ MAPS = ["pool"]
 def test_dtype_is_preserved(dtype: torch.dtype) -> None:
     v = randn(4, 6, dtype=dtype)
     m = randn(4, 3, 4, 4, dtype=dtype)
-    labels = torch.tensor([0, 1, 2, 5])
     outs = [tf.TRANSFORMS[n](v) for n in SINGLE] + [tf.TRANSFORMS[n](m) for n in MAPS]
     outs += [
         tf.fsp(m, m),
