@@ -327,6 +327,8 @@ def infer(
     if any(a is None for a in ins):
         return None
     if positional(kw.get("over")):
+        if not ins:  # `learned(2)`: dimensions of no value
+            raise AxisError(f"`{func}` without an input takes axis names, not dimensions", "over")
         named = positions(ins[0], kw["over"], func)  # type: ignore[arg-type]
         if named is None:
             return None
