@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 __all__ = [
     "TRANSFORMS",
-    "angles",
     "flatten",
     "fsp",
     "interpolate",
@@ -380,28 +379,6 @@ def mask_features(
     return x * keep.to(x.dtype)
 
 
-# --------------------------------------------------------------------------------------------
-# Relation transforms (between samples of a batch)
-# --------------------------------------------------------------------------------------------
-
-
-def angles(x: Tensor) -> Tensor:
-    """RKD angle potentials: cosines of all triplet angles.
-
-    ``e_ij = normalize(x_j - x_i)``; ``out[i, j, k] = <e_ij, e_ik>`` (the angle at vertex i).
-
-    Args:
-        x: ``[B, ...]`` (flattened to ``[B, D]``).
-
-    Returns:
-        ``[B*B*B]`` (the ``[B, B, B]`` tensor flattened, as RKD's ``.view(-1)``).
-    """
-    e = x.reshape(x.shape[0], -1)  # [B, D]
-    diff = e.unsqueeze(0) - e.unsqueeze(1)  # [B, B, D]; diff[i, j] = e_j - e_i
-    unit = F.normalize(diff, p=2.0, dim=2)
-    return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)
-
-
 # Scale-free forms of the transforms that average over positions, used when `normalize` follows.
 UNSCALED: dict[str, Callable[..., Any]] = {"fsp": fsp_sum}
 
@@ -413,7 +390,6 @@ TRANSFORMS: dict[str, Callable[..., Any]] = {
     "pool": pool,
     "interpolate": interpolate,
     "fsp": fsp,
-    "angles": angles,
     "mean_dist": mean_dist,
     "mean": mean,
     "stopgrad": stopgrad,

@@ -618,12 +618,10 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
-    "binary_target distances attention_scores token_relation token "
+    "binary_target distances attention_scores token_relation token angles "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
     "ab_hinge gaussian_nll",
-    "kdspec.ops.transforms": "flatten pool interpolate fsp "
-    "angles margin_relu "
-    "mask=mask_features weighted",
+    "kdspec.ops.transforms": "flatten pool interpolate fsp margin_relu mask=mask_features weighted",
     "kdspec.ops.losses": "cross_entropy",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
@@ -710,7 +708,7 @@ PRIMITIVES: dict[str, Fn] = {
     ),
     "choose": _prim(
         "a if cond, else b; cond is known before training (numbers, words, `none`, parameters: "
-        "`reduction == \"sum\"`), and only the chosen value is typed and computed",
+        '`reduction == "sum"`), and only the chosen value is typed and computed',
         "same",
         "choose",
         inputs=3,
@@ -743,6 +741,15 @@ PRIMITIVES: dict[str, Fn] = {
             gamma=(1.0, "positive"),
         ),
         returns="similarity",
+    ),
+    "differences": _prim(
+        "the difference x_j - x_i of every pair of rows along `over`: (batch, channel) -> "
+        "(batch, batch2, channel), batch kept first; RKD's angles are "
+        "`relation(differences(x, over=batch), over=batch2, kernel=cosine)`",
+        "differences",
+        "differences",
+        params=_p(over=(REQUIRED, None, AXES)),
+        returns="same",
     ),
     "eye": _prim(
         "the identity matrix shaped like a relation matrix x (..., a, a2): 1 where the row and "

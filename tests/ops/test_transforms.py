@@ -307,7 +307,8 @@ def test_distances_match_cdist() -> None:
 
 def test_angles_match_triple_loop() -> None:
     x = randn(4, 3)
-    out = tf.angles(x).view(4, 4, 4)
+    out = value("angles(s.embedding)", {"s.embedding": x})
+    assert out.shape == (4, 4, 4)
 
     def unit(v: torch.Tensor) -> torch.Tensor:
         n = math.sqrt(sum(float(e) ** 2 for e in v))
@@ -316,7 +317,7 @@ def test_angles_match_triple_loop() -> None:
     for i, j, k in itertools.product(range(4), repeat=3):
         want = float((unit(x[j] - x[i]) * unit(x[k] - x[i])).sum())
         assert float(out[i, j, k]) == pytest.approx(want, abs=1e-9)
-    assert tf.angles(randn(3, 2, 2)).shape == (27,)
+    assert value("angles(s.stage[1])", {"s.stage[1]": randn(3, 2, 2, 2)}).shape == (3, 3, 3)
 
 
 def test_pkt_affinity_is_row_normalised_shifted_cosine() -> None:
@@ -345,14 +346,14 @@ def test_pkt_affinity_is_row_normalised_shifted_cosine() -> None:
 def test_registry_names() -> None:
     assert set(tf.TRANSFORMS) == {
         "softmax", "log_softmax", "normalize", "flatten", "pool", "interpolate", "fsp",
-        "angles", "mean_dist", "mean", "stopgrad",
+        "mean_dist", "mean", "stopgrad",
         "margin_relu", "ofd_margin", "virtual_teacher", "mask_features",
     }  # fmt: skip
     for name, fn in tf.TRANSFORMS.items():
         assert fn.__doc__ and "Returns:" in fn.__doc__, name
 
 
-SINGLE = ["softmax", "log_softmax", "normalize", "flatten", "angles", "stopgrad"]
+SINGLE = ["softmax", "log_softmax", "normalize", "flatten", "stopgrad"]
 MAPS = ["pool"]
 
 
@@ -376,7 +377,6 @@ def test_dtype_is_preserved(dtype: torch.dtype) -> None:
 
 GRADCHECKED = {
     "softmax": lambda x: tf.softmax(x, T=2.0),
-    "angles": tf.angles,
     "fsp": lambda x: tf.fsp(x.view(3, 2, 2, 2), x.view(3, 2, 2, 2) ** 2),
     "mean_dist": lambda x: tf.mean_dist(tf.softmax(x), tf.softmax(2 * x), weights=[1.0, 2.0]),
 }
@@ -392,6 +392,7 @@ def test_gradcheck(name: str) -> None:
     ("call", "tap", "labels"),
     [
         ("distances(s.embedding)", "s.embedding", None),
+        ("angles(s.embedding)", "s.embedding", None),
         ("binary_target(s.logits, T=2)", "s.logits", torch.tensor([0, 3, 1])),
     ],
 )
