@@ -186,6 +186,16 @@ def _differences(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return (*keep, over, f"{over}2", *rest)
 
 
+def _shrink(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """x pooled over `space` to another value's size: both need a `space` axis; x's axes."""
+    for a in ins:
+        if "space" not in a:
+            raise AxisError(
+                f"`{func}` pools over `space`, but an input's axes are {axes_text(a)}", ""
+            )
+    return ins[0]
+
+
 def _needs(axis: str) -> Rule:
     def rule(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
         if axis not in ins[0]:
@@ -316,6 +326,7 @@ RULES: dict[str, Rule] = {
     "reduce": _reduce,
     "relation": _relation,
     "differences": _differences,
+    "shrink": _shrink,
     "needs_class": _needs("class"),
     "drop_class": _drop_class,
     "size": _size,

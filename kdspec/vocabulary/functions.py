@@ -618,10 +618,10 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
-    "binary_target distances attention_scores token_relation token angles "
+    "binary_target distances attention_scores token_relation token angles fsp "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
     "ab_hinge gaussian_nll",
-    "kdspec.ops.transforms": "flatten pool interpolate fsp margin_relu mask=mask_features weighted",
+    "kdspec.ops.transforms": "flatten pool interpolate margin_relu mask=mask_features weighted",
     "kdspec.ops.losses": "cross_entropy",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
@@ -749,6 +749,16 @@ PRIMITIVES: dict[str, Fn] = {
         "differences",
         "differences",
         params=_p(over=(REQUIRED, None, AXES)),
+        returns="same",
+    ),
+    "shrink": _prim(
+        "x adaptively pooled over `space` (`mode` avg | max) to the smaller of its own and "
+        "y's size in each spatial dimension, unchanged where x is not larger (FSP's maps of "
+        "two stages: `shrink(a, b)` and `shrink(b, a)` have one size)",
+        "shrink",
+        "shrink",
+        inputs=2,
+        params=_p(mode=("avg", None, ("avg", "max"))),
         returns="same",
     ),
     "eye": _prim(
