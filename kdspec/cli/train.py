@@ -22,6 +22,7 @@ EPILOG = """examples:
   kdspec train specs/hinton.kd --out runs-out/kd --resume
   kdspec train hinton --param T=8 --param alpha=0.5
   kdspec train hinton --run mydata.toml --allow-import mydata
+  torchrun --nproc_per_node=2 -m kdspec train hinton   (DDP: docs/performance.md)
 
 run files (--run): every table and key, the model and data sources (your own Dataset
 included), metrics, import permission and the teacher cache are documented in
@@ -225,6 +226,7 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdspec.runtime import distributed
     from kdspec.runtime.files import write_failure
     from kdspec.runtime.job import (
         baseline_role,
@@ -234,10 +236,13 @@ def run(args: argparse.Namespace) -> int:
         train_baseline,
     )
 
+    args.device = distributed.setup(args.device)  # under torchrun: join the process group
+    main = distributed.is_main()
+    args.quiet = args.quiet or not main  # rank 0 speaks for the job
     run_cfg, lowered = load_job(args, args.spec)
     check_role_keys(run_cfg, [lowered.method])
     method = lowered.method.name
-    out = _out_dir(args, method)
+    out = distributed.broadcast_object(_out_dir(args, method) if main else None)
     want_baseline = args.baseline if args.baseline is not None else not args.run_file
     opts, progress = job_options(args)
     try:
@@ -257,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
         raise write_failure(exc, "run outputs", out, kept=kept) from None
     finally:
         close_progress(progress)
+    if not main:
+        return 0
 
     cfg = run_cfg.config
     summary = result.summary

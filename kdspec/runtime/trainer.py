@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdspec.compiler.stages import StageRun, plan_stages
 from kdspec.diagnostics import KdError, error
 from kdspec.ir.evaluate import Progress
+from kdspec.runtime import distributed
 from kdspec.runtime.data import drops_a_lone_example, eval_loader, train_loader
 from kdspec.runtime.files import atomic_write
 from kdspec.runtime.metrics import METRICS as METRIC_KINDS
@@ -232,6 +233,25 @@ def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _rank_rng(checkpoint: dict[str, Any], world: int) -> dict[str, Any]:
+    """This rank's saved RNG state (rank 0's when the checkpoint came from another world size)."""
+    ranks = checkpoint.get("rng_ranks")
+    if world > 1 and isinstance(ranks, list) and len(ranks) == world:
+        return ranks[distributed.rank()]
+    return checkpoint["rng"]
+
+
+def _batch_len(batch: Any) -> int:
+    """Examples in a batch (its first tensor's length)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    items = batch.values() if isinstance(batch, dict) else batch
+    for item in items if isinstance(items, Iterable) else ():
+        if isinstance(item, torch.Tensor | list | tuple | dict):
+            return _batch_len(item)
+    return 1
+
+
 def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(i) for i in x) if isinstance(x, list | tuple) else x
 
@@ -340,8 +360,13 @@ def train(
     if reference is not None:
         reference.to(dev)
 
-    loader = train_loader(train_set, batch_size, cfg.seed, num_workers)
-    if drops_a_lone_example(train_set, batch_size):
+    world = distributed.world_size()  # > 1 under torchrun: see kdspec.runtime.distributed
+    main = distributed.rank() == 0
+    if world > 1:
+        loader = distributed.sharded_loader(train_set, batch_size, cfg.seed, num_workers)
+    else:
+        loader = train_loader(train_set, batch_size, cfg.seed, num_workers)
+    if drops_a_lone_example(train_set, batch_size) and main:
         print(
             f"note: {label or 'training'}: the last batch of each epoch would hold 1 example "
             f"({len(train_set)} examples, batches of {batch_size}); it is left out",  # type: ignore[arg-type]
@@ -361,7 +386,7 @@ def train(
     roles = model.eval_roles()
     total_steps = sum(s.steps * s.repeat for s in stages)
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed + distributed.rank())  # rank 0 draws what one process would
     ckpt_path = out / CHECKPOINT
     position = {"stage": 0, "repeat": 0, "steps_done": 0, "stage_epoch": 0}
     global_step, global_epoch, elapsed = 0, 0.0, 0.0
@@ -398,15 +423,16 @@ def train(
         position = dict(resumed["position"])
         global_step, global_epoch = int(resumed["global_step"]), float(resumed["global_epoch"])
         elapsed, best = float(resumed["elapsed"]), dict(resumed["best"])
-    else:
+    elif main:
         for name in (METRICS, SUMMARY, CHECKPOINT):
             (out / name).unlink(missing_ok=True)
     warned_huge = False
     records = _read_records(out / METRICS, global_step)
     # Rewrite metrics.jsonl so lines written after the checkpoint (a crash) are dropped.
-    _atomic_write(
-        out / METRICS, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records))
-    )
+    if main:
+        _atomic_write(
+            out / METRICS, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records))
+        )
 
     started = time.perf_counter() - elapsed
     _notify(callbacks, "on_train_start", label, total_steps, global_step)
@@ -433,24 +459,29 @@ def train(
                         opt.load_state_dict(resumed["optimizer"])
                     if use_amp and resumed.get("scaler"):
                         scaler.load_state_dict(resumed["scaler"])
-                    _set_rng_state(resumed["rng"], loader.generator)
+                    _set_rng_state(_rank_rng(resumed, world), loader.generator)
                     steps_done, stage_epoch = position["steps_done"], position["stage_epoch"]
                     resumed = None
+                step_model = None  # the last stage's DDP lets go of its gradient hooks first
+                step_model = distributed.wrap(model, params, dev)  # DDP when world > 1
                 while steps_done < stage.steps:
                     n = min(steps_per_epoch, stage.steps - steps_done)
                     sums: dict[str, float] = {}
                     batches = iter(loader)
                     lr = cfg.lr
-                    for _ in range(n):
+                    for k in range(n):
                         batch = _to(next(batches), dev)
+                        share = distributed.shard_weight(loader, k, _batch_len(batch))
                         lr = cfg.lr * lr_factor(cfg, steps_done, stage.steps, steps_per_epoch)
                         if opt is not None:
                             for group in opt.param_groups:
                                 group["lr"] = lr
                         progress = Progress.at(steps_done, steps_per_epoch, stage.steps)
                         with torch.autocast(dev.type, enabled=use_amp):
-                            result = model(batch, progress=progress)
+                            result = step_model(batch, progress=progress)
                         bad = _non_finite(result)
+                        if world > 1 and distributed.any_rank(bad is not None):
+                            bad = bad or "the loss on another process"
                         if bad is not None and on_nonfinite == "skip":
                             # no update from this batch; counted in the epoch's record
                             sums["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0) + 1
@@ -471,7 +502,8 @@ def train(
                             )
                         if opt is not None and result.loss.requires_grad:
                             opt.zero_grad(set_to_none=True)
-                            scaler.scale(result.loss).backward()
+                            loss = result.loss * share if world > 1 else result.loss
+                            scaler.scale(loss).backward()
                             if cfg.grad_clip is not None:
                                 scaler.unscale_(opt)
                                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -482,12 +514,13 @@ def train(
                         global_step += 1
                         values = {"loss": float(result.loss.detach())}
                         values.update({k: float(v.detach()) for k, v in result.terms.items()})
-                        for k, v in values.items():
-                            sums[k] = sums.get(k, 0.0) + v
+                        for key, v in values.items():  # a rank's share of the global mean
+                            sums[key] = sums.get(key, 0.0) + v * share / world
                         _notify(callbacks, "on_step", stage.name, values)
                     stage_epoch += 1
                     global_epoch += n / steps_per_epoch
                     skipped_here = int(sums.pop("skipped_nonfinite", 0))
+                    sums = distributed.sum_over_ranks(sums)
                     counted = n - skipped_here
                     record: dict[str, Any] = {
                         "stage": stage.name,
@@ -509,7 +542,7 @@ def train(
                             "temperature or a huge weight?); training goes on",
                             file=sys.stderr,
                         )
-                    for split, ev_loader in evals.items():
+                    for split, ev_loader in evals.items() if main else ():
                         record[split] = {
                             r: evaluate_model(model.roles[r], ev_loader, dev, reference)
                             for r in roles
@@ -520,8 +553,9 @@ def train(
                     records.append(record)
                     record["metric"] = cfg.metric
                     _update_best(best, record, roles, cfg.metric)
-                    with (out / METRICS).open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    if main:
+                        with (out / METRICS).open("a") as f:
+                            f.write(json.dumps(record) + "\n")
                     _save_checkpoint(
                         ckpt_path,
                         model,
@@ -559,7 +593,8 @@ def train(
             )
     finally:
         _notify(callbacks, "on_train_end")
-
+    if not main:  # rank 0 writes the run's files
+        return TrainResult(out, records, {}, model)
     models_dir = out / "models"
     models_dir.mkdir(exist_ok=True)
     for role in roles:
@@ -641,7 +676,10 @@ def _save_checkpoint(
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": _rng_state(loader_gen),
     }
-    _atomic_write(path, lambda p: torch.save(state, p))
+    if distributed.world_size() > 1:  # every rank's generators, for a resume under DDP
+        state["rng_ranks"] = distributed.all_gather_objects(state["rng"])
+    if distributed.rank() == 0:
+        _atomic_write(path, lambda p: torch.save(state, p))
 
 
 _PROTOCOLS = {
