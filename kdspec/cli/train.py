@@ -56,6 +56,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", dest="run_file", metavar="RUN", help="a run file (TOML)")
     p.add_argument("--epochs", type=int, help="override [train] epochs")
     p.add_argument("--seed", type=int, help="override [train] seed")
+    p.add_argument(
+        "--amp",
+        choices=["off", "bf16", "fp16"],
+        help="override [train] amp: autocast in bf16 or fp16 (fp16 on CUDA only; bf16 on a CPU "
+        "without bf16 instructions warns: it is emulated and slow)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override [train] compile: torch.compile the roles' networks",
+    )
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a parameter")
     p.add_argument(
         "--allow-import",
@@ -104,6 +116,10 @@ def load_job(args: argparse.Namespace, spec: str, *, with_params: bool = True) -
         updates["epochs"] = args.epochs
     if args.seed is not None:
         updates["seed"] = args.seed
+    if getattr(args, "amp", None) is not None:
+        updates["amp"] = False if args.amp == "off" else args.amp
+    if getattr(args, "compile", None) is not None:
+        updates["compile"] = args.compile
     if updates:
         run = run.with_updates(train=updates)
     overrides: dict[str, object] = dict(run.config.params) if with_params else {}

@@ -47,6 +47,7 @@ from kdspec.compiler.stages import StageRun, plan_stages
 from kdspec.diagnostics import KdError, error
 from kdspec.ir.evaluate import Progress
 from kdspec.runtime import distributed
+from kdspec.runtime.accel import compile_roles, precision_for
 from kdspec.runtime.data import drops_a_lone_example, eval_loader, train_loader
 from kdspec.runtime.files import atomic_write
 from kdspec.runtime.metrics import METRICS as METRIC_KINDS
@@ -355,7 +356,10 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     dev = torch.device(device) if device is not None else _default_device()
-    use_amp = cfg.amp and dev.type == "cuda"
+    precision = precision_for(cfg.amp, dev)  # KD501 for fp16 on CPU; warns on emulated bf16
+    use_amp = precision.scaler  # fp16 on CUDA: a gradient scaler
+    if cfg.compile:
+        compile_roles(model)
     model.to(dev)
     if reference is not None:
         reference.to(dev)
@@ -477,7 +481,7 @@ def train(
                             for group in opt.param_groups:
                                 group["lr"] = lr
                         progress = Progress.at(steps_done, steps_per_epoch, stage.steps)
-                        with torch.autocast(dev.type, enabled=use_amp):
+                        with precision.autocast(dev.type):
                             result = step_model(batch, progress=progress)
                         bad = _non_finite(result)
                         if world > 1 and distributed.any_rank(bad is not None):
