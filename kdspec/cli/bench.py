@@ -1,7 +1,8 @@
-"""``kdspec bench [steps|memory] [OPTIONS]``: the performance figures of docs/performance.md.
+"""``kdspec bench [steps|memory|compile] [OPTIONS]``: the figures of docs/performance.md.
 
 ``steps`` (default): compiled step / hand-written step per method (scripts/bench_methods.py);
-``memory``: peak memory of a compiled step / the hand-written one (scripts/bench_memory.py).
+``memory``: peak memory of a compiled step / the hand-written one (scripts/bench_memory.py);
+``compile``: a step with the roles under torch.compile / eager (scripts/bench_compile.py).
 Each prints ratios, medians over interleaved rounds with their spread, the machine and the
 versions; options after the kind go to the script (``kdspec bench steps --help``). The
 benchmarks live in a source checkout's ``scripts/`` folder, beside the hand-written loops they
@@ -15,7 +16,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-SCRIPTS = {"steps": "bench_methods.py", "memory": "bench_memory.py"}
+SCRIPTS = {"steps": "bench_methods.py", "memory": "bench_memory.py", "compile": "bench_compile.py"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  kdspec bench --rounds 7 --steps 3\n"
         "  kdspec bench steps --methods hinton,at --teacher resnet20 --student resnet8\n"
-        "  kdspec bench memory --rounds 3",
+        "  kdspec bench memory --rounds 3\n  kdspec bench compile --methods hinton,at",
     )
     p.add_argument("kind", nargs="?", choices=sorted(SCRIPTS), default="steps")
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark script")
