@@ -291,6 +291,7 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
         KdError: KD404/KD405/KD406/KD408 for models and weights, KD502 for data.
     """
     opts = opts or JobOptions()
+    opts = replace(opts, device=distributed.setup(opts.device))  # under torchrun: join, once
     if distributed.world_size() <= 1:
         return _prepare(lowered, run, opts)
     if distributed.is_main():
@@ -542,7 +543,7 @@ def _train(
         resume=resume,
         callbacks=opts.callbacks,
         meta=meta,
-        device=opts.device,
+        device=distributed.setup(opts.device),  # cuda:LOCAL_RANK under torchrun
         label=label,
         num_workers=cfg.data.num_workers,
         reference=reference_teacher(prep),
