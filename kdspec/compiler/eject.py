@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdspec.compiler.distiller import Distiller, _unpack
+from kdspec.compiler.bind import unpack
+from kdspec.compiler.distiller import Distiller
 from kdspec.compiler.hooks import HookPoint
 from kdspec.compiler.nodes import (
     AdapterNode,
@@ -177,7 +178,7 @@ class _Writer:
         return "".join(f", {k}={v!r}" for k, v in kw.items())
 
     def tap(self, node: TapNode) -> str:
-        points = self.d._points.get(node.tap) or []
+        points = self.d.compiled.points.get(node.tap) or []
         exprs = []
         for p in points:
             if p.kind not in ("module", "logits", "input", "output") or p.call or p.select:
@@ -367,7 +368,7 @@ def eject(
         if plan.repeat != 1 or plan.handoffs:
             w.fail(f"repeats or hand-offs of stage `{plan.name}`")
     for name in d.terms:
-        if name not in d._const_weights:
+        if name not in d.compiled.const_weights:
             w.fail(f"the scheduled weight of `{name}`")
     calls = _adapter_calls(d, example_batch) if not w.reasons else []
     term_code: list[str] = []
@@ -385,14 +386,14 @@ def eject(
     for plan in d.stage_plans:
         d.set_stage(plan.name)
         params = [param_names[id(p)] for p in d.trainable_parameters()]
-        active = [t.name for t in d._active(d._stage)]
+        active = [t.name for t in d.compiled.active_terms(d.stage)]
         stages.append((plan.name, plan.duration, plan.unit, active, params))
-    d._stage = None
+    d.reset_stage()
 
     adapters = ",\n            ".join(
         f"build_adapter({f!r}, {i!r}, {o!r}{w.kwargs(kw, f)})" for f, i, o, kw in calls
     )
-    weights = {n: d._const_weights[n] for n in d.terms}
+    weights = {n: d.compiled.const_weights[n] for n in d.terms}
     points = {
         role: {k: (p.kind, p.path, p.io) for k, p in pts.items()} for role, pts in w.points.items()
     }
@@ -455,7 +456,7 @@ def eject(
         "        return total, terms",
     ]
     method += ["    " + line if line else "" for line in term_code]
-    x = _unpack(example_batch).x
+    x = unpack(example_batch).x
     models = _models_code(g, roles, sources or {}, d.num_classes, tuple(x.shape[1:]))
     student = d.eval_roles()[0]
     header = [
