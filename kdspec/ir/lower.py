@@ -1230,8 +1230,6 @@ def resolve_import(value: str, source: SourceFile, library: Path | None) -> Path
 
 def make_finder(module: ast.Module, source: SourceFile, library: Path | None) -> MethodFinder:
     """Find methods for `use`: this file first, then its imports, then the library."""
-    from kdspec.syntax import try_parse
-
     local = {m.name.name: (m, source) for m in module.methods}
     imported: dict[str, tuple[ast.Method, SourceFile]] = {}
     for imp in module.imports:
@@ -1239,10 +1237,10 @@ def make_finder(module: ast.Module, source: SourceFile, library: Path | None) ->
         if isinstance(path, str):
             continue
         try:
-            other_src = SourceFile.read(path)
+            parsed = parse_file(path)
         except OSError:
             continue
-        other, _ = try_parse(other_src)
+        other, other_src = parsed.module, parsed.source
         if other is None:
             continue
         for m in other.methods:
@@ -1257,10 +1255,10 @@ def make_finder(module: ast.Module, source: SourceFile, library: Path | None) ->
             return imported[name]
         if library is not None and _LIBRARY_NAME.fullmatch(name):
             try:
-                lib_src = SourceFile.read(library / f"{name}.kd")
+                parsed = parse_file(library / f"{name}.kd")
             except OSError:
                 return None
-            lib, _ = try_parse(lib_src)
+            lib, lib_src = parsed.module, parsed.source
             if lib is not None:
                 for m in lib.methods:
                     if m.name.name == name:
@@ -1276,8 +1274,6 @@ def check_imports(
     module: ast.Module, source: SourceFile, library: Path | None = None
 ) -> list[Diagnostic]:
     """KD105 for every import that cannot be read or parsed."""
-    from kdspec.syntax import try_parse
-
     diags = []
     for imp in module.imports:
         path = resolve_import(imp.path.value, source, library)
@@ -1295,7 +1291,7 @@ def check_imports(
             )
             continue
         try:
-            other_src = SourceFile.read(path)
+            parsed = parse_file(path)
         except OSError as exc:
             diags.append(
                 error(
@@ -1307,8 +1303,7 @@ def check_imports(
                 )
             )
             continue
-        _, errs = try_parse(other_src)
-        diags.extend(errs)
+        diags.extend(parsed.errors)
     return diags
 
 
@@ -1418,27 +1413,52 @@ def _prelude_files() -> list[Path]:
     return sorted(folder.glob("*.kd")) if folder.is_dir() else []
 
 
+@dataclass(frozen=True)
+class ParsedFile:
+    """A spec file read and parsed: its tree (``None`` when it does not parse) and errors."""
+
+    source: SourceFile
+    module: ast.Module | None
+    errors: list[Diagnostic]
+
+
+_PARSED: dict[tuple[str, int, int], ParsedFile] = {}
+_PARSED_LIMIT = 256  # versions of files kept (an editor re-checks imports on every change)
+
+
+def parse_file(path: Path) -> ParsedFile:
+    """``path`` read and parsed once per version (path, modification time and size): an
+    imported file, a library method and the prelude are parsed once however many places
+    (finding methods for `use`, checking imports, collecting defs) read them.
+
+    Raises:
+        OSError: the file cannot be read (see :meth:`SourceFile.read`).
+    """
+    from kdspec.syntax import try_parse
+
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _PARSED:
+        source = SourceFile.read(path)
+        module, errors = try_parse(source)
+        while len(_PARSED) >= _PARSED_LIMIT:
+            del _PARSED[next(iter(_PARSED))]
+        _PARSED[key] = ParsedFile(source, module, errors)
+    return _PARSED[key]
+
+
 _DefsOfFile = tuple[dict[str, tuple[ast.Function, SourceFile]], list[Diagnostic]]
-_PRELUDE_CACHE: dict[tuple[str, float], _DefsOfFile] = {}
 
 
 def _module_defs(path: Path) -> _DefsOfFile:
-    """The defs of a file (cached by modification time): the prelude, imported files."""
-    from kdspec.syntax import try_parse
-
+    """The defs of a file and its syntax errors: the prelude, imported files."""
     try:
-        key = (str(path), path.stat().st_mtime)
+        parsed = parse_file(path)
     except OSError:
         return {}, []
-    if key not in _PRELUDE_CACHE:
-        try:
-            src = SourceFile.read(path)
-        except OSError:
-            return {}, []
-        module, errs = try_parse(src)
-        found = {f.name.name: (f, src) for f in module.functions} if module else {}
-        _PRELUDE_CACHE[key] = (found, errs)
-    return _PRELUDE_CACHE[key]
+    module, src = parsed.module, parsed.source
+    found = {f.name.name: (f, src) for f in module.functions} if module else {}
+    return found, parsed.errors
 
 
 class DefTable:
