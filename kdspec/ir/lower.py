@@ -6,18 +6,32 @@ argument becomes a diagnostic and a placeholder in the IR, so later passes still
 
 from __future__ import annotations
 
-import difflib
 import math
-import re
-from collections.abc import Callable, Iterable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from kdspec.diagnostics import Diagnostic, Label, Severity, error
+from kdspec.diagnostics import Diagnostic, Label, error
 from kdspec.ir import models as ir
+from kdspec.ir.compose import (
+    IMPORT_ROOTS,
+    Composition,
+    ParsedFile,
+    check_imports,
+    make_finder,
+    module_defs,
+    parse_file,
+    prelude_files,
+    resolve_import,
+)
 from kdspec.ir.functions import choose_branches
+from kdspec.ir.lower_core import (
+    Lowered,
+    PathKey,
+    SourceMap,
+    a_or_an,
+    did_you_mean,
+    shorten,
+)
+from kdspec.ir.lower_taps import TapLowering
 from kdspec.ir.printer import expr_text, tap_text
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
@@ -31,112 +45,19 @@ from kdspec.vocabulary import (
 )
 from kdspec.vocabulary.axes import AXES, AXIS_SETS, BASE_AXES
 
-PathKey = tuple[object, ...]
-
-
-@dataclass
-class SourceMap:
-    """Spans of IR parts, keyed by IR path such as ``("term", "kd", "loss")``."""
-
-    source: SourceFile
-    spans: dict[PathKey, Span] = field(default_factory=dict)
-
-    def span(self, *path: object) -> Span | None:
-        """The span of a path, or of its nearest recorded ancestor."""
-        key: PathKey = tuple(path)
-        while key:
-            if key in self.spans:
-                return self.spans[key]
-            key = key[:-1]
-        return None
-
-    def diagnostic(
-        self,
-        code: str,
-        message: str,
-        path: PathKey,
-        label: str = "",
-        *,
-        severity: Severity = Severity.ERROR,
-        notes: tuple[str, ...] = (),
-        help: str | None = None,
-        related: tuple[tuple[PathKey, str], ...] = (),
-    ) -> Diagnostic:
-        """A diagnostic pointing at the source of an IR path (and, secondary, related paths)."""
-        span = self.span(*path)
-        labels: list[Label] = [Label(span, label)] if span is not None else []
-        for rel_path, rel_label in related:
-            rel_span = self.span(*rel_path)
-            if rel_span is not None:
-                labels.append(Label(rel_span, rel_label, primary=False))
-        return Diagnostic(
-            code=code,
-            severity=severity,
-            message=message,
-            source=self.source,
-            labels=tuple(labels),
-            notes=notes,
-            help=help,
-        )
-
-
-@dataclass
-class Lowered:
-    """A lowered method with its source map."""
-
-    method: ir.Method
-    source_map: SourceMap
-
-
-# Finds a method by name for `use`: returns (method ast, its file) or None.
-MethodFinder = Callable[[str], "tuple[ast.Method, SourceFile] | None"]
-
-
-def _a(noun: str) -> str:
-    """``a transform``, ``an adapter``."""
-    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
-
-
-def did_you_mean(name: str, candidates: Iterable[str], *, declared: bool = False) -> str | None:
-    """``did you mean `x`?`` where `x` is what the user meant, else None.
-
-    ``declared``: the candidates are names the file itself declares (roles, parameters, views,
-    terms), which carry no built-in meaning: the closest similar name is offered. Otherwise they
-    are the language's own words (functions, their parameters, tap points), and a suggestion
-    must keep the meaning, so looking alike is not enough: only a likely typo, at most one edit
-    (two for names longer than 5 characters; a swap of neighbours counts as one) with the same
-    digits (`l2` is not a typo of `l1`). `channel_sum` gets no `channel_dist`.
-    """
-    if declared:
-        close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-        return f"did you mean `{close[0]}`?" if close else None
-    budget = 1 if len(name) <= 5 else 2
-    best: tuple[int, str] | None = None
-    for cand in sorted(set(candidates)):
-        if _digits(cand) != _digits(name):
-            continue
-        d = _edit_distance(name.lower(), cand.lower())
-        if d <= budget and (best is None or d < best[0]):
-            best = (d, cand)
-    return f"did you mean `{best[1]}`?" if best else None
-
-
-def _digits(s: str) -> str:
-    return "".join(c for c in s if c.isdigit())
-
-
-def _edit_distance(a: str, b: str) -> int:
-    """Optimal string alignment distance (insert, delete, substitute, swap neighbours)."""
-    prev2: list[int] = []
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, cb in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
-            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
-                cur[j] = min(cur[j], prev2[j - 2] + 1)
-        prev2, prev = prev, cur
-    return prev[len(b)]
+__all__ = [
+    "IMPORT_ROOTS",
+    "DefTable",
+    "Lowered",
+    "ParsedFile",
+    "SourceMap",
+    "check_imports",
+    "did_you_mean",
+    "lower_module",
+    "make_finder",
+    "parse_file",
+    "resolve_import",
+]
 
 
 _CONSTANTS = {"true": 1.0, "false": 0.0}
@@ -153,79 +74,13 @@ VALUE_SHAPES: dict[str, tuple[str, int | None]] = {
     "tokens": ("token", None),
 }
 _UNITS = {"epochs": "epochs", "epoch": "epochs", "steps": "steps", "step": "steps", "%": "fraction"}
-_TAP_HELP = (
-    "a tap reads `role.logits`, `role.embedding`, `role.input`, `role.output[...]`, "
-    '`role.stage[k]` or `role."module.path"`, optionally followed by `.input`, `.output` '
-    "or `.preact`"
-)
 
 
-class _MethodLowering:
-    def __init__(
-        self,
-        method: ast.Method,
-        source: SourceFile,
-        finder: MethodFinder | None,
-        overrides: dict[str, object],
-        stack: tuple[str, ...],
-        defs: DefTable | None = None,
-    ):
-        self.defs = defs
-        self.used_defs: set[str] = set()
-        self.m = method
-        self.source = source
-        self.finder = finder
-        self.overrides = overrides
-        self.stack = stack
-        self.diags: list[Diagnostic] = []
-        self.smap = SourceMap(source)
-        self.smap.spans[("method",)] = method.span
-        self.smap.spans[("method", "name")] = method.name.span
-        self.params: dict[str, ir.Expr] = {}
-        self.unknown: set[str] = set()  # unknown names already reported
-        self.roles: dict[str, ir.Role] = {}
-        self.ensembles: dict[str, ir.Ensemble] = {}
-        self.data: dict[str, ir.DataPart] = {}
-        self.lets: dict[str, ir.Let] = {}
-        self.terms: dict[str, ir.Term] = {}
-        self.stages: list[ir.Stage] = []
-        self.claims: list[ir.Claim] = []
-        self.uses: list[str] = []
-        self.defined: dict[str, tuple[str, Span]] = {}  # name -> (what, span), for KD201
-        self.local_terms = {
-            st.label.name
-            for st in method.body
-            if isinstance(st, ast.Transfer | ast.Supervise) and st.label is not None
-        }
-        self.used_stages: list[tuple[str, tuple[ir.Stage, ...], dict[str, str], _Inliner]] = []
-        self.folded_params: set[str] = set()
+class _MethodLowering(TapLowering, Composition):
+    """Lowers one method: expressions, calls, roles, terms, stages, claims (taps in
+    :mod:`kdspec.ir.lower_taps`, `use` in :mod:`kdspec.ir.compose`)."""
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def err(
-        self, code: str, message: str, span: Span | None, label: str = "", **kw: object
-    ) -> None:
-        self.diags.append(error(code, message, self.source, span, label, **kw))
-
-    def define(self, what: str, ident: ast.Ident) -> bool:
-        """Record a definition; report a duplicate (KD201). Returns False on duplicates."""
-        prior = self.defined.get(ident.name)
-        if prior is not None:
-            self.err(
-                "KD201",
-                f"`{ident.name}` is defined twice",
-                ident.span,
-                f"{what} `{ident.name}` redefined here",
-                related=[Label(prior[1], f"first defined here as a {prior[0]}", primary=False)],
-                help="give each parameter, role, ensemble, view, subset, let, term and stage its "
-                "own name",
-            )
-            return False
-        self.defined[ident.name] = (what, ident.span)
-        return True
-
-    def names_in_scope(self) -> list[str]:
-        return [*self.params, *self.roles, *self.ensembles, *self.lets, *self.data]
 
     # -- expressions ------------------------------------------------------------------------
 
@@ -246,7 +101,7 @@ class _MethodLowering:
             if not math.isfinite(e.value):
                 self.err(
                     "KD205",
-                    f"the number `{_shorten(e.text, 40)}` is too large for a float",
+                    f"the number `{shorten(e.text, 40)}` is too large for a float",
                     e.span,
                     "overflows to infinity",
                     help="numbers must be finite (at most about 1.8e308)",
@@ -298,7 +153,7 @@ class _MethodLowering:
                 e.cond.span,
                 f"reads {culprit}",
                 help="an `if` chooses between formulas once, from numbers, words and "
-                "parameters (`if reduction == \"sum\" then ... else ...`); to choose per "
+                'parameters (`if reduction == "sum" then ... else ...`); to choose per '
                 "element, write `where(cond, a, b)`",
             )
             return out
@@ -485,9 +340,9 @@ class _MethodLowering:
             wanted = " or ".join(categories)
             self.err(
                 "KD203",
-                f"`{fname}` is {_a(fn.category)}, not {_a(wanted)}",
+                f"`{fname}` is {a_or_an(fn.category)}, not {a_or_an(wanted)}",
                 e.func.span,
-                f"{_a(fn.category)} here",
+                f"{a_or_an(fn.category)} here",
                 help=did_you_mean(fname, [n for c in categories for n in by_category(c)]),
             )
 
@@ -559,172 +414,6 @@ class _MethodLowering:
             if self.defs.lower(fname, e.func.span, self.source) is not None:
                 self.used_defs.add(fname)
         return ir.Call(func=fname, args=args, kwargs=kwargs)
-
-    def _const_int(self, e: ast.Expr | None) -> int | None:
-        if e is None:
-            return None
-        if isinstance(e, ast.Number) and float(e.value).is_integer():
-            return int(e.value)
-        if isinstance(e, ast.Neg):
-            inner = self._const_int(e.operand)
-            return -inner if inner is not None else None
-        if isinstance(e, ast.Name) and e.id in self.params:
-            self.folded_params.add(e.id)
-            value = self.params[e.id]
-            if isinstance(value, ir.Num) and value.value.is_integer():
-                return int(value.value)
-        self.err(
-            "KD206",
-            "a layer index must be a whole number",
-            getattr(e, "span", None),
-            "not a whole number",
-        )
-        return None
-
-    def tap(self, e: ast.Expr) -> ir.Expr:
-        chain: list[ast.Expr] = []
-        base: ast.Expr = e
-        while isinstance(base, (ast.Attr, ast.ModulePath, ast.Index, ast.CallIndex)):
-            chain.append(base)
-            base = base.obj
-        chain.reverse()
-        if not isinstance(base, ast.Name):
-            self.err(
-                "KD206",
-                "a tap must start with a role name",
-                getattr(base, "span", None),
-                "not a role",
-                help=_TAP_HELP,
-            )
-            return ir.Str(value="?")
-        role = base.id
-        if role not in self.roles and role not in self.ensembles:
-            if role in self.lets:
-                self.err(
-                    "KD206",
-                    f"`{role}` is a let binding and has no tap points",
-                    base.span,
-                    help="taps are read from roles: `s.logits`",
-                )
-            elif role not in self.unknown:  # one error per name
-                self.unknown.add(role)
-                self.err(
-                    "KD202",
-                    f"unknown role `{role}`",
-                    base.span,
-                    "no such role",
-                    help=did_you_mean(role, [*self.roles, *self.ensembles], declared=True)
-                    or (
-                        None
-                        if role in self.defined  # defined as something else: KD201 says so
-                        else f"declare it: `student {role}` (or `teacher {role}`, ...)"
-                    ),
-                )
-            return ir.Str(value=role)
-        view = None
-        if chain and isinstance(chain[0], ast.Index) and isinstance(chain[0].index, ast.Name):
-            vname = chain[0].index.id
-            if self.data.get(vname) is None or self.data[vname].kind != "view":
-                views = [n for n, d in self.data.items() if d.kind == "view"]
-                self.err(
-                    "KD202",
-                    f"unknown view `{vname}`",
-                    chain[0].index.span,
-                    "not a declared view",
-                    help=did_you_mean(vname, views, declared=True) or f"declare it: `view {vname}`",
-                )
-            view = vname
-            chain = chain[1:]
-        fields: dict[str, object] = {"role": role, "view": view}
-        if not chain:
-            return ir.Tap(point="output", **fields)
-        head, rest = chain[0], chain[1:]
-        select: list[str | int] = []
-        if isinstance(head, ast.Attr) and head.name.name in (
-            "logits",
-            "embedding",
-            "input",
-            "output",
-        ):
-            fields["point"] = head.name.name
-            if head.name.name in ("logits", "embedding", "input") and rest:
-                self.err(
-                    "KD206",
-                    f"`{head.name.name}` takes no further selector",
-                    rest[0].span,
-                    "unexpected here",
-                    help=_TAP_HELP,
-                )
-                rest = []
-        elif isinstance(head, ast.Attr) and head.name.name == "stage":
-            fields["point"] = "stage"
-            if not rest or not isinstance(rest[0], ast.Index):
-                self.err(
-                    "KD206",
-                    "`stage` needs an index: `stage[2]` or `stage[1..3]`",
-                    head.span,
-                    "missing index",
-                    help=_TAP_HELP,
-                )
-                return ir.Str(value=role)
-            idx = rest[0].index
-            if isinstance(idx, ast.Slice):
-                fields.update(
-                    first=self._const_int(idx.lo), last=self._const_int(idx.hi), is_range=True
-                )
-            else:
-                k = self._const_int(idx)
-                fields.update(first=k, last=k)
-            rest = rest[1:]
-        elif isinstance(head, ast.ModulePath):
-            fields["point"] = "module"
-            fields["module"] = head.path.value
-        else:
-            where = head.name.name if isinstance(head, ast.Attr) else "?"
-            self.err(
-                "KD206",
-                f"`{where}` is not a tap point",
-                getattr(head, "span", None),
-                "unknown tap point",
-                help=did_you_mean(where, ["logits", "embedding", "input", "output", "stage"])
-                or _TAP_HELP,
-            )
-            return ir.Str(value=role)
-        for acc in rest:
-            if (
-                isinstance(acc, ast.Attr)
-                and acc.name.name in ("input", "output", "preact")
-                and not select
-                and fields["point"] in ("stage", "module")
-            ):
-                fields["io"] = acc.name.name
-            elif isinstance(acc, ast.CallIndex) and fields["point"] in ("stage", "module"):
-                if acc.n < 0:
-                    self.err(
-                        "KD206",
-                        "a call index must be a whole number",
-                        acc.span,
-                        "not a whole number",
-                        help="calls count from 0: `@0`, `@1`, ...",
-                    )
-                fields["call"] = max(acc.n, 0)
-            elif isinstance(acc, ast.Attr):
-                select.append(acc.name.name)
-            elif isinstance(acc, ast.Index) and isinstance(acc.index, ast.String):
-                select.append(acc.index.value)
-            elif isinstance(acc, ast.Index) and not isinstance(acc.index, ast.Slice):
-                k = self._const_int(acc.index)
-                if k is not None:
-                    select.append(k)
-            else:
-                self.err(
-                    "KD206",
-                    "unsupported selector in a tap",
-                    getattr(acc, "span", None),
-                    help=_TAP_HELP,
-                )
-        fields["select"] = tuple(select)
-        return ir.Tap(**fields)
 
     # -- statements -------------------------------------------------------------------------
 
@@ -1133,241 +822,6 @@ class _MethodLowering:
 
     # -- composition ------------------------------------------------------------------------
 
-    def use(self, st: ast.Use) -> None:
-        name = st.method.name
-        self.smap.spans[("use", len(self.uses))] = st.span
-        if name in self.stack:
-            self.err(
-                "KD208",
-                f"method `{name}` uses itself",
-                st.method.span,
-                "cycle of `use`",
-                notes=[" -> ".join([*self.stack, name])],
-            )
-            return
-        found = self.finder(name) if self.finder else None
-        if found is None:
-            self.err(
-                "KD208",
-                f"unknown method `{name}`",
-                st.method.span,
-                "not in this file, its imports or the library",
-            )
-            return
-        other_ast, other_source = found
-        args: dict[str, object] = {}
-        other_params = [s.name.name for s in other_ast.body if isinstance(s, ast.Param)]
-        for pname, a in zip(other_params, st.args, strict=False):
-            args[pname] = self.expr(a, as_value=True)
-        for kw in st.kwargs:
-            args[kw.name.name] = self.expr(kw.value, as_value=True)
-        sub = _MethodLowering(
-            other_ast,
-            other_source,
-            self.finder,
-            args,
-            (*self.stack, self.m.name.name),
-            self.defs.for_source(other_source) if self.defs is not None else None,
-        )
-        other = sub.lower()
-        if self.defs is not None:
-            self.defs.adopt(other.functions)
-            self.used_defs |= {f.name for f in other.functions}
-        for d in sub.diags:  # problems inside the used method are reported at the `use`
-            self.err(d.code, f"in `use {name}`: {d.message}", st.span, "used here", help=d.help)
-        self.uses.append(name)
-        alias = st.alias.name if st.alias else name
-        inline = _Inliner(other.params, set(args))
-        for role in other.roles:
-            mine = self.roles.get(role.name)
-            role = role.model_copy(
-                update={"options": {k: inline(v) for k, v in role.options.items()}}
-            )
-            if mine is None:
-                self.roles[role.name] = role
-                self.defined.setdefault(role.name, ("role", st.span))
-            elif mine.kind != role.kind:
-                self.err(
-                    "KD208",
-                    f"role `{role.name}` is a {mine.kind} here but a {role.kind} in `{name}`",
-                    st.span,
-                )
-        for ens in other.ensembles:
-            self.ensembles.setdefault(ens.name, ens)
-        for part in other.data:
-            self.data.setdefault(
-                part.name,
-                part.model_copy(
-                    update={
-                        "args": tuple(inline(a) for a in part.args),
-                        "kwargs": {k: inline(v) for k, v in part.kwargs.items()},
-                    }
-                ),
-            )
-        for let in other.lets:
-            self.lets.setdefault(let.name, ir.Let(name=let.name, value=inline(let.value)))
-        wanted = {i.name for i in st.only}
-        renamed: dict[str, str] = {}
-        for ident in st.only:
-            if other.term(ident.name) is None:
-                self.err(
-                    "KD208",
-                    f"method `{name}` has no term `{ident.name}`",
-                    ident.span,
-                    help=did_you_mean(ident.name, [t.name for t in other.terms], declared=True),
-                )
-        for t in other.terms:
-            if wanted and t.name not in wanted:
-                continue
-            clash = t.name in self.defined or t.name in self.local_terms
-            tname = f"{alias}_{t.name}" if clash else t.name
-            renamed[t.name] = tname
-            self.defined[tname] = ("term", st.span)
-            self.smap.spans[("term", tname)] = st.span
-            self.terms[tname] = t.model_copy(
-                update={
-                    "name": tname,
-                    "origin": alias,
-                    "weight": inline(t.weight),
-                    "source": inline(t.source) if t.source else None,
-                    "target": inline(t.target),
-                    "loss": inline(t.loss),
-                    "knowledge": tuple(inline(k) for k in t.knowledge),
-                }
-            )
-        if other.stages:
-            self.used_stages.append((name, other.stages, renamed, inline))
-
-
-class _Inliner:
-    """Replace a used method's parameter references by their values (its params vanish)."""
-
-    def __init__(self, params: dict[str, ir.Expr], given: set[str]):
-        self.params = params
-        self.given = given  # values given by the caller are in the caller's scope: not inlined
-
-    def __call__(self, e: Any) -> Any:  # an expression in, the same kind of node out
-        return e.transform(self._replace)
-
-    def _replace(self, e: ir.Expr) -> ir.Expr:
-        if isinstance(e, ir.ParamRef) and e.name in self.params:
-            value = self.params[e.name]
-            return value if e.name in self.given else self(value)
-        return e
-
-
-IMPORT_ROOTS: ContextVar[tuple[Path, ...]] = ContextVar("IMPORT_ROOTS", default=())
-"""Folders the person running kdspec allowed imports from (``--import-root``), besides the
-spec's own folder and the library. Set by the command line, never by a file being read."""
-
-_LIBRARY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    text = text.replace("\0", "\\0")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def resolve_import(value: str, source: SourceFile, library: Path | None) -> Path | str:
-    """The real path of an `import` (symlinks resolved), or why it is refused.
-
-    An import must name a file inside an allowed root: the importing spec's folder, the
-    method library, or a folder given with ``--import-root``. Symlinks are resolved before the
-    check, so a link cannot lead out of a root.
-    """
-    if "\0" in value:
-        return "the path contains a NUL character"
-    try:
-        base = Path(source.name).parent.resolve()
-        path = (base / value).resolve()
-        roots = [base, *(r.resolve() for r in IMPORT_ROOTS.get())]
-        if library is not None:
-            roots.append(library.resolve())
-    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a name too long
-        return getattr(exc, "strerror", None) or "the path cannot be resolved"
-    if not any(path.is_relative_to(root) for root in roots):
-        return "outside the spec's folder, the library and every --import-root"
-    return path
-
-
-def make_finder(module: ast.Module, source: SourceFile, library: Path | None) -> MethodFinder:
-    """Find methods for `use`: this file first, then its imports, then the library."""
-    local = {m.name.name: (m, source) for m in module.methods}
-    imported: dict[str, tuple[ast.Method, SourceFile]] = {}
-    for imp in module.imports:
-        path = resolve_import(imp.path.value, source, library)
-        if isinstance(path, str):
-            continue
-        try:
-            parsed = parse_file(path)
-        except OSError:
-            continue
-        other, other_src = parsed.module, parsed.source
-        if other is None:
-            continue
-        for m in other.methods:
-            imported[m.name.name] = (m, other_src)
-            if imp.alias is not None:
-                imported[f"{imp.alias.name}.{m.name.name}"] = (m, other_src)
-
-    def find(name: str) -> tuple[ast.Method, SourceFile] | None:
-        if name in local:
-            return local[name]
-        if name in imported:
-            return imported[name]
-        if library is not None and _LIBRARY_NAME.fullmatch(name):
-            try:
-                parsed = parse_file(library / f"{name}.kd")
-            except OSError:
-                return None
-            lib, lib_src = parsed.module, parsed.source
-            if lib is not None:
-                for m in lib.methods:
-                    if m.name.name == name:
-                        return m, lib_src
-                if lib.methods:
-                    return lib.methods[0], lib_src
-        return None
-
-    return find
-
-
-def check_imports(
-    module: ast.Module, source: SourceFile, library: Path | None = None
-) -> list[Diagnostic]:
-    """KD105 for every import that cannot be read or parsed."""
-    diags = []
-    for imp in module.imports:
-        path = resolve_import(imp.path.value, source, library)
-        if isinstance(path, str):  # refused before it is opened: nothing of it is ever quoted
-            diags.append(
-                error(
-                    "KD105",
-                    f"import `{_shorten(imp.path.value)}` is not allowed",
-                    source,
-                    imp.path.span,
-                    path,
-                    help="imports resolve inside the spec's folder and the method library; "
-                    "allow another folder with `--import-root DIR`",
-                )
-            )
-            continue
-        try:
-            parsed = parse_file(path)
-        except OSError as exc:
-            diags.append(
-                error(
-                    "KD105",
-                    f"cannot read imported file `{_shorten(imp.path.value)}`",
-                    source,
-                    imp.path.span,
-                    exc.strerror or "unreadable",
-                )
-            )
-            continue
-        diags.extend(parsed.errors)
-    return diags
-
 
 def lower_module(
     module: ast.Module,
@@ -1473,59 +927,6 @@ class _FunctionLowering(_MethodLowering):
         return ir.FunctionDef(name=fn.name.name, params=tuple(params), body=body)
 
 
-def _prelude_files() -> list[Path]:
-    folder = Path(__file__).resolve().parents[1] / "prelude"
-    return sorted(folder.glob("*.kd")) if folder.is_dir() else []
-
-
-@dataclass(frozen=True)
-class ParsedFile:
-    """A spec file read and parsed: its tree (``None`` when it does not parse) and errors."""
-
-    source: SourceFile
-    module: ast.Module | None
-    errors: list[Diagnostic]
-
-
-_PARSED: dict[tuple[str, int, int], ParsedFile] = {}
-_PARSED_LIMIT = 256  # versions of files kept (an editor re-checks imports on every change)
-
-
-def parse_file(path: Path) -> ParsedFile:
-    """``path`` read and parsed once per version (path, modification time and size): an
-    imported file, a library method and the prelude are parsed once however many places
-    (finding methods for `use`, checking imports, collecting defs) read them.
-
-    Raises:
-        OSError: the file cannot be read (see :meth:`SourceFile.read`).
-    """
-    from kdspec.syntax import try_parse
-
-    st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size)
-    if key not in _PARSED:
-        source = SourceFile.read(path)
-        module, errors = try_parse(source)
-        while len(_PARSED) >= _PARSED_LIMIT:
-            del _PARSED[next(iter(_PARSED))]
-        _PARSED[key] = ParsedFile(source, module, errors)
-    return _PARSED[key]
-
-
-_DefsOfFile = tuple[dict[str, tuple[ast.Function, SourceFile]], list[Diagnostic]]
-
-
-def _module_defs(path: Path) -> _DefsOfFile:
-    """The defs of a file and its syntax errors: the prelude, imported files."""
-    try:
-        parsed = parse_file(path)
-    except OSError:
-        return {}, []
-    module, src = parsed.module, parsed.source
-    found = {f.name.name: (f, src) for f in module.functions} if module else {}
-    return found, parsed.errors
-
-
 class DefTable:
     """Every ``def`` a file can call: its own, its imports', the prelude's; lowered on demand.
 
@@ -1546,15 +947,15 @@ class DefTable:
         cls, module: ast.Module, source: SourceFile, library: Path | None = None
     ) -> DefTable:
         table = cls()
-        for path in _prelude_files():
-            found, errs = _module_defs(path)
+        for path in prelude_files():
+            found, errs = module_defs(path)
             table.asts.update(found)
             table.diags.extend(errs)
         for imp in module.imports:
             target = resolve_import(imp.path.value, source, library)
             if isinstance(target, str):  # refused (KD105 from check_imports): never read
                 continue
-            found, _ = _module_defs(target)
+            found, _ = module_defs(target)
             table.asts.update(found)
         for fn in module.functions:
             name = fn.name.name
@@ -1592,7 +993,7 @@ class DefTable:
         path = Path(source.name)
         if not path.is_file():
             return self
-        found, _ = _module_defs(path.resolve())
+        found, _ = module_defs(path.resolve())
         for name, entry in found.items():
             self.asts.setdefault(name, entry)
         return self
