@@ -16,6 +16,10 @@ CHECKED = [
     "compiler/distiller.py",
     "compiler/hooks.py",
     "compiler/plan.py",
+    "ir/compose.py",
+    "ir/lower.py",
+    "ir/lower_core.py",
+    "ir/lower_taps.py",
     "runtime/checkpoint.py",
     "runtime/trainer.py",
 ]

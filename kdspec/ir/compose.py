@@ -20,8 +20,38 @@ class Composition(LoweringState):
     """The `use` part of a method's lowering: another method's roles, terms and stages merged in."""
 
     def use(self, st: ast.Use) -> None:
+        """Merge the method `st` names in: its roles, ensembles, views, lets, terms, stages."""
         name = st.method.name
         self.smap.spans[("use", len(self.uses))] = st.span
+        lowered = self._lower_used(st)
+        if lowered is None:
+            return
+        other, args = lowered
+        self.uses.append(name)
+        inline = Inliner(other.params, set(args))
+        self._merge_roles(other, inline, st)
+        for ens in other.ensembles:
+            self.ensembles.setdefault(ens.name, ens)
+        for part in other.data:
+            self.data.setdefault(
+                part.name,
+                part.model_copy(
+                    update={
+                        "args": tuple(inline(a) for a in part.args),
+                        "kwargs": {k: inline(v) for k, v in part.kwargs.items()},
+                    }
+                ),
+            )
+        for let in other.lets:
+            self.lets.setdefault(let.name, ir.Let(name=let.name, value=inline(let.value)))
+        renamed = self._merge_terms(other, inline, st)
+        if other.stages:
+            self.used_stages.append((name, other.stages, renamed, inline))
+
+    def _lower_used(self, st: ast.Use) -> tuple[ir.Method, dict[str, object]] | None:
+        """The used method lowered with the arguments given (KD208 for cycles and unknowns);
+        its problems are reported at the `use`."""
+        name = st.method.name
         if name in self.stack:
             self.err(
                 "KD208",
@@ -30,7 +60,7 @@ class Composition(LoweringState):
                 "cycle of `use`",
                 notes=[" -> ".join([*self.stack, name])],
             )
-            return
+            return None
         found = self.finder(name) if self.finder else None
         if found is None:
             self.err(
@@ -39,7 +69,7 @@ class Composition(LoweringState):
                 st.method.span,
                 "not in this file, its imports or the library",
             )
-            return
+            return None
         other_ast, other_source = found
         args: dict[str, object] = {}
         other_params = [s.name.name for s in other_ast.body if isinstance(s, ast.Param)]
@@ -61,9 +91,9 @@ class Composition(LoweringState):
             self.used_defs |= {f.name for f in other.functions}
         for d in sub.diags:  # problems inside the used method are reported at the `use`
             self.err(d.code, f"in `use {name}`: {d.message}", st.span, "used here", help=d.help)
-        self.uses.append(name)
-        alias = st.alias.name if st.alias else name
-        inline = Inliner(other.params, set(args))
+        return other, args
+
+    def _merge_roles(self, other: ir.Method, inline: Inliner, st: ast.Use) -> None:
         for role in other.roles:
             mine = self.roles.get(role.name)
             role = role.model_copy(
@@ -75,23 +105,15 @@ class Composition(LoweringState):
             elif mine.kind != role.kind:
                 self.err(
                     "KD208",
-                    f"role `{role.name}` is a {mine.kind} here but a {role.kind} in `{name}`",
+                    f"role `{role.name}` is a {mine.kind} here but a {role.kind} in "
+                    f"`{st.method.name}`",
                     st.span,
                 )
-        for ens in other.ensembles:
-            self.ensembles.setdefault(ens.name, ens)
-        for part in other.data:
-            self.data.setdefault(
-                part.name,
-                part.model_copy(
-                    update={
-                        "args": tuple(inline(a) for a in part.args),
-                        "kwargs": {k: inline(v) for k, v in part.kwargs.items()},
-                    }
-                ),
-            )
-        for let in other.lets:
-            self.lets.setdefault(let.name, ir.Let(name=let.name, value=inline(let.value)))
+
+    def _merge_terms(self, other: ir.Method, inline: Inliner, st: ast.Use) -> dict[str, str]:
+        """The used terms (all, or those `only` names), renamed ``alias_name`` on a clash."""
+        name = st.method.name
+        alias = st.alias.name if st.alias else name
         wanted = {i.name for i in st.only}
         renamed: dict[str, str] = {}
         for ident in st.only:
@@ -121,8 +143,7 @@ class Composition(LoweringState):
                     "knowledge": tuple(inline(k) for k in t.knowledge),
                 }
             )
-        if other.stages:
-            self.used_stages.append((name, other.stages, renamed, inline))
+        return renamed
 
 
 class Inliner:

@@ -7,7 +7,9 @@ argument becomes a diagnostic and a placeholder in the IR, so later passes still
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kdspec.diagnostics import Diagnostic, Label, error
 from kdspec.ir import models as ir
@@ -41,6 +43,7 @@ from kdspec.vocabulary import (
     FUNCTIONS,
     PRELUDE_IMPL,
     REQUIRED,
+    Fn,
     by_category,
 )
 from kdspec.vocabulary.axes import AXES, AXIS_SETS, BASE_AXES
@@ -311,31 +314,13 @@ class _MethodLowering(TapLowering, Composition):
         implicit_inputs: int = 0,
         path: PathKey | None = None,
     ) -> ir.Call:
+        """A call of the vocabulary (or of a `def`) in one of ``categories``, checked."""
         fname = e.func.name
         fn = FUNCTIONS.get(fname)
         if fn is None and self.defs is not None and self.defs.has(fname):
             return self.def_call(e, implicit_inputs, path)
         if fn is None:
-            pool = [n for c in categories for n in by_category(c)]
-            self.err(
-                "KD203",
-                f"unknown function `{fname}`",
-                e.func.span,
-                "not in the vocabulary",
-                help=did_you_mean(fname, pool)
-                or (
-                    f"kdspec calls it `{ALIASES[fname.lower()]}`"
-                    if ALIASES.get(fname.lower()) in pool
-                    else f"known: {', '.join(pool[:12])} ..."
-                ),
-            )
-            # Keep what the call reads (taps, parameters, lets), so that later checks see them
-            # used and report nothing else about it: one root cause, one diagnostic.
-            return ir.Call(
-                func=fname,
-                args=tuple(self.expr(a, as_value=True) for a in e.args),
-                kwargs={kw.name.name: self.expr(kw.value, as_value=True) for kw in e.kwargs},
-            )
+            return self._unknown_call(e, categories)
         if fn.category not in categories:
             wanted = " or ".join(categories)
             self.err(
@@ -371,6 +356,48 @@ class _MethodLowering(TapLowering, Composition):
             kwargs[pname] = self.expr(
                 a, as_value=fn.params[pname].check is None, path=sub("kwargs", pname)
             )
+        self._call_keywords(e, fn, kwargs, sub)
+        self._check_call_inputs(e, fn, len(args), n_inputs, kwargs)
+        if fn.impl.startswith(PRELUDE_IMPL) and self.defs is not None:
+            # Written in kdspec itself: the method carries the prelude def, and the compiler
+            # expands the call as a user def's; its facts stay those of the vocabulary.
+            if self.defs.lower(fname, e.func.span, self.source) is not None:
+                self.used_defs.add(fname)
+        return ir.Call(func=fname, args=args, kwargs=kwargs)
+
+    def _unknown_call(self, e: ast.Call, categories: tuple[str, ...]) -> ir.Call:
+        """KD203 for a function the vocabulary lacks; the call keeps what it reads."""
+        fname = e.func.name
+        pool = [n for c in categories for n in by_category(c)]
+        self.err(
+            "KD203",
+            f"unknown function `{fname}`",
+            e.func.span,
+            "not in the vocabulary",
+            help=did_you_mean(fname, pool)
+            or (
+                f"kdspec calls it `{ALIASES[fname.lower()]}`"
+                if ALIASES.get(fname.lower()) in pool
+                else f"known: {', '.join(pool[:12])} ..."
+            ),
+        )
+        # Keep what the call reads (taps, parameters, lets), so that later checks see them
+        # used and report nothing else about it: one root cause, one diagnostic.
+        return ir.Call(
+            func=fname,
+            args=tuple(self.expr(a, as_value=True) for a in e.args),
+            kwargs={kw.name.name: self.expr(kw.value, as_value=True) for kw in e.kwargs},
+        )
+
+    def _call_keywords(
+        self,
+        e: ast.Call,
+        fn: Fn,
+        kwargs: dict[str, ir.Expr],
+        sub: Callable[..., PathKey | None],
+    ) -> None:
+        """The keyword arguments of a call into ``kwargs`` (KD204 for unknown or repeated)."""
+        fname = e.func.name
         for kw in e.kwargs:
             if kw.name.name not in fn.params:
                 known = ", ".join(f"`{p}`" for p in fn.params) or "no keyword arguments"
@@ -390,15 +417,21 @@ class _MethodLowering(TapLowering, Composition):
             )
             if kw.name.name == "over":
                 self.check_axis_words(kw.value)
-        if fn.inputs > 0 and len(args) < n_inputs - fn.optional_inputs:
+
+    def _check_call_inputs(
+        self, e: ast.Call, fn: Fn, n_args: int, n_inputs: int, kwargs: dict[str, ir.Expr]
+    ) -> None:
+        """KD204 for missing tensor inputs and missing required parameters."""
+        fname = e.func.name
+        if fn.inputs > 0 and n_args < n_inputs - fn.optional_inputs:
             self.err(
                 "KD204",
                 f"`{fname}` needs {n_inputs - fn.optional_inputs} "
-                f"input{'s' * (n_inputs - fn.optional_inputs > 1)}, got {len(args)}",
+                f"input{'s' * (n_inputs - fn.optional_inputs > 1)}, got {n_args}",
                 e.span,
                 "missing input",
             )
-        if fn.inputs < 0 and fn.category == "primitive" and not args:
+        if fn.inputs < 0 and fn.category == "primitive" and not n_args:
             self.err("KD204", f"`{fname}` needs at least one input", e.span, "no input")
         for pname, p in fn.params.items():
             if p.default is REQUIRED and pname not in kwargs:
@@ -408,45 +441,13 @@ class _MethodLowering(TapLowering, Composition):
                     e.span,
                     f"missing `{pname}=`",
                 )
-        if fn.impl.startswith(PRELUDE_IMPL) and self.defs is not None:
-            # Written in kdspec itself: the method carries the prelude def, and the compiler
-            # expands the call as a user def's; its facts stay those of the vocabulary.
-            if self.defs.lower(fname, e.func.span, self.source) is not None:
-                self.used_defs.add(fname)
-        return ir.Call(func=fname, args=args, kwargs=kwargs)
 
     # -- statements -------------------------------------------------------------------------
 
     def lower(self) -> ir.Method:
+        """The method's IR: names first, then parameters, declarations, `use`, terms, stages."""
         body = self.m.body
-        # Definitions first, so statements may refer to names defined further down.
-        for st in body:
-            if isinstance(st, ast.Param):
-                if self.define("parameter", st.name):
-                    self.params[st.name.name] = ir.Num(value=0.0)  # placeholder during lowering
-                    self.smap.spans[("param", st.name.name)] = st.span
-            elif isinstance(st, ast.Role):
-                for ident in st.names:
-                    if self.define(st.kind, ident):
-                        self.roles[ident.name] = ir.Role(
-                            name=ident.name,
-                            kind=st.kind,
-                            mode="frozen" if st.kind == "teacher" else "trained",
-                        )
-                        self.smap.spans[("role", ident.name)] = ident.span
-            elif isinstance(st, ast.Ensemble):
-                if self.define("ensemble", st.name):
-                    self.ensembles[st.name.name] = ir.Ensemble(name=st.name.name, members=())
-                    self.smap.spans[("ensemble", st.name.name)] = st.span
-            elif isinstance(st, (ast.View, ast.Subset)):
-                kind = "view" if isinstance(st, ast.View) else "subset"
-                if self.define(kind, st.name):
-                    self.data[st.name.name] = ir.DataPart(name=st.name.name, kind=kind)
-                    self.smap.spans[("data", st.name.name)] = st.span
-            elif isinstance(st, ast.Let):
-                if self.define("let", st.name):
-                    self.lets[st.name.name] = ir.Let(name=st.name.name, value=ir.Num(value=0))
-                    self.smap.spans[("let", st.name.name)] = st.span
+        self.declare_names()
         for st in body:
             if isinstance(st, ast.Param):
                 self.params[st.name.name] = self.expr(st.value, as_value=True)
@@ -477,6 +478,40 @@ class _MethodLowering(TapLowering, Composition):
             elif isinstance(st, ast.Claim):
                 self.claim(st)
         self.adopt_stages()
+        return self.assemble(cites)
+
+    def declare_names(self) -> None:
+        """Definitions first, so statements may refer to names defined further down."""
+        for st in self.m.body:
+            if isinstance(st, ast.Param):
+                if self.define("parameter", st.name):
+                    self.params[st.name.name] = ir.Num(value=0.0)  # placeholder during lowering
+                    self.smap.spans[("param", st.name.name)] = st.span
+            elif isinstance(st, ast.Role):
+                for ident in st.names:
+                    if self.define(st.kind, ident):
+                        self.roles[ident.name] = ir.Role(
+                            name=ident.name,
+                            kind=st.kind,
+                            mode="frozen" if st.kind == "teacher" else "trained",
+                        )
+                        self.smap.spans[("role", ident.name)] = ident.span
+            elif isinstance(st, ast.Ensemble):
+                if self.define("ensemble", st.name):
+                    self.ensembles[st.name.name] = ir.Ensemble(name=st.name.name, members=())
+                    self.smap.spans[("ensemble", st.name.name)] = st.span
+            elif isinstance(st, (ast.View, ast.Subset)):
+                kind = "view" if isinstance(st, ast.View) else "subset"
+                if self.define(kind, st.name):
+                    self.data[st.name.name] = ir.DataPart(name=st.name.name, kind=kind)
+                    self.smap.spans[("data", st.name.name)] = st.span
+            elif isinstance(st, ast.Let):
+                if self.define("let", st.name):
+                    self.lets[st.name.name] = ir.Let(name=st.name.name, value=ir.Num(value=0))
+                    self.smap.spans[("let", st.name.name)] = st.span
+
+    def assemble(self, cites: list[str]) -> ir.Method:
+        """The lowered parts, assembled."""
         return ir.Method(
             name=self.m.name.name,
             title=self.m.title.value if self.m.title else None,
@@ -550,77 +585,74 @@ class _MethodLowering(TapLowering, Composition):
                     self.params[name] = ir.Str(value=text)
 
     def role(self, st: ast.Role) -> None:
+        """Each role of the statement with its modifiers (mode, `like`, `from`, `sees`, init)."""
         for ident in st.names:
             if ident.name not in self.roles or self.defined[ident.name][1] != ident.span:
                 continue
             role = self.roles[ident.name]
-            mode: str = role.mode
-            source, options, view = None, {}, None
-            like: str | None = None
-            size: str | None = None
-            init_from: str | None = None
+            fields: dict[str, Any] = {
+                "mode": role.mode,
+                "source": None,
+                "options": {},
+                "view": None,
+                "like": None,
+                "size": None,
+                "init_from": None,
+            }
             for mod in st.mods:
-                if mod.kind in ("frozen", "trained"):
-                    mode = mod.kind
-                elif mod.kind in ("like", "from") and mod.view is not None:
-                    other = mod.view.name
-                    if other not in self.roles or other == ident.name:
-                        self.err(
-                            "KD202",
-                            f"unknown role `{other}`"
-                            if other != ident.name
-                            else f"`{ident.name}` cannot be `{mod.kind}` itself",
-                            mod.view.span,
-                            "not a role of this method" if other != ident.name else "itself",
-                            help=did_you_mean(other, [r for r in self.roles if r != ident.name]),
-                        )
-                    elif mod.kind == "like":
-                        like, size = other, mod.size
-                    else:
-                        init_from = other
-                elif mod.kind == "sees" and mod.view is not None:
-                    view = mod.view.name
-                    part = self.data.get(view)
-                    if part is None or part.kind != "view":
-                        self.err(
-                            "KD202",
-                            f"unknown view `{view}`",
-                            mod.view.span,
-                            help=did_you_mean(view, self.data, declared=True)
-                            or f"declare `view {view}`",
-                        )
-                elif mod.kind == "init" and mod.init is not None:
-                    call = self.call(mod.init, categories=("role_init",))
-                    mode = {"ema": "ema", "virtual": "virtual", "snapshot": "snapshot"}.get(
-                        call.func, mode
-                    )
-                    if call.args:
-                        first = call.args[0]
-                        if (
-                            isinstance(first, ir.Tap)
-                            and first.point == "output"
-                            and first.role in self.roles
-                        ):
-                            source = first.role
-                        else:
-                            self.err(
-                                "KD211",
-                                f"`{call.func}` takes a role",
-                                mod.init.span,
-                                help=f"e.g. `= {call.func}(s)`",
-                            )
-                    options = dict(call.kwargs)
-            self.roles[ident.name] = ir.Role(
-                name=ident.name,
-                kind=role.kind,
-                mode=mode,
-                source=source,
-                options=options,
-                view=view,
-                like=like,
-                size=size,
-                init_from=init_from,
-            )
+                self.role_modifier(ident, mod, fields)
+            self.roles[ident.name] = ir.Role(name=ident.name, kind=role.kind, **fields)
+
+    def role_modifier(self, ident: ast.Ident, mod: ast.RoleMod, fields: dict[str, Any]) -> None:
+        """One modifier of role ``ident`` into its ``fields`` (KD202 for unknown names)."""
+        if mod.kind in ("frozen", "trained"):
+            fields["mode"] = mod.kind
+        elif mod.kind in ("like", "from") and mod.view is not None:
+            other = mod.view.name
+            if other not in self.roles or other == ident.name:
+                self.err(
+                    "KD202",
+                    f"unknown role `{other}`"
+                    if other != ident.name
+                    else f"`{ident.name}` cannot be `{mod.kind}` itself",
+                    mod.view.span,
+                    "not a role of this method" if other != ident.name else "itself",
+                    help=did_you_mean(other, [r for r in self.roles if r != ident.name]),
+                )
+            elif mod.kind == "like":
+                fields["like"], fields["size"] = other, mod.size
+            else:
+                fields["init_from"] = other
+        elif mod.kind == "sees" and mod.view is not None:
+            view = fields["view"] = mod.view.name
+            part = self.data.get(view)
+            if part is None or part.kind != "view":
+                self.err(
+                    "KD202",
+                    f"unknown view `{view}`",
+                    mod.view.span,
+                    help=did_you_mean(view, self.data, declared=True) or f"declare `view {view}`",
+                )
+        elif mod.kind == "init" and mod.init is not None:
+            self.role_init(mod.init, fields)
+
+    def role_init(self, init: ast.Call, fields: dict[str, Any]) -> None:
+        """``= ema(s, decay=...)`` and the like: the mode, the source role, the options."""
+        call = self.call(init, categories=("role_init",))
+        modes = {"ema": "ema", "virtual": "virtual", "snapshot": "snapshot"}
+        fields["mode"] = modes.get(call.func, fields["mode"])
+        if call.args:
+            first = call.args[0]
+            if isinstance(first, ir.Tap) and first.point == "output" and first.role in self.roles:
+                fields["source"] = first.role
+            else:
+                self.err(
+                    "KD211",
+                    f"`{call.func}` takes a role",
+                    init.span,
+                    help=f"e.g. `= {call.func}(s)`",
+                )
+        fields["options"] = dict(call.kwargs)
 
     def ensemble(self, st: ast.Ensemble) -> None:
         call = self.call(st.init, categories=("combine",))
@@ -689,22 +721,7 @@ class _MethodLowering(TapLowering, Composition):
         if st.weight is not None:
             self.smap.spans[(*key, "weight")] = st.weight.span
             weight = self.expr(st.weight, path=(*key, "weight"))
-        subset = None
-        if st.on is not None:
-            subset = st.on.name
-            part = self.data.get(subset)
-            if part is None or part.kind != "subset":
-                self.err(
-                    "KD202",
-                    f"unknown subset `{subset}`",
-                    st.on.span,
-                    help=did_you_mean(
-                        subset,
-                        [n for n, d in self.data.items() if d.kind == "subset"],
-                        declared=True,
-                    )
-                    or f"declare it: `subset {subset}`",
-                )
+        subset = self.term_subset(st.on) if st.on is not None else None
         self.smap.spans[(*key, "target")] = st.target.span
         target = self.expr(st.target, path=(*key, "target"))
         if isinstance(st, ast.Supervise):
@@ -740,6 +757,24 @@ class _MethodLowering(TapLowering, Composition):
             weight=weight,
             subset=subset,
         )
+
+    def term_subset(self, on: ast.Ident) -> str:
+        """The subset a term is computed on (``on hard``); KD202 when none is declared."""
+        subset = on.name
+        part = self.data.get(subset)
+        if part is None or part.kind != "subset":
+            self.err(
+                "KD202",
+                f"unknown subset `{subset}`",
+                on.span,
+                help=did_you_mean(
+                    subset,
+                    [n for n, d in self.data.items() if d.kind == "subset"],
+                    declared=True,
+                )
+                or f"declare it: `subset {subset}`",
+            )
+        return subset
 
     def stage(self, st: ast.Stage) -> None:
         if not self.define("stage", st.name):

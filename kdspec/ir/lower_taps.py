@@ -39,6 +39,7 @@ class TapLowering(LoweringState):
         return None
 
     def tap(self, e: ast.Expr) -> ir.Expr:
+        """A tap (``s.stage[2].output``, ``t[clean].logits``...); ``ir.Str`` after an error."""
         chain: list[ast.Expr] = []
         base: ast.Expr = e
         while isinstance(base, (ast.Attr, ast.ModulePath, ast.Index, ast.CallIndex)):
@@ -55,48 +56,67 @@ class TapLowering(LoweringState):
             )
             return ir.Str(value="?")
         role = base.id
-        if role not in self.roles and role not in self.ensembles:
-            if role in self.lets:
-                self.err(
-                    "KD206",
-                    f"`{role}` is a let binding and has no tap points",
-                    base.span,
-                    help="taps are read from roles: `s.logits`",
-                )
-            elif role not in self.unknown:  # one error per name
-                self.unknown.add(role)
-                self.err(
-                    "KD202",
-                    f"unknown role `{role}`",
-                    base.span,
-                    "no such role",
-                    help=did_you_mean(role, [*self.roles, *self.ensembles], declared=True)
-                    or (
-                        None
-                        if role in self.defined  # defined as something else: KD201 says so
-                        else f"declare it: `student {role}` (or `teacher {role}`, ...)"
-                    ),
-                )
+        if not self._known_role(base):
             return ir.Str(value=role)
         view = None
         if chain and isinstance(chain[0], ast.Index) and isinstance(chain[0].index, ast.Name):
-            vname = chain[0].index.id
-            if self.data.get(vname) is None or self.data[vname].kind != "view":
-                views = [n for n, d in self.data.items() if d.kind == "view"]
-                self.err(
-                    "KD202",
-                    f"unknown view `{vname}`",
-                    chain[0].index.span,
-                    "not a declared view",
-                    help=did_you_mean(vname, views, declared=True) or f"declare it: `view {vname}`",
-                )
-            view = vname
+            view = self._tap_view(chain[0].index)
             chain = chain[1:]
         fields: dict[str, object] = {"role": role, "view": view}
         if not chain:
             return ir.Tap(point="output", **fields)
-        head, rest = chain[0], chain[1:]
-        select: list[str | int] = []
+        rest = self._tap_point(chain[0], chain[1:], fields)
+        if rest is None:
+            return ir.Str(value=role)
+        fields["select"] = self._tap_selectors(rest, fields)
+        return ir.Tap(**fields)
+
+    def _known_role(self, base: ast.Name) -> bool:
+        """Whether a tap's first word is a role or an ensemble (KD206/KD202 when not)."""
+        role = base.id
+        if role in self.roles or role in self.ensembles:
+            return True
+        if role in self.lets:
+            self.err(
+                "KD206",
+                f"`{role}` is a let binding and has no tap points",
+                base.span,
+                help="taps are read from roles: `s.logits`",
+            )
+        elif role not in self.unknown:  # one error per name
+            self.unknown.add(role)
+            self.err(
+                "KD202",
+                f"unknown role `{role}`",
+                base.span,
+                "no such role",
+                help=did_you_mean(role, [*self.roles, *self.ensembles], declared=True)
+                or (
+                    None
+                    if role in self.defined  # defined as something else: KD201 says so
+                    else f"declare it: `student {role}` (or `teacher {role}`, ...)"
+                ),
+            )
+        return False
+
+    def _tap_view(self, name: ast.Name) -> str:
+        """The view a tap reads (``t[clean]``); KD202 when no such view is declared."""
+        vname = name.id
+        if self.data.get(vname) is None or self.data[vname].kind != "view":
+            views = [n for n, d in self.data.items() if d.kind == "view"]
+            self.err(
+                "KD202",
+                f"unknown view `{vname}`",
+                name.span,
+                "not a declared view",
+                help=did_you_mean(vname, views, declared=True) or f"declare it: `view {vname}`",
+            )
+        return vname
+
+    def _tap_point(
+        self, head: ast.Expr, rest: list[ast.Expr], fields: dict[str, object]
+    ) -> list[ast.Expr] | None:
+        """The tap point ``head`` names into ``fields``; the selectors left, None on an error."""
         if isinstance(head, ast.Attr) and head.name.name in (
             "logits",
             "embedding",
@@ -123,7 +143,7 @@ class TapLowering(LoweringState):
                     "missing index",
                     help=_TAP_HELP,
                 )
-                return ir.Str(value=role)
+                return None
             idx = rest[0].index
             if isinstance(idx, ast.Slice):
                 fields.update(
@@ -146,7 +166,14 @@ class TapLowering(LoweringState):
                 help=did_you_mean(where, ["logits", "embedding", "input", "output", "stage"])
                 or _TAP_HELP,
             )
-            return ir.Str(value=role)
+            return None
+        return rest
+
+    def _tap_selectors(
+        self, rest: list[ast.Expr], fields: dict[str, object]
+    ) -> tuple[str | int, ...]:
+        """``.output``/``.preact``, ``@k`` calls (into ``fields``) and the selected parts."""
+        select: list[str | int] = []
         for acc in rest:
             if (
                 isinstance(acc, ast.Attr)
@@ -180,5 +207,4 @@ class TapLowering(LoweringState):
                     getattr(acc, "span", None),
                     help=_TAP_HELP,
                 )
-        fields["select"] = tuple(select)
-        return ir.Tap(**fields)
+        return tuple(select)
