@@ -38,6 +38,7 @@ from kdspec.graph import types
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, compile_value, evaluate, uses_progress
 from kdspec.ir.functions import HOLE, STUDENT_SIDE, TEACHER_SIDE, expand
+from kdspec.ir.traverse import Visitor
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.components import LEARNED_LOSSES
 from kdspec.ops.transforms import UNSCALED
@@ -120,7 +121,7 @@ def _mapping_pairs(rule: str | None, n_t: int, n_s: int) -> list[tuple[int, int]
     return None
 
 
-class TermBuilder:
+class TermBuilder(Visitor[Node]):
     """Builds the term modules of a method on a :class:`~kdspec.compiler.bind.Binding`.
 
     Resolving a tap fills :attr:`points` (the hook points it reads on its role's model); a
@@ -177,29 +178,42 @@ class TermBuilder:
         return len(self.points.get(tap, [])) or 1
 
     def node(self, e: ir.Expr, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]) -> Node:
-        """The module computing ``e`` (``indices``: which layers of a range tap pair up)."""
-        if isinstance(e, ir.Tap):
-            return self.tap_node(e, path, indices)
-        if isinstance(e, ir.LetRef):
-            if e.name not in self.lets:
-                let = self.m.let(e.name)
-                assert let is not None  # the passes report unknown names
-                self.lets[e.name] = LetNode(self.node(let.value, path, indices))
-            return self.lets[e.name]
-        if isinstance(e, ir.ArgRef):
-            return HoleNode() if e.name == HOLE else ArgNode(e.name)
-        if types.is_static(e, self.m):
+        """The module computing ``e`` (``indices``: which layers of a range tap pair up): a
+        constant for what is known before training, else the ``visit_`` rule of its kind."""
+        if not isinstance(e, ir.Tap | ir.LetRef | ir.ArgRef) and types.is_static(e, self.m):
             return ConstNode(self.value(e))
-        if isinstance(e, ir.BinOp | ir.Neg):
-            operands = [e.left, e.right] if isinstance(e, ir.BinOp) else [e.operand]
-            return self.primitive(
-                "neg" if isinstance(e, ir.Neg) else e.op, operands, {}, path, indices
-            )
-        if isinstance(e, ir.Call):
-            return self.call_node(e, path, indices)
-        raise ValueError(f"`{type(e).__name__}` cannot be evaluated on tensors")
+        return self.visit(e, path, indices)
 
-    def tap_node(
+    def visit_LetRef(
+        self, e: ir.LetRef, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
+    ) -> Node:
+        """A `let`: built once, the same module wherever it is read."""
+        if e.name not in self.lets:
+            let = self.m.let(e.name)
+            assert let is not None  # the passes report unknown names
+            self.lets[e.name] = LetNode(self.node(let.value, path, indices))
+        return self.lets[e.name]
+
+    def visit_ArgRef(
+        self, e: ir.ArgRef, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
+    ) -> Node:
+        """A stand-in: the value a pipeline step or an expanded `def` is applied to."""
+        return HoleNode() if e.name == HOLE else ArgNode(e.name)
+
+    def visit_BinOp(
+        self, e: ir.BinOp, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
+    ) -> Node:
+        return self.primitive(e.op, [e.left, e.right], {}, path, indices)
+
+    def visit_Neg(
+        self, e: ir.Neg, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
+    ) -> Node:
+        return self.primitive("neg", [e.operand], {}, path, indices)
+
+    def generic_visit(self, node: object, *args: object, **kwargs: object) -> Node:
+        raise ValueError(f"`{type(node).__name__}` cannot be evaluated on tensors")
+
+    def visit_Tap(
         self, e: ir.Tap, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
     ) -> Node:
         """A tap: a virtual role's made-up output, an ensemble's combination, or hook points."""
@@ -216,7 +230,7 @@ class TermBuilder:
         self.resolve(e, path)
         return TapNode(e, indices.get(e))
 
-    def call_node(
+    def visit_Call(
         self, e: ir.Call, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
     ) -> Node:
         """A call: a `def` expanded, a typed primitive, an adapter, a combination, a transform."""
