@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdspec.compiler.taps import ModelTaps, discover
-from kdspec.compiler.views import make_view
+from kdspec.compiler.taps import ModelTaps, discover, is_causal
+from kdspec.compiler.views import BatchRewrite, make_view
 from kdspec.diagnostics import Diagnostic
 from kdspec.ir import SourceMap
 from kdspec.ir import models as ir
+from kdspec.ir.traverse import find_all
 
 __all__ = ["Batch", "Binding", "Reporter", "bind", "unpack"]
 
@@ -66,6 +67,8 @@ def unpack(batch: Any) -> Batch:
 
 
 def _to(x: Any, device: str | torch.device) -> Any:
+    if isinstance(x, dict):  # token data: the models' keyword inputs
+        return {k: _to(v, device) for k, v in x.items()}
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
@@ -104,6 +107,8 @@ class Binding:
     functional: bool = False
     num_classes: int | None = None
     batch: Batch = field(default_factory=lambda: Batch(None, None, None))
+    causal: bool = False  # some role is a causal LM: its logits at t predict labels at t + 1
+    rewrite: tuple[BatchRewrite, str] | None = None  # generated data, the role generating it
 
 
 def bind(
@@ -127,12 +132,16 @@ def bind(
             binding.roles.to(device)
             binding.batch = batch.to(device)
         binding.taps = _discover(binding.roles, binding.batch.x, report)
+        binding.causal = any(is_causal(model) for model in binding.roles.values())
         if binding.num_classes is None:
             binding.num_classes = next(
                 (t.logits_shape[-1] for t in binding.taps.values() if t.logits_shape), None
             )
     _check_handoffs(method, binding.roles, report)
     binding.views = _views(method, train_data, report)
+    for part in method.data:
+        if isinstance(binding.views.get(part.name), BatchRewrite):
+            _bind_rewrite(method, binding, report, part)
     return binding
 
 
@@ -208,3 +217,33 @@ def _views(method: ir.Method, train_data: Any, report: Reporter) -> dict[str, Ca
             except ValueError as exc:
                 report("KD502", str(exc), ("data", part.name))
     return views
+
+
+def _bind_rewrite(method: ir.Method, binding: Binding, report: Reporter, part: ir.DataPart) -> None:
+    """A view that generates data rewrites the batch before any role runs: every role must see
+    it (labels and masks are the generated ones), and its generator must have a model."""
+    view: BatchRewrite = binding.views.pop(part.name)  # type: ignore[assignment]
+    m = method
+    blind = [r.name for r in m.roles if r.mode != "virtual" and r.view != part.name]
+    blind += [t.role for t in find_all(m, ir.Tap) if t.view not in (None, part.name)]
+    if blind or binding.rewrite is not None:
+        why = f"`{blind[0]}` does not see it" if blind else "another view already generates"
+        report(
+            "KD502",
+            f"view `{part.name}` ({part.func}) rewrites the whole batch, so every role must see "
+            f"it and it must be the method's only generated view: {why}",
+            ("data", part.name),
+            help=f"add `{blind[0] if blind else 'ROLE'} sees {part.name}` for every role",
+        )
+        return
+    role = next((r.name for r in m.roles if r.kind == view.role_kind), None)
+    if role is None or (not binding.functional and role not in binding.roles):
+        report(
+            "KD502",
+            f"view `{part.name}` ({part.func}) samples from the method's {view.role_kind}, "
+            f"and it has no {view.role_kind} with a model",
+            ("data", part.name),
+        )
+        return
+    binding.views[part.name] = lambda x, y: x  # the batch is already rewritten
+    binding.rewrite = (view, role)

@@ -74,6 +74,7 @@ class Distiller(nn.Module):
         self.roles = plan.roles
         self.terms = plan.terms
         self.functional = plan.functional
+        self.causal = plan.causal
         self.stage_plans: list[StagePlan] = list(plan.stage_plans)
         self._weights: dict[str, ir.Expr] = {t.name: t.weight for t in self.method.terms}
         self._stage: ir.Stage | None = None
@@ -417,13 +418,19 @@ class Distiller(nn.Module):
     def _begin(self, batch: Any, progress: Progress | None = None) -> Env:
         """Start evaluating a batch: fresh per-forward caches and the environment terms read."""
         self._batch = unpack(batch)
+        if self.compiled.rewrite is not None and self._batch.x is not None:
+            view, role = self.compiled.rewrite  # every role sees generated data (checked at bind)
+            b = self._batch
+            assert b.labels is not None
+            x, labels = view(b.x, b.labels, b.index, self.roles[role])
+            self._batch = Batch(x, labels, b.index)
         if self._batch.taps is not None:
             self._given = self._batch.taps
         self._forward_cache, self._view_cache = {}, {}
         return Env(
             read=self._read,
             batch_size=self._batch.size(),
-            labels=self._batch.labels,
+            labels=_position_labels(self._batch, self.causal),
             index=self._batch.index,
             num_classes=self.num_classes,
             num_samples=self.num_samples,
@@ -485,6 +492,20 @@ class Distiller(nn.Module):
             self.train()
             for name, mode in modes.items():
                 self.roles[name].train(mode)
+
+
+def _position_labels(batch: Batch, causal: bool) -> torch.Tensor | None:
+    """The label each output position is scored against: on token data of causal LMs the next
+    token's (labels are unshifted, as in Hugging Face), so `cross_entropy` on `s.logits` is the
+    next-token loss; the last position predicts nothing (-100)."""
+    labels = batch.labels
+    if labels is None or labels.dim() != 2 or not causal:
+        return labels
+    if not (isinstance(batch.x, dict) and "input_ids" in batch.x):
+        return labels
+    out = torch.full_like(labels, -100)
+    out[:, :-1] = labels[:, 1:]
+    return out
 
 
 def _report_failure(name: str, exc: Exception, report: Report) -> None:
@@ -567,6 +588,8 @@ def compile_spec(
         functional=binding.functional,
         given=binding.given,
         train_data=train_data,
+        causal=binding.causal,
+        rewrite=binding.rewrite,
     )
     d = Distiller(plan)
     batch = binding.batch

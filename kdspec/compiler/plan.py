@@ -18,6 +18,7 @@ from kdspec.compiler.build import StagePlan
 from kdspec.compiler.hooks import HookPoint, resolve_tap
 from kdspec.compiler.nodes import AdapterNode, LearnedNode, LetNode, TermModule
 from kdspec.compiler.taps import ModelTaps
+from kdspec.compiler.views import BatchRewrite
 from kdspec.graph import KdGraph, types
 from kdspec.ir import Lowered
 from kdspec.ir import models as ir
@@ -141,6 +142,8 @@ class CompiledPlan:
     functional: bool = False
     given: Mapping[str, Any] = field(default_factory=dict)
     train_data: Any = field(default=None, repr=False)
+    causal: bool = False  # some role is a causal LM: its logits at t predict labels at t + 1
+    rewrite: tuple[BatchRewrite, str] | None = None  # a view generating the batch, its role
 
     @property
     def method(self) -> ir.Method:
