@@ -57,11 +57,6 @@ class _Printer(Visitor[str]):
     def visit_ListE(self, e: ir.ListE, prec: int) -> str:
         return "[" + ", ".join(self.visit(i, 0) for i in e.items) + "]"
 
-    def visit_Cond(self, e: ir.Cond, prec: int) -> str:
-        cond, then, orelse = (self.visit(x, 0) for x in (e.cond, e.then, e.orelse))
-        text = f"if {cond} then {then} else {orelse}"
-        return f"({text})" if prec > 0 else text
-
     def visit_BinOp(self, e: ir.BinOp, prec: int) -> str:
         p = _PREC[e.op]
         right_assoc = e.op == "^"
