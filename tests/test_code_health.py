@@ -14,6 +14,7 @@ CHECKED = [
     "compiler/bind.py",
     "compiler/build.py",
     "compiler/distiller.py",
+    "compiler/eject.py",
     "compiler/hooks.py",
     "compiler/plan.py",
     "ir/compose.py",
