@@ -42,6 +42,7 @@ from kdspec.compiler.plan import (
     TapPlan,
     TermPlan,
 )
+from kdspec.compiler.sequence import MASK_KEYS, NOT_INPUTS, is_causal, is_token_inputs, token_masks
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
 from kdspec.compiler.taps import ModelTaps, discover
 from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, TeacherCache
@@ -58,6 +59,7 @@ from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
 from kdspec.ops.transforms import UNSCALED
 from kdspec.vocabulary import BATCH_RELATION_KINDS, FUNCTIONS
+from kdspec.vocabulary.axes import token_data
 
 
 @dataclass(frozen=True)
@@ -90,14 +92,34 @@ class _Batch:
     labels: torch.Tensor | None
     index: torch.Tensor | None
     taps: dict[str, Any] | None = None
+    response: torch.Tensor | None = None  # token data: the response mask
+    attention: torch.Tensor | None = None  # a functional batch's attention mask
+
+    @property
+    def tokens(self) -> bool:
+        """Whether this is token data (see :mod:`kdspec.compiler.sequence`)."""
+        return is_token_inputs(self.x) or self.attention is not None
 
 
 def _unpack(batch: Any) -> _Batch:
     if isinstance(batch, dict):
+        response = batch.get("response_mask")
         if "x" in batch:
-            return _Batch(batch["x"], batch.get("y", batch.get("labels")), batch.get("index"))
-        taps = {k: v for k, v in batch.items() if k not in ("labels", "index")}
-        return _Batch(None, batch.get("labels"), batch.get("index"), taps)
+            labels = batch.get("y", batch.get("labels"))
+            return _Batch(batch["x"], labels, batch.get("index"), response=response)
+        if "input_ids" in batch:  # a token batch: every other key is a model input
+            x = {k: v for k, v in batch.items() if k not in NOT_INPUTS}
+            return _Batch(x, batch.get("labels"), batch.get("index"), response=response)
+        skip = ("labels", "index", *MASK_KEYS)
+        taps = {k: v for k, v in batch.items() if k not in skip}
+        return _Batch(
+            None,
+            batch.get("labels"),
+            batch.get("index"),
+            taps,
+            response=response,
+            attention=batch.get("attention_mask"),
+        )
     if isinstance(batch, list | tuple):
         x = batch[0]
         labels = batch[1] if len(batch) > 1 else None
@@ -151,6 +173,8 @@ class Distiller(nn.Module):
         self.roles = nn.ModuleDict()
         self.terms = nn.ModuleDict()
         self.functional = models is None
+        self.token_data = False  # the batches are tokens (taps carry a token axis)
+        self.causal = False  # some role is a causal LM (labels masks shift by one)
         self._taps: dict[str, ModelTaps] = {}
         self._points: dict[ir.Tap, list[HookPoint]] = {}
         self._weights: dict[str, ir.Expr] = {t.name: t.weight for t in self.method.terms}
@@ -551,7 +575,11 @@ class Distiller(nn.Module):
         if self._batch.taps is not None:
             self._given = self._batch.taps
         self._forward_cache, self._view_cache = {}, {}
+        b = self._batch
+        masks, default = token_masks(b.x, b.labels, b.response, b.attention, causal=self.causal)
         return Env(
+            masks=masks,
+            default_mask=default,
             read=self._read,
             batch_size=_batch_size(self._batch),
             labels=self._batch.labels,
@@ -763,7 +791,10 @@ class _Builder:
                 extra = {"margins": self.margins(e.args[0], path)}
             if e.func == "normalize":
                 _normalize_unscaled(inputs[0])
-            return TransformNode(e.func, inputs, kwargs, extra)
+            node = TransformNode(e.func, inputs, kwargs, extra)
+            if e.args:
+                node.in_axes = types.value_type(e.args[0], self.m, holes=self.holes).axes
+            return node
         raise ValueError(f"`{type(e).__name__}` cannot be evaluated on tensors")
 
     def primitive(
@@ -822,14 +853,16 @@ class _Builder:
                 steps.append(self.node(body, ("term", term, side), {}))
                 current = types.value_type(body, self.m, holes=self.holes)
                 continue
-            current = types.knowledge_type(current, (call,), self.m)
+            before, current = current, types.knowledge_type(current, (call,), self.m)
             fn = FUNCTIONS[call.func]
             if fn.category == "adapter":
                 steps.append(AdapterNode(call.func, HoleNode(), self.kwargs(call), term=term))
             else:
                 if call.func == "normalize" and steps:
                     _normalize_unscaled(steps[-1])
-                steps.append(TransformNode(call.func, [HoleNode()], self.kwargs(call)))
+                step = TransformNode(call.func, [HoleNode()], self.kwargs(call))
+                step.in_axes = before.axes
+                steps.append(step)
         return PipelineNode(node, steps)
 
     def side(self, term: ir.Term, side: str, indices: dict[ir.Tap, list[int]]) -> Node:
@@ -1068,7 +1101,10 @@ def compile_spec(
         if device is not None:
             d.roles.to(device)
             batch = _Batch(
-                _to(batch.x, device), _to(batch.labels, device), _to(batch.index, device)
+                _to(batch.x, device),
+                _to(batch.labels, device),
+                _to(batch.index, device),
+                response=_to(batch.response, device),
             )
         for name, model in d.roles.items():
             try:
@@ -1106,11 +1142,15 @@ def compile_spec(
                 d._views[part.name] = make_view(part, m.params, train_data)
             except ValueError as exc:
                 b.diag("KD502", str(exc), ("data", part.name))
+    d.token_data = batch.tokens
+    d.causal = any(is_causal(model) for model in d.roles.values())
     if not b.diags:
-        for term in m.terms:
-            module = b.term(term)
-            if module is not None:
-                d.terms[term.name] = module
+        with token_data(d.token_data):
+            _check_token_axes(b, m)
+            for term in m.terms:
+                module = b.term(term)
+                if module is not None:
+                    d.terms[term.name] = module
     if b.diags:
         raise KdError(b.diags)
     for name, w in d._weights.items():
@@ -1134,6 +1174,16 @@ def compile_spec(
     if device is not None:
         d.to(device)
     return d
+
+
+def _check_token_axes(b: _Builder, m: ir.Method) -> None:
+    """Axis errors under the data the method is compiled on (the checker reported only those
+    wrong on any data): `over=token` on images, `over=space` on token features."""
+    from kdspec.passes.check_axes import axis_diagnostics
+    from kdspec.passes.context import PassContext
+
+    smap = b.smap or SourceMap(None)  # type: ignore[arg-type]
+    b.diags.extend(axis_diagnostics(PassContext(m, b.d.graph, smap)))
 
 
 def _is_primitive_call(e: ir.Call) -> bool:

@@ -20,6 +20,7 @@ from kdspec.ops import LOSSES, TRANSFORMS, build_adapter
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.transforms import UNSCALED
+from kdspec.vocabulary import FUNCTIONS
 
 # Vocabulary names whose implementation has another name in kdspec.ops.
 _IMPL = {"mask": "mask_features"}
@@ -42,6 +43,28 @@ class Env:
     batch_size: int | None = None  # `B`
     args: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # a def loss's sides
     progress: Progress | None = None  # where training is: values with schedules depend on it
+    # Token data: the batch's [B, L] masks by name (attention, labels, response) and the one a
+    # reduction over tokens uses when it names none.
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    default_mask: str | None = None
+
+    def mask(self, name: object = None) -> torch.Tensor | None:
+        """The ``[B, L]`` mask called ``name`` (None: the default); None off token data."""
+        if name == "none" or not self.masks:
+            return None
+        key = str(name) if name is not None else self.default_mask
+        if key not in self.masks:
+            raise MaskError(str(key))
+        return self.masks[key]
+
+
+class MaskError(ValueError):
+    """A spec names a mask the batch does not have (``response`` without a response mask)."""
+
+    def __init__(self, name: str):
+        what = {"response": "`response_mask`", "labels": "per-token `labels`"}.get(name, name)
+        super().__init__(f"`mask={name}`, but the batch has no {what}")
+        self.name = name
 
 
 def _tensor(v: Any) -> Any:
@@ -110,6 +133,7 @@ class TransformNode(Node):
         self.extra = extra or {}  # per-element tensors (OFD margins), keyed "margins"
         # Set when `normalize` comes next: compute without the 1/(H*W) (see ops.gram_sum).
         self.unscaled = False
+        self.in_axes: Any = None  # the input's static axes (token values: masked rows, pools)
 
     def forward(self, env: Env) -> list[torch.Tensor]:
         values = [[_tensor(v) for v in node(env)] for node in self.inputs]
@@ -123,9 +147,16 @@ class TransformNode(Node):
         else:
             fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
         kwargs = at_progress(self.kwargs, env.progress)
+        masked = self.func in ("rows", "pool")
+        if masked:
+            kwargs = dict(kwargs)
+            name = kwargs.pop("mask", None)
         out = []
         for i, args in enumerate(broadcast(*values)):
-            if self.func in ("binary_target", "non_target"):
+            if masked:
+                m = env.mask(name) if _has_tokens(args[0], self.in_axes) else None
+                out.append(fn(args[0], **kwargs, mask=m))
+            elif self.func in ("binary_target", "non_target"):
                 out.append(fn(args[0], env.labels, **kwargs))
             elif self.func == "margin_relu":
                 margins = self.extra["margins"]
@@ -134,6 +165,16 @@ class TransformNode(Node):
             else:
                 out.append(fn(*args, **kwargs))
         return out
+
+
+def _has_tokens(x: Any, axes: Any) -> bool:
+    """Whether ``x`` is token values [B, L, ...] by its static axes (or, unknown, its rank)."""
+    if not isinstance(x, torch.Tensor):
+        return False
+    if axes is None:
+        return x.dim() == 3
+    ax = axes[0] if axes and isinstance(axes[0], tuple) else axes
+    return tuple(ax[:2]) == ("batch", "token") and x.dim() == len(ax)
 
 
 def _resize(x: torch.Tensor, hint: list[tuple[int, ...]] | None, i: int) -> torch.Tensor:
@@ -507,6 +548,9 @@ class PrimNode(Node):
 
         values = [node(env) for node in self.inputs]
         kwargs = at_progress(self.kwargs, env.progress)  # `grad_reverse(x, scale=ramp(...))`
+        fn = FUNCTIONS.get(self.func)
+        if fn is not None and "mask" in fn.params:
+            kwargs = {**kwargs, "mask": env.mask(kwargs.get("mask"))}
         out: list[Any] = []
         for args in broadcast(*values) if values else [()]:
             xs = [self._read(v, d) for v, d in zip(args, self.in_dist, strict=False)]

@@ -14,7 +14,7 @@ from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import tap_text
 from kdspec.vocabulary import FUNCTIONS, Fn
 from kdspec.vocabulary import axes as axes_rules
-from kdspec.vocabulary.axes import FEATURE_AXES, TAP_AXES, Axes, AxisError
+from kdspec.vocabulary.axes import Axes, AxisError, tap_axes_for
 
 
 def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
@@ -159,8 +159,9 @@ UNKNOWN = VType("features", None)
 
 
 def tap_axes(tap: ir.Tap) -> Axes:
-    """The axes a tap reads: logits (batch, class), embedding (batch, channel), else features."""
-    return TAP_AXES.get(tap.point, FEATURE_AXES)
+    """The axes a tap reads: logits (batch, class), embedding (batch, channel), else features;
+    on token data each with a token axis after the batch (:func:`axes_rules.token_data`)."""
+    return tap_axes_for(tap.point)
 
 
 def constant(e: ir.Expr, method: ir.Method) -> object:
@@ -273,7 +274,9 @@ def call_type(
         kinds = {t.kind for t in ins}
         return VType(kinds.pop() if len(kinds) == 1 else "features", ins[0].axes if ins else None)
     try:
-        rule = "reduce" if e.func == "mean" else fn.axes  # `mean(x, over=...)`: a reduction
+        rule = fn.axes
+        if e.func == "mean":  # `mean(x, over=...)`: a reduction, or means of groups
+            rule = "group" if kw.get("groups") is not None else "reduce"
         axes = axes_rules.infer(e.func, rule, [t.axes for t in ins], kw)
     except AxisError as exc:
         if not exc.word:  # a word that is no axis is reported by lowering, where it is written

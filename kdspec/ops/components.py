@@ -104,7 +104,7 @@ def token(x: Tensor, index: int = 0) -> Tensor:
     return x[:, int(index)]
 
 
-def rows(x: Tensor) -> Tensor:
+def rows(x: Tensor, mask: Tensor | None = None) -> Tensor:
     """Every row a sample: ``[..., D] -> [N, D]``.
 
     Losses that average over the batch (``kl``'s ``batchmean``) then average over tokens too, as
@@ -112,10 +112,19 @@ def rows(x: Tensor) -> Tensor:
 
     Args:
         x: ``[B, ..., D]``.
+        mask: ``[B, L]`` for token values ``[B, L, ..., D]``: only the rows of the tokens it
+            keeps (1), in order.
 
     Returns:
         ``[B * ..., D]``.
     """
+    if mask is not None:
+        if tuple(x.shape[:2]) != tuple(mask.shape):
+            raise ValueError(
+                f"the token mask is {tuple(mask.shape)} (batch, tokens), but this value is "
+                f"{tuple(x.shape)}"
+            )
+        x = x[mask.to(torch.bool)]
     return x.reshape(-1, x.shape[-1])
 
 
