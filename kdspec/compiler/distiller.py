@@ -42,7 +42,14 @@ from kdspec.compiler.plan import (
     TapPlan,
     TermPlan,
 )
-from kdspec.compiler.sequence import MASK_KEYS, NOT_INPUTS, is_causal, is_token_inputs, token_masks
+from kdspec.compiler.sequence import (
+    MASK_KEYS,
+    NOT_INPUTS,
+    aligned_labels,
+    is_causal,
+    is_token_inputs,
+    token_masks,
+)
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
 from kdspec.compiler.taps import ModelTaps, discover
 from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, TeacherCache
@@ -576,10 +583,9 @@ class Distiller(nn.Module):
             self._given = self._batch.taps
         self._forward_cache, self._view_cache = {}, {}
         b = self._batch
-        masks, default = token_masks(b.x, b.labels, b.response, b.attention, causal=self.causal)
         return Env(
-            masks=masks,
-            default_mask=default,
+            masks=token_masks(b.x, b.labels, b.response, b.attention, causal=self.causal),
+            token_labels=aligned_labels(b.labels, self.causal),
             read=self._read,
             batch_size=_batch_size(self._batch),
             labels=self._batch.labels,
@@ -877,6 +883,7 @@ class _Builder:
         while (
             isinstance(inner, ir.Call)
             and len(inner.args) == 1
+            and inner.func in FUNCTIONS  # a `def` is expanded where it is compiled
             and FUNCTIONS[inner.func].category == "transform"
         ):
             chain.append(inner)
@@ -969,9 +976,20 @@ class _Builder:
             # relation only: an embedding as wide as the batch is not a relation).
             kind = types.side_kind(term, "target", self.m)
             kwargs["relation"] = kind in BATCH_RELATION_KINDS
-        return TermModule(
+        module = TermModule(
             term, source, target, term.loss.func, kwargs, to_probs, subset, weight_node=weight
         )
+        module.token_axes = self.token_axes(term)
+        return module
+
+    def token_axes(self, term: ir.Term) -> tuple[str, ...] | None:
+        """The student side's axes where they are token values (batch, token, ...), else None:
+        a built-in loss then sees the rows of the tokens the batch's mask keeps."""
+        raw = types.value_type(term.target, self.m)
+        side = raw if term.kind != "transfer" else types.knowledge_type(raw, term.knowledge, self.m)
+        if side.axes is not None and side.axes[:2] == ("batch", "token"):
+            return side.axes
+        return None
 
     def subset(self, term: ir.Term) -> Any:
         if not term.subset:
@@ -1198,7 +1216,10 @@ def _is_primitive_call(e: ir.Call) -> bool:
 
 
 def _batch_size(batch: _Batch) -> int | None:
-    for v in (batch.labels, batch.x, *((batch.taps or {}).values())):
+    x = batch.x
+    if isinstance(x, dict):  # model inputs by name (token data: input_ids first)
+        x = x.get("input_ids", next(iter(x.values()), None))
+    for v in (batch.labels, x, *((batch.taps or {}).values())):
         if isinstance(v, list | tuple) and v:
             v = v[0]
         if isinstance(v, torch.Tensor) and v.dim() > 0:

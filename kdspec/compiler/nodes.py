@@ -43,16 +43,22 @@ class Env:
     batch_size: int | None = None  # `B`
     args: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # a def loss's sides
     progress: Progress | None = None  # where training is: values with schedules depend on it
-    # Token data: the batch's [B, L] masks by name (attention, labels, response) and the one a
-    # reduction over tokens uses when it names none.
+    # Token data: the batch's [B, L] masks by name (attention, labels, response).
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    default_mask: str | None = None
+    token_labels: torch.Tensor | None = None  # [B, L] labels aligned with the outputs
 
-    def mask(self, name: object = None) -> torch.Tensor | None:
-        """The ``[B, L]`` mask called ``name`` (None: the default); None off token data."""
+    def mask(self, name: object = None, *, rows: bool = False) -> torch.Tensor | None:
+        """The ``[B, L]`` mask called ``name``; None off token data or for ``none``.
+
+        Without a name: the labels mask for the rows of per-token losses (``rows``, built-in
+        losses on token values) when the batch has per-token labels, else the attention mask.
+        """
         if name == "none" or not self.masks:
             return None
-        key = str(name) if name is not None else self.default_mask
+        if name is not None:
+            key = str(name)
+        else:
+            key = "labels" if rows and "labels" in self.masks else "attention"
         if key not in self.masks:
             raise MaskError(str(key))
         return self.masks[key]
@@ -154,7 +160,8 @@ class TransformNode(Node):
         out = []
         for i, args in enumerate(broadcast(*values)):
             if masked:
-                m = env.mask(name) if _has_tokens(args[0], self.in_axes) else None
+                tokens = _has_tokens(args[0], self.in_axes)
+                m = env.mask(name, rows=self.func == "rows") if tokens else None
                 out.append(fn(args[0], **kwargs, mask=m))
             elif self.func in ("binary_target", "non_target"):
                 out.append(fn(args[0], env.labels, **kwargs))
@@ -346,6 +353,16 @@ class TermModule(nn.Module):
         self.to_probs = to_probs
         self.subset = subset
         self.learned = nn.ModuleList()  # a learned loss, built on the dry run
+        # Token values (batch, token, ...): a built-in loss sees the kept tokens' rows.
+        self.token_axes: tuple[str, ...] | None = None
+
+    def _token_rows(self, value: Any, env: Env) -> torch.Tensor | None:
+        """The ``[B, L]`` mask of the rows a built-in loss sees, when ``value`` has tokens."""
+        if self.token_axes is None or not isinstance(value, torch.Tensor):
+            return None
+        if value.dim() != len(self.token_axes):  # no token dimension (a sequence classifier)
+            return None
+        return env.mask(rows=True)
 
     def _learned(self, src: list[torch.Tensor], tgt: list[torch.Tensor], env: Env) -> torch.Tensor:
         """A learned loss sees both whole sides, unpaired (built on first use)."""
@@ -432,6 +449,9 @@ class TermModule(nn.Module):
                     v, y = v[mask], labels[mask]
                 else:
                     y = labels
+                rows = self._token_rows(v, env)
+                if rows is not None:  # per-token labels, aligned with the outputs
+                    v, y = v[rows], env.token_labels[rows]  # type: ignore[index]
                 total = total + fn(v, y, **loss_kwargs)
             return total
         # Adapters and `resize` on the student side size themselves from the teacher side's
@@ -465,6 +485,9 @@ class TermModule(nn.Module):
                 if not bool(mask.any()):
                     continue
                 s, t = s[mask], t[mask]
+            rows = self._token_rows(t, env)
+            if rows is not None:
+                s, t = s[rows], t[rows]
             if (
                 isinstance(t, torch.Tensor)
                 and isinstance(s, torch.Tensor)
@@ -560,6 +583,11 @@ class PrimNode(Node):
                 out.append(-xs[0])
             elif self.func == "log" and self.in_dist and self.in_dist[0]:
                 out.append(xs[0])  # the stored log-probabilities, exactly
+            elif self.func == "mean" and self.in_dist and self.in_dist[0]:
+                # A mean of distributions (over heads, in groups) averages probabilities; the
+                # result is kept as log-probabilities like every distribution.
+                p = P.mean(xs[0].exp(), axes=self.in_axes, **kwargs)
+                out.append(p.log().clamp_min(torch.finfo(p.dtype).min))
             elif self.func in LOSSES:  # a built-in loss's value (a number) inside an expression
                 if self.func == "cross_entropy":
                     out.append(LOSSES[self.func](xs[0], env.labels, **kwargs))

@@ -11,8 +11,9 @@ beside ``x``.
 The masks a spec names with ``mask=``: ``attention`` (the attention mask), ``labels`` (labels
 != -100) and ``response`` (the response mask). A causal LM's logits at position i predict the
 token at i + 1, so on causal models the ``labels`` and ``response`` masks are shifted by one to
-line up with the outputs that predict those tokens. Reductions over tokens that name no mask
-use ``labels`` when the batch has per-token labels, else ``attention``.
+line up with the outputs that predict those tokens. What names no mask uses ``attention``,
+except the rows of per-token losses (``rows``, built-in losses on token values): ``labels``
+when the batch has per-token labels.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def token_masks(
     attention: Tensor | None = None,
     *,
     causal: bool = False,
-) -> tuple[dict[str, Tensor], str | None]:
-    """The batch's masks by name ([B, L] booleans) and the default one; empty off token data.
+) -> dict[str, Tensor]:
+    """The batch's masks by name ([B, L] booleans); empty off token data.
 
     Args:
         inputs: the models' inputs (a dict with ``input_ids`` on token data).
@@ -77,7 +78,7 @@ def token_masks(
         if attention is None:
             attention = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
     if attention is None:
-        return {}, None
+        return {}
     real = attention.to(torch.bool)
     masks = {"attention": real}
     if isinstance(labels, Tensor) and labels.shape == attention.shape:
@@ -86,4 +87,14 @@ def token_masks(
     if isinstance(response, Tensor):
         keep = response.to(torch.bool)
         masks["response"] = (_shift(keep) if causal else keep) & real
-    return masks, "labels" if "labels" in masks else "attention"
+    return masks
+
+
+def aligned_labels(labels: Tensor | None, causal: bool) -> Tensor | None:
+    """Per-token labels lined up with the outputs that predict them: a causal LM's output at i
+    predicts the label at i + 1 (the last position gets the ignore index)."""
+    if not isinstance(labels, Tensor) or labels.dim() != 2 or not causal:
+        return labels
+    out = torch.full_like(labels, IGNORE_INDEX)
+    out[:, :-1] = labels[:, 1:]
+    return out

@@ -1,0 +1,214 @@
+"""Token data on randomly initialised Hugging Face models (float64): masks, pooling, relations.
+
+The specs read the models' outputs and tensors through taps only (no Python hooks); the
+references below compute the same quantities by hand from the models' own outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+transformers = pytest.importorskip("transformers")
+
+from kdspec.api import load_method  # noqa: E402
+from kdspec.compiler import compile_spec  # noqa: E402
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+VOCAB = 40
+
+
+def bert(hidden: int, layers: int, heads: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return transformers.BertModel(config).double().eval()
+
+
+def gpt2(hidden: int, layers: int, heads: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=32,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return transformers.GPT2LMHeadModel(config).double().eval()
+
+
+def token_batch(lengths: list[int], width: int, seed: int = 0) -> dict[str, Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (0 after each length)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (len(lengths), width), generator=g)
+    attention = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+    return {"input_ids": ids * attention, "attention_mask": attention}
+
+
+def masked_mean(h: Tensor, attention: Tensor) -> Tensor:
+    m = attention.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1)
+
+
+def linears(d: nn.Module) -> list[nn.Linear]:
+    return [m for m in d.terms.modules() if isinstance(m, nn.Linear)]
+
+
+def test_sentence_embedding_pools_over_the_attention_mask() -> None:
+    t, s = bert(32, 2, 4, seed=0), bert(16, 1, 2, seed=1)
+    batch = token_batch([6, 3, 5], width=8)
+    d = compile_spec(load_method(SPECS / "sentence_embedding.kd"), {"t": t, "s": s}, batch)
+    got = d.raw_terms(batch)["emb"]
+    (adapter,) = linears(d)
+    with torch.no_grad():
+        zt = masked_mean(t(**batch).last_hidden_state, batch["attention_mask"])
+    zs = adapter(masked_mean(s(**batch).last_hidden_state, batch["attention_mask"]))
+    want = F.mse_loss(F.normalize(zs, dim=-1), F.normalize(zt, dim=-1))
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+    # The padding is left out: the unmasked mean differs.
+    plain = F.normalize(s(**batch).last_hidden_state.mean(1), dim=-1)
+    assert not torch.allclose(F.normalize(adapter(plain), dim=-1), F.normalize(zs, dim=-1))
+
+
+def test_more_padding_changes_no_sentence_embedding() -> None:
+    t, s = bert(32, 2, 4, seed=0), bert(16, 1, 2, seed=1)
+    short = token_batch([6, 3, 5], width=6)
+    wide = {k: F.pad(v, (0, 4)) for k, v in short.items()}
+    d = compile_spec(load_method(SPECS / "sentence_embedding.kd"), {"t": t, "s": s}, short)
+    a, b = d.raw_terms(short)["emb"], d.raw_terms(wide)["emb"]
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
+
+
+def test_causal_lm_cross_entropy_matches_the_models_own_loss() -> None:
+    """`supervise ce: s.logits with cross_entropy` on token data: the labels shift by one on a
+    causal LM, -100 and padding are left out: the model's own `loss` given `labels`."""
+    s = gpt2(16, 1, 2, seed=3)
+    batch = token_batch([7, 4, 6], width=7, seed=2)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    labels[:, :2] = -100  # a prompt without loss
+    text = "method ce_only {\n  student s\n  supervise ce: s.logits with cross_entropy\n}\n"
+    low = load_method("ce.kd", text=text)
+    full = {**batch, "labels": labels}
+    d = compile_spec(low, {"s": s}, full)
+    got = d.raw_terms(full)["ce"]
+    logits = s(**batch).logits
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+    own = s(**batch, labels=labels).loss  # transformers computes it in float32
+    torch.testing.assert_close(got.float(), own, rtol=1e-6, atol=0)
+
+
+def _capture(model: nn.Module, paths: list[str]) -> dict[str, Tensor]:
+    """The outputs of submodules in one forward (the reference's own hooks)."""
+    out: dict[str, Tensor] = {}
+    handles = [
+        model.get_submodule(p).register_forward_hook(
+            lambda m, a, o, p=p: out.__setitem__(p, o)  # type: ignore[misc]
+        )
+        for p in paths
+    ]
+    try:
+        model(**{k: v for k, v in BATCH.items()})
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+BATCH = token_batch([7, 3, 5, 6], width=7, seed=4)
+
+
+def ref_relation(x: Tensor, n: int, attention: Tensor) -> Tensor:
+    """MiniLMv2's relation: split [B, L, D] into n heads, softmax(x x^T / sqrt(D / n)) over
+    the keys, padded keys at -inf (log-probabilities [B, n, L, L])."""
+    b, length, dim = x.shape
+    h = x.view(b, length, n, dim // n).transpose(1, 2)
+    scores = h @ h.transpose(-1, -2) / math.sqrt(dim // n)
+    keys = attention.bool()[:, None, None, :]
+    return scores.masked_fill(~keys, float("-inf")).log_softmax(-1)
+
+
+def ref_relation_kl(lt: Tensor, ls: Tensor, attention: Tensor) -> Tensor:
+    """KL per query row over the real keys, mean over heads and real queries, then samples."""
+    keys = attention.bool()[:, None, None, :]
+    per_key = torch.where(keys, lt.exp() * (lt - ls), torch.zeros((), dtype=lt.dtype))
+    rows = per_key.sum(-1)  # [B, n, L]
+    q = attention.to(rows.dtype)[:, None, :]
+    per_sample = (rows * q).sum((1, 2)) / (q.sum((1, 2)) * rows.shape[1])
+    return per_sample.mean()
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_minilm_v2_relations_with_different_head_counts(n: int) -> None:
+    """A 4-head, 32-wide teacher and a 2-head, 16-wide student: n relation heads on both."""
+    t, s = bert(32, 2, 4, seed=5), bert(16, 1, 2, seed=6)
+    text = (SPECS / "minilm_v2.kd").read_text(encoding="utf-8")
+    text = text.replace("encoder.layer.11.", "encoder.layer.1.").replace(
+        "encoder.layer.5.", "encoder.layer.0."
+    )
+    low = load_method("minilm_v2.kd", text=text, overrides={"relation_heads": n})
+    d = compile_spec(low, {"t": t, "s": s}, BATCH)
+    got = d.raw_terms(BATCH)
+    parts = ("query", "key", "value")
+    tv = _capture(t, [f"encoder.layer.1.attention.self.{p}" for p in parts])
+    sv = _capture(s, [f"encoder.layer.0.attention.self.{p}" for p in parts])
+    mask = BATCH["attention_mask"]
+    for name, part in zip(("qq", "kk", "vv"), parts, strict=True):
+        lt = ref_relation(tv[f"encoder.layer.1.attention.self.{part}"], n, mask)
+        ls = ref_relation(sv[f"encoder.layer.0.attention.self.{part}"], n, mask)
+        want = ref_relation_kl(lt, ls, mask)
+        torch.testing.assert_close(got[name], want, rtol=1e-6, atol=0)
+
+
+def test_attention_heads_grouped_twelve_to_two() -> None:
+    """`mean(att, over=head, groups=2)`: 4 teacher heads averaged in 2 consecutive groups, so
+    that a 2-head student's attention maps match them head by head."""
+    t, s = bert(32, 1, 4, seed=7), bert(16, 1, 2, seed=8)
+    q, k = '"encoder.layer.0.attention.self.query"', '"encoder.layer.0.attention.self.key"'
+    text = f"""
+def attention_maps(q, k, n=2) =
+    softmax(relation(heads(q, n=n), heads(k, n=n), over=token) / sqrt(C / n), over=token2)
+def rows_kl(t, s) = mean(sum(t * (log(t) - log(s)), over=token2), over=[head, token])
+method grouped {{
+  teacher t
+  student s
+  let t_att = attention_maps(t.{q}, t.{k}, n=4)
+  let s_att = attention_maps(s.{q}, s.{k}, n=2)
+  transfer att: from mean(t_att, over=head, groups=2) to s_att with rows_kl weight 1 / B
+}}
+"""
+    d = compile_spec(load_method("grouped.kd", text=text), {"t": t, "s": s}, BATCH)
+    got = d.raw_terms(BATCH)["att"]
+    paths = ["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.key"]
+    tv, sv = _capture(t, paths), _capture(s, paths)
+    mask = BATCH["attention_mask"]
+
+    def maps(q: Tensor, k: Tensor, n: int) -> Tensor:
+        b, length, dim = q.shape
+        qh = q.view(b, length, n, dim // n).transpose(1, 2)
+        kh = k.view(b, length, n, dim // n).transpose(1, 2)
+        scores = qh @ kh.transpose(-1, -2) / math.sqrt(dim // n)
+        return scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf")).softmax(-1)
+
+    pt = maps(*(tv[p] for p in paths), 4).view(4, 2, 2, 7, 7).mean(2)  # heads (0,1), (2,3)
+    ps = maps(*(sv[p] for p in paths), 2)
+    want = ref_relation_kl(pt.log(), ps.log(), mask)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
