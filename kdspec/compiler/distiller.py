@@ -8,6 +8,7 @@ adapter can fix is reported against the spec line before training starts.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from kdspec.compiler.nodes import (
     HoleNode,
     LearnedNode,
     LetNode,
+    MaskError,
     Node,
     PipelineNode,
     PrimNode,
@@ -1201,7 +1203,13 @@ def _check_token_axes(b: _Builder, m: ir.Method) -> None:
     from kdspec.passes.context import PassContext
 
     smap = b.smap or SourceMap(None)  # type: ignore[arg-type]
-    b.diags.extend(axis_diagnostics(PassContext(m, b.d.graph, smap)))
+    note = (
+        "the example batch is token data (`input_ids`): taps carry a token axis after the batch"
+        if b.d.token_data
+        else "the example batch is not token data (no `input_ids`): taps have no token axis"
+    )
+    for d in axis_diagnostics(PassContext(m, b.d.graph, smap)):
+        b.diags.append(dataclasses.replace(d, notes=(*d.notes, note)))
 
 
 def _is_primitive_call(e: ir.Call) -> bool:
@@ -1281,6 +1289,15 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
                 b.diag("KD403", f"`{name}`: {exc}", ("term", name, "target"), "cannot be adapted")
             except TapError as exc:
                 b.diag(exc.code, f"`{name}`: {exc.message}", ("term", name), help=exc.help)
+            except MaskError as exc:
+                b.diag(
+                    "KD502",
+                    f"`{name}`: {exc}",
+                    ("term", name),
+                    "reads a mask the batch lacks",
+                    help="token batches carry `attention_mask`, `labels` (-100: no loss) and, "
+                    "for prompt + response data, `response_mask`",
+                )
             except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                 b.diag(
                     "KD403",

@@ -299,7 +299,7 @@ def mean(
     (x,) = xs
     d = _reduce_dims(x, axes, over)
     if groups is not None:
-        return _group_mean(x, d, int(groups))
+        return _group_mean(x, d, int(groups), over)
     keep = token_mask(x, axes[0] if axes else None, over, mask)
     if keep is None:
         return x.mean(dim=d)
@@ -307,11 +307,11 @@ def mean(
     return _fill(x, keep, 0.0).sum(dim=d) / count.clamp_min(1.0)
 
 
-def _group_mean(x: Tensor, d: list[int], groups: int) -> Tensor:
+def _group_mean(x: Tensor, d: list[int], groups: int, over: object) -> Tensor:
     (dim,) = d
     n = x.shape[dim]
     if n % groups:
-        raise ValueError(f"{n} entries do not split into {groups} equal groups")
+        raise ValueError(f"the {n} entries along `{over}` do not split into {groups} equal groups")
     shape = [*x.shape[:dim], groups, n // groups, *x.shape[dim + 1 :]]
     return x.reshape(shape).mean(dim=dim + 1)
 

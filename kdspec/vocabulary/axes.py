@@ -237,6 +237,11 @@ def _group(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ins[0]
 
 
+def _linear(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """A linear map of the last axis: per sample (batch, channel), or per token."""
+    return ("batch", "token", "channel") if ins and "token" in ins[0] else ("batch", "channel")
+
+
 def _fixed(axes: Axes) -> Rule:
     def rule(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
         return axes
@@ -282,6 +287,7 @@ RULES: dict[str, Rule] = {
     "size": _size,
     "tokens": _tokens,
     "pool": _pool,
+    "linear": _linear,
     "group": _group,
     "heads": _heads,
     "learned": _learned,

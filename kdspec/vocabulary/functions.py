@@ -583,7 +583,8 @@ FUNCTIONS: dict[str, Fn] = {
 _NAMED_AXES = {
     "same": "conv1x1 conv_bn regressor generator identity zscore binarize margin_relu mask "
     "resize interpolate channel_dist",
-    "vector": "linear mlp embed flatten token",
+    "vector": "embed flatten token",
+    "linear": "linear mlp",
     "class_vector": "classifier_head binary_target non_target branches gate",
     "spatial": "attention",
     "channel_matrix": "gram fsp",

@@ -212,3 +212,73 @@ method grouped {{
     ps = maps(*(sv[p] for p in paths), 2)
     want = ref_relation_kl(pt.log(), ps.log(), mask)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+def test_hidden_states_per_token_with_a_layer_map() -> None:
+    """`map uniform` pairs student layer i with teacher layer round((i+1)·4/2)-1; the built-in
+    `mse` on token values sees the rows of the real tokens only (the attention mask)."""
+    t, s = bert(32, 4, 4, seed=9), bert(16, 2, 2, seed=10)
+    text = """
+method hidden {
+  teacher t
+  student s
+  transfer hid: from t.stage[..] to linear(s.stage[..]) map uniform with mse
+}
+"""
+    d = compile_spec(load_method("hidden.kd", text=text), {"t": t, "s": s}, BATCH)
+    got = d.raw_terms(BATCH)["hid"]
+    adapters = linears(d)
+    keep = BATCH["attention_mask"].bool()
+    with torch.no_grad():
+        th = t(**BATCH, output_hidden_states=True).hidden_states
+    sh = s(**BATCH, output_hidden_states=True).hidden_states
+    want = sum(
+        F.mse_loss(adapter(sh[j + 1][keep]), th[i + 1][keep])
+        for (i, j), adapter in zip([(1, 0), (3, 1)], adapters, strict=True)
+    )
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+
+
+def _section_blocks() -> list[str]:
+    import re
+
+    doc = (SPECS.parent / "docs" / "language.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## 15. Tokens and masks") :]
+    return re.findall(r"^```kd\n(.*?)^```", section, re.M | re.S)
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_the_language_docs_token_examples_compile_and_run(index: int) -> None:
+    """Every ```kd block of docs/language.md section 15 compiles on BERTs and gives a finite,
+    differentiable loss on a padded batch (with labels and a response mask)."""
+    text = _section_blocks()[index]
+    t, s = bert(32, 2, 4, seed=11), bert(16, 2, 2, seed=12)
+    if "logits" in text:  # the LM example: BERTs with an LM head, labels and a response mask
+        t = transformers.BertForMaskedLM(t.config).double().eval()
+        s = transformers.BertForMaskedLM(s.config).double().eval()
+    batch = dict(BATCH)
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    batch["response_mask"] = batch["attention_mask"].clone()
+    batch["response_mask"][:, :2] = 0
+    d = compile_spec(load_method("doc.kd", text=text), {"t": t, "s": s}, batch)
+    out = d(batch)
+    assert torch.isfinite(out.loss) and out.loss.requires_grad
+    out.loss.backward()
+
+
+def test_response_mask_keeps_only_response_tokens() -> None:
+    """`rows(x, mask=response)`: the LM loss over response tokens only, by hand."""
+    text = _section_blocks()[0]
+    t = transformers.BertForMaskedLM(bert(32, 2, 4, seed=13).config).double().eval()
+    s = transformers.BertForMaskedLM(bert(16, 2, 2, seed=14).config).double().eval()
+    batch = {**BATCH, "response_mask": BATCH["attention_mask"].clone()}
+    batch["response_mask"][:, :3] = 0
+    d = compile_spec(load_method("doc.kd", text=text), {"t": t, "s": s}, batch)
+    got = d.raw_terms(batch)["kd"]
+    keep = batch["response_mask"].bool()  # a masked LM: no shift
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        lt = F.log_softmax(t(**inputs).logits / 2, -1)[keep]
+    ls = F.log_softmax(s(**inputs).logits / 2, -1)[keep]
+    want = (lt.exp() * (lt - ls)).sum(-1).mean()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

@@ -135,3 +135,36 @@ def test_padding_changes_nothing() -> None:
         a, _ = spec_loss(name, batch)
         b, _ = spec_loss(name, wide)
         assert torch.allclose(a, b, rtol=1e-12, atol=0), name
+
+
+def topk_reference(
+    teacher: Tensor, student: Tensor, labels: Tensor, k: int, T: float, rest: bool
+) -> Tensor:
+    """Top-k KL from the teacher's top-k indices, by gathering (what stored sparse logits give):
+    renormalised (softmax over the k gathered logits on both sides), or with a (k+1)-th bucket
+    holding each side's remaining probability. Mean over the tokens whose label is kept."""
+    idx = (teacher / T).topk(k, dim=-1).indices
+    if rest:
+        pt = F.softmax(teacher / T, -1).gather(-1, idx)
+        ps = F.softmax(student / T, -1).gather(-1, idx)
+        pt = torch.cat([pt, 1 - pt.sum(-1, keepdim=True)], -1)
+        ps = torch.cat([ps, 1 - ps.sum(-1, keepdim=True)], -1)
+        per_token = (pt * (pt.log() - ps.log())).sum(-1)
+    else:
+        log_pt = F.log_softmax(teacher.gather(-1, idx) / T, -1)
+        log_ps = F.log_softmax(student.gather(-1, idx) / T, -1)
+        per_token = (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+    keep = labels != -100
+    return per_token[keep].sum() / keep.sum()
+
+
+@pytest.mark.parametrize(("k", "T"), [(1, 1.0), (3, 1.0), (5, 2.0)])
+@pytest.mark.parametrize("rest", [False, True])
+def test_topk_teacher_distributions(k: int, T: float, rest: bool) -> None:
+    t, s, labels, batch = token_batch(6)
+    name = "topk_rest_kl" if rest else "topk_kl"
+    loss, _ = spec_loss(name, batch, overrides={"k": k, "T": T})
+    if not rest and k == 1:  # one token renormalised: nothing to learn
+        assert float(loss) == pytest.approx(0.0, abs=1e-12)
+        return
+    same(loss, topk_reference(t, s, labels, k, T, rest), [s])
