@@ -474,7 +474,7 @@ def _vocabulary_difference(a: Any, b: Any) -> str | None:
     moved = [t for t, i in va.items() if vb.get(t) != i]
     if moved:
         first = moved[0]
-        return f"{len(moved)} tokens have other ids (`{first}`: {va[first]} against {vb.get(first)})"
+        return f"{len(moved)} tokens have other ids (`{first}`: {va[first]}, {vb.get(first)})"
     for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
         if getattr(a, attr, None) != getattr(b, attr, None):
             return f"`{attr}` is {getattr(a, attr, None)} against {getattr(b, attr, None)}"
