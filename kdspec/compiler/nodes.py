@@ -153,7 +153,7 @@ class TransformNode(Node):
         else:
             fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
         kwargs = at_progress(self.kwargs, env.progress)
-        masked = self.func in ("rows", "pool")
+        masked = self.func in ("rows", "pool", "token_relation")
         if masked:
             kwargs = dict(kwargs)
             name = kwargs.pop("mask", None)
@@ -162,7 +162,7 @@ class TransformNode(Node):
             if masked:
                 tokens = _has_tokens(args[0], self.in_axes)
                 m = env.mask(name, rows=self.func == "rows") if tokens else None
-                out.append(fn(args[0], **kwargs, mask=m))
+                out.append(fn(*args, **kwargs, mask=m))
             elif self.func in ("binary_target", "non_target"):
                 out.append(fn(args[0], env.labels, **kwargs))
             elif self.func == "margin_relu":

@@ -153,7 +153,7 @@ def attention_scores(a: Tensor, b: Tensor, heads: int = 12) -> Tensor:
     return qa @ kb.transpose(-1, -2) / math.sqrt(qa.shape[-1])
 
 
-def token_relation(a: Tensor, b: Tensor, heads: int = 12) -> Tensor:
+def token_relation(a: Tensor, b: Tensor, heads: int = 12, mask: Tensor | None = None) -> Tensor:
     """MiniLM self-attention relation ``softmax(a_h b_hᵀ / sqrt(d_h))`` as log-probabilities.
 
     Queries with keys give the attention distributions, values with themselves the value
@@ -164,12 +164,19 @@ def token_relation(a: Tensor, b: Tensor, heads: int = 12) -> Tensor:
         a: ``[B, L, D]``.
         b: ``[B, L, D]``.
         heads: Number of relation heads H.
+        mask: ``[B, L]`` token mask: masked keys get no probability and masked query rows are
+            left out (``[N, L]``, N the kept rows of every head).
 
     Returns:
         ``[B*H*L, L]`` log-probabilities (a distribution per row).
     """
     scores = attention_scores(a, b, heads)
-    return F.log_softmax(scores, dim=-1).reshape(-1, scores.shape[-1])
+    if mask is None:
+        return F.log_softmax(scores, dim=-1).reshape(-1, scores.shape[-1])
+    keep = mask.to(torch.bool)
+    scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
+    rows = F.log_softmax(scores, dim=-1)  # [B, H, L, L]
+    return rows[keep[:, None, :].expand(rows.shape[:3])]
 
 
 TRANSFORMS: dict[str, Callable[..., Tensor]] = {

@@ -494,7 +494,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "token_relation": Fn(
         "transform",
-        _p(heads=(12, "posint")),
+        _p(heads=(12, "posint"), mask=(None, None, MASKS)),
         inputs=2,
         accepts=_FEATURE_LIKE,
         returns="distribution",

@@ -282,3 +282,45 @@ def test_response_mask_keeps_only_response_tokens() -> None:
     ls = F.log_softmax(s(**inputs).logits / 2, -1)[keep]
     want = (lt.exp() * (lt - ls)).sum(-1).mean()
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+def test_minilm_v1_token_relation_leaves_padding_out() -> None:
+    """`specs/minilm.kd` (the `token_relation` transform): on token data padded keys get no
+    weight and padded query rows are left out of `kl`'s mean over rows."""
+    config = bert(32, 2, 4, seed=15).config
+    torch.manual_seed(15)
+    t = transformers.BertForSequenceClassification(config).double().eval()
+    small = bert(16, 2, 2, seed=16).config
+    s = transformers.BertForSequenceClassification(small).double().eval()
+    text = (SPECS / "minilm.kd").read_text(encoding="utf-8")
+    text = text.replace("encoder.layer.11.", "encoder.layer.1.").replace(
+        "encoder.layer.5.", "encoder.layer.1."
+    )
+    text = text.replace(
+        '"bert.encoder.layer.5.attention.self"', '"bert.encoder.layer.1.attention.self"'
+    )
+    low = load_method("minilm.kd", text=text, overrides={"heads": 2})
+    d = compile_spec(low, {"t": t, "s": s}, BATCH)
+    got = d.raw_terms(BATCH)
+    parts = [f"bert.encoder.layer.1.attention.self.{p}" for p in ("query", "key", "value")]
+    tv, sv = _capture(t, parts), _capture(s, parts)
+    keep = BATCH["attention_mask"].bool()
+
+    def rel(a: Tensor, b: Tensor) -> Tensor:  # [B, 2, L, L] log-probabilities, keys masked
+        n, (bsz, length, dim) = 2, a.shape
+        ah = a.view(bsz, length, n, dim // n).transpose(1, 2)
+        bh = b.view(bsz, length, n, dim // n).transpose(1, 2)
+        scores = ah @ bh.transpose(-1, -2) / math.sqrt(dim // n)
+        return scores.masked_fill(~keep[:, None, None, :], float("-inf")).log_softmax(-1)
+
+    def kl(lt: Tensor, ls: Tensor) -> Tensor:  # over the real keys, mean over real query rows
+        per_key = torch.where(keep[:, None, None, :], lt.exp() * (lt - ls), 0.0)
+        rows = per_key.sum(-1)  # [B, 2, L]
+        q = keep[:, None, :].expand(rows.shape)
+        return rows[q].sum() / q.sum()
+
+    q, k, v = parts
+    want_att = kl(rel(tv[q], tv[k]), rel(sv[q], sv[k]))
+    want_val = kl(rel(tv[v], tv[v]), rel(sv[v], sv[v]))
+    torch.testing.assert_close(got["attention"], want_att, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got["value"], want_val, rtol=1e-6, atol=0)
