@@ -324,3 +324,16 @@ def test_minilm_v1_token_relation_leaves_padding_out() -> None:
     want_val = kl(rel(tv[v], tv[v]), rel(sv[v], sv[v]))
     torch.testing.assert_close(got["attention"], want_att, rtol=1e-6, atol=0)
     torch.testing.assert_close(got["value"], want_val, rtol=1e-6, atol=0)
+
+
+def test_trainer_style_batches_carry_the_response_mask() -> None:
+    """`{"x": inputs, "y": labels, "response_mask": ...}` (DistillTrainer's form) gives the
+    same terms as the flat token batch."""
+    text = _section_blocks()[0]
+    t = transformers.BertForMaskedLM(bert(32, 2, 4, seed=17).config).double().eval()
+    s = transformers.BertForMaskedLM(bert(16, 2, 2, seed=18).config).double().eval()
+    flat = {**BATCH, "response_mask": BATCH["attention_mask"].clone()}
+    flat["response_mask"][:, :3] = 0
+    nested = {"x": dict(BATCH), "y": None, "response_mask": flat["response_mask"]}
+    d = compile_spec(load_method("doc.kd", text=text), {"t": t, "s": s}, flat)
+    torch.testing.assert_close(d.raw_terms(nested)["kd"], d.raw_terms(flat)["kd"])
