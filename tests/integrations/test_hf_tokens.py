@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerance import assert_close
 from torch import Tensor, nn
 
 transformers = pytest.importorskip("transformers")
@@ -82,10 +83,10 @@ def test_sentence_embedding_pools_over_the_attention_mask() -> None:
         zt = masked_mean(t(**batch).last_hidden_state, batch["attention_mask"])
     zs = adapter(masked_mean(s(**batch).last_hidden_state, batch["attention_mask"]))
     want = F.mse_loss(F.normalize(zs, dim=-1), F.normalize(zt, dim=-1))
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+    assert_close(got, want)
     # The padding is left out: the unmasked mean differs.
     plain = F.normalize(s(**batch).last_hidden_state.mean(1), dim=-1)
-    assert not torch.allclose(F.normalize(adapter(plain), dim=-1), F.normalize(zs, dim=-1))
+    assert float((F.normalize(adapter(plain), dim=-1) - F.normalize(zs, dim=-1)).abs().max()) > 1e-3
 
 
 def test_more_padding_changes_no_sentence_embedding() -> None:
@@ -94,7 +95,7 @@ def test_more_padding_changes_no_sentence_embedding() -> None:
     wide = {k: F.pad(v, (0, 4)) for k, v in short.items()}
     d = compile_spec(load_method(SPECS / "sentence_embedding.kd"), {"t": t, "s": s}, short)
     a, b = d.raw_terms(short)["emb"], d.raw_terms(wide)["emb"]
-    torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
+    assert_close(a, b)
 
 
 def test_causal_lm_cross_entropy_matches_the_models_own_loss() -> None:
@@ -111,9 +112,9 @@ def test_causal_lm_cross_entropy_matches_the_models_own_loss() -> None:
     got = d.raw_terms(full)["ce"]
     logits = s(**batch).logits
     want = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+    assert_close(got, want)
     own = s(**batch, labels=labels).loss  # transformers computes it in float32
-    torch.testing.assert_close(got.float(), own, rtol=1e-6, atol=0)
+    assert_close(got.float(), own)
 
 
 def _capture(model: nn.Module, paths: list[str]) -> dict[str, Tensor]:
@@ -175,7 +176,7 @@ def test_minilm_v2_relations_with_different_head_counts(n: int) -> None:
         lt = ref_relation(tv[f"encoder.layer.1.attention.self.{part}"], n, mask)
         ls = ref_relation(sv[f"encoder.layer.0.attention.self.{part}"], n, mask)
         want = ref_relation_kl(lt, ls, mask)
-        torch.testing.assert_close(got[name], want, rtol=1e-6, atol=0)
+        assert_close(got[name], want)
 
 
 def test_attention_heads_grouped_twelve_to_two() -> None:
@@ -211,7 +212,7 @@ method grouped {{
     pt = maps(*(tv[p] for p in paths), 4).view(4, 2, 2, 7, 7).mean(2)  # heads (0,1), (2,3)
     ps = maps(*(sv[p] for p in paths), 2)
     want = ref_relation_kl(pt.log(), ps.log(), mask)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert_close(got, want)
 
 
 def test_hidden_states_per_token_with_a_layer_map() -> None:
@@ -236,7 +237,7 @@ method hidden {
         F.mse_loss(adapter(sh[j + 1][keep]), th[i + 1][keep])
         for (i, j), adapter in zip([(1, 0), (3, 1)], adapters, strict=True)
     )
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+    assert_close(got, want)
 
 
 def _section_blocks() -> list[str]:
@@ -281,7 +282,7 @@ def test_response_mask_keeps_only_response_tokens() -> None:
         lt = F.log_softmax(t(**inputs).logits / 2, -1)[keep]
     ls = F.log_softmax(s(**inputs).logits / 2, -1)[keep]
     want = (lt.exp() * (lt - ls)).sum(-1).mean()
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert_close(got, want)
 
 
 def test_minilm_v1_token_relation_leaves_padding_out() -> None:
@@ -322,8 +323,8 @@ def test_minilm_v1_token_relation_leaves_padding_out() -> None:
     q, k, v = parts
     want_att = kl(rel(tv[q], tv[k]), rel(sv[q], sv[k]))
     want_val = kl(rel(tv[v], tv[v]), rel(sv[v], sv[v]))
-    torch.testing.assert_close(got["attention"], want_att, rtol=1e-6, atol=0)
-    torch.testing.assert_close(got["value"], want_val, rtol=1e-6, atol=0)
+    assert_close(got["attention"], want_att)
+    assert_close(got["value"], want_val)
 
 
 def test_trainer_style_batches_carry_the_response_mask() -> None:
@@ -336,4 +337,4 @@ def test_trainer_style_batches_carry_the_response_mask() -> None:
     flat["response_mask"][:, :3] = 0
     nested = {"x": dict(BATCH), "y": None, "response_mask": flat["response_mask"]}
     d = compile_spec(load_method("doc.kd", text=text), {"t": t, "s": s}, flat)
-    torch.testing.assert_close(d.raw_terms(nested)["kd"], d.raw_terms(flat)["kd"])
+    assert_close(d.raw_terms(nested)["kd"], d.raw_terms(flat)["kd"], rtol=0.0)
