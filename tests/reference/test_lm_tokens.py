@@ -89,7 +89,9 @@ def torchtune_forward_kl(
     return -torch.sum((x - entropy) * mask.view(-1), dim=0) / torch.sum(mask.view(-1), dim=0)
 
 
-@pytest.mark.parametrize(("beta", "T"), [(0.1, 1.0), (0.5, 2.0), (0.9, 1.0)])
+@pytest.mark.parametrize(
+    ("beta", "T"), [(0.0, 1.0), (0.1, 1.0), (0.5, 2.0), (0.9, 1.0), (1.0, 2.0)]
+)
 def test_jsd_matches_trl_with_padding(beta: float, T: float) -> None:
     t, s, labels, batch = token_batch(1)
     loss, _ = spec_loss("jsd", batch, overrides={"beta": beta, "T": T})
