@@ -153,7 +153,7 @@ class TransformNode(Node):
         else:
             fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
         kwargs = at_progress(self.kwargs, env.progress)
-        masked = self.func in ("rows", "pool", "token_relation")
+        masked = self.func in ("rows", "pool", "token_relation", "attention_scores")
         if masked:
             kwargs = dict(kwargs)
             name = kwargs.pop("mask", None)

@@ -135,7 +135,7 @@ def _heads(x: Tensor, heads: int) -> Tensor:
     return x.reshape(b, n, heads, d // heads).transpose(1, 2)  # [B, H, L, d]
 
 
-def attention_scores(a: Tensor, b: Tensor, heads: int = 12) -> Tensor:
+def attention_scores(a: Tensor, b: Tensor, heads: int = 12, mask: Tensor | None = None) -> Tensor:
     """Per-head scaled dot products ``a_h b_hᵀ / sqrt(d_h)`` (TinyBERT's attention scores).
 
     With ``a``, ``b`` the outputs of a layer's query and key projections these are the
@@ -145,12 +145,17 @@ def attention_scores(a: Tensor, b: Tensor, heads: int = 12) -> Tensor:
         a: ``[B, L, D]`` (queries).
         b: ``[B, L, D]`` (keys).
         heads: Number of attention heads H (D must be divisible by H).
+        mask: ``[B, L]`` token mask: the scores of masked keys are 0, as TinyBERT zeroes the
+            masked entries of the attention scores before its MSE.
 
     Returns:
         ``[B, H, L, L]``.
     """
     qa, kb = _heads(a, heads), _heads(b, heads)
-    return qa @ kb.transpose(-1, -2) / math.sqrt(qa.shape[-1])
+    scores = qa @ kb.transpose(-1, -2) / math.sqrt(qa.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask.to(torch.bool)[:, None, None, :], 0.0)
+    return scores
 
 
 def token_relation(a: Tensor, b: Tensor, heads: int = 12, mask: Tensor | None = None) -> Tensor:

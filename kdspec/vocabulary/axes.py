@@ -301,8 +301,7 @@ def _joined(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     for a in ins[1:]:
         if a != ins[0]:
             raise AxisError(
-                f"`{func}` needs inputs of equal axes, got {axes_text(ins[0])} and "
-                f"{axes_text(a)}",
+                f"`{func}` needs inputs of equal axes, got {axes_text(ins[0])} and {axes_text(a)}",
                 "",
                 "KD314",
             )

@@ -503,7 +503,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "attention_scores": Fn(
         "transform",
-        _p(heads=(12, "posint")),
+        _p(heads=(12, "posint"), mask=(None, None, MASKS)),
         inputs=2,
         accepts=_FEATURE_LIKE,
         returns="attention",

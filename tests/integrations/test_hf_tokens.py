@@ -338,3 +338,36 @@ def test_trainer_style_batches_carry_the_response_mask() -> None:
     nested = {"x": dict(BATCH), "y": None, "response_mask": flat["response_mask"]}
     d = compile_spec(load_method("doc.kd", text=text), {"t": t, "s": s}, flat)
     assert_close(d.raw_terms(nested)["kd"], d.raw_terms(flat)["kd"], rtol=0.0)
+
+
+def test_tinybert_attention_scores_zero_the_padded_keys() -> None:
+    """`attention_scores` on token data: padded keys' scores are 0 on both sides (TinyBERT's
+    `torch.where(att <= -1e2, 0, att)` on HF's masked scores), MSE over every entry."""
+    t, s = bert(32, 1, 4, seed=19), bert(16, 1, 2, seed=20)
+    q, k = '"encoder.layer.0.attention.self.query"', '"encoder.layer.0.attention.self.key"'
+    text = f"""
+method tb {{
+  teacher t
+  student s
+  transfer att:
+      from attention_scores(t.{q}, t.{k}, heads=2)
+      to attention_scores(s.{q}, s.{k}, heads=2)
+      with mse
+}}
+"""
+    d = compile_spec(load_method("tb.kd", text=text), {"t": t, "s": s}, BATCH)
+    got = d.raw_terms(BATCH)["att"]
+    paths = [p.strip('"') for p in (q, k)]
+    tv, sv = _capture(t, paths), _capture(s, paths)
+    keys = BATCH["attention_mask"].bool()[:, None, None, :]
+
+    def scores(a: Tensor, b: Tensor) -> Tensor:  # HF's masked scores, then TinyBERT's zeroing
+        bsz, length, dim = a.shape
+        ah = a.view(bsz, length, 2, dim // 2).transpose(1, 2)
+        bh = b.view(bsz, length, 2, dim // 2).transpose(1, 2)
+        att = ah @ bh.transpose(-1, -2) / math.sqrt(dim // 2)
+        att = att + (~keys).to(att.dtype) * -10000.0
+        return torch.where(att <= -1e2, torch.zeros_like(att), att)
+
+    want = F.mse_loss(scores(*(sv[p] for p in paths)), scores(*(tv[p] for p in paths)))
+    assert_close(got, want)
