@@ -171,3 +171,27 @@ def test_topk_teacher_distributions(k: int, T: float, rest: bool) -> None:
         assert float(loss) == pytest.approx(0.0, abs=1e-12)
         return
     same(loss, topk_reference(t, s, labels, k, T, rest), [s])
+
+
+def test_axis_sets_over_token_values_leave_the_padding_out() -> None:
+    """`sum(x, over=all)` / `mean(x, over=sample)` on token data: the masked positions count
+    in neither the sum nor the mean."""
+    _, s, labels, batch = token_batch(7)
+    text = """
+method m {
+  student s
+  supervise a: s.logits with total
+  supervise b: s.logits with per_sample weight 1 / B
+}
+def total(s) = sum(s, over=all) / B
+def per_sample(s) = mean(s, over=sample)
+"""
+    from kdspec.api import load_method
+    from kdspec.compiler import compile_spec
+
+    d = compile_spec(load_method("m.kd", text=text), None, {k: v for k, v in batch.items()})
+    got = d.raw_terms(batch)
+    keep = batch["attention_mask"].bool()
+    assert_close(got["a"], s[keep].sum() / B)
+    per = (s * keep[..., None]).sum((1, 2)) / (keep.sum(1) * V)
+    assert_close(got["b"], per.mean())
