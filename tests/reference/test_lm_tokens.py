@@ -176,7 +176,7 @@ def test_topk_teacher_distributions(k: int, T: float, rest: bool) -> None:
 def test_axis_sets_over_token_values_leave_the_padding_out() -> None:
     """`sum(x, over=all)` / `mean(x, over=sample)` on token data: the masked positions count
     in neither the sum nor the mean."""
-    _, s, labels, batch = token_batch(7)
+    _, s, _, batch = token_batch(7)
     text = """
 method m {
   student s
