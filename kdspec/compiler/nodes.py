@@ -583,10 +583,11 @@ class PrimNode(Node):
                 out.append(-xs[0])
             elif self.func == "log" and self.in_dist and self.in_dist[0]:
                 out.append(xs[0])  # the stored log-probabilities, exactly
-            elif self.func == "mean" and self.in_dist and self.in_dist[0]:
-                # A mean of distributions (over heads, in groups) averages probabilities; the
-                # result is kept as log-probabilities like every distribution.
-                p = P.mean(xs[0].exp(), axes=self.in_axes, **kwargs)
+            elif self.func == "mean" and _keeps_distribution(self.in_axes, self.in_dist, kwargs):
+                # A mean of distributions over other axes than theirs (heads, in groups)
+                # averages probabilities and is a distribution: kept as log-probabilities.
+                probs = xs[0].exp() if self.keep_storage else xs[0]
+                p = P.mean(probs, axes=self.in_axes, **kwargs)
                 out.append(p.log().clamp_min(torch.finfo(p.dtype).min))
             elif self.func in LOSSES:  # a built-in loss's value (a number) inside an expression
                 if self.func == "cross_entropy":
@@ -610,6 +611,17 @@ class PrimNode(Node):
             else:
                 out.append(P.PRIMITIVES[self.func](*xs, axes=self.in_axes, **kwargs))
         return out
+
+
+def _keeps_distribution(in_axes: Any, in_dist: list[bool], kwargs: dict[str, Any]) -> bool:
+    """`mean(p, over=...)` of a distribution along axes other than its last (the one it is a
+    distribution along): the mean of the probabilities is a distribution again."""
+    from kdspec.vocabulary.axes import over_axes
+
+    if not in_dist or not in_dist[0] or not in_axes or not in_axes[0]:
+        return False
+    over = kwargs.get("over")
+    return over is not None and in_axes[0][-1] not in over_axes(over, of=in_axes[0])
 
 
 class LearnedNode(Node):
