@@ -621,7 +621,10 @@ def _keeps_distribution(in_axes: Any, in_dist: list[bool], kwargs: dict[str, Any
     if not in_dist or not in_dist[0] or not in_axes or not in_axes[0]:
         return False
     over = kwargs.get("over")
-    return over is not None and in_axes[0][-1] not in over_axes(over, of=in_axes[0])
+    try:
+        return over is not None and in_axes[0][-1] not in over_axes(over, of=in_axes[0])
+    except ValueError:  # torch dimensions (`over=1`)
+        return False
 
 
 class LearnedNode(Node):

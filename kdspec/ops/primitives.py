@@ -248,7 +248,10 @@ def token_mask(x: Tensor, axes: Axes | None, over: object, mask: Tensor | None) 
     """
     if mask is None or axes is None or over is None:
         return None
-    names = over_axes(over, of=axes)  # `all`, `sample`: the value's own axes
+    try:
+        names = over_axes(over, of=axes)  # `all`, `sample`: the value's own axes
+    except ValueError:  # torch dimensions (`over=1`) name positions, not axes
+        return None
     sp = spans(axes, x.dim())
     starts = [builtins.sum(sp[:i]) for i in range(len(axes))]
     out: Tensor | None = None
