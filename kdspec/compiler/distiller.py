@@ -1037,7 +1037,10 @@ class _Builder:
 
     def token_axes(self, term: ir.Term) -> tuple[str, ...] | None:
         """The student side's axes where they are token values (batch, token, ...), else None:
-        a built-in loss then sees the rows of the tokens the batch's mask keeps."""
+        a built-in loss then sees the rows of the tokens the batch's mask keeps (on token data
+        only: elsewhere there is no mask, and `tokens(x)` of a feature map keeps its rows)."""
+        if not self.d.token_data:
+            return None
         raw = types.value_type(term.target, self.m)
         side = raw if term.kind != "transfer" else types.knowledge_type(raw, term.knowledge, self.m)
         if side.axes is not None and side.axes[:2] == ("batch", "token"):
