@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdspec.compiler.sequence import is_causal  # noqa: F401  (one copy; callers import it here)
+
 ACTIVATIONS = (
     nn.ReLU,
     nn.ReLU6,
@@ -60,6 +62,24 @@ def logits_of(output: Any) -> torch.Tensor | None:
     if isinstance(output, list | tuple) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     return None
+
+
+def call_model(model: Any, x: Any) -> Any:
+    """A model's output on a batch input: a dict input (token data: ``input_ids``,
+    ``attention_mask``) is passed as keywords, as Hugging Face models take it."""
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def next_token_pairs(
+    logits: torch.Tensor, labels: torch.Tensor, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of logits and their targets, ``[N, K]`` and ``[N]``, positions labelled ``-100``
+    left out. Token labels follow the Hugging Face convention (unshifted): a causal model's
+    logits at ``t`` are paired with the label at ``t + 1``."""
+    if causal and logits.dim() == 3:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = (labels != -100).flatten()
+    return logits.flatten(0, -2)[keep], labels.flatten()[keep]
 
 
 def select(value: Any, path: tuple[str | int, ...]) -> Any:
