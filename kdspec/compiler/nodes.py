@@ -153,18 +153,19 @@ class TransformNode(Node):
         else:
             fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
         kwargs = at_progress(self.kwargs, env.progress)
-        masked = self.func in ("rows", "pool", "token_relation", "attention_scores")
+        masked = self.func in ("rows", "pool")
         if masked:
             kwargs = dict(kwargs)
             name = kwargs.pop("mask", None)
         out = []
         for i, args in enumerate(broadcast(*values)):
             if masked:
-                tokens = _has_tokens(args[0], self.in_axes)
-                m = env.mask(name, rows=self.func == "rows") if tokens else None
-                out.append(fn(*args, **kwargs, mask=m))
-            elif self.func in ("binary_target", "non_target"):
-                out.append(fn(args[0], env.labels, **kwargs))
+                dim = _token_dim(args[0], self.in_axes)
+                if self.func == "pool" and dim != 1:  # pool reads [B, L, D] token features
+                    dim = None
+                m = env.mask(name, rows=self.func == "rows") if dim is not None else None
+                extra = {"token_dim": dim} if self.func == "rows" and m is not None else {}
+                out.append(fn(*args, **kwargs, mask=m, **extra))
             elif self.func == "margin_relu":
                 margins = self.extra["margins"]
                 margin = margins[i if len(margins) > 1 else 0].to(args[0])
@@ -174,14 +175,18 @@ class TransformNode(Node):
         return out
 
 
-def _has_tokens(x: Any, axes: Any) -> bool:
-    """Whether ``x`` is token values [B, L, ...] by its static axes (or, unknown, its rank)."""
+def _token_dim(x: Any, axes: Any) -> int | None:
+    """The dimension of the tokens of ``x`` [B, (H,) L, ...] by its static axes (unknown axes:
+    a [B, L, D] tensor's 1), None when it has none (batch and heads only may come first)."""
     if not isinstance(x, torch.Tensor):
-        return False
+        return None
     if axes is None:
-        return x.dim() == 3
-    ax = axes[0] if axes and isinstance(axes[0], tuple) else axes
-    return tuple(ax[:2]) == ("batch", "token") and x.dim() == len(ax)
+        return 1 if x.dim() == 3 else None
+    ax = tuple(axes[0] if axes and isinstance(axes[0], tuple) else axes)
+    if "token" not in ax or x.dim() != len(ax) or ax[0] != "batch":
+        return None
+    i = ax.index("token")
+    return i if all(a in ("batch", "head") for a in ax[:i]) else None
 
 
 def _resize(x: torch.Tensor, hint: list[tuple[int, ...]] | None, i: int) -> torch.Tensor:
@@ -419,6 +424,10 @@ class TermModule(nn.Module):
                 s = s[mask] if s is not None else None
                 t = t[mask]
                 env.labels = labels[mask] if labels is not None else None
+            rows = self._token_rows(t, env)  # a library loss on token values: kept tokens' rows
+            if rows is not None:
+                s, t = (s[rows] if s is not None else None), t[rows]
+            self._same_shapes(s, t)
             env.args = {STUDENT_SIDE: [t], **({TEACHER_SIDE: [s]} if s is not None else {})}
             value = self.loss_node(env)[0]
             if self.weight_node is not None:
@@ -428,6 +437,18 @@ class TermModule(nn.Module):
             env.labels = labels
         env.args = {}
         return total if total is not None else tgt[0].new_zeros(())
+
+    def _same_shapes(self, s: Any, t: Any) -> None:
+        """A loss of the library (prelude or Python) compares sides of one shape."""
+        if (
+            isinstance(t, torch.Tensor)
+            and isinstance(s, torch.Tensor)
+            and self.loss not in _ANY_SHAPES
+            and (fn := FUNCTIONS.get(self.loss)) is not None
+            and fn.category == "loss"
+            and s.shape != t.shape
+        ):
+            raise ShapeMismatch(tuple(s.shape[1:]), tuple(t.shape[1:]))
 
     def _builtin_loss(self, env: Env) -> torch.Tensor:
         fn = LOSSES.get(self.loss)
@@ -488,13 +509,7 @@ class TermModule(nn.Module):
             rows = self._token_rows(t, env)
             if rows is not None:
                 s, t = s[rows], t[rows]
-            if (
-                isinstance(t, torch.Tensor)
-                and isinstance(s, torch.Tensor)
-                and self.loss not in _ANY_SHAPES
-                and s.shape != t.shape
-            ):
-                raise ShapeMismatch(tuple(s.shape[1:]), tuple(t.shape[1:]))
+            self._same_shapes(s, t)
             total = total + fn(s, t, **loss_kwargs)
         return total
 

@@ -3,10 +3,9 @@
 Generic adapters (:mod:`kdspec.ops.adapters`) map one tensor to one tensor. The components here
 cover what a method needs beyond that, so that its spec stays a few lines:
 
-* **Token transforms** (:data:`TRANSFORMS`, fixed, no parameters): ``token`` (one token of
-  ``[B, L, D]``), ``rows`` (every row a sample), ``token_relation`` (MiniLM's per-head
-  ``softmax(a bᵀ / sqrt(d))``) and ``attention_scores`` (TinyBERT's unnormalised
-  ``a bᵀ / sqrt(d)``).
+* **Token transforms** (:data:`TRANSFORMS`, fixed, no parameters): ``rows`` (every row a
+  sample); ``token``, MiniLM's ``token_relation`` and TinyBERT's ``attention_scores`` are
+  written in kdspec (``kdspec/prelude/transforms.kd``).
 * **List components** (:data:`COMPONENTS`, learned): modules over a whole *list* of tensors (the
   layers a side reads), sized on the compiler's dry run from example tensors and, where they
   map to the other side, from its shapes: ``abf`` (ReviewKD's attention-based fusion),
@@ -44,12 +43,9 @@ __all__ = [
     "Gate",
     "ReviewFusion",
     "SemCKDLoss",
-    "attention_scores",
     "build_component",
     "build_learned_loss",
     "rows",
-    "token",
-    "token_relation",
 ]
 
 Shape = tuple[int, ...]
@@ -89,22 +85,7 @@ def _maps(name: str, shape: Shape | None, what: str) -> Shape:
 # --------------------------------------------------------------------------------------------
 
 
-def token(x: Tensor, index: int = 0) -> Tensor:
-    """One token of a sequence of token features (BERT-PKD's ``[CLS]``).
-
-    Args:
-        x: ``[B, L, D]``.
-        index: Token position (0 is ``[CLS]``).
-
-    Returns:
-        ``[B, D]``.
-    """
-    if x.dim() != 3:
-        raise ValueError(f"token expects [B, L, D], got {tuple(x.shape)}")
-    return x[:, int(index)]
-
-
-def rows(x: Tensor, mask: Tensor | None = None) -> Tensor:
+def rows(x: Tensor, mask: Tensor | None = None, token_dim: int = 1) -> Tensor:
     """Every row a sample: ``[..., D] -> [N, D]``.
 
     Losses that average over the batch (``kl``'s ``batchmean``) then average over tokens too, as
@@ -112,83 +93,27 @@ def rows(x: Tensor, mask: Tensor | None = None) -> Tensor:
 
     Args:
         x: ``[B, ..., D]``.
-        mask: ``[B, L]`` for token values ``[B, L, ..., D]``: only the rows of the tokens it
-            keeps (1), in order.
+        mask: ``[B, L]`` for token values (``L`` at dimension ``token_dim``, e.g. 2 for per-head
+            ``[B, H, L, L]`` relations): only the rows of the tokens it keeps (1), in order.
+        token_dim: the dimension of the tokens.
 
     Returns:
         ``[B * ..., D]``.
     """
     if mask is not None:
-        if tuple(x.shape[:2]) != tuple(mask.shape):
+        lead = x.shape[: token_dim + 1]
+        if (lead[0], lead[-1]) != tuple(mask.shape):
             raise ValueError(
                 f"the token mask is {tuple(mask.shape)} (batch, tokens), but this value is "
                 f"{tuple(x.shape)}"
             )
-        x = x[mask.to(torch.bool)]
+        view = mask.to(torch.bool).reshape(lead[0], *([1] * (token_dim - 1)), lead[-1])
+        x = x[view.expand(lead)]
     return x.reshape(-1, x.shape[-1])
 
 
-def _heads(x: Tensor, heads: int) -> Tensor:
-    if x.dim() != 3 or x.shape[-1] % heads:
-        raise ValueError(f"expected [B, L, D] with D divisible by {heads} heads, got {x.shape}")
-    b, n, d = x.shape
-    return x.reshape(b, n, heads, d // heads).transpose(1, 2)  # [B, H, L, d]
-
-
-def attention_scores(a: Tensor, b: Tensor, heads: int = 12, mask: Tensor | None = None) -> Tensor:
-    """Per-head scaled dot products ``a_h b_hᵀ / sqrt(d_h)`` (TinyBERT's attention scores).
-
-    With ``a``, ``b`` the outputs of a layer's query and key projections these are the
-    unnormalised attention scores TinyBERT matches with MSE.
-
-    Args:
-        a: ``[B, L, D]`` (queries).
-        b: ``[B, L, D]`` (keys).
-        heads: Number of attention heads H (D must be divisible by H).
-        mask: ``[B, L]`` token mask: the scores of masked keys are 0, as TinyBERT zeroes the
-            masked entries of the attention scores before its MSE.
-
-    Returns:
-        ``[B, H, L, L]``.
-    """
-    qa, kb = _heads(a, heads), _heads(b, heads)
-    scores = qa @ kb.transpose(-1, -2) / math.sqrt(qa.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask.to(torch.bool)[:, None, None, :], 0.0)
-    return scores
-
-
-def token_relation(a: Tensor, b: Tensor, heads: int = 12, mask: Tensor | None = None) -> Tensor:
-    """MiniLM self-attention relation ``softmax(a_h b_hᵀ / sqrt(d_h))`` as log-probabilities.
-
-    Queries with keys give the attention distributions, values with themselves the value
-    relation. Rows are flattened into the batch axis (``[B*H*L, L]``) so that ``kl``'s
-    ``batchmean`` is MiniLM's ``1 / (A_h |x|) sum_a sum_t KL``, averaged over the batch.
-
-    Args:
-        a: ``[B, L, D]``.
-        b: ``[B, L, D]``.
-        heads: Number of relation heads H.
-        mask: ``[B, L]`` token mask: masked keys get no probability and masked query rows are
-            left out (``[N, L]``, N the kept rows of every head).
-
-    Returns:
-        ``[B*H*L, L]`` log-probabilities (a distribution per row).
-    """
-    scores = attention_scores(a, b, heads)
-    if mask is None:
-        return F.log_softmax(scores, dim=-1).reshape(-1, scores.shape[-1])
-    keep = mask.to(torch.bool)
-    scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
-    rows = F.log_softmax(scores, dim=-1)  # [B, H, L, L]
-    return rows[keep[:, None, :].expand(rows.shape[:3])]
-
-
 TRANSFORMS: dict[str, Callable[..., Tensor]] = {
-    "token": token,
     "rows": rows,
-    "token_relation": token_relation,
-    "attention_scores": attention_scores,
 }
 """Fixed component transforms by spec name (looked up after :data:`kdspec.ops.TRANSFORMS`)."""
 
