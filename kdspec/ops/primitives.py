@@ -294,6 +294,8 @@ def token_mask(x: Tensor, axes: Axes | None, over: object, mask: Tensor | None) 
         if "batch" not in axes:
             raise ValueError("masking tokens needs the batch axis")
         b, t = starts[axes.index("batch")], starts[axes.index(name)]
+        if x.shape[b] != mask.shape[0]:  # rows of tokens (`rows`): no longer per sample
+            return None
         if (x.shape[b], x.shape[t]) != tuple(mask.shape):
             raise ValueError(
                 f"the token mask is {tuple(mask.shape)} (batch, tokens), but this value has "
