@@ -15,7 +15,7 @@ from kdspec.graph.types import VType
 from kdspec.ir import models as ir
 from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE, expand
 from kdspec.passes.context import PassContext
-from kdspec.vocabulary.axes import axes_text
+from kdspec.vocabulary.axes import axes_text, token_data
 
 _LABELS = {"KD313": "wrong axis", "KD314": "axes do not fit", "KD216": "known only in training"}
 
@@ -40,7 +40,28 @@ def loss_type(
 
 
 def check_axes(ctx: PassContext) -> list[Diagnostic]:
-    """Type every expression's axes; check losses and weights per sample."""
+    """Type every expression's axes; check losses and weights per sample.
+
+    The data a method will see are unknown here: taps are typed as read from images or vectors,
+    then from tokens (a token axis after the batch), and what is wrong under both is reported,
+    as written for images. What is wrong on tokens only is reported when the method is compiled
+    on token data (:func:`kdspec.compiler.compile_spec` types it under the batch it gets).
+    """
+    with token_data(False):
+        plain = axis_diagnostics(ctx)
+    with token_data(True):
+        tokens = {_key(d) for d in axis_diagnostics(ctx)}
+    return [d for d in plain if _key(d) in tokens]
+
+
+def _key(d: Diagnostic) -> tuple[str, object]:
+    # A loss or weight of the wrong axes is one error on either data, whichever code says it
+    # (a per-sample loss on images is a per-token one on tokens).
+    return ("loss" if d.code in ("KD316", "KD317", "KD318") else d.code, d.span)
+
+
+def axis_diagnostics(ctx: PassContext) -> list[Diagnostic]:
+    """The axis diagnostics of a method with taps typed as the current data say."""
     m = ctx.method
     out: list[Diagnostic] = []
     seen: set[tuple[str, str, tuple[object, ...]]] = set()
