@@ -509,6 +509,35 @@ def _relation(
     raise ValueError(f"unknown kernel `{kernel}` (dot, cosine, rbf, distance, sqdistance)")
 
 
+def differences(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+    """``out[..., i, j, ...] = x_j - x_i`` along ``over``: ``[*keep, N, N, *rest]``."""
+    ax = axes[0] if axes else None
+    if ax is None:
+        raise ValueError("`differences` needs the axes of its input")
+    (name,) = over_axes(over)
+    keep = [a for a in ax if a in ("batch", "head") and a != name]
+    first = [d for a in (*keep, name) for d in dims(ax, x, a)]
+    moved = x.permute(*first, *[d for d in range(x.dim()) if d not in first])
+    k = len(keep)
+    return moved.unsqueeze(k) - moved.unsqueeze(k + 1)
+
+
+def shrink(x: Tensor, y: Tensor, *, axes: AxesIn = (), mode: str = "avg") -> Tensor:
+    """x adaptively pooled over ``space`` to the smaller of its and y's size in each dimension."""
+    if x.dim() != 4 or y.dim() != 4:
+        raise ValueError(
+            f"`shrink` pools [B, C, H, W] maps, got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
+    hw = (builtins.min(x.shape[2], y.shape[2]), builtins.min(x.shape[3], y.shape[3]))
+    if tuple(x.shape[-2:]) == hw:
+        return x
+    if mode == "max":
+        return F.adaptive_max_pool2d(x, hw)
+    if mode != "avg":
+        raise ValueError(f"`shrink` mode must be 'avg' or 'max', got {mode!r}")
+    return F.adaptive_avg_pool2d(x, hw)
+
+
 def eye(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
     """1 where a relation matrix's row and column are the same, 0 elsewhere (no gradient)."""
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()

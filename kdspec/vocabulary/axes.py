@@ -17,8 +17,9 @@ from typing import Any
 Axes = tuple[str, ...]
 
 BASE_AXES: Axes = ("batch", "channel", "space", "token", "class", "head")
-# A relation matrix has two axes of the same nature: its rows are `x`, its columns `x2`.
-AXES: Axes = BASE_AXES + tuple(f"{a}2" for a in BASE_AXES)
+# A relation matrix has two axes of the same nature: its rows are `x`, its columns `x2`; a
+# relation along a column axis `x2` (RKD's angles: `differences` then `relation`) has columns `x3`.
+AXES: Axes = BASE_AXES + tuple(f"{a}2" for a in BASE_AXES) + tuple(f"{a}3" for a in BASE_AXES)
 
 # Where a tap's value comes from decides its axes (transformer features of image models:
 # `tokens(x)`).
@@ -196,10 +197,38 @@ def _relation(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
             "KD314",
         )
     (over,) = _over(x, kw, func, default_last=False)[:1] or ("",)
-    if over.endswith("2"):
-        raise AxisError("`relation` rows cannot be a column axis (`" + over + "`)", "over")
+    if over.endswith("3"):
+        raise AxisError(f"`relation` rows cannot be `{over}`", "over")
     keep = tuple(a for a in x if a in ("batch", "head") and a != over)
-    return (*keep, over, f"{over}2")
+    return (*keep, over, _columns(over))
+
+
+def _columns(over: str) -> str:
+    """The column axis of rows along `over`: `batch` -> `batch2`, `batch2` -> `batch3`."""
+    return f"{over[:-1]}3" if over.endswith("2") else f"{over}2"
+
+
+def _differences(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """``x_j - x_i`` for every pair of rows along `over`: ``(*keep, over, over2, *rest)``."""
+    x = ins[0]
+    (over,) = _over(x, kw, func, default_last=False)[:1] or ("",)
+    if over == "space" or over[-1:] in ("2", "3"):
+        raise AxisError(
+            f"`differences` pairs the rows of one axis (batch, token, ...), not `{over}`", "over"
+        )
+    keep = tuple(a for a in x if a in ("batch", "head") and a != over)
+    rest = tuple(a for a in x if a not in keep and a != over)
+    return (*keep, over, f"{over}2", *rest)
+
+
+def _shrink(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """x pooled over `space` to another value's size: both need a `space` axis; x's axes."""
+    for a in ins:
+        if "space" not in a:
+            raise AxisError(
+                f"`{func}` pools over `space`, but an input's axes are {axes_text(a)}", ""
+            )
+    return ins[0]
 
 
 def _needs(axis: str) -> Rule:
@@ -351,6 +380,8 @@ RULES: dict[str, Rule] = {
     "along_required": _along_required,
     "reduce": _reduce,
     "relation": _relation,
+    "differences": _differences,
+    "shrink": _shrink,
     "needs_class": _needs("class"),
     "drop_class": _drop_class,
     "size": _size,

@@ -632,12 +632,10 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
-    "binary_target distances attention_scores token_relation token "
+    "binary_target distances attention_scores token_relation token angles fsp "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
     "ab_hinge gaussian_nll",
-    "kdspec.ops.transforms": "flatten pool interpolate fsp "
-    "angles margin_relu "
-    "mask=mask_features weighted",
+    "kdspec.ops.transforms": "flatten pool interpolate margin_relu mask=mask_features weighted",
     "kdspec.ops.losses": "cross_entropy",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
@@ -725,7 +723,7 @@ PRIMITIVES: dict[str, Fn] = {
     ),
     "choose": _prim(
         "a if cond, else b; cond is known before training (numbers, words, `none`, parameters: "
-        "`reduction == \"sum\"`), and only the chosen value is typed and computed",
+        '`reduction == "sum"`), and only the chosen value is typed and computed',
         "same",
         "choose",
         inputs=3,
@@ -759,6 +757,25 @@ PRIMITIVES: dict[str, Fn] = {
             mask=(None, None, MASKS),
         ),
         returns="similarity",
+    ),
+    "differences": _prim(
+        "the difference x_j - x_i of every pair of rows along `over`: (batch, channel) -> "
+        "(batch, batch2, channel), batch kept first; RKD's angles are "
+        "`relation(differences(x, over=batch), over=batch2, kernel=cosine)`",
+        "differences",
+        "differences",
+        params=_p(over=(REQUIRED, None, AXES)),
+        returns="same",
+    ),
+    "shrink": _prim(
+        "x adaptively pooled over `space` (`mode` avg | max) to the smaller of its own and "
+        "y's size in each spatial dimension, unchanged where x is not larger (FSP's maps of "
+        "two stages: `shrink(a, b)` and `shrink(b, a)` have one size)",
+        "shrink",
+        "shrink",
+        inputs=2,
+        params=_p(mode=("avg", None, ("avg", "max"))),
+        returns="same",
     ),
     "eye": _prim(
         "the identity matrix shaped like a relation matrix x (..., a, a2): 1 where the row and "
