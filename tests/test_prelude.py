@@ -91,3 +91,17 @@ def test_a_prelude_loss_compares_sides_of_one_shape_whatever_their_axis_names() 
         {"t.logits": t, "s.embedding": s}
     ).loss
     assert torch.allclose(loss, ((s - t) ** 2).mean(), rtol=1e-12)
+
+
+def test_a_spec_cannot_redefine_a_helper_of_the_prelude() -> None:
+    # `kl` calls `_reduce`: a spec's own `_reduce` would change it silently.
+    from kdspec.api import check_source
+    from kdspec.source import SourceFile
+
+    text = (
+        'def _reduce(e, t, reduction="sum") = sum(e, over=all)\n'
+        "method m {\n  teacher t\n  student s\n"
+        "  transfer v: softmax from t.logits to s.logits with kl\n}\n"
+    )
+    _, found = check_source(SourceFile(name="m.kd", text=text))
+    assert [d.code for d in found if d.code == "KD201"] == ["KD201"]

@@ -1492,6 +1492,11 @@ def _module_defs(path: Path) -> _DefsOfFile:
     return _PRELUDE_CACHE[key]
 
 
+def prelude_names() -> frozenset[str]:
+    """The names of every def of the prelude (its vocabulary functions and `_` helpers)."""
+    return frozenset(name for path in _prelude_files() for name in _module_defs(path)[0])
+
+
 class DefTable:
     """Every ``def`` a file can call: its own, its imports', the prelude's; lowered on demand.
 
@@ -1524,7 +1529,7 @@ class DefTable:
             table.asts.update(found)
         for fn in module.functions:
             name = fn.name.name
-            if name in FUNCTIONS:
+            if name in FUNCTIONS or name in prelude_names():  # the prelude's helpers too
                 table.diags.append(
                     error(
                         "KD201",
