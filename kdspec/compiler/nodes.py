@@ -126,9 +126,7 @@ class TransformNode(Node):
         kwargs = at_progress(self.kwargs, env.progress)
         out = []
         for i, args in enumerate(broadcast(*values)):
-            if self.func in ("binary_target", "non_target"):
-                out.append(fn(args[0], env.labels, **kwargs))
-            elif self.func == "margin_relu":
+            if self.func == "margin_relu":
                 margins = self.extra["margins"]
                 margin = margins[i if len(margins) > 1 else 0].to(args[0])
                 out.append(fn(args[0], margin))

@@ -371,6 +371,12 @@ def diag(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
     return torch.diagonal(x, dim1=-2, dim2=-1)
 
 
+def select(x: Tensor, *, axes: AxesIn = (), over: object, index: int = 0) -> Tensor:
+    """The entries at position ``index`` of the axis ``over`` (the axis goes away)."""
+    (d,) = dims(axes[0] if axes else None, x, over)
+    return x.select(d, int(index))
+
+
 def stack(*xs: Tensor, axes: AxesIn = (), over: object) -> Tensor:
     """The inputs side by side along a new last axis."""
     return torch.stack(torch.broadcast_tensors(*xs), dim=-1)

@@ -273,6 +273,14 @@ def _joined(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ins[0]
 
 
+def _select(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """One position along an axis: the axis goes away."""
+    (over,) = _over(ins[0], kw, func, default_last=False)[:1] or ("",)
+    if over == "space":
+        raise AxisError("`select` takes a position of one axis; `space` may cover several", "over")
+    return tuple(a for a in ins[0] if a != over)
+
+
 def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     """Every row a sample: all axes but the last become the batch (per-token losses)."""
     return ("batch", ins[0][-1]) if ins[0] else ins[0]
@@ -281,6 +289,7 @@ def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
 RULES: dict[str, Rule] = {
     "rows": _rows,
     "matrix": _matrix,
+    "select": _select,
     "joined": _joined,
     "same": _same,
     "elementwise": _elementwise,
@@ -299,6 +308,8 @@ RULES: dict[str, Rule] = {
     "class_vector": _fixed(("batch", "class")),
     "spatial": _fixed(("batch", "space")),
     "sample_matrix": _fixed(("batch", "batch2")),
+    "token_matrix": _fixed(("batch", "head", "token", "token2")),
+    "token_rows": _fixed(("batch", "token2")),
     "channel_matrix": _fixed(("batch", "channel", "channel2")),
 }
 
@@ -316,6 +327,8 @@ def infer(
     if any(a is None for a in ins):
         return None
     if positional(kw.get("over")):
+        if not ins:  # `learned(2)`: dimensions of no value
+            raise AxisError(f"`{func}` without an input takes axis names, not dimensions", "over")
         named = positions(ins[0], kw["over"], func)  # type: ignore[arg-type]
         if named is None:
             return None

@@ -86,6 +86,11 @@ class Fn:
     impl: str = ""  # "module:function" of the implementation, checked against its signature
 
 
+# Views that generate the batch's responses, and the kind of role whose model generates them
+# (the method's first role of that kind): it is used by the view even if no term taps it.
+GENERATED_VIEWS: dict[str, str] = {"on_policy": "student", "teacher_generations": "teacher"}
+
+
 def _p(**params: object) -> dict[str, Param]:
     out: dict[str, Param] = {}
     for name, spec in params.items():
@@ -456,6 +461,24 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "same_class": Fn("view", inputs=0, doc="another sample of the same class (CS-KD pairs)"),
     "clean": Fn("view", inputs=0, doc="the data as is"),
+    "on_policy": Fn(
+        "view",
+        _p(
+            lmbda=(0.5, "unit"),
+            max_new_tokens=(32, "posint"),
+            temperature=(1.0, "positive"),
+        ),
+        inputs=0,
+        doc="token data: a fraction `lmbda` of the responses replaced by the student's samples "
+        "(GKD); every role sees it",
+    ),
+    "teacher_generations": Fn(
+        "view",
+        _p(max_new_tokens=(32, "posint"), temperature=(0.0, "nonneg")),
+        inputs=0,
+        doc="token data: every response replaced by the teacher's generation (greedy at "
+        "temperature 0), generated once per sample (sequence-level KD); every role sees it",
+    ),
     "exclude_classes": Fn("subset", inputs=-1, doc="the training data without some classes"),
     "only_classes": Fn("subset", inputs=-1, doc="the training data of some classes only"),
     "fraction": Fn(
@@ -581,6 +604,8 @@ _NAMED_AXES = {
     "sample_matrix": "similarity distances pkt_affinity",
     "elementwise": "weighted",
     "rows": "rows",
+    "token_matrix": "attention_scores",
+    "token_rows": "token_relation",
 }
 for _rule, _names in _NAMED_AXES.items():
     for _name in _names.split():
@@ -593,23 +618,25 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
+    "binary_target distances attention_scores token_relation token "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
     "ab_hinge gaussian_nll",
     "kdspec.ops.transforms": "flatten pool interpolate fsp "
-    "distances angles binary_target margin_relu "
+    "angles margin_relu "
     "mask=mask_features weighted",
     "kdspec.ops.losses": "cross_entropy",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
-    "kdspec.ops.components": "token rows token_relation attention_scores abf=_abf "
+    "kdspec.ops.components": "rows abf=_abf "
     "paraphraser=_paraphraser paraphraser_decoder=_paraphraser_decoder translator=_translator "
     "branches=_branches gate=_gate generator=_generator crd_nce=_crd_nce semckd=_semckd",
     "kdspec.compiler.nodes": "resize=_resize virtual=VirtualNode",
     "kdspec.ir.evaluate": "warmup=schedule_value ramp=schedule_value "
     "cosine_schedule=schedule_value step=schedule_value anneal=schedule_value",
     "kdspec.compiler.views": "gaussian_noise=make_view augment=make_view same_class=make_view "
-    "clean=make_view exclude_classes=make_subset only_classes=make_subset fraction=make_subset",
+    "clean=make_view on_policy=make_view teacher_generations=make_view "
+    "exclude_classes=make_subset only_classes=make_subset fraction=make_subset",
     "kdspec.compiler.distiller": "one_to_one=_mapping_pairs uniform=_mapping_pairs "
     "last=_mapping_pairs first=_mapping_pairs all_pairs=_mapping_pairs "
     "ema=Distiller.after_step snapshot=Distiller.set_stage",
@@ -728,6 +755,14 @@ PRIMITIVES: dict[str, Fn] = {
         "own column (InfoNCE's positives: `diag(relation(t, s, over=batch))`)",
         "matrix",
         "diag",
+        returns="same",
+    ),
+    "select": _prim(
+        "the entries at one position `index` of the axis `over`, which goes away: "
+        "`select(tokens(x), over=token, index=0)` is BERT's [CLS] token",
+        "select",
+        "select",
+        params=_p(over=(REQUIRED, None, AXES), index=(0, "int")),
         returns="same",
     ),
     "stack": _prim(

@@ -25,6 +25,15 @@ D64 = torch.float64
 L = language.losses
 
 
+# The transforms below are written in kdspec (the prelude): computed as a spec computes them.
+def binary_target(z: torch.Tensor, y: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    return language.value(f"binary_target(s.logits, T={T})", {"s.logits": z}, labels=y)
+
+
+def distances(x: torch.Tensor) -> torch.Tensor:
+    return language.value("distances(s.embedding)", {"s.embedding": x})
+
+
 # Inputs for the losses below. These functions live in the prelude (kdspec/prelude/*.kd, no
 # Python); here are their formulas in plain torch.
 def non_target(z: torch.Tensor, y: torch.Tensor, T: float = 1.0) -> torch.Tensor:
@@ -169,7 +178,7 @@ def test_dkd_identity_kd_equals_tckd_plus_weighted_nckd() -> None:
     for i in range(6):
         t, s, y = zt[i : i + 1], zs[i : i + 1], labels[i : i + 1]
         kd = L.kl(tf.softmax(t, T=temp), tf.softmax(s, T=temp), reduction="sum")
-        tckd = L.kl(tf.binary_target(t, y, T=temp), tf.binary_target(s, y, T=temp))
+        tckd = L.kl(binary_target(t, y, T=temp), binary_target(s, y, T=temp))
         nckd = L.kl(non_target(t, y, T=temp), non_target(s, y, T=temp))
         p_gt = torch.softmax(t / temp, dim=1)[0, y[0]]
         close(kd, tckd + (1 - p_gt) * nckd, tol=1e-9)
@@ -196,7 +205,7 @@ def test_dkd_matches_mdistiller(dtype: torch.dtype) -> None:
     zt, zs = randn(8, 100, dtype=dtype) * 3, randn(8, 100, dtype=dtype) * 3
     y = torch.randint(0, 100, (8,))
     temp, alpha, beta = 4.0, 1.0, 8.0
-    tckd = L.kl(tf.binary_target(zt, y, T=temp), tf.binary_target(zs, y, T=temp))
+    tckd = L.kl(binary_target(zt, y, T=temp), binary_target(zs, y, T=temp))
     nckd = L.kl(non_target(zt, y, T=temp), non_target(zs, y, T=temp))
     ours = (alpha * tckd + beta * nckd) * temp**2
     close(ours, _ref_mdistiller_dkd(zs, zt, y, alpha, beta, temp), tol=1e-5)
@@ -479,7 +488,7 @@ def test_rkd_pipeline_matches_mdistiller() -> None:
 
     td, sd = pdist(ft), pdist(fs)
     ref_d = F.smooth_l1_loss(sd / sd[sd > 0].mean(), td / td[td > 0].mean())
-    close(L.smooth_l1(tf.distances(ft), tf.distances(fs)), ref_d)
+    close(L.smooth_l1(distances(ft), distances(fs)), ref_d)
 
     def ang(e):  # type: ignore[no-untyped-def]
         n = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
