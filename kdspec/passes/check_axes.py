@@ -34,9 +34,25 @@ def loss_type(
         implicit: tuple[ir.Expr, ...] = (ir.ArgRef(name=STUDENT_SIDE),)
     else:
         implicit = (ir.ArgRef(name=TEACHER_SIDE), ir.ArgRef(name=STUDENT_SIDE))
-    body = expand(term.loss, fdef, implicit)
     holes = types.loss_holes(term.loss.func, sides)
-    return types.value_type(body, method, report, ("term", term.name, "loss"), holes)
+    # The prelude's losses recur in every spec: type each (call, sides, parameters) once and
+    # replay its diagnostics at this term.
+    key = (repr(term.loss), repr(fdef), repr(holes), repr(sorted(method.params.items())))
+    if key not in _LOSS_TYPES:
+        found: list[tuple[str, str, tuple[object, ...]]] = []
+        body = expand(term.loss, fdef, implicit)
+        vtype = types.value_type(body, method, lambda *d: found.append(d), (), holes)
+        if len(_LOSS_TYPES) > 4096:
+            _LOSS_TYPES.clear()
+        _LOSS_TYPES[key] = (vtype, found)
+    vtype, found = _LOSS_TYPES[key]
+    for code, message, path in found:
+        if report is not None:
+            report(code, message, ("term", term.name, "loss", *path))
+    return vtype
+
+
+_LOSS_TYPES: dict[tuple[str, ...], tuple[VType, list[tuple[str, str, tuple[object, ...]]]]] = {}
 
 
 def check_axes(ctx: PassContext) -> list[Diagnostic]:
