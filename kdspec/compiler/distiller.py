@@ -8,7 +8,7 @@ adapter can fix is reported against the spec line before training starts.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from kdspec.compiler.plan import (
 )
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
 from kdspec.compiler.taps import ModelTaps, discover
-from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, TeacherCache
+from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, CacheSpec, TeacherCache
 from kdspec.compiler.views import make_subset, make_view
 from kdspec.diagnostics import Diagnostic, KdError
 from kdspec.graph import KdGraph, build_graph, types
@@ -90,19 +90,22 @@ class _Batch:
     labels: torch.Tensor | None
     index: torch.Tensor | None
     taps: dict[str, Any] | None = None
+    replay: torch.Tensor | None = None  # which stored augmentation each sample drew (cache)
 
 
 def _unpack(batch: Any) -> _Batch:
     if isinstance(batch, dict):
         if "x" in batch:
-            return _Batch(batch["x"], batch.get("y", batch.get("labels")), batch.get("index"))
-        taps = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+            labels = batch.get("y", batch.get("labels"))
+            return _Batch(batch["x"], labels, batch.get("index"), replay=batch.get("replay"))
+        taps = {k: v for k, v in batch.items() if k not in ("labels", "index", "replay")}
         return _Batch(None, batch.get("labels"), batch.get("index"), taps)
     if isinstance(batch, list | tuple):
         x = batch[0]
         labels = batch[1] if len(batch) > 1 else None
         index = batch[2] if len(batch) > 2 else None
-        return _Batch(x, labels, index)
+        replay = batch[3] if len(batch) > 3 else None
+        return _Batch(x, labels, index, replay=replay)
     return _Batch(batch, None, None)
 
 
@@ -212,19 +215,34 @@ class Distiller(nn.Module):
                     if was_training:
                         model.train()
                 if self._cached(role):
-                    self._teacher_cache.store(role, view, session.values, self._index())  # type: ignore[union-attr]
+                    self._store_cached(role, view, session)
         self._forward_cache[key] = session
         return session
 
-    def cache_frozen_outputs(self, enabled: bool = True) -> None:
+    def cache_frozen_outputs(
+        self,
+        enabled: bool = True,
+        *,
+        spec: CacheSpec | None = None,
+        identity: dict[str, Any] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> TeacherCache | None:
         """Compute what frozen roles' taps produce once per training sample and reuse it.
 
-        Needs batches ``(x, y, index)`` with each sample's index into the training set, and
-        inputs that are the same every epoch: random views are refused here, and random
-        augmentation in the loader must be off (the caller's to ensure). ``ema`` and
-        ``snapshot`` roles change during training and are never cached; only batches seen in
-        training mode are read from or written to the cache; loading new teacher weights
-        needs ``cache_frozen_outputs()`` again (a fresh cache).
+        Needs batches ``(x, y, index[, replay])`` with each sample's index into the training
+        set, and inputs that are the same every epoch for a given ``(index, replay)``: random
+        views are refused here; random augmentation in the loader must be off or replayed
+        (:class:`~kdspec.data.augment.ReplayedAugmentation`, with ``spec.replays`` equal to its
+        replays), which the caller ensures and describes in ``identity`` (with the data's
+        identity: required by a disk cache). ``ema`` and ``snapshot`` roles change during
+        training and are never cached; only batches seen in training mode are read from or
+        written to the cache; a stage that trains a ``frozen`` role starts its cache afresh.
+
+        Args:
+            enabled: False turns the cache off.
+            spec: Storage (memory or disk, fp32/fp16/top-k, size bound, replays).
+            identity: What determines the inputs besides the sample index (part of the key).
+            log: Where one-line messages go (a corrupt file rebuilt).
 
         Raises:
             ValueError: the number of training samples is unknown, or a frozen role reads a
@@ -232,7 +250,7 @@ class Distiller(nn.Module):
         """
         if not enabled:
             self._teacher_cache = None
-            return
+            return None
         if self.num_samples is None:
             raise ValueError("caching teacher outputs needs the training set size (num_samples)")
         for role in self.method.roles:
@@ -246,7 +264,10 @@ class Distiller(nn.Module):
                         f"cannot cache `{role.name}`'s outputs: it reads view `{view}` "
                         f"(`{part.func}`), which is random, so its outputs change every epoch"
                     )
-        self._teacher_cache = TeacherCache(self.num_samples)
+        self._teacher_cache = TeacherCache(
+            self.num_samples, spec, identity, log or (lambda message: None)
+        )
+        return self._teacher_cache
 
     def _cached(self, role: str) -> bool:
         r = self.method.role(role)
@@ -268,10 +289,35 @@ class Distiller(nn.Module):
         """Fill ``session`` with a cached batch; False when not cached (or not all of it)."""
         if not self._cached(role):
             return False
-        found = self._teacher_cache.lookup(role, view, session.points, self._index())  # type: ignore[union-attr]
+        assert self._teacher_cache is not None and self._batch is not None
+        found = self._teacher_cache.lookup(
+            role,
+            view,
+            session.points,
+            self._index(),
+            self._batch.replay,
+            **self._key_of(role, view),
+        )
         if found is not None:
             session.values = dict(found)
         return found is not None
+
+    def _key_of(self, role: str, view: str | None) -> dict[str, Any]:
+        """What a disk cache's key reads from the role and its view."""
+        part = next((p for p in self.method.data if p.name == view), None)
+        view_ir = part.model_dump(mode="json") if part is not None else None
+        return {"model": self.roles[role], "view_ir": view_ir}
+
+    def _store_cached(self, role: str, view: str | None, session: TapSession) -> None:
+        assert self._teacher_cache is not None and self._batch is not None
+        self._teacher_cache.store(
+            role,
+            view,
+            session.values,
+            self._index(),
+            self._batch.replay,
+            **self._key_of(role, view),
+        )
 
     def _read(self, tap: ir.Tap, indices: list[int] | None) -> list[torch.Tensor]:
         if self.functional:

@@ -24,8 +24,9 @@ from kdspec.data import (
     synthetic_splits,
     torchvision_dataset,
 )
+from kdspec.data.augment import ReplayedAugmentation
 from kdspec.data.user import UserDataError, user_splits
-from kdspec.data.vision import image_folder_splits
+from kdspec.data.vision import crop_flip, image_folder_splits
 from kdspec.diagnostics import KdError
 from kdspec.runtime.imports import (
     ImportRefused,
@@ -159,7 +160,26 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
                 )
             ]
         )
-    return RunData(splits, transfer if transfer is not None else splits.train, fingerprint)
+    transfer = transfer if transfer is not None else splits.train
+    if run.config.output_cache.store != "off" and cfg.augment and src in _AUGMENTED:
+        transfer, fingerprint["augment"] = _replayed_transfer(run)
+    return RunData(splits, transfer, fingerprint)
+
+
+# Sources whose `[data] augment` randomly crops and flips the training images.
+_AUGMENTED = ("torchvision:CIFAR10", "torchvision:CIFAR100", "torchvision:ImageFolder")
+
+
+def _replayed_transfer(run: Run) -> tuple[Dataset[Any], dict[str, Any]]:
+    """The transfer set with its crop + flip replayed from stored parameters (FKD-style), so
+    that a frozen teacher's outputs can be cached per ``(sample, replay)``."""
+    cfg = run.config.data
+    plain = build_data(run.with_updates(data={"augment": False}))
+    augment = crop_flip(cfg.source, cfg.image_size)
+    replayed = ReplayedAugmentation(
+        plain.transfer, augment, run.config.output_cache.replays, cfg.seed
+    )
+    return replayed, replayed.key()
 
 
 def _listing(root: Path) -> str:
