@@ -120,11 +120,12 @@ class _Error:
 
     def add(self, exact: torch.Tensor, stored: torch.Tensor, topk: bool) -> None:
         exact, stored = exact.double(), stored.double()
-        err = (exact - stored).abs()
-        self.abs = max(self.abs, float(err.max()) if err.numel() else 0.0)
-        scale = exact.abs().amax(dim=tuple(range(1, exact.dim())) or None).clamp_min(1e-30)
-        rel = err.amax(dim=tuple(range(1, err.dim())) or None) / scale
-        self.rel = max(self.rel, float(rel.max()) if rel.numel() else 0.0)
+        if not exact.numel():
+            return
+        err = (exact - stored).abs().reshape(exact.shape[0], -1)
+        self.abs = max(self.abs, float(err.max()))
+        scale = exact.abs().reshape(exact.shape[0], -1).amax(dim=1).clamp_min(1e-30)
+        self.rel = max(self.rel, float((err.amax(dim=1) / scale).max()))
         if topk:
             p = torch.log_softmax(exact, -1)
             q = torch.log_softmax(stored, -1)

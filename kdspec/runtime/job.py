@@ -590,7 +590,7 @@ def enable_output_cache(distiller: Any, prep: Prepared, opts: JobOptions) -> Tea
         if problem is not None:
             raise ValueError(problem)
         spec = CacheSpec(cfg.store, cfg.dtype, cfg.topk, cfg.max_mb, folder, replays)
-        return distiller.cache_frozen_outputs(spec=spec, identity=identity, log=opts.log)  # type: ignore[no-any-return]
+        return distiller.cache_frozen_outputs(spec=spec, identity=identity, log=opts.log)
     except ValueError as exc:
         raise KdError(
             [
