@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kdspec.compiler.hooks import HookPoint, TapError, TapSession, resolve_tap
+from kdspec.compiler.inference import FoldPlan, fold_plan
 from kdspec.compiler.nodes import (
     AdapterNode,
     ArgNode,
@@ -164,6 +165,12 @@ class Distiller(nn.Module):
         self._trained: set[str] = set()
         self._parked: set[str] = set()  # frozen roles `train()` put in eval mode
         self._teacher_cache: TeacherCache | None = None
+        # True: frozen roles run with batch norm folded into the convolution before it, where
+        # no tap reads inside the pair (kdspec.compiler.inference): tapped values then equal
+        # the eager ones to ~1e-6, not bit for bit, so it is an option (`[train] fold_batch_norm`).
+        self.fold_batch_norm = False
+        self._plans: dict[tuple[str, tuple[HookPoint, ...]], FoldPlan] = {}
+        self._read_modules: dict[str, set[str]] = {}  # module paths read besides taps (OFD)
         self._forward_cache: dict[tuple[str, str | None], TapSession] = {}
         self._view_cache: dict[str | None, Any] = {}
         self._batch: _Batch | None = None
@@ -209,7 +216,7 @@ class Distiller(nn.Module):
                 if was_training:  # `train()` and `set_stage()` keep frozen roles in eval mode
                     model.eval()
                 try:
-                    with torch.no_grad():
+                    with torch.no_grad(), self._inference_plan(role, session.points, x):
                         session.run(x, stop_early=True)
                 finally:
                     if was_training:
@@ -218,6 +225,28 @@ class Distiller(nn.Module):
                     self._store_cached(role, view, session)
         self._forward_cache[key] = session
         return session
+
+    def _inference_plan(self, role: str, points: list[HookPoint], x: Any) -> FoldPlan:
+        """How a frozen role runs: its batch norms folded (planned on its first batch)."""
+        if not self.fold_batch_norm:
+            return FoldPlan()
+        key = (role, tuple(points))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = FoldPlan()
+            model = self.roles[role]
+            if not model.training:
+
+                def run() -> dict[Any, Any]:
+                    s = TapSession(model, list(points))
+                    with s:
+                        s.run(x, stop_early=True)
+                    return s.values
+
+                read = {p.path for t, ps in self._points.items() if t.role == role for p in ps}
+                plan = fold_plan(model, run, read | self._read_modules.get(role, set()))
+            self._plans[key] = plan
+        return plan
 
     def cache_frozen_outputs(
         self,
@@ -843,6 +872,7 @@ class _Builder:
                 if bn_path is None:
                     self.diag("KD402", "no batch norm before the tap, so no OFD margin", path)
                     continue
+                self.d._read_modules.setdefault(tap.role, set()).add(bn_path)
                 out.append(TRANSFORMS["ofd_margin"](self.d.roles[tap.role].get_submodule(bn_path)))
         return out or [torch.zeros(())]
 

@@ -75,6 +75,8 @@ class JobOptions:
         callbacks: Observers of every training loop (progress bars).
         on_nonfinite: ``"stop"`` (KD503) or ``"skip"`` a batch whose loss is not finite.
         untrained: Build the models without pre-training teachers (a plan needs shapes only).
+        fold_batch_norm: Run frozen teachers with batch norm folded into the convolution
+            before it (:mod:`kdspec.compiler.inference`; equal to ~1e-6, not bit for bit).
     """
 
     cache_dir: Path | None = None
@@ -84,6 +86,7 @@ class JobOptions:
     callbacks: Sequence[Any] = ()
     on_nonfinite: str = "stop"
     untrained: bool = False  # build every model but train no teacher (`kdspec plan`: shapes only)
+    fold_batch_norm: bool = False
 
 
 @dataclass
@@ -547,6 +550,7 @@ def distill(
     """
     opts = opts or JobOptions()
     distiller = compile_prepared(prep, opts)
+    distiller.fold_batch_norm = opts.fold_batch_norm
     name = label or prep.lowered.method.name
     cache = enable_output_cache(distiller, prep, opts)
     try:
