@@ -162,7 +162,7 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
         )
     transfer = transfer if transfer is not None else splits.train
     if run.config.output_cache.store != "off" and cfg.augment and src in _AUGMENTED:
-        transfer, fingerprint["augment"] = _replayed_transfer(run)
+        transfer = _replayed_transfer(run)  # its parameters are part of output-cache keys
     return RunData(splits, transfer, fingerprint)
 
 
@@ -170,16 +170,13 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
 _AUGMENTED = ("torchvision:CIFAR10", "torchvision:CIFAR100", "torchvision:ImageFolder")
 
 
-def _replayed_transfer(run: Run) -> tuple[Dataset[Any], dict[str, Any]]:
+def _replayed_transfer(run: Run) -> ReplayedAugmentation:
     """The transfer set with its crop + flip replayed from stored parameters (FKD-style), so
     that a frozen teacher's outputs can be cached per ``(sample, replay)``."""
     cfg = run.config.data
     plain = build_data(run.with_updates(data={"augment": False}))
     augment = crop_flip(cfg.source, cfg.image_size)
-    replayed = ReplayedAugmentation(
-        plain.transfer, augment, run.config.output_cache.replays, cfg.seed
-    )
-    return replayed, replayed.key()
+    return ReplayedAugmentation(plain.transfer, augment, run.config.output_cache.replays, cfg.seed)
 
 
 def _listing(root: Path) -> str:

@@ -589,6 +589,7 @@ def enable_output_cache(distiller: Any, prep: Prepared, opts: JobOptions) -> Tea
         "exclude_classes": sorted(prep.run.config.data.exclude_classes),
         "fingerprint": prep.data.fingerprint,
         "transfer": len(transfer),  # type: ignore[arg-type]
+        "augment": transfer.key() if isinstance(transfer, ReplayedAugmentation) else None,
     }
     try:
         if problem is not None:

@@ -122,3 +122,100 @@ def test_random_training_data_and_random_views_are_refused(tmp_path) -> None:
     prep = prepare(load_method("n.kd", text=spec), run, opts)
     with pytest.raises(KdError, match=r"view `noisy`.*random"):
         enable_output_cache(compile_prepared(prep, opts), prep, opts)
+
+
+class _FakeTorchvision:
+    """Enough of torchvision for `torchvision:CIFAR10` (uint8 images as tensors, no files)."""
+
+    class transforms:
+        class Compose:
+            def __init__(self, steps) -> None:
+                self.steps = steps
+
+            def __call__(self, x):
+                for step in self.steps:
+                    x = step(x)
+                return x
+
+        class RandomCrop:
+            def __init__(self, size, padding) -> None:
+                pass
+
+            def __call__(self, x):
+                return torch.roll(x, int(torch.randint(-4, 5, (1,))), -1)
+
+        class RandomHorizontalFlip:
+            def __call__(self, x):
+                return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+        class ToTensor:
+            def __call__(self, x):
+                return x.float() / 255
+
+        class Normalize:
+            def __init__(self, mean, std) -> None:
+                self.mean = torch.tensor(mean).view(-1, 1, 1)
+                self.std = torch.tensor(std).view(-1, 1, 1)
+
+            def __call__(self, x):
+                return (x - self.mean) / self.std
+
+    class datasets:
+        class CIFAR10:
+            def __init__(self, root, train, download, transform) -> None:
+                g = torch.Generator().manual_seed(int(train))
+                n = 60 if train else 20
+                self.data = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+                self.targets = (torch.arange(n) % 10).tolist()
+                self.transform = transform
+
+            def __len__(self) -> int:
+                return len(self.data)
+
+            def __getitem__(self, i):
+                return self.transform(self.data[i]), self.targets[i]
+
+
+def test_cifar_crop_flip_is_replayed_from_stored_parameters(tmp_path, monkeypatch) -> None:
+    from kdspec.data.augment import ReplayedAugmentation
+    from kdspec.data.vision import crop_flip
+
+    monkeypatch.setitem(__import__("sys").modules, "torchvision", _FakeTorchvision)
+    torch.manual_seed(0)
+    torch.save(build_model("resnet8", 10, 3).state_dict(), tmp_path / "t.pt")
+    text = """
+[models]
+t = "zoo:resnet8"
+s = "zoo:resnet8"
+[weights]
+t = "t.pt"
+[data]
+source = "torchvision:CIFAR10"
+root = "."
+val_fraction = 0.0
+batch_size = 20
+[train]
+epochs = 2
+[output_cache]
+store = "memory"
+replays = 3
+"""
+    run = parse_run(text, "run.toml", base_dir=tmp_path)
+    logs: list[str] = []
+    opts = JobOptions(cache_dir=tmp_path / "cache", log=logs.append)
+    prep = prepare(load_method("hinton"), run, opts)
+    transfer = prep.data.transfer
+    assert isinstance(transfer, ReplayedAugmentation) and transfer.replays == 3
+    assert transfer.augment.key() == crop_flip("torchvision:CIFAR10").key()
+    plain = prepare(load_method("hinton"), run.with_updates(output_cache={"store": "off"}), opts)
+    assert not isinstance(plain.data.transfer, ReplayedAugmentation)  # the loader's own
+    for i in (0, 7):  # the same sample, drawn many times: only its 3 stored augmentations
+        seen = {r: x for x, _, _, r in (transfer[i] for _ in range(30))}
+        base = transfer.base[i][0]
+        assert set(seen) == {0, 1, 2}
+        for r, x in seen.items():
+            assert torch.equal(x, transfer.augment.apply(base, transfer.params[i, r]))
+    distill(prep, tmp_path / "out", opts=opts)
+    (line,) = [m for m in logs if m.startswith("output cache")]
+    filled, rows = re.search(r"(\d+)/(\d+) rows", line).groups()
+    assert int(rows) == 3 * 60 and 60 <= int(filled) <= 120  # two epochs of replays drawn
