@@ -189,7 +189,7 @@ class _Store:
     def _header(self, fields: list[_Field]) -> tuple[bytes, int]:
         meta = {"format": FORMAT, "key": self.key, "rows": self.rows, "like": self.like}
         text = json.dumps({**meta, "fields": [asdict(f) for f in fields]}).encode()
-        start = -(-(len(text) + 16) // _ALIGN) * _ALIGN
+        start = _aligned(len(text) + 16)
         return text, start
 
     def _layout(self, fields: list[_Field]) -> tuple[bytes, int, int]:
@@ -197,11 +197,10 @@ class _Store:
         offset, text, start = 0, b"", 0
         for _ in range(2):  # the header's length depends on the offsets it lists
             text, start = self._header(fields)
-            offset = start + self.rows * 5  # filled: uint8, crc: uint32
+            offset = _aligned(self._crc_at(start) + 4 * self.rows)  # filled: uint8, crc: int32
             for f in fields:
-                offset = -(-offset // _ALIGN) * _ALIGN
                 f.offset = offset
-                offset += f.row_bytes * self.rows
+                offset = _aligned(offset + f.row_bytes * self.rows)
         text, start = self._header(fields)
         return MAGIC + struct.pack("<Q", len(text)) + text, start, offset
 
@@ -224,7 +223,7 @@ class _Store:
         self._start = start
         self.filled = torch.frombuffer(self._mm, dtype=torch.bool, count=self.rows, offset=start)
         self.crc = torch.frombuffer(
-            self._mm, dtype=torch.int32, count=self.rows, offset=start + self.rows
+            self._mm, dtype=torch.int32, count=self.rows, offset=self._crc_at(start)
         )
         for f in fields:
             self.arrays[f.name] = torch.frombuffer(
@@ -238,27 +237,34 @@ class _Store:
         """Why an existing file cannot be used (None: it can)."""
         if path.stat().st_size != size:
             return f"{path.stat().st_size} bytes where {size} are expected"
-        with open(path, "rb") as fh:
-            if fh.read(len(header)) != header:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if mm[: len(header)] != header:
                 return "its header does not match this cache's layout"
-            fh.seek(start)
-            filled = fh.read(self.rows)
-            crcs = struct.unpack(f"<{self.rows}i", fh.read(4 * self.rows))
-            f_fields = list(self.fields.values())
-            for row, flag in enumerate(filled):
-                if flag not in (0, 1):
-                    return f"row {row} has a bad flag"
-                if flag and crcs[row] != self._row_crc(fh, f_fields, row):
-                    return f"row {row} fails its checksum"
+            filled = mm[start : start + self.rows]
+            at = self._crc_at(start)
+            crcs = struct.unpack(f"<{self.rows}i", mm[at : at + 4 * self.rows])
+            view = memoryview(mm)
+            try:
+                for row, flag in enumerate(filled):
+                    if flag not in (0, 1):
+                        return f"row {row} has a bad flag"
+                    if flag and crcs[row] != self._row_crc(view, row):
+                        return f"row {row} fails its checksum"
+            finally:
+                view.release()
         return None
 
-    @staticmethod
-    def _row_crc(fh: Any, fields: list[_Field], row: int) -> int:
+    def _crc_at(self, start: int) -> int:
+        """Where the rows' CRCs start (after the filled flags)."""
+        return _aligned(start + self.rows)
+
+    def _row_crc(self, view: memoryview, row: int) -> int:
+        """CRC-32 of one row's bytes in every field, as a signed 32-bit integer."""
         crc = 0
-        for f in fields:
-            fh.seek(f.offset + row * f.row_bytes)
-            crc = zlib.crc32(fh.read(f.row_bytes), crc)
-        return struct.unpack("<i", struct.pack("<I", crc))[0]
+        for f in self.fields.values():
+            a = f.offset + row * f.row_bytes
+            crc = zlib.crc32(view[a : a + f.row_bytes], crc)
+        return int(struct.unpack("<i", struct.pack("<I", crc))[0])
 
     # -- rows --------------------------------------------------------------------------------
 
@@ -268,14 +274,11 @@ class _Store:
             self.arrays[name][slots] = value.cpu()
         if self._mm is not None:
             view = memoryview(self._mm)
-            fields = list(self.fields.values())
-            for s in slots.tolist():
-                crc = 0
-                for f in fields:
-                    a = f.offset + s * f.row_bytes
-                    crc = zlib.crc32(view[a : a + f.row_bytes], crc)
-                self.crc[s] = struct.unpack("<i", struct.pack("<I", crc))[0]
-            view.release()
+            try:
+                for s in slots.tolist():
+                    self.crc[s] = self._row_crc(view, s)
+            finally:
+                view.release()
         self.filled[slots] = True
 
     def read(self, slots: torch.Tensor) -> dict[str, torch.Tensor] | None:
@@ -561,6 +564,10 @@ class TeacherCache:
                 tmp = sidecar.with_suffix(".json.tmp")
                 tmp.write_text(json.dumps({"key": g.store.key, "error": asdict(g.error)}))
                 os.replace(tmp, sidecar)
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // _ALIGN) * _ALIGN
 
 
 def _read_header(path: Path) -> dict[str, Any] | None:

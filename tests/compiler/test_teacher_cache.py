@@ -179,8 +179,11 @@ def test_a_corrupt_file_is_detected_and_rebuilt_with_one_line(tmp_path) -> None:
     _epochs(d, 1)
     d._teacher_cache.flush()
     (path,) = tmp_path.glob("*.kdcache")
+    from kdspec.compiler.teacher_cache import _read_header
+
+    last = _read_header(path)["fields"][-1]  # the logits: one flipped byte in row 23's values
     raw = bytearray(path.read_bytes())
-    raw[-5] ^= 0xFF  # one flipped byte in the last row's values
+    raw[last["offset"] + 23 * 40 + 5] ^= 0xFF  # 10 fp32 logits per row
     path.write_bytes(bytes(raw))
     for damage in ("flip", "truncate"):
         if damage == "truncate":
@@ -192,6 +195,7 @@ def test_a_corrupt_file_is_detected_and_rebuilt_with_one_line(tmp_path) -> None:
         plain = _epochs(compiled(), 1)
         assert same(plain, _epochs(again, 1))
         assert len(messages) == 1 and "corrupt" in messages[0] and "rebuilding" in messages[0]
+        assert ("row 23 fails its checksum" if damage == "flip" else "bytes where") in messages[0]
         assert len(calls) == 2  # recomputed, not read from the damaged rows
         again._teacher_cache.flush()
 
