@@ -1,6 +1,8 @@
-"""The in-memory cache of frozen teachers' tapped outputs, keyed by sample index."""
+"""The output cache of frozen teachers' tapped outputs: keyed by sample (and replay), exact or lossy."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -296,3 +298,63 @@ def test_crop_flip_equals_pad_crop_flip_by_hand() -> None:
         and params[:, :2].max() == 4
         and set(params[:, 2].tolist()) == {0, 1}
     )
+
+
+class _TinyLM(torch.nn.Module):
+    """Token ids -> per-token logits [B, T, V], called with the batch's dict of inputs."""
+
+    def __init__(self, vocab: int = 50) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, 16)
+        self.out = torch.nn.Linear(16, vocab)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.out(torch.tanh(self.emb(input_ids)))
+
+
+def test_lm_logits_stored_as_fp16_top_k_per_token_are_read_offline(tmp_path) -> None:
+    """Issue 14 item 5: the teacher runs once; each token keeps its 8 largest logits."""
+    torch.manual_seed(0)
+    n, length, k = 12, 7, 8
+    ids = torch.randint(0, 50, (n, length))
+
+    def batch(i):
+        return ({"input_ids": ids[i], "attention_mask": torch.ones_like(ids[i])}, ids[i], i)
+
+    spec_text = """method lmkd {
+  teacher t
+  student s
+  transfer kd: softmax(T=2) from t.logits to s.logits with kl
+}"""
+    t = _TinyLM()
+    d = compile_spec(
+        load_method("l.kd", text=spec_text),
+        {"t": t, "s": _TinyLM()},
+        batch(torch.arange(4)),
+        num_samples=n,
+    )
+    d.train()
+    cache = d.cache_frozen_outputs(spec=_spec(tmp_path, dtype="fp16", topk=k), identity={})
+    seen = record(cache)
+    calls = counting(d)
+    for _ in range(2):
+        for i in (torch.arange(0, 6), torch.arange(6, 12)):
+            d(batch(i)).loss.backward()
+    assert len(calls) == 2  # the first epoch only
+    with torch.no_grad():
+        dense = t(ids).double()
+    read = torch.cat([found[next(iter(found))] for found in seen["lookup"] if found]).double()
+    p, q = dense.softmax(-1), read.softmax(-1)
+    top = p.topk(k, -1).indices
+    assert torch.allclose(q.gather(-1, top), p.gather(-1, top), atol=2e-3)  # fp16 logits
+    rest = (1 - p.gather(-1, top).sum(-1, keepdim=True)) / (50 - k)
+    assert torch.allclose(
+        q.scatter(-1, top, 0.0), rest.expand_as(p).scatter(-1, top, 0.0), atol=2e-3
+    )
+    kl = float((p * (p.log() - q.log())).sum(-1).max())
+    (line,) = cache.summary()
+    reported = float(re.search(r"max KL\(dense \|\| stored\) (\S+) nats", line).group(1))
+    assert abs(reported - kl) <= 0.05 * kl
+    (path,) = tmp_path.glob("*.kdcache")
+    row = length * (k * 2 + k * 4 + 4)  # fp16 values, int32 indices, one fill per token
+    assert n * row <= path.stat().st_size <= n * row + 4096 and f"{n}/{n} rows" in line
