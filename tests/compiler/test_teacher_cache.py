@@ -1,4 +1,4 @@
-"""The output cache of frozen teachers' tapped outputs: keyed by sample (and replay), exact or lossy."""
+"""The output cache of frozen teachers' taps: keyed by sample (and replay), exact or lossy."""
 
 from __future__ import annotations
 
