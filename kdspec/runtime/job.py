@@ -576,6 +576,9 @@ def enable_output_cache(distiller: Any, prep: Prepared, opts: JobOptions) -> Tea
     cfg = prep.run.config.output_cache
     if cfg.store == "off":
         return None
+    if not any(r.mode == "frozen" for r in prep.lowered.method.roles):
+        opts.log(f"output cache: `{prep.lowered.method.name}` has no frozen role, nothing to cache")
+        return None
     transfer = prep.data.transfer
     replays = transfer.replays if isinstance(transfer, ReplayedAugmentation) else 1
     problem = None if replays > 1 else _random_items(transfer)
