@@ -219,3 +219,18 @@ replays = 3
     (line,) = [m for m in logs if m.startswith("output cache")]
     filled, rows = re.search(r"(\d+)/(\d+) rows", line).groups()
     assert int(rows) == 3 * 60 and 60 <= int(filled) <= 120  # two epochs of replays drawn
+
+
+def test_kdspec_train_flags_turn_the_cache_and_folding_on(tmp_path, capsys) -> None:
+    from kdspec.cli.main import main
+
+    torch.manual_seed(0)
+    torch.save(build_model("cnn_small", 4, 1).state_dict(), tmp_path / "t.pt")
+    (tmp_path / "run.toml").write_text(RUN)
+    args = ["train", "hinton", "--run", str(tmp_path / "run.toml"), "--epochs", "2"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--no-baseline"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--output-cache", "disk", "--fold-bn"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"output cache of `t` \(logits\): (\d+)/\1 rows, .* in `.*\.kdcache`", err)
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert "output cache" not in capsys.readouterr().err  # off unless asked for
