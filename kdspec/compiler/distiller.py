@@ -248,6 +248,14 @@ class Distiller(nn.Module):
             self._plans[key] = plan
         return plan
 
+    def folded_batch_norms(self) -> dict[str, list[tuple[str, str]]]:
+        """Per frozen role, the ``(convolution, batch norm)`` pairs folded so far."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for (role, _), plan in self._plans.items():
+            out.setdefault(role, [])
+            out[role] += [p for p in plan.folded if p not in out[role]]
+        return out
+
     def cache_frozen_outputs(
         self,
         enabled: bool = True,

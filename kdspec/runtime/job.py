@@ -560,6 +560,8 @@ def distill(
             [prep.run.diagnostic("KD501", str(exc), ("output_cache",), label="this cache")]
         ) from None
     finally:
+        for role, pairs in distiller.folded_batch_norms().items():
+            opts.log(f"teacher `{role}`: {len(pairs)} batch norms folded into their convolutions")
         if cache is not None:
             cache.flush()
             for line in cache.summary():

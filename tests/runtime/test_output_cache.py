@@ -232,5 +232,6 @@ def test_kdspec_train_flags_turn_the_cache_and_folding_on(tmp_path, capsys) -> N
     assert main([*args, "--out", str(tmp_path / "a"), "--output-cache", "disk", "--fold-bn"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"output cache of `t` \(logits\): (\d+)/\1 rows, .* in `.*\.kdcache`", err)
+    assert re.search(r"teacher `t`: [1-9]\d* batch norms folded into their convolutions", err)
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     assert "output cache" not in capsys.readouterr().err  # off unless asked for
