@@ -195,4 +195,3 @@ def fold_plan(
         if not torch.allclose(got, v, rtol=rtol, atol=atol * max(1.0, float(v.abs().max()))):
             return FoldPlan()
     return plan
-
