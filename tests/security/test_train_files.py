@@ -146,9 +146,9 @@ def test_a_disk_full_mid_run_is_kd504_and_keeps_the_last_checkpoint(
 ) -> None:  # type: ignore[no-untyped-def]
     import errno
 
-    from kdspec.runtime import trainer
+    from kdspec.runtime import checkpoint
 
-    real = trainer.atomic_write
+    real = checkpoint.atomic_write
     calls = {"checkpoint": 0}
 
     def filling(path: Path, write) -> None:  # type: ignore[no-untyped-def]
@@ -159,7 +159,7 @@ def test_a_disk_full_mid_run_is_kd504_and_keeps_the_last_checkpoint(
         real(path, write)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(trainer, "atomic_write", filling)
+    monkeypatch.setattr(checkpoint, "atomic_write", filling)
     run = tmp_path / "tiny.toml"
     run.write_text(TINY.replace("[train]\nepochs = 1", "[train]\nepochs = 3"))
     code = main(
