@@ -44,9 +44,9 @@ from kdspec.compiler.plan import (
     TermPlan,
 )
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
-from kdspec.compiler.taps import ModelTaps, discover
+from kdspec.compiler.taps import ModelTaps, discover, is_causal
 from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, CacheSpec, TeacherCache
-from kdspec.compiler.views import make_subset, make_view
+from kdspec.compiler.views import BatchRewrite, make_subset, make_view
 from kdspec.diagnostics import Diagnostic, KdError
 from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import Lowered, SourceMap
@@ -54,6 +54,7 @@ from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, Progress, compile_value, evaluate, uses_progress
 from kdspec.ir.functions import HOLE, STUDENT_SIDE, TEACHER_SIDE, expand
 from kdspec.ir.printer import expr_text
+from kdspec.ir.traverse import find_all
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
@@ -155,11 +156,13 @@ class Distiller(nn.Module):
         self.roles = nn.ModuleDict()
         self.terms = nn.ModuleDict()
         self.functional = models is None
+        self.causal = False  # some role is a causal LM: its logits at t predict labels at t + 1
         self._taps: dict[str, ModelTaps] = {}
         self._points: dict[ir.Tap, list[HookPoint]] = {}
         self._weights: dict[str, ir.Expr] = {t.name: t.weight for t in self.method.terms}
         self._const_weights: dict[str, float] = {}
         self._views: dict[str, Any] = {}
+        self._rewrite: tuple[BatchRewrite, str] | None = None  # generated data, its generator
         self._lets: dict[str, LetNode] = {}
         self._stage: ir.Stage | None = None
         self._trained: set[str] = set()
@@ -631,13 +634,19 @@ class Distiller(nn.Module):
     def _begin(self, batch: Any, progress: Progress | None = None) -> Env:
         """Start evaluating a batch: fresh per-forward caches and the environment terms read."""
         self._batch = _unpack(batch)
+        if self._rewrite is not None and self._batch.x is not None:
+            view, role = self._rewrite  # every role sees generated data (checked at compile)
+            b = self._batch
+            assert b.labels is not None
+            x, labels = view(b.x, b.labels, b.index, self.roles[role])
+            self._batch = _Batch(x, labels, b.index)
         if self._batch.taps is not None:
             self._given = self._batch.taps
         self._forward_cache, self._view_cache = {}, {}
         return Env(
             read=self._read,
             batch_size=_batch_size(self._batch),
-            labels=self._batch.labels,
+            labels=_position_labels(self._batch, self.causal),
             index=self._batch.index,
             num_classes=self.num_classes,
             num_samples=self.num_samples,
@@ -823,10 +832,13 @@ class _Builder:
         if isinstance(e, ir.Call) and self.m.function(e.func) is not None:
             fdef = self.m.function(e.func)
             assert fdef is not None
-            return self.node(expand(e, fdef), path, indices)
+            return self.node(expand(e, fdef, params=self.m.params), path, indices)
         if isinstance(e, ir.Call) and _is_primitive_call(e):
             fn = FUNCTIONS[e.func]
-            return self.primitive(e.func, list(e.args), self.kwargs(e), path, indices, fn)
+            args = list(e.args)
+            if e.func == "normalize" and args:
+                args[0] = self.scale_free(args[0])
+            return self.primitive(e.func, args, self.kwargs(e), path, indices, fn)
         if isinstance(e, ir.Call):
             fn = FUNCTIONS[e.func]
             kwargs = self.kwargs(e)
@@ -836,7 +848,10 @@ class _Builder:
                     return child
                 more = [self.node(a, path, indices) for a in e.args[1:]]
                 return AdapterNode(e.func, child, kwargs, term=str(path[1]), extra=more)
-            inputs = [self.node(a, path, indices) for a in e.args]
+            args = list(e.args)
+            if e.func == "normalize" and args:
+                args[0] = self.scale_free(args[0])
+            inputs = [self.node(a, path, indices) for a in args]
             if fn.category == "combine":
                 weights = kwargs.get("weights")
                 kinds = {types.expr_kind(a, self.m) for a in e.args}
@@ -848,6 +863,37 @@ class _Builder:
                 _normalize_unscaled(inputs[0])
             return TransformNode(e.func, inputs, kwargs, extra)
         raise ValueError(f"`{type(e).__name__}` cannot be evaluated on tensors")
+
+    def scale_free(self, e: ir.Expr) -> ir.Expr:
+        """``e`` without a positive factor, for ``normalize``: ``normalize(c x) = normalize(x)``.
+
+        Equal values, but the zero rows `normalize` clamps (a dead channel of a Gram matrix,
+        ``relation(x, over=channel) / HW``) keep the gradient of the unscaled value instead of
+        ``1 / c`` of it. Factors are numbers > 0 known before training and sizes (``B``, ``HW``).
+        """
+        body = e
+        if isinstance(e, ir.Call) and (fdef := self.m.function(e.func)) is not None:
+            body = expand(e, fdef, params=self.m.params)
+        if isinstance(body, ir.BinOp) and body.op == "/" and self.positive(body.right):
+            return self.scale_free(body.left)
+        if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.left):
+            return self.scale_free(body.right)
+        if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.right):
+            return self.scale_free(body.left)
+        return e  # nothing to drop: the value as written
+
+    def positive(self, e: ir.Expr) -> bool:
+        """A number > 0 known before training, or a size (``B``, ``HW``, ``size(...)``)."""
+        if isinstance(e, ir.Call) and e.func == "size":
+            return True
+        if isinstance(e, ir.BinOp) and e.op in ("*", "/"):
+            return self.positive(e.left) and self.positive(e.right)
+        if types.is_static(e, self.m):
+            try:
+                return float(self.value(e)) > 0
+            except (EvalError, TypeError, ValueError):
+                return False
+        return False
 
     def primitive(
         self,
@@ -894,18 +940,31 @@ class _Builder:
     ) -> Node:
         steps: list[Node] = []
         current = start or types.UNKNOWN
+        last: tuple[ir.Expr, types.VType] | None = None  # the previous step's body, its input
         for call in knowledge:
             fdef = self.m.function(call.func)
             if fdef is not None or _is_primitive_call(call):
                 body = (
-                    expand(call, fdef, (ir.ArgRef(name=HOLE),))
+                    expand(call, fdef, (ir.ArgRef(name=HOLE),), self.m.params)
                     if fdef is not None
                     else call.model_copy(update={"args": (ir.ArgRef(name=HOLE), *call.args)})
                 )
+                if call.func == "normalize" and last is not None:
+                    # `gram | normalize`: the previous step without its positive factor.
+                    unscaled = self.scale_free(last[0])
+                    if unscaled is not last[0]:
+                        self.holes[HOLE] = last[1]
+                        steps[-1] = self.node(unscaled, ("term", term, side), {})
                 self.holes[HOLE] = current
                 steps.append(self.node(body, ("term", term, side), {}))
+                last = (body, current)
                 current = types.value_type(body, self.m, holes=self.holes)
                 continue
+            if call.func == "normalize" and last is not None:
+                unscaled = self.scale_free(last[0])
+                if unscaled is not last[0]:
+                    self.holes[HOLE] = last[1]
+                    steps[-1] = self.node(unscaled, ("term", term, side), {})
             current = types.knowledge_type(current, (call,), self.m)
             fn = FUNCTIONS[call.func]
             if fn.category == "adapter":
@@ -914,6 +973,7 @@ class _Builder:
                 if call.func == "normalize" and steps:
                     _normalize_unscaled(steps[-1])
                 steps.append(TransformNode(call.func, [HoleNode()], self.kwargs(call)))
+            last = None
         return PipelineNode(node, steps)
 
     def side(self, term: ir.Term, side: str, indices: dict[ir.Tap, list[int]]) -> Node:
@@ -928,6 +988,7 @@ class _Builder:
         while (
             isinstance(inner, ir.Call)
             and len(inner.args) == 1
+            and inner.func in FUNCTIONS  # a user's `def` is no named transform
             and FUNCTIONS[inner.func].category == "transform"
         ):
             chain.append(inner)
@@ -1057,7 +1118,8 @@ class _Builder:
             TEACHER_SIDE: sides.get("source", types.UNKNOWN),
             STUDENT_SIDE: sides["target"],
         }
-        loss = self.node(expand(term.loss, fdef, implicit), ("term", term.name, "loss"), {})
+        body = expand(term.loss, fdef, implicit, self.m.params)
+        loss = self.node(body, ("term", term.name, "loss"), {})
         self.holes = {}
         return TermModule(
             term,
@@ -1163,6 +1225,7 @@ def compile_spec(
                     f"the model of `{name}` fails on the example batch: {exc}",
                     ("role", name),
                 )
+        d.causal = any(is_causal(model) for model in d.roles.values())
         if d.num_classes is None:
             for info in d._taps.values():
                 if info.logits_shape:
@@ -1190,6 +1253,8 @@ def compile_spec(
                 d._views[part.name] = make_view(part, m.params, train_data)
             except ValueError as exc:
                 b.diag("KD502", str(exc), ("data", part.name))
+            if isinstance(d._views.get(part.name), BatchRewrite):
+                _bind_rewrite(d, b, part)
     if not b.diags:
         for term in m.terms:
             module = b.term(term)
@@ -1218,6 +1283,50 @@ def compile_spec(
     if device is not None:
         d.to(device)
     return d
+
+
+def _position_labels(batch: _Batch, causal: bool) -> torch.Tensor | None:
+    """The label each output position is scored against: on token data of causal LMs the next
+    token's (labels are unshifted, as in Hugging Face), so `cross_entropy` on `s.logits` is the
+    next-token loss; the last position predicts nothing (-100)."""
+    labels = batch.labels
+    if labels is None or labels.dim() != 2 or not causal:
+        return labels
+    if not (isinstance(batch.x, dict) and "input_ids" in batch.x):
+        return labels
+    out = torch.full_like(labels, -100)
+    out[:, :-1] = labels[:, 1:]
+    return out
+
+
+def _bind_rewrite(d: Distiller, b: _Builder, part: ir.DataPart) -> None:
+    """A view that generates data rewrites the batch before any role runs: every role must see
+    it (labels and masks are the generated ones), and its generator must have a model."""
+    view: BatchRewrite = d._views.pop(part.name)
+    m = d.method
+    blind = [r.name for r in m.roles if r.mode != "virtual" and r.view != part.name]
+    blind += [t.role for t in find_all(m, ir.Tap) if t.view not in (None, part.name)]
+    if blind or d._rewrite is not None:
+        why = f"`{blind[0]}` does not see it" if blind else "another view already generates"
+        b.diag(
+            "KD502",
+            f"view `{part.name}` ({part.func}) rewrites the whole batch, so every role must see "
+            f"it and it must be the method's only generated view: {why}",
+            ("data", part.name),
+            help=f"add `{blind[0] if blind else 'ROLE'} sees {part.name}` for every role",
+        )
+        return
+    role = next((r.name for r in m.roles if r.kind == view.role_kind), None)
+    if role is None or (not d.functional and role not in d.roles):
+        b.diag(
+            "KD502",
+            f"view `{part.name}` ({part.func}) samples from the method's {view.role_kind}, "
+            f"and it has no {view.role_kind} with a model",
+            ("data", part.name),
+        )
+        return
+    d._views[part.name] = lambda x, y: x  # the batch is already rewritten
+    d._rewrite = (view, role)
 
 
 def _is_primitive_call(e: ir.Call) -> bool:
@@ -1250,6 +1359,8 @@ def _whole(v: Any) -> Any:
 
 
 def _to(x: Any, device: str | torch.device) -> Any:
+    if isinstance(x, dict):  # token data: the models' keyword inputs
+        return {k: _to(v, device) for k, v in x.items()}
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
 

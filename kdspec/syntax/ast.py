@@ -147,7 +147,19 @@ class ListExpr:
     span: Span = _span()
 
 
-Expr = Union[Number, String, Name, Call, Attr, ModulePath, Index, CallIndex, BinOp, Neg, ListExpr]
+@dataclass(frozen=True)
+class Cond:
+    """``if cond then a else b``: a choice made before training (``cond`` is a constant)."""
+
+    cond: Expr
+    then: Expr
+    orelse: Expr
+    span: Span = _span()
+
+
+Expr = Union[
+    Number, String, Name, Call, Attr, ModulePath, Index, CallIndex, BinOp, Neg, ListExpr, Cond
+]
 
 # ---------------------------------------------------------------------------------------------
 # Statements

@@ -87,6 +87,11 @@ class Fn:
     impl: str = ""  # "module:function" of the implementation, checked against its signature
 
 
+# Views that generate the batch's responses, and the kind of role whose model generates them
+# (the method's first role of that kind): it is used by the view even if no term taps it.
+GENERATED_VIEWS: dict[str, str] = {"on_policy": "student", "teacher_generations": "teacher"}
+
+
 def _p(**params: object) -> dict[str, Param]:
     out: dict[str, Param] = {}
     for name, spec in params.items():
@@ -452,6 +457,24 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "same_class": Fn("view", inputs=0, doc="another sample of the same class (CS-KD pairs)"),
     "clean": Fn("view", inputs=0, doc="the data as is"),
+    "on_policy": Fn(
+        "view",
+        _p(
+            lmbda=(0.5, "unit"),
+            max_new_tokens=(32, "posint"),
+            temperature=(1.0, "positive"),
+        ),
+        inputs=0,
+        doc="token data: a fraction `lmbda` of the responses replaced by the student's samples "
+        "(GKD); every role sees it",
+    ),
+    "teacher_generations": Fn(
+        "view",
+        _p(max_new_tokens=(32, "posint"), temperature=(0.0, "nonneg")),
+        inputs=0,
+        doc="token data: every response replaced by the teacher's generation (greedy at "
+        "temperature 0), generated once per sample (sequence-level KD); every role sees it",
+    ),
     "exclude_classes": Fn("subset", inputs=-1, doc="the training data without some classes"),
     "only_classes": Fn("subset", inputs=-1, doc="the training data of some classes only"),
     "fraction": Fn(
@@ -586,13 +609,17 @@ for _rule, _names in _NAMED_AXES.items():
 
 
 # Where each named function is implemented ("module:function"); tests/ops/test_vocabulary.py
-# binds every declared parameter and default against that function's signature.
+# binds every declared parameter and default against that function's signature. `prelude:NAME`
+# is the `def NAME` of kdspec/prelude/*.kd: the function is written in kdspec itself.
+PRELUDE_IMPL = "prelude:"
 _IMPLS = {
-    "kdspec.ops.transforms": "zscore attention flatten pool interpolate gram fsp similarity "
-    "distances angles pkt_affinity channel_dist binary_target non_target binarize margin_relu "
+    "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
+    "pkt_affinity",
+    "kdspec.ops.transforms": "flatten pool interpolate fsp "
+    "distances angles binary_target margin_relu "
     "mask=mask_features weighted",
     "kdspec.ops.losses": "kl soft_ce cross_entropy mse l1 smooth_l1 cosine lp frobenius mmd "
-    "pearson ab_hinge partial_l2 gaussian_nll hcl info_nce",
+    "pearson ab_hinge gaussian_nll hcl info_nce",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
@@ -603,7 +630,8 @@ _IMPLS = {
     "kdspec.ir.evaluate": "warmup=schedule_value ramp=schedule_value "
     "cosine_schedule=schedule_value step=schedule_value anneal=schedule_value",
     "kdspec.compiler.views": "gaussian_noise=make_view augment=make_view same_class=make_view "
-    "clean=make_view exclude_classes=make_subset only_classes=make_subset fraction=make_subset",
+    "clean=make_view on_policy=make_view teacher_generations=make_view "
+    "exclude_classes=make_subset only_classes=make_subset fraction=make_subset",
     "kdspec.compiler.distiller": "one_to_one=_mapping_pairs uniform=_mapping_pairs "
     "last=_mapping_pairs first=_mapping_pairs all_pairs=_mapping_pairs "
     "ema=Distiller.after_step snapshot=Distiller.set_stage",
@@ -685,6 +713,34 @@ PRIMITIVES: dict[str, Fn] = {
             gamma=(1.0, "positive"),
         ),
         returns="similarity",
+    ),
+    "eye": _prim(
+        "the identity matrix shaped like a relation matrix x (..., a, a2): 1 where the row and "
+        "the column are the same, 0 elsewhere (RKD's zeroed diagonal: `r * (1 - eye(r))`)",
+        "matrix",
+        "eye",
+    ),
+    "diag": _prim(
+        "the diagonal of a relation matrix x (..., a, a2) -> (..., a): each row's entry at its "
+        "own column (InfoNCE's positives: `diag(relation(t, s, over=batch))`)",
+        "matrix",
+        "diag",
+        returns="same",
+    ),
+    "stack": _prim(
+        "the inputs (equal axes) side by side along a new last axis `over`: "
+        "`stack(p, 1 - p, over=class)` is (batch) -> (batch, class)",
+        "joined",
+        "stack",
+        inputs=-1,
+        params=_p(over=(REQUIRED, None, AXES)),
+    ),
+    "concat": _prim(
+        "the inputs (equal axes) joined end to end along their axis `over`",
+        "joined",
+        "concat",
+        inputs=-1,
+        params=_p(over=(REQUIRED, None, AXES)),
     ),
     "size": _prim(
         "the size of an axis of x, a number (without x: `over=batch` the batch size, "
