@@ -324,7 +324,7 @@ def test_lm_logits_stored_as_fp16_top_k_per_token_are_read_offline(tmp_path) -> 
     spec_text = """method lmkd {
   teacher t
   student s
-  transfer kd: softmax(T=2) from t.logits to s.logits with kl
+  transfer kd: softmax(T=2) from rows(t.logits) to rows(s.logits) with kl
 }"""
     t = _TinyLM()
     d = compile_spec(
