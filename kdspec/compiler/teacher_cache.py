@@ -117,6 +117,8 @@ class _Error:
     abs: float = 0.0
     rel: float = 0.0
     kl: float = 0.0
+    kl_sum: float = 0.0  # over the rows (tokens) measured, for the mean
+    kl_rows: int = 0
 
     def add(self, exact: torch.Tensor, stored: torch.Tensor, topk: bool) -> None:
         exact, stored = exact.double(), stored.double()
@@ -129,7 +131,10 @@ class _Error:
         if topk:
             p = torch.log_softmax(exact, -1)
             q = torch.log_softmax(stored, -1)
-            self.kl = max(self.kl, float((p.exp() * (p - q)).sum(-1).max()))
+            kl = (p.exp() * (p - q)).sum(-1)
+            self.kl = max(self.kl, float(kl.max()))
+            self.kl_sum += float(kl.sum())
+            self.kl_rows += kl.numel()
 
 
 def _encode(point: HookPoint, value: torch.Tensor, spec: CacheSpec) -> dict[str, torch.Tensor]:
@@ -551,7 +556,8 @@ class TeacherCache:
                 e = g.error
                 line += f"; error: max abs {e.abs:.2e}, max rel {e.rel:.2e}"
                 if self.spec.topk:
-                    line += f", max KL(dense || stored) {e.kl:.2e} nats"
+                    mean = e.kl_sum / max(e.kl_rows, 1)
+                    line += f", max KL(dense || stored) {e.kl:.2e} nats (mean {mean:.2e})"
             lines.append(line + f"; {self.hits} hits, {self.misses} misses")
         return lines
 
