@@ -350,7 +350,7 @@ class Distiller(nn.Module):
 
     def _store_cached(self, role: str, view: str | None, session: TapSession) -> None:
         assert self._teacher_cache is not None and self._batch is not None
-        self._teacher_cache.store(
+        session.values = self._teacher_cache.store(
             role,
             view,
             session.values,

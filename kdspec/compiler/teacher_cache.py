@@ -426,8 +426,11 @@ class TeacherCache:
         *,
         model: nn.Module | None = None,
         view_ir: Any = None,
-    ) -> None:
-        """Keep one batch's values under its sample indices (and replays)."""
+    ) -> dict[HookPoint, Any]:
+        """Keep one batch's values under its sample indices (and replays).
+
+        Returns the values as they will be read back (a lossy format's, decoded), so that the
+        epoch that fills the cache trains on the same teacher as the epochs that read it."""
         n = index.shape[0]
         points = list(values)
         for p, v in values.items():
@@ -456,11 +459,14 @@ class TeacherCache:
                 "padded per batch?): a cached value needs the same shape for every sample"
             )
         group.store.write(encoded, self._slots(index, replay))
-        if self.spec.dtype != "fp32" or self.spec.topk:
-            for i, p in enumerate(points):
-                arrays = _of_point(encoded, i)
-                stored = _decode(arrays, group.like[p])
-                group.error.add(values[p].detach(), stored, "i" in arrays)
+        if self.spec.dtype == "fp32" and not self.spec.topk:
+            return dict(values)
+        read = {}
+        for i, p in enumerate(points):
+            arrays = _of_point(encoded, i)
+            read[p] = _decode(arrays, group.like[p])
+            group.error.add(values[p].detach(), read[p], "i" in arrays)
+        return read
 
     def _path(
         self, role: str, model: nn.Module | None, view_ir: Any, points: list[HookPoint]

@@ -359,3 +359,25 @@ def test_lm_logits_stored_as_fp16_top_k_per_token_are_read_offline(tmp_path) -> 
     (path,) = tmp_path.glob("*.kdcache")
     row = length * (k * 2 + k * 4 + 4)  # fp16 values, int32 indices, one fill per token
     assert n * row <= path.stat().st_size <= n * row + 4096 and f"{n}/{n} rows" in line
+
+
+@pytest.mark.parametrize("lossy", [{"dtype": "fp16"}, {"topk": 3}])
+def test_the_filling_epoch_trains_on_the_values_later_epochs_read(tmp_path, lossy) -> None:
+    d = compiled()
+    cache = d.cache_frozen_outputs(spec=_spec(tmp_path, store="memory", **lossy), identity={})
+    given: list[dict] = []
+    store = cache.store
+
+    def kept(*a, **k):
+        given.append(store(*a, **k))
+        return given[-1]
+
+    cache.store = kept
+    seen = record(cache)
+    x, y = data()
+    idx = torch.arange(N)
+    d((x, y, idx))
+    d((x, y, idx))
+    read = seen["lookup"][-1]
+    assert read is not None and given[0].keys() == read.keys()
+    assert all(torch.equal(given[0][p], read[p]) for p in read)
