@@ -562,8 +562,9 @@ class TeacherCache:
                 e = g.error
                 line += f"; error: max abs {e.abs:.2e}, max rel {e.rel:.2e}"
                 if self.spec.topk:
-                    mean = e.kl_sum / max(e.kl_rows, 1)
-                    line += f", max KL(dense || stored) {e.kl:.2e} nats (mean {mean:.2e})"
+                    line += f", max KL(dense || stored) {e.kl:.2e} nats"
+                    if e.kl_rows:
+                        line += f" (mean {e.kl_sum / e.kl_rows:.2e})"
             lines.append(line + f"; {self.hits} hits, {self.misses} misses")
         return lines
 
