@@ -183,6 +183,9 @@ class Distiller(nn.Module):
         self._position: Progress | None = None
         self._last_progress: Progress | None = None
         self._scheduled: list[tuple[str, tuple[str, str]]] = _scheduled_parts(self.method)
+        # A frozen role's forward ends at its last tap (an exception from a hook); off for
+        # roles under torch.compile, where that exception would break the graph.
+        self.stop_frozen_early = True
 
     # -- running roles ----------------------------------------------------------------------
 
@@ -220,7 +223,7 @@ class Distiller(nn.Module):
                     model.eval()
                 try:
                     with torch.no_grad(), self._inference_plan(role, session.points, x):
-                        session.run(x, stop_early=True)
+                        session.run(x, stop_early=self.stop_frozen_early)
                 finally:
                     if was_training:
                         model.train()

@@ -97,6 +97,7 @@ class DataConfig(_Section):
         seq_len: text only: positions per row.
         packing: text only: concatenate examples into full rows (else one padded row each).
         prompt_tokens: text only: the first N tokens of every row are a prompt (no loss).
+        max_examples: text only: read the first N examples (documents) only.
     """
 
     source: str = "digits"
@@ -120,6 +121,7 @@ class DataConfig(_Section):
     seq_len: int = Field(128, ge=2, le=MAX_SIDE)
     packing: bool = True
     prompt_tokens: int = Field(0, ge=0, le=MAX_SIDE)
+    max_examples: int | None = Field(None, ge=3)
 
     @model_validator(mode="after")
     def _prompt_fits_in_a_row(self) -> DataConfig:
@@ -160,7 +162,8 @@ class TrainConfig(_Section):
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
-    amp: bool = False
+    amp: bool | Literal["off", "bf16", "fp16"] = False  # see kdspec.runtime.accel
+    compile: bool = False  # torch.compile the roles' networks (see docs/performance.md)
     seed: int = 0
     eval: Literal["last", "best_val"] = "last"
     metric: Literal["top1", "top5", "perplexity", "teacher_cosine"] = "top1"
