@@ -173,7 +173,6 @@ class Distiller(nn.Module):
         # the eager ones to ~1e-6, not bit for bit, so it is an option (`[train] fold_batch_norm`).
         self.fold_batch_norm = False
         self._plans: dict[tuple[str, tuple[HookPoint, ...]], FoldPlan] = {}
-        self._read_modules: dict[str, set[str]] = {}  # module paths read besides taps (OFD)
         self._forward_cache: dict[tuple[str, str | None], TapSession] = {}
         self._view_cache: dict[str | None, Any] = {}
         self._batch: _Batch | None = None
@@ -250,7 +249,9 @@ class Distiller(nn.Module):
                     return s.values
 
                 read = {p.path for t, ps in self._points.items() if t.role == role for p in ps}
-                plan = fold_plan(model, run, read | self._read_modules.get(role, set()))
+                info = self._taps.get(role)  # and the batch norm before each (OFD's margins)
+                norms = {info.preceding_batchnorm(p) for p in read} if info is not None else set()
+                plan = fold_plan(model, run, read | {n for n in norms if n})
             self._plans[key] = plan
         return plan
 
@@ -936,7 +937,6 @@ class _Builder:
                 if bn_path is None:
                     self.diag("KD402", "no batch norm before the tap, so no OFD margin", path)
                     continue
-                self.d._read_modules.setdefault(tap.role, set()).add(bn_path)
                 out.append(TRANSFORMS["ofd_margin"](self.d.roles[tap.role].get_submodule(bn_path)))
         return out or [torch.zeros(())]
 

@@ -124,5 +124,10 @@ def test_a_compiled_frozen_teacher_folds_and_the_student_still_learns(fold: bool
     out = d((x, y, torch.arange(6)))
     out.loss.backward()
     assert folded[-1] is fold and (fold or not any(folded))  # the step itself ran folded
+    if fold:  # the batch norm before the tapped stage output stays (OFD reads such a one)
+        (stage,) = [p for t, ps in d._points.items() if t.role == "t" for p in ps if p.path]
+        before = d._taps["t"].preceding_batchnorm(stage.path)
+        pairs = d.folded_batch_norms()["t"]
+        assert pairs and before and all(bn != before for _, bn in pairs)
     assert all(p.grad is None for p in t.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters())
