@@ -125,8 +125,8 @@ def test_a_compiled_frozen_teacher_folds_and_the_student_still_learns(fold: bool
     out.loss.backward()
     assert folded[-1] is fold and (fold or not any(folded))  # the step itself ran folded
     if fold:  # the batch norm before the tapped stage output stays (OFD reads such a one)
-        (stage,) = [p for t, ps in d._points.items() if t.role == "t" for p in ps if p.path]
-        before = d._taps["t"].preceding_batchnorm(stage.path)
+        (stage,) = [p for t, ps in d.compiled.points.items() if t.role == "t" for p in ps if p.path]
+        before = d.compiled.model_taps["t"].preceding_batchnorm(stage.path)
         pairs = d.folded_batch_norms()["t"]
         assert pairs and before and all(bn != before for _, bn in pairs)
     assert all(p.grad is None for p in t.parameters())
