@@ -11,6 +11,7 @@ spec line, any shape that no adapter can fix, before training starts.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,17 +23,19 @@ from kdspec.compiler.bind import Batch, Reporter, bind, unpack
 from kdspec.compiler.build import StagePlan, build, constant_weights, stage_plans
 from kdspec.compiler.hooks import HookPoint, TapError, TapSession
 from kdspec.compiler.inference import FoldPlan, fold_plan
-from kdspec.compiler.nodes import Env, ShapeMismatch, TapNode, TermModule
+from kdspec.compiler.nodes import Env, MaskError, ShapeMismatch, TapNode, TermModule
 from kdspec.compiler.plan import CompiledPlan
+from kdspec.compiler.sequence import aligned_labels, is_token_inputs, token_masks
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
 from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, CacheSpec, TeacherCache
 from kdspec.diagnostics import KdError
-from kdspec.graph import build_graph, types
+from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import Lowered, SourceMap
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import Progress, evaluate, uses_progress
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.vocabulary import FUNCTIONS
+from kdspec.vocabulary.axes import token_data
 
 __all__ = ["DistillOutput", "Distiller", "StagePlan", "compile_spec"]
 
@@ -76,6 +79,7 @@ class Distiller(nn.Module):
         self.terms = plan.terms
         self.functional = plan.functional
         self.causal = plan.causal
+        self.token_data = plan.token_data  # the batches are tokens (taps carry a token axis)
         self.stage_plans: list[StagePlan] = list(plan.stage_plans)
         self._weights: dict[str, ir.Expr] = {t.name: t.weight for t in self.method.terms}
         self._stage: ir.Stage | None = None
@@ -512,7 +516,10 @@ class Distiller(nn.Module):
         if self._batch.taps is not None:
             self._given = self._batch.taps
         self._forward_cache, self._view_cache = {}, {}
+        b = self._batch
         return Env(
+            masks=token_masks(b.x, b.labels, b.response, b.attention, causal=self.causal),
+            token_labels=aligned_labels(b.labels, self.causal),
             read=self._read,
             batch_size=self._batch.size(),
             labels=_position_labels(self._batch, self.causal),
@@ -558,7 +565,7 @@ class Distiller(nn.Module):
             for name, term in self.terms.items():
                 try:
                     value = term(env)
-                except (ShapeMismatch, AdapterShapeError, TapError) as exc:
+                except (ShapeMismatch, AdapterShapeError, TapError, MaskError) as exc:
                     _report_failure(name, exc, report)
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                     report(
@@ -583,14 +590,24 @@ def _position_labels(batch: Batch, causal: bool) -> torch.Tensor | None:
     """The label each output position is scored against: on token data of causal LMs the next
     token's (labels are unshifted, as in Hugging Face), so `cross_entropy` on `s.logits` is the
     next-token loss; the last position predicts nothing (-100)."""
-    labels = batch.labels
-    if labels is None or labels.dim() != 2 or not causal:
-        return labels
-    if not (isinstance(batch.x, dict) and "input_ids" in batch.x):
-        return labels
-    out = torch.full_like(labels, -100)
-    out[:, :-1] = labels[:, 1:]
-    return out
+    if not is_token_inputs(batch.x):
+        return batch.labels
+    return aligned_labels(batch.labels, causal)
+
+
+def _check_token_axes(report: Reporter, m: ir.Method, graph: KdGraph, tokens: bool) -> None:
+    """Axis errors under the data the method is compiled on (the checker reported only those
+    wrong on any data): `over=token` on images, `over=space` on token features."""
+    from kdspec.passes.check_axes import axis_diagnostics
+    from kdspec.passes.context import PassContext
+
+    note = (
+        "the example batch is token data (`input_ids`): taps carry a token axis after the batch"
+        if tokens
+        else "the example batch is not token data (no `input_ids`): taps have no token axis"
+    )
+    for d in axis_diagnostics(PassContext(m, graph, report.smap)):
+        report.diags.append(dataclasses.replace(d, notes=(*d.notes, note)))
 
 
 def _report_failure(name: str, exc: Exception, report: Report) -> None:
@@ -609,6 +626,15 @@ def _report_failure(name: str, exc: Exception, report: Report) -> None:
         report("KD403", f"`{name}`: {exc}", ("term", name, "target"), "cannot be adapted")
     elif isinstance(exc, TapError):
         report(exc.code, f"`{name}`: {exc.message}", ("term", name), help=exc.help)
+    elif isinstance(exc, MaskError):
+        report(
+            "KD502",
+            f"`{name}`: {exc}",
+            ("term", name),
+            "reads a mask the batch lacks",
+            help="token batches carry `attention_mask`, `labels` (-100: no loss) and, "
+            "for prompt + response data, `response_mask`",
+        )
 
 
 def compile_spec(
@@ -654,12 +680,17 @@ def compile_spec(
         train_data=train_data,
         device=device,
     )
-    built = build(method, binding, report)
+    graph = build_graph(method)
+    if report.diags:
+        raise KdError(report.diags)
+    with token_data(binding.token_data):
+        _check_token_axes(report, method, graph, binding.token_data)
+        built = build(method, binding, report)
     if report.diags:
         raise KdError(report.diags)
     plan = CompiledPlan(
         lowered=lowered,
-        graph=build_graph(method),
+        graph=graph,
         roles=binding.roles,
         model_taps=binding.taps,
         points=built.points,
@@ -674,6 +705,7 @@ def compile_spec(
         given=binding.given,
         train_data=train_data,
         causal=binding.causal,
+        token_data=binding.token_data,
         rewrite=binding.rewrite,
     )
     d = Distiller(plan)

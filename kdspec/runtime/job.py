@@ -39,6 +39,7 @@ from kdspec.runtime.metrics import METRICS
 from kdspec.runtime.models import (
     brings_weights,
     build_model_from_source,
+    check_tokenizers,
     load_weights,
     source_fingerprint,
 )
@@ -357,6 +358,7 @@ def _prepare(lowered: Lowered, run: Run, opts: JobOptions) -> Prepared:
             pending.append(role)
         models[role.name] = model
     _check_batch_norm(models, run)
+    check_tokenizers(sources, run)
     if pending and not run.config.teacher.pretrain:
         raise KdError(
             [

@@ -39,6 +39,7 @@ LIBRARY = {
     "minilm", "bert_pkd", "semckd", "mgd",
     # primitives and `def` only (issue 9), checked in tests/reference/test_paper_specs.py
     "nkd", "wsl", "mlkd", "ctkd", "ttm", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl",
+    "forward_kl", "sentence_embedding", "minilm_v2", "topk_kl", "topk_rest_kl",
 }  # fmt: skip
 MAX_LINES = 30
 _ARXIV = re.compile(r"arXiv:\d{4}\.\d{4,5}")
