@@ -38,6 +38,7 @@ class Batch:
     taps: dict[str, Any] | None = None
     response: torch.Tensor | None = None  # token data: the response mask
     attention: torch.Tensor | None = None  # a functional batch's attention mask
+    replay: torch.Tensor | None = None  # which stored augmentation each sample drew (cache)
 
     @property
     def tokens(self) -> bool:
@@ -52,6 +53,7 @@ class Batch:
             _to(self.labels, device),
             _to(self.index, device),
             response=_to(self.response, device),
+            replay=self.replay,
         )
 
     def size(self) -> int | None:
@@ -74,11 +76,12 @@ def unpack(batch: Any) -> Batch:
         response = batch.get("response_mask")
         if "x" in batch:
             labels = batch.get("y", batch.get("labels"))
-            return Batch(batch["x"], labels, batch.get("index"), response=response)
+            replay = batch.get("replay")
+            return Batch(batch["x"], labels, batch.get("index"), response=response, replay=replay)
         if "input_ids" in batch:  # a token batch: every other key is a model input
             x = {k: v for k, v in batch.items() if k not in NOT_INPUTS}
             return Batch(x, batch.get("labels"), batch.get("index"), response=response)
-        skip = ("labels", "index", *MASK_KEYS)
+        skip = ("labels", "index", "replay", *MASK_KEYS)
         taps = {k: v for k, v in batch.items() if k not in skip}
         return Batch(
             None,
@@ -92,7 +95,8 @@ def unpack(batch: Any) -> Batch:
         x = batch[0]
         labels = batch[1] if len(batch) > 1 else None
         index = batch[2] if len(batch) > 2 else None
-        return Batch(x, labels, index)
+        replay = batch[3] if len(batch) > 3 else None
+        return Batch(x, labels, index, replay=replay)
     return Batch(batch, None, None)
 
 
