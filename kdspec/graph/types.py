@@ -335,7 +335,7 @@ def call_type(
     if e.func == "relation":
         kind = _relation_kind(kw)
     elif e.func == "mean":  # along axes: a distribution while its own (last) axis stays
-        kind = "distribution" if _keeps_own_axis(ins[0], kw) else "features"
+        kind = "distribution" if ins and _keeps_own_axis(ins[0], kw) else "features"
     elif fn.returns == "same":
         kind = inner
     else:

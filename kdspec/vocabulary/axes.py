@@ -369,6 +369,12 @@ def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ("batch", ins[0][-1]) if ins[0] else ins[0]
 
 
+# Rules that give axes without reading an input (the others read ``ins[0]``).
+_NO_INPUT_RULES = frozenset(
+    {"elementwise", "size", "learned", "vector", "class_vector", "spatial", "sample_matrix",
+     "token_matrix", "token_rows", "channel_matrix"}
+)  # fmt: skip
+
 RULES: dict[str, Rule] = {
     "rows": _rows,
     "matrix": _matrix,
@@ -421,6 +427,8 @@ def infer(
         if named is None:
             return None
         kw = {**kw, "over": list(named)}
+    if not ins and rule not in _NO_INPUT_RULES:
+        return None  # a missing input is reported by the arity check (KD204), not here
     return RULES[rule](func, [a for a in ins if a is not None], kw)
 
 
