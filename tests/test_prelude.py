@@ -109,6 +109,20 @@ def test_share_of_the_transform_and_loss_vocabulary_written_in_the_prelude() -> 
     assert len(prelude) / len(names) >= 30 / 40
 
 
+def test_a_spec_cannot_redefine_a_helper_of_the_prelude() -> None:
+    # `kl` calls `_reduce`: a spec's own `_reduce` would change it silently.
+    from kdspec.api import check_source
+    from kdspec.source import SourceFile
+
+    text = (
+        'def _reduce(e, t, reduction="sum") = sum(e, over=all)\n'
+        "method m {\n  teacher t\n  student s\n"
+        "  transfer v: softmax from t.logits to s.logits with kl\n}\n"
+    )
+    _, found = check_source(SourceFile(name="m.kd", text=text))
+    assert [d.code for d in found if d.code == "KD201"] == ["KD201"]
+
+
 def _python_angles(x: torch.Tensor) -> torch.Tensor:
     """The deleted Python `angles` (kdspec/ops/transforms.py before the prelude), verbatim."""
     e = x.reshape(x.shape[0], -1)

@@ -948,6 +948,11 @@ class _FunctionLowering(_MethodLowering):
         return ir.FunctionDef(name=fn.name.name, params=tuple(params), body=body)
 
 
+def prelude_names() -> frozenset[str]:
+    """The names of every def of the prelude (its vocabulary functions and `_` helpers)."""
+    return frozenset(name for path in prelude_files() for name in module_defs(path)[0])
+
+
 class DefTable:
     """Every ``def`` a file can call: its own, its imports', the prelude's; lowered on demand.
 
@@ -980,7 +985,7 @@ class DefTable:
             table.asts.update(found)
         for fn in module.functions:
             name = fn.name.name
-            if name in FUNCTIONS:
+            if name in FUNCTIONS or name in prelude_names():  # the prelude's helpers too
                 table.diags.append(
                     error(
                         "KD201",

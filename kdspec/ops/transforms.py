@@ -206,13 +206,14 @@ def normalize(x: Tensor, p: float = 2.0) -> Tensor:
     return F.normalize(x, p=p, dim=-1, eps=1e-12)
 
 
-def pool(x: Tensor, size: int | Sequence[int] = 1) -> Tensor:
+def pool(x: Tensor, size: int | Sequence[int] = 1, mask: Tensor | None = None) -> Tensor:
     """Adaptive average pooling.
 
     Args:
         x: ``[B, C, H, W]``; also ``[B, L, D]`` (pools over the tokens L) and ``[B, D]``
             (already pooled: returned unchanged when ``size == 1``).
         size: Output spatial size (int or ``(h, w)``; an int for token inputs).
+        mask: ``[B, L]`` for token inputs: the mean over the tokens it keeps (1) only.
 
     Returns:
         ``[B, C]`` when ``size`` is 1 (``[B, D]`` for tokens), else ``[B, C, h, w]``
@@ -225,6 +226,11 @@ def pool(x: Tensor, size: int | Sequence[int] = 1) -> Tensor:
     if x.dim() == 3:
         if not isinstance(size, int):
             raise ValueError("token pooling takes an int size")
+        if mask is not None:
+            if size != 1:
+                raise ValueError("pooling tokens to more than one position ignores the mask")
+            keep = mask.to(x.dtype).unsqueeze(-1)  # [B, L, 1]
+            return (x * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
         if size == 1:
             return x.mean(dim=1)  # [B, D]
         return F.adaptive_avg_pool1d(x.transpose(1, 2), size).transpose(1, 2)  # [B, size, D]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from kdspec.vocabulary.axes import AXES
+from kdspec.vocabulary.axes import AXES, MASKS
 
 # Kinds of knowledge a value can carry. "features" is any raw tensor read at a tap.
 KINDS = (
@@ -110,7 +110,7 @@ FUNCTIONS: dict[str, Fn] = {
     # --- knowledge transforms -------------------------------------------------------------
     "softmax": Fn(
         "transform",
-        _p(T=(1.0, "positive"), over=(None, None, AXES)),
+        _p(T=(1.0, "positive"), over=(None, None, AXES), mask=(None, None, MASKS)),
         returns="distribution",
         accepts=_FEATURE_LIKE,
         family="soft targets",
@@ -120,7 +120,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "log_softmax": Fn(
         "transform",
-        _p(T=(1.0, "positive"), over=(None, None, AXES)),
+        _p(T=(1.0, "positive"), over=(None, None, AXES), mask=(None, None, MASKS)),
         accepts=_FEATURE_LIKE,
         family="soft targets",
         doc="log-softmax with temperature along `over` (default the last axis), a plain tensor",
@@ -149,7 +149,12 @@ FUNCTIONS: dict[str, Fn] = {
         impl="kdspec.ops.primitives:normalize",
     ),
     "flatten": Fn("transform", doc="flatten all but the batch axis"),
-    "pool": Fn("transform", _p(size=(1, "posint")), doc="adaptive average pooling"),
+    "pool": Fn(
+        "transform",
+        _p(size=(1, "posint"), mask=(None, None, MASKS)),
+        doc="adaptive average pooling (of token features: the mean over the batch's mask)",
+        axes="pool",
+    ),
     "interpolate": Fn("transform", _p(size=REQUIRED), doc="bilinear resize to a spatial size"),
     "gram": Fn(
         "transform",
@@ -255,10 +260,13 @@ FUNCTIONS: dict[str, Fn] = {
     # --- combining several roles or values -------------------------------------------------
     "mean": Fn(
         "combine",
-        _p(weights=None, over=(None, None, AXES)),
+        _p(
+            weights=None, over=(None, None, AXES), mask=(None, None, MASKS), groups=(None, "posint")
+        ),
         inputs=-1,
-        doc="with `over=`: the mean along axes; else the (weighted) mean of several values "
-        "(of distributions, the mean of the probabilities)",
+        doc="with `over=`: the mean along axes (over tokens: the batch's mask; `groups=n`: "
+        "n means of consecutive groups, the axis stays); else the (weighted) mean of several "
+        "values (of distributions, the mean of the probabilities)",
         axes="elementwise",
         impl="kdspec.ops.primitives:mean",
     ),
@@ -505,7 +513,12 @@ FUNCTIONS: dict[str, Fn] = {
         family="token",
         doc="one token of [B, L, D] token features (0: BERT's [CLS])",
     ),
-    "rows": Fn("transform", doc="every row a sample: [..., D] -> [N, D] (per-token losses)"),
+    "rows": Fn(
+        "transform",
+        _p(mask=(None, None, MASKS)),
+        doc="every row a sample: [..., D] -> [N, D] (per-token losses); of token values, only "
+        "the tokens the batch's mask keeps",
+    ),
     "token_relation": Fn(
         "transform",
         _p(heads=(12, "posint")),
@@ -596,8 +609,9 @@ FUNCTIONS: dict[str, Fn] = {
 # Axis rules of the named functions (kdspec.vocabulary.axes.RULES); unknown ones stay None.
 _NAMED_AXES = {
     "same": "conv1x1 conv_bn regressor generator identity zscore binarize margin_relu mask "
-    "resize pool interpolate channel_dist",
-    "vector": "linear mlp embed flatten token",
+    "resize interpolate channel_dist",
+    "vector": "embed flatten token",
+    "linear": "linear mlp",
     "class_vector": "classifier_head binary_target non_target branches gate",
     "spatial": "attention",
     "channel_matrix": "gram fsp",
@@ -662,7 +676,8 @@ def _unary(doc: str, name: str) -> Fn:
 
 
 def _reduction(doc: str, name: str, **params: object) -> Fn:
-    return _prim(doc, "reduce", name, params=_p(**params, over=(REQUIRED, None, AXES)))
+    params = {**params, "over": (REQUIRED, None, AXES), "mask": (None, None, MASKS)}
+    return _prim(doc, "reduce", name, params=_p(**params))
 
 
 # The core of tensor primitives (issue 9): typed by axes, usable in every expression, in
@@ -739,6 +754,7 @@ PRIMITIVES: dict[str, Fn] = {
             over=(REQUIRED, None, AXES),
             kernel=("dot", None, ("dot", "cosine", "rbf", "distance", "sqdistance")),
             gamma=(1.0, "positive"),
+            mask=(None, None, MASKS),
         ),
         returns="similarity",
     ),
