@@ -34,6 +34,8 @@ def expr_text(e: ir.Expr | None, prec: int = 0) -> str:
         parts = [expr_text(a) for a in e.args]
         parts += [f"{k}={expr_text(v)}" for k, v in e.kwargs.items()]
         return f"{e.func}({', '.join(parts)})" if parts else e.func
+    if isinstance(e, ir.Apply):
+        return f"{module_text(e)}({', '.join(expr_text(a) for a in e.args)})"
     if isinstance(e, ir.Neg):
         inner = f"-{expr_text(e.operand, 3)}"
         return f"({inner})" if prec > 3 else inner
@@ -49,6 +51,15 @@ def expr_text(e: ir.Expr | None, prec: int = 0) -> str:
         text = f"{left}^{right}" if e.op == "^" else f"{left} {e.op} {right}"
         return f"({text})" if p < prec else text
     return "?"
+
+
+def module_text(e: ir.Apply) -> str:
+    """The module an ``Apply`` runs, in spec syntax: ``t.classifier``, ``t.stage[2]``."""
+    if e.point == "stage":
+        return f"{e.role}.stage[{e.index}]"
+    if e.point == "module":
+        return f'{e.role}."{e.module}"'
+    return f"{e.role}.{e.point}"
 
 
 def tap_text(tap: ir.Tap) -> str:

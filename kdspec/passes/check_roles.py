@@ -1,10 +1,69 @@
-"""KD306/KD312: gradient only into roles that can learn; roles on sides that make sense."""
+"""KD306/KD312/KD319: gradient only into roles that can learn; roles on sides that make sense;
+a role's module applied to another role's value (``t.classifier(x)``) is not trained by it."""
 
 from __future__ import annotations
 
 from kdspec.diagnostics import Diagnostic
 from kdspec.graph import types
+from kdspec.ir import models as ir
+from kdspec.ir.printer import module_text
 from kdspec.passes.context import PassContext
+
+
+def _applied(e: ir.Expr | None, m: ir.Method) -> list[ir.Apply]:
+    """The modules applied in an expression where gradient reaches them (not under stopgrad)."""
+    stop = lambda n: isinstance(n, ir.Call) and n.func == "stopgrad"  # noqa: E731
+    return [n for n in ir.walk(e, m, prune=stop) if isinstance(n, ir.Apply)]
+
+
+def check_applied(ctx: PassContext) -> list[Diagnostic]:
+    """KD312: a virtual role has no modules to apply. KD319: a term would train a module it
+    applies to another role's value (the student's loss training the teacher's classifier)."""
+    m = ctx.method
+    out: list[Diagnostic] = []
+    paths: list[tuple[tuple[object, ...], ir.Expr | None]] = [
+        (("predict", r, "value"), v) for r, v in m.predictions.items()
+    ]
+    for term in m.terms:
+        paths += [(("term", term.name, side), getattr(term, side)) for side in ("source", "target")]
+    for path, e in paths:
+        for a in ir.find_all(e, ir.Apply, m):
+            role = m.role(a.role)
+            if role is not None and role.mode == "virtual":
+                out.append(
+                    ctx.diag(
+                        "KD312",
+                        f"virtual teacher `{a.role}` has no network, so no module to apply",
+                        path,
+                        "applied here",
+                        related=((("role", a.role), "declared virtual here"),),
+                    )
+                )
+    for stage in m.effective_stages():
+        trained = ctx.graph.trained_roles(stage)
+        for term in ctx.graph.active_terms(stage):
+            learners = types.grad_roles(term.target, m) | types.grad_roles(term.source, m)
+            for side in ("source", "target"):
+                for a in _applied(getattr(term, side), m):
+                    if a.role not in trained or a.role in learners:
+                        continue
+                    where = f"stage `{stage.name}`" if m.stages else "the method"
+                    out.append(
+                        ctx.diag(
+                            "KD319",
+                            f"`{term.name}` applies `{module_text(a)}` to another role's value, "
+                            f"and {where} trains `{a.role}`: its loss would train "
+                            f"`{module_text(a)}` too",
+                            ("term", term.name, side),
+                            "gradient reaches the module here",
+                            related=((("role", a.role), "trained"),),
+                            help=f"keep `{a.role}` frozen where `{term.name}` is active "
+                            f"(`freeze {a.role}` in the stage, or a frozen {m.role(a.role).kind})"
+                            if m.role(a.role) is not None
+                            else None,
+                        )
+                    )
+    return out
 
 
 def check_roles(ctx: PassContext) -> list[Diagnostic]:
