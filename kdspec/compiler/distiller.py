@@ -18,6 +18,8 @@ from torch import nn
 from kdspec.compiler.hooks import HookPoint, TapError, TapSession, resolve_tap
 from kdspec.compiler.nodes import (
     AdapterNode,
+    ApplyNode,
+    ApplyShapeError,
     ArgNode,
     CombineNode,
     ConstNode,
@@ -52,7 +54,7 @@ from kdspec.ir import Lowered, SourceMap
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, Progress, compile_value, evaluate, uses_progress
 from kdspec.ir.functions import HOLE, STUDENT_SIDE, TEACHER_SIDE, expand
-from kdspec.ir.printer import expr_text
+from kdspec.ir.printer import expr_text, module_text
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
@@ -150,6 +152,7 @@ class Distiller(nn.Module):
         self.train_data = train_data
         self.roles = nn.ModuleDict()
         self.terms = nn.ModuleDict()
+        self.predictions = nn.ModuleDict()  # `predict s = ...`: role -> its deployed output
         self.functional = models is None
         self._taps: dict[str, ModelTaps] = {}
         self._points: dict[ir.Tap, list[HookPoint]] = {}
@@ -404,6 +407,26 @@ class Distiller(nn.Module):
         ]
         return trained or [r.name for r in self.method.roles if r.name in self.roles]
 
+    def deployed(self, role: str) -> nn.Module:
+        """The role as it is deployed and evaluated: its model, or, where the spec says
+        ``predict ROLE = ...``, a module computing that prediction from the input (SimKD: the
+        student, its projector and the teacher's classifier)."""
+        if role in self.predictions:
+            return Deployed(self, role)
+        return self.roles[role]
+
+    def predict(self, role: str, x: Any) -> torch.Tensor:
+        """The ``predict`` of ``role`` on a batch of inputs (no labels needed)."""
+        node = self.predictions[role]
+        saved = getattr(self, "_needed", {})
+        self._needed = self._collect_points([node])  # type: ignore[list-item]
+        env = self._begin((x, None))
+        try:
+            return node(env)[0]  # type: ignore[no-any-return]
+        finally:
+            self._needed = saved
+            self._forward_cache, self._view_cache, self._batch = {}, {}, None
+
     @torch.no_grad()
     def after_step(self) -> None:
         """Move moving-average roles towards their source (call after each optimizer step)."""
@@ -645,6 +668,18 @@ class Distiller(nn.Module):
         return tuple(views)
 
 
+class Deployed(nn.Module):
+    """A role with a ``predict``: ``forward(x)`` gives the spec's prediction (evaluation)."""
+
+    def __init__(self, distiller: Distiller, role: str):
+        super().__init__()
+        self.distiller = distiller
+        self.role = role
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.distiller.predict(self.role, x)
+
+
 # ---------------------------------------------------------------------------------------------
 # Building
 # ---------------------------------------------------------------------------------------------
@@ -730,6 +765,8 @@ class _Builder:
             return self.d._lets[e.name]
         if isinstance(e, ir.ArgRef):
             return HoleNode() if e.name == HOLE else ArgNode(e.name)
+        if isinstance(e, ir.Apply):
+            return self.apply(e, path, indices)
         if types.is_static(e, self.m):
             return ConstNode(self.value(e))
         if isinstance(e, ir.BinOp | ir.Neg):
@@ -765,6 +802,35 @@ class _Builder:
                 _normalize_unscaled(inputs[0])
             return TransformNode(e.func, inputs, kwargs, extra)
         raise ValueError(f"`{type(e).__name__}` cannot be evaluated on tensors")
+
+    def apply(self, e: ir.Apply, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]) -> Node:
+        """``t.classifier(x)``: the module of the role's model, and the input shape it takes."""
+        inputs = [self.node(a, path, indices) for a in e.args]
+        text = module_text(e)
+        info = self.d._taps.get(e.role)
+        module: str | None = None
+        if self.d.functional:
+            self.diag("KD408", f"`{text}(...)` needs the model of `{e.role}`", path)
+        elif info is not None and e.point == "classifier":
+            module = info.classifier
+            if module is None:
+                self.diag(
+                    "KD402",
+                    f"`{text}`: no final classifier found on the model of `{e.role}`",
+                    path,
+                    help=f'apply a module by its path: `{e.role}."fc"(x)`',
+                )
+        elif info is not None:
+            tap = ir.Tap(
+                role=e.role, point=e.point, module=e.module, first=e.index, last=e.index
+            )
+            try:
+                module = resolve_tap(tap, info, self.d.roles[e.role])[0].path
+            except TapError as exc:
+                self.diag(exc.code, f"`{text}`: {exc.message}", path, help=exc.help)
+        call = info.first_call(module) if info is not None and module is not None else None
+        in_shape = call.in_shape if call else None
+        return ApplyNode(self.d, e.role, module or "", inputs, in_shape, text, path)
 
     def primitive(
         self,
@@ -1111,6 +1177,8 @@ def compile_spec(
             module = b.term(term)
             if module is not None:
                 d.terms[term.name] = module
+        for role, value in m.predictions.items():
+            d.predictions[role] = b.node(value, ("predict", role, "value"), {})
     if b.diags:
         raise KdError(b.diags)
     for name, w in d._weights.items():
@@ -1183,7 +1251,8 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
         d._trained |= d.graph.trained_roles(stage)
     d.eval()
     try:
-        d._needed = d._collect_points(list(d.terms.values()))  # type: ignore[arg-type]
+        parts = [*d.terms.values(), *d.predictions.values()]
+        d._needed = d._collect_points(parts)  # type: ignore[arg-type]
         env = d._begin(example_batch)
         for name, term in d.terms.items():
             try:
@@ -1208,6 +1277,8 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
                 )
             except AdapterShapeError as exc:
                 b.diag("KD403", f"`{name}`: {exc}", ("term", name, "target"), "cannot be adapted")
+            except ApplyShapeError as exc:
+                _apply_shape_diag(b, exc, exc.where or ("term", name))
             except TapError as exc:
                 b.diag(exc.code, f"`{name}`: {exc.message}", ("term", name), help=exc.help)
             except (RuntimeError, ValueError, IndexError, TypeError) as exc:
@@ -1217,11 +1288,51 @@ def _dry_run(d: Distiller, b: _Builder, example_batch: Any) -> None:
                     ("term", name),
                     "while computing this term",
                 )
+        _dry_run_predictions(d, b, env)
     finally:
         d._forward_cache, d._view_cache, d._batch = {}, {}, None
         d.train()
         for name, mode in modes.items():
             d.roles[name].train(mode)
+
+
+def _apply_shape_diag(b: _Builder, exc: ApplyShapeError, path: tuple[object, ...]) -> None:
+    b.diag(
+        "KD403",
+        str(exc),
+        path,
+        f"`{exc.module}` cannot take this value",
+        help=f"map the value with an adapter, sized to the module's input: "
+        f"`{exc.module}(linear(x))` for vectors, `{exc.module}(conv1x1(x))` for feature maps",
+    )
+
+
+def _dry_run_predictions(d: Distiller, b: _Builder, env: Env) -> None:
+    """Each `predict` once on the example batch: class scores [B, classes], or KD403."""
+    for role, node in d.predictions.items():
+        path = ("predict", role, "value")
+        try:
+            with torch.no_grad():
+                value = node(env)
+        except ApplyShapeError as exc:
+            _apply_shape_diag(b, exc, path)
+            continue
+        except AdapterShapeError as exc:
+            b.diag("KD403", f"`predict {role}`: {exc}", path, "cannot be adapted")
+            continue
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            b.diag("KD403", f"`predict {role}` fails on the example batch: {exc}", path)
+            continue
+        out = value[0] if len(value) == 1 else None
+        want = (env.batch_size, d.num_classes)
+        if not isinstance(out, torch.Tensor) or (out.dim() != 2 or tuple(out.shape) != want):
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else f"{len(value)} values"
+            b.diag(
+                "KD403",
+                f"`predict {role}` gives {shape}, not class scores {list(want)}",
+                path,
+                "not [batch, classes]",
+            )
 
 
 def _scheduled_parts(m: ir.Method) -> list[tuple[str, tuple[str, str]]]:

@@ -435,6 +435,76 @@ class TermModule(nn.Module):
         return total
 
 
+class ApplyShapeError(ValueError):
+    """A module applied to a value (``t.classifier(x)``) takes another shape per sample."""
+
+    def __init__(
+        self,
+        module: str,
+        expected: tuple[int, ...],
+        given: tuple[int, ...],
+        where: tuple[object, ...] = (),
+    ):
+        super().__init__(
+            f"`{module}` takes {list(expected)} per sample (its input in the role's forward), "
+            f"and is given {list(given)}"
+        )
+        self.module = module
+        self.where = where  # the IR path of the side or prediction it is in
+
+
+class ApplyNode(Node):
+    """A role's module applied to values as a function (``t.classifier(x)``).
+
+    The module is the role's own (its current weights, its train/eval mode); the gradient
+    reaches its weights only while the role is trained, and always flows into the inputs. An
+    adapter in the inputs is sized to the module's input (``t.classifier(linear(x))``).
+    """
+
+    def __init__(
+        self,
+        owner: Any,
+        role: str,
+        path: str,
+        inputs: list[Node],
+        in_shape: Any,
+        text: str,
+        where: tuple[object, ...] = (),
+    ):
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # the Distiller: not a submodule (no cycle)
+        self.role = role
+        self.path = path
+        self.inputs = nn.ModuleList(inputs)
+        self.in_shape = tuple(in_shape) if in_shape is not None else None
+        self.text = text
+        self.where = where
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        saved = env.shape_hint
+        if self.in_shape is not None:
+            env.shape_hint = [self.in_shape]
+        try:
+            values = [node(env) for node in self.inputs]
+        finally:
+            env.shape_hint = saved
+        owner = self._owner  # type: ignore[attr-defined]
+        module = owner.roles[self.role].get_submodule(self.path)
+        params = None
+        if self.role not in owner._trained:  # weights fixed, gradient into the inputs only
+            params = {n: p.detach() for n, p in module.named_parameters()}
+        out = []
+        for args in broadcast(*values):
+            x = args[0]
+            if self.in_shape is not None and tuple(x.shape[1:]) != self.in_shape:
+                raise ApplyShapeError(self.text, self.in_shape, tuple(x.shape[1:]), self.where)
+            if params is None:
+                out.append(module(*args))
+            else:
+                out.append(torch.func.functional_call(module, params, args))
+        return out
+
+
 class ShapeMismatch(ValueError):
     """The two sides of a transfer have different shapes at the loss."""
 

@@ -126,6 +126,11 @@ def grad_roles(e: ir.Expr | None, method: ir.Method) -> set[str]:
     return {r for tap, stop in taps(e, method) if not stop for r in expand_role(tap.role, method)}
 
 
+def applications(e: ir.Expr | None, method: ir.Method) -> list[ir.Apply]:
+    """The role modules an expression applies (``t.classifier(x)``) outside ``stopgrad``."""
+    return [n for n in ir.walk(e, method, prune=_is_stopgrad) if isinstance(n, ir.Apply)]
+
+
 def uses_adapter(e: ir.Expr | None, method: ir.Method) -> list[str]:
     """Names of the learned functions (adapters) an expression applies (through lets)."""
     return [
@@ -350,6 +355,7 @@ def knowledge_type(
 
 
 __all__ = [
+    "applications",
     "apply_knowledge",
     "expand_role",
     "expr_kind",

@@ -682,6 +682,9 @@ class _MethodLowering:
         base = module.obj
         if isinstance(module, ast.Index) and isinstance(base, ast.Attr):
             base = base.obj  # `t.stage[2]`
+        # After an error: a call the vocabulary lacks, keeping what the inputs read, so that
+        # the type checks skip it (one root cause, one diagnostic).
+        failed = ir.Call(func="?", args=args)
         if not isinstance(base, ast.Name):
             self.err(
                 "KD206",
@@ -690,7 +693,7 @@ class _MethodLowering:
                 "not a module of a role",
                 help=_APPLY_HELP,
             )
-            return ir.Str(value="?")
+            return failed
         role = base.id
         if role not in self.roles:
             if role in self.ensembles:
@@ -702,7 +705,7 @@ class _MethodLowering:
                 )
             else:
                 self.tap(base)  # KD202 for an unknown role, KD206 for a let, said once
-            return ir.Str(value=role)
+            return failed
         fields: dict[str, object] = {"role": role, "args": args}
         if isinstance(module, ast.Attr) and module.name.name == "classifier":
             fields["point"] = "classifier"
@@ -731,7 +734,7 @@ class _MethodLowering:
                 help=(did_you_mean(what, ["classifier", "stage"]) if what else None)
                 or _APPLY_HELP,
             )
-            return ir.Str(value=role)
+            return failed
         if e.kwargs:
             self.err(
                 "KD204",

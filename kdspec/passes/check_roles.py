@@ -10,12 +10,6 @@ from kdspec.ir.printer import module_text
 from kdspec.passes.context import PassContext
 
 
-def _applied(e: ir.Expr | None, m: ir.Method) -> list[ir.Apply]:
-    """The modules applied in an expression where gradient reaches them (not under stopgrad)."""
-    stop = lambda n: isinstance(n, ir.Call) and n.func == "stopgrad"  # noqa: E731
-    return [n for n in ir.walk(e, m, prune=stop) if isinstance(n, ir.Apply)]
-
-
 def check_applied(ctx: PassContext) -> list[Diagnostic]:
     """KD312: a virtual role has no modules to apply. KD319: a term would train a module it
     applies to another role's value (the student's loss training the teacher's classifier)."""
@@ -44,10 +38,16 @@ def check_applied(ctx: PassContext) -> list[Diagnostic]:
         for term in ctx.graph.active_terms(stage):
             learners = types.grad_roles(term.target, m) | types.grad_roles(term.source, m)
             for side in ("source", "target"):
-                for a in _applied(getattr(term, side), m):
+                for a in types.applications(getattr(term, side), m):
                     if a.role not in trained or a.role in learners:
                         continue
                     where = f"stage `{stage.name}`" if m.stages else "the method"
+                    declared = m.role(a.role)
+                    related = (
+                        (("role", a.role), "declared trained here")
+                        if declared is not None and declared.mode == "trained"
+                        else (("stage", stage.name), f"trains `{a.role}`")
+                    )
                     out.append(
                         ctx.diag(
                             "KD319",
@@ -56,11 +56,9 @@ def check_applied(ctx: PassContext) -> list[Diagnostic]:
                             f"`{module_text(a)}` too",
                             ("term", term.name, side),
                             "gradient reaches the module here",
-                            related=((("role", a.role), "trained"),),
-                            help=f"keep `{a.role}` frozen where `{term.name}` is active "
-                            f"(`freeze {a.role}` in the stage, or a frozen {m.role(a.role).kind})"
-                            if m.role(a.role) is not None
-                            else None,
+                            related=(related,),
+                            help=f"keep `{a.role}` frozen where `{term.name}` is active: "
+                            f"`freeze {a.role}` in the stage, or declare it frozen",
                         )
                     )
     return out

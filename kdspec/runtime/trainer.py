@@ -179,6 +179,12 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _deployed(model: Any, role: str) -> nn.Module:
+    """The role as evaluated: its model, or its ``predict`` where the spec has one."""
+    deployed = getattr(model, "deployed", None)
+    return deployed(role) if deployed is not None else model.roles[role]  # type: ignore[no-any-return]
+
+
 def evaluate_model(
     model: nn.Module,
     loader: DataLoader[Any],
@@ -511,7 +517,7 @@ def train(
                         )
                     for split, ev_loader in evals.items():
                         record[split] = {
-                            r: evaluate_model(model.roles[r], ev_loader, dev, reference)
+                            r: evaluate_model(_deployed(model, r), ev_loader, dev, reference)
                             for r in roles
                         }
                     record.setdefault("val", {})
@@ -567,6 +573,12 @@ def train(
             models_dir / f"{role}.pt",
             lambda p, r=role: torch.save(model.roles[r].state_dict(), p),
         )
+        predictions = getattr(model, "predictions", {})
+        if role in predictions:  # what `predict` adds to the role (SimKD's projector)
+            _atomic_write(
+                models_dir / f"{role}.predict.pt",
+                lambda p, r=role: torch.save(predictions[r].state_dict(), p),
+            )
     summary = _summary(records, best, cfg, roles, meta, stages, time.perf_counter() - started)
     skipped = sum(r.get("skipped_nonfinite", 0) for r in records)
     if skipped:
