@@ -116,7 +116,12 @@ class TransformNode(Node):
         if self.func == "stopgrad":
             return [v.detach() for v in values[0]]
         if self.func == "resize":
-            return [_resize(v, env.shape_hint, i) for i, v in enumerate(values[0])]
+            # The size found on the dry run is kept: a prediction (evaluation, no other side)
+            # resizes as training did.
+            hint = env.shape_hint if _spatial(env.shape_hint) else self.extra.get("hint")
+            if _spatial(hint) and "hint" not in self.extra:
+                self.extra["hint"] = hint
+            return [_resize(v, hint, i) for i, v in enumerate(values[0])]
         impl = _IMPL.get(self.func, self.func)
         if self.unscaled:
             fn = UNSCALED[impl]
@@ -134,6 +139,10 @@ class TransformNode(Node):
             else:
                 out.append(fn(*args, **kwargs))
         return out
+
+
+def _spatial(hint: list[tuple[int, ...]] | None) -> bool:
+    return hint is not None and all(len(shape) == 3 for shape in hint)
 
 
 def _resize(x: torch.Tensor, hint: list[tuple[int, ...]] | None, i: int) -> torch.Tensor:

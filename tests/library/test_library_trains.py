@@ -39,6 +39,8 @@ LIBRARY = {
     "minilm", "bert_pkd", "semckd", "mgd",
     # primitives and `def` only (issue 9), checked in tests/reference/test_paper_specs.py
     "nkd", "wsl", "mlkd", "ctkd", "ttm", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl",
+    # a role's module applied to another value, and `predict` (tests/reference/test_simkd.py)
+    "simkd",
 }  # fmt: skip
 MAX_LINES = 30
 _ARXIV = re.compile(r"arXiv:\d{4}\.\d{4,5}")
