@@ -422,7 +422,7 @@ class Distiller(nn.Module):
         self._needed = self._collect_points([node])  # type: ignore[list-item]
         env = self._begin((x, None))
         try:
-            return node(env)[0]  # type: ignore[no-any-return]
+            return node(env)[0]
         finally:
             self._needed = saved
             self._forward_cache, self._view_cache, self._batch = {}, {}, None
@@ -803,7 +803,9 @@ class _Builder:
             return TransformNode(e.func, inputs, kwargs, extra)
         raise ValueError(f"`{type(e).__name__}` cannot be evaluated on tensors")
 
-    def apply(self, e: ir.Apply, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]) -> Node:
+    def apply(
+        self, e: ir.Apply, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
+    ) -> Node:
         """``t.classifier(x)``: the module of the role's model, and the input shape it takes."""
         inputs = [self.node(a, path, indices) for a in e.args]
         text = module_text(e)
@@ -821,9 +823,7 @@ class _Builder:
                     help=f'apply a module by its path: `{e.role}."fc"(x)`',
                 )
         elif info is not None:
-            tap = ir.Tap(
-                role=e.role, point=e.point, module=e.module, first=e.index, last=e.index
-            )
+            tap = ir.Tap(role=e.role, point=e.point, module=e.module, first=e.index, last=e.index)
             try:
                 module = resolve_tap(tap, info, self.d.roles[e.role])[0].path
             except TapError as exc:
@@ -1177,8 +1177,8 @@ def compile_spec(
             module = b.term(term)
             if module is not None:
                 d.terms[term.name] = module
-        for role, value in m.predictions.items():
-            d.predictions[role] = b.node(value, ("predict", role, "value"), {})
+        for who, value in m.predictions.items():
+            d.predictions[who] = b.node(value, ("predict", who, "value"), {})
     if b.diags:
         raise KdError(b.diags)
     for name, w in d._weights.items():

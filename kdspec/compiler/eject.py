@@ -363,8 +363,8 @@ def eject(
     for what, items in (("view", m.data), ("ensemble", m.ensembles), ("let", m.lets)):
         for item in items:
             w.fail(f"the {what} `{getattr(item, 'name', item)}`")
-    for role in m.predictions:  # the script would score the bare model
-        w.fail(f"the `predict` of `{role}`")
+    for who in m.predictions:  # the script would score the bare model
+        w.fail(f"the `predict` of `{who}`")
     for plan in d.stage_plans:
         if plan.repeat != 1 or plan.handoffs:
             w.fail(f"repeats or hand-offs of stage `{plan.name}`")

@@ -497,7 +497,7 @@ class ApplyNode(Node):
             values = [node(env) for node in self.inputs]
         finally:
             env.shape_hint = saved
-        owner = self._owner  # type: ignore[attr-defined]
+        owner: Any = self.__dict__["_owner"]
         module = owner.roles[self.role].get_submodule(self.path)
         params = None
         if self.role not in owner._trained:  # weights fixed, gradient into the inputs only

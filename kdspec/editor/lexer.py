@@ -29,8 +29,9 @@ __all__ = ["KEYWORDS", "KdLexer"]
 KEYWORDS = (
     "as", "cite", "claim", "deeper", "def", "ensemble", "epoch", "epochs", "for", "freeze",
     "from", "frozen", "handoff", "import", "let", "like", "losses", "map", "method", "on",
-    "only", "param", "predict", "repeat", "return", "sees", "smaller", "stage", "step", "steps", "subset",
-    "supervise", "to", "train", "trained", "transfer", "use", "view", "weight", "wider", "with",
+    "only", "param", "predict", "repeat", "return", "sees", "smaller", "stage", "step", "steps",
+    "subset", "supervise", "to", "train", "trained", "transfer", "use", "view", "weight", "wider",
+    "with",
 )  # fmt: skip
 
 

@@ -247,7 +247,9 @@ def value_type(
     if isinstance(e, ir.ListE):
         return SCALAR
     if isinstance(e, ir.Apply):
-        ins = [value_type(a, method, report, (*path, "args", i), holes) for i, a in enumerate(e.args)]
+        ins = [
+            value_type(a, method, report, (*path, "args", i), holes) for i, a in enumerate(e.args)
+        ]
         return apply_type(e, ins, fail, path)
     if not isinstance(e, ir.Call):
         return UNKNOWN
@@ -264,7 +266,9 @@ def value_type(
 
 
 def apply_type(
-    e: ir.Apply, ins: list[VType], fail: Callable[[str, str, tuple[object, ...]], None],
+    e: ir.Apply,
+    ins: list[VType],
+    fail: Callable[[str, str, tuple[object, ...]], None],
     path: tuple[object, ...],
 ) -> VType:
     """The type of a role's module applied to values: a classifier maps the channel axis of

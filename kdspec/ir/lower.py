@@ -186,6 +186,7 @@ class _MethodLowering:
         self.stages: list[ir.Stage] = []
         self.claims: list[ir.Claim] = []
         self.predictions: dict[str, ir.Expr] = {}
+        self.used_predictions: set[str] = set()  # from a `use`: a local `predict` replaces them
         self.uses: list[str] = []
         self.defined: dict[str, tuple[str, Span]] = {}  # name -> (what, span), for KD201
         self.local_terms = {
@@ -731,8 +732,7 @@ class _MethodLowering:
                 else f"`{what}` is not a module of a role",
                 module.span,
                 "not a module",
-                help=(did_you_mean(what, ["classifier", "stage"]) if what else None)
-                or _APPLY_HELP,
+                help=(did_you_mean(what, ["classifier", "stage"]) if what else None) or _APPLY_HELP,
             )
             return failed
         if e.kwargs:
@@ -744,7 +744,7 @@ class _MethodLowering:
             )
         if not args:
             self.err("KD204", "a module applied needs an input", e.span, "missing input")
-        return ir.Apply(**fields)  # type: ignore[arg-type]
+        return ir.Apply(**fields)
 
     # -- statements -------------------------------------------------------------------------
 
@@ -1145,9 +1145,10 @@ class _MethodLowering:
                 help=did_you_mean(role, list(self.roles), declared=True),
             )
             return
-        if role in self.predictions:
+        if role in self.predictions and role not in self.used_predictions:
             self.err("KD201", f"`{role}` has two `predict` statements", st.span, "second one")
             return
+        self.used_predictions.discard(role)
         self.predictions[role] = value
 
     def claim(self, st: ast.Claim) -> None:
@@ -1277,6 +1278,11 @@ class _MethodLowering:
                     "knowledge": tuple(inline(k) for k in t.knowledge),
                 }
             )
+        for who, value in other.predictions.items():  # a `predict` here replaces these
+            if who not in self.predictions:
+                self.predictions[who] = inline(value)
+                self.used_predictions.add(who)
+                self.smap.spans[("predict", who)] = st.span
         if other.stages:
             self.used_stages.append((name, other.stages, renamed, inline))
 

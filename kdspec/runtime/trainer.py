@@ -182,7 +182,7 @@ def _to(batch: Any, device: torch.device) -> Any:
 def _deployed(model: Any, role: str) -> nn.Module:
     """The role as evaluated: its model, or its ``predict`` where the spec has one."""
     deployed = getattr(model, "deployed", None)
-    return deployed(role) if deployed is not None else model.roles[role]  # type: ignore[no-any-return]
+    return deployed(role) if deployed is not None else model.roles[role]
 
 
 def evaluate_model(
@@ -577,7 +577,7 @@ def train(
         if role in predictions:  # what `predict` adds to the role (SimKD's projector)
             _atomic_write(
                 models_dir / f"{role}.predict.pt",
-                lambda p, r=role: torch.save(predictions[r].state_dict(), p),
+                lambda p, node=predictions[role]: torch.save(node.state_dict(), p),
             )
     summary = _summary(records, best, cfg, roles, meta, stages, time.perf_counter() - started)
     skipped = sum(r.get("skipped_nonfinite", 0) for r in records)

@@ -123,7 +123,7 @@ class CallIndex:
 
 @dataclass(frozen=True)
 class Apply:
-    """``t.classifier(x)``, ``t.stage[-1](x)``, ``t."fc"(x)``: a role's module applied to a value."""
+    """``t.classifier(x)``, ``t.stage[-1](x)``, ``t."fc"(x)``: a role's module applied."""
 
     module: Attr | ModulePath | Index
     args: tuple[Expr, ...] = ()

@@ -114,9 +114,7 @@ def test_simkd_matches_its_equations(teacher: str, student: str) -> None:
     _, paper_pred = ref.simkd(f_t, f_s, proj, t.fc)
     assert_close(pred, paper_pred, what="prediction")
     ce, paper_ce = F.cross_entropy(pred, y), F.cross_entropy(paper_pred, y)
-    mine = torch.autograd.grad(
-        ce, student_params + compiled, allow_unused=True, retain_graph=True
-    )
+    mine = torch.autograd.grad(ce, student_params + compiled, allow_unused=True, retain_graph=True)
     paper = torch.autograd.grad(
         paper_ce, student_params + list(proj.parameters()), allow_unused=True
     )
