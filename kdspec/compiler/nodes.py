@@ -43,6 +43,26 @@ class Env:
     args: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # a def loss's sides
     progress: Progress | None = None  # where training is: values with schedules depend on it
 
+    def rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each of ``n`` rows' source sample and view index. A view with ``k`` views per
+        sample lays them out view-major (view 0 of every sample, then view 1, ...), so a
+        value of ``k * B`` rows has row ``r`` from sample ``r % B``, view ``r // B``."""
+        r = torch.arange(n)
+        if self.labels is not None:
+            r = r.to(self.labels.device)
+            if n == len(self.labels):  # one row per sample (a subset's rows, too)
+                return r, torch.zeros_like(r)
+        b = self.batch_size or n
+        if n % b:
+            raise ValueError(f"a value of {n} rows is not k views of the {b} samples of the batch")
+        return r % b, r // b
+
+    def labels_for(self, n: int) -> torch.Tensor | None:
+        """The labels of ``n`` rows: each view has the label of its sample."""
+        if self.labels is None or n == len(self.labels):
+            return self.labels
+        return self.labels[self.rows(n)[0]]
+
 
 def _tensor(v: Any) -> Any:
     """A number computed in a spec (`2`, `B`) as a tensor, for functions written for tensors."""
@@ -131,7 +151,7 @@ class TransformNode(Node):
         out = []
         for i, args in enumerate(broadcast(*values)):
             if self.func in ("binary_target", "non_target"):
-                out.append(fn(args[0], env.labels, **kwargs))
+                out.append(fn(args[0], env.labels_for(len(args[0])), **kwargs))
             elif self.func == "margin_relu":
                 margins = self.extra["margins"]
                 margin = margins[i if len(margins) > 1 else 0].to(args[0])
@@ -364,6 +384,11 @@ class TermModule(nn.Module):
         total: torch.Tensor | None = None
         labels = env.labels
         for s, t in pairs:
+            if mask is not None and len(mask) != len(t):
+                raise ValueError(
+                    f"`{self.name}`: a subset (`on`) of a value with several views per sample "
+                    "is not supported in a loss written as a `def`"
+                )
             if mask is not None:
                 if not bool(mask.any()):
                     continue
@@ -394,12 +419,13 @@ class TermModule(nn.Module):
             mask = self.subset(env) if self.subset else None
             total = outs[0].new_zeros(())
             for v in outs:
+                y = env.labels_for(len(v))  # every view of a sample has the sample's label
+                assert y is not None
                 if mask is not None:
-                    if not bool(mask.any()):
+                    keep = mask if len(mask) == len(v) else mask[env.rows(len(v))[0]]
+                    if not bool(keep.any()):
                         continue
-                    v, y = v[mask], labels[mask]
-                else:
-                    y = labels
+                    v, y = v[keep], y[keep]
                 total = total + fn(v, y, **loss_kwargs)
             return total
         # Adapters and `resize` on the student side size themselves from the teacher side's
@@ -597,15 +623,28 @@ class PrimNode(Node):
                 out.append(xs[0])  # the stored log-probabilities, exactly
             elif self.func in LOSSES:  # a built-in loss's value (a number) inside an expression
                 if self.func == "cross_entropy":
-                    out.append(LOSSES[self.func](xs[0], env.labels, **kwargs))
+                    out.append(LOSSES[self.func](xs[0], env.labels_for(len(xs[0])), **kwargs))
                 else:
                     out.append(LOSSES[self.func](*xs, **kwargs))
             elif self.func in ("label_mask", "at_label"):
-                if env.labels is None:
+                n = xs[0].shape[0]
+                if env.labels is None and kwargs.get("target", "label") == "label":
                     raise ValueError(f"`{self.func}` needs the batch's labels")
+                labels = env.labels_for(n)
+                views = env.rows(n)[1] if kwargs.get("target") == "view" else None
                 out.append(
-                    P.PRIMITIVES[self.func](*xs, axes=self.in_axes, labels=env.labels, **kwargs)
+                    P.PRIMITIVES[self.func](
+                        *xs,
+                        axes=self.in_axes,
+                        labels=labels if labels is not None else env.rows(n)[1],
+                        views=views,
+                        **kwargs,
+                    )
                 )
+            elif self.func in ("same_source", "view_index"):
+                sources, views = env.rows(xs[0].shape[0])
+                context = {"sources": sources} if self.func == "same_source" else {"views": views}
+                out.append(P.PRIMITIVES[self.func](*xs, axes=self.in_axes, **context, **kwargs))
             elif self.func == "size" and not xs:
                 over = kwargs.get("over")
                 n = env.batch_size if over == "batch" else env.num_classes
