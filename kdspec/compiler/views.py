@@ -74,10 +74,10 @@ def _one_view(
     part: ir.DataPart, kw: dict[str, Any], train_data: Any
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if part.func == "gaussian_noise":
-        std = float(kw.get("std", 0.1))  # type: ignore[arg-type]
+        std = float(kw.get("std", 0.1))
         return lambda x, y: x + std * torch.randn_like(x)
     if part.func == "augment":
-        strength = float(kw.get("strength", 1.0))  # type: ignore[arg-type]
+        strength = float(kw.get("strength", 1.0))
 
         def augment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             if x.dim() < 4:
