@@ -1177,7 +1177,8 @@ def compile_spec(
             module = b.term(term)
             if module is not None:
                 d.terms[term.name] = module
-        for who, value in m.predictions.items():
+        for who, value in m.predictions.items() if models is not None else ():
+            # (functional mode compiles the terms alone: no model, nothing to deploy)
             d.predictions[who] = b.node(value, ("predict", who, "value"), {})
     if b.diags:
         raise KdError(b.diags)
