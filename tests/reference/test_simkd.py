@@ -134,3 +134,28 @@ def test_simkd_matches_its_equations(teacher: str, student: str) -> None:
         _, want = ref.simkd(f_t, feature(s, LAST[student][0], x), proj, t.fc)
     assert_close(got, want, what="deployed prediction")
     assert d.deployed("t") is t  # a role without `predict` is its model
+
+
+def test_a_teacher_stage_applied_to_a_student_feature() -> None:
+    # `t.stage[-1](x)`: the student's stage-2 map, sized by the regressor to what the teacher's
+    # last stage takes, goes through that stage; the teacher's weights get no gradient.
+    t, s = models("cnn_small", "resnet8")
+    x, y, idx = batch()
+    text = """method tail {
+  teacher t
+  student s
+  transfer tail: from t.stage[-1] to t.stage[-1](regressor(s.stage[2])) with mse
+}"""
+    d = compile_spec(load_method("tail.kd", text=text), {"t": t, "s": s}, (x, y, idx))
+    d.set_stage("main")
+    d.train()
+    loss = d((x, y, idx)).loss
+    (reg,) = [m.adapters[0] for m in d.terms["tail"].modules() if isinstance(m, AdapterNode)]
+    t.eval()
+    with torch.no_grad():
+        f_t = feature(t, "stage3", x)
+    paper = F.mse_loss(t.stage3(reg(feature(s, "layer2", x))), f_t)
+    assert_close(loss, paper, what="loss")
+    loss.backward()
+    assert all(p.grad is None for p in t.parameters())
+    assert all(p.grad is not None for p in reg.parameters())
