@@ -17,6 +17,7 @@ Cases come from four generators, mixed by a seed (the same seed gives the same c
 Usage::
 
     python scripts/fuzz.py --cases 2000 --seed 1          # what CI runs (a sample)
+    python scripts/fuzz.py --cases 200000 --seed 9 --jobs 2  # the same cases on two workers
     nice python scripts/fuzz.py --cases 200000 --seed 7   # a long run
 
 It prints cases run, internal errors (grouped by signature, with a shortest input for each),
@@ -31,6 +32,7 @@ import dataclasses
 import functools
 import io
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import random
 import resource
@@ -42,6 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.kd"))
@@ -51,6 +54,7 @@ MEMORY_LIMIT = 2 * 1024**3  # bytes of address space per worker
 PREPARE_SHARE = 0.1  # run files whose job is also prepared (models built): the slow part
 TIME_LIMIT = 10.0  # CPU seconds per case before it is called a hang
 SLOW_LIMIT = 2.0  # CPU seconds of one command (check, fmt, graph, ...; a run file's prepare)
+PLANT_CRASH = "KDSPEC_FUZZ_PLANT_CRASH"  # set: workers replace the checker by a crash (self-test)
 WALL_LIMIT = 120.0  # wall seconds (catches a case blocked without using CPU)
 
 
@@ -453,6 +457,13 @@ def _worker(conn: mp.connection.Connection) -> None:  # type: ignore[name-define
     from kdspec.cli import main as cli_main
 
     cli_main.build_parser = functools.cache(cli_main.build_parser)  # argparse set-up once
+    if os.environ.get(PLANT_CRASH):  # the harness's own test: every check crashes
+        import kdspec.api
+
+        def planted(*args: object, **kwargs: object) -> None:
+            raise ZeroDivisionError("planted")
+
+        kdspec.api.check_source = planted  # type: ignore[assignment]
     folder = Path(tempfile.mkdtemp(prefix="kdspec-fuzz-"))
     os.mkfifo(folder / "fifo.kd")
     while True:
@@ -485,15 +496,28 @@ def _cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
-def _answered(conn: object, pid: int | None) -> bool:
-    """Wait for the worker's answer; False (a hang) once the case has used TIME_LIMIT seconds
-    of CPU, or WALL_LIMIT seconds of wall time (a blocked read uses no CPU). CPU time is the
-    measure because a loaded machine stretches wall time many-fold."""
-    cpu0, wall0 = _cpu_seconds(pid), time.perf_counter()
-    while not conn.poll(0.5):  # type: ignore[attr-defined]
-        if _cpu_seconds(pid) - cpu0 > TIME_LIMIT or time.perf_counter() - wall0 > WALL_LIMIT:
-            return False
-    return True
+@dataclass
+class _Worker:
+    """One worker process and the case it is running (None: idle)."""
+
+    proc: mp.Process
+    conn: Any
+    case: Case | None = None
+    cpu0: float = 0.0
+    wall0: float = 0.0
+
+    def send(self, case: Case) -> None:
+        self.case, self.cpu0, self.wall0 = case, _cpu_seconds(self.proc.pid), time.perf_counter()
+        self.conn.send(case)
+
+    def over_limit(self) -> bool:
+        """A hang: the case used TIME_LIMIT seconds of CPU, or WALL_LIMIT seconds of wall time
+        (a blocked read uses no CPU). CPU time is the measure because a loaded machine
+        stretches wall time many-fold."""
+        return (
+            _cpu_seconds(self.proc.pid) - self.cpu0 > TIME_LIMIT
+            or time.perf_counter() - self.wall0 > WALL_LIMIT
+        )
 
 
 @dataclass
@@ -537,54 +561,75 @@ class Report:
             out(f"  {command:7.2f} {cpu:7.2f} {len(case.data):8d}  {case.kind} {case.origin}")
 
 
-def fuzz(cases: int, seed: int, progress_every: int = 0) -> Report:
-    """Run ``cases`` cases of the seeded stream; return what was found."""
-    ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+def fuzz(cases: int, seed: int, progress_every: int = 0, jobs: int = 1) -> Report:
+    """Run the first ``cases`` cases of the seeded stream on ``jobs`` workers."""
+    # Spawned, not forked: a forked child inherits the parent's thread pools (OpenMP) with
+    # their locks possibly held, and can deadlock in its first tensor operation.
+    ctx = mp.get_context("spawn")
     report = Report()
 
-    def start() -> tuple[mp.Process, object]:
+    def start() -> _Worker:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, args=(child,), daemon=True)
         proc.start()
-        return proc, parent
+        return _Worker(proc, parent)
 
-    proc, conn = start()
+    def restart(w: _Worker) -> _Worker:
+        w.proc.kill()
+        w.proc.join()
+        return start()
+
+    stream = generate(seed)
+    workers = [start() for _ in range(max(1, jobs))]
     t0 = time.perf_counter()
+    sent = 0
     try:
-        for case in generate(seed):
-            if report.cases >= cases:
+        while True:
+            for w in workers:
+                if w.case is None and sent < cases:
+                    case = next(stream)
+                    sent += 1
+                    report.by_kind[case.kind] += 1
+                    w.send(case)
+            busy = [w for w in workers if w.case is not None]
+            if not busy:
                 break
-            report.cases += 1
-            report.by_kind[case.kind] += 1
-            conn.send(case)  # type: ignore[attr-defined]
-            if not _answered(conn, proc.pid):
-                report.hangs.append(case)
-                proc.kill()
-                proc.join()
-                proc, conn = start()
-                continue
-            try:
-                result, _wall, cpu, command_cpu = conn.recv()  # type: ignore[attr-defined]
-            except EOFError:  # the worker died (memory limit, a crash in C code)
-                report.add_error("worker died", f"exit code {proc.exitcode}", case)
-                proc.join()
-                proc, conn = start()
-                continue
-            if result is not None:
-                report.add_error(result[0], result[1], case)
-            if command_cpu > SLOW_LIMIT and len(case.data) < 100_000:
-                report.slow += 1
-            report.slowest.append((command_cpu, cpu, case))
-            report.slowest = sorted(report.slowest, key=lambda x: -x[0])[:5]
-            if progress_every and report.cases % progress_every == 0:
-                report.print(time.perf_counter() - t0)
-                sys.stdout.flush()
+            ready = mp.connection.wait([w.conn for w in busy], timeout=0.5)
+            for i, w in enumerate(workers):
+                if w.case is None:
+                    continue
+                case = w.case
+                if w.conn not in ready:
+                    if w.over_limit():
+                        report.cases += 1
+                        report.hangs.append(case)
+                        workers[i] = restart(w)
+                    continue
+                report.cases += 1
+                try:
+                    result, _wall, cpu, command_cpu = w.conn.recv()
+                except EOFError:  # the worker died (memory limit, a crash in C code)
+                    report.add_error("worker died", f"exit code {w.proc.exitcode}", case)
+                    workers[i] = restart(w)
+                    continue
+                w.case = None
+                if result is not None:
+                    report.add_error(result[0], result[1], case)
+                if command_cpu > SLOW_LIMIT and len(case.data) < 100_000:
+                    report.slow += 1
+                report.slowest.append((command_cpu, cpu, case))
+                report.slowest = sorted(report.slowest, key=lambda x: -x[0])[:5]
+                if progress_every and report.cases % progress_every == 0:
+                    report.print(time.perf_counter() - t0)
+                    sys.stdout.flush()
     finally:
-        with contextlib.suppress(Exception):
-            conn.send(None)  # type: ignore[attr-defined]
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
+        for w in workers:
+            with contextlib.suppress(Exception):
+                w.conn.send(None)
+        for w in workers:
+            w.proc.join(timeout=5)
+            if w.proc.is_alive():
+                w.proc.kill()
     report.elapsed = time.perf_counter() - t0  # type: ignore[attr-defined]
     return report
 
@@ -596,8 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--progress", type=int, default=0, help="print a report every N cases")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (the same cases)")
     args = ap.parse_args(argv)
-    report = fuzz(args.cases, args.seed, args.progress)
+    report = fuzz(args.cases, args.seed, args.progress, args.jobs)
     report.print(report.elapsed)  # type: ignore[attr-defined]
     return 1 if report.errors or report.hangs else 0
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import time
-from pathlib import Path
 
 from kdspec.cli.common import UsageError, parse_overrides
 from kdspec.cli.train import add_run_options, close_progress, job_options
@@ -43,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from kdspec.diagnostics import KdError, error
     from kdspec.runtime import default_run, load_run
     from kdspec.runtime.compare import compare
+    from kdspec.runtime.files import output_folder
     from kdspec.runtime.job import check_role_keys
 
     if args.seeds < 1:
@@ -76,11 +75,7 @@ def run(args: argparse.Namespace) -> int:
     check_role_keys(run_cfg, [m.method for m in methods])
     base_seed = args.seed if args.seed is not None else run_cfg.config.train.seed
     seeds = [base_seed + k for k in range(args.seeds)]
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs-out") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    out = output_folder(args.out, "compare", resumable="compare")
     opts, progress = job_options(args)
     command = _command(args)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import stat
 import tempfile
@@ -43,6 +44,15 @@ def write_atomically(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+_BOM = "\ufeff"
+
+
+def _starts_with_bom(path: str | Path) -> bool:
+    """A BOM is read as nothing (``decode_source``); a rewritten file keeps the one it had."""
+    with open(path, "rb") as handle:
+        return handle.read(3) == codecs.BOM_UTF8
+
+
 def run(args: argparse.Namespace) -> int:
     from kdspec.api import read_source, spec_files
     from kdspec.diagnostics import Diagnostic, error
@@ -69,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"would reformat {path}")
         else:
             try:
-                write_atomically(Path(path), text)
+                write_atomically(Path(path), _BOM * _starts_with_bom(path) + text)
             except OSError as exc:  # a read-only file or folder: the file is left as it was
                 diags.append(error("KD105", f"cannot write `{path}`: {exc.strerror or exc}", None))
                 continue

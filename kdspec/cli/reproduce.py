@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +81,7 @@ def _floats(text: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from kdspec.api import load_method
     from kdspec.runtime import load_run
+    from kdspec.runtime.files import output_folder
     from kdspec.runtime.job import check_role_keys
     from kdspec.runtime.omitted_digit import reproduce
 
@@ -103,11 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_role_keys(run_cfg, [method(temps[0]).method])  # spec and run errors before training
     seeds = [args.seed + k for k in range(args.seeds)]
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs-out") / (f"{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
-    )
+    out = output_folder(args.out, args.experiment, resumable=f"reproduce {args.experiment}")
     opts, progress = job_options(args)
     parts = ["kdspec", "reproduce", args.experiment, "--seeds", str(args.seeds)]
     if args.seed:

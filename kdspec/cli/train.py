@@ -174,36 +174,24 @@ def close_progress(progress: Any) -> None:
 
 
 def _out_dir(args: argparse.Namespace, method: str) -> Path:
-    """The run folder: never one that already holds files, unless resuming it.
+    """The run folder (:func:`kdspec.runtime.files.output_folder`), or the run to resume."""
+    from kdspec.runtime.files import check_writable, output_folder
 
-    ``--out DIR`` that is a new or empty folder is used as is; one that holds files gets a
-    unique sub-folder (the user's files are never overwritten or deleted); a file is KD505.
-    Without ``--out`` each run gets its own new ``runs-out/<method>-<time>[-n]`` folder.
-    """
-    from kdspec.runtime.files import check_writable, fresh_folder
-
+    if not args.resume:
+        return output_folder(args.out, method)
     if args.out:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise KdError(
                 [error("KD505", f"--out `{out}` is a file, not a folder", help="name a folder")]
             )
-        if args.resume:
-            check_writable(out)
-            return out
-        if out.is_dir() and any(out.iterdir()):
-            sub = fresh_folder(out, method)
-            print(f"--out `{out}` already holds files: writing this run to `{sub}`")
-            return sub
         check_writable(out)
         return out
     base = Path("runs-out")
-    if args.resume:
-        found = sorted(base.glob(f"{method}-*"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise UsageError(f"--resume: no earlier run of `{method}` in {base}/; pass --out DIR")
-        return found[-1]
-    return fresh_folder(base, method)
+    found = sorted(base.glob(f"{method}-*"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UsageError(f"--resume: no earlier run of `{method}` in {base}/; pass --out DIR")
+    return found[-1]
 
 
 def _value_text(metric: str) -> Any:

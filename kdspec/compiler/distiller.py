@@ -777,10 +777,13 @@ class _Builder:
         if isinstance(e, ir.Call) and self.m.function(e.func) is not None:
             fdef = self.m.function(e.func)
             assert fdef is not None
-            return self.node(expand(e, fdef), path, indices)
+            return self.node(expand(e, fdef, params=self.m.params), path, indices)
         if isinstance(e, ir.Call) and _is_primitive_call(e):
             fn = FUNCTIONS[e.func]
-            return self.primitive(e.func, list(e.args), self.kwargs(e), path, indices, fn)
+            args = list(e.args)
+            if e.func == "normalize" and args:
+                args[0] = self.scale_free(args[0])
+            return self.primitive(e.func, args, self.kwargs(e), path, indices, fn)
         if isinstance(e, ir.Call):
             fn = FUNCTIONS[e.func]
             kwargs = self.kwargs(e)
@@ -790,7 +793,10 @@ class _Builder:
                     return child
                 more = [self.node(a, path, indices) for a in e.args[1:]]
                 return AdapterNode(e.func, child, kwargs, term=str(path[1]), extra=more)
-            inputs = [self.node(a, path, indices) for a in e.args]
+            args = list(e.args)
+            if e.func == "normalize" and args:
+                args[0] = self.scale_free(args[0])
+            inputs = [self.node(a, path, indices) for a in args]
             if fn.category == "combine":
                 weights = kwargs.get("weights")
                 kinds = {types.expr_kind(a, self.m) for a in e.args}
@@ -831,6 +837,37 @@ class _Builder:
         call = info.first_call(module) if info is not None and module is not None else None
         in_shape = call.in_shape if call else None
         return ApplyNode(self.d, e.role, module or "", inputs, in_shape, text, path)
+
+    def scale_free(self, e: ir.Expr) -> ir.Expr:
+        """``e`` without a positive factor, for ``normalize``: ``normalize(c x) = normalize(x)``.
+
+        Equal values, but the zero rows `normalize` clamps (a dead channel of a Gram matrix,
+        ``relation(x, over=channel) / HW``) keep the gradient of the unscaled value instead of
+        ``1 / c`` of it. Factors are numbers > 0 known before training and sizes (``B``, ``HW``).
+        """
+        body = e
+        if isinstance(e, ir.Call) and (fdef := self.m.function(e.func)) is not None:
+            body = expand(e, fdef, params=self.m.params)
+        if isinstance(body, ir.BinOp) and body.op == "/" and self.positive(body.right):
+            return self.scale_free(body.left)
+        if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.left):
+            return self.scale_free(body.right)
+        if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.right):
+            return self.scale_free(body.left)
+        return e  # nothing to drop: the value as written
+
+    def positive(self, e: ir.Expr) -> bool:
+        """A number > 0 known before training, or a size (``B``, ``HW``, ``size(...)``)."""
+        if isinstance(e, ir.Call) and e.func == "size":
+            return True
+        if isinstance(e, ir.BinOp) and e.op in ("*", "/"):
+            return self.positive(e.left) and self.positive(e.right)
+        if types.is_static(e, self.m):
+            try:
+                return float(self.value(e)) > 0
+            except (EvalError, TypeError, ValueError):
+                return False
+        return False
 
     def primitive(
         self,
@@ -876,18 +913,31 @@ class _Builder:
     ) -> Node:
         steps: list[Node] = []
         current = start or types.UNKNOWN
+        last: tuple[ir.Expr, types.VType] | None = None  # the previous step's body, its input
         for call in knowledge:
             fdef = self.m.function(call.func)
             if fdef is not None or _is_primitive_call(call):
                 body = (
-                    expand(call, fdef, (ir.ArgRef(name=HOLE),))
+                    expand(call, fdef, (ir.ArgRef(name=HOLE),), self.m.params)
                     if fdef is not None
                     else call.model_copy(update={"args": (ir.ArgRef(name=HOLE), *call.args)})
                 )
+                if call.func == "normalize" and last is not None:
+                    # `gram | normalize`: the previous step without its positive factor.
+                    unscaled = self.scale_free(last[0])
+                    if unscaled is not last[0]:
+                        self.holes[HOLE] = last[1]
+                        steps[-1] = self.node(unscaled, ("term", term, side), {})
                 self.holes[HOLE] = current
                 steps.append(self.node(body, ("term", term, side), {}))
+                last = (body, current)
                 current = types.value_type(body, self.m, holes=self.holes)
                 continue
+            if call.func == "normalize" and last is not None:
+                unscaled = self.scale_free(last[0])
+                if unscaled is not last[0]:
+                    self.holes[HOLE] = last[1]
+                    steps[-1] = self.node(unscaled, ("term", term, side), {})
             current = types.knowledge_type(current, (call,), self.m)
             fn = FUNCTIONS[call.func]
             if fn.category == "adapter":
@@ -896,6 +946,7 @@ class _Builder:
                 if call.func == "normalize" and steps:
                     _normalize_unscaled(steps[-1])
                 steps.append(TransformNode(call.func, [HoleNode()], self.kwargs(call)))
+            last = None
         return PipelineNode(node, steps)
 
     def side(self, term: ir.Term, side: str, indices: dict[ir.Tap, list[int]]) -> Node:
@@ -910,6 +961,7 @@ class _Builder:
         while (
             isinstance(inner, ir.Call)
             and len(inner.args) == 1
+            and inner.func in FUNCTIONS  # a user's `def` is no named transform
             and FUNCTIONS[inner.func].category == "transform"
         ):
             chain.append(inner)
@@ -1039,7 +1091,8 @@ class _Builder:
             TEACHER_SIDE: sides.get("source", types.UNKNOWN),
             STUDENT_SIDE: sides["target"],
         }
-        loss = self.node(expand(term.loss, fdef, implicit), ("term", term.name, "loss"), {})
+        body = expand(term.loss, fdef, implicit, self.m.params)
+        loss = self.node(body, ("term", term.name, "loss"), {})
         self.holes = {}
         return TermModule(
             term,

@@ -8,9 +8,12 @@ kdspec zoo are copied in too; other models become a ``build_models`` stub to fil
 
 What ejects: teachers, students and assistants that are trained or frozen; taps on logits,
 the input, module outputs and inputs (``stage[k]``, ``"path"``, ``.input``); transforms,
-adapters and losses of :mod:`kdspec.ops` with constant arguments; constant weights; stages
-with a fixed or shared length. What does not (an :class:`EjectError` lists every reason):
-views, subsets, ensembles, ``let``, virtual teachers, EMA and snapshot roles, hand-offs and
+adapters and losses of :mod:`kdspec.ops` with constant arguments; the typed primitives
+(:mod:`kdspec.ops.primitives`, called with the axes the compiler inferred), so the prelude's
+functions and a spec's own ``def`` transforms and losses, ``let`` values and weights computed
+from the batch; constant weights; stages with a fixed or shared length. What does not (an
+:class:`EjectError` lists every reason): views, subsets, ensembles, learned tensors, virtual
+teachers, EMA and snapshot roles, hand-offs and
 repeats, learned losses and list components (CRD, SemCKD, ReviewKD, ...), ``resize``,
 pre-activation taps, scheduled weights or arguments.
 """
@@ -18,6 +21,7 @@ pre-activation taps, scheduled weights or arguments.
 from __future__ import annotations
 
 import ast
+import builtins
 import importlib
 import inspect
 import textwrap
@@ -31,13 +35,20 @@ from kdspec.compiler.distiller import Distiller, _unpack
 from kdspec.compiler.hooks import HookPoint
 from kdspec.compiler.nodes import (
     AdapterNode,
+    ArgNode,
+    ConstNode,
     HoleNode,
+    LearnedNode,
+    LetNode,
     PipelineNode,
+    PrimNode,
     TapNode,
     TransformNode,
 )
+from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops import components as comp
+from kdspec.ops import primitives as P
 from kdspec.ops.transforms import UNSCALED
 
 __all__ = ["EjectError", "eject"]
@@ -69,11 +80,19 @@ class EjectError(Exception):
 
 
 class _Gatherer:
-    """Top-level definitions and their dependencies, copied from kdspec's modules in order."""
+    """Top-level definitions and their dependencies, copied from kdspec's modules in order.
 
-    def __init__(self) -> None:
-        self.blocks: dict[tuple[str, str], str] = {}  # (module, name) -> source, in order
+    The script has one namespace: a definition whose name is a builtin (``sum`` of the
+    primitives), a name of the script itself, or one another module's definition already took
+    (``normalize`` of the transforms and of the primitives) is copied under a prefixed name, and
+    every copied block's references to it are renamed.
+    """
+
+    def __init__(self, reserved: frozenset[str] = frozenset()) -> None:
+        self.blocks: dict[tuple[str, str], ast.stmt] = {}  # (module, name) -> its node, in order
         self.imports: set[str] = set()
+        self.names: dict[tuple[str, str], str] = {}  # (module, local name) -> the script's name
+        self.taken: set[str] = set(reserved)
         self._trees: dict[str, tuple[ast.Module, str]] = {}
 
     def _tree(self, module: str) -> tuple[ast.Module, str]:
@@ -85,37 +104,74 @@ class _Gatherer:
     def add(self, module: str, name: str) -> str:
         """Copy ``name`` of ``module`` (and what it uses); returns the name to call it by."""
         key = (module, name)
-        if key in self.blocks:
-            return name
+        if key in self.names:
+            return self.names[key]
         tree, text = self._tree(module)
         for node in tree.body:
             if isinstance(node, ast.ImportFrom) and node.module:
                 for alias in node.names:
                     if (alias.asname or alias.name) == name:
                         if node.module.startswith("kdspec"):
-                            return self.add(node.module, alias.name)
+                            self.names[key] = self.add(node.module, alias.name)
+                            return self.names[key]
                         self.imports.add(ast.get_source_segment(text, node) or "")
+                        self.names[key] = name
                         return name
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if (alias.asname or alias.name).split(".")[0] == name:
                         self.imports.add(ast.get_source_segment(text, node) or "")
+                        self.names[key] = name
                         return name
         found = next((n for n in tree.body if name in _defines(n)), None)
         if found is None:
-            if name in dir(__builtins__) or hasattr(__builtins__, name):
-                return name
             return name  # a builtin or a name the script itself defines
-        self.blocks[key] = ""  # reserve (recursion)
-        for used in sorted(_names_used(found) - {name}):
+        final = name
+        if final in self.taken or hasattr(builtins, final):
+            final = f"{module.rsplit('.', 1)[-1]}_{name}"
+        self.taken.add(final)
+        self.names[key] = final  # before the dependencies (recursion)
+        for used in sorted(_names_used(found) - _locals(found) - {name}):
             if any(used in _defines(n) for n in tree.body) or _imported(tree, used):
                 self.add(module, used)
-        self.blocks.pop(key)
-        self.blocks[key] = ast.get_source_segment(text, found, padded=True) or ""
-        return name
+        self.blocks[key] = found
+        return final
 
     def source(self) -> str:
-        return "\n\n\n".join(textwrap.dedent(b) for b in self.blocks.values() if b)
+        out = []
+        for (module, _), node in self.blocks.items():
+            text = self._tree(module)[1]
+            renames = {
+                local: final
+                for (m, local), final in self.names.items()
+                if m == module and local != final
+            }
+            out.append(textwrap.dedent(_renamed(text, node, renames)))
+        return "\n\n\n".join(out)
+
+
+def _renamed(text: str, node: ast.stmt, renames: dict[str, str]) -> str:
+    """The source of ``node`` (decorators included), its name and free references renamed."""
+    offsets = [0]
+    for line in text.splitlines(keepends=True):
+        offsets.append(offsets[-1] + len(line.encode()))
+    raw = text.encode()
+    first_line = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+    start = offsets[first_line - 1]
+    end = offsets[(node.end_lineno or node.lineno) - 1] + (node.end_col_offset or 0)
+    edits: list[tuple[int, int, str]] = []  # (start, end, new text), bytes of `raw`
+    local = _locals(node)
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name) and n.id in renames and n.id not in local:
+            a = offsets[n.lineno - 1] + n.col_offset
+            edits.append((a, a + len(n.id.encode()), renames[n.id]))
+    if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in renames:
+        a = raw.index(f" {node.name}".encode(), offsets[node.lineno - 1] + node.col_offset) + 1
+        edits.append((a, a + len(node.name.encode()), renames[node.name]))
+    out = raw[start:end]
+    for a, b, new in sorted(set(edits), reverse=True):
+        out = out[: a - start] + new.encode() + out[b - start :]
+    return out.decode()
 
 
 def _defines(node: ast.stmt) -> set[str]:
@@ -140,6 +196,17 @@ def _names_used(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
+def _locals(node: ast.AST) -> set[str]:
+    """Names a function binds itself (parameters, assignments): never renamed in it."""
+    if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return set()
+    out = {
+        n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+    out |= {a.arg for a in ast.walk(node) if isinstance(a, ast.arg)}
+    return out
+
+
 # ------------------------------------------------------------------------------ the method
 
 
@@ -162,6 +229,12 @@ class _Writer:
         self.reasons: list[str] = []
         self.adapter_index: dict[int, int] = {id(m): i for i, m in enumerate(iter_adapters(d))}
         self.points: dict[str, dict[str, _Point]] = {}
+        # The term being written: its statements, temporaries and the def loss's sides.
+        self.body: list[str] = []
+        self.temps = 0
+        self.indent = "    "
+        self.sides: dict[str, str] = {}
+        self.lets: dict[int, str] = {}
 
     def fail(self, why: str) -> str:
         self.reasons.append(why)
@@ -193,6 +266,13 @@ class _Writer:
             exprs = [exprs[i] for i in node.indices]
         return "[" + ", ".join(exprs) + "]"
 
+    def bind(self, value: str) -> str:
+        """A statement of the term's body computing ``value`` once; returns its variable."""
+        name = f"h{self.temps}"
+        self.temps += 1
+        self.body.append(f"{self.indent}{name} = {value}")
+        return name
+
     def expr(self, node: Any, hole: str | None = None) -> str:
         if isinstance(node, TapNode):
             return self.tap(node)
@@ -203,6 +283,8 @@ class _Writer:
             value = self.expr(node.inner, hole)
             for step in node.steps:
                 value = self.expr(step, value)
+                if not value.isidentifier():
+                    value = self.bind(value)  # a step may read its input twice
             return value
         if isinstance(node, AdapterNode):
             if node.func in comp.COMPONENTS or len(node.extra):
@@ -211,38 +293,107 @@ class _Writer:
             first = self.adapter_index[id(node.adapters[0])] if len(node.adapters) else 0
             return f"adapt(self.adapters[{first}:{first + len(node.adapters)}], {child})"
         if isinstance(node, TransformNode):
-            args = [self.expr(i, hole) for i in node.inputs]
-            if node.func == "stopgrad":
-                return f"[v.detach() for v in {args[0]}]"
-            if node.func == "exp":
-                return f"[v.exp() for v in {args[0]}]"
-            if node.func == "resize":  # to the teacher side's spatial size (`hint`)
-                fn_name = self.g.add("kdspec.compiler.nodes", "_resize")
-                return f"[{fn_name}(v, hint, i) for i, v in enumerate({args[0]})]"
-            if node.func == "margin_relu":
-                return self.fail(f"the transform `{node.func}`")
-            impl = _IMPL.get(node.func, node.func)
-            fn = UNSCALED[impl] if node.unscaled else TRANSFORMS.get(impl)
-            if fn is None:
-                return self.fail(f"the transform `{node.func}`")
-            name = self.g.add(fn.__module__, fn.__name__)
-            kw = self.kwargs(node.kwargs, f"`{node.func}`")
-            if node.func in ("binary_target", "non_target"):  # read the labels
-                return f"[{name}(v, y{kw}) for v in {args[0]}]"
-            if len(args) == 1:
-                return f"[{name}(v{kw}) for v in {args[0]}]"
-            vs = ", ".join(f"v{i}" for i in range(len(args)))
-            return f"[{name}({vs}{kw}) for {vs} in pairs({', '.join(args)})]"
+            return self.transform(node, hole)
+        if isinstance(node, ConstNode):
+            if not isinstance(node.value, int | float) or isinstance(node.value, bool):
+                return self.fail("a scheduled value in an expression")
+            return f"[{float(node.value)!r}]"
+        if isinstance(node, ArgNode):
+            side = self.sides.get(node.name)
+            return f"[{side}]" if side else self.fail(f"the argument `{node.name}`")
+        if isinstance(node, PrimNode):
+            return self.bind(self.prim(node, hole))
+        if isinstance(node, LetNode):  # a shared value: computed once in each term reading it
+            if id(node) not in self.lets:
+                self.lets[id(node)] = self.bind(self.expr(node.inner, hole))
+            return self.lets[id(node)]
+        if isinstance(node, LearnedNode):
+            return self.fail(f"the learned tensor `{node.func}`")
         return self.fail(f"`{type(node).__name__}` ({getattr(node, 'func', '')})")
 
+    def transform(self, node: TransformNode, hole: str | None) -> str:
+        args = [self.expr(i, hole) for i in node.inputs]
+        args = [
+            f"[num(v) for v in {a}]" if _maybe_number(i) else a
+            for a, i in zip(args, node.inputs, strict=True)
+        ]
+        if node.func == "stopgrad":
+            return f"[v.detach() for v in {args[0]}]"
+        if node.func == "exp":
+            return f"[v.exp() for v in {args[0]}]"
+        if node.func == "resize":  # to the teacher side's spatial size (`hint`)
+            fn_name = self.g.add("kdspec.compiler.nodes", "_resize")
+            return f"[{fn_name}(v, hint, i) for i, v in enumerate({args[0]})]"
+        if node.func == "margin_relu":
+            return self.fail(f"the transform `{node.func}`")
+        impl = _IMPL.get(node.func, node.func)
+        fn = UNSCALED[impl] if node.unscaled else TRANSFORMS.get(impl, comp.TRANSFORMS.get(impl))
+        if fn is None:
+            return self.fail(f"the transform `{node.func}`")
+        name = self.g.add(fn.__module__, fn.__name__)
+        kw = self.kwargs(node.kwargs, f"`{node.func}`")
+        if node.func in ("binary_target", "non_target"):  # read the labels
+            return f"[{name}(v, y{kw}) for v in {args[0]}]"
+        if len(args) == 1:
+            return f"[{name}(v{kw}) for v in {args[0]}]"
+        vs = ", ".join(f"v{i}" for i in range(len(args)))
+        return f"[{name}({vs}{kw}) for {vs} in pairs({', '.join(args)})]"
+
+    def prim(self, node: PrimNode, hole: str | None) -> str:
+        """A primitive per paired layer, as :class:`~kdspec.compiler.nodes.PrimNode` runs it."""
+        args = [self.expr(i, hole) for i in node.inputs]
+        func = node.func
+        vs = [f"v{i}" for i in range(len(args))]
+        reads = []
+        for i, v in enumerate(vs):
+            dist = i < len(node.in_dist) and node.in_dist[i]
+            if func not in _NUMERIC and _maybe_number(node.inputs[i]):
+                v = f"num({v})"  # `log(classes)`: a number read as a tensor
+            elif dist and not node.keep_storage and func != "log":
+                v = f"{v}.exp()"  # distributions are kept as log-probabilities
+            reads.append(v)
+        axes = f"axes={list(node.in_axes)!r}"
+        kw = self.kwargs(node.kwargs, f"`{func}`")
+        if func in P.BINARY:
+            binary = self.g.add(P.__name__, "binary")
+            call = f"{binary}({func!r}, {reads[0]}, {reads[1]}, {list(node.in_axes)!r})"
+        elif func == "neg":
+            call = f"-{reads[0]}"
+        elif func == "log" and node.in_dist and node.in_dist[0]:
+            call = reads[0]  # the stored log-probabilities, exactly
+        elif func in LOSSES:
+            loss = self.g.add(LOSSES[func].__module__, LOSSES[func].__name__)
+            inputs = f"{reads[0]}, y" if func == "cross_entropy" else ", ".join(reads)
+            call = f"{loss}({inputs}{kw})"
+        elif func == "size" and not args:
+            if node.kwargs.get("over") == "batch":
+                return "[float(y.shape[0])]"
+            if self.d.num_classes is None:
+                return self.fail("`size` of the classes, unknown here")
+            return f"[{float(self.d.num_classes)!r}]"
+        else:
+            fn = P.PRIMITIVES.get(func)
+            if fn is None:
+                return self.fail(f"the primitive `{func}`")
+            name = self.g.add(fn.__module__, fn.__name__)
+            labels = ", labels=y" if func in ("label_mask", "at_label") else ""
+            call = f"{name}({''.join(r + ', ' for r in reads)}{axes}{labels}{kw})"
+            if func == "size":
+                call = f"float({call})"
+        if not args:
+            return f"[{call}]"
+        if len(args) == 1:
+            return f"[{call} for v0 in {args[0]}]"
+        return f"[{call} for {', '.join(vs)} in pairs({', '.join(args)})]"
+
     def term(self, name: str, t: Any) -> list[str]:
-        if t.loss in comp.LEARNED_LOSSES or t.loss not in LOSSES:
+        self.body, self.temps, self.indent, self.sides, self.lets = [], 0, "    ", {}, {}
+        learned = t.loss_node is None and (t.loss in comp.LEARNED_LOSSES or t.loss not in LOSSES)
+        if learned:
             self.fail(f"the learned loss `{t.loss}` of `{name}`")
             return []
         if t.subset is not None:
             self.fail(f"the subset of `{name}`")
-        fn = self.g.add(LOSSES[t.loss].__module__, LOSSES[t.loss].__name__)
-        kw = self.kwargs(t.loss_kwargs, f"`{t.loss}` of `{name}`")
         spec = self.d.lowered.source_map
         text = ""
         span = spec.span("term", name) if spec.source is not None else None
@@ -250,39 +401,93 @@ class _Writer:
             text = " ".join(spec.source.text[span.start : span.end].split())
         lines = [f"def term_{name}(self, taps, y):", f'    """{text or name}"""']
         if t.source is None:
-            lines += [
-                "    total = 0.0",
-                f"    for v in {self.expr(t.target)}:",
-                f"        total = total + {fn}(v, y{kw})",
-                "    return total",
-            ]
-            return lines
-        # Adapters and `resize` on the student side are sized from the teacher side's raw
-        # value (before the knowledge pipeline): `hint` holds its shapes.
-        if isinstance(t.source, PipelineNode):
-            lines.append(f"    raw = {self.expr(t.source.inner)}")
-            steps: list[Any] = [*t.source.steps]
-            src = self.expr(PipelineNode(HoleNode(), steps), "raw")
+            tgt = self.expr(t.target)
+            src = None
         else:
-            lines.append(f"    raw = {self.expr(t.source)}")
-            src = "raw"
-        lines += ["    hint = [tuple(v.shape[1:]) for v in raw]", f"    src = {src}"]
-        lines += [f"    tgt = {self.expr(t.target)}", "    total = 0.0"]
-        lines.append("    for s, t in pairs(src, tgt):")
-        if t.to_probs:
-            lines.append("        s, t = s.exp(), t.exp()")
-        lines += [f"        total = total + {fn}(s, t{kw})", "    return total"]
-        return lines
+            # Adapters and `resize` on the student side are sized from the teacher side's raw
+            # value (before the knowledge pipeline): `hint` holds its shapes.
+            if isinstance(t.source, PipelineNode):
+                self.body.append(f"    raw = {self.expr(t.source.inner)}")
+                self.body.append("    hint = [tuple(v.shape[1:]) for v in raw]")
+                src = self.expr(PipelineNode(HoleNode(), [*t.source.steps]), "raw")
+            else:
+                self.body.append(f"    raw = {self.expr(t.source)}")
+                self.body.append("    hint = [tuple(v.shape[1:]) for v in raw]")
+                src = "raw"
+            tgt = self.expr(t.target)
+        self.body.append("    total = 0.0")
+        if t.loss_node is not None:
+            self.loss_of_expression(t, src, tgt)
+        else:
+            self.builtin_loss(t, src, tgt)
+        return lines + self.body
+
+    def builtin_loss(self, t: Any, src: str | None, tgt: str) -> None:
+        fn = self.g.add(LOSSES[t.loss].__module__, LOSSES[t.loss].__name__)
+        kw = self.kwargs(t.loss_kwargs, f"`{t.loss}` of `{t.name}`")
+        if src is None:
+            self.body += [f"    for v in {tgt}:", f"        total = total + {fn}(v, y{kw})"]
+        else:
+            self.body.append(f"    for s, t in pairs({src}, {tgt}):")
+            if t.to_probs:
+                self.body.append("        s, t = s.exp(), t.exp()")
+            self.body.append(f"        total = total + {fn}(s, t{kw})")
+        if t.weight_node is not None:  # a weight computed from the batch
+            self.body.append(f"    total = total * {self.expr(t.weight_node)}[0]")
+        self.body.append("    return total")
+
+    def loss_of_expression(self, t: Any, src: str | None, tgt: str) -> None:
+        """A loss written as a `def`: its body per paired layer, summed after the weight."""
+        self.sides = {STUDENT_SIDE: "student", TEACHER_SIDE: "teacher"}
+        if src is None:
+            self.body.append(f"    for student in {tgt}:")
+        else:
+            self.body.append(f"    for teacher, student in pairs({src}, {tgt}):")
+        self.indent = "        "
+        value = f"{self.expr(t.loss_node)}[0]"
+        if t.weight_node is not None:
+            value = f"{value} * {self.expr(t.weight_node)}[0]"
+        self.body.append(f"        total = total + torch.as_tensor({value}).sum()")
+        self.indent = "    "
+        self.body.append("    return total")
+
+
+# Primitives that take numbers as they are (sizes and arithmetic); the others read tensors.
+_NUMERIC = frozenset({"size", "+", "-", "*", "/", "^"})
+
+
+def _maybe_number(node: Any) -> bool:
+    """Whether a node's values may be plain numbers (constants, sizes, their arithmetic)."""
+    if isinstance(node, ConstNode):
+        return True
+    if isinstance(node, PrimNode) and node.func == "size":
+        return True
+    if isinstance(node, PrimNode) and (node.func in P.BINARY or node.func == "neg"):
+        return all(_maybe_number(i) for i in node.inputs)
+    return False
 
 
 # ------------------------------------------------------------------------------ the script
 
+
+# Names the script defines itself (runtime, method, loop): copied operators never take them.
+_SCRIPT_NAMES = frozenset(
+    {"pairs", "num", "adapt", "logits_of", "read_taps", "Method", "build_models", "your_model"}
+    | {"make_data", "STUDENT", "plan", "train", "method", "loader"}
+)
 
 _RUNTIME = '''
 def pairs(*lists):
     """Zip lists of tensors, repeating lists of length one (one tap against a range)."""
     n = max(len(x) for x in lists)
     return [tuple(x[0] if len(x) == 1 else x[i] for x in lists) for i in range(n)]
+
+
+def num(v):
+    """A number computed in the spec (`2`, `B`) as a tensor, for primitives written for tensors."""
+    if isinstance(v, int | float):
+        return torch.as_tensor(float(v), dtype=torch.get_default_dtype())
+    return v
 
 
 def adapt(adapters, values):
@@ -347,7 +552,7 @@ def eject(
     Raises:
         EjectError: with every construct that cannot be written out.
     """
-    g = _Gatherer()
+    g = _Gatherer(_SCRIPT_NAMES)
     g.imports |= {
         "import math",
         "import torch",
@@ -360,7 +565,7 @@ def eject(
     for role in m.roles:
         if role.mode not in ("trained", "frozen"):
             w.fail(f"the {role.mode} role `{role.name}`")
-    for what, items in (("view", m.data), ("ensemble", m.ensembles), ("let", m.lets)):
+    for what, items in (("view", m.data), ("ensemble", m.ensembles)):
         for item in items:
             w.fail(f"the {what} `{getattr(item, 'name', item)}`")
     for who in m.predictions:  # the script would score the bare model

@@ -128,7 +128,7 @@ class TransformNode(Node):
         self.inputs = nn.ModuleList(inputs)
         self.kwargs = kwargs
         self.extra = extra or {}  # per-element tensors (OFD margins), keyed "margins"
-        # Set when `normalize` comes next: compute without the 1/(H*W) (see ops.gram_sum).
+        # Set when `normalize` comes next: compute without the 1/(H*W) (see ops.fsp_sum).
         self.unscaled = False
 
     def forward(self, env: Env) -> list[torch.Tensor]:

@@ -44,6 +44,12 @@ CODES: dict[str, tuple[str, str]] = {
         "A `def` calls itself, directly or through other functions; functions are expanded "
         "where they are called, so they cannot recurse.",
     ),
+    "KD216": (
+        "condition not known before training",
+        "The condition of an `if` reads a tensor, a size or a schedule: `if` chooses between "
+        "formulas once, from numbers, words and parameters; `where(cond, a, b)` chooses per "
+        "element.",
+    ),
     "KD301": (
         "loss does not accept this knowledge",
         "The loss is not defined for the kind of "

@@ -27,11 +27,11 @@ __all__ = ["KEYWORDS", "KdLexer"]
 
 # Every keyword string of grammar/kdspec.lark except the role kinds (tests/editor checks this).
 KEYWORDS = (
-    "as", "cite", "claim", "deeper", "def", "ensemble", "epoch", "epochs", "for", "freeze",
-    "from", "frozen", "handoff", "import", "let", "like", "losses", "map", "method", "on",
-    "only", "param", "predict", "repeat", "return", "sees", "smaller", "stage", "step", "steps",
-    "subset", "supervise", "to", "train", "trained", "transfer", "use", "view", "weight", "wider",
-    "with",
+    "as", "cite", "claim", "deeper", "def", "else", "ensemble", "epoch", "epochs", "for",
+    "freeze", "from", "frozen", "handoff", "if", "import", "let", "like", "losses", "map",
+    "method", "on", "only", "param", "predict", "repeat", "return", "sees", "smaller", "stage",
+    "step", "steps", "subset", "supervise", "then", "to", "train", "trained", "transfer", "use",
+    "view", "weight", "wider", "with",
 )  # fmt: skip
 
 

@@ -253,11 +253,14 @@ def value_type(
         return apply_type(e, ins, fail, path)
     if not isinstance(e, ir.Call):
         return UNKNOWN
-    fdef = method.function(e.func)
+    # A vocabulary function written in the prelude is typed by its declaration (its kind and
+    # axis rule); only a user's `def` is typed through its body.
+    fdef = method.function(e.func) if e.func not in FUNCTIONS else None
     if fdef is not None:
         from kdspec.ir.functions import expand
 
-        return value_type(expand(e, fdef), method, report, path, holes)
+        body = expand(e, fdef, params=method.params)
+        return value_type(body, method, report, path, holes)
     fn = FUNCTIONS.get(e.func)
     if fn is None:
         return UNKNOWN
@@ -343,9 +346,9 @@ def knowledge_type(
     current = start
     for i, call in enumerate(knowledge):
         where = (*path, "knowledge", i)
-        fdef = method.function(call.func)
+        fdef = method.function(call.func) if call.func not in FUNCTIONS else None
         if fdef is not None:
-            body = expand(call, fdef, (ir.ArgRef(name=HOLE),))
+            body = expand(call, fdef, (ir.ArgRef(name=HOLE),), method.params)
             current = value_type(body, method, report, where, {HOLE: current})
             continue
         fn = FUNCTIONS.get(call.func)

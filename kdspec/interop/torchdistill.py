@@ -113,8 +113,27 @@ class _Tagged(dict):
     span: Span
 
 
+MAX_YAML_DEPTH = 64
+"""Nesting a torchdistill config never needs (about 6 levels); PyYAML's composer recurses once
+per level, so a deeper file would end in a RecursionError instead of a diagnostic."""
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_YAML_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:

@@ -17,10 +17,19 @@ from typing import Any
 
 from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
+from kdspec.ir.functions import choose_branches
+from kdspec.ir.printer import expr_text, tap_text
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
-from kdspec.vocabulary import ALIASES, CLAIM_DIMENSIONS, FUNCTIONS, REQUIRED, by_category
-from kdspec.vocabulary.axes import AXES, BASE_AXES
+from kdspec.vocabulary import (
+    ALIASES,
+    CLAIM_DIMENSIONS,
+    FUNCTIONS,
+    PRELUDE_IMPL,
+    REQUIRED,
+    by_category,
+)
+from kdspec.vocabulary.axes import AXES, AXIS_SETS, BASE_AXES
 
 PathKey = tuple[object, ...]
 
@@ -264,6 +273,8 @@ class _MethodLowering:
             )
         if isinstance(e, ast.Neg):
             return ir.Neg(operand=self.expr(e.operand, path=sub("operand")))
+        if isinstance(e, ast.Cond):
+            return self.cond(e, as_value, path)
         if isinstance(e, ast.ListExpr):
             return ir.ListE(
                 items=tuple(
@@ -277,6 +288,45 @@ class _MethodLowering:
             return self.apply(e, path)
         self.err("KD104", "unsupported expression", getattr(e, "span", None))
         return ir.Str(value="?")
+
+    def cond(self, e: ast.Cond, as_value: bool, path: PathKey | None) -> ir.Expr:
+        """``if c then a else b``: ``c`` must be known before training (KD216); in a method it
+        is known now, so the branch it picks is the value (a ``def`` picks when expanded)."""
+        sub = (lambda k: (*path, k)) if path is not None else (lambda k: None)
+        out = ir.Cond(
+            cond=self.expr(e.cond, path=sub("cond")),
+            then=self.expr(e.then, as_value=as_value, path=sub("then")),
+            orelse=self.expr(e.orelse, as_value=as_value, path=sub("orelse")),
+        )
+        culprit = self.not_constant(out.cond)
+        if culprit is not None:
+            self.err(
+                "KD216",
+                "the condition of `if` is not known before training",
+                e.cond.span,
+                f"reads {culprit}",
+                help="an `if` chooses between formulas once, from numbers, words and "
+                "parameters (`if reduction == \"sum\" then ... else ...`); to choose per "
+                "element, write `where(cond, a, b)`",
+            )
+            return out
+        return choose_branches(out, self.params)
+
+    def not_constant(self, e: ir.Expr) -> str | None:
+        """What makes a condition unknown before training (a tensor, a size, a schedule)."""
+        for n in e.walk():
+            if isinstance(n, ir.Tap):
+                return f"the tap `{tap_text(n)}`"
+            if isinstance(n, ir.LetRef):
+                return f"the let `{n.name}`"
+            if isinstance(n, ir.ArgRef) and not self.is_keyword_param(n.name):
+                return f"the tensor input `{n.name}`"
+            if isinstance(n, ir.Call):
+                return f"`{expr_text(n)}`"
+        return None
+
+    def is_keyword_param(self, name: str) -> bool:
+        return False  # a method has no arguments; a `def` overrides this
 
     def name(self, e: ast.Name, *, as_value: bool = False) -> ir.Expr:
         n = e.id
@@ -334,7 +384,12 @@ class _MethodLowering:
         """KD313 for a bare word given as an axis that is no axis (`over=spaec`)."""
         words = e.items if isinstance(e, ast.ListExpr) else (e,)
         for w in words:
-            if not isinstance(w, ast.Name) or w.id in AXES or self.is_value_name(w.id):
+            if (
+                not isinstance(w, ast.Name)
+                or w.id in AXES
+                or w.id in AXIS_SETS
+                or self.is_value_name(w.id)
+            ):
                 continue
             self.err(
                 "KD313",
@@ -496,6 +551,8 @@ class _MethodLowering:
                 e.span,
                 "missing input",
             )
+        if fn.inputs < 0 and fn.category == "primitive" and not args:
+            self.err("KD204", f"`{fname}` needs at least one input", e.span, "no input")
         for pname, p in fn.params.items():
             if p.default is REQUIRED and pname not in kwargs:
                 self.err(
@@ -504,6 +561,11 @@ class _MethodLowering:
                     e.span,
                     f"missing `{pname}=`",
                 )
+        if fn.impl.startswith(PRELUDE_IMPL) and self.defs is not None:
+            # Written in kdspec itself: the method carries the prelude def, and the compiler
+            # expands the call as a user def's; its facts stay those of the vocabulary.
+            if self.defs.lower(fname, e.func.span, self.source) is not None:
+                self.used_defs.add(fname)
         return ir.Call(func=fname, args=args, kwargs=kwargs)
 
     def _const_int(self, e: ast.Expr | None) -> int | None:
@@ -1479,6 +1541,9 @@ class _FunctionLowering(_MethodLowering):
 
     def is_value_name(self, name: str) -> bool:
         return name in self.arg_names or name in self.local
+
+    def is_keyword_param(self, name: str) -> bool:
+        return any(p.name.name == name and p.default is not None for p in self.fn.params)
 
     def shape_value(self, e: ast.Name) -> ir.Expr | None:
         if e.id in VALUE_SHAPES and self.first_input is not None:

@@ -38,7 +38,6 @@ __all__ = [
     "lp",
     "mmd",
     "mse",
-    "partial_l2",
     "pearson",
     "smooth_l1",
     "soft_ce",
@@ -362,7 +361,7 @@ def ab_hinge(t: Tensor, s: Tensor, margin: float = 1.0, reduction: str = "batchm
     """AB "alternative L2" (torchdistill ``AltActTransferLoss``, RepDistiller ``ABLoss``).
 
     ``sum (s + m)^2 1[s > -m & t <= 0] + (s - m)^2 1[s <= m & t > 0]``. ``t`` may be the raw
-    pre-ReLU teacher map or its :func:`~kdspec.ops.transforms.binarize` (same result).
+    pre-ReLU teacher map or its ``binarize`` (``1[t > 0]``, same result).
     torchdistill ``reduction="mean"`` is ``"batchmean"`` here. RepDistiller additionally
     multiplies stage i of n by ``2^(i-n+1)`` and the total by ``3/1000``.
 
@@ -380,25 +379,6 @@ def ab_hinge(t: Tensor, s: Tensor, margin: float = 1.0, reduction: str = "batchm
     pos = ((s <= margin) & (t > 0)).to(s.dtype)
     elem = (s + margin).pow(2) * neg + (s - margin).pow(2) * pos
     return _reduce(elem, reduction, t.shape[0])
-
-
-def partial_l2(t: Tensor, s: Tensor) -> Tensor:
-    """OFD partial L2: squared error except where ``s <= t <= 0``, summed, divided by B.
-
-    ``t`` is the margin-ReLU'd teacher (:func:`~kdspec.ops.transforms.margin_relu`). This equals
-    mdistiller ``feat_loss(s, t_raw, margin)`` (``.mean(dim=0).sum()``) and the clovaai
-    ``distillation_loss(...) / B``.
-
-    Args:
-        t: Teacher ``max(t_raw, margin)`` ``[B, C, H, W]``.
-        s: Student connector output, same shape.
-
-    Returns:
-        Scalar.
-    """
-    _check_same_shape("partial_l2", t, s)
-    mask = ((s > t) | (t > 0)).to(s.dtype)
-    return ((s - t).pow(2) * mask).sum() / t.shape[0]
 
 
 def gaussian_nll(
@@ -500,7 +480,6 @@ LOSSES: dict[str, Callable[..., Any]] = {
     "mmd": mmd,
     "pearson": pearson,
     "ab_hinge": ab_hinge,
-    "partial_l2": partial_l2,
     "gaussian_nll": gaussian_nll,
     "hcl": hcl,
     "info_nce": info_nce,

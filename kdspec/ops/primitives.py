@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdspec.ops.transforms import mean as combine
+from kdspec.ops.transforms import normalize as per_sample
 from kdspec.vocabulary import FUNCTIONS
 from kdspec.vocabulary.axes import Axes, over_axes
 
@@ -46,7 +48,7 @@ def dims(axes: Axes | None, x: Tensor, over: object) -> list[int]:
         return [x.dim() - 1]
     if axes is None:
         raise ValueError(f"the axes of this value are unknown, so `over={over}` cannot be placed")
-    names = over_axes(over)
+    names = over_axes(over, of=axes)
     out: list[int] = []
     start = 0
     for a, n in zip(axes, spans(axes, x.dim()), strict=True):
@@ -196,8 +198,6 @@ def log_softmax(x: Tensor, *, axes: AxesIn = (), T: float = 1.0, over: object = 
 def normalize(x: Tensor, *, axes: AxesIn = (), p: float = 2.0, over: object = None) -> Tensor:
     """Lp-normalise along ``over``; without it, per sample (the legacy transform)."""
     if over is None:
-        from kdspec.ops.transforms import normalize as per_sample
-
         return per_sample(x, p=p)
     d = dims(axes[0] if axes else None, x, over)
     n = torch.linalg.vector_norm(x, ord=p, dim=d, keepdim=True)
@@ -215,8 +215,6 @@ def sum(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
 def mean(*xs: Tensor, axes: AxesIn = (), weights: Any = None, over: object = None) -> Tensor:
     """With ``over``: the mean along axes; else the (weighted) mean of several tensors."""
     if over is None:
-        from kdspec.ops.transforms import mean as combine
-
         return combine(*xs, weights=weights)
     (x,) = xs
     return x.mean(dim=_reduce_dims(x, axes, over))
@@ -327,6 +325,28 @@ def relation(
     if kernel == "rbf":
         return torch.exp(-gamma * sq)
     raise ValueError(f"unknown kernel `{kernel}` (dot, cosine, rbf, distance, sqdistance)")
+
+
+def eye(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    """1 where a relation matrix's row and column are the same, 0 elsewhere (no gradient)."""
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    return torch.eye(x.shape[-2], x.shape[-1], dtype=dtype, device=x.device).expand(x.shape)
+
+
+def diag(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
+    """The diagonal of a relation matrix: ``(..., N, N) -> (..., N)``."""
+    return torch.diagonal(x, dim1=-2, dim2=-1)
+
+
+def stack(*xs: Tensor, axes: AxesIn = (), over: object) -> Tensor:
+    """The inputs side by side along a new last axis."""
+    return torch.stack(torch.broadcast_tensors(*xs), dim=-1)
+
+
+def concat(*xs: Tensor, axes: AxesIn = (), over: object) -> Tensor:
+    """The inputs end to end along their axis ``over``."""
+    (d,) = dims(axes[0] if axes else None, xs[0], over)
+    return torch.cat(xs, dim=d)
 
 
 # --------------------------------------------------------------------------------------------

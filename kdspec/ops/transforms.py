@@ -1,11 +1,12 @@
 """Torch-level transforms applied to tapped tensors before a matching loss.
 
 Every transform is a pure, batch-first function ``f(x, **params) -> Tensor`` (``fsp``, ``mean``
-and ``mean_dist`` take several tensors, ``binary_target`` and ``non_target`` also take the labels).
-The spec compiler looks them up by name in :data:`TRANSFORMS`.
+and ``mean_dist`` take several tensors, ``binary_target`` also takes the labels). The spec
+compiler looks them up by name in :data:`TRANSFORMS`. The transforms written in kdspec itself
+(``attention``, ``similarity``, ``gram``, ...) live in ``kdspec/prelude/*.kd`` instead.
 
-Distributions (the outputs of ``softmax``, ``binary_target``, ``non_target``, ``pkt_affinity`` and
-``mean_dist``) are always carried as **log-probabilities**; the losses in
+Distributions (the outputs of ``softmax``, ``binary_target`` and ``mean_dist``) are always
+carried as **log-probabilities**; the losses in
 :mod:`kdspec.ops.losses` that take distributions (``kl``, ``soft_ce``) take log-probabilities on
 both sides.
 
@@ -26,30 +27,22 @@ from torch import Tensor, nn
 __all__ = [
     "TRANSFORMS",
     "angles",
-    "attention",
-    "binarize",
     "binary_target",
-    "channel_dist",
     "distances",
     "flatten",
     "fsp",
-    "gram",
     "interpolate",
     "log_softmax",
     "margin_relu",
     "mask_features",
     "mean",
     "mean_dist",
-    "non_target",
     "normalize",
     "ofd_margin",
-    "pkt_affinity",
     "pool",
-    "similarity",
     "softmax",
     "stopgrad",
     "virtual_teacher",
-    "zscore",
 ]
 
 # mdistiller's DKD pushes the target logit out of the softmax with this offset.
@@ -103,23 +96,6 @@ def log_softmax(x: Tensor, T: float = 1.0) -> Tensor:
     return softmax(x, T)
 
 
-def zscore(x: Tensor, eps: float = 1e-7) -> Tensor:
-    """Standardise along the last dim (logit-standardisation KD, Sun et al. CVPR'24).
-
-    Uses the unbiased standard deviation, as the authors' ``normalize(logit)``.
-
-    Args:
-        x: Logits ``[..., K]``.
-        eps: Added to the standard deviation.
-
-    Returns:
-        ``(x - mean) / (eps + std)``, ``[..., K]``.
-    """
-    mu = x.mean(dim=-1, keepdim=True)
-    std = x.std(dim=-1, keepdim=True)
-    return (x - mu) / (eps + std)
-
-
 def binary_target(x: Tensor, labels: Tensor, T: float = 1.0) -> Tensor:
     """DKD target-class binary distribution ``[p_gt, 1 - p_gt]`` (TCKD), as log-probabilities.
 
@@ -139,24 +115,6 @@ def binary_target(x: Tensor, labels: Tensor, T: float = 1.0) -> Tensor:
     is_gt = F.one_hot(labels, num_classes=z.shape[-1]).bool()  # [B, K]
     rest = torch.logsumexp(z.masked_fill(is_gt, float("-inf")), dim=-1)  # [B]
     return torch.stack([gt - lse, rest - lse], dim=-1)
-
-
-def non_target(x: Tensor, labels: Tensor, T: float = 1.0) -> Tensor:
-    """DKD non-target distribution (NCKD), as log-probabilities.
-
-    Uses mdistiller's trick ``log_softmax(x / T - 1000 * onehot(labels))``: the target class gets
-    (numerically) zero probability and the others are renormalised among themselves.
-
-    Args:
-        x: Logits ``[B, K]``.
-        labels: Ground-truth classes, int64 ``[B]``.
-        T: Temperature.
-
-    Returns:
-        ``[B, K]`` log-probabilities.
-    """
-    onehot = F.one_hot(labels, num_classes=x.shape[-1]).to(x.dtype)  # [B, K]
-    return F.log_softmax(x / T - _DKD_MASK_OFFSET * onehot, dim=-1)
 
 
 def mean_dist(*log_ps: Tensor, weights: Sequence[float] | Tensor | None = None) -> Tensor:
@@ -274,28 +232,6 @@ def normalize(x: Tensor, p: float = 2.0) -> Tensor:
     return F.normalize(x, p=p, dim=-1, eps=1e-12)
 
 
-def attention(x: Tensor, p: float = 2.0) -> Tensor:
-    """Spatial attention map (AT, Zagoruyko & Komodakis; RepDistiller ``Attention.at``).
-
-    ``normalize(mean_c |x|^p)`` flattened. RepDistiller and torchdistill use ``x.pow(p)``, which
-    equals ``|x|^p`` for even p.
-
-    Args:
-        x: Feature map ``[B, C, H, W]`` or token features ``[B, L, D]``.
-        p: Exponent.
-
-    Returns:
-        ``[B, H*W]`` (or ``[B, L]``), L2-normalised per sample.
-    """
-    if x.dim() == 4:
-        a = x.abs().pow(p).mean(dim=1)  # [B, H, W]
-    elif x.dim() == 3:
-        a = x.abs().pow(p).mean(dim=2)  # [B, L]
-    else:
-        raise ValueError(f"attention expects [B, C, H, W] or [B, L, D], got {tuple(x.shape)}")
-    return F.normalize(a.reshape(a.shape[0], -1), p=2.0, dim=1)
-
-
 def pool(x: Tensor, size: int | Sequence[int] = 1) -> Tensor:
     """Adaptive average pooling.
 
@@ -336,29 +272,6 @@ def interpolate(x: Tensor, size: int | Sequence[int]) -> Tensor:
     return F.interpolate(x, size=_pair(size), mode="bilinear", align_corners=False)
 
 
-def gram(x: Tensor) -> Tensor:
-    """Channel Gram matrix ``F Fᵀ / (H*W)``.
-
-    Args:
-        x: ``[B, C, H, W]`` (or already flattened ``[B, C, N]``).
-
-    Returns:
-        ``[B, C, C]``.
-    """
-    f = x.flatten(2)  # [B, C, N]
-    return gram_sum(x) / f.shape[2]
-
-
-def gram_sum(x: Tensor) -> Tensor:
-    """``F Fᵀ`` without the ``1 / (H*W)``: what ``normalize`` after :func:`gram` normalises.
-
-    Normalisation ignores a positive factor, except where it clamps an all-zero row (a dead
-    channel): dividing by ``H*W`` first would make that row's gradient ``H*W`` times too small.
-    """
-    f = x.flatten(2)  # [B, C, N]
-    return torch.bmm(f, f.transpose(1, 2))
-
-
 def fsp(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
     """FSP matrix between two feature maps (Yim et al. CVPR'17).
 
@@ -394,22 +307,12 @@ def fsp(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
 def fsp_sum(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
     """:func:`fsp` times ``h*w`` (the sum over positions): what ``normalize`` after it sees.
 
-    See :func:`gram_sum`; the product restores the exact gradient of the unscaled matrix.
+    Normalisation ignores a positive factor, except where it clamps an all-zero row (a dead
+    channel): dividing by ``h*w`` first would make that row's gradient ``h*w`` times too small.
+    The product restores the exact gradient of the unscaled matrix.
     """
     hw = min(a.shape[2], b.shape[2]) * min(a.shape[3], b.shape[3])
     return fsp(a, b, pool) * hw
-
-
-def channel_dist(x: Tensor) -> Tensor:
-    """NST neuron-selectivity vectors: each channel's spatial map, L2-normalised.
-
-    Args:
-        x: ``[B, C, H, W]`` (or ``[B, C, N]``).
-
-    Returns:
-        ``[B, C, H*W]``.
-    """
-    return F.normalize(x.flatten(2), p=2.0, dim=2)
 
 
 def margin_relu(x: Tensor, margin: Tensor | float) -> Tensor:
@@ -452,18 +355,6 @@ def ofd_margin(bn: nn.BatchNorm2d) -> Tensor:
     pdf = torch.exp(-(z**2) / 2.0) / math.sqrt(2.0 * math.pi)
     margin = torch.where(cdf > 0.001, -s * pdf / cdf + m, -3.0 * s)
     return margin.to(bn.weight.dtype)
-
-
-def binarize(x: Tensor) -> Tensor:
-    """AB teacher side: activation indicator ``1[x > 0]``.
-
-    Args:
-        x: ``[B, ...]``.
-
-    Returns:
-        ``[B, ...]`` of 0/1 in ``x``'s dtype (no gradient).
-    """
-    return (x > 0).to(x.dtype)
 
 
 def stopgrad(x: Tensor) -> Tensor:
@@ -518,23 +409,6 @@ def mask_features(
 # --------------------------------------------------------------------------------------------
 
 
-def similarity(x: Tensor, p: float = 2.0) -> Tensor:
-    """SP batch similarity: ``normalize(x xᵀ)`` row-wise.
-
-    The SP paper and RepDistiller/mdistiller use ``p=2``; torchdistill ``SPKDLoss`` calls
-    ``normalize(G, 1)``, i.e. ``p=1``.
-
-    Args:
-        x: ``[B, ...]`` (flattened to ``[B, D]``).
-        p: Row-normalisation order.
-
-    Returns:
-        ``[B, B]``.
-    """
-    f = x.reshape(x.shape[0], -1)  # [B, D]
-    return F.normalize(f @ f.t(), p=p, dim=1)
-
-
 def distances(x: Tensor, normalize: bool = True, eps: float = 1e-12) -> Tensor:
     """RKD pairwise Euclidean distances (RepDistiller / mdistiller / torchdistill ``pdist``).
 
@@ -576,52 +450,23 @@ def angles(x: Tensor) -> Tensor:
     return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)
 
 
-def pkt_affinity(x: Tensor, eps: float = 1e-7) -> Tensor:
-    """PKT conditional probabilities from the cosine kernel, as log-probabilities.
-
-    As torchdistill ``PKTLoss`` / RepDistiller ``PKT``: ``x / (|x| + eps)``, cosine matrix,
-    ``(S + 1) / 2``, rows divided by their sums. ``kl(pkt_affinity(t), pkt_affinity(s),
-    eps=1e-7, reduction="mean")`` reproduces their loss.
-
-    Args:
-        x: ``[B, D]`` embeddings (other shapes are flattened).
-        eps: Added to the norms.
-
-    Returns:
-        ``[B, B]`` log-probabilities (each row is a distribution).
-    """
-    f = x.reshape(x.shape[0], -1)  # [B, D]
-    f = f / (torch.sqrt(torch.sum(f**2, dim=1, keepdim=True)) + eps)
-    f = torch.where(torch.isnan(f), torch.zeros_like(f), f)
-    s = (f @ f.t() + 1.0) / 2.0  # [B, B] in [0, 1]
-    return torch.log(s / s.sum(dim=1, keepdim=True))
-
-
 # Scale-free forms of the transforms that average over positions, used when `normalize` follows.
-UNSCALED: dict[str, Callable[..., Any]] = {"gram": gram_sum, "fsp": fsp_sum}
+UNSCALED: dict[str, Callable[..., Any]] = {"fsp": fsp_sum}
 
 TRANSFORMS: dict[str, Callable[..., Any]] = {
     "softmax": softmax,
     "log_softmax": log_softmax,
-    "zscore": zscore,
-    "attention": attention,
     "normalize": normalize,
     "flatten": flatten,
     "pool": pool,
     "interpolate": interpolate,
-    "gram": gram,
     "fsp": fsp,
-    "similarity": similarity,
     "distances": distances,
     "angles": angles,
-    "pkt_affinity": pkt_affinity,
-    "channel_dist": channel_dist,
     "binary_target": binary_target,
-    "non_target": non_target,
     "mean_dist": mean_dist,
     "mean": mean,
     "stopgrad": stopgrad,
-    "binarize": binarize,
     "margin_relu": margin_relu,
     "ofd_margin": ofd_margin,
     "virtual_teacher": virtual_teacher,

@@ -34,7 +34,7 @@ def loss_type(
         implicit: tuple[ir.Expr, ...] = (ir.ArgRef(name=STUDENT_SIDE),)
     else:
         implicit = (ir.ArgRef(name=TEACHER_SIDE), ir.ArgRef(name=STUDENT_SIDE))
-    body = expand(term.loss, fdef, implicit)
+    body = expand(term.loss, fdef, implicit, method.params)
     holes = {TEACHER_SIDE: sides.get("source", types.UNKNOWN), STUDENT_SIDE: sides["target"]}
     return types.value_type(body, method, report, ("term", term.name, "loss"), holes)
 

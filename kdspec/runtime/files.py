@@ -103,6 +103,64 @@ def fresh_folder(base: Path, name: str) -> Path:
     raise KdError([error("KD505", f"no free run folder name in `{base}`", None)])
 
 
+OUTPUT_MARK = ".kdspec-output"
+"""A file kdspec writes into each output folder it creates, holding the command kind: only a
+folder marked by the same kind of command (``compare``, ``reproduce``) is continued."""
+
+
+def output_folder(
+    out: str | Path | None,
+    name: str,
+    *,
+    resumable: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """The folder a command writes to; it never overwrites or deletes a user's files.
+
+    No ``out``: a new ``runs-out/<name>-<time>[-n]``. A new or empty ``out`` is used as is. An
+    ``out`` that holds files gets a unique sub-folder, unless it is an earlier output of the
+    same ``resumable`` command (its cached cells are reused). A file is KD505.
+    """
+    if out is None:
+        return _marked(fresh_folder(Path("runs-out"), name), resumable)
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise KdError(
+            [error("KD505", f"--out `{path}` is a file, not a folder", None, help="name a folder")]
+        )
+    if path.is_dir() and any(path.iterdir()):
+        if resumable is not None and _mark_of(path) == resumable:
+            check_writable(path)
+            log(f"--out `{path}` holds an earlier `{resumable}`: continuing it")
+            return path
+        sub = fresh_folder(path, name)
+        log(f"--out `{path}` already holds files: writing to `{sub}`")
+        return _marked(sub, resumable)
+    check_writable(path)
+    return _marked(path, resumable)
+
+
+def _marked(path: Path, kind: str | None) -> Path:
+    """Mark a folder as ``kind``'s output; unmarked (``train``) folders are made on first write."""
+    if kind is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failure(exc, "the output folder", path) from None
+        atomic_write(path / OUTPUT_MARK, lambda p: p.write_text(kind + "\n"))
+    return path
+
+
+def _mark_of(path: Path) -> str | None:
+    mark = path / OUTPUT_MARK
+    if mark.is_symlink() or not mark.is_file():
+        return None
+    try:
+        return mark.read_text(encoding="utf-8", errors="replace")[:64].strip()
+    except OSError:
+        return None
+
+
 def _as_os_error(exc: BaseException, folder: Path) -> OSError:
     """torch.save reports a full disk as a RuntimeError from its zip writer: make it ENOSPC."""
     if isinstance(exc, OSError):

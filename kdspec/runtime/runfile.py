@@ -216,7 +216,7 @@ class Run:
 
     def with_updates(self, **sections: dict[str, Any]) -> Run:
         """A copy with some settings replaced, e.g. ``with_updates(train={"epochs": 2})``."""
-        data = self.config.model_dump()
+        data = self.config.model_dump(exclude_unset=True)  # keep which keys the user wrote
         for name, values in sections.items():
             if isinstance(data.get(name), dict):
                 data[name] = {**data[name], **values}

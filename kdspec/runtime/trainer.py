@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdspec.compiler.stages import StageRun, plan_stages
 from kdspec.diagnostics import KdError, error
 from kdspec.ir.evaluate import Progress
+from kdspec.runtime.checkpoint import Checkpoint, Position, rng_state, set_rng_state
 from kdspec.runtime.data import drops_a_lone_example, eval_loader, train_loader
 from kdspec.runtime.files import atomic_write
 from kdspec.runtime.metrics import METRICS as METRIC_KINDS
@@ -54,7 +55,10 @@ from kdspec.runtime.runfile import TrainConfig
 
 __all__ = [
     "Callback",
+    "Checkpoint",
     "StageRun",
+    "TrainOptions",
+    "TrainRecipe",
     "TrainResult",
     "Trainable",
     "evaluate_model",
@@ -219,29 +223,6 @@ def _write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
 
 
-def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "loader": loader_gen.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    torch.set_rng_state(state["torch"])
-    loader_gen.set_state(state["loader"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(i) for i in x) if isinstance(x, list | tuple) else x
-
-
 def _fingerprint(cfg: TrainConfig, stages: list[StageRun], meta: dict[str, Any]) -> str:
     text = json.dumps(
         {"train": cfg.model_dump(), "stages": [s.__dict__ for s in stages], "key": meta.get("key")},
@@ -335,259 +316,360 @@ def train(
 
     Raises:
         KdError: KD503 when the loss stops being finite (the files written so far are kept);
-            KD501 when ``resume`` finds a checkpoint of a different job.
+            KD501 when ``resume`` finds a checkpoint of a different job; KD405 when the
+            checkpoint cannot be read.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta or {})
-    dev = torch.device(device) if device is not None else _default_device()
-    use_amp = cfg.amp and dev.type == "cuda"
-    model.to(dev)
-    if reference is not None:
-        reference.to(dev)
-
-    loader = train_loader(train_set, batch_size, cfg.seed, num_workers)
-    if drops_a_lone_example(train_set, batch_size):
-        print(
-            f"note: {label or 'training'}: the last batch of each epoch would hold 1 example "
-            f"({len(train_set)} examples, batches of {batch_size}); it is left out",  # type: ignore[arg-type]
-            file=sys.stderr,
-        )
-    assert loader.generator is not None
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise KdError([error("KD502", "the training set is empty")])
-    stages = plan_stages(model.stage_plans, cfg.epochs, steps_per_epoch)
-    fingerprint = _fingerprint(cfg, stages, meta)
-    evals = {
-        name: eval_loader(ds, eval_batch_size, num_workers)
-        for name, ds in (("val", val_set), ("test", test_set))
-        if ds is not None and len(ds) > 0  # type: ignore[arg-type]
-    }
-    roles = model.eval_roles()
-    total_steps = sum(s.steps * s.repeat for s in stages)
-
-    seed_everything(cfg.seed)
-    ckpt_path = out / CHECKPOINT
-    position = {"stage": 0, "repeat": 0, "steps_done": 0, "stage_epoch": 0}
-    global_step, global_epoch, elapsed = 0, 0.0, 0.0
-    best: dict[str, Any] = {}
-    resumed: dict[str, Any] | None = None
-    if resume and ckpt_path.exists():
-        try:
-            resumed = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-            if not isinstance(resumed, dict) or "position" not in resumed:
-                raise ValueError("not a kdspec training checkpoint")
-        except Exception as exc:  # any unreadable file: a diagnostic, and the file is kept
-            raise KdError(
-                [
-                    error(
-                        "KD405",
-                        f"cannot resume from `{ckpt_path}`: the checkpoint is corrupt",
-                        notes=(f"torch.load said: {str(exc).splitlines()[0][:200]}",),
-                        help="the file was left as it is; start afresh without `--resume` or with "
-                        "another `--out` folder",
-                    )
-                ]
-            ) from None
-        if resumed.get("fingerprint") != fingerprint:
-            raise KdError(
-                [
-                    error(
-                        "KD501",
-                        f"cannot resume: `{ckpt_path}` was written by a run with other settings",
-                        help="resume with the same spec, run file and options, "
-                        "or choose a new `--out` folder",
-                    )
-                ]
-            )
-        position = dict(resumed["position"])
-        global_step, global_epoch = int(resumed["global_step"]), float(resumed["global_epoch"])
-        elapsed, best = float(resumed["elapsed"]), dict(resumed["best"])
-    else:
-        for name in (METRICS, SUMMARY, CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
-    warned_huge = False
-    records = _read_records(out / METRICS, global_step)
-    # Rewrite metrics.jsonl so lines written after the checkpoint (a crash) are dropped.
-    _atomic_write(
-        out / METRICS, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records))
+    options = TrainOptions(
+        batch_size=batch_size,
+        val_set=val_set,
+        test_set=test_set,
+        eval_batch_size=eval_batch_size,
+        resume=resume,
+        callbacks=tuple(callbacks),
+        meta=dict(meta or {}),
+        device=torch.device(device) if device is not None else _default_device(),
+        label=label,
+        num_workers=num_workers,
+        reference=reference,
+        on_nonfinite=on_nonfinite,
     )
+    return TrainRecipe(model, train_set, cfg, Path(out_dir), options).run()
 
-    started = time.perf_counter() - elapsed
-    _notify(callbacks, "on_train_start", label, total_steps, global_step)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    done = bool(resumed and resumed.get("done"))
-    if done and resumed is not None:
-        model.load_state_dict(resumed["model"])
-    try:
-        for stage in stages if not done else []:
-            for rep in range(stage.repeat):
-                if (stage.index, rep) < (position["stage"], position["repeat"]):
-                    continue
-                model.set_stage(stage.name)
-                model.train()
-                params = list({id(p): p for p in model.trainable_parameters()}.values())
-                opt = make_optimizer(params, cfg) if params else None
-                steps_done, stage_epoch = 0, 0
-                if resumed is not None and (stage.index, rep) == (
-                    position["stage"],
-                    position["repeat"],
-                ):
-                    model.load_state_dict(resumed["model"])
-                    if opt is not None and resumed.get("optimizer"):
-                        opt.load_state_dict(resumed["optimizer"])
-                    if use_amp and resumed.get("scaler"):
-                        scaler.load_state_dict(resumed["scaler"])
-                    _set_rng_state(resumed["rng"], loader.generator)
-                    steps_done, stage_epoch = position["steps_done"], position["stage_epoch"]
-                    resumed = None
-                while steps_done < stage.steps:
-                    n = min(steps_per_epoch, stage.steps - steps_done)
-                    sums: dict[str, float] = {}
-                    batches = iter(loader)
-                    lr = cfg.lr
-                    for _ in range(n):
-                        batch = _to(next(batches), dev)
-                        lr = cfg.lr * lr_factor(cfg, steps_done, stage.steps, steps_per_epoch)
-                        if opt is not None:
-                            for group in opt.param_groups:
-                                group["lr"] = lr
-                        progress = Progress.at(steps_done, steps_per_epoch, stage.steps)
-                        with torch.autocast(dev.type, enabled=use_amp):
-                            result = model(batch, progress=progress)
-                        bad = _non_finite(result)
-                        if bad is not None and on_nonfinite == "skip":
-                            # no update from this batch; counted in the epoch's record
-                            sums["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0) + 1
-                            model.after_step()
-                            steps_done += 1
-                            global_step += 1
-                            continue
-                        if bad is not None:
-                            _diverged(
-                                out, records, best, cfg, roles, meta, bad, stage, global_epoch
-                            )
-                            raise KdError(
-                                [
-                                    _nonfinite_diagnostic(
-                                        model, bad, stage.name, global_epoch, global_step, out
-                                    )
-                                ]
-                            )
-                        if opt is not None and result.loss.requires_grad:
-                            opt.zero_grad(set_to_none=True)
-                            scaler.scale(result.loss).backward()
-                            if cfg.grad_clip is not None:
-                                scaler.unscale_(opt)
-                                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                            scaler.step(opt)
-                            scaler.update()
-                        model.after_step()
-                        steps_done += 1
-                        global_step += 1
-                        values = {"loss": float(result.loss.detach())}
-                        values.update({k: float(v.detach()) for k, v in result.terms.items()})
-                        for k, v in values.items():
-                            sums[k] = sums.get(k, 0.0) + v
-                        _notify(callbacks, "on_step", stage.name, values)
-                    stage_epoch += 1
-                    global_epoch += n / steps_per_epoch
-                    skipped_here = int(sums.pop("skipped_nonfinite", 0))
-                    counted = n - skipped_here
-                    record: dict[str, Any] = {
-                        "stage": stage.name,
-                        "repeat": rep,
-                        "stage_epoch": stage_epoch,
-                        "epoch": round(global_epoch, 6),
-                        "step": global_step,
-                        "lr": lr,
-                        "loss": sums.pop("loss") / counted if counted else float("nan"),
-                        "terms": {k: v / counted for k, v in sums.items()} if counted else {},
-                    }
-                    if skipped_here:
-                        record["skipped_nonfinite"] = skipped_here
-                    if not warned_huge and abs(record["loss"]) > HUGE_LOSS:
-                        warned_huge = True  # said once: finite but useless training
-                        print(
-                            f"warning: {label or 'training'}: epoch loss {record['loss']:.3g} "
-                            f"at epoch {global_epoch:g}: the objective is diverging (a tiny "
-                            "temperature or a huge weight?); training goes on",
-                            file=sys.stderr,
-                        )
-                    for split, ev_loader in evals.items():
-                        record[split] = {
-                            r: evaluate_model(_deployed(model, r), ev_loader, dev, reference)
-                            for r in roles
-                        }
-                    record.setdefault("val", {})
-                    record.setdefault("test", {})
-                    record["time_s"] = round(time.perf_counter() - started, 3)
-                    records.append(record)
-                    record["metric"] = cfg.metric
-                    _update_best(best, record, roles, cfg.metric)
-                    with (out / METRICS).open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    _save_checkpoint(
-                        ckpt_path,
-                        model,
-                        opt,
-                        scaler if use_amp else None,
-                        loader.generator,
-                        {
-                            "stage": stage.index,
-                            "repeat": rep,
-                            "steps_done": steps_done,
-                            "stage_epoch": stage_epoch,
-                        },
-                        global_step,
-                        global_epoch,
-                        time.perf_counter() - started,
-                        best,
-                        fingerprint,
-                    )
-                    _notify(callbacks, "on_epoch_end", record)
-                model.finish_repeat(last=rep == stage.repeat - 1)
-        if not done:
-            _save_checkpoint(
-                ckpt_path,
-                model,
-                None,
-                None,
-                loader.generator,
-                position,
-                global_step,
-                global_epoch,
-                time.perf_counter() - started,
-                best,
-                fingerprint,
-                done=True,
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How :func:`train` runs (its keyword arguments, documented there)."""
+
+    batch_size: int
+    val_set: Dataset[Any] | None = None
+    test_set: Dataset[Any] | None = None
+    eval_batch_size: int = 512
+    resume: bool = False
+    callbacks: tuple[Any, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: _default_device())
+    label: str = ""
+    num_workers: int = 0
+    reference: nn.Module | None = None
+    on_nonfinite: str = "stop"
+
+
+@dataclass
+class _Repeat:
+    """One repetition of a stage while it runs: its optimizer and how far it got."""
+
+    stage: StageRun
+    index: int
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer | None
+    steps_done: int = 0
+    stage_epoch: int = 0
+
+
+class TrainRecipe:
+    """One training run, in the order it happens (the shape of torchtune's recipes).
+
+    :meth:`run` is the whole recipe: :meth:`setup` (device, loaders, stage plan), :meth:`resume`
+    (a :class:`~kdspec.runtime.checkpoint.Checkpoint`, or a fresh folder), then for every stage
+    repetition :meth:`start_repeat` and its epochs (:meth:`run_epoch`: :meth:`step` per batch,
+    then :meth:`record`, :meth:`evaluate`, :meth:`checkpoint`), and :meth:`finish` (the models,
+    the summary, the curves).
+    """
+
+    def __init__(
+        self,
+        model: Trainable,
+        train_set: Dataset[Any],
+        cfg: TrainConfig,
+        out: Path,
+        options: TrainOptions,
+    ) -> None:
+        self.model, self.train_set, self.cfg, self.out, self.o = model, train_set, cfg, out, options
+        self.records: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {}
+        self.position = Position()
+        self.global_step, self.global_epoch, self.started = 0, 0.0, 0.0
+        self.pending: Checkpoint | None = None  # the checkpoint to restore at its repetition
+        self.warned_huge = False
+
+    # -- the recipe -----------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train through every stage and write the run's files (see :func:`train`)."""
+        self.setup()
+        ckpt = self.resume()
+        self.started = time.perf_counter() - (ckpt.elapsed if ckpt is not None else 0.0)
+        o = self.o
+        _notify(o.callbacks, "on_train_start", o.label, self.total_steps, self.global_step)
+        try:
+            if ckpt is not None and ckpt.done:
+                self.model.load_state_dict(ckpt.model)
+            else:
+                for stage in self.stages:
+                    for rep in range(stage.repeat):
+                        self.run_repeat(stage, rep)
+                self.checkpoint(None, done=True)
+        finally:
+            _notify(o.callbacks, "on_train_end")
+        return self.finish()
+
+    def setup(self) -> None:
+        """Device, data loaders, the stage plan, the job's fingerprint and the global seed."""
+        o, dev = self.o, self.o.device
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.use_amp = self.cfg.amp and dev.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.model.to(dev)
+        if o.reference is not None:
+            o.reference.to(dev)
+        self.loader = train_loader(self.train_set, o.batch_size, self.cfg.seed, o.num_workers)
+        assert self.loader.generator is not None
+        self.generator: torch.Generator = self.loader.generator
+        if drops_a_lone_example(self.train_set, o.batch_size):
+            print(
+                f"note: {o.label or 'training'}: the last batch of each epoch would hold 1 example "
+                f"({len(self.train_set)} examples, batches of {o.batch_size}); it is left out",  # type: ignore[arg-type]
+                file=sys.stderr,
             )
-    finally:
-        _notify(callbacks, "on_train_end")
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise KdError([error("KD502", "the training set is empty")])
+        self.stages = plan_stages(self.model.stage_plans, self.cfg.epochs, self.steps_per_epoch)
+        self.fingerprint = _fingerprint(self.cfg, self.stages, o.meta)
+        self.evals = {
+            name: eval_loader(ds, o.eval_batch_size, o.num_workers)
+            for name, ds in (("val", o.val_set), ("test", o.test_set))
+            if ds is not None and len(ds) > 0  # type: ignore[arg-type]
+        }
+        self.roles = self.model.eval_roles()
+        self.total_steps = sum(s.steps * s.repeat for s in self.stages)
+        seed_everything(self.cfg.seed)
 
-    models_dir = out / "models"
-    models_dir.mkdir(exist_ok=True)
-    for role in roles:
-        _atomic_write(
-            models_dir / f"{role}.pt",
-            lambda p, r=role: torch.save(model.roles[r].state_dict(), p),
+    def resume(self) -> Checkpoint | None:
+        """The checkpoint to continue from (KD405, KD501), or ``None`` after clearing the folder.
+
+        ``metrics.jsonl`` is rewritten without the lines written after the checkpoint (a crash
+        between the two writes), so a resumed run never repeats an epoch in its records.
+        """
+        path = self.out / CHECKPOINT
+        ckpt = None
+        if self.o.resume and path.exists():
+            ckpt = Checkpoint.load(path)
+            if ckpt.fingerprint != self.fingerprint:
+                raise KdError([_other_job(path)])
+            self.position, self.best = ckpt.position, dict(ckpt.best)
+            self.global_step, self.global_epoch = ckpt.global_step, ckpt.global_epoch
+            self.pending = ckpt  # restored by start_repeat at the repetition it stopped in
+        else:
+            for name in (METRICS, SUMMARY, CHECKPOINT):
+                (self.out / name).unlink(missing_ok=True)
+        self.records = _read_records(self.out / METRICS, self.global_step)
+        text = "".join(json.dumps(r) + "\n" for r in self.records)
+        _atomic_write(self.out / METRICS, lambda p: p.write_text(text))
+        return ckpt
+
+    def run_repeat(self, stage: StageRun, rep: int) -> None:
+        """One repetition of a stage, epoch by epoch (skipped when the checkpoint is past it)."""
+        # The position only moves forward: a repetition before it was finished before resuming.
+        if self.position.past(stage.index, rep):
+            return
+        run = self.start_repeat(stage, rep)
+        while run.steps_done < stage.steps:
+            self.run_epoch(run)
+        self.model.finish_repeat(last=rep == stage.repeat - 1)
+
+    def start_repeat(self, stage: StageRun, rep: int) -> _Repeat:
+        """Enter the stage with a fresh optimizer; restore the checkpoint if it stopped here."""
+        model = self.model
+        model.set_stage(stage.name)
+        model.train()
+        params = list({id(p): p for p in model.trainable_parameters()}.values())
+        run = _Repeat(stage, rep, params, make_optimizer(params, self.cfg) if params else None)
+        ckpt = self.pending
+        if ckpt is not None and ckpt.position.at(stage.index, rep):
+            model.load_state_dict(ckpt.model)
+            if run.opt is not None and ckpt.optimizer:
+                run.opt.load_state_dict(ckpt.optimizer)
+            if self.use_amp and ckpt.scaler:
+                self.scaler.load_state_dict(ckpt.scaler)
+            set_rng_state(ckpt.rng, self.generator)
+            run.steps_done, run.stage_epoch = ckpt.position.steps_done, ckpt.position.stage_epoch
+            self.pending = None
+        return run
+
+    def run_epoch(self, run: _Repeat) -> None:
+        """One pass over the loader (or what is left of the stage), then its record."""
+        spe = self.steps_per_epoch
+        n = min(spe, run.stage.steps - run.steps_done)
+        sums: dict[str, float] = {}
+        batches = iter(self.loader)
+        lr = self.cfg.lr
+        for _ in range(n):
+            batch = _to(next(batches), self.o.device)
+            lr = self.cfg.lr * lr_factor(self.cfg, run.steps_done, run.stage.steps, spe)
+            if run.opt is not None:
+                for group in run.opt.param_groups:
+                    group["lr"] = lr
+            values = self.step(run, batch)
+            if values is None:  # no update from this batch; counted in the epoch's record
+                sums["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0) + 1
+                continue
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            _notify(self.o.callbacks, "on_step", run.stage.name, values)
+        run.stage_epoch += 1
+        self.global_epoch += n / spe
+        record = self.record(run, n, sums, lr)
+        self.evaluate(record)
+        self.log(record)
+        self.checkpoint(run)
+        _notify(self.o.callbacks, "on_epoch_end", record)
+
+    def step(self, run: _Repeat, batch: Any) -> dict[str, float] | None:
+        """One optimizer step; the batch's loss and terms, or ``None`` for a skipped batch.
+
+        A non-finite term stops the run with KD503 (``on_nonfinite="stop"``) or makes no
+        update (``"skip"``).
+        """
+        progress = Progress.at(run.steps_done, self.steps_per_epoch, run.stage.steps)
+        with torch.autocast(self.o.device.type, enabled=self.use_amp):
+            result = self.model(batch, progress=progress)
+        bad = _non_finite(result)
+        if bad is not None and self.o.on_nonfinite != "skip":
+            self.diverge(bad, run.stage)
+        if bad is None and run.opt is not None and result.loss.requires_grad:
+            self.optimize(run, result.loss)
+        self.model.after_step()
+        run.steps_done += 1
+        self.global_step += 1
+        if bad is not None:
+            return None
+        values = {"loss": float(result.loss.detach())}
+        values.update({k: float(v.detach()) for k, v in result.terms.items()})
+        return values
+
+    def optimize(self, run: _Repeat, loss: torch.Tensor) -> None:
+        """Backward, clip (``[train] grad_clip``) and step, through the AMP scaler."""
+        assert run.opt is not None
+        run.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(run.opt)
+            torch.nn.utils.clip_grad_norm_(run.params, self.cfg.grad_clip)
+        self.scaler.step(run.opt)
+        self.scaler.update()
+
+    def record(self, run: _Repeat, n: int, sums: dict[str, float], lr: float) -> dict[str, Any]:
+        """The epoch's record: position, learning rate, mean loss and terms over counted batches."""
+        skipped = int(sums.pop("skipped_nonfinite", 0))
+        counted = n - skipped
+        record: dict[str, Any] = {
+            "stage": run.stage.name,
+            "repeat": run.index,
+            "stage_epoch": run.stage_epoch,
+            "epoch": round(self.global_epoch, 6),
+            "step": self.global_step,
+            "lr": lr,
+            "loss": sums.pop("loss") / counted if counted else float("nan"),
+            "terms": {k: v / counted for k, v in sums.items()} if counted else {},
+        }
+        if skipped:
+            record["skipped_nonfinite"] = skipped
+        if not self.warned_huge and abs(record["loss"]) > HUGE_LOSS:
+            self.warned_huge = True  # said once: finite but useless training
+            print(
+                f"warning: {self.o.label or 'training'}: epoch loss {record['loss']:.3g} "
+                f"at epoch {self.global_epoch:g}: the objective is diverging (a tiny "
+                "temperature or a huge weight?); training goes on",
+                file=sys.stderr,
+            )
+        return record
+
+    def evaluate(self, record: dict[str, Any]) -> None:
+        """Every eval role's metrics on each evaluation split, into ``record``."""
+        for split, loader in self.evals.items():
+            record[split] = {
+                r: evaluate_model(_deployed(self.model, r), loader, self.o.device, self.o.reference)
+                for r in self.roles
+            }
+        record.setdefault("val", {})
+        record.setdefault("test", {})
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Keep the record, update the best epochs and append it to ``metrics.jsonl``."""
+        record["time_s"] = round(time.perf_counter() - self.started, 3)
+        record["metric"] = self.cfg.metric
+        self.records.append(record)
+        _update_best(self.best, record, self.roles, self.cfg.metric)
+        with (self.out / METRICS).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def checkpoint(self, run: _Repeat | None, done: bool = False) -> None:
+        """Save where the run stands (``run`` is ``None`` after the last step: ``done``)."""
+        if run is not None:
+            self.position = Position(run.stage.index, run.index, run.steps_done, run.stage_epoch)
+        Checkpoint(
+            fingerprint=self.fingerprint,
+            position=self.position,
+            global_step=self.global_step,
+            global_epoch=self.global_epoch,
+            elapsed=time.perf_counter() - self.started,
+            best=self.best,
+            model=self.model.state_dict(),
+            optimizer=run.opt.state_dict() if run is not None and run.opt is not None else None,
+            scaler=self.scaler.state_dict() if run is not None and self.use_amp else None,
+            rng=rng_state(self.generator),
+            done=done,
+        ).save(self.out / CHECKPOINT)
+
+    def diverge(self, term: str, stage: StageRun) -> None:
+        """Write the diverged summary and raise KD503 (the files so far are kept)."""
+        _diverged(
+            self.out, self.records, self.best, self.cfg, self.roles, self.o.meta, term, stage,
+            self.global_epoch,
+        )  # fmt: skip
+        raise KdError(
+            [
+                _nonfinite_diagnostic(
+                    self.model, term, stage.name, self.global_epoch, self.global_step, self.out
+                )
+            ]
         )
-        predictions = getattr(model, "predictions", {})
-        if role in predictions:  # what `predict` adds to the role (SimKD's projector)
-            _atomic_write(
-                models_dir / f"{role}.predict.pt",
-                lambda p, node=predictions[role]: torch.save(node.state_dict(), p),
-            )
-    summary = _summary(records, best, cfg, roles, meta, stages, time.perf_counter() - started)
-    skipped = sum(r.get("skipped_nonfinite", 0) for r in records)
-    if skipped:
-        summary["skipped_nonfinite"] = skipped
-    _write_json(out / SUMMARY, summary)
-    from kdspec.runtime.plots import plot_curves
 
-    plot_curves(records, out / CURVES, title=label)
-    return TrainResult(out, records, summary, model)
+    def finish(self) -> TrainResult:
+        """Save each eval role's weights, write the summary and the curves."""
+        models_dir = self.out / "models"
+        models_dir.mkdir(exist_ok=True)
+        for role in self.roles:
+            _atomic_write(
+                models_dir / f"{role}.pt",
+                lambda p, r=role: torch.save(self.model.roles[r].state_dict(), p),
+            )
+            predictions = getattr(self.model, "predictions", {})
+            if role in predictions:  # what `predict` adds to the role (SimKD's projector)
+                _atomic_write(
+                    models_dir / f"{role}.predict.pt",
+                    lambda p, node=predictions[role]: torch.save(node.state_dict(), p),
+                )
+        wall = time.perf_counter() - self.started
+        records, roles = self.records, self.roles
+        summary = _summary(records, self.best, self.cfg, roles, self.o.meta, self.stages, wall)
+        skipped = sum(r.get("skipped_nonfinite", 0) for r in self.records)
+        if skipped:
+            summary["skipped_nonfinite"] = skipped
+        _write_json(self.out / SUMMARY, summary)
+        from kdspec.runtime.plots import plot_curves
+
+        plot_curves(self.records, self.out / CURVES, title=self.o.label)
+        return TrainResult(self.out, self.records, summary, self.model)
+
+
+def _other_job(path: Path) -> Any:
+    return error(
+        "KD501",
+        f"cannot resume: `{path}` was written by a run with other settings",
+        help="resume with the same spec, run file and options, or choose a new `--out` folder",
+    )
 
 
 def _nonfinite_diagnostic(
@@ -623,37 +705,6 @@ def _term_text(name: str) -> str:
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _save_checkpoint(
-    path: Path,
-    model: Trainable,
-    opt: torch.optim.Optimizer | None,
-    scaler: Any,
-    loader_gen: torch.Generator,
-    position: dict[str, int],
-    global_step: int,
-    global_epoch: float,
-    elapsed: float,
-    best: dict[str, Any],
-    fingerprint: str,
-    done: bool = False,
-) -> None:
-    state = {
-        "version": 1,
-        "fingerprint": fingerprint,
-        "position": position,
-        "global_step": global_step,
-        "global_epoch": global_epoch,
-        "elapsed": elapsed,
-        "best": best,
-        "done": done,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict() if opt is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": _rng_state(loader_gen),
-    }
-    _atomic_write(path, lambda p: torch.save(state, p))
 
 
 _PROTOCOLS = {

@@ -157,8 +157,30 @@ class ListExpr:
     span: Span = _span()
 
 
+@dataclass(frozen=True)
+class Cond:
+    """``if cond then a else b``: a choice made before training (``cond`` is a constant)."""
+
+    cond: Expr
+    then: Expr
+    orelse: Expr
+    span: Span = _span()
+
+
 Expr = Union[
-    Number, String, Name, Call, Attr, ModulePath, Index, CallIndex, Apply, BinOp, Neg, ListExpr
+    Number,
+    String,
+    Name,
+    Call,
+    Attr,
+    ModulePath,
+    Index,
+    CallIndex,
+    Apply,
+    BinOp,
+    Neg,
+    ListExpr,
+    Cond,
 ]
 
 # ---------------------------------------------------------------------------------------------

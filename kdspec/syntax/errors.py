@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -224,6 +224,12 @@ def _describe_terminal(lark: Lark, name: str) -> str:
     return name.lower()
 
 
+def _listed(terminals: Iterable[str]) -> list[str]:
+    """The terminals an error lists: not `if`, which starts an expression wherever a name or a
+    number may (naming it alone would send the reader to write a condition)."""
+    return [t for t in terminals if t != "IF"]
+
+
 def _describe_token(token_type: str, value: str) -> str:
     if token_type == "$END":
         return "end of file"
@@ -308,7 +314,7 @@ def syntax_diagnostic(exc: UnexpectedInput, source: SourceFile, lark: Lark) -> D
         isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
     ):
         end = len(text.rstrip())
-        expected = sorted(_describe_terminal(lark, t) for t in exc.expected)
+        expected = sorted(_describe_terminal(lark, t) for t in _listed(exc.expected))
         open_braces = text.count("{") - text.count("}")
         hint = "a `}` is missing: every `{` needs a matching `}`" if open_braces > 0 else None
         return error(
@@ -329,7 +335,7 @@ def syntax_diagnostic(exc: UnexpectedInput, source: SourceFile, lark: Lark) -> D
     stack = getattr(getattr(exc.interactive_parser, "parser_state", None), "state_stack", ())
     deep = len(stack) > _DEEP_STACK
     expected_names = sorted(exc.expected if deep else (exc.accepts or exc.expected))
-    expected = sorted({_describe_terminal(lark, t) for t in expected_names})
+    expected = sorted({_describe_terminal(lark, t) for t in _listed(expected_names)})
     # Name the keywords that could come next; operators that could extend an expression are noise.
     keywords = [e for e in expected if e.strip("`").isidentifier()]
     if keywords:

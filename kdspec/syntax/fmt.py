@@ -30,7 +30,7 @@ INDENT = "  "
 CONTINUATION = "    "
 
 # Binding strength, loosest first; mirrors the `?comparison`, `?sum`, ... chain of the grammar.
-_COMPARE, _SUM, _PRODUCT, _UNARY, _POWER, _POSTFIX, _ATOM = range(0, 7)
+_COND, _COMPARE, _SUM, _PRODUCT, _UNARY, _POWER, _POSTFIX, _ATOM = range(0, 8)
 
 # op: (precedence of the result, least precedence of the left operand, ... of the right operand)
 _BINARY = {
@@ -123,6 +123,9 @@ def _with_prec(node: ast.Expr | ast.Slice) -> tuple[str, int]:
             return f"{_operand(node.obj, _POSTFIX)}@{index}", _POSTFIX
         case ast.Neg():
             return "-" + _operand(node.operand, _UNARY), _UNARY
+        case ast.Cond():
+            parts = (format_expr(node.cond), format_expr(node.then), format_expr(node.orelse))
+            return "if {} then {} else {}".format(*parts), _COND
         case ast.BinOp():
             prec, left, right = _BINARY[node.op]
             sep = "" if node.op == "^" else " "

@@ -149,6 +149,9 @@ class ToAst(Transformer[Token, Any]):
     def neg(self, meta: Meta, children: list[Any]) -> ast.Neg:
         return ast.Neg(children[0], _meta_span(meta))
 
+    def cond(self, meta: Meta, children: list[Any]) -> ast.Cond:
+        return ast.Cond(children[0], children[1], children[2], _meta_span(meta))
+
     def list_expr(self, meta: Meta, children: list[Any]) -> ast.ListExpr:
         return ast.ListExpr(tuple(c for c in children if c is not None), _meta_span(meta))
 

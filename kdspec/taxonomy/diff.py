@@ -480,9 +480,11 @@ def diff(a: ir.Method, b: ir.Method) -> list[Change]:
 
     def renamed(e: ir.Expr) -> ir.Expr:  # a let's value with the lets it reads paired so far
         return e.transform(
-            lambda n: n.model_copy(update={"name": let_map[n.name]})
-            if isinstance(n, ir.LetRef) and n.name in let_map
-            else n
+            lambda n: (
+                n.model_copy(update={"name": let_map[n.name]})
+                if isinstance(n, ir.LetRef) and n.name in let_map
+                else n
+            )
         )
 
     paired = True

@@ -46,11 +46,24 @@ def axes_text(axes: Axes) -> str:
     return "(" + ", ".join(axes) + ")"
 
 
-def over_axes(value: object, *, param: str = "over") -> Axes:
-    """The axes named by an ``over=`` value: one bare word or a list of them."""
+# Words for a set of axes, read against the value's own axes: `sample` is every axis but the
+# batch (per sample, whatever the value is), `all` every axis.
+AXIS_SETS: Axes = ("sample", "all")
+
+
+def over_axes(value: object, *, param: str = "over", of: Axes | None = None) -> Axes:
+    """The axes named by an ``over=`` value: one bare word or a list of them.
+
+    ``of``: the axes of the value it applies to, which `sample` and `all` stand for.
+    """
     names = list(value) if isinstance(value, list | tuple) else [value]
     out: list[str] = []
     for n in names:
+        if n in AXIS_SETS:
+            if of is None:
+                raise AxisError(f"`over={n}` needs a value whose axes are known", param)
+            out.extend(a for a in of if (n == "all" or a != "batch") and a not in out)
+            continue
         if not isinstance(n, str) or n not in AXES:
             raise AxisError(
                 f"`{n}` is not an axis (axes: {', '.join(BASE_AXES)}, and `batch2`, ... for "
@@ -95,7 +108,7 @@ def _over(axes: Axes, kwargs: dict[str, object], func: str, *, default_last: boo
         if default_last:
             return axes[-1:]
         raise AxisError(f"`{func}` needs `over=` (the axis it works along)", "over")
-    over = over_axes(value)
+    over = over_axes(value, of=axes)
     _need(axes, over, func)
     return over
 
@@ -224,6 +237,45 @@ def _head(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ("batch",) if dim == 1 else ("batch", "channel")
 
 
+def _matrix(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """A relation matrix: the last two axes are an axis and its columns, ``(.., batch, batch2)``."""
+    x = ins[0]
+    if len(x) < 2 or x[-1] != f"{x[-2]}2" or x[-2] == "space":
+        raise AxisError(
+            f"`{func}` needs a relation matrix, its last axes a row axis and its column axis "
+            f"such as (batch, batch2), got {axes_text(x)}",
+            "",
+        )
+    return x if func == "eye" else x[:-1]
+
+
+def _joined(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """``stack`` adds the `over` axis last; ``concat`` joins along an axis every input has."""
+    if not ins:
+        return ()  # no input: KD204, reported where the call is written
+    for a in ins[1:]:
+        if a != ins[0]:
+            raise AxisError(
+                f"`{func}` needs inputs of equal axes, got {axes_text(ins[0])} and "
+                f"{axes_text(a)}",
+                "",
+                "KD314",
+            )
+    (over,) = over_axes(kw.get("over"))[:1] or ("",)
+    if func == "stack":
+        if over in ins[0]:
+            raise AxisError(
+                f"`stack` adds the axis `{over}`, which the inputs already have "
+                f"{axes_text(ins[0])}: `concat` joins along it",
+                "over",
+            )
+        return (*ins[0], over)
+    _need(ins[0], (over,), func)
+    if over == "space":
+        raise AxisError("`concat` joins along one dimension; `space` may cover several", "over")
+    return ins[0]
+
+
 def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     """Every row a sample: all axes but the last become the batch (per-token losses)."""
     return ("batch", ins[0][-1]) if ins[0] else ins[0]
@@ -231,6 +283,8 @@ def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
 
 RULES: dict[str, Rule] = {
     "rows": _rows,
+    "matrix": _matrix,
+    "joined": _joined,
     "same": _same,
     "elementwise": _elementwise,
     "along": _along,

@@ -598,13 +598,17 @@ for _rule, _names in _NAMED_AXES.items():
 
 
 # Where each named function is implemented ("module:function"); tests/ops/test_vocabulary.py
-# binds every declared parameter and default against that function's signature.
+# binds every declared parameter and default against that function's signature. `prelude:NAME`
+# is the `def NAME` of kdspec/prelude/*.kd: the function is written in kdspec itself.
+PRELUDE_IMPL = "prelude:"
 _IMPLS = {
-    "kdspec.ops.transforms": "zscore attention flatten pool interpolate gram fsp similarity "
-    "distances angles pkt_affinity channel_dist binary_target non_target binarize margin_relu "
+    "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
+    "pkt_affinity",
+    "kdspec.ops.transforms": "flatten pool interpolate fsp "
+    "distances angles binary_target margin_relu "
     "mask=mask_features weighted",
     "kdspec.ops.losses": "kl soft_ce cross_entropy mse l1 smooth_l1 cosine lp frobenius mmd "
-    "pearson ab_hinge partial_l2 gaussian_nll hcl info_nce",
+    "pearson ab_hinge gaussian_nll hcl info_nce",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
@@ -698,6 +702,34 @@ PRIMITIVES: dict[str, Fn] = {
             gamma=(1.0, "positive"),
         ),
         returns="similarity",
+    ),
+    "eye": _prim(
+        "the identity matrix shaped like a relation matrix x (..., a, a2): 1 where the row and "
+        "the column are the same, 0 elsewhere (RKD's zeroed diagonal: `r * (1 - eye(r))`)",
+        "matrix",
+        "eye",
+    ),
+    "diag": _prim(
+        "the diagonal of a relation matrix x (..., a, a2) -> (..., a): each row's entry at its "
+        "own column (InfoNCE's positives: `diag(relation(t, s, over=batch))`)",
+        "matrix",
+        "diag",
+        returns="same",
+    ),
+    "stack": _prim(
+        "the inputs (equal axes) side by side along a new last axis `over`: "
+        "`stack(p, 1 - p, over=class)` is (batch) -> (batch, class)",
+        "joined",
+        "stack",
+        inputs=-1,
+        params=_p(over=(REQUIRED, None, AXES)),
+    ),
+    "concat": _prim(
+        "the inputs (equal axes) joined end to end along their axis `over`",
+        "joined",
+        "concat",
+        inputs=-1,
+        params=_p(over=(REQUIRED, None, AXES)),
     ),
     "size": _prim(
         "the size of an axis of x, a number (without x: `over=batch` the batch size, "

@@ -29,21 +29,24 @@ from kdspec.zoo import build_model
 
 # Library methods the exporter writes out (the rest: see UNSUPPORTED and docs/ecosystem.md).
 DIGITS = ["ab", "at", "dist", "fitnets", "hinton", "nst", "pkt", "rkd", "sp", "tfkd_self", "vid"]
+# Methods written with primitives and `def`s (their own, the prelude's), `let` and per-sample
+# weights: the script calls the primitives with the axes the compiler inferred.
+EXPRESSIONS = ["byot", "jsd", "mlkd", "nkd", "reverse_kl", "skew_kl", "ttm", "tvd", "wsl"]
 CIFAR = ["hinton", "fitnets", "at", "rkd"]
 UNSUPPORTED = {
     "dkd": "scheduled weight",
-    "ft": "let",
-    "one": "let",
-    "byot": "let",
+    "ft": "on a list",
+    "one": "on a list",
+    "ctkd": "learned tensor",
     "semckd": "learned loss",
     "tfkd_reg": "virtual role",
     "mgd": "on a list",
 }
 
 
-def equal_runs(spec, teacher, student, batches, sources, tmp_path, steps=3) -> None:
+def equal_runs(spec, teacher, student, batches, sources, tmp_path, steps=3, text=None) -> None:
     x, y = batches[0]
-    d = compile_spec(load_method(spec), {"t": teacher, "s": student}, (x, y))
+    d = compile_spec(load_method(spec, text=text), {"t": teacher, "s": student}, (x, y))
     models = {k: copy.deepcopy(m) for k, m in d.roles.items()}
     text = eject(d, (x, y), sources=sources)
     assert not re.search(r"^\s*(import|from)\s+kdspec", text, re.M)
@@ -83,12 +86,51 @@ def digits_batches():
     return [(xs[i : i + 16], ys[i : i + 16]) for i in range(0, 48, 16)]
 
 
-@pytest.mark.parametrize("spec", DIGITS)
+@pytest.mark.parametrize("spec", DIGITS + EXPRESSIONS)
 def test_exported_script_equals_distiller_on_digits(spec, digits_batches, tmp_path) -> None:
     torch.manual_seed(0)
     t, s = build_model("cnn_small", 10, 1), build_model("cnn_tiny", 10, 1)
     sources = {"t": "zoo:cnn_small", "s": "zoo:cnn_tiny"}
     equal_runs(spec, t, s, digits_batches, sources, tmp_path)
+
+
+# Every prelude function of the vocabulary the digits pair can take, a spec's own `def`
+# transform and loss, a pipeline of both, and a weight computed from the batch.
+PRELUDE_MIX = """
+def centred(x) = x - mean(x, over=class)
+def sq_rows(t, s) = sum((s - t) ^ 2, over=sample)
+
+method prelude_mix {
+  param T = 4
+  teacher t
+  student s
+  transfer at: attention(p=2) from t.stage[..] to resize(s.stage[..]) map last with mse weight 10
+  transfer sp: similarity from t.stage[-1] to s.stage[-1] with frobenius
+  transfer g: gram | normalize from t.stage[-1] to conv1x1(s.stage[-1]) with mse
+  transfer cd: channel_dist from t.stage[-1] to conv1x1(s.stage[-1]) with mse
+  transfer ab: binarize from t.stage[-1] to conv1x1(s.stage[-1]) with partial_l2 weight 0.01
+  transfer pkt: pkt_affinity from t.embedding to s.embedding with kl
+  transfer z: zscore | centred
+      from t.logits
+      to s.logits
+      with sq_rows
+      weight (1 - stopgrad(at_label(softmax(t.logits)))) / B
+  transfer nt: non_target(T) from t.logits to s.logits with kl weight T^2
+  supervise ce: s.logits with cross_entropy
+}
+"""
+
+
+def test_prelude_functions_and_defs_export(digits_batches, tmp_path) -> None:
+    from kdspec.vocabulary import FUNCTIONS, PRELUDE_IMPL
+
+    prelude = {n for n, f in FUNCTIONS.items() if f.impl.startswith(PRELUDE_IMPL)}
+    written = set(re.findall(r"\b([a-z_0-9]+)\b", PRELUDE_MIX)) & prelude
+    assert len(written) >= 9  # the script computes them from the primitives
+    torch.manual_seed(0)
+    t, s = build_model("cnn_small", 10, 1), build_model("cnn_tiny", 10, 1)
+    sources = {"t": "zoo:cnn_small", "s": "zoo:cnn_tiny"}
+    equal_runs("prelude_mix", t, s, digits_batches, sources, tmp_path, text=PRELUDE_MIX)
 
 
 @pytest.mark.parametrize("spec", CIFAR)

@@ -219,3 +219,20 @@ def test_module_example_runs() -> None:
     import kdspec.interop.torchdistill as mod
 
     assert doctest.testmod(mod).failed == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "models: " + "[" * 5000 + "]" * 5000,
+        "train: " + "{a: " * 3000 + "1" + "}" * 3000,
+        "models:\n" + "".join("  " * i + f"k{i}:\n" for i in range(200)) + "  " * 200 + "x: 1\n",
+    ],
+    ids=["flow lists", "flow maps", "block maps"],
+)
+def test_deep_yaml_is_kd602_not_a_recursion_error(text: str) -> None:
+    from kdspec.interop.torchdistill import MAX_YAML_DEPTH, convert
+
+    conv = convert(text, "deep.yaml")
+    assert [d.code for d in conv.diagnostics] == ["KD602"]
+    assert f"deeper than {MAX_YAML_DEPTH}" in conv.diagnostics[0].message

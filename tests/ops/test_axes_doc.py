@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from language_values import value
 from tolerance import assert_close
 from torch import Tensor
 
@@ -49,28 +50,30 @@ def test_similarity_normalises_the_rows_of_x_xt_and_is_not_the_cosine() -> None:
     x = rand(4, 3, 2, 2)
     f = x.flatten(1)
     g = f @ f.T
-    close(tf.similarity(x), g / g.norm(dim=1, keepdim=True))
-    close(tf.similarity(x, p=1.0), g / g.abs().sum(dim=1, keepdim=True))
+    sim = value("similarity(s.stage[1])", {"s.stage[1]": x})
+    close(sim, g / g.norm(dim=1, keepdim=True))
+    close(value("similarity(s.stage[1], p=1)", {"s.stage[1]": x}), g / g.abs().sum(1, keepdim=True))
     cosine = F.normalize(f, dim=1) @ F.normalize(f, dim=1).T
-    assert (tf.similarity(x) - cosine).abs().max() > 1e-3
+    assert (sim - cosine).abs().max() > 1e-3
 
 
 def test_attention_reduces_channels_then_normalises_each_sample() -> None:
     x = rand(3, 4, 2, 2)
     a = x.pow(2).mean(dim=1).flatten(1)
-    close(tf.attention(x), a / a.norm(dim=1, keepdim=True))
-    tokens = rand(3, 5, 6)
-    a = tokens.pow(2).mean(dim=2)
-    close(tf.attention(tokens), a / a.norm(dim=1, keepdim=True))
+    close(
+        value("attention(s.stage[1])", {"s.stage[1]": x}).flatten(1),
+        a / a.norm(dim=1, keepdim=True),
+    )
 
 
 def test_gram_fsp_channel_dist_pool_and_flatten_axes() -> None:
     x = rand(2, 3, 4, 4)
     f = x.flatten(2)
-    close(tf.gram(x), f @ f.transpose(1, 2) / 16)
+    close(value("gram(s.stage[1])", {"s.stage[1]": x}), f @ f.transpose(1, 2) / 16)
     y = rand(2, 5, 4, 4, seed=1)
     close(tf.fsp(x, y), f @ y.flatten(2).transpose(1, 2) / 16)
-    close(tf.channel_dist(x), f / f.norm(dim=2, keepdim=True))
+    cd = value("channel_dist(s.stage[1])", {"s.stage[1]": x}).flatten(2)
+    close(cd, f / f.norm(dim=2, keepdim=True))
     close(tf.pool(x), x.mean(dim=(2, 3)))
     close(tf.pool(rand(2, 5, 6)), rand(2, 5, 6).mean(dim=1))
     assert tf.flatten(x).shape == (2, 48)
@@ -79,7 +82,7 @@ def test_gram_fsp_channel_dist_pool_and_flatten_axes() -> None:
 def test_class_axis_functions_use_the_last_axis() -> None:
     z = rand(2, 3, 7)
     close(tf.softmax(z).exp().sum(-1), torch.ones(2, 3, dtype=torch.float64))
-    out = tf.zscore(z)
+    out = value("zscore(rows(s.logits))", {"s.logits": z}).reshape(2, 3, 7)
     assert_close(out.mean(-1), torch.zeros(2, 3, dtype=torch.float64), scale=1.0)
     close(out.std(-1), torch.ones(2, 3, dtype=torch.float64) * (z.std(-1) / (z.std(-1) + 1e-7)))
     y = torch.tensor([1, 4])

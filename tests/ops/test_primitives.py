@@ -149,3 +149,23 @@ def test_tokens_and_heads():
     assert t.shape == (3, 30, 4)
     h = P.heads(torch.randn(2, 5, 12, dtype=torch.float64), n=3)
     assert h.shape == (2, 3, 5, 4)
+
+
+def test_eye_and_diag_of_a_relation_matrix():
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
+    r = P.relation(x, axes=[("batch", "channel")], over="batch", kernel="distance")
+    rel = [("batch", "batch2")]
+    assert_close(P.eye(r, axes=rel), torch.eye(5, dtype=torch.float64))
+    assert_close(P.diag(r, axes=rel), torch.diagonal(r))
+    g = P.relation(x4(21), axes=[MAP], over="channel")  # (batch, channel, channel2)
+    assert_close(P.eye(g, axes=[MAP]), torch.eye(4, dtype=torch.float64).expand(3, 4, 4))
+    assert_close(P.diag(g, axes=[MAP]), torch.diagonal(g, dim1=1, dim2=2))
+
+
+def test_stack_adds_an_axis_and_concat_joins_along_one():
+    g = torch.Generator().manual_seed(22)
+    p = torch.rand(6, generator=g, dtype=torch.float64)
+    assert_close(P.stack(p, 1 - p, axes=[("batch",)] * 2, over="class"), torch.stack([p, 1 - p], 1))
+    z = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    assert_close(P.concat(z, 2 * z, axes=[LOGITS] * 2, over="class"), torch.cat([z, 2 * z], 1))
+    assert_close(P.concat(z, 2 * z, axes=[LOGITS] * 2, over="batch"), torch.cat([z, 2 * z], 0))

@@ -12,7 +12,7 @@ import inspect
 
 import pytest
 
-from kdspec.vocabulary import FUNCTIONS, REQUIRED
+from kdspec.vocabulary import FUNCTIONS, PRELUDE_IMPL, REQUIRED
 
 # Implementations that dispatch many entries (schedules, views, mappings, role initialisers)
 # read their parameters from the call, not from their own signature.
@@ -37,7 +37,24 @@ _CONTEXT = {
 }
 
 
+def _prelude_params(name: str) -> dict[str, object] | None:
+    """The keyword parameters (name -> default text) of the prelude's `def name`, if any."""
+    from kdspec.ir.lower import _module_defs, _prelude_files
+
+    for path in _prelude_files():
+        found, errors = _module_defs(path)
+        assert not errors, f"{path}: {errors}"
+        if name in found:
+            fn, _ = found[name]
+            return {p.name.name: p.default for p in fn.params if p.default is not None}
+    return None
+
+
 def _resolve(impl: str):
+    if impl.startswith(PRELUDE_IMPL):
+        params = _prelude_params(impl.removeprefix(PRELUDE_IMPL))
+        assert params is not None, f"no `def` for `{impl}` in kdspec/prelude"
+        return params
     module, _, attr = impl.partition(":")
     obj = importlib.import_module(module)
     for part in attr.split("."):
@@ -49,7 +66,22 @@ def _resolve(impl: str):
 def test_every_function_names_an_implementation_that_exists(name: str) -> None:
     fn = FUNCTIONS[name]
     assert fn.impl, f"`{name}` declares no implementation"
-    assert callable(_resolve(fn.impl))
+    impl = _resolve(fn.impl)
+    assert callable(impl) or fn.impl.startswith(PRELUDE_IMPL)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, f in FUNCTIONS.items() if f.impl.startswith(PRELUDE_IMPL))
+)
+def test_a_prelude_def_declares_the_parameters_and_defaults_of_its_entry(name: str) -> None:
+    fn = FUNCTIONS[name]
+    params = _prelude_params(name)
+    assert params is not None
+    assert set(params) == set(fn.params), f"`{name}`: def {set(params)}, table {set(fn.params)}"
+    for pname, decl in fn.params.items():
+        default = params[pname]
+        value = float(default.value) if hasattr(default, "value") else default
+        assert value == decl.default, f"`{name}.{pname}`: table {decl.default!r}, def {value!r}"
 
 
 @pytest.mark.parametrize(
@@ -57,6 +89,8 @@ def test_every_function_names_an_implementation_that_exists(name: str) -> None:
 )
 def test_declared_parameters_and_defaults_match_the_implementation(name: str) -> None:
     fn = FUNCTIONS[name]
+    if fn.impl.startswith(PRELUDE_IMPL):
+        return  # test_a_prelude_def_declares_the_parameters_and_defaults_of_its_entry
     sig = inspect.signature(_resolve(fn.impl))
     params = sig.parameters
     for pname, decl in fn.params.items():

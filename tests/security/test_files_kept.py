@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import stat
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from kdspec.cli.main import main
 
+ROOT = Path(__file__).resolve().parents[2]
 UGLY = "method m {teacher t student s transfer softmax(T=4) from t.logits to s.logits with kl}\n"
 
 
@@ -104,3 +106,14 @@ def test_graph_output_that_cannot_be_written_is_kd504(
     spec.write_text(UGLY)
     assert main(["graph", str(spec), "-o", str(tmp_path / where)]) == 1
     assert "KD505" in capsys.readouterr().err
+
+
+def test_fmt_keeps_a_bom(tmp_path: Path) -> None:
+    spec = tmp_path / "bom.kd"
+    body = (ROOT / "specs" / "hinton.kd").read_text().replace("\n\n", "\n\n\n", 1)
+    spec.write_bytes(codecs.BOM_UTF8 + body.encode())
+    assert main(["fmt", str(spec)]) == 0
+    data = spec.read_bytes()
+    assert data.startswith(codecs.BOM_UTF8) and data.count(codecs.BOM_UTF8) == 1
+    assert data[3:].decode() == (ROOT / "specs" / "hinton.kd").read_text()
+    assert main(["check", str(spec)]) == 0

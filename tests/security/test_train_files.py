@@ -146,9 +146,9 @@ def test_a_disk_full_mid_run_is_kd504_and_keeps_the_last_checkpoint(
 ) -> None:  # type: ignore[no-untyped-def]
     import errno
 
-    from kdspec.runtime import trainer
+    from kdspec.runtime import checkpoint
 
-    real = trainer.atomic_write
+    real = checkpoint.atomic_write
     calls = {"checkpoint": 0}
 
     def filling(path: Path, write) -> None:  # type: ignore[no-untyped-def]
@@ -159,7 +159,7 @@ def test_a_disk_full_mid_run_is_kd504_and_keeps_the_last_checkpoint(
         real(path, write)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(trainer, "atomic_write", filling)
+    monkeypatch.setattr(checkpoint, "atomic_write", filling)
     run = tmp_path / "tiny.toml"
     run.write_text(TINY.replace("[train]\nepochs = 1", "[train]\nepochs = 3"))
     code = main(
@@ -169,3 +169,46 @@ def test_a_disk_full_mid_run_is_kd504_and_keeps_the_last_checkpoint(
     err = capsys.readouterr().err
     assert code == 1 and "KD505" in err and "disk is full" in err
     assert "last good checkpoint" in err and (out / "checkpoint.pt").is_file()
+
+
+def test_output_folder_never_reuses_a_users_folder(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    (mine / "runs" / "hinton-seed0").mkdir(parents=True)
+    (mine / "results.json").write_text("mine")
+    (mine / "runs" / "hinton-seed0" / "notes").write_text("mine")
+    logged: list[str] = []
+    got = files.output_folder(mine, "compare", resumable="compare", log=logged.append)
+    assert got.parent == mine and got.name.startswith("compare-") and str(got) in logged[0]
+    assert (mine / "results.json").read_text() == "mine"
+    # The folder kdspec made is continued by the same kind of command, and only by it.
+    assert files.output_folder(got, "compare", resumable="compare", log=logged.append) == got
+    (got / "results.json").write_text("{}")
+    again = files.output_folder(got, "x", resumable="reproduce omitted-digit", log=logged.append)
+    assert again.parent == got
+    assert files.output_folder(got, "hinton", log=logged.append).parent == got  # train: never
+
+
+def test_a_planted_output_mark_link_is_not_trusted(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (tmp_path / "elsewhere").write_text("compare\n")
+    (mine / files.OUTPUT_MARK).symlink_to(tmp_path / "elsewhere")
+    got = files.output_folder(mine, "compare", resumable="compare", log=lambda _: None)
+    assert got != mine
+
+
+def test_compare_into_a_folder_with_files_never_touches_them(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mine = tmp_path / "mine"
+    (mine / "cells").mkdir(parents=True)
+    (mine / "cells" / "hinton-seed0.json").write_text("my cell")
+    (mine / "results.md").write_text("my results")
+    run = tmp_path / "tiny.toml"
+    run.write_text(TINY)
+    argv = ["compare", "hinton", "--seeds", "1", "--run", str(run), "--quiet"]
+    code = main([*argv, "--out", str(mine), "--cache-dir", str(tmp_path / "c")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert (mine / "cells" / "hinton-seed0.json").read_text() == "my cell"
+    assert (mine / "results.md").read_text() == "my results"
+    (sub,) = [p for p in mine.iterdir() if p.name.startswith("compare-")]
+    assert (sub / "results.json").is_file() and str(sub) in out.out + out.err
