@@ -135,6 +135,6 @@ def explain(kg: KdGraph) -> str:
     if m.predictions:
         lines.append("")
         lines.append("Deployed:")
-        for who, value in m.predictions.items():
-            lines.append(f"  - `{who}` predicts {expr_text(value)} (evaluation scores this)")
+        for who, predicted in m.predictions.items():
+            lines.append(f"  - `{who}` predicts {expr_text(predicted)} (evaluation scores this)")
     return "\n".join(lines)

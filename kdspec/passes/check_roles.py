@@ -20,6 +20,19 @@ def check_applied(ctx: PassContext) -> list[Diagnostic]:
     ]
     for term in m.terms:
         paths += [(("term", term.name, side), getattr(term, side)) for side in ("source", "target")]
+    for who, value in m.predictions.items():
+        if m.role(who) is not None and who not in types.roles_read(value, m):
+            out.append(
+                ctx.diag(
+                    "KD320",
+                    f"`predict {who}` reads nothing of `{who}`: the run would report another "
+                    f"role's predictions as `{who}`'s",
+                    ("predict", who, "value"),
+                    f"no tap of `{who}` here",
+                    help=f"predict from `{who}`'s own values, e.g. "
+                    f"`predict {who} = t.classifier(linear({who}.embedding))`",
+                )
+            )
     for path, e in paths:
         for a in ir.find_all(e, ir.Apply, m):
             role = m.role(a.role)
