@@ -45,9 +45,9 @@ from kdspec.compiler.plan import (
     TermPlan,
 )
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
-from kdspec.compiler.taps import ModelTaps, discover
+from kdspec.compiler.taps import ModelTaps, discover, is_causal
 from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, TeacherCache
-from kdspec.compiler.views import make_subset, make_view
+from kdspec.compiler.views import BatchRewrite, make_subset, make_view
 from kdspec.diagnostics import Diagnostic, KdError
 from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import Lowered, SourceMap
@@ -55,6 +55,7 @@ from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, Progress, compile_value, evaluate, uses_progress
 from kdspec.ir.functions import HOLE, STUDENT_SIDE, TEACHER_SIDE, expand
 from kdspec.ir.printer import expr_text, module_text
+from kdspec.ir.traverse import find_all
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
@@ -154,11 +155,13 @@ class Distiller(nn.Module):
         self.terms = nn.ModuleDict()
         self.predictions = nn.ModuleDict()  # `predict s = ...`: role -> its deployed output
         self.functional = models is None
+        self.causal = False  # some role is a causal LM: its logits at t predict labels at t + 1
         self._taps: dict[str, ModelTaps] = {}
         self._points: dict[ir.Tap, list[HookPoint]] = {}
         self._weights: dict[str, ir.Expr] = {t.name: t.weight for t in self.method.terms}
         self._const_weights: dict[str, float] = {}
         self._views: dict[str, Any] = {}
+        self._rewrite: tuple[BatchRewrite, str] | None = None  # generated data, its generator
         self._lets: dict[str, LetNode] = {}
         self._stage: ir.Stage | None = None
         self._trained: set[str] = set()
@@ -571,13 +574,19 @@ class Distiller(nn.Module):
     def _begin(self, batch: Any, progress: Progress | None = None) -> Env:
         """Start evaluating a batch: fresh per-forward caches and the environment terms read."""
         self._batch = _unpack(batch)
+        if self._rewrite is not None and self._batch.x is not None:
+            view, role = self._rewrite  # every role sees generated data (checked at compile)
+            b = self._batch
+            assert b.labels is not None
+            x, labels = view(b.x, b.labels, b.index, self.roles[role])
+            self._batch = _Batch(x, labels, b.index)
         if self._batch.taps is not None:
             self._given = self._batch.taps
         self._forward_cache, self._view_cache = {}, {}
         return Env(
             read=self._read,
             batch_size=_batch_size(self._batch),
-            labels=self._batch.labels,
+            labels=_position_labels(self._batch, self.causal),
             index=self._batch.index,
             num_classes=self.num_classes,
             num_samples=self.num_samples,
@@ -1198,6 +1207,7 @@ def compile_spec(
                     f"the model of `{name}` fails on the example batch: {exc}",
                     ("role", name),
                 )
+        d.causal = any(is_causal(model) for model in d.roles.values())
         if d.num_classes is None:
             for info in d._taps.values():
                 if info.logits_shape:
@@ -1225,6 +1235,8 @@ def compile_spec(
                 d._views[part.name] = make_view(part, m.params, train_data)
             except ValueError as exc:
                 b.diag("KD502", str(exc), ("data", part.name))
+            if isinstance(d._views.get(part.name), BatchRewrite):
+                _bind_rewrite(d, b, part)
     if not b.diags:
         for term in m.terms:
             module = b.term(term)
@@ -1258,6 +1270,50 @@ def compile_spec(
     return d
 
 
+def _position_labels(batch: _Batch, causal: bool) -> torch.Tensor | None:
+    """The label each output position is scored against: on token data of causal LMs the next
+    token's (labels are unshifted, as in Hugging Face), so `cross_entropy` on `s.logits` is the
+    next-token loss; the last position predicts nothing (-100)."""
+    labels = batch.labels
+    if labels is None or labels.dim() != 2 or not causal:
+        return labels
+    if not (isinstance(batch.x, dict) and "input_ids" in batch.x):
+        return labels
+    out = torch.full_like(labels, -100)
+    out[:, :-1] = labels[:, 1:]
+    return out
+
+
+def _bind_rewrite(d: Distiller, b: _Builder, part: ir.DataPart) -> None:
+    """A view that generates data rewrites the batch before any role runs: every role must see
+    it (labels and masks are the generated ones), and its generator must have a model."""
+    view: BatchRewrite = d._views.pop(part.name)
+    m = d.method
+    blind = [r.name for r in m.roles if r.mode != "virtual" and r.view != part.name]
+    blind += [t.role for t in find_all(m, ir.Tap) if t.view not in (None, part.name)]
+    if blind or d._rewrite is not None:
+        why = f"`{blind[0]}` does not see it" if blind else "another view already generates"
+        b.diag(
+            "KD502",
+            f"view `{part.name}` ({part.func}) rewrites the whole batch, so every role must see "
+            f"it and it must be the method's only generated view: {why}",
+            ("data", part.name),
+            help=f"add `{blind[0] if blind else 'ROLE'} sees {part.name}` for every role",
+        )
+        return
+    role = next((r.name for r in m.roles if r.kind == view.role_kind), None)
+    if role is None or (not d.functional and role not in d.roles):
+        b.diag(
+            "KD502",
+            f"view `{part.name}` ({part.func}) samples from the method's {view.role_kind}, "
+            f"and it has no {view.role_kind} with a model",
+            ("data", part.name),
+        )
+        return
+    d._views[part.name] = lambda x, y: x  # the batch is already rewritten
+    d._rewrite = (view, role)
+
+
 def _is_primitive_call(e: ir.Call) -> bool:
     """A call compiled as a typed primitive (legacy transforms keep their own nodes)."""
     fn = FUNCTIONS.get(e.func)
@@ -1288,6 +1344,8 @@ def _whole(v: Any) -> Any:
 
 
 def _to(x: Any, device: str | torch.device) -> Any:
+    if isinstance(x, dict):  # token data: the models' keyword inputs
+        return {k: _to(v, device) for k, v in x.items()}
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdspec.compiler.taps import ModelTaps, first_tensor, logits_of, select
+from kdspec.compiler.taps import ModelTaps, call_model, first_tensor, logits_of, select
 from kdspec.ir import models as ir
 
 
@@ -233,7 +233,7 @@ class TapSession:
             and all(p.kind in ("module", "input") for p in self.points)
         )
         try:
-            output = self.model(**x) if isinstance(x, dict) else self.model(x)
+            output = call_model(self.model, x)
         except _Done:
             output = None
         finally:

@@ -62,6 +62,35 @@ def logits_of(output: Any) -> torch.Tensor | None:
     return None
 
 
+def call_model(model: Any, x: Any) -> Any:
+    """A model's output on a batch input: a dict input (token data: ``input_ids``,
+    ``attention_mask``) is passed as keywords, as Hugging Face models take it."""
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def is_causal(model: Any) -> bool:
+    """Whether a model is a causal LM: ``kd_causal = True``, an HF ``...ForCausalLM`` or
+    ``...LMHeadModel``, or an HF model whose config says ``is_decoder``."""
+    flag = getattr(model, "kd_causal", None)
+    if flag is not None:
+        return bool(flag)
+    if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return True
+    return bool(getattr(getattr(model, "config", None), "is_decoder", False))
+
+
+def next_token_pairs(
+    logits: torch.Tensor, labels: torch.Tensor, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of logits and their targets, ``[N, K]`` and ``[N]``, positions labelled ``-100``
+    left out. Token labels follow the Hugging Face convention (unshifted): a causal model's
+    logits at ``t`` are paired with the label at ``t + 1``."""
+    if causal and logits.dim() == 3:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = (labels != -100).flatten()
+    return logits.flatten(0, -2)[keep], labels.flatten()[keep]
+
+
 def select(value: Any, path: tuple[str | int, ...]) -> Any:
     """Pick an element of a tuple/dict/ModelOutput output: ``("hidden_states", 4)``."""
     for key in path:

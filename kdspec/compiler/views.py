@@ -9,6 +9,7 @@ import torch
 
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import evaluate
+from kdspec.vocabulary.functions import GENERATED_VIEWS
 
 
 class SameClassSampler:
@@ -88,11 +89,31 @@ def _one_view(
             return out + 0.05 * strength * torch.randn_like(out)
 
         return augment
+    if part.func in ("on_policy", "teacher_generations"):
+        return _generated_view(part.func, kw, train_data)  # type: ignore[return-value]
     if part.func == "same_class":
         if train_data is None:
             raise ValueError("the `same_class` view needs the training data")
         return SameClassSampler(train_data)
     raise ValueError(f"unknown view function `{part.func}`")
+
+
+def _generated_view(func: str, kw: dict[str, Any], train_data: Any) -> BatchRewrite:
+    if train_data is not None and getattr(train_data, "prompt_lengths", 0) is None:
+        raise ValueError(
+            f"`{func}` continues each row's prompt, but packed rows have none: set "
+            "`[data] packing = false` (one example per row) or `prompt_tokens = N`"
+        )
+    if train_data is not None and not hasattr(train_data, "prompt_lengths"):
+        raise ValueError(f"`{func}` needs token data (a `jsonl:` or `pydoc` source)")
+    new = int(kw.get("max_new_tokens", 32))
+    if func == "on_policy":
+        return OnPolicy(
+            float(kw.get("lmbda", 0.5)),
+            new,
+            float(kw.get("temperature", 1.0)),
+        )
+    return TeacherGenerations(new, float(kw.get("temperature", 0.0)))
 
 
 def make_subset(
@@ -132,3 +153,212 @@ def make_subset(
 
         return by_index
     raise ValueError(f"unknown subset function `{part.func}`")
+
+
+# -- generated data: views that rewrite the whole batch of token data ---------------------------
+
+IGNORE = -100  # label of a position without loss (the token-data batch contract)
+
+
+class BatchRewrite:
+    """A view that replaces the batch's responses with generated ones (inputs and labels).
+
+    Every role sees it (the compiler checks), so the masks and labels every term reads are the
+    rewritten ones. ``role_kind`` is the kind of role whose ``generate`` is called: the
+    method's first role of that kind. A row's prompt is its tokens before its first label
+    (token data, labels unshifted as in Hugging Face: ``-100`` where there is no loss).
+    """
+
+    role_kind = GENERATED_VIEWS["on_policy"]
+
+    def __init__(self, max_new_tokens: int, temperature: float) -> None:
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+
+    def rows(self, labels: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """Bool ``[B]``: the rows whose response is replaced."""
+        raise NotImplementedError
+
+    def __call__(
+        self, x: Any, labels: torch.Tensor, index: torch.Tensor | None, model: Any
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The rewritten ``(x, labels)``; the chosen rows hold prompt + ``model``'s sample."""
+        if not isinstance(x, dict) or "input_ids" not in x:
+            raise ValueError("generated views need token data (`input_ids`, as from `jsonl:`)")
+        ids = x["input_ids"]
+        chosen = self.rows(labels, index)
+        prompts = prompt_lengths(labels)
+        fulls = self.generated(ids, prompts, chosen, index, model)
+        return rebuild(x, labels, prompts, fulls, _pad_id(model, ids))
+
+    def generated(
+        self,
+        ids: torch.Tensor,
+        prompts: torch.Tensor,
+        chosen: torch.Tensor,
+        index: torch.Tensor | None,
+        model: Any,
+    ) -> dict[int, torch.Tensor]:
+        """Row -> prompt + continuation (up to and with the first end token)."""
+        return sample_continuations(
+            model, ids, prompts, chosen, self.max_new_tokens, self.temperature
+        )
+
+
+class OnPolicy(BatchRewrite):
+    """GKD's on-policy data: each row's response is, with probability ``lmbda``, replaced by the
+    student's sample from the row's prompt (Agarwal et al. 2024; TRL's ``GKDTrainer``)."""
+
+    def __init__(self, lmbda: float, max_new_tokens: int, temperature: float) -> None:
+        super().__init__(max_new_tokens, temperature)
+        self.lmbda = float(lmbda)
+
+    def rows(self, labels: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """A Bernoulli(``lmbda``) draw per row from the global generator (seeded by the run)."""
+        return (torch.rand(len(labels)) < self.lmbda).to(labels.device)
+
+
+class TeacherGenerations(BatchRewrite):
+    """Sequence-level KD (Kim & Rush 2016): every response is replaced by the teacher's own
+    generation from the row's prompt (greedy at ``temperature = 0``), generated once per
+    training sample (keyed by the batch's sample index) and reused every epoch."""
+
+    role_kind = GENERATED_VIEWS["teacher_generations"]
+
+    def __init__(self, max_new_tokens: int, temperature: float) -> None:
+        super().__init__(max_new_tokens, temperature)
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def rows(self, labels: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """Every row."""
+        return torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+
+    def generated(
+        self,
+        ids: torch.Tensor,
+        prompts: torch.Tensor,
+        chosen: torch.Tensor,
+        index: torch.Tensor | None,
+        model: Any,
+    ) -> dict[int, torch.Tensor]:
+        """Cached generations by sample index; new samples are generated (and stored) now."""
+        if index is None:
+            raise ValueError("`teacher_generations` needs sample indices in the batch")
+        keys = [int(k) for k in index.tolist()]
+        todo = torch.tensor([k not in self.cache for k in keys], device=ids.device)
+        new = sample_continuations(
+            model, ids, prompts, todo & chosen, self.max_new_tokens, self.temperature
+        )
+        for i, full in new.items():
+            self.cache[keys[i]] = full.cpu()
+        return {i: self.cache[keys[i]].to(ids.device) for i in range(len(keys)) if chosen[i]}
+
+
+def prompt_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """``[B]`` tokens before each row's response: the position of its first label."""
+    has = labels != IGNORE
+    if not bool(has.any(1).all()):
+        raise ValueError("a row of the batch has no label token: no response to replace")
+    lengths = has.int().argmax(1)
+    if not bool((lengths > 0).all()):
+        raise ValueError("a row's first token is a label: there is no prompt to continue")
+    return lengths
+
+
+def sample_continuations(
+    model: Any,
+    ids: torch.Tensor,
+    prompts: torch.Tensor,
+    chosen: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+) -> dict[int, torch.Tensor]:
+    """Row -> its prompt and ``model.generate``'s continuation (cut after the end token).
+
+    Rows with the same prompt length are generated together, shortest prompts first, so no
+    prompt needs padding; the model runs in eval mode and is restored.
+    """
+    out: dict[int, torch.Tensor] = {}
+    eos = _special(model, "eos_token_id")
+    pad = _pad_id(model, ids)
+    was = model.training
+    model.eval()
+    try:
+        for length in sorted(set(prompts[chosen].tolist())):
+            rows = (chosen & (prompts == length)).nonzero().flatten().tolist()
+            prompt = ids[rows, :length]
+            seq = model.generate(**_generate_kwargs(model, prompt, max_new_tokens, temperature))
+            for r, full in zip(rows, seq, strict=True):
+                out[r] = _cut(full, length, eos, pad)
+    finally:
+        model.train(was)
+    return out
+
+
+def _generate_kwargs(
+    model: Any, prompt: torch.Tensor, max_new_tokens: int, temperature: float
+) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "input_ids": prompt,
+        "attention_mask": torch.ones_like(prompt),
+        "max_new_tokens": max_new_tokens,
+        "do_sample": temperature > 0,
+        "eos_token_id": _special(model, "eos_token_id"),
+        "pad_token_id": _pad_id(model, prompt),
+    }
+    if temperature > 0:
+        kw["temperature"] = temperature
+        if hasattr(model, "generation_config"):  # a transformers model: sample the full softmax
+            kw["top_k"], kw["top_p"] = 0, 1.0
+    return kw
+
+
+def _cut(full: torch.Tensor, start: int, eos: int | None, pad: int) -> torch.Tensor:
+    """The prompt and continuation up to and with the first ``eos`` (padding after it cut)."""
+    if eos is not None:
+        hits = (full[start:] == eos).nonzero()
+        if len(hits):
+            return full[: start + int(hits[0]) + 1]
+    return full
+
+
+def _special(model: Any, name: str) -> int | None:
+    config = getattr(model, "generation_config", None) or getattr(model, "config", None)
+    value = getattr(model, name, None)
+    if value is None and config is not None:
+        value = getattr(config, name, None)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return None if value is None else int(value)
+
+
+def _pad_id(model: Any, ids: torch.Tensor) -> int:
+    pad = _special(model, "pad_token_id")
+    if pad is None:
+        pad = _special(model, "eos_token_id")
+    return 0 if pad is None else pad
+
+
+def rebuild(
+    x: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    prompts: torch.Tensor,
+    fulls: dict[int, torch.Tensor],
+    pad: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The batch with rows ``fulls`` (prompt + response tokens) in place of the originals:
+    the labels are the response tokens (``-100`` on the prompt); the batch widens to the
+    longest row, padded on the right."""
+    ids, mask = x["input_ids"], x["attention_mask"]
+    width = max([ids.shape[1], *(len(f) for f in fulls.values())])
+    new_ids = torch.full((len(ids), width), pad, dtype=ids.dtype, device=ids.device)
+    new_mask = torch.zeros_like(new_ids)
+    new_labels = torch.full_like(new_ids, IGNORE)
+    t = ids.shape[1]
+    new_ids[:, :t], new_mask[:, :t], new_labels[:, :t] = ids, mask, labels
+    for i, full in fulls.items():
+        n, p = len(full), int(prompts[i])
+        new_ids[i], new_mask[i], new_labels[i] = pad, 0, IGNORE
+        new_ids[i, :n], new_mask[i, :n] = full, 1
+        new_labels[i, p:n] = full[p:]
+    return {**x, "input_ids": new_ids, "attention_mask": new_mask}, new_labels

@@ -6,6 +6,7 @@ from kdspec.diagnostics import Diagnostic, Severity
 from kdspec.graph import types
 from kdspec.ir import models as ir
 from kdspec.passes.context import PassContext
+from kdspec.vocabulary.functions import GENERATED_VIEWS
 
 
 def _names(e: ir.Expr) -> tuple[str, ...]:
@@ -35,6 +36,9 @@ def check_unused(ctx: PassContext) -> list[Diagnostic]:
             used.add(role.source)
         if role.view:
             used.add(role.view)
+    for part in m.data:  # a generated view runs its generator's model
+        kind = GENERATED_VIEWS.get(part.func or "")
+        used |= {r.name for r in m.roles if r.kind == kind}
     for ens in m.ensembles:
         if ens.name in used:
             used |= set(ens.members)

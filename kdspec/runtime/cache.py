@@ -72,6 +72,9 @@ def _data_fields(cfg: DataConfig) -> dict[str, Any]:
         fields.update(root=cfg.root, options=cfg.options, test_fraction=cfg.test_fraction)
     if cfg.source == "torchvision:ImageFolder":
         fields["image_size"] = cfg.image_size
+    if cfg.source == "pydoc" or cfg.source.startswith("jsonl:"):  # the text itself: data_code
+        fields.update(test_fraction=cfg.test_fraction, seq_len=cfg.seq_len, packing=cfg.packing)
+        fields.update(tokenizer=cfg.tokenizer, prompt_tokens=cfg.prompt_tokens)
     return fields
 
 

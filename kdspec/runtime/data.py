@@ -46,7 +46,10 @@ _SOURCES = (
     "torchvision:CIFAR10",
     "torchvision:ImageFolder",
     "import:package.module:name",
+    "jsonl:path/to/file.jsonl",
+    "pydoc",
 )
+_TEXT_KEYS = ("tokenizer", "seq_len", "packing", "prompt_tokens")
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,11 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
                     )
                 ]
             )
+    _check_text_keys(run)
     fingerprint: dict[str, Any] = {}
-    if src.startswith("import:"):
+    if is_text_source(src):
+        splits, fingerprint = _text_splits(run)
+    elif src.startswith("import:"):
         splits = _import_splits(run, allow_import)
         module = sys.modules.get(src.partition(":")[2].partition(":")[0])
         types = [type(d) for d in (splits.train, splits.val, splits.test)]
@@ -131,7 +137,9 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
     elif src in ("torchvision:CIFAR10", "torchvision:CIFAR100"):
         splits = _torchvision_splits(run)
     else:
-        close = difflib.get_close_matches(src, _SOURCES, n=1)
+        close = [s for s in _SOURCES if s.partition(":")[0] == src] or (
+            difflib.get_close_matches(src, _SOURCES, n=1)
+        )
         raise KdError(
             [
                 run.diagnostic(
@@ -160,6 +168,138 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
             ]
         )
     return RunData(splits, transfer if transfer is not None else splits.train, fingerprint)
+
+
+def is_text_source(source: str) -> bool:
+    """Whether a ``[data] source`` yields token data (``jsonl:PATH`` or ``pydoc``)."""
+    return source == "pydoc" or source.startswith("jsonl:")
+
+
+def _check_text_keys(run: Run) -> None:
+    """KD502 for a text-only key written for an image source, or `exclude_classes` on text."""
+    cfg = run.config.data
+    text = is_text_source(cfg.source)
+    defaults = type(cfg).model_fields
+    bad = [k for k in _TEXT_KEYS if not text and getattr(cfg, k) != defaults[k].default]
+    if text and cfg.exclude_classes:
+        bad.append("exclude_classes")
+    if bad:
+        only = "image and tabular sources" if text else "text sources (`jsonl:`, `pydoc`)"
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD502",
+                    f"`[data] {bad[0]}` is only used by {only}, not by `{cfg.source}`",
+                    ("data", bad[0]),
+                    label="not used by this source",
+                    help="remove it (see docs/runfile.md)",
+                )
+            ]
+        )
+
+
+def _text_splits(run: Run) -> tuple[Splits, dict[str, Any]]:
+    from kdspec.data.text import TextDataError, pydoc_examples, read_jsonl, text_splits
+
+    cfg = run.config.data
+    tok, tok_key = _tokenizer(run)
+    try:
+        if cfg.source == "pydoc":
+            examples, where = pydoc_examples(), "pydoc"
+        else:
+            path = run.resolve_path(cfg.source.partition(":")[2])
+            examples, where = read_jsonl(path), str(path)
+        splits = text_splits(
+            examples,
+            tok,
+            seq_len=cfg.seq_len,
+            packing=cfg.packing,
+            prompt_tokens=cfg.prompt_tokens,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            seed=cfg.seed,
+        )
+    except TextDataError as exc:
+        raise _fail(run, f"data source `{cfg.source}`: {exc}") from None
+    digest = hashlib.sha256(repr([(e.prompt, e.response) for e in examples]).encode())
+    return splits, {"text": digest.hexdigest(), "source": where, "tokenizer": tok_key}
+
+
+def _tokenizer(run: Run) -> tuple[Any, str]:
+    """The text's tokenizer and a key for caches: `[data] tokenizer`, or with `auto` the
+    tokenizer of the `hf:` models (KD502 when they differ), else the built-in bytes."""
+    from kdspec.data.text import ByteTokenizer
+
+    name = run.config.data.tokenizer
+    if name == "byte":
+        return ByteTokenizer(), "byte"
+    if name == "auto":
+        folders = sorted({v[3:] for v in run.config.models.values() if v.startswith("hf:")})
+        if not folders:
+            return ByteTokenizer(), "byte"
+        loaded = [_hf_tokenizer(run, f) for f in folders]
+        vocabs = [sorted(t.tok.get_vocab().items()) for t in loaded]
+        if any(v != vocabs[0] for v in vocabs[1:]):
+            raise KdError(
+                [
+                    run.diagnostic(
+                        "KD502",
+                        "the `hf:` models do not share a tokenizer ("
+                        + ", ".join(f"`{f}`" for f in folders)
+                        + "): token ids of one mean other tokens to the other",
+                        ("data", "tokenizer"),
+                        label="ambiguous tokenizer",
+                        help="distil between models of one vocabulary, or name one with "
+                        '`tokenizer = "hf:PATH"` if their vocabularies truly agree',
+                    )
+                ]
+            )
+        return loaded[0], f"hf:{folders[0]}"
+    if name.startswith("hf:"):
+        return _hf_tokenizer(run, name[3:]), name
+    raise KdError(
+        [
+            run.diagnostic(
+                "KD501",
+                f"unknown tokenizer `{name}`",
+                ("data", "tokenizer"),
+                label="unknown tokenizer",
+                help='use `"auto"`, `"byte"` or `"hf:PATH"` (a local tokenizer folder)',
+            )
+        ]
+    )
+
+
+def _hf_tokenizer(run: Run, folder: str) -> Any:
+    from kdspec.data.text import HFTokenizer, TextDataError
+
+    try:
+        import transformers
+    except ImportError:
+        raise _fail(
+            run,
+            f"the tokenizer of `hf:{folder}` needs `transformers`, which is not installed",
+            "pip install 'kdspec[hf]', or use the built-in tokenizer: `tokenizer = \"byte\"`",
+        ) from None
+    path = run.resolve_path(folder)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=False
+        )
+        return HFTokenizer(tok)
+    except (OSError, ValueError, TextDataError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD502",
+                    f"no usable tokenizer in `{path}`: {first}",
+                    ("data", "tokenizer"),
+                    label="no tokenizer",
+                    help='save one there with `tokenizer.save_pretrained`, or use `"byte"`',
+                )
+            ]
+        ) from None
 
 
 def _listing(root: Path) -> str:

@@ -221,7 +221,7 @@ def _probe(role: str, source: str, model: nn.Module, data: RunData) -> None:
     eval mode without gradients (this also sizes lazy modules such as ``LazyLinear``)."""
     from torch.utils.data import default_collate
 
-    from kdspec.compiler.taps import logits_of
+    from kdspec.compiler.taps import call_model, logits_of
 
     train = data.splits.train
     if len(train) == 0:  # type: ignore[arg-type]
@@ -232,7 +232,7 @@ def _probe(role: str, source: str, model: nn.Module, data: RunData) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            out = call_model(model, x)
         missing = logits_of(out) is None
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]

@@ -5,6 +5,11 @@ Every evaluation computes all of them (they share one pass over the data):
 * ``top1`` / ``top5``: accuracy (%) of the first / first five predictions (top-5 counts the
   first ``min(5, classes)``);
 * ``perplexity``: ``exp`` of the mean cross-entropy per sample (lower is better);
+
+Token data (logits ``[B, T, V]``, labels ``[B, T]``, unshifted as in Hugging Face) counts label
+tokens, not rows: top-1/top-5 are next-token accuracies, perplexity is ``exp`` of the mean
+cross-entropy per label token (labels ``-100`` left out; a causal LM's logits at ``t`` predict
+the label at ``t + 1``) and the cosine is averaged over those tokens.
 * ``teacher_cosine``: mean cosine similarity between the model's logits and the teacher's on
   the same inputs (only when a teacher is given; 1 means the same outputs up to scale).
 
@@ -24,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdspec.compiler.taps import logits_of
+from kdspec.compiler.taps import call_model, is_causal, logits_of, next_token_pairs
 
 __all__ = ["METRICS", "Metric", "MetricName", "evaluate_logits"]
 
@@ -76,14 +81,16 @@ def evaluate_logits(
     try:
         for batch in loader:
             x, y = move(batch[0], device), move(batch[1], device)
-            logits = _logits(model, x)  # [B, K]
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [B, k]
-            correct1 += int((top[:, 0] == y).sum())
-            correct5 += int((top == y[:, None]).any(1).sum())
+            full = _logits(model, x)  # [B, K], or [B, T, V] for token data
+            logits, target = next_token_pairs(full, y, is_causal(model))  # [N, K], [N]
+            loss += float(F.cross_entropy(logits, target, reduction="sum"))
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [N, k]
+            correct1 += int((top[:, 0] == target).sum())
+            correct5 += int((top == target[:, None]).any(1).sum())
             if reference is not None:
-                cosine += float(F.cosine_similarity(logits, _logits(reference, x), dim=1).sum())
-            n += len(y)
+                ref, _ = next_token_pairs(_logits(reference, x), y, is_causal(model))
+                cosine += float(F.cosine_similarity(logits, ref, dim=1).sum())
+            n += len(target)
     finally:
         for m, mode in modes:
             m.train(mode)
@@ -102,7 +109,7 @@ def evaluate_logits(
 
 
 def _logits(model: nn.Module, x: Any) -> torch.Tensor:
-    logits = logits_of(model(x))
+    logits = logits_of(call_model(model, x))
     if logits is None:
         raise TypeError("the model returned no logits")
     return logits.float()

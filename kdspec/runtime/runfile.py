@@ -74,7 +74,9 @@ class DataConfig(_Section):
         source: ``digits`` (embedded), ``synthetic`` (random, learnable),
             ``torchvision:CIFAR100`` / ``torchvision:CIFAR10`` (read from ``root``),
             ``torchvision:ImageFolder`` (class folders under ``root``) or
-            ``import:package.module:name`` (the user's own datasets; see docs/runfile.md).
+            ``import:package.module:name`` (the user's own datasets; see docs/runfile.md),
+            ``jsonl:PATH`` (text: ``text`` or ``prompt``/``response`` per line) or ``pydoc``
+            (the embedded text: Python's own help topics).
         root: Directory of the data (never downloaded).
         options: Keyword arguments of an ``import:`` data factory.
         num_workers: Loader worker processes (0: load in the training process).
@@ -89,6 +91,11 @@ class DataConfig(_Section):
         n: Number of synthetic samples.
         num_classes: Number of synthetic classes.
         input_shape: Shape of one synthetic input.
+        tokenizer: text only: ``auto`` (the ``hf:`` models' tokenizer, else ``byte``),
+            ``byte`` (built in) or ``hf:PATH`` (a local tokenizer folder).
+        seq_len: text only: positions per row.
+        packing: text only: concatenate examples into full rows (else one padded row each).
+        prompt_tokens: text only: the first N tokens of every row are a prompt (no loss).
     """
 
     source: str = "digits"
@@ -108,6 +115,18 @@ class DataConfig(_Section):
     input_shape: list[Annotated[int, Field(ge=1, le=MAX_SIDE)]] = Field(
         default_factory=lambda: [1, 8, 8], min_length=1, max_length=4
     )
+    tokenizer: str = "auto"
+    seq_len: int = Field(128, ge=2, le=MAX_SIDE)
+    packing: bool = True
+    prompt_tokens: int = Field(0, ge=0, le=MAX_SIDE)
+
+    @model_validator(mode="after")
+    def _prompt_fits_in_a_row(self) -> DataConfig:
+        if self.prompt_tokens >= self.seq_len:
+            raise ValueError(
+                f"prompt_tokens ({self.prompt_tokens}) must be less than seq_len ({self.seq_len})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _synthetic_fits_in_memory(self) -> DataConfig:

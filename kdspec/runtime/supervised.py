@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdspec.compiler.taps import logits_of
+from kdspec.compiler.taps import call_model, is_causal, logits_of, next_token_pairs
 from kdspec.ir.evaluate import Progress
 
 __all__ = ["Plan", "StepOutput", "Supervised"]
@@ -59,12 +59,14 @@ class Supervised(nn.Module):
             p.requires_grad_(True)
 
     def forward(self, batch: Any, progress: Progress | None = None) -> StepOutput:
-        """Cross-entropy of the model's logits on ``(x, y, index)``."""
+        """Cross-entropy of the model's logits on ``(x, y, index)`` (token logits ``[B, T, V]``:
+        the mean over label tokens, ``-100`` ignored, next-token targets for a causal LM)."""
         x, y = batch[0], batch[1]
-        logits = logits_of(self.roles[self.role](x))  # [B, K]
+        model = self.roles[self.role]
+        logits = logits_of(call_model(model, x))  # [B, K] or [B, T, V]
         if logits is None:
             raise TypeError(f"the model of `{self.role}` returned no logits")
-        ce = F.cross_entropy(logits, y)
+        ce = F.cross_entropy(*next_token_pairs(logits, y, is_causal(model)))
         return StepOutput(ce, {"ce": ce})
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -652,7 +652,7 @@ def _scheme_and_state(edges: list[TeachingEdge]) -> tuple[Finding, Finding]:
         "teacher_state",
         ", ".join(state_labels),
         state_labels,
-        tuple(x for v in states.values() for x in v),
+        tuple(x for v in states.values() for x in v) or (Evidence("no term reads a teacher"),),
         tuple((k, tuple(v)) for k, v in states.items()),
     )
     return scheme, state
@@ -845,8 +845,11 @@ def _taps_and_mapping(terms: list[TermKnowledge], m: ir.Method) -> tuple[Finding
         map_vals.append(tk.mapping)
         how = f"`map {term.mapping}`" if term.mapping else "no `map`: read from the taps"
         map_ev.append(Evidence(f"`{tk.term}`: {tk.mapping} ({how})", ("term", tk.term)))
-    taps = Finding("taps", "; ".join(_sorted_unique(tap_vals)) or "none", (), tuple(tap_ev))
-    mapping = Finding("mapping", ", ".join(_sorted_unique(map_vals)) or "none", (), tuple(map_ev))
+    none = (Evidence("no transfer term"),)
+    taps = Finding("taps", "; ".join(_sorted_unique(tap_vals)) or "none", (), tuple(tap_ev) or none)
+    mapping = Finding(
+        "mapping", ", ".join(_sorted_unique(map_vals)) or "none", (), tuple(map_ev) or none
+    )
     return taps, mapping
 
 
@@ -1085,6 +1088,10 @@ def _data(m: ir.Method) -> Finding:
                 label = "noise (gaussian_noise)"
             elif part.func == "clean":
                 label = "clean view"
+            elif part.func == "on_policy":
+                label = "on-policy samples of the student (on_policy)"
+            elif part.func == "teacher_generations":
+                label = "the teacher's generations as targets (teacher_generations)"
             else:
                 label = f"augmentation ({part.func or 'bound by the run'})"
             modified.append(label)

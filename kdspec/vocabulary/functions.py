@@ -87,6 +87,11 @@ class Fn:
     impl: str = ""  # "module:function" of the implementation, checked against its signature
 
 
+# Views that generate the batch's responses, and the kind of role whose model generates them
+# (the method's first role of that kind): it is used by the view even if no term taps it.
+GENERATED_VIEWS: dict[str, str] = {"on_policy": "student", "teacher_generations": "teacher"}
+
+
 def _p(**params: object) -> dict[str, Param]:
     out: dict[str, Param] = {}
     for name, spec in params.items():
@@ -464,6 +469,24 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "same_class": Fn("view", inputs=0, doc="another sample of the same class (CS-KD pairs)"),
     "clean": Fn("view", inputs=0, doc="the data as is"),
+    "on_policy": Fn(
+        "view",
+        _p(
+            lmbda=(0.5, "unit"),
+            max_new_tokens=(32, "posint"),
+            temperature=(1.0, "positive"),
+        ),
+        inputs=0,
+        doc="token data: a fraction `lmbda` of the responses replaced by the student's samples "
+        "(GKD); every role sees it",
+    ),
+    "teacher_generations": Fn(
+        "view",
+        _p(max_new_tokens=(32, "posint"), temperature=(0.0, "nonneg")),
+        inputs=0,
+        doc="token data: every response replaced by the teacher's generation (greedy at "
+        "temperature 0), generated once per sample (sequence-level KD); every role sees it",
+    ),
     "exclude_classes": Fn("subset", inputs=-1, doc="the training data without some classes"),
     "only_classes": Fn("subset", inputs=-1, doc="the training data of some classes only"),
     "fraction": Fn(
@@ -619,8 +642,8 @@ _IMPLS = {
     "kdspec.ir.evaluate": "warmup=schedule_value ramp=schedule_value "
     "cosine_schedule=schedule_value step=schedule_value anneal=schedule_value",
     "kdspec.compiler.views": "gaussian_noise=make_view augment=make_view same_class=make_view "
-    "clean=make_view rotations=make_view exclude_classes=make_subset only_classes=make_subset "
-    "fraction=make_subset",
+    "clean=make_view rotations=make_view on_policy=make_view teacher_generations=make_view "
+    "exclude_classes=make_subset only_classes=make_subset fraction=make_subset",
     "kdspec.compiler.distiller": "one_to_one=_mapping_pairs uniform=_mapping_pairs "
     "last=_mapping_pairs first=_mapping_pairs all_pairs=_mapping_pairs "
     "ema=Distiller.after_step snapshot=Distiller.set_stage",

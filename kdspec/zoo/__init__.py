@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from kdspec.zoo.lm import lm_small, lm_tiny
 from kdspec.zoo.mobilenetv2 import mobilenetv2
 from kdspec.zoo.resnet import (
     resnet8,
@@ -72,6 +73,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "cnn_small": cnn_small,
     "cnn_tiny": cnn_tiny,
+    "lm_small": lm_small,
+    "lm_tiny": lm_tiny,
 }
 
 # RepDistiller's names for the same architectures.
