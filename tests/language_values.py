@@ -7,6 +7,8 @@ it, in functional mode (tensors given by tap text).
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
 from kdspec.api import load_method
@@ -53,3 +55,88 @@ def loss(
     batch = {f"t.{tap}": teacher, f"s.{tap}": student}
     d = compile_spec(low, None, {k: v.detach() for k, v in batch.items()})
     return d(batch).loss
+
+
+def _literal(v: object) -> str:
+    """A Python keyword value as .kd text."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_literal(x) for x in v) + "]"
+    return repr(v)
+
+
+class _Losses:
+    """The prelude's losses called as the Python functions they replaced took them.
+
+    ``L.kl(t, s, reduction="sum")``: ``kl`` and ``soft_ce`` take log-probabilities and read them
+    as a softmax of log-probabilities (the same distribution, the same gradients); the other
+    losses take any tensor at a tap (``mmd`` and ``pearson`` from a ``def``, which asks for no
+    knowledge kind). Spec errors come back as ``ValueError``.
+    Functions still written in Python (``cross_entropy``, ...) are returned as they are.
+    """
+
+    LOG_PROBS = frozenset({"kl", "soft_ce"})
+    # Asking for a kind a raw tap is not: called from a `def`, at a tap of these axes.
+    ANY_KIND: ClassVar[dict[str, str]] = {"mmd": "stage[1]", "pearson": "logits"}
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        from kdspec.ops import LOSSES
+
+        if name == "LOSSES":
+            return LOSSES
+        if name in LOSSES:
+            return LOSSES[name]
+
+        def call(t: torch.Tensor, s: Any, *more: torch.Tensor, **kwargs: object) -> torch.Tensor:
+            from kdspec.diagnostics import KdError
+
+            args = ", ".join(f"{k}={_literal(v)}" for k, v in kwargs.items())
+            try:
+                if isinstance(s, tuple) or more:  # a Gaussian: (mean, var), or mean and var
+                    mean, var = s if isinstance(s, tuple) else (s, *more)
+                    return _gaussian_loss(name, t, mean, var)
+                if name in self.LOG_PROBS:
+                    return loss(f"{name}({args})", t, s, tap="logits", knowledge="softmax")
+                if name in self.ANY_KIND:
+                    body = f"{name}(t, s{', ' if args else ''}{args})"
+                    return _def_loss(body, t, s, self.ANY_KIND[name])
+                return loss(f"{name}({args})", t, s)
+            except KdError as exc:
+                raise ValueError(str(exc)) from exc
+
+        return call
+
+
+def _gaussian_loss(
+    name: str, teacher: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
+) -> torch.Tensor:
+    """``name`` between a teacher and the Gaussian ``gaussian(mean, var)`` of two student taps."""
+    text = (
+        "method probe {\n  teacher t\n  student s\n"
+        f"  transfer v: from t.stage[1] to gaussian(s.stage[1], s.stage[2]) with {name}\n}}"
+    )
+    batch = {"t.stage[1]": teacher, "s.stage[1]": mean, "s.stage[2]": var}
+    d = compile_spec(
+        load_method("probe.kd", text=text), None, {k: v.detach() for k, v in batch.items()}
+    )
+    return d(batch).loss
+
+
+def _def_loss(body: str, teacher: torch.Tensor, student: torch.Tensor, tap: str) -> torch.Tensor:
+    text = (
+        f"def probe(t, s) = {body}\n"
+        "method probe {\n  teacher t\n  student s\n"
+        f"  transfer v: from t.{tap} to s.{tap} with probe\n}}"
+    )
+    low = load_method("probe.kd", text=text)
+    batch = {f"t.{tap}": teacher, f"s.{tap}": student}
+    d = compile_spec(low, None, {k: v.detach() for k, v in batch.items()})
+    return d(batch).loss
+
+
+losses = _Losses()

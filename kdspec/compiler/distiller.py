@@ -60,7 +60,7 @@ from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.components import LEARNED_LOSSES
 from kdspec.ops.transforms import UNSCALED
-from kdspec.vocabulary import BATCH_RELATION_KINDS, FUNCTIONS
+from kdspec.vocabulary import FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -786,7 +786,12 @@ class _Builder:
         if isinstance(e, ir.Call) and self.m.function(e.func) is not None:
             fdef = self.m.function(e.func)
             assert fdef is not None
-            return self.node(expand(e, fdef, params=self.m.params), path, indices)
+            return self.node(expand(e, fdef), path, indices)
+        if isinstance(e, ir.Call) and e.func == "choose" and len(e.args) == 3:
+            chosen = types.choose_branch(e, self.m)
+            if chosen is None:
+                raise ValueError("the condition of `choose` is not known before training")
+            return self.node(chosen, path, indices)
         if isinstance(e, ir.Call) and _is_primitive_call(e):
             fn = FUNCTIONS[e.func]
             args = list(e.args)
@@ -856,7 +861,7 @@ class _Builder:
         """
         body = e
         if isinstance(e, ir.Call) and (fdef := self.m.function(e.func)) is not None:
-            body = expand(e, fdef, params=self.m.params)
+            body = expand(e, fdef)
         if isinstance(body, ir.BinOp) and body.op == "/" and self.positive(body.right):
             return self.scale_free(body.left)
         if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.left):
@@ -894,7 +899,9 @@ class _Builder:
         dist = [t.kind == "distribution" for t in ins]
         if fn is not None and fn.learned:
             return LearnedNode(func, nodes, kwargs, axes)
-        keep = fn is not None and (fn.returns == "same" or fn.log_inputs)
+        # stopgrad & co. pass a distribution through as it is; `mean(p, over=...)` and the
+        # rest read its probabilities.
+        keep = fn is not None and ((fn.returns == "same" and func != "mean") or fn.log_inputs)
         return PrimNode(func, nodes, kwargs, axes, dist, keep_storage=keep)
 
     def margins(self, e: ir.Expr, path: tuple[object, ...]) -> list[torch.Tensor]:
@@ -927,7 +934,7 @@ class _Builder:
             fdef = self.m.function(call.func)
             if fdef is not None or _is_primitive_call(call):
                 body = (
-                    expand(call, fdef, (ir.ArgRef(name=HOLE),), self.m.params)
+                    expand(call, fdef, (ir.ArgRef(name=HOLE),))
                     if fdef is not None
                     else call.model_copy(update={"args": (ir.ArgRef(name=HOLE), *call.args)})
                 )
@@ -1058,11 +1065,6 @@ class _Builder:
             fn_subset = make_subset(part, self.m.params)
             subset = lambda env, f=fn_subset: f(env.labels, env.index)  # noqa: E731
         kwargs = self.kwargs(term.loss)
-        if term.loss.func == "frobenius" and term.kind == "transfer":
-            # The normaliser follows the knowledge's kind, never its shape (B^2 for a batch
-            # relation only: an embedding as wide as the batch is not a relation).
-            kind = types.side_kind(term, "target", self.m)
-            kwargs["relation"] = kind in BATCH_RELATION_KINDS
         return TermModule(
             term, source, target, term.loss.func, kwargs, to_probs, subset, weight_node=weight
         )
@@ -1096,12 +1098,8 @@ class _Builder:
             implicit: tuple[ir.Expr, ...] = (ir.ArgRef(name=STUDENT_SIDE),)
         else:
             implicit = (ir.ArgRef(name=TEACHER_SIDE), ir.ArgRef(name=STUDENT_SIDE))
-        self.holes = {
-            TEACHER_SIDE: sides.get("source", types.UNKNOWN),
-            STUDENT_SIDE: sides["target"],
-        }
-        body = expand(term.loss, fdef, implicit, self.m.params)
-        loss = self.node(body, ("term", term.name, "loss"), {})
+        self.holes = types.loss_holes(term.loss.func, sides)
+        loss = self.node(expand(term.loss, fdef, implicit), ("term", term.name, "loss"), {})
         self.holes = {}
         return TermModule(
             term,

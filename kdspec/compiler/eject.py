@@ -332,8 +332,6 @@ class _Writer:
             return self.fail(f"the transform `{node.func}`")
         name = self.g.add(fn.__module__, fn.__name__)
         kw = self.kwargs(node.kwargs, f"`{node.func}`")
-        if node.func in ("binary_target", "non_target"):  # read the labels
-            return f"[{name}(v, y{kw}) for v in {args[0]}]"
         if len(args) == 1:
             return f"[{name}(v{kw}) for v in {args[0]}]"
         vs = ", ".join(f"v{i}" for i in range(len(args)))

@@ -20,6 +20,7 @@ from kdspec.ops import LOSSES, TRANSFORMS, build_adapter
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.ops.transforms import UNSCALED
+from kdspec.vocabulary import FUNCTIONS
 
 # Vocabulary names whose implementation has another name in kdspec.ops.
 _IMPL = {"mask": "mask_features"}
@@ -150,9 +151,7 @@ class TransformNode(Node):
         kwargs = at_progress(self.kwargs, env.progress)
         out = []
         for i, args in enumerate(broadcast(*values)):
-            if self.func in ("binary_target", "non_target"):
-                out.append(fn(args[0], env.labels_for(len(args[0])), **kwargs))
-            elif self.func == "margin_relu":
+            if self.func == "margin_relu":
                 margins = self.extra["margins"]
                 margin = margins[i if len(margins) > 1 else 0].to(args[0])
                 out.append(fn(args[0], margin))
@@ -395,6 +394,7 @@ class TermModule(nn.Module):
                 s = s[mask] if s is not None else None
                 t = t[mask]
                 env.labels = labels[mask] if labels is not None else None
+            self._same_shapes(s, t)
             env.args = {STUDENT_SIDE: [t], **({TEACHER_SIDE: [s]} if s is not None else {})}
             value = self.loss_node(env)[0]
             if self.weight_node is not None:
@@ -404,6 +404,18 @@ class TermModule(nn.Module):
             env.labels = labels
         env.args = {}
         return total if total is not None else tgt[0].new_zeros(())
+
+    def _same_shapes(self, s: Any, t: Any) -> None:
+        """A loss of the library (prelude or Python) compares sides of one shape."""
+        if (
+            isinstance(t, torch.Tensor)
+            and isinstance(s, torch.Tensor)
+            and self.loss not in _ANY_SHAPES
+            and (fn := FUNCTIONS.get(self.loss)) is not None
+            and fn.category == "loss"
+            and s.shape != t.shape
+        ):
+            raise ShapeMismatch(tuple(s.shape[1:]), tuple(t.shape[1:]))
 
     def _builtin_loss(self, env: Env) -> torch.Tensor:
         fn = LOSSES.get(self.loss)
@@ -459,13 +471,7 @@ class TermModule(nn.Module):
                 if not bool(mask.any()):
                     continue
                 s, t = s[mask], t[mask]
-            if (
-                isinstance(t, torch.Tensor)
-                and isinstance(s, torch.Tensor)
-                and self.loss not in _ANY_SHAPES
-                and s.shape != t.shape
-            ):
-                raise ShapeMismatch(tuple(s.shape[1:]), tuple(t.shape[1:]))
+            self._same_shapes(s, t)
             total = total + fn(s, t, **loss_kwargs)
         return total
 

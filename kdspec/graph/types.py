@@ -178,6 +178,41 @@ def constant(e: ir.Expr, method: ir.Method) -> object:
         return None
 
 
+def loss_holes(func: str, sides: dict[str, VType]) -> dict[str, VType]:
+    """The types of a loss's two sides (``$teacher``, ``$student``) inside its body.
+
+    A loss of the library compares two sides of one shape, as its Python ancestors did: where
+    their axes are named differently (logits against a linear map's channels) the student side
+    is read with the teacher side's axes; sides of different shapes are KD403 at the dry run.
+    """
+    from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE
+
+    # A side that is no tensor (an unknown role, reported where it is written) types nothing.
+    source, target = (
+        UNKNOWN if t.axes == () else t for t in (sides.get("source", UNKNOWN), sides["target"])
+    )
+    fn = FUNCTIONS.get(func)
+    if (
+        fn is not None
+        and fn.category == "loss"
+        and source.axes is not None
+        and target.axes is not None
+        and source.axes != target.axes
+    ):
+        target = VType(target.kind, source.axes)
+    return {TEACHER_SIDE: source, STUDENT_SIDE: target}
+
+
+def choose_branch(e: ir.Call, method: ir.Method) -> ir.Expr | None:
+    """The argument ``choose(cond, a, b)`` stands for, or None if ``cond`` is not static."""
+    if e.args[0].find(ir.Call) is not None:  # a size (`B`) or a schedule: known too late
+        return None
+    cond = constant(e.args[0], method) if is_static(e.args[0], method) else None
+    if not isinstance(cond, int | float):
+        return None
+    return e.args[1] if cond else e.args[2]
+
+
 def _relation_kind(kw: dict[str, object]) -> str:
     over = kw.get("over")
     if over == "channel":
@@ -221,6 +256,8 @@ def value_type(
 
     if e is None:
         return UNKNOWN
+    if isinstance(e, ir.ParamRef) and e.name not in method.params:
+        return UNKNOWN  # an unknown name (KD202 says so): nothing to check against it
     if isinstance(e, ir.Num | ir.ParamRef | ir.Str):
         return SCALAR
     if isinstance(e, ir.Tap):
@@ -259,8 +296,16 @@ def value_type(
     if fdef is not None:
         from kdspec.ir.functions import expand
 
-        body = expand(e, fdef, params=method.params)
-        return value_type(body, method, report, path, holes)
+        return value_type(expand(e, fdef), method, report, path, holes)
+    if e.func == "choose" and len(e.args) == 3:
+        chosen = choose_branch(e, method)
+        if chosen is None:
+            where = (*path, "args", 0)
+            fail("KD216", "the condition of `if` (`choose`) is not known before training", where)
+            return UNKNOWN
+        return value_type(
+            chosen, method, report, (*path, "args", 1 if chosen is e.args[1] else 2), holes
+        )
     fn = FUNCTIONS.get(e.func)
     if fn is None:
         return UNKNOWN
@@ -324,7 +369,7 @@ def call_type(
     inner = ins[0].kind if ins else "features"
     if e.func == "relation":
         kind = _relation_kind(kw)
-    elif fn.returns == "same":
+    elif fn.returns == "same" and e.func != "mean":  # a mean along axes is no distribution
         kind = inner
     else:
         kind = fn.returns
@@ -348,7 +393,7 @@ def knowledge_type(
         where = (*path, "knowledge", i)
         fdef = method.function(call.func) if call.func not in FUNCTIONS else None
         if fdef is not None:
-            body = expand(call, fdef, (ir.ArgRef(name=HOLE),), method.params)
+            body = expand(call, fdef, (ir.ArgRef(name=HOLE),))
             current = value_type(body, method, report, where, {HOLE: current})
             continue
         fn = FUNCTIONS.get(call.func)

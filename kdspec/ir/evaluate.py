@@ -73,8 +73,8 @@ def uses_progress(e: ir.Expr | None, params: Mapping[str, ir.Expr], _depth: int 
         )
     if isinstance(e, ir.Neg):
         return uses_progress(e.operand, params, _depth + 1)
-    if isinstance(e, ir.ListE | ir.Cond):
-        return any(uses_progress(i, params, _depth + 1) for i in e.children())
+    if isinstance(e, ir.ListE):
+        return any(uses_progress(i, params, _depth + 1) for i in e.items)
     return False
 
 
@@ -142,12 +142,9 @@ def evaluate(
     if isinstance(e, ir.BinOp):
         left = evaluate(e.left, params, progress, _depth + 1, _hops)
         right = evaluate(e.right, params, progress, _depth + 1, _hops)
-        if e.op in ("==", "!=") and (isinstance(left, str) or isinstance(right, str)):
-            return 1.0 if (left == right) == (e.op == "==") else 0.0  # words: `reduction == "sum"`
+        if e.op in ("==", "!=") and not (_is_num(left) and _is_num(right)):
+            return 1.0 if (left == right) == (e.op == "==") else 0.0  # words, lists
         return _finite(_arith(e.op, _num(left), _num(right)))
-    if isinstance(e, ir.Cond):
-        holds = truth(evaluate(e.cond, params, progress, _depth + 1, _hops))
-        return evaluate(e.then if holds else e.orelse, params, progress, _depth + 1, _hops)
     if isinstance(e, ir.Call):
         kw = {k: evaluate(v, params, progress, _depth + 1, _hops) for k, v in e.kwargs.items()}
         return schedule_value(e.func, kw, progress)
@@ -177,16 +174,15 @@ def _arith(op: str, a: float, b: float) -> float:
         raise NumericError("the result is too large (overflow)") from None
 
 
-def truth(v: object) -> bool:
-    """Whether the condition of an ``if`` holds: a number other than 0."""
-    return _num(v) != 0
-
-
 def _finite(v: float) -> float:
     """Every value a spec computes is finite: `1e400` or `2^2^2^2^2^2` is an error, not inf."""
     if isinstance(v, float) and not math.isfinite(v):
         raise NumericError("the value is not finite (too large for a float)")
     return v
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _num(v: object) -> float:

@@ -7,8 +7,6 @@ the compiler) expand it here, one level at a time, substituting arguments for pa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from kdspec.ir import models as ir
 
 # Stand-ins for values a call does not write: a pipeline step's input, a loss's two sides.
@@ -22,16 +20,10 @@ def substitute(e: ir.Expr, values: dict[str, ir.Expr]) -> ir.Expr:
     return e.transform(lambda n: values.get(n.name, n) if isinstance(n, ir.ArgRef) else n)
 
 
-def expand(
-    call: ir.Call,
-    fdef: ir.FunctionDef,
-    implicit: tuple[ir.Expr, ...] = (),
-    params: Mapping[str, ir.Expr] | None = None,
-) -> ir.Expr:
+def expand(call: ir.Call, fdef: ir.FunctionDef, implicit: tuple[ir.Expr, ...] = ()) -> ir.Expr:
     """The body of ``fdef`` for ``call``: implicit inputs first, then the call's own arguments.
 
-    Keyword parameters the call leaves out take their defaults. Each ``if`` whose condition
-    is then known (its words and numbers, the method's ``params``) becomes its branch.
+    Keyword parameters the call leaves out take their defaults.
     """
     inputs = [*implicit, *call.args]
     values: dict[str, ir.Expr] = {}
@@ -40,26 +32,7 @@ def expand(
     for p in fdef.params:
         if p.default is not None:
             values[p.name] = call.kwargs.get(p.name, p.default)
-    return choose_branches(substitute(fdef.body, values), params or {})
-
-
-def choose_branches(e: ir.Expr, params: Mapping[str, ir.Expr]) -> ir.Expr:
-    """``e`` with every ``if`` whose condition evaluates replaced by the branch it picks.
-
-    An ``if`` whose condition does not evaluate stays: its condition reads a tensor (KD216,
-    reported where the ``if`` is written) or a parameter the method lacks (KD202).
-    """
-    from kdspec.ir.evaluate import EvalError, evaluate, truth
-
-    def pick(n: ir.Expr) -> ir.Expr:
-        if not isinstance(n, ir.Cond):
-            return n
-        try:
-            return n.then if truth(evaluate(n.cond, dict(params))) else n.orelse
-        except EvalError:
-            return n
-
-    return e.transform(pick) if e.find(ir.Cond) is not None else e
+    return substitute(fdef.body, values)
 
 
 def calls(e: ir.Expr | None) -> list[str]:

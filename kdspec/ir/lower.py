@@ -17,8 +17,7 @@ from typing import Any
 
 from kdspec.diagnostics import Diagnostic, Label, Severity, error
 from kdspec.ir import models as ir
-from kdspec.ir.functions import choose_branches
-from kdspec.ir.printer import expr_text, tap_text
+from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
 from kdspec.vocabulary import (
@@ -290,43 +289,28 @@ class _MethodLowering:
         return ir.Str(value="?")
 
     def cond(self, e: ast.Cond, as_value: bool, path: PathKey | None) -> ir.Expr:
-        """``if c then a else b``: ``c`` must be known before training (KD216); in a method it
-        is known now, so the branch it picks is the value (a ``def`` picks when expanded)."""
-        sub = (lambda k: (*path, k)) if path is not None else (lambda k: None)
-        out = ir.Cond(
-            cond=self.expr(e.cond, path=sub("cond")),
-            then=self.expr(e.then, as_value=as_value, path=sub("then")),
-            orelse=self.expr(e.orelse, as_value=as_value, path=sub("orelse")),
+        """``if c then a else b`` is ``choose(c, a, b)``: a choice made before training. In a
+        method ``c`` is known now, so the branch it picks is the value; in a ``def`` the
+        choice is made where the def is called (a condition read from the batch is KD216)."""
+        sub = (lambda k: (*path, "args", k)) if path is not None else (lambda k: None)
+        out = ir.Call(
+            func="choose",
+            args=(
+                self.expr(e.cond, path=sub(0)),
+                self.expr(e.then, as_value=as_value, path=sub(1)),
+                self.expr(e.orelse, as_value=as_value, path=sub(2)),
+            ),
         )
-        culprit = self.not_constant(out.cond)
-        if culprit is not None:
-            self.err(
-                "KD216",
-                "the condition of `if` is not known before training",
-                e.cond.span,
-                f"reads {culprit}",
-                help="an `if` chooses between formulas once, from numbers, words and "
-                "parameters (`if reduction == \"sum\" then ... else ...`); to choose per "
-                "element, write `where(cond, a, b)`",
-            )
+        cond = out.args[0]
+        if isinstance(self, _FunctionLowering) or cond.find(ir.Call) is not None:
             return out
-        return choose_branches(out, self.params)
-
-    def not_constant(self, e: ir.Expr) -> str | None:
-        """What makes a condition unknown before training (a tensor, a size, a schedule)."""
-        for n in e.walk():
-            if isinstance(n, ir.Tap):
-                return f"the tap `{tap_text(n)}`"
-            if isinstance(n, ir.LetRef):
-                return f"the let `{n.name}`"
-            if isinstance(n, ir.ArgRef) and not self.is_keyword_param(n.name):
-                return f"the tensor input `{n.name}`"
-            if isinstance(n, ir.Call):
-                return f"`{expr_text(n)}`"
-        return None
-
-    def is_keyword_param(self, name: str) -> bool:
-        return False  # a method has no arguments; a `def` overrides this
+        try:
+            holds = evaluate(cond, self.params)
+        except EvalError:
+            return out  # not known now: typing the call reports it (KD216)
+        if isinstance(holds, bool) or not isinstance(holds, int | float):
+            return out
+        return out.args[1] if holds != 0 else out.args[2]
 
     def name(self, e: ast.Name, *, as_value: bool = False) -> ir.Expr:
         n = e.id
@@ -338,6 +322,8 @@ class _MethodLowering:
             return ir.LetRef(name=n)
         if n in _CONSTANTS:
             return ir.Num(value=_CONSTANTS[n])
+        if n == "none":  # no value (a parameter left out): compared with `==` in `choose`
+            return ir.Str(value=n)
         shape = self.shape_value(e)
         if shape is not None:
             return shape

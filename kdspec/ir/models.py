@@ -175,23 +175,12 @@ class ListE(_ExprNode):
     items: tuple[Expr, ...] = ()
 
 
-class Cond(_ExprNode):
-    """``if cond then a else b``: ``cond`` is known before training (numbers, words,
-    parameters); the branch is chosen when the spec is lowered or a ``def`` is expanded
-    (:func:`kdspec.ir.functions.choose_branches`)."""
-
-    op: Literal["if"] = "if"
-    cond: Expr
-    then: Expr
-    orelse: Expr
-
-
 Expr = Annotated[
-    Num | Str | ParamRef | LetRef | ArgRef | Tap | Call | Apply | BinOp | Neg | ListE | Cond,
+    Num | Str | ParamRef | LetRef | ArgRef | Tap | Call | Apply | BinOp | Neg | ListE,
     Field(discriminator="op"),
 ]
 
-for _model in (Call, Apply, BinOp, Neg, ListE, Cond):
+for _model in (Call, Apply, BinOp, Neg, ListE):
     _model.model_rebuild()
 
 

@@ -43,9 +43,6 @@ def expr_text(e: ir.Expr | None, prec: int = 0) -> str:
         return "[" + ", ".join(expr_text(i) for i in e.items) + "]"
     if isinstance(e, ir.ArgRef):
         return e.name
-    if isinstance(e, ir.Cond):
-        text = f"if {expr_text(e.cond)} then {expr_text(e.then)} else {expr_text(e.orelse)}"
-        return f"({text})" if prec > 0 else text
     if isinstance(e, ir.BinOp):
         p = _PREC[e.op]
         right_assoc = e.op == "^"

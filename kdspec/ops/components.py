@@ -3,10 +3,9 @@
 Generic adapters (:mod:`kdspec.ops.adapters`) map one tensor to one tensor. The components here
 cover what a method needs beyond that, so that its spec stays a few lines:
 
-* **Token transforms** (:data:`TRANSFORMS`, fixed, no parameters): ``token`` (one token of
-  ``[B, L, D]``), ``rows`` (every row a sample), ``token_relation`` (MiniLM's per-head
-  ``softmax(a bᵀ / sqrt(d))``) and ``attention_scores`` (TinyBERT's unnormalised
-  ``a bᵀ / sqrt(d)``).
+* **Token transforms** (:data:`TRANSFORMS`, fixed, no parameters): ``rows`` (every row a
+  sample); ``token``, MiniLM's ``token_relation`` and TinyBERT's ``attention_scores`` are
+  written in kdspec (``kdspec/prelude/transforms.kd``).
 * **List components** (:data:`COMPONENTS`, learned): modules over a whole *list* of tensors (the
   layers a side reads), sized on the compiler's dry run from example tensors and, where they
   map to the other side, from its shapes: ``abf`` (ReviewKD's attention-based fusion),
@@ -44,12 +43,9 @@ __all__ = [
     "Gate",
     "ReviewFusion",
     "SemCKDLoss",
-    "attention_scores",
     "build_component",
     "build_learned_loss",
     "rows",
-    "token",
-    "token_relation",
 ]
 
 Shape = tuple[int, ...]
@@ -89,21 +85,6 @@ def _maps(name: str, shape: Shape | None, what: str) -> Shape:
 # --------------------------------------------------------------------------------------------
 
 
-def token(x: Tensor, index: int = 0) -> Tensor:
-    """One token of a sequence of token features (BERT-PKD's ``[CLS]``).
-
-    Args:
-        x: ``[B, L, D]``.
-        index: Token position (0 is ``[CLS]``).
-
-    Returns:
-        ``[B, D]``.
-    """
-    if x.dim() != 3:
-        raise ValueError(f"token expects [B, L, D], got {tuple(x.shape)}")
-    return x[:, int(index)]
-
-
 def rows(x: Tensor) -> Tensor:
     """Every row a sample: ``[..., D] -> [N, D]``.
 
@@ -119,55 +100,8 @@ def rows(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _heads(x: Tensor, heads: int) -> Tensor:
-    if x.dim() != 3 or x.shape[-1] % heads:
-        raise ValueError(f"expected [B, L, D] with D divisible by {heads} heads, got {x.shape}")
-    b, n, d = x.shape
-    return x.reshape(b, n, heads, d // heads).transpose(1, 2)  # [B, H, L, d]
-
-
-def attention_scores(a: Tensor, b: Tensor, heads: int = 12) -> Tensor:
-    """Per-head scaled dot products ``a_h b_hᵀ / sqrt(d_h)`` (TinyBERT's attention scores).
-
-    With ``a``, ``b`` the outputs of a layer's query and key projections these are the
-    unnormalised attention scores TinyBERT matches with MSE.
-
-    Args:
-        a: ``[B, L, D]`` (queries).
-        b: ``[B, L, D]`` (keys).
-        heads: Number of attention heads H (D must be divisible by H).
-
-    Returns:
-        ``[B, H, L, L]``.
-    """
-    qa, kb = _heads(a, heads), _heads(b, heads)
-    return qa @ kb.transpose(-1, -2) / math.sqrt(qa.shape[-1])
-
-
-def token_relation(a: Tensor, b: Tensor, heads: int = 12) -> Tensor:
-    """MiniLM self-attention relation ``softmax(a_h b_hᵀ / sqrt(d_h))`` as log-probabilities.
-
-    Queries with keys give the attention distributions, values with themselves the value
-    relation. Rows are flattened into the batch axis (``[B*H*L, L]``) so that ``kl``'s
-    ``batchmean`` is MiniLM's ``1 / (A_h |x|) sum_a sum_t KL``, averaged over the batch.
-
-    Args:
-        a: ``[B, L, D]``.
-        b: ``[B, L, D]``.
-        heads: Number of relation heads H.
-
-    Returns:
-        ``[B*H*L, L]`` log-probabilities (a distribution per row).
-    """
-    scores = attention_scores(a, b, heads)
-    return F.log_softmax(scores, dim=-1).reshape(-1, scores.shape[-1])
-
-
 TRANSFORMS: dict[str, Callable[..., Tensor]] = {
-    "token": token,
     "rows": rows,
-    "token_relation": token_relation,
-    "attention_scores": attention_scores,
 }
 """Fixed component transforms by spec name (looked up after :data:`kdspec.ops.TRANSFORMS`)."""
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from kdspec.ops.transforms import mean as combine
 from kdspec.ops.transforms import normalize as per_sample
 from kdspec.vocabulary import FUNCTIONS
-from kdspec.vocabulary.axes import Axes, over_axes
+from kdspec.vocabulary.axes import Axes, over_axes, positional
 
 AxesIn = Sequence[Axes | None]
 
@@ -46,7 +46,17 @@ def dims(axes: Axes | None, x: Tensor, over: object) -> list[int]:
     """The dimensions of ``x`` along the named axes (the last one when ``over`` is None)."""
     if over is None:
         return [x.dim() - 1]
+    if positional(over):  # torch dimensions (the `dim=` of a legacy loss)
+        items: list[Any] = list(over) if isinstance(over, list | tuple) else [over]
+        picked = sorted({int(i) % x.dim() for i in items if -x.dim() <= int(i) < x.dim()})
+        if len(picked) != len({int(i) for i in items}):
+            raise ValueError(f"dimensions {over} do not fit a tensor of {x.dim()} dimensions")
+        return picked
     if axes is None:
+        # `all` and `sample` need no axis names: every dimension, or every one but the batch;
+        # the batch is the first dimension of every value that has one.
+        if over in ("all", "sample", "batch"):
+            return [0] if over == "batch" else list(range(0 if over == "all" else 1, x.dim()))
         raise ValueError(f"the axes of this value are unknown, so `over={over}` cannot be placed")
     names = over_axes(over, of=axes)
     out: list[int] = []
@@ -80,9 +90,15 @@ def elementwise_inputs(values: Sequence[Any], axes: AxesIn) -> list[Any]:
     known = [
         (a, v) for a, v in zip(axes, values, strict=True) if a is not None and isinstance(v, Tensor)
     ]
-    if len(known) < 2 or any(
-        a is None for a, v in zip(axes, values, strict=True) if isinstance(v, Tensor)
-    ):
+    tensors = [v for v in values if isinstance(v, Tensor) and v.dim() > 0]
+    if any(a is None for a, v in zip(axes, values, strict=True) if isinstance(v, Tensor)):
+        # Without axis names nothing says how dimensions line up: equal counts only (size-1
+        # dimensions broadcast), never torch's silent alignment from the right.
+        if len({v.dim() for v in tensors}) > 1:
+            shapes = " and ".join(str(list(v.shape)) for v in tensors)
+            raise ValueError(f"values of unknown axes with different numbers of dims: {shapes}")
+        return list(values)
+    if len(known) < 2:
         return list(values)
     big_axes, big = builtins.max(known, key=lambda p: len(p[0]))
     out = []
@@ -143,6 +159,23 @@ def pow(x: Tensor, *, axes: AxesIn = (), p: float) -> Tensor:
 def where(cond: Tensor, a: Any, b: Any, *, axes: AxesIn = ()) -> Tensor:
     cond, a, b = elementwise_inputs([cond, a, b], list(axes) or [None] * 3)
     return torch.where(torch.as_tensor(cond) != 0, a, b)
+
+
+def gaussian(mean: Tensor, var: Tensor, *, axes: AxesIn = ()) -> tuple[Tensor, Tensor]:
+    return mean, var
+
+
+def gaussian_mean(g: tuple[Tensor, Tensor], *, axes: AxesIn = ()) -> Tensor:
+    return g[0]
+
+
+def gaussian_var(g: tuple[Tensor, Tensor], *, axes: AxesIn = ()) -> Tensor:
+    return g[1]
+
+
+def choose(cond: Any, a: Any, b: Any, *, axes: AxesIn = ()) -> Any:
+    """``a`` if ``cond`` else ``b`` (the compiler builds only the chosen one)."""
+    return a if cond else b
 
 
 BINARY: dict[str, Any] = {
@@ -336,6 +369,12 @@ def eye(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
 def diag(x: Tensor, *, axes: AxesIn = ()) -> Tensor:
     """The diagonal of a relation matrix: ``(..., N, N) -> (..., N)``."""
     return torch.diagonal(x, dim1=-2, dim2=-1)
+
+
+def select(x: Tensor, *, axes: AxesIn = (), over: object, index: int = 0) -> Tensor:
+    """The entries at position ``index`` of the axis ``over`` (the axis goes away)."""
+    (d,) = dims(axes[0] if axes else None, x, over)
+    return x.select(d, int(index))
 
 
 def stack(*xs: Tensor, axes: AxesIn = (), over: object) -> Tensor:

@@ -1,14 +1,13 @@
 """Torch-level transforms applied to tapped tensors before a matching loss.
 
 Every transform is a pure, batch-first function ``f(x, **params) -> Tensor`` (``fsp``, ``mean``
-and ``mean_dist`` take several tensors, ``binary_target`` also takes the labels). The spec
-compiler looks them up by name in :data:`TRANSFORMS`. The transforms written in kdspec itself
-(``attention``, ``similarity``, ``gram``, ...) live in ``kdspec/prelude/*.kd`` instead.
+and ``mean_dist`` take several tensors). The spec compiler looks them up by name in
+:data:`TRANSFORMS`. The transforms written in kdspec itself (``attention``, ``similarity``,
+``gram``, ``binary_target``, ``distances``, ...) live in ``kdspec/prelude/*.kd`` instead.
 
-Distributions (the outputs of ``softmax``, ``binary_target`` and ``mean_dist``) are always
-carried as **log-probabilities**; the losses in
-:mod:`kdspec.ops.losses` that take distributions (``kl``, ``soft_ce``) take log-probabilities on
-both sides.
+Distributions (the outputs of ``softmax`` and ``mean_dist``) are always
+carried as **log-probabilities**; the prelude's losses read a distribution's probabilities, or
+its exact log-probabilities through ``log`` (``kl``, ``soft_ce``).
 
 Formulas follow the reference implementations named in each docstring (RepDistiller, mdistiller,
 torchdistill, the authors' code) so that a spec reproduces their numbers.
@@ -27,8 +26,6 @@ from torch import Tensor, nn
 __all__ = [
     "TRANSFORMS",
     "angles",
-    "binary_target",
-    "distances",
     "flatten",
     "fsp",
     "interpolate",
@@ -94,27 +91,6 @@ def log_softmax(x: Tensor, T: float = 1.0) -> Tensor:
         ``log_softmax(x / T)`` along the last dim, ``[..., K]``.
     """
     return softmax(x, T)
-
-
-def binary_target(x: Tensor, labels: Tensor, T: float = 1.0) -> Tensor:
-    """DKD target-class binary distribution ``[p_gt, 1 - p_gt]`` (TCKD), as log-probabilities.
-
-    Computed in log space: ``log p_gt = z_gt - lse(z)``, ``log(1 - p_gt) = lse(z_{-gt}) - lse(z)``.
-
-    Args:
-        x: Logits ``[B, K]``.
-        labels: Ground-truth classes, int64 ``[B]``.
-        T: Temperature.
-
-    Returns:
-        ``[B, 2]`` log-probabilities (target, all non-target classes).
-    """
-    z = x / T  # [B, K]
-    lse = torch.logsumexp(z, dim=-1)  # [B]
-    gt = z.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [B]
-    is_gt = F.one_hot(labels, num_classes=z.shape[-1]).bool()  # [B, K]
-    rest = torch.logsumexp(z.masked_fill(is_gt, float("-inf")), dim=-1)  # [B]
-    return torch.stack([gt - lse, rest - lse], dim=-1)
 
 
 def mean_dist(*log_ps: Tensor, weights: Sequence[float] | Tensor | None = None) -> Tensor:
@@ -409,30 +385,6 @@ def mask_features(
 # --------------------------------------------------------------------------------------------
 
 
-def distances(x: Tensor, normalize: bool = True, eps: float = 1e-12) -> Tensor:
-    """RKD pairwise Euclidean distances (RepDistiller / mdistiller / torchdistill ``pdist``).
-
-    Squared distances via ``|a|^2 + |b|^2 - 2ab``, clamped at ``eps``, then sqrt, diagonal set to
-    zero; divided by the mean of the positive entries when ``normalize``.
-
-    Args:
-        x: ``[B, ...]`` (flattened to ``[B, D]``).
-        normalize: Divide by the mean positive distance.
-        eps: Clamp for the squared distances.
-
-    Returns:
-        ``[B, B]``.
-    """
-    e = x.reshape(x.shape[0], -1)  # [B, D]
-    sq = e.pow(2).sum(dim=1)  # [B]
-    d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (e @ e.t())).clamp(min=eps)  # [B, B]
-    eye = torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
-    d = d2.sqrt().masked_fill(eye, 0.0)
-    if normalize:
-        d = d / d[d > 0].mean()
-    return d
-
-
 def angles(x: Tensor) -> Tensor:
     """RKD angle potentials: cosines of all triplet angles.
 
@@ -461,9 +413,7 @@ TRANSFORMS: dict[str, Callable[..., Any]] = {
     "pool": pool,
     "interpolate": interpolate,
     "fsp": fsp,
-    "distances": distances,
     "angles": angles,
-    "binary_target": binary_target,
     "mean_dist": mean_dist,
     "mean": mean,
     "stopgrad": stopgrad,

@@ -17,7 +17,7 @@ from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE, expand
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary.axes import axes_text
 
-_LABELS = {"KD313": "wrong axis", "KD314": "axes do not fit"}
+_LABELS = {"KD313": "wrong axis", "KD314": "axes do not fit", "KD216": "known only in training"}
 
 
 def loss_type(
@@ -34,8 +34,8 @@ def loss_type(
         implicit: tuple[ir.Expr, ...] = (ir.ArgRef(name=STUDENT_SIDE),)
     else:
         implicit = (ir.ArgRef(name=TEACHER_SIDE), ir.ArgRef(name=STUDENT_SIDE))
-    body = expand(term.loss, fdef, implicit, method.params)
-    holes = {TEACHER_SIDE: sides.get("source", types.UNKNOWN), STUDENT_SIDE: sides["target"]}
+    body = expand(term.loss, fdef, implicit)
+    holes = types.loss_holes(term.loss.func, sides)
     return types.value_type(body, method, report, ("term", term.name, "loss"), holes)
 
 

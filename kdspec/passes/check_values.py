@@ -8,12 +8,14 @@ from typing import Any
 from kdspec.diagnostics import Diagnostic, Severity
 from kdspec.graph import types
 from kdspec.ir import models as ir
+from kdspec.ir import traverse
 from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses_progress
+from kdspec.ir.functions import expand
 from kdspec.ir.lower import did_you_mean
 from kdspec.ir.printer import expr_text
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS, Param
-from kdspec.vocabulary.axes import AXES
+from kdspec.vocabulary.axes import AXES, positional
 
 MIN_TEMPERATURE = 1e-3  # below this, logits / T overflow float32 for ordinary logits
 # Sizes whose cost grows fast: ONE's branches are whole sub-networks (thousands take minutes to
@@ -80,6 +82,8 @@ def _wanted(rule: Param) -> str:
 
 def _type_error(v: object, rule: Param) -> str | None:
     """None if ``v`` fits the parameter, else a help text ("" when there is none to give)."""
+    if rule.choices is AXES and positional(v):  # torch dimensions: `lp(dim=1)` in the prelude
+        return None
     if rule.choices is AXES and isinstance(v, list) and v:  # `over=[batch, batch2]`
         bad = [x for x in v if not isinstance(x, str) or x not in AXES]
         return None if not bad else (did_you_mean(str(bad[0]), AXES) or "")
@@ -312,12 +316,62 @@ def _check_weight(ctx: PassContext, term: ir.Term) -> list[Diagnostic]:
     return []
 
 
+def _in_bodies(ctx: PassContext, e: ir.Expr | None, path: tuple[object, ...]) -> list[Diagnostic]:
+    """The calls inside the ``def``s that ``e`` calls, with this call's arguments in place:
+    `mmd(kernel="cubic")` written inside a `def` is as wrong as written in a term. Only the
+    branch a `choose` takes is checked; arguments still naming a def's inputs are skipped."""
+    out: list[Diagnostic] = []
+    for call in ir.find_all(e, ir.Call):
+        if ctx.method.function(call.func) is not None:
+            for inner in _body_calls(ctx.method, call):
+                out.extend(_check_call(ctx, inner, path))
+    return out
+
+
+_BODY_CALLS: dict[
+    tuple[str, str, str], list[ir.Call]
+] = {}  # the prelude's defs recur in every spec
+
+
+def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
+    """The built-in calls a def call makes, nested defs expanded, `choose`s resolved."""
+    fdef = m.function(call.func)
+    if fdef is None or depth > 20:  # a def that calls itself is KD215
+        return []
+    key = (repr(call), repr(fdef), repr(sorted(m.params.items())))
+    if key not in _BODY_CALLS:
+        found: list[ir.Call] = []
+        for inner in _chosen_calls(m, expand(call, fdef)):
+            if not any(isinstance(n, ir.ArgRef) for v in inner.kwargs.values() for n in ir.walk(v)):
+                found.append(inner)  # checked against its vocabulary entry, if it has one
+            if m.function(inner.func) is not None:
+                found.extend(_body_calls(m, inner, depth + 1))
+        if len(_BODY_CALLS) > 4096:
+            _BODY_CALLS.clear()
+        _BODY_CALLS[key] = found
+    return _BODY_CALLS[key]
+
+
+def _chosen_calls(m: ir.Method, e: ir.Expr) -> list[ir.Call]:
+    """The calls of ``e`` outside the branches its `choose`s leave out."""
+    if isinstance(e, ir.Call) and e.func == "choose" and len(e.args) == 3:
+        chosen = types.choose_branch(e, m)
+        if chosen is not None:
+            return _chosen_calls(m, chosen)
+    out = [e] if isinstance(e, ir.Call) else []
+    for child in traverse.children(e):
+        out.extend(_chosen_calls(m, child))  # type: ignore[arg-type]
+    return out
+
+
 def check_values(ctx: PassContext) -> list[Diagnostic]:
     """Every constant argument and weight within its documented range."""
     m = ctx.method
     out: list[Diagnostic] = []
     for term in m.terms:
         key = ("term", term.name)
+        for e in term.expressions():
+            out.extend(_in_bodies(ctx, e, (*key, "loss") if e is term.loss else key))
         for i, k in enumerate(term.knowledge):
             out.extend(_check_call(ctx, k, (*key, "knowledge", i)))
         for side in ("source", "target"):

@@ -75,6 +75,8 @@ def _data_fields(cfg: DataConfig) -> dict[str, Any]:
     if cfg.source == "pydoc" or cfg.source.startswith("jsonl:"):  # the text itself: data_code
         fields.update(test_fraction=cfg.test_fraction, seq_len=cfg.seq_len, packing=cfg.packing)
         fields.update(tokenizer=cfg.tokenizer, prompt_tokens=cfg.prompt_tokens)
+        if cfg.max_examples is not None:
+            fields["max_examples"] = cfg.max_examples
     return fields
 
 

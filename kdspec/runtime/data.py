@@ -49,7 +49,7 @@ _SOURCES = (
     "jsonl:path/to/file.jsonl",
     "pydoc",
 )
-_TEXT_KEYS = ("tokenizer", "seq_len", "packing", "prompt_tokens")
+_TEXT_KEYS = ("tokenizer", "seq_len", "packing", "prompt_tokens", "max_examples")
 
 
 @dataclass(frozen=True)
@@ -209,6 +209,7 @@ def _text_splits(run: Run) -> tuple[Splits, dict[str, Any]]:
         else:
             path = run.resolve_path(cfg.source.partition(":")[2])
             examples, where = read_jsonl(path), str(path)
+        examples = examples[: cfg.max_examples]
         splits = text_splits(
             examples,
             tok,

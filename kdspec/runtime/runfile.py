@@ -96,6 +96,7 @@ class DataConfig(_Section):
         seq_len: text only: positions per row.
         packing: text only: concatenate examples into full rows (else one padded row each).
         prompt_tokens: text only: the first N tokens of every row are a prompt (no loss).
+        max_examples: text only: read the first N examples (documents) only.
     """
 
     source: str = "digits"
@@ -119,6 +120,7 @@ class DataConfig(_Section):
     seq_len: int = Field(128, ge=2, le=MAX_SIDE)
     packing: bool = True
     prompt_tokens: int = Field(0, ge=0, le=MAX_SIDE)
+    max_examples: int | None = Field(None, ge=3)
 
     @model_validator(mode="after")
     def _prompt_fits_in_a_row(self) -> DataConfig:

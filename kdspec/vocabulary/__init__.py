@@ -7,7 +7,6 @@ table of named functions.
 
 from kdspec.vocabulary.functions import (
     ALIASES,
-    BATCH_RELATION_KINDS,
     CLAIM_DIMENSIONS,
     FUNCTIONS,
     KINDS,
@@ -25,7 +24,6 @@ from kdspec.vocabulary.functions import (
 
 __all__ = [
     "ALIASES",
-    "BATCH_RELATION_KINDS",
     "CLAIM_DIMENSIONS",
     "FUNCTIONS",
     "KINDS",

@@ -10,6 +10,7 @@ nothing once pooled). The checker (torch-free) and the compiler both compute axe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 Axes = tuple[str, ...]
 
@@ -47,8 +48,14 @@ def axes_text(axes: Axes) -> str:
 
 
 # Words for a set of axes, read against the value's own axes: `sample` is every axis but the
-# batch (per sample, whatever the value is), `all` every axis.
-AXIS_SETS: Axes = ("sample", "all")
+# batch (per sample, whatever the value is), `all` every axis, `batches` the axes that count
+# samples (batch, and batch2 of a relation between samples).
+AXIS_SETS: Axes = ("sample", "all", "batches")
+_SET_MEMBERS: dict[str, Callable[[str], bool]] = {
+    "sample": lambda a: a != "batch",
+    "all": lambda a: True,
+    "batches": lambda a: a in ("batch", "batch2"),
+}
 
 
 def over_axes(value: object, *, param: str = "over", of: Axes | None = None) -> Axes:
@@ -62,7 +69,7 @@ def over_axes(value: object, *, param: str = "over", of: Axes | None = None) -> 
         if n in AXIS_SETS:
             if of is None:
                 raise AxisError(f"`over={n}` needs a value whose axes are known", param)
-            out.extend(a for a in of if (n == "all" or a != "batch") and a not in out)
+            out.extend(a for a in of if _SET_MEMBERS[n](a) and a not in out)
             continue
         if not isinstance(n, str) or n not in AXES:
             raise AxisError(
@@ -276,6 +283,14 @@ def _joined(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ins[0]
 
 
+def _select(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """One position along an axis: the axis goes away."""
+    (over,) = _over(ins[0], kw, func, default_last=False)[:1] or ("",)
+    if over == "space":
+        raise AxisError("`select` takes a position of one axis; `space` may cover several", "over")
+    return tuple(a for a in ins[0] if a != over)
+
+
 def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     """Every row a sample: all axes but the last become the batch (per-token losses)."""
     return ("batch", ins[0][-1]) if ins[0] else ins[0]
@@ -284,6 +299,7 @@ def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
 RULES: dict[str, Rule] = {
     "rows": _rows,
     "matrix": _matrix,
+    "select": _select,
     "joined": _joined,
     "same": _same,
     "elementwise": _elementwise,
@@ -304,6 +320,8 @@ RULES: dict[str, Rule] = {
     "class_vector": _fixed(("batch", "class")),
     "spatial": _fixed(("batch", "space")),
     "sample_matrix": _fixed(("batch", "batch2")),
+    "token_matrix": _fixed(("batch", "head", "token", "token2")),
+    "token_rows": _fixed(("batch", "token2")),
     "channel_matrix": _fixed(("batch", "channel", "channel2")),
 }
 
@@ -320,4 +338,40 @@ def infer(
         return None
     if any(a is None for a in ins):
         return None
+    if positional(kw.get("over")):
+        if not ins:  # `learned(2)`: dimensions of no value
+            raise AxisError(f"`{func}` without an input takes axis names, not dimensions", "over")
+        named = positions(ins[0], kw["over"], func)  # type: ignore[arg-type]
+        if named is None:
+            return None
+        kw = {**kw, "over": list(named)}
     return RULES[rule](func, [a for a in ins if a is not None], kw)
+
+
+def positions(axes: Axes, over: object, func: str) -> Axes | None:
+    """The axes at torch dimensions ``over`` of a value, or None where ``space`` makes the
+    layout depend on the tensor (it may cover several dimensions, or none)."""
+    if "space" in axes:
+        return None
+    items: list[Any] = list(over) if isinstance(over, list | tuple) else [over]
+    out: list[str] = []
+    for i in items:
+        d = int(i)
+        if not -len(axes) <= d < len(axes):
+            raise AxisError(
+                f"`{func}` over dimension {d}, but its input has {len(axes)} dimensions "
+                f"{axes_text(axes)}",
+                "over",
+            )
+        out.append(axes[d])
+    return tuple(out)
+
+
+def positional(over: object) -> bool:
+    """``over=`` given as torch dimensions (``1``, ``[1, 2]``, ``-1``: the `dim=` of a legacy
+    loss) rather than axis names: the dimensions of the tensor as it is, whatever its axes."""
+    items = over if isinstance(over, list | tuple) else [over]
+    return bool(items) and all(
+        isinstance(i, int | float) and not isinstance(i, bool) and float(i).is_integer()
+        for i in items
+    )

@@ -32,8 +32,6 @@ TENSOR_KINDS = frozenset(KINDS) - {"scalar"}
 # Raw tensors may be matched with each other even if read at different kinds of tap
 # (an embedding against a feature map pooled to a vector is still a feature match).
 RAW_KINDS = frozenset({"logits", "embedding", "features"})
-# Kinds whose value is a [B, B] relation between the samples of a batch.
-BATCH_RELATION_KINDS = frozenset({"similarity", "distance"})
 
 REQUIRED = object()
 
@@ -67,7 +65,8 @@ class Fn:
         axes: the rule giving the output axes from the input axes
             (:data:`kdspec.vocabulary.axes.RULES`); None where the axes are unknown.
         optional_inputs: how many of the trailing tensor inputs may be left out.
-        log_inputs: the loss takes distributions as log-probabilities (else probabilities).
+        log_inputs: a loss written in Python takes distributions as log-probabilities (else
+            probabilities); a prelude loss reads probabilities, and ``log(p)`` exactly.
         impl: where the implementation lives, ``"kdspec.ops.module:function"``.
     """
 
@@ -83,7 +82,7 @@ class Fn:
     teacher_accepts: frozenset[str] | None = None  # losses whose sides differ (VID)
     axes: str | None = None  # the axis rule (kdspec.vocabulary.axes.RULES); None: unknown
     optional_inputs: int = 0  # trailing tensor inputs that may be left out (`relation(x[, y])`)
-    log_inputs: bool = False  # a distribution loss that takes log-probabilities (kl, soft_ce)
+    log_inputs: bool = False  # a Python distribution loss that takes log-probabilities
     impl: str = ""  # "module:function" of the implementation, checked against its signature
 
 
@@ -103,7 +102,7 @@ def _p(**params: object) -> dict[str, Param]:
 
 
 _FEATURE_LIKE = frozenset({"features", "embedding", "logits"})
-# A loss's `reduction`: the same three words everywhere (kdspec.ops.losses._reduce).
+# A loss's `reduction`: the same three words everywhere (`_reduce` in kdspec/prelude/losses.kd).
 _REDUCTIONS = ("batchmean", "mean", "sum")
 _BATCHMEAN, _MEAN = ("batchmean", None, _REDUCTIONS), ("mean", None, _REDUCTIONS)
 
@@ -350,7 +349,12 @@ FUNCTIONS: dict[str, Fn] = {
         family="L2",
         doc="Lp norm of the difference",
     ),
-    "frobenius": Fn("loss", inputs=2, family="L2", doc="squared Frobenius norm"),
+    "frobenius": Fn(
+        "loss",
+        inputs=2,
+        family="L2",
+        doc="squared Frobenius norm per sample (per sample pair for a relation between samples)",
+    ),
     "mmd": Fn(
         "loss",
         _p(kernel=("poly", None, ("poly", "linear", "rbf")), gamma=(1.0, "positive")),
@@ -612,9 +616,9 @@ _NAMED_AXES = {
     "sample_matrix": "similarity distances pkt_affinity",
     "elementwise": "weighted",
     "rows": "rows",
+    "token_matrix": "attention_scores",
+    "token_rows": "token_relation",
 }
-for _name in ("kl", "soft_ce"):  # distribution losses computed from log-probabilities
-    FUNCTIONS[_name] = replace(FUNCTIONS[_name], log_inputs=True)
 for _rule, _names in _NAMED_AXES.items():
     for _name in _names.split():
         FUNCTIONS[_name] = replace(FUNCTIONS[_name], axes=_rule)
@@ -626,16 +630,17 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
-    "pkt_affinity",
+    "binary_target distances attention_scores token_relation token "
+    "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
+    "ab_hinge gaussian_nll",
     "kdspec.ops.transforms": "flatten pool interpolate fsp "
-    "distances angles binary_target margin_relu "
+    "angles margin_relu "
     "mask=mask_features weighted",
-    "kdspec.ops.losses": "kl soft_ce cross_entropy mse l1 smooth_l1 cosine lp frobenius mmd "
-    "pearson ab_hinge gaussian_nll hcl info_nce",
+    "kdspec.ops.losses": "cross_entropy",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
-    "kdspec.ops.components": "token rows token_relation attention_scores abf=_abf "
+    "kdspec.ops.components": "rows abf=_abf "
     "paraphraser=_paraphraser paraphraser_decoder=_paraphraser_decoder translator=_translator "
     "branches=_branches gate=_gate generator=_generator crd_nce=_crd_nce semckd=_semckd",
     "kdspec.compiler.nodes": "resize=_resize virtual=VirtualNode",
@@ -698,6 +703,31 @@ PRIMITIVES: dict[str, Fn] = {
     "where": _prim(
         "element-wise choice: a where cond is non-zero, else b", "elementwise", "where", inputs=3
     ),
+    "gaussian": _prim(
+        "a Gaussian from its mean and its variance (broadcastable to the mean, e.g. "
+        "`exp(head(x))`), as `vid_regressor` predicts one: what `gaussian_nll` compares with",
+        "same",
+        "gaussian",
+        inputs=2,
+        returns="gaussian",
+    ),
+    "gaussian_mean": _prim(
+        "the mean of a Gaussian (the `gaussian` value of `vid_regressor`)", "same", "gaussian_mean"
+    ),
+    "gaussian_var": _prim(
+        "the variance of a Gaussian (the `gaussian` value of `vid_regressor`), broadcastable "
+        "to its mean",
+        "same",
+        "gaussian_var",
+    ),
+    "choose": _prim(
+        "a if cond, else b; cond is known before training (numbers, words, `none`, parameters: "
+        "`reduction == \"sum\"`), and only the chosen value is typed and computed",
+        "same",
+        "choose",
+        inputs=3,
+        returns="same",
+    ),
     "sum": _reduction("sum along axes", "sum"),
     "std": _reduction(
         "standard deviation along axes (correction=1: unbiased)", "std", correction=(1, "int")
@@ -737,6 +767,14 @@ PRIMITIVES: dict[str, Fn] = {
         "own column (InfoNCE's positives: `diag(relation(t, s, over=batch))`)",
         "matrix",
         "diag",
+        returns="same",
+    ),
+    "select": _prim(
+        "the entries at one position `index` of the axis `over`, which goes away: "
+        "`select(tokens(x), over=token, index=0)` is BERT's [CLS] token",
+        "select",
+        "select",
+        params=_p(over=(REQUIRED, None, AXES), index=(0, "int")),
         returns="same",
     ),
     "stack": _prim(

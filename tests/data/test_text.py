@@ -224,3 +224,16 @@ def test_prompt_tokens_make_every_row_start_with_a_prompt() -> None:
     assert ds.labels[0].tolist() == [IGNORE] * 3 + [ord(c) for c in "cde"]
     padded = tokenize([Example("ab", "cdefgh")], TOK, seq_len=6, packing=False, prompt_tokens=2)
     assert padded.prompt_lengths.tolist() == [3]  # the example's own prompt is longer
+
+
+def test_max_examples_reads_the_first_examples_only(tmp_path: Path) -> None:
+    _jsonl(tmp_path / "d.jsonl", [{"text": f"doc {i}"} for i in range(40)])
+    data = build_data(
+        _run(tmp_path, 'source = "jsonl:d.jsonl"\nmax_examples = 10\npacking = false')
+    )
+    texts = {
+        TOK.decode(r)
+        for s in (data.splits.train, data.splits.val, data.splits.test)
+        for r in s.input_ids.tolist()
+    }
+    assert texts == {f"doc {i}" for i in range(10)}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tolerance import assert_close
 
+from kdspec.diagnostics import KdError
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.vocabulary import FUNCTIONS
@@ -37,27 +38,33 @@ def test_every_component_is_in_the_vocabulary() -> None:
 
 
 def test_token_and_rows() -> None:
+    from language_values import value
+
     x = rand(2, 5, 4)
-    assert torch.equal(comp.token(x), x[:, 0])
-    assert torch.equal(comp.token(x, 3), x[:, 3])
+    assert torch.equal(value("token(s.stage[1])", {"s.stage[1]": x}), x[:, 0])
+    assert torch.equal(value("token(s.stage[1], index=3)", {"s.stage[1]": x}), x[:, 3])
     assert comp.rows(x).shape == (10, 4)
-    with pytest.raises(ValueError, match="token expects"):
-        comp.token(rand(2, 4))
+    with pytest.raises(KdError, match="over=token"):  # a vector has no tokens
+        value("token(s.embedding)", {"s.embedding": rand(2, 4)})
 
 
 def test_attention_scores_and_relation_per_head() -> None:
+    from language_values import value
+
     q, k = rand(2, 5, 6, seed=1), rand(2, 5, 6, seed=2)
-    s = comp.attention_scores(q, k, heads=3)
+    taps = {"s.stage[1]": q, "s.stage[2]": k}
+    s = value("attention_scores(s.stage[1], s.stage[2], heads=3)", taps)
     assert s.shape == (2, 3, 5, 5)
     # head 1 uses features 2..3, scaled by 1/sqrt(2)
     expected = q[:, :, 2:4] @ k[:, :, 2:4].transpose(1, 2) / math.sqrt(2)
     assert_close(s[:, 1], expected)
-    rel = comp.token_relation(q, k, heads=3)
+    rel = value("token_relation(s.stage[1], s.stage[2], heads=3)", taps)
     assert rel.shape == (2 * 3 * 5, 5)
     assert_close(rel.exp().sum(-1), torch.ones(30))
     assert_close(rel.view(2, 3, 5, 5)[:, 1], torch.log_softmax(expected, -1))
-    with pytest.raises(ValueError, match="divisible"):
-        comp.attention_scores(rand(2, 5, 7), rand(2, 5, 7), heads=3)
+    with pytest.raises(KdError, match="do not split into 3 heads"):
+        value("attention_scores(s.stage[1], s.stage[2], heads=3)", {
+            "s.stage[1]": rand(2, 5, 7), "s.stage[2]": rand(2, 5, 7)})  # fmt: skip
 
 
 # --- list components ----------------------------------------------------------------------------

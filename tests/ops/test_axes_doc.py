@@ -86,4 +86,5 @@ def test_class_axis_functions_use_the_last_axis() -> None:
     assert_close(out.mean(-1), torch.zeros(2, 3, dtype=torch.float64), scale=1.0)
     close(out.std(-1), torch.ones(2, 3, dtype=torch.float64) * (z.std(-1) / (z.std(-1) + 1e-7)))
     y = torch.tensor([1, 4])
-    close(tf.binary_target(z[:, 0], y).exp().sum(-1), torch.ones(2, dtype=torch.float64))
+    two = value("binary_target(s.logits)", {"s.logits": z[:, 0]}, y)
+    close(two.exp().sum(-1), torch.ones(2, dtype=torch.float64))

@@ -67,7 +67,7 @@ def test_binary_target_matches_explicit_probabilities() -> None:
     p = p / p.sum(dim=1, keepdim=True)
     p_gt = p[torch.arange(6), labels]
     expected = torch.log(torch.stack([p_gt, 1 - p_gt], dim=1))
-    out = tf.binary_target(x, labels, T=temp)
+    out = value("binary_target(s.logits, T=4)", {"s.logits": x}, labels)
     assert out.shape == (6, 2)
     close(out, expected)
     close(out.exp().sum(1), torch.ones(6, dtype=D64))
@@ -76,7 +76,7 @@ def test_binary_target_matches_explicit_probabilities() -> None:
 def test_binary_target_is_stable_for_confident_logits() -> None:
     x = torch.tensor([[200.0, 0.0, 0.0], [0.0, -300.0, 0.0]], dtype=D64)
     labels = torch.tensor([0, 1])
-    out = tf.binary_target(x, labels)
+    out = value("binary_target(s.logits)", {"s.logits": x}, labels)
     assert torch.isfinite(out).all()
     # log(1 - p_gt) for a near-certain target: log(2 e^-200) = log 2 - 200
     close(out[0, 1], torch.tensor(math.log(2) - 200.0, dtype=D64))
@@ -299,9 +299,10 @@ def test_distances_match_cdist() -> None:
     x = randn(6, 5)
     d = torch.cdist(x, x)
     off = ~torch.eye(6, dtype=torch.bool)
-    close(tf.distances(x, normalize=False), d * off)
-    close(tf.distances(x), d * off / d[off].mean())
-    assert (tf.distances(x).diagonal() == 0).all()
+    close(value("distances(s.embedding, normalize=false)", {"s.embedding": x}), d * off)
+    out = value("distances(s.embedding)", {"s.embedding": x})
+    close(out, d * off / d[off].mean())
+    assert (out.diagonal() == 0).all()
 
 
 def test_angles_match_triple_loop() -> None:
@@ -344,14 +345,14 @@ def test_pkt_affinity_is_row_normalised_shifted_cosine() -> None:
 def test_registry_names() -> None:
     assert set(tf.TRANSFORMS) == {
         "softmax", "log_softmax", "normalize", "flatten", "pool", "interpolate", "fsp",
-        "distances", "angles", "binary_target", "mean_dist", "mean", "stopgrad",
+        "angles", "mean_dist", "mean", "stopgrad",
         "margin_relu", "ofd_margin", "virtual_teacher", "mask_features",
     }  # fmt: skip
     for name, fn in tf.TRANSFORMS.items():
         assert fn.__doc__ and "Returns:" in fn.__doc__, name
 
 
-SINGLE = ["softmax", "log_softmax", "normalize", "flatten", "distances", "angles", "stopgrad"]
+SINGLE = ["softmax", "log_softmax", "normalize", "flatten", "angles", "stopgrad"]
 MAPS = ["pool"]
 
 
@@ -359,12 +360,10 @@ MAPS = ["pool"]
 def test_dtype_is_preserved(dtype: torch.dtype) -> None:
     v = randn(4, 6, dtype=dtype)
     m = randn(4, 3, 4, 4, dtype=dtype)
-    labels = torch.tensor([0, 1, 2, 5])
     outs = [tf.TRANSFORMS[n](v) for n in SINGLE] + [tf.TRANSFORMS[n](m) for n in MAPS]
     outs += [
         tf.fsp(m, m),
         tf.interpolate(m, 2),
-        tf.binary_target(v, labels),
         tf.mean_dist(tf.softmax(v), tf.softmax(v)),
         tf.mean(v, v, weights=[1.0, 2.0]),
         tf.margin_relu(m, torch.zeros(3)),
@@ -377,9 +376,7 @@ def test_dtype_is_preserved(dtype: torch.dtype) -> None:
 
 GRADCHECKED = {
     "softmax": lambda x: tf.softmax(x, T=2.0),
-    "distances": tf.distances,
     "angles": tf.angles,
-    "binary_target": lambda x: tf.binary_target(x, torch.tensor([0, 3, 7])),
     "fsp": lambda x: tf.fsp(x.view(3, 2, 2, 2), x.view(3, 2, 2, 2) ** 2),
     "mean_dist": lambda x: tf.mean_dist(tf.softmax(x), tf.softmax(2 * x), weights=[1.0, 2.0]),
 }
@@ -389,3 +386,15 @@ GRADCHECKED = {
 def test_gradcheck(name: str) -> None:
     x = randn(3, 8).requires_grad_()
     assert torch.autograd.gradcheck(GRADCHECKED[name], (x,))
+
+
+@pytest.mark.parametrize(
+    ("call", "tap", "labels"),
+    [
+        ("distances(s.embedding)", "s.embedding", None),
+        ("binary_target(s.logits, T=2)", "s.logits", torch.tensor([0, 3, 1])),
+    ],
+)
+def test_gradcheck_of_prelude_transforms(call: str, tap: str, labels) -> None:  # type: ignore[no-untyped-def]
+    x = randn(3, 4).requires_grad_()  # every evaluation compiles the spec: a small input
+    assert torch.autograd.gradcheck(lambda v: value(call, {tap: v}, labels), (x,), fast_mode=True)

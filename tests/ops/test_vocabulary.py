@@ -80,7 +80,10 @@ def test_a_prelude_def_declares_the_parameters_and_defaults_of_its_entry(name: s
     assert set(params) == set(fn.params), f"`{name}`: def {set(params)}, table {set(fn.params)}"
     for pname, decl in fn.params.items():
         default = params[pname]
-        value = float(default.value) if hasattr(default, "value") else default
+        if hasattr(default, "id"):  # a bare word: `none`, `true`, `false`, `mean`
+            value = {"none": None, "true": True, "false": False}.get(default.id, default.id)
+        else:  # a number or a quoted word
+            value = default.value if isinstance(default.value, str) else float(default.value)
         assert value == decl.default, f"`{name}.{pname}`: table {decl.default!r}, def {value!r}"
 
 
