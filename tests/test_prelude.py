@@ -13,7 +13,7 @@ from tolerance import assert_close
 from kdspec.api import load_method
 from kdspec.compiler import compile_spec
 from kdspec.diagnostics import KdError
-from kdspec.ir.lower import _module_defs, _prelude_files
+from kdspec.ir.compose import module_defs, prelude_files
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.vocabulary import FUNCTIONS, PRELUDE_IMPL
 
@@ -23,8 +23,8 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text(e
 def _defs() -> dict[str, str]:
     """Every prelude def by name, with its body as written."""
     out: dict[str, str] = {}
-    for path in _prelude_files():
-        found, errors = _module_defs(path)
+    for path in prelude_files():
+        found, errors = module_defs(path)
         assert not errors, errors
         text = path.read_text(encoding="utf-8")
         for name in found:

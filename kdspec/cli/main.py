@@ -29,6 +29,7 @@ SUBCOMMANDS = (
     "importer",
     "init",
     "export",
+    "bench",
 )
 
 

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     opts = dataclasses.replace(opts, untrained=True)
     plan = compile_prepared(prepare(lowered, run_cfg, opts), opts).compiled_plan()
     if args.format == "json":
-        print(json.dumps(dataclasses.asdict(plan), indent=2))
+        print(json.dumps(dataclasses.asdict(plan.describe()), indent=2))
     else:
         print(plan.explain(), end="")
     return 0

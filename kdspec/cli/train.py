@@ -22,6 +22,7 @@ EPILOG = """examples:
   kdspec train specs/hinton.kd --out runs-out/kd --resume
   kdspec train hinton --param T=8 --param alpha=0.5
   kdspec train hinton --run mydata.toml --allow-import mydata
+  torchrun --nproc_per_node=2 -m kdspec train hinton   (DDP: docs/performance.md)
 
 run files (--run): every table and key, the model and data sources (your own Dataset
 included), metrics, import permission and the teacher cache are documented in
@@ -55,6 +56,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", dest="run_file", metavar="RUN", help="a run file (TOML)")
     p.add_argument("--epochs", type=int, help="override [train] epochs")
     p.add_argument("--seed", type=int, help="override [train] seed")
+    p.add_argument(
+        "--amp",
+        choices=["off", "bf16", "fp16"],
+        help="override [train] amp: autocast in bf16 or fp16 (fp16 on CUDA only; bf16 on a CPU "
+        "without bf16 instructions warns: it is emulated and slow)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override [train] compile: torch.compile the roles' networks",
+    )
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a parameter")
     p.add_argument(
         "--allow-import",
@@ -103,6 +116,10 @@ def load_job(args: argparse.Namespace, spec: str, *, with_params: bool = True) -
         updates["epochs"] = args.epochs
     if args.seed is not None:
         updates["seed"] = args.seed
+    if getattr(args, "amp", None) is not None:
+        updates["amp"] = False if args.amp == "off" else args.amp
+    if getattr(args, "compile", None) is not None:
+        updates["compile"] = args.compile
     if updates:
         run = run.with_updates(train=updates)
     overrides: dict[str, object] = dict(run.config.params) if with_params else {}
@@ -213,6 +230,7 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdspec.runtime import distributed
     from kdspec.runtime.files import write_failure
     from kdspec.runtime.job import (
         baseline_role,
@@ -222,10 +240,13 @@ def run(args: argparse.Namespace) -> int:
         train_baseline,
     )
 
+    args.device = distributed.setup(args.device)  # under torchrun: join the process group
+    main = distributed.is_main()
+    args.quiet = args.quiet or not main  # rank 0 speaks for the job
     run_cfg, lowered = load_job(args, args.spec)
     check_role_keys(run_cfg, [lowered.method])
     method = lowered.method.name
-    out = _out_dir(args, method)
+    out = distributed.broadcast_object(_out_dir(args, method) if main else None)
     want_baseline = args.baseline if args.baseline is not None else not args.run_file
     opts, progress = job_options(args)
     try:
@@ -245,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
         raise write_failure(exc, "run outputs", out, kept=kept) from None
     finally:
         close_progress(progress)
+    if not main:
+        return 0
 
     cfg = run_cfg.config
     summary = result.summary

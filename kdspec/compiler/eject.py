@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdspec.compiler.distiller import Distiller, _unpack
+from kdspec.compiler.bind import unpack
+from kdspec.compiler.distiller import Distiller
 from kdspec.compiler.hooks import HookPoint
 from kdspec.compiler.nodes import (
     AdapterNode,
@@ -200,9 +201,7 @@ def _locals(node: ast.AST) -> set[str]:
     """Names a function binds itself (parameters, assignments): never renamed in it."""
     if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         return set()
-    out = {
-        n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-    }
+    out = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     out |= {a.arg for a in ast.walk(node) if isinstance(a, ast.arg)}
     return out
 
@@ -250,7 +249,7 @@ class _Writer:
         return "".join(f", {k}={v!r}" for k, v in kw.items())
 
     def tap(self, node: TapNode) -> str:
-        points = self.d._points.get(node.tap) or []
+        points = self.d.compiled.points.get(node.tap) or []
         exprs = []
         for p in points:
             if p.kind not in ("module", "logits", "input", "output") or p.call or p.select:
@@ -560,6 +559,74 @@ def eject(
     }
     w = _Writer(d, g)
     m = d.method
+    _refuse_what_cannot_be_written(d, w)
+    calls = _adapter_calls(d, example_batch) if not w.reasons else []
+    term_code: list[str] = []
+    for name, t in d.terms.items():
+        term_code += ["", *w.term(name, t)]
+    if w.reasons:
+        raise EjectError(sorted(set(w.reasons)))
+    if calls:
+        g.add("kdspec.ops.adapters", "build_adapter")
+    trained, stages = _stage_table(d)
+    adapters = ",\n            ".join(
+        f"build_adapter({f!r}, {i!r}, {o!r}{w.kwargs(kw, f)})" for f, i, o, kw in calls
+    )
+    points = {
+        role: {k: (p.kind, p.path, p.io) for k, p in pts.items()} for role, pts in w.points.items()
+    }
+    method = _method_class(d, points, trained, stages, adapters)
+    method += ["    " + line if line else "" for line in term_code]
+    x = unpack(example_batch).x
+    roles = [r for r in m.roles if r.name in d.roles]
+    models = _models_code(g, roles, sources or {}, d.num_classes, tuple(x.shape[1:]))
+    student = d.eval_roles()[0]
+    return _script_text(m.name, title, g, method, models, student)
+
+
+def _script_text(
+    name: str, title: str, g: _Gatherer, method: list[str], models: str, student: str
+) -> str:
+    """The whole script: docstring, imports, operators, taps, the method, models, loop."""
+    header = [
+        '"""' + (title or f"{name}: a knowledge distillation method") + ".",
+        "",
+        f"Exported by `kdspec export` from the method `{name}`: plain PyTorch, no kdspec import.",
+        "The operators below are copied from kdspec.ops (the code kdspec runs); the adapters are",
+        "sized as the compiler sized them for the models it was exported with.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        *sorted(i for i in g.imports if i),
+        "",
+    ]
+    body = [
+        "# " + "-" * 90 + " operators (from kdspec.ops)",
+        "",
+        g.source(),
+        "",
+        "",
+        "# " + "-" * 90 + " taps",
+        _RUNTIME,
+        "",
+        "# " + "-" * 90 + " the method",
+        "",
+        "\n".join(method),
+        "",
+        "",
+        models,
+        "",
+        f"STUDENT = {student!r}",
+        "",
+        _LOOP,
+    ]
+    return "\n".join(header + body).rstrip() + "\n"
+
+
+def _refuse_what_cannot_be_written(d: Distiller, w: _Writer) -> None:
+    """Every construct the script has no code for, as a reason in ``w``."""
+    m = d.method
     for role in m.roles:
         if role.mode not in ("trained", "frozen"):
             w.fail(f"the {role.mode} role `{role.name}`")
@@ -572,37 +639,35 @@ def eject(
         if plan.repeat != 1 or plan.handoffs:
             w.fail(f"repeats or hand-offs of stage `{plan.name}`")
     for name in d.terms:
-        if name not in d._const_weights:
+        if name not in d.compiled.const_weights:
             w.fail(f"the scheduled weight of `{name}`")
-    calls = _adapter_calls(d, example_batch) if not w.reasons else []
-    term_code: list[str] = []
-    for name, t in d.terms.items():
-        term_code += ["", *w.term(name, t)]
-    if w.reasons:
-        raise EjectError(sorted(set(w.reasons)))
-    if calls:
-        g.add("kdspec.ops.adapters", "build_adapter")
 
-    roles = [r for r in m.roles if r.name in d.roles]
+
+def _stage_table(d: Distiller) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The trained roles, and per stage (name, duration, unit, active terms, parameters)."""
     trained = sorted({r for p in d.stage_plans for r in _stage_roles(d, p.name)})
     stages = []
     param_names = _script_param_names(d)
     for plan in d.stage_plans:
         d.set_stage(plan.name)
         params = [param_names[id(p)] for p in d.trainable_parameters()]
-        active = [t.name for t in d._active(d._stage)]
+        active = [t.name for t in d.compiled.active_terms(d.stage)]
         stages.append((plan.name, plan.duration, plan.unit, active, params))
-    d._stage = None
+    d.reset_stage()
+    return trained, stages
 
-    adapters = ",\n            ".join(
-        f"build_adapter({f!r}, {i!r}, {o!r}{w.kwargs(kw, f)})" for f, i, o, kw in calls
-    )
-    weights = {n: d._const_weights[n] for n in d.terms}
-    points = {
-        role: {k: (p.kind, p.path, p.io) for k, p in pts.items()} for role, pts in w.points.items()
-    }
+
+def _method_class(
+    d: Distiller,
+    points: dict[str, Any],
+    trained: list[str],
+    stages: list[tuple[Any, ...]],
+    adapters: str,
+) -> list[str]:
+    """The script's ``Method`` module, up to its terms."""
+    weights = {n: d.compiled.const_weights[n] for n in d.terms}
     trained_roles = sorted(set(trained))
-    method = [
+    return [
         "class Method(nn.Module):",
         '    """The compiled method: models, adapters, loss terms and stages."""',
         "",
@@ -659,44 +724,6 @@ def eject(
         "            total = value if total is None else total + value",
         "        return total, terms",
     ]
-    method += ["    " + line if line else "" for line in term_code]
-    x = _unpack(example_batch).x
-    models = _models_code(g, roles, sources or {}, d.num_classes, tuple(x.shape[1:]))
-    student = d.eval_roles()[0]
-    header = [
-        '"""' + (title or f"{m.name}: a knowledge distillation method") + ".",
-        "",
-        f"Exported by `kdspec export` from the method `{m.name}`: plain PyTorch, no kdspec import.",
-        "The operators below are copied from kdspec.ops (the code kdspec runs); the adapters are",
-        "sized as the compiler sized them for the models it was exported with.",
-        '"""',
-        "",
-        "from __future__ import annotations",
-        "",
-        *sorted(i for i in g.imports if i),
-        "",
-    ]
-    body = [
-        "# " + "-" * 90 + " operators (from kdspec.ops)",
-        "",
-        g.source(),
-        "",
-        "",
-        "# " + "-" * 90 + " taps",
-        _RUNTIME,
-        "",
-        "# " + "-" * 90 + " the method",
-        "",
-        "\n".join(method),
-        "",
-        "",
-        models,
-        "",
-        f"STUDENT = {student!r}",
-        "",
-        _LOOP,
-    ]
-    return "\n".join(header + body).rstrip() + "\n"
 
 
 _LOOP = '''# ------------------------------------------------------------------------- training

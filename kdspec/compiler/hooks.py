@@ -99,50 +99,56 @@ def resolve_tap(tap: ir.Tap, taps: ModelTaps, model: nn.Module) -> list[HookPoin
             )
         paths = [taps.stages[i] for i in _stage_indices(tap, len(taps.stages))]
     else:
-        path = tap.module or ""
-        try:
-            model.get_submodule(path)
-        except AttributeError:
-            close = taps.suggest(path)
-            hint = f"did you mean `{close[0]}`?" if close else None
-            raise TapError(
-                "KD401",
-                f"the model has no submodule `{path}`",
-                (hint + " " if hint else "") + "(`kdspec taps MODEL` lists them all)",
-            ) from None
-        if taps.first_call(path) is None:
-            raise TapError(
-                "KD402",
-                f"module `{path}` does not run in the forward pass",
-                "pick a module that runs (`kdspec taps MODEL` lists them)",
-            )
-        paths = [path]
-    points = []
-    for path in paths:
-        io = tap.io
-        if io == "preact":
-            found = taps.preact_source(path)
-            if found is None:
-                raise TapError(
-                    "KD402",
-                    f"`{path}` does not end with an activation module, so "
-                    "it has no pre-activation to tap",
-                    "tap `.output`, or a module whose last step is an nn.ReLU",
-                )
-            path, io = found[0], "input"
-            call = found[1]
-        else:
-            call = tap.call or 0
-        count = taps.call_counts.get(path, 1)
-        if call >= count:
+        paths = [_module_path(tap.module or "", taps, model)]
+    return [_module_point(tap, path, taps) for path in paths]
+
+
+def _module_path(path: str, taps: ModelTaps, model: nn.Module) -> str:
+    """A tapped module path, checked: KD401 when the model has none, KD402 when it never runs."""
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        close = taps.suggest(path)
+        hint = f"did you mean `{close[0]}`?" if close else None
+        raise TapError(
+            "KD401",
+            f"the model has no submodule `{path}`",
+            (hint + " " if hint else "") + "(`kdspec taps MODEL` lists them all)",
+        ) from None
+    if taps.first_call(path) is None:
+        raise TapError(
+            "KD402",
+            f"module `{path}` does not run in the forward pass",
+            "pick a module that runs (`kdspec taps MODEL` lists them)",
+        )
+    return path
+
+
+def _module_point(tap: ir.Tap, path: str, taps: ModelTaps) -> HookPoint:
+    """The hook point of a tapped module: its input, output or pre-activation, at a call."""
+    io = tap.io
+    if io == "preact":
+        found = taps.preact_source(path)
+        if found is None:
             raise TapError(
                 "KD402",
-                f"`{path}` runs {count} time{'s' * (count != 1)} per "
-                f"forward; call @{call} does not exist",
-                "calls count from 0",
+                f"`{path}` does not end with an activation module, so "
+                "it has no pre-activation to tap",
+                "tap `.output`, or a module whose last step is an nn.ReLU",
             )
-        points.append(HookPoint("module", path, io, call, tap.select))
-    return points
+        path, io = found[0], "input"
+        call = found[1]
+    else:
+        call = tap.call or 0
+    count = taps.call_counts.get(path, 1)
+    if call >= count:
+        raise TapError(
+            "KD402",
+            f"`{path}` runs {count} time{'s' * (count != 1)} per "
+            f"forward; call @{call} does not exist",
+            "calls count from 0",
+        )
+    return HookPoint("module", path, io, call, tap.select)
 
 
 class _Done(Exception):

@@ -277,6 +277,22 @@ def _heuristic_stages(
     return best, "blocks of the longest ModuleList"
 
 
+def _classifier(model: nn.Module, calls: list[ModuleCall], logits: Any) -> str | None:
+    """The final classifier: the model's ``kd_classifier``, else the last ``nn.Linear`` whose
+    output has the logits' shape."""
+    classifier = getattr(model, "kd_classifier", None)
+    if classifier is None and logits is not None:
+        linears = [
+            c
+            for c in calls
+            if c.out_shape == _shape(logits)
+            and c.path
+            and isinstance(model.get_submodule(c.path), nn.Linear)
+        ]
+        classifier = max(linears, key=lambda c: c.order).path if linears else None
+    return classifier
+
+
 def discover(model: nn.Module, example_input: Any) -> ModelTaps:
     """Dry-run ``model`` on ``example_input`` with a hook on every module.
 
@@ -319,16 +335,7 @@ def discover(model: nn.Module, example_input: Any) -> ModelTaps:
             h.remove()
         model.train(was_training)
     logits = logits_of(output)
-    classifier = getattr(model, "kd_classifier", None)
-    if classifier is None and logits is not None:
-        linears = [
-            c
-            for c in calls
-            if c.out_shape == _shape(logits)
-            and c.path
-            and isinstance(model.get_submodule(c.path), nn.Linear)
-        ]
-        classifier = max(linears, key=lambda c: c.order).path if linears else None
+    classifier = _classifier(model, calls, logits)
     hint = getattr(model, "kd_stages", None)
     if hint:
         stages, source = list(hint), "the model's kd_stages"

@@ -6,18 +6,34 @@ argument becomes a diagnostic and a placeholder in the IR, so later passes still
 
 from __future__ import annotations
 
-import difflib
 import math
-import re
-from collections.abc import Callable, Iterable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kdspec.diagnostics import Diagnostic, Label, Severity, error
+from kdspec.diagnostics import Diagnostic, Label, error
 from kdspec.ir import models as ir
+from kdspec.ir.compose import (
+    IMPORT_ROOTS,
+    Composition,
+    ParsedFile,
+    check_imports,
+    make_finder,
+    module_defs,
+    parse_file,
+    prelude_files,
+    resolve_import,
+)
 from kdspec.ir.evaluate import EvalError, evaluate
+from kdspec.ir.lower_core import (
+    Lowered,
+    PathKey,
+    SourceMap,
+    a_or_an,
+    did_you_mean,
+    shorten,
+)
+from kdspec.ir.lower_taps import TapLowering
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
 from kdspec.vocabulary import (
@@ -26,116 +42,24 @@ from kdspec.vocabulary import (
     FUNCTIONS,
     PRELUDE_IMPL,
     REQUIRED,
+    Fn,
     by_category,
 )
 from kdspec.vocabulary.axes import AXES, AXIS_SETS, BASE_AXES
 
-PathKey = tuple[object, ...]
-
-
-@dataclass
-class SourceMap:
-    """Spans of IR parts, keyed by IR path such as ``("term", "kd", "loss")``."""
-
-    source: SourceFile
-    spans: dict[PathKey, Span] = field(default_factory=dict)
-
-    def span(self, *path: object) -> Span | None:
-        """The span of a path, or of its nearest recorded ancestor."""
-        key: PathKey = tuple(path)
-        while key:
-            if key in self.spans:
-                return self.spans[key]
-            key = key[:-1]
-        return None
-
-    def diagnostic(
-        self,
-        code: str,
-        message: str,
-        path: PathKey,
-        label: str = "",
-        *,
-        severity: Severity = Severity.ERROR,
-        notes: tuple[str, ...] = (),
-        help: str | None = None,
-        related: tuple[tuple[PathKey, str], ...] = (),
-    ) -> Diagnostic:
-        """A diagnostic pointing at the source of an IR path (and, secondary, related paths)."""
-        span = self.span(*path)
-        labels: list[Label] = [Label(span, label)] if span is not None else []
-        for rel_path, rel_label in related:
-            rel_span = self.span(*rel_path)
-            if rel_span is not None:
-                labels.append(Label(rel_span, rel_label, primary=False))
-        return Diagnostic(
-            code=code,
-            severity=severity,
-            message=message,
-            source=self.source,
-            labels=tuple(labels),
-            notes=notes,
-            help=help,
-        )
-
-
-@dataclass
-class Lowered:
-    """A lowered method with its source map."""
-
-    method: ir.Method
-    source_map: SourceMap
-
-
-# Finds a method by name for `use`: returns (method ast, its file) or None.
-MethodFinder = Callable[[str], "tuple[ast.Method, SourceFile] | None"]
-
-
-def _a(noun: str) -> str:
-    """``a transform``, ``an adapter``."""
-    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
-
-
-def did_you_mean(name: str, candidates: Iterable[str], *, declared: bool = False) -> str | None:
-    """``did you mean `x`?`` where `x` is what the user meant, else None.
-
-    ``declared``: the candidates are names the file itself declares (roles, parameters, views,
-    terms), which carry no built-in meaning: the closest similar name is offered. Otherwise they
-    are the language's own words (functions, their parameters, tap points), and a suggestion
-    must keep the meaning, so looking alike is not enough: only a likely typo, at most one edit
-    (two for names longer than 5 characters; a swap of neighbours counts as one) with the same
-    digits (`l2` is not a typo of `l1`). `channel_sum` gets no `channel_dist`.
-    """
-    if declared:
-        close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-        return f"did you mean `{close[0]}`?" if close else None
-    budget = 1 if len(name) <= 5 else 2
-    best: tuple[int, str] | None = None
-    for cand in sorted(set(candidates)):
-        if _digits(cand) != _digits(name):
-            continue
-        d = _edit_distance(name.lower(), cand.lower())
-        if d <= budget and (best is None or d < best[0]):
-            best = (d, cand)
-    return f"did you mean `{best[1]}`?" if best else None
-
-
-def _digits(s: str) -> str:
-    return "".join(c for c in s if c.isdigit())
-
-
-def _edit_distance(a: str, b: str) -> int:
-    """Optimal string alignment distance (insert, delete, substitute, swap neighbours)."""
-    prev2: list[int] = []
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, cb in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
-            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
-                cur[j] = min(cur[j], prev2[j - 2] + 1)
-        prev2, prev = prev, cur
-    return prev[len(b)]
+__all__ = [
+    "IMPORT_ROOTS",
+    "DefTable",
+    "Lowered",
+    "ParsedFile",
+    "SourceMap",
+    "check_imports",
+    "did_you_mean",
+    "lower_module",
+    "make_finder",
+    "parse_file",
+    "resolve_import",
+]
 
 
 _CONSTANTS = {"true": 1.0, "false": 0.0}
@@ -152,85 +76,19 @@ VALUE_SHAPES: dict[str, tuple[str, int | None]] = {
     "tokens": ("token", None),
 }
 _UNITS = {"epochs": "epochs", "epoch": "epochs", "steps": "steps", "step": "steps", "%": "fraction"}
+
+
 _APPLY_HELP = (
     "apply a module of a role to a value: `t.classifier(x)` (the final classifier), "
     '`t.stage[3](x)`, `t."layer4.1"(x)`'
 )
-_TAP_HELP = (
-    "a tap reads `role.logits`, `role.embedding`, `role.input`, `role.output[...]`, "
-    '`role.stage[k]` or `role."module.path"`, optionally followed by `.input`, `.output` '
-    "or `.preact`"
-)
 
 
-class _MethodLowering:
-    def __init__(
-        self,
-        method: ast.Method,
-        source: SourceFile,
-        finder: MethodFinder | None,
-        overrides: dict[str, object],
-        stack: tuple[str, ...],
-        defs: DefTable | None = None,
-    ):
-        self.defs = defs
-        self.used_defs: set[str] = set()
-        self.m = method
-        self.source = source
-        self.finder = finder
-        self.overrides = overrides
-        self.stack = stack
-        self.diags: list[Diagnostic] = []
-        self.smap = SourceMap(source)
-        self.smap.spans[("method",)] = method.span
-        self.smap.spans[("method", "name")] = method.name.span
-        self.params: dict[str, ir.Expr] = {}
-        self.unknown: set[str] = set()  # unknown names already reported
-        self.roles: dict[str, ir.Role] = {}
-        self.ensembles: dict[str, ir.Ensemble] = {}
-        self.data: dict[str, ir.DataPart] = {}
-        self.lets: dict[str, ir.Let] = {}
-        self.terms: dict[str, ir.Term] = {}
-        self.stages: list[ir.Stage] = []
-        self.claims: list[ir.Claim] = []
-        self.predictions: dict[str, ir.Expr] = {}
-        self.used_predictions: set[str] = set()  # from a `use`: a local `predict` replaces them
-        self.uses: list[str] = []
-        self.defined: dict[str, tuple[str, Span]] = {}  # name -> (what, span), for KD201
-        self.local_terms = {
-            st.label.name
-            for st in method.body
-            if isinstance(st, ast.Transfer | ast.Supervise) and st.label is not None
-        }
-        self.used_stages: list[tuple[str, tuple[ir.Stage, ...], dict[str, str], _Inliner]] = []
-        self.folded_params: set[str] = set()
+class _MethodLowering(TapLowering, Composition):
+    """Lowers one method: expressions, calls, roles, terms, stages, claims (taps in
+    :mod:`kdspec.ir.lower_taps`, `use` in :mod:`kdspec.ir.compose`)."""
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def err(
-        self, code: str, message: str, span: Span | None, label: str = "", **kw: object
-    ) -> None:
-        self.diags.append(error(code, message, self.source, span, label, **kw))
-
-    def define(self, what: str, ident: ast.Ident) -> bool:
-        """Record a definition; report a duplicate (KD201). Returns False on duplicates."""
-        prior = self.defined.get(ident.name)
-        if prior is not None:
-            self.err(
-                "KD201",
-                f"`{ident.name}` is defined twice",
-                ident.span,
-                f"{what} `{ident.name}` redefined here",
-                related=[Label(prior[1], f"first defined here as a {prior[0]}", primary=False)],
-                help="give each parameter, role, ensemble, view, subset, let, term and stage its "
-                "own name",
-            )
-            return False
-        self.defined[ident.name] = (what, ident.span)
-        return True
-
-    def names_in_scope(self) -> list[str]:
-        return [*self.params, *self.roles, *self.ensembles, *self.lets, *self.data]
 
     # -- expressions ------------------------------------------------------------------------
 
@@ -251,7 +109,7 @@ class _MethodLowering:
             if not math.isfinite(e.value):
                 self.err(
                     "KD205",
-                    f"the number `{_shorten(e.text, 40)}` is too large for a float",
+                    f"the number `{shorten(e.text, 40)}` is too large for a float",
                     e.span,
                     "overflows to infinity",
                     help="numbers must be finite (at most about 1.8e308)",
@@ -450,38 +308,20 @@ class _MethodLowering:
         implicit_inputs: int = 0,
         path: PathKey | None = None,
     ) -> ir.Call:
+        """A call of the vocabulary (or of a `def`) in one of ``categories``, checked."""
         fname = e.func.name
         fn = FUNCTIONS.get(fname)
         if fn is None and self.defs is not None and self.defs.has(fname):
             return self.def_call(e, implicit_inputs, path)
         if fn is None:
-            pool = [n for c in categories for n in by_category(c)]
-            self.err(
-                "KD203",
-                f"unknown function `{fname}`",
-                e.func.span,
-                "not in the vocabulary",
-                help=did_you_mean(fname, pool)
-                or (
-                    f"kdspec calls it `{ALIASES[fname.lower()]}`"
-                    if ALIASES.get(fname.lower()) in pool
-                    else f"known: {', '.join(pool[:12])} ..."
-                ),
-            )
-            # Keep what the call reads (taps, parameters, lets), so that later checks see them
-            # used and report nothing else about it: one root cause, one diagnostic.
-            return ir.Call(
-                func=fname,
-                args=tuple(self.expr(a, as_value=True) for a in e.args),
-                kwargs={kw.name.name: self.expr(kw.value, as_value=True) for kw in e.kwargs},
-            )
+            return self._unknown_call(e, categories)
         if fn.category not in categories:
             wanted = " or ".join(categories)
             self.err(
                 "KD203",
-                f"`{fname}` is {_a(fn.category)}, not {_a(wanted)}",
+                f"`{fname}` is {a_or_an(fn.category)}, not {a_or_an(wanted)}",
                 e.func.span,
-                f"{_a(fn.category)} here",
+                f"{a_or_an(fn.category)} here",
                 help=did_you_mean(fname, [n for c in categories for n in by_category(c)]),
             )
 
@@ -510,6 +350,48 @@ class _MethodLowering:
             kwargs[pname] = self.expr(
                 a, as_value=fn.params[pname].check is None, path=sub("kwargs", pname)
             )
+        self._call_keywords(e, fn, kwargs, sub)
+        self._check_call_inputs(e, fn, len(args), n_inputs, kwargs)
+        if fn.impl.startswith(PRELUDE_IMPL) and self.defs is not None:
+            # Written in kdspec itself: the method carries the prelude def, and the compiler
+            # expands the call as a user def's; its facts stay those of the vocabulary.
+            if self.defs.lower(fname, e.func.span, self.source) is not None:
+                self.used_defs.add(fname)
+        return ir.Call(func=fname, args=args, kwargs=kwargs)
+
+    def _unknown_call(self, e: ast.Call, categories: tuple[str, ...]) -> ir.Call:
+        """KD203 for a function the vocabulary lacks; the call keeps what it reads."""
+        fname = e.func.name
+        pool = [n for c in categories for n in by_category(c)]
+        self.err(
+            "KD203",
+            f"unknown function `{fname}`",
+            e.func.span,
+            "not in the vocabulary",
+            help=did_you_mean(fname, pool)
+            or (
+                f"kdspec calls it `{ALIASES[fname.lower()]}`"
+                if ALIASES.get(fname.lower()) in pool
+                else f"known: {', '.join(pool[:12])} ..."
+            ),
+        )
+        # Keep what the call reads (taps, parameters, lets), so that later checks see them
+        # used and report nothing else about it: one root cause, one diagnostic.
+        return ir.Call(
+            func=fname,
+            args=tuple(self.expr(a, as_value=True) for a in e.args),
+            kwargs={kw.name.name: self.expr(kw.value, as_value=True) for kw in e.kwargs},
+        )
+
+    def _call_keywords(
+        self,
+        e: ast.Call,
+        fn: Fn,
+        kwargs: dict[str, ir.Expr],
+        sub: Callable[..., PathKey | None],
+    ) -> None:
+        """The keyword arguments of a call into ``kwargs`` (KD204 for unknown or repeated)."""
+        fname = e.func.name
         for kw in e.kwargs:
             if kw.name.name not in fn.params:
                 known = ", ".join(f"`{p}`" for p in fn.params) or "no keyword arguments"
@@ -529,15 +411,21 @@ class _MethodLowering:
             )
             if kw.name.name == "over":
                 self.check_axis_words(kw.value)
-        if fn.inputs > 0 and len(args) < n_inputs - fn.optional_inputs:
+
+    def _check_call_inputs(
+        self, e: ast.Call, fn: Fn, n_args: int, n_inputs: int, kwargs: dict[str, ir.Expr]
+    ) -> None:
+        """KD204 for missing tensor inputs and missing required parameters."""
+        fname = e.func.name
+        if fn.inputs > 0 and n_args < n_inputs - fn.optional_inputs:
             self.err(
                 "KD204",
                 f"`{fname}` needs {n_inputs - fn.optional_inputs} "
-                f"input{'s' * (n_inputs - fn.optional_inputs > 1)}, got {len(args)}",
+                f"input{'s' * (n_inputs - fn.optional_inputs > 1)}, got {n_args}",
                 e.span,
                 "missing input",
             )
-        if fn.inputs < 0 and fn.category == "primitive" and not args:
+        if fn.inputs < 0 and fn.category == "primitive" and not n_args:
             self.err("KD204", f"`{fname}` needs at least one input", e.span, "no input")
         for pname, p in fn.params.items():
             if p.default is REQUIRED and pname not in kwargs:
@@ -547,285 +435,13 @@ class _MethodLowering:
                     e.span,
                     f"missing `{pname}=`",
                 )
-        if fn.impl.startswith(PRELUDE_IMPL) and self.defs is not None:
-            # Written in kdspec itself: the method carries the prelude def, and the compiler
-            # expands the call as a user def's; its facts stay those of the vocabulary.
-            if self.defs.lower(fname, e.func.span, self.source) is not None:
-                self.used_defs.add(fname)
-        return ir.Call(func=fname, args=args, kwargs=kwargs)
-
-    def _const_int(self, e: ast.Expr | None) -> int | None:
-        if e is None:
-            return None
-        if isinstance(e, ast.Number) and float(e.value).is_integer():
-            return int(e.value)
-        if isinstance(e, ast.Neg):
-            inner = self._const_int(e.operand)
-            return -inner if inner is not None else None
-        if isinstance(e, ast.Name) and e.id in self.params:
-            self.folded_params.add(e.id)
-            value = self.params[e.id]
-            if isinstance(value, ir.Num) and value.value.is_integer():
-                return int(value.value)
-        self.err(
-            "KD206",
-            "a layer index must be a whole number",
-            getattr(e, "span", None),
-            "not a whole number",
-        )
-        return None
-
-    def tap(self, e: ast.Expr) -> ir.Expr:
-        chain: list[ast.Expr] = []
-        base: ast.Expr = e
-        while isinstance(base, (ast.Attr, ast.ModulePath, ast.Index, ast.CallIndex)):
-            chain.append(base)
-            base = base.obj
-        chain.reverse()
-        if not isinstance(base, ast.Name):
-            self.err(
-                "KD206",
-                "a tap must start with a role name",
-                getattr(base, "span", None),
-                "not a role",
-                help=_TAP_HELP,
-            )
-            return ir.Str(value="?")
-        role = base.id
-        if role not in self.roles and role not in self.ensembles:
-            if role in self.lets:
-                self.err(
-                    "KD206",
-                    f"`{role}` is a let binding and has no tap points",
-                    base.span,
-                    help="taps are read from roles: `s.logits`",
-                )
-            elif role not in self.unknown:  # one error per name
-                self.unknown.add(role)
-                self.err(
-                    "KD202",
-                    f"unknown role `{role}`",
-                    base.span,
-                    "no such role",
-                    help=did_you_mean(role, [*self.roles, *self.ensembles], declared=True)
-                    or (
-                        None
-                        if role in self.defined  # defined as something else: KD201 says so
-                        else f"declare it: `student {role}` (or `teacher {role}`, ...)"
-                    ),
-                )
-            return ir.Str(value=role)
-        view = None
-        if chain and isinstance(chain[0], ast.Index) and isinstance(chain[0].index, ast.Name):
-            vname = chain[0].index.id
-            if self.data.get(vname) is None or self.data[vname].kind != "view":
-                views = [n for n, d in self.data.items() if d.kind == "view"]
-                self.err(
-                    "KD202",
-                    f"unknown view `{vname}`",
-                    chain[0].index.span,
-                    "not a declared view",
-                    help=did_you_mean(vname, views, declared=True) or f"declare it: `view {vname}`",
-                )
-            view = vname
-            chain = chain[1:]
-        fields: dict[str, object] = {"role": role, "view": view}
-        if not chain:
-            return ir.Tap(point="output", **fields)
-        head, rest = chain[0], chain[1:]
-        select: list[str | int] = []
-        if isinstance(head, ast.Attr) and head.name.name in (
-            "logits",
-            "embedding",
-            "input",
-            "output",
-        ):
-            fields["point"] = head.name.name
-            if head.name.name in ("logits", "embedding", "input") and rest:
-                self.err(
-                    "KD206",
-                    f"`{head.name.name}` takes no further selector",
-                    rest[0].span,
-                    "unexpected here",
-                    help=_TAP_HELP,
-                )
-                rest = []
-        elif isinstance(head, ast.Attr) and head.name.name == "stage":
-            fields["point"] = "stage"
-            if not rest or not isinstance(rest[0], ast.Index):
-                self.err(
-                    "KD206",
-                    "`stage` needs an index: `stage[2]` or `stage[1..3]`",
-                    head.span,
-                    "missing index",
-                    help=_TAP_HELP,
-                )
-                return ir.Str(value=role)
-            idx = rest[0].index
-            if isinstance(idx, ast.Slice):
-                fields.update(
-                    first=self._const_int(idx.lo), last=self._const_int(idx.hi), is_range=True
-                )
-            else:
-                k = self._const_int(idx)
-                fields.update(first=k, last=k)
-            rest = rest[1:]
-        elif isinstance(head, ast.ModulePath):
-            fields["point"] = "module"
-            fields["module"] = head.path.value
-        else:
-            where = head.name.name if isinstance(head, ast.Attr) else "?"
-            self.err(
-                "KD206",
-                f"`{where}` is not a tap point",
-                getattr(head, "span", None),
-                "unknown tap point",
-                help=did_you_mean(where, ["logits", "embedding", "input", "output", "stage"])
-                or _TAP_HELP,
-            )
-            return ir.Str(value=role)
-        for acc in rest:
-            if (
-                isinstance(acc, ast.Attr)
-                and acc.name.name in ("input", "output", "preact")
-                and not select
-                and fields["point"] in ("stage", "module")
-            ):
-                fields["io"] = acc.name.name
-            elif isinstance(acc, ast.CallIndex) and fields["point"] in ("stage", "module"):
-                if acc.n < 0:
-                    self.err(
-                        "KD206",
-                        "a call index must be a whole number",
-                        acc.span,
-                        "not a whole number",
-                        help="calls count from 0: `@0`, `@1`, ...",
-                    )
-                fields["call"] = max(acc.n, 0)
-            elif isinstance(acc, ast.Attr):
-                select.append(acc.name.name)
-            elif isinstance(acc, ast.Index) and isinstance(acc.index, ast.String):
-                select.append(acc.index.value)
-            elif isinstance(acc, ast.Index) and not isinstance(acc.index, ast.Slice):
-                k = self._const_int(acc.index)
-                if k is not None:
-                    select.append(k)
-            else:
-                self.err(
-                    "KD206",
-                    "unsupported selector in a tap",
-                    getattr(acc, "span", None),
-                    help=_TAP_HELP,
-                )
-        fields["select"] = tuple(select)
-        return ir.Tap(**fields)
-
-    def apply(self, e: ast.Apply, path: PathKey | None) -> ir.Expr:
-        """``t.classifier(x)``: a role's module applied to values (KD206 for what is no module)."""
-
-        def sub(*more: object) -> PathKey | None:
-            return (*path, *more) if path is not None else None
-
-        args = tuple(self.expr(a, path=sub("args", i)) for i, a in enumerate(e.args))
-        module = e.module
-        base = module.obj
-        if isinstance(module, ast.Index) and isinstance(base, ast.Attr):
-            base = base.obj  # `t.stage[2]`
-        # After an error: a call the vocabulary lacks, keeping what the inputs read, so that
-        # the type checks skip it (one root cause, one diagnostic).
-        failed = ir.Call(func="?", args=args)
-        if not isinstance(base, ast.Name):
-            self.err(
-                "KD206",
-                "only a role's module can be applied: `t.classifier(x)`, `t.stage[2](x)`",
-                module.span,
-                "not a module of a role",
-                help=_APPLY_HELP,
-            )
-            return failed
-        role = base.id
-        if role not in self.roles:
-            if role in self.ensembles:
-                self.err(
-                    "KD206",
-                    f"`{role}` is an ensemble, which has no modules of its own",
-                    base.span,
-                    help="apply a member's module: `t1.classifier(x)`",
-                )
-            else:
-                self.tap(base)  # KD202 for an unknown role, KD206 for a let, said once
-            return failed
-        fields: dict[str, object] = {"role": role, "args": args}
-        if isinstance(module, ast.Attr) and module.name.name == "classifier":
-            fields["point"] = "classifier"
-        elif isinstance(module, ast.ModulePath):
-            fields.update(point="module", module=module.path.value)
-        elif (
-            isinstance(module, ast.Index)
-            and isinstance(module.obj, ast.Attr)
-            and module.obj.name.name == "stage"
-            and isinstance(module.obj.obj, ast.Name)
-            and not isinstance(module.index, ast.Slice)
-        ):
-            fields.update(point="stage", index=self._const_int(module.index))
-        else:
-            what = module.name.name if isinstance(module, ast.Attr) else None
-            value = what in ("logits", "embedding", "input", "output")
-            self.err(
-                "KD206",
-                f"`{role}.{what}` is a value, not a module"
-                if value
-                else "this names no module of a role"
-                if what is None
-                else f"`{what}` is not a module of a role",
-                module.span,
-                "not a module",
-                help=(did_you_mean(what, ["classifier", "stage"]) if what else None) or _APPLY_HELP,
-            )
-            return failed
-        if e.kwargs:
-            self.err(
-                "KD204",
-                "a module applied takes its inputs by position only",
-                e.kwargs[0].span,
-                "keyword argument",
-            )
-        if not args:
-            self.err("KD204", "a module applied needs an input", e.span, "missing input")
-        return ir.Apply(**fields)
 
     # -- statements -------------------------------------------------------------------------
 
     def lower(self) -> ir.Method:
+        """The method's IR: names first, then parameters, declarations, `use`, terms, stages."""
         body = self.m.body
-        # Definitions first, so statements may refer to names defined further down.
-        for st in body:
-            if isinstance(st, ast.Param):
-                if self.define("parameter", st.name):
-                    self.params[st.name.name] = ir.Num(value=0.0)  # placeholder during lowering
-                    self.smap.spans[("param", st.name.name)] = st.span
-            elif isinstance(st, ast.Role):
-                for ident in st.names:
-                    if self.define(st.kind, ident):
-                        self.roles[ident.name] = ir.Role(
-                            name=ident.name,
-                            kind=st.kind,
-                            mode="frozen" if st.kind == "teacher" else "trained",
-                        )
-                        self.smap.spans[("role", ident.name)] = ident.span
-            elif isinstance(st, ast.Ensemble):
-                if self.define("ensemble", st.name):
-                    self.ensembles[st.name.name] = ir.Ensemble(name=st.name.name, members=())
-                    self.smap.spans[("ensemble", st.name.name)] = st.span
-            elif isinstance(st, (ast.View, ast.Subset)):
-                kind = "view" if isinstance(st, ast.View) else "subset"
-                if self.define(kind, st.name):
-                    self.data[st.name.name] = ir.DataPart(name=st.name.name, kind=kind)
-                    self.smap.spans[("data", st.name.name)] = st.span
-            elif isinstance(st, ast.Let):
-                if self.define("let", st.name):
-                    self.lets[st.name.name] = ir.Let(name=st.name.name, value=ir.Num(value=0))
-                    self.smap.spans[("let", st.name.name)] = st.span
+        self.declare_names()
         for st in body:
             if isinstance(st, ast.Param):
                 self.params[st.name.name] = self.expr(st.value, as_value=True)
@@ -858,6 +474,40 @@ class _MethodLowering:
             elif isinstance(st, ast.Predict):
                 self.predict(st)
         self.adopt_stages()
+        return self.assemble(cites)
+
+    def declare_names(self) -> None:
+        """Definitions first, so statements may refer to names defined further down."""
+        for st in self.m.body:
+            if isinstance(st, ast.Param):
+                if self.define("parameter", st.name):
+                    self.params[st.name.name] = ir.Num(value=0.0)  # placeholder during lowering
+                    self.smap.spans[("param", st.name.name)] = st.span
+            elif isinstance(st, ast.Role):
+                for ident in st.names:
+                    if self.define(st.kind, ident):
+                        self.roles[ident.name] = ir.Role(
+                            name=ident.name,
+                            kind=st.kind,
+                            mode="frozen" if st.kind == "teacher" else "trained",
+                        )
+                        self.smap.spans[("role", ident.name)] = ident.span
+            elif isinstance(st, ast.Ensemble):
+                if self.define("ensemble", st.name):
+                    self.ensembles[st.name.name] = ir.Ensemble(name=st.name.name, members=())
+                    self.smap.spans[("ensemble", st.name.name)] = st.span
+            elif isinstance(st, (ast.View, ast.Subset)):
+                kind = "view" if isinstance(st, ast.View) else "subset"
+                if self.define(kind, st.name):
+                    self.data[st.name.name] = ir.DataPart(name=st.name.name, kind=kind)
+                    self.smap.spans[("data", st.name.name)] = st.span
+            elif isinstance(st, ast.Let):
+                if self.define("let", st.name):
+                    self.lets[st.name.name] = ir.Let(name=st.name.name, value=ir.Num(value=0))
+                    self.smap.spans[("let", st.name.name)] = st.span
+
+    def assemble(self, cites: list[str]) -> ir.Method:
+        """The lowered parts, assembled."""
         return ir.Method(
             name=self.m.name.name,
             title=self.m.title.value if self.m.title else None,
@@ -932,77 +582,74 @@ class _MethodLowering:
                     self.params[name] = ir.Str(value=text)
 
     def role(self, st: ast.Role) -> None:
+        """Each role of the statement with its modifiers (mode, `like`, `from`, `sees`, init)."""
         for ident in st.names:
             if ident.name not in self.roles or self.defined[ident.name][1] != ident.span:
                 continue
             role = self.roles[ident.name]
-            mode: str = role.mode
-            source, options, view = None, {}, None
-            like: str | None = None
-            size: str | None = None
-            init_from: str | None = None
+            fields: dict[str, Any] = {
+                "mode": role.mode,
+                "source": None,
+                "options": {},
+                "view": None,
+                "like": None,
+                "size": None,
+                "init_from": None,
+            }
             for mod in st.mods:
-                if mod.kind in ("frozen", "trained"):
-                    mode = mod.kind
-                elif mod.kind in ("like", "from") and mod.view is not None:
-                    other = mod.view.name
-                    if other not in self.roles or other == ident.name:
-                        self.err(
-                            "KD202",
-                            f"unknown role `{other}`"
-                            if other != ident.name
-                            else f"`{ident.name}` cannot be `{mod.kind}` itself",
-                            mod.view.span,
-                            "not a role of this method" if other != ident.name else "itself",
-                            help=did_you_mean(other, [r for r in self.roles if r != ident.name]),
-                        )
-                    elif mod.kind == "like":
-                        like, size = other, mod.size
-                    else:
-                        init_from = other
-                elif mod.kind == "sees" and mod.view is not None:
-                    view = mod.view.name
-                    part = self.data.get(view)
-                    if part is None or part.kind != "view":
-                        self.err(
-                            "KD202",
-                            f"unknown view `{view}`",
-                            mod.view.span,
-                            help=did_you_mean(view, self.data, declared=True)
-                            or f"declare `view {view}`",
-                        )
-                elif mod.kind == "init" and mod.init is not None:
-                    call = self.call(mod.init, categories=("role_init",))
-                    mode = {"ema": "ema", "virtual": "virtual", "snapshot": "snapshot"}.get(
-                        call.func, mode
-                    )
-                    if call.args:
-                        first = call.args[0]
-                        if (
-                            isinstance(first, ir.Tap)
-                            and first.point == "output"
-                            and first.role in self.roles
-                        ):
-                            source = first.role
-                        else:
-                            self.err(
-                                "KD211",
-                                f"`{call.func}` takes a role",
-                                mod.init.span,
-                                help=f"e.g. `= {call.func}(s)`",
-                            )
-                    options = dict(call.kwargs)
-            self.roles[ident.name] = ir.Role(
-                name=ident.name,
-                kind=role.kind,
-                mode=mode,
-                source=source,
-                options=options,
-                view=view,
-                like=like,
-                size=size,
-                init_from=init_from,
-            )
+                self.role_modifier(ident, mod, fields)
+            self.roles[ident.name] = ir.Role(name=ident.name, kind=role.kind, **fields)
+
+    def role_modifier(self, ident: ast.Ident, mod: ast.RoleMod, fields: dict[str, Any]) -> None:
+        """One modifier of role ``ident`` into its ``fields`` (KD202 for unknown names)."""
+        if mod.kind in ("frozen", "trained"):
+            fields["mode"] = mod.kind
+        elif mod.kind in ("like", "from") and mod.view is not None:
+            other = mod.view.name
+            if other not in self.roles or other == ident.name:
+                self.err(
+                    "KD202",
+                    f"unknown role `{other}`"
+                    if other != ident.name
+                    else f"`{ident.name}` cannot be `{mod.kind}` itself",
+                    mod.view.span,
+                    "not a role of this method" if other != ident.name else "itself",
+                    help=did_you_mean(other, [r for r in self.roles if r != ident.name]),
+                )
+            elif mod.kind == "like":
+                fields["like"], fields["size"] = other, mod.size
+            else:
+                fields["init_from"] = other
+        elif mod.kind == "sees" and mod.view is not None:
+            view = fields["view"] = mod.view.name
+            part = self.data.get(view)
+            if part is None or part.kind != "view":
+                self.err(
+                    "KD202",
+                    f"unknown view `{view}`",
+                    mod.view.span,
+                    help=did_you_mean(view, self.data, declared=True) or f"declare `view {view}`",
+                )
+        elif mod.kind == "init" and mod.init is not None:
+            self.role_init(mod.init, fields)
+
+    def role_init(self, init: ast.Call, fields: dict[str, Any]) -> None:
+        """``= ema(s, decay=...)`` and the like: the mode, the source role, the options."""
+        call = self.call(init, categories=("role_init",))
+        modes = {"ema": "ema", "virtual": "virtual", "snapshot": "snapshot"}
+        fields["mode"] = modes.get(call.func, fields["mode"])
+        if call.args:
+            first = call.args[0]
+            if isinstance(first, ir.Tap) and first.point == "output" and first.role in self.roles:
+                fields["source"] = first.role
+            else:
+                self.err(
+                    "KD211",
+                    f"`{call.func}` takes a role",
+                    init.span,
+                    help=f"e.g. `= {call.func}(s)`",
+                )
+        fields["options"] = dict(call.kwargs)
 
     def ensemble(self, st: ast.Ensemble) -> None:
         call = self.call(st.init, categories=("combine",))
@@ -1071,22 +718,7 @@ class _MethodLowering:
         if st.weight is not None:
             self.smap.spans[(*key, "weight")] = st.weight.span
             weight = self.expr(st.weight, path=(*key, "weight"))
-        subset = None
-        if st.on is not None:
-            subset = st.on.name
-            part = self.data.get(subset)
-            if part is None or part.kind != "subset":
-                self.err(
-                    "KD202",
-                    f"unknown subset `{subset}`",
-                    st.on.span,
-                    help=did_you_mean(
-                        subset,
-                        [n for n, d in self.data.items() if d.kind == "subset"],
-                        declared=True,
-                    )
-                    or f"declare it: `subset {subset}`",
-                )
+        subset = self.term_subset(st.on) if st.on is not None else None
         self.smap.spans[(*key, "target")] = st.target.span
         target = self.expr(st.target, path=(*key, "target"))
         if isinstance(st, ast.Supervise):
@@ -1122,6 +754,24 @@ class _MethodLowering:
             weight=weight,
             subset=subset,
         )
+
+    def term_subset(self, on: ast.Ident) -> str:
+        """The subset a term is computed on (``on hard``); KD202 when none is declared."""
+        subset = on.name
+        part = self.data.get(subset)
+        if part is None or part.kind != "subset":
+            self.err(
+                "KD202",
+                f"unknown subset `{subset}`",
+                on.span,
+                help=did_you_mean(
+                    subset,
+                    [n for n, d in self.data.items() if d.kind == "subset"],
+                    declared=True,
+                )
+                or f"declare it: `subset {subset}`",
+            )
+        return subset
 
     def stage(self, st: ast.Stage) -> None:
         if not self.define("stage", st.name):
@@ -1199,6 +849,80 @@ class _MethodLowering:
         self.used_predictions.discard(role)
         self.predictions[role] = value
 
+    def apply(self, e: ast.Apply, path: PathKey | None) -> ir.Expr:
+        """``t.classifier(x)``: a role's module applied to values (KD206 for what is no module)."""
+
+        def sub(*more: object) -> PathKey | None:
+            return (*path, *more) if path is not None else None
+
+        args = tuple(self.expr(a, path=sub("args", i)) for i, a in enumerate(e.args))
+        module = e.module
+        base = module.obj
+        if isinstance(module, ast.Index) and isinstance(base, ast.Attr):
+            base = base.obj  # `t.stage[2]`
+        # After an error: a call the vocabulary lacks, keeping what the inputs read, so that
+        # the type checks skip it (one root cause, one diagnostic).
+        failed = ir.Call(func="?", args=args)
+        if not isinstance(base, ast.Name):
+            self.err(
+                "KD206",
+                "only a role's module can be applied: `t.classifier(x)`, `t.stage[2](x)`",
+                module.span,
+                "not a module of a role",
+                help=_APPLY_HELP,
+            )
+            return failed
+        role = base.id
+        if role not in self.roles:
+            if role in self.ensembles:
+                self.err(
+                    "KD206",
+                    f"`{role}` is an ensemble, which has no modules of its own",
+                    base.span,
+                    help="apply a member's module: `t1.classifier(x)`",
+                )
+            else:
+                self.tap(base)  # KD202 for an unknown role, KD206 for a let, said once
+            return failed
+        fields: dict[str, object] = {"role": role, "args": args}
+        if isinstance(module, ast.Attr) and module.name.name == "classifier":
+            fields["point"] = "classifier"
+        elif isinstance(module, ast.ModulePath):
+            fields.update(point="module", module=module.path.value)
+        elif (
+            isinstance(module, ast.Index)
+            and isinstance(module.obj, ast.Attr)
+            and module.obj.name.name == "stage"
+            and isinstance(module.obj.obj, ast.Name)
+            and not isinstance(module.index, ast.Slice)
+        ):
+            fields.update(point="stage", index=self._const_int(module.index))
+        else:
+            what = module.name.name if isinstance(module, ast.Attr) else None
+            value = what in ("logits", "embedding", "input", "output")
+            self.err(
+                "KD206",
+                f"`{role}.{what}` is a value, not a module"
+                if value
+                else "this names no module of a role"
+                if what is None
+                else f"`{what}` is not a module of a role",
+                module.span,
+                "not a module",
+                help=(did_you_mean(what, ["classifier", "stage"]) if what else None) or _APPLY_HELP,
+            )
+            return failed
+        if e.kwargs:
+            self.err(
+                "KD204",
+                "a module applied takes its inputs by position only",
+                e.kwargs[0].span,
+                "keyword argument",
+            )
+        if not args:
+            self.err("KD204", "a module applied needs an input", e.span, "missing input")
+        return ir.Apply(**fields)
+
     def claim(self, st: ast.Claim) -> None:
         dim = st.dimension.name
         self.smap.spans[("claim", len(self.claims))] = st.span
@@ -1223,251 +947,6 @@ class _MethodLowering:
         self.claims.append(ir.Claim(dimension=dim, values=tuple(v.name for v in st.values)))
 
     # -- composition ------------------------------------------------------------------------
-
-    def use(self, st: ast.Use) -> None:
-        name = st.method.name
-        self.smap.spans[("use", len(self.uses))] = st.span
-        if name in self.stack:
-            self.err(
-                "KD208",
-                f"method `{name}` uses itself",
-                st.method.span,
-                "cycle of `use`",
-                notes=[" -> ".join([*self.stack, name])],
-            )
-            return
-        found = self.finder(name) if self.finder else None
-        if found is None:
-            self.err(
-                "KD208",
-                f"unknown method `{name}`",
-                st.method.span,
-                "not in this file, its imports or the library",
-            )
-            return
-        other_ast, other_source = found
-        args: dict[str, object] = {}
-        other_params = [s.name.name for s in other_ast.body if isinstance(s, ast.Param)]
-        for pname, a in zip(other_params, st.args, strict=False):
-            args[pname] = self.expr(a, as_value=True)
-        for kw in st.kwargs:
-            args[kw.name.name] = self.expr(kw.value, as_value=True)
-        sub = _MethodLowering(
-            other_ast,
-            other_source,
-            self.finder,
-            args,
-            (*self.stack, self.m.name.name),
-            self.defs.for_source(other_source) if self.defs is not None else None,
-        )
-        other = sub.lower()
-        if self.defs is not None:
-            self.defs.adopt(other.functions)
-            self.used_defs |= {f.name for f in other.functions}
-        for d in sub.diags:  # problems inside the used method are reported at the `use`
-            self.err(d.code, f"in `use {name}`: {d.message}", st.span, "used here", help=d.help)
-        self.uses.append(name)
-        alias = st.alias.name if st.alias else name
-        inline = _Inliner(other.params, set(args))
-        for role in other.roles:
-            mine = self.roles.get(role.name)
-            role = role.model_copy(
-                update={"options": {k: inline(v) for k, v in role.options.items()}}
-            )
-            if mine is None:
-                self.roles[role.name] = role
-                self.defined.setdefault(role.name, ("role", st.span))
-            elif mine.kind != role.kind:
-                self.err(
-                    "KD208",
-                    f"role `{role.name}` is a {mine.kind} here but a {role.kind} in `{name}`",
-                    st.span,
-                )
-        for ens in other.ensembles:
-            self.ensembles.setdefault(ens.name, ens)
-        for part in other.data:
-            self.data.setdefault(
-                part.name,
-                part.model_copy(
-                    update={
-                        "args": tuple(inline(a) for a in part.args),
-                        "kwargs": {k: inline(v) for k, v in part.kwargs.items()},
-                    }
-                ),
-            )
-        for let in other.lets:
-            self.lets.setdefault(let.name, ir.Let(name=let.name, value=inline(let.value)))
-        wanted = {i.name for i in st.only}
-        renamed: dict[str, str] = {}
-        for ident in st.only:
-            if other.term(ident.name) is None:
-                self.err(
-                    "KD208",
-                    f"method `{name}` has no term `{ident.name}`",
-                    ident.span,
-                    help=did_you_mean(ident.name, [t.name for t in other.terms], declared=True),
-                )
-        for t in other.terms:
-            if wanted and t.name not in wanted:
-                continue
-            clash = t.name in self.defined or t.name in self.local_terms
-            tname = f"{alias}_{t.name}" if clash else t.name
-            renamed[t.name] = tname
-            self.defined[tname] = ("term", st.span)
-            self.smap.spans[("term", tname)] = st.span
-            self.terms[tname] = t.model_copy(
-                update={
-                    "name": tname,
-                    "origin": alias,
-                    "weight": inline(t.weight),
-                    "source": inline(t.source) if t.source else None,
-                    "target": inline(t.target),
-                    "loss": inline(t.loss),
-                    "knowledge": tuple(inline(k) for k in t.knowledge),
-                }
-            )
-        for who, value in other.predictions.items():  # a `predict` here replaces these
-            if who not in self.predictions:
-                self.predictions[who] = inline(value)
-                self.used_predictions.add(who)
-                self.smap.spans[("predict", who)] = st.span
-        if other.stages:
-            self.used_stages.append((name, other.stages, renamed, inline))
-
-
-class _Inliner:
-    """Replace a used method's parameter references by their values (its params vanish)."""
-
-    def __init__(self, params: dict[str, ir.Expr], given: set[str]):
-        self.params = params
-        self.given = given  # values given by the caller are in the caller's scope: not inlined
-
-    def __call__(self, e: Any) -> Any:  # an expression in, the same kind of node out
-        return e.transform(self._replace)
-
-    def _replace(self, e: ir.Expr) -> ir.Expr:
-        if isinstance(e, ir.ParamRef) and e.name in self.params:
-            value = self.params[e.name]
-            return value if e.name in self.given else self(value)
-        return e
-
-
-IMPORT_ROOTS: ContextVar[tuple[Path, ...]] = ContextVar("IMPORT_ROOTS", default=())
-"""Folders the person running kdspec allowed imports from (``--import-root``), besides the
-spec's own folder and the library. Set by the command line, never by a file being read."""
-
-_LIBRARY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    text = text.replace("\0", "\\0")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def resolve_import(value: str, source: SourceFile, library: Path | None) -> Path | str:
-    """The real path of an `import` (symlinks resolved), or why it is refused.
-
-    An import must name a file inside an allowed root: the importing spec's folder, the
-    method library, or a folder given with ``--import-root``. Symlinks are resolved before the
-    check, so a link cannot lead out of a root.
-    """
-    if "\0" in value:
-        return "the path contains a NUL character"
-    try:
-        base = Path(source.name).parent.resolve()
-        path = (base / value).resolve()
-        roots = [base, *(r.resolve() for r in IMPORT_ROOTS.get())]
-        if library is not None:
-            roots.append(library.resolve())
-    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a name too long
-        return getattr(exc, "strerror", None) or "the path cannot be resolved"
-    if not any(path.is_relative_to(root) for root in roots):
-        return "outside the spec's folder, the library and every --import-root"
-    return path
-
-
-def make_finder(module: ast.Module, source: SourceFile, library: Path | None) -> MethodFinder:
-    """Find methods for `use`: this file first, then its imports, then the library."""
-    from kdspec.syntax import try_parse
-
-    local = {m.name.name: (m, source) for m in module.methods}
-    imported: dict[str, tuple[ast.Method, SourceFile]] = {}
-    for imp in module.imports:
-        path = resolve_import(imp.path.value, source, library)
-        if isinstance(path, str):
-            continue
-        try:
-            other_src = SourceFile.read(path)
-        except OSError:
-            continue
-        other, _ = try_parse(other_src)
-        if other is None:
-            continue
-        for m in other.methods:
-            imported[m.name.name] = (m, other_src)
-            if imp.alias is not None:
-                imported[f"{imp.alias.name}.{m.name.name}"] = (m, other_src)
-
-    def find(name: str) -> tuple[ast.Method, SourceFile] | None:
-        if name in local:
-            return local[name]
-        if name in imported:
-            return imported[name]
-        if library is not None and _LIBRARY_NAME.fullmatch(name):
-            try:
-                lib_src = SourceFile.read(library / f"{name}.kd")
-            except OSError:
-                return None
-            lib, _ = try_parse(lib_src)
-            if lib is not None:
-                for m in lib.methods:
-                    if m.name.name == name:
-                        return m, lib_src
-                if lib.methods:
-                    return lib.methods[0], lib_src
-        return None
-
-    return find
-
-
-def check_imports(
-    module: ast.Module, source: SourceFile, library: Path | None = None
-) -> list[Diagnostic]:
-    """KD105 for every import that cannot be read or parsed."""
-    from kdspec.syntax import try_parse
-
-    diags = []
-    for imp in module.imports:
-        path = resolve_import(imp.path.value, source, library)
-        if isinstance(path, str):  # refused before it is opened: nothing of it is ever quoted
-            diags.append(
-                error(
-                    "KD105",
-                    f"import `{_shorten(imp.path.value)}` is not allowed",
-                    source,
-                    imp.path.span,
-                    path,
-                    help="imports resolve inside the spec's folder and the method library; "
-                    "allow another folder with `--import-root DIR`",
-                )
-            )
-            continue
-        try:
-            other_src = SourceFile.read(path)
-        except OSError as exc:
-            diags.append(
-                error(
-                    "KD105",
-                    f"cannot read imported file `{_shorten(imp.path.value)}`",
-                    source,
-                    imp.path.span,
-                    exc.strerror or "unreadable",
-                )
-            )
-            continue
-        _, errs = try_parse(other_src)
-        diags.extend(errs)
-    return diags
 
 
 def lower_module(
@@ -1574,34 +1053,6 @@ class _FunctionLowering(_MethodLowering):
         return ir.FunctionDef(name=fn.name.name, params=tuple(params), body=body)
 
 
-def _prelude_files() -> list[Path]:
-    folder = Path(__file__).resolve().parents[1] / "prelude"
-    return sorted(folder.glob("*.kd")) if folder.is_dir() else []
-
-
-_DefsOfFile = tuple[dict[str, tuple[ast.Function, SourceFile]], list[Diagnostic]]
-_PRELUDE_CACHE: dict[tuple[str, float], _DefsOfFile] = {}
-
-
-def _module_defs(path: Path) -> _DefsOfFile:
-    """The defs of a file (cached by modification time): the prelude, imported files."""
-    from kdspec.syntax import try_parse
-
-    try:
-        key = (str(path), path.stat().st_mtime)
-    except OSError:
-        return {}, []
-    if key not in _PRELUDE_CACHE:
-        try:
-            src = SourceFile.read(path)
-        except OSError:
-            return {}, []
-        module, errs = try_parse(src)
-        found = {f.name.name: (f, src) for f in module.functions} if module else {}
-        _PRELUDE_CACHE[key] = (found, errs)
-    return _PRELUDE_CACHE[key]
-
-
 class DefTable:
     """Every ``def`` a file can call: its own, its imports', the prelude's; lowered on demand.
 
@@ -1622,15 +1073,15 @@ class DefTable:
         cls, module: ast.Module, source: SourceFile, library: Path | None = None
     ) -> DefTable:
         table = cls()
-        for path in _prelude_files():
-            found, errs = _module_defs(path)
+        for path in prelude_files():
+            found, errs = module_defs(path)
             table.asts.update(found)
             table.diags.extend(errs)
         for imp in module.imports:
             target = resolve_import(imp.path.value, source, library)
             if isinstance(target, str):  # refused (KD105 from check_imports): never read
                 continue
-            found, _ = _module_defs(target)
+            found, _ = module_defs(target)
             table.asts.update(found)
         for fn in module.functions:
             name = fn.name.name
@@ -1668,7 +1119,7 @@ class DefTable:
         path = Path(source.name)
         if not path.is_file():
             return self
-        found, _ = _module_defs(path.resolve())
+        found, _ = module_defs(path.resolve())
         for name, entry in found.items():
             self.asts.setdefault(name, entry)
         return self

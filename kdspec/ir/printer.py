@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kdspec.ir import models as ir
+from kdspec.ir.traverse import Visitor
 
 _PREC = {
     "+": 1,
@@ -20,37 +21,58 @@ def _num(v: float) -> str:
 
 def expr_text(e: ir.Expr | None, prec: int = 0) -> str:
     """``beta / 2``, ``softmax(t.logits, T=4)``, ``t.stage[1..3]``."""
-    if e is None:
-        return ""
-    if isinstance(e, ir.Num):
+    return "" if e is None else _PRINTER.visit(e, prec)
+
+
+class _Printer(Visitor[str]):
+    """Spec text of each kind of expression; ``prec`` is the binding of the context."""
+
+    def visit_Num(self, e: ir.Num, prec: int) -> str:
         return _num(e.value)
-    if isinstance(e, ir.Str):
+
+    def visit_Str(self, e: ir.Str, prec: int) -> str:
         return e.value
-    if isinstance(e, ir.ParamRef | ir.LetRef):
+
+    def visit_ParamRef(self, e: ir.ParamRef, prec: int) -> str:
         return e.name
-    if isinstance(e, ir.Tap):
+
+    def visit_LetRef(self, e: ir.LetRef, prec: int) -> str:
+        return e.name
+
+    def visit_ArgRef(self, e: ir.ArgRef, prec: int) -> str:
+        return e.name
+
+    def visit_Tap(self, e: ir.Tap, prec: int) -> str:
         return tap_text(e)
-    if isinstance(e, ir.Call):
-        parts = [expr_text(a) for a in e.args]
-        parts += [f"{k}={expr_text(v)}" for k, v in e.kwargs.items()]
+
+    def visit_Call(self, e: ir.Call, prec: int) -> str:
+        parts = [self.visit(a, 0) for a in e.args]
+        parts += [f"{k}={self.visit(v, 0)}" for k, v in e.kwargs.items()]
         return f"{e.func}({', '.join(parts)})" if parts else e.func
-    if isinstance(e, ir.Apply):
-        return f"{module_text(e)}({', '.join(expr_text(a) for a in e.args)})"
-    if isinstance(e, ir.Neg):
-        inner = f"-{expr_text(e.operand, 3)}"
+
+    def visit_Apply(self, e: ir.Apply, prec: int) -> str:
+        return f"{module_text(e)}({', '.join(self.visit(a, 0) for a in e.args)})"
+
+    def visit_Neg(self, e: ir.Neg, prec: int) -> str:
+        inner = f"-{self.visit(e.operand, 3)}"
         return f"({inner})" if prec > 3 else inner
-    if isinstance(e, ir.ListE):
-        return "[" + ", ".join(expr_text(i) for i in e.items) + "]"
-    if isinstance(e, ir.ArgRef):
-        return e.name
-    if isinstance(e, ir.BinOp):
+
+    def visit_ListE(self, e: ir.ListE, prec: int) -> str:
+        return "[" + ", ".join(self.visit(i, 0) for i in e.items) + "]"
+
+    def visit_BinOp(self, e: ir.BinOp, prec: int) -> str:
         p = _PREC[e.op]
         right_assoc = e.op == "^"
-        left = expr_text(e.left, p + (1 if right_assoc else 0))
-        right = expr_text(e.right, p if right_assoc else p + 1)
+        left = self.visit(e.left, p + (1 if right_assoc else 0))
+        right = self.visit(e.right, p if right_assoc else p + 1)
         text = f"{left}^{right}" if e.op == "^" else f"{left} {e.op} {right}"
         return f"({text})" if p < prec else text
-    return "?"
+
+    def generic_visit(self, node: object, *args: object, **kwargs: object) -> str:
+        return "?"
+
+
+_PRINTER = _Printer()
 
 
 def module_text(e: ir.Apply) -> str:

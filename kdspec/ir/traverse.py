@@ -23,11 +23,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 N = TypeVar("N", bound=BaseModel)
+R = TypeVar("R")
 
 
 def _nodes_in(value: Any) -> Iterator[BaseModel]:
@@ -113,4 +114,34 @@ def transform(node: N, fn: Callable[[BaseModel], BaseModel]) -> N:
     return fn(map_children(node, lambda child: transform(child, fn)))  # type: ignore[return-value]
 
 
-__all__ = ["children", "find_all", "map_children", "transform", "walk"]
+class Visitor(Generic[R]):
+    """Folds a node into a value, one method per node class (Jinja's ``NodeVisitor``).
+
+    ``visit(node, ...)`` calls ``visit_<Class>(node, ...)`` for the node's class or its nearest
+    base class that has one, else :meth:`generic_visit`; a ``visit_`` method calls
+    :meth:`visit` on the children it needs. The printer, the evaluator and the compiler's node
+    builder recurse through it rather than through chains of ``isinstance``.
+
+    Example:
+        >>> from kdspec.ir import models as ir
+        >>> class Count(Visitor[int]):
+        ...     def visit_BinOp(self, e): return 1 + self.visit(e.left) + self.visit(e.right)
+        ...     def generic_visit(self, e): return 1
+        >>> Count().visit(ir.BinOp(op="+", left=ir.Num(value=1), right=ir.Num(value=2)))
+        3
+    """
+
+    def visit(self, node: Any, *args: Any, **kwargs: Any) -> R:
+        """The value of ``node`` (extra arguments are passed to the ``visit_`` method)."""
+        for cls in type(node).__mro__:
+            method = getattr(self, f"visit_{cls.__name__}", None)
+            if method is not None:
+                return method(node, *args, **kwargs)  # type: ignore[no-any-return]
+        return self.generic_visit(node, *args, **kwargs)
+
+    def generic_visit(self, node: Any, *args: Any, **kwargs: Any) -> R:
+        """A node of a class with no ``visit_`` method: an error unless a visitor says more."""
+        raise TypeError(f"{type(self).__name__} cannot visit `{type(node).__name__}`")
+
+
+__all__ = ["Visitor", "children", "find_all", "map_children", "transform", "walk"]

@@ -18,7 +18,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from kdspec.diagnostics import KdError, error
 from kdspec.graph import build_graph
 from kdspec.ir import Lowered
 from kdspec.ir import models as ir
+from kdspec.runtime import distributed
 from kdspec.runtime.cache import cache_root, get_teacher, teacher_test_top1
 from kdspec.runtime.data import RunData, build_data
 from kdspec.runtime.metrics import METRICS
@@ -283,10 +284,31 @@ def _check_batch_norm(models: dict[str, nn.Module], run: Run) -> None:
 def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepared:
     """Build data and role models; load weights; pre-train (or reuse) teachers.
 
+    Under ``torchrun`` rank 0 prepares (pre-training teachers alone) while the other ranks
+    build the models untrained and wait; then every model's weights come from rank 0.
+
     Raises:
         KdError: KD404/KD405/KD406/KD408 for models and weights, KD502 for data.
     """
     opts = opts or JobOptions()
+    opts = replace(opts, device=distributed.setup(opts.device))  # under torchrun: join, once
+    if distributed.world_size() <= 1:
+        return _prepare(lowered, run, opts)
+    if distributed.is_main():
+        with distributed.local():
+            prep = _prepare(lowered, run, opts)
+    else:
+        prep = _prepare(lowered, run, replace(opts, untrained=True))
+    distributed.barrier(long=True)  # rank 0 may have pre-trained a teacher meanwhile
+    for name in sorted(prep.models):
+        model = prep.models[name]
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        model.load_state_dict(distributed.broadcast_object(state))
+    prep.teachers = distributed.broadcast_object(prep.teachers)
+    return prep
+
+
+def _prepare(lowered: Lowered, run: Run, opts: JobOptions) -> Prepared:
     method = lowered.method
     if METRICS[run.config.train.metric].needs_teacher and not _teacher_roles(method):
         raise KdError(
@@ -521,7 +543,7 @@ def _train(
         resume=resume,
         callbacks=opts.callbacks,
         meta=meta,
-        device=opts.device,
+        device=distributed.setup(opts.device),  # cuda:LOCAL_RANK under torchrun
         label=label,
         num_workers=cfg.data.num_workers,
         reference=reference_teacher(prep),

@@ -161,7 +161,8 @@ class TrainConfig(_Section):
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
-    amp: bool = False
+    amp: bool | Literal["off", "bf16", "fp16"] = False  # see kdspec.runtime.accel
+    compile: bool = False  # torch.compile the roles' networks (see docs/performance.md)
     seed: int = 0
     eval: Literal["last", "best_val"] = "last"
     metric: Literal["top1", "top5", "perplexity", "teacher_cosine"] = "top1"

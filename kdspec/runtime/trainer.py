@@ -46,6 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 from kdspec.compiler.stages import StageRun, plan_stages
 from kdspec.diagnostics import KdError, error
 from kdspec.ir.evaluate import Progress
+from kdspec.runtime import distributed
+from kdspec.runtime.accel import compile_roles, precision_for
 from kdspec.runtime.checkpoint import Checkpoint, Position, rng_state, set_rng_state
 from kdspec.runtime.data import drops_a_lone_example, eval_loader, train_loader
 from kdspec.runtime.files import atomic_write
@@ -364,6 +366,7 @@ class _Repeat:
     opt: torch.optim.Optimizer | None
     steps_done: int = 0
     stage_epoch: int = 0
+    step_model: Any = None  # the model, or its DistributedDataParallel under torchrun
 
 
 class TrainRecipe:
@@ -417,15 +420,21 @@ class TrainRecipe:
         """Device, data loaders, the stage plan, the job's fingerprint and the global seed."""
         o, dev = self.o, self.o.device
         self.out.mkdir(parents=True, exist_ok=True)
-        self.use_amp = self.cfg.amp and dev.type == "cuda"
+        self.precision = precision_for(self.cfg.amp, dev)  # KD501 fp16 on CPU; warns on bf16
+        self.use_amp = self.precision.scaler  # fp16 on CUDA: a gradient scaler
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        if self.cfg.compile:
+            compile_roles(self.model)
         self.model.to(dev)
         if o.reference is not None:
             o.reference.to(dev)
-        self.loader = train_loader(self.train_set, o.batch_size, self.cfg.seed, o.num_workers)
+        # under torchrun: each rank takes a shard of every global batch (kdspec.runtime.distributed)
+        self.world, self.main = distributed.world_size(), distributed.rank() == 0
+        make_loader = distributed.sharded_loader if self.world > 1 else train_loader
+        self.loader = make_loader(self.train_set, o.batch_size, self.cfg.seed, o.num_workers)
         assert self.loader.generator is not None
         self.generator: torch.Generator = self.loader.generator
-        if drops_a_lone_example(self.train_set, o.batch_size):
+        if drops_a_lone_example(self.train_set, o.batch_size) and self.main:
             print(
                 f"note: {o.label or 'training'}: the last batch of each epoch would hold 1 example "
                 f"({len(self.train_set)} examples, batches of {o.batch_size}); it is left out",  # type: ignore[arg-type]
@@ -443,7 +452,7 @@ class TrainRecipe:
         }
         self.roles = self.model.eval_roles()
         self.total_steps = sum(s.steps * s.repeat for s in self.stages)
-        seed_everything(self.cfg.seed)
+        seed_everything(self.cfg.seed + distributed.rank())  # rank 0 draws what one process would
 
     def resume(self) -> Checkpoint | None:
         """The checkpoint to continue from (KD405, KD501), or ``None`` after clearing the folder.
@@ -460,12 +469,13 @@ class TrainRecipe:
             self.position, self.best = ckpt.position, dict(ckpt.best)
             self.global_step, self.global_epoch = ckpt.global_step, ckpt.global_epoch
             self.pending = ckpt  # restored by start_repeat at the repetition it stopped in
-        else:
+        elif self.main:
             for name in (METRICS, SUMMARY, CHECKPOINT):
                 (self.out / name).unlink(missing_ok=True)
         self.records = _read_records(self.out / METRICS, self.global_step)
         text = "".join(json.dumps(r) + "\n" for r in self.records)
-        _atomic_write(self.out / METRICS, lambda p: p.write_text(text))
+        if self.main:
+            _atomic_write(self.out / METRICS, lambda p: p.write_text(text))
         return ckpt
 
     def run_repeat(self, stage: StageRun, rep: int) -> None:
@@ -492,9 +502,10 @@ class TrainRecipe:
                 run.opt.load_state_dict(ckpt.optimizer)
             if self.use_amp and ckpt.scaler:
                 self.scaler.load_state_dict(ckpt.scaler)
-            set_rng_state(ckpt.rng, self.generator)
+            set_rng_state(_rank_rng(ckpt.rng, self.world), self.generator)
             run.steps_done, run.stage_epoch = ckpt.position.steps_done, ckpt.position.stage_epoch
             self.pending = None
+        run.step_model = distributed.wrap(model, params, self.o.device)  # DDP when world > 1
         return run
 
     def run_epoch(self, run: _Repeat) -> None:
@@ -504,18 +515,19 @@ class TrainRecipe:
         sums: dict[str, float] = {}
         batches = iter(self.loader)
         lr = self.cfg.lr
-        for _ in range(n):
+        for k in range(n):
             batch = _to(next(batches), self.o.device)
+            share = distributed.shard_weight(self.loader, k, _batch_len(batch))
             lr = self.cfg.lr * lr_factor(self.cfg, run.steps_done, run.stage.steps, spe)
             if run.opt is not None:
                 for group in run.opt.param_groups:
                     group["lr"] = lr
-            values = self.step(run, batch)
+            values = self.step(run, batch, share)
             if values is None:  # no update from this batch; counted in the epoch's record
                 sums["skipped_nonfinite"] = sums.get("skipped_nonfinite", 0.0) + 1
                 continue
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
+            for key, v in values.items():  # this rank's share of the global batch's mean
+                sums[key] = sums.get(key, 0.0) + v * share / self.world
             _notify(self.o.callbacks, "on_step", run.stage.name, values)
         run.stage_epoch += 1
         self.global_epoch += n / spe
@@ -525,20 +537,24 @@ class TrainRecipe:
         self.checkpoint(run)
         _notify(self.o.callbacks, "on_epoch_end", record)
 
-    def step(self, run: _Repeat, batch: Any) -> dict[str, float] | None:
+    def step(self, run: _Repeat, batch: Any, share: float = 1.0) -> dict[str, float] | None:
         """One optimizer step; the batch's loss and terms, or ``None`` for a skipped batch.
 
         A non-finite term stops the run with KD503 (``on_nonfinite="stop"``) or makes no
-        update (``"skip"``).
+        update (``"skip"``). Under torchrun the loss is weighted by ``share``, the rank's part
+        of the global batch (so DDP's mean of gradients is the global batch's gradient), and a
+        non-finite loss on any rank counts on all.
         """
         progress = Progress.at(run.steps_done, self.steps_per_epoch, run.stage.steps)
-        with torch.autocast(self.o.device.type, enabled=self.use_amp):
-            result = self.model(batch, progress=progress)
+        with self.precision.autocast(self.o.device.type):
+            result = run.step_model(batch, progress=progress)
         bad = _non_finite(result)
+        if self.world > 1 and distributed.any_rank(bad is not None):
+            bad = bad or "the loss on another process"
         if bad is not None and self.o.on_nonfinite != "skip":
             self.diverge(bad, run.stage)
         if bad is None and run.opt is not None and result.loss.requires_grad:
-            self.optimize(run, result.loss)
+            self.optimize(run, result.loss * share if self.world > 1 else result.loss)
         self.model.after_step()
         run.steps_done += 1
         self.global_step += 1
@@ -562,6 +578,7 @@ class TrainRecipe:
     def record(self, run: _Repeat, n: int, sums: dict[str, float], lr: float) -> dict[str, Any]:
         """The epoch's record: position, learning rate, mean loss and terms over counted batches."""
         skipped = int(sums.pop("skipped_nonfinite", 0))
+        sums = distributed.sum_over_ranks(sums)  # each rank added its share of the mean
         counted = n - skipped
         record: dict[str, Any] = {
             "stage": run.stage.name,
@@ -586,8 +603,8 @@ class TrainRecipe:
         return record
 
     def evaluate(self, record: dict[str, Any]) -> None:
-        """Every eval role's metrics on each evaluation split, into ``record``."""
-        for split, loader in self.evals.items():
+        """Every eval role's metrics on each evaluation split, into ``record`` (rank 0)."""
+        for split, loader in self.evals.items() if self.main else ():
             record[split] = {
                 r: evaluate_model(_deployed(self.model, r), loader, self.o.device, self.o.reference)
                 for r in self.roles
@@ -601,13 +618,19 @@ class TrainRecipe:
         record["metric"] = self.cfg.metric
         self.records.append(record)
         _update_best(self.best, record, self.roles, self.cfg.metric)
-        with (self.out / METRICS).open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.main:
+            with (self.out / METRICS).open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def checkpoint(self, run: _Repeat | None, done: bool = False) -> None:
         """Save where the run stands (``run`` is ``None`` after the last step: ``done``)."""
         if run is not None:
             self.position = Position(run.stage.index, run.index, run.steps_done, run.stage_epoch)
+        rng = rng_state(self.generator)
+        if self.world > 1:  # every rank's generators, for a resume under torchrun
+            rng["ranks"] = distributed.all_gather_objects(rng_state(self.generator))
+        if not self.main:
+            return
         Checkpoint(
             fingerprint=self.fingerprint,
             position=self.position,
@@ -618,16 +641,17 @@ class TrainRecipe:
             model=self.model.state_dict(),
             optimizer=run.opt.state_dict() if run is not None and run.opt is not None else None,
             scaler=self.scaler.state_dict() if run is not None and self.use_amp else None,
-            rng=rng_state(self.generator),
+            rng=rng,
             done=done,
         ).save(self.out / CHECKPOINT)
 
     def diverge(self, term: str, stage: StageRun) -> None:
         """Write the diverged summary and raise KD503 (the files so far are kept)."""
-        _diverged(
-            self.out, self.records, self.best, self.cfg, self.roles, self.o.meta, term, stage,
-            self.global_epoch,
-        )  # fmt: skip
+        if self.main:
+            _diverged(
+                self.out, self.records, self.best, self.cfg, self.roles, self.o.meta, term, stage,
+                self.global_epoch,
+            )  # fmt: skip
         raise KdError(
             [
                 _nonfinite_diagnostic(
@@ -637,7 +661,9 @@ class TrainRecipe:
         )
 
     def finish(self) -> TrainResult:
-        """Save each eval role's weights, write the summary and the curves."""
+        """Save each eval role's weights, write the summary and the curves (rank 0)."""
+        if not self.main:
+            return TrainResult(self.out, self.records, {}, self.model)
         models_dir = self.out / "models"
         models_dir.mkdir(exist_ok=True)
         for role in self.roles:
@@ -662,6 +688,25 @@ class TrainRecipe:
 
         plot_curves(self.records, self.out / CURVES, title=self.o.label)
         return TrainResult(self.out, self.records, summary, self.model)
+
+
+def _rank_rng(rng: dict[str, Any], world: int) -> dict[str, Any]:
+    """This rank's saved generators (rank 0's when the checkpoint came from another world size)."""
+    ranks = rng.get("ranks")
+    if world > 1 and isinstance(ranks, list) and len(ranks) == world:
+        return ranks[distributed.rank()]
+    return rng
+
+
+def _batch_len(batch: Any) -> int:
+    """Examples in a batch (its first tensor's length)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    items = batch.values() if isinstance(batch, dict) else batch
+    for item in items if isinstance(items, Iterable) else ():
+        if isinstance(item, torch.Tensor | list | tuple | dict):
+            return _batch_len(item)
+    return 1
 
 
 def _other_job(path: Path) -> Any:

@@ -649,9 +649,9 @@ _IMPLS = {
     "kdspec.compiler.views": "gaussian_noise=make_view augment=make_view same_class=make_view "
     "clean=make_view rotations=make_view on_policy=make_view teacher_generations=make_view "
     "exclude_classes=make_subset only_classes=make_subset fraction=make_subset",
-    "kdspec.compiler.distiller": "one_to_one=_mapping_pairs uniform=_mapping_pairs "
-    "last=_mapping_pairs first=_mapping_pairs all_pairs=_mapping_pairs "
-    "ema=Distiller.after_step snapshot=Distiller.set_stage",
+    "kdspec.compiler.build": "one_to_one=_mapping_pairs uniform=_mapping_pairs "
+    "last=_mapping_pairs first=_mapping_pairs all_pairs=_mapping_pairs",
+    "kdspec.compiler.distiller": "ema=Distiller.after_step snapshot=Distiller.set_stage",
 }
 for _module, _entries in _IMPLS.items():
     for _entry in _entries.split():

@@ -144,8 +144,8 @@ def test_a_generated_view_every_role_must_see_and_packed_rows_are_refused(tmp_pa
 
 
 def test_token_inputs_move_to_the_compile_device() -> None:
-    from kdspec.compiler.distiller import _to
+    from kdspec.compiler.bind import unpack
 
     x = {"input_ids": torch.zeros(2, 3, dtype=torch.long)}
-    moved = _to(x, "meta")
+    moved = unpack((x, None)).to("meta").x  # the example batch, as compile_spec moves it
     assert moved["input_ids"].device.type == "meta"

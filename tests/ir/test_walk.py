@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kdspec.api import load_method
 from kdspec.ir import models as ir
 
@@ -99,3 +101,25 @@ def test_method_lookups() -> None:
     assert exprs[0] == ir.Num(value=4.0)
     assert any(isinstance(e, ir.LetRef) and e.name == "twice" for e in exprs)
     assert sum(isinstance(e, ir.Call) and e.func in ("kl", "mse") for e in exprs) == 2
+
+
+def test_visitor_dispatches_on_the_class_then_its_bases() -> None:
+    from kdspec.ir.traverse import Visitor
+
+    class Kinds(Visitor[str]):
+        def visit_BinOp(self, e: ir.BinOp) -> str:
+            return f"({self.visit(e.left)} {e.op} {self.visit(e.right)})"
+
+        def visit__ExprNode(self, e: ir.Expr) -> str:  # any other expression: its base
+            return type(e).__name__
+
+    e = ir.BinOp(op="*", left=ir.ParamRef(name="a"), right=ir.Num(value=2))
+    assert Kinds().visit(e) == "(ParamRef * Num)"
+
+    class Strict(Visitor[int]):
+        def visit_Num(self, e: ir.Num) -> int:
+            return 1
+
+    assert Strict().visit(ir.Num(value=3)) == 1
+    with pytest.raises(TypeError, match="cannot visit `Str`"):
+        Strict().visit(ir.Str(value="x"))

@@ -436,3 +436,34 @@ method m {
         (g,) = torch.autograd.grad(out.loss, [zs])
         (g_ref,) = torch.autograd.grad(factor * rows, [zs], retain_graph=True)
         assert_close(g, -scale * g_ref)
+
+
+def test_each_imported_file_is_parsed_once(tmp_path, monkeypatch):
+    import kdspec.syntax
+
+    real = kdspec.syntax.try_parse
+    parsed: list[str] = []
+
+    def counting(source):  # type: ignore[no-untyped-def]
+        parsed.append(source.name.rsplit("/", 1)[-1])
+        return real(source)
+
+    monkeypatch.setattr(kdspec.syntax, "try_parse", counting)
+    files = {
+        "defs.kd": "def kl_rows(t, s) = sum(t * (log(t) - log(s)), over=class)\n",
+        "lib.kd": "def l1_rows(x) = sum(abs(x), over=channel)\n"
+        "method sparse {\n  student s\n"
+        "  supervise reg: s.embedding with l1_rows weight 0.01 / B\n}\n",
+        "main.kd": 'import "defs.kd"\nimport "lib.kd"\nmethod m {\n  teacher t\n  student s\n'
+        "  use sparse\n"
+        "  transfer kd: softmax from t.logits to s.logits with kl_rows weight 1 / B\n}\n"
+        "method n {\n  student s\n  use sparse\n}\n",
+    }
+    _, diags = _check(files, "main.kd", tmp_path)
+    assert diags == []
+    # Finding `sparse` for two `use`s, checking the imports and collecting defs read each
+    # imported file; each is parsed once (the main file is the caller's to parse).
+    assert sorted(n for n in parsed if n != "main.kd") == ["defs.kd", "lib.kd"]
+    (tmp_path / "lib.kd").write_text(files["lib.kd"] + "# a new version\n")
+    _check({}, "main.kd", tmp_path)
+    assert sorted(n for n in parsed if n != "main.kd") == ["defs.kd", "lib.kd", "lib.kd"]

@@ -133,7 +133,7 @@ FROZEN_LET = """method m {
 
 def test_freeze_let_keeps_a_shared_learned_part_fixed() -> None:
     d = compile_spec(spec(FROZEN_LET), models(), batch())
-    code = ids(d._lets["code"].parameters())
+    code = ids(d.compiled.lets["code"].parameters())
     assert code
     d.set_stage("first")
     assert code <= ids(d.trainable_parameters())

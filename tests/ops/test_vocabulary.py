@@ -39,10 +39,10 @@ _CONTEXT = {
 
 def _prelude_params(name: str) -> dict[str, object] | None:
     """The keyword parameters (name -> default text) of the prelude's `def name`, if any."""
-    from kdspec.ir.lower import _module_defs, _prelude_files
+    from kdspec.ir.compose import module_defs, prelude_files
 
-    for path in _prelude_files():
-        found, errors = _module_defs(path)
+    for path in prelude_files():
+        found, errors = module_defs(path)
         assert not errors, f"{path}: {errors}"
         if name in found:
             fn, _ = found[name]
