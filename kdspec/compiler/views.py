@@ -107,13 +107,16 @@ def _generated_view(func: str, kw: dict[str, Any], train_data: Any) -> BatchRewr
     if train_data is not None and not hasattr(train_data, "prompt_lengths"):
         raise ValueError(f"`{func}` needs token data (a `jsonl:` or `pydoc` source)")
     new = int(kw.get("max_new_tokens", 32))
+    view: BatchRewrite
     if func == "on_policy":
-        return OnPolicy(
-            float(kw.get("lmbda", 0.5)),
-            new,
-            float(kw.get("temperature", 1.0)),
-        )
-    return TeacherGenerations(new, float(kw.get("temperature", 0.0)))
+        view = OnPolicy(float(kw.get("lmbda", 0.5)), new, float(kw.get("temperature", 1.0)))
+    else:
+        view = TeacherGenerations(new, float(kw.get("temperature", 0.0)))
+    tok = getattr(train_data, "tokenizer", None)
+    for name in ("eos_token_id", "pad_token_id"):
+        if getattr(tok, name, None) is not None:
+            view.special[name] = int(getattr(tok, name))
+    return view
 
 
 def make_subset(
@@ -174,6 +177,8 @@ class BatchRewrite:
     def __init__(self, max_new_tokens: int, temperature: float) -> None:
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
+        # the data's tokenizer's ids (set from the training data); else the model's own config
+        self.special: dict[str, int] = {}
 
     def rows(self, labels: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """Bool ``[B]``: the rows whose response is replaced."""
@@ -189,7 +194,7 @@ class BatchRewrite:
         chosen = self.rows(labels, index)
         prompts = prompt_lengths(labels)
         fulls = self.generated(ids, prompts, chosen, index, model)
-        return rebuild(x, labels, prompts, fulls, _pad_id(model, ids))
+        return rebuild(x, labels, prompts, fulls, _ids(model, self.special)[1])
 
     def generated(
         self,
@@ -201,7 +206,7 @@ class BatchRewrite:
     ) -> dict[int, torch.Tensor]:
         """Row -> prompt + continuation (up to and with the first end token)."""
         return sample_continuations(
-            model, ids, prompts, chosen, self.max_new_tokens, self.temperature
+            model, ids, prompts, chosen, self.max_new_tokens, self.temperature, self.special
         )
 
 
@@ -247,7 +252,7 @@ class TeacherGenerations(BatchRewrite):
         keys = [int(k) for k in index.tolist()]
         todo = torch.tensor([k not in self.cache for k in keys], device=ids.device)
         new = sample_continuations(
-            model, ids, prompts, todo & chosen, self.max_new_tokens, self.temperature
+            model, ids, prompts, todo & chosen, self.max_new_tokens, self.temperature, self.special
         )
         for i, full in new.items():
             self.cache[keys[i]] = full.cpu()
@@ -272,22 +277,26 @@ def sample_continuations(
     chosen: torch.Tensor,
     max_new_tokens: int,
     temperature: float,
+    special: dict[str, int] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Row -> its prompt and ``model.generate``'s continuation (cut after the end token).
+
+    ``special`` holds the data's ``eos_token_id`` and ``pad_token_id`` (the tokenizer's);
+    missing ones come from the model's (generation) config.
 
     Rows with the same prompt length are generated together, shortest prompts first, so no
     prompt needs padding; the model runs in eval mode and is restored.
     """
     out: dict[int, torch.Tensor] = {}
-    eos = _special(model, "eos_token_id")
-    pad = _pad_id(model, ids)
+    eos, pad = _ids(model, special or {})
     was = model.training
     model.eval()
     try:
         for length in sorted(set(prompts[chosen].tolist())):
             rows = (chosen & (prompts == length)).nonzero().flatten().tolist()
             prompt = ids[rows, :length]
-            seq = model.generate(**_generate_kwargs(model, prompt, max_new_tokens, temperature))
+            kw = _generate_kwargs(model, prompt, max_new_tokens, temperature, eos, pad)
+            seq = model.generate(**kw)
             for r, full in zip(rows, seq, strict=True):
                 out[r] = _cut(full, length, eos, pad)
     finally:
@@ -296,15 +305,20 @@ def sample_continuations(
 
 
 def _generate_kwargs(
-    model: Any, prompt: torch.Tensor, max_new_tokens: int, temperature: float
+    model: Any,
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    eos: int | None,
+    pad: int,
 ) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "input_ids": prompt,
         "attention_mask": torch.ones_like(prompt),
         "max_new_tokens": max_new_tokens,
         "do_sample": temperature > 0,
-        "eos_token_id": _special(model, "eos_token_id"),
-        "pad_token_id": _pad_id(model, prompt),
+        "eos_token_id": eos,
+        "pad_token_id": pad,
     }
     if temperature > 0:
         kw["temperature"] = temperature
@@ -332,11 +346,14 @@ def _special(model: Any, name: str) -> int | None:
     return None if value is None else int(value)
 
 
-def _pad_id(model: Any, ids: torch.Tensor) -> int:
-    pad = _special(model, "pad_token_id")
+def _ids(model: Any, special: dict[str, int]) -> tuple[int | None, int]:
+    """The end and padding ids: the data's tokenizer's, else the model's config's (padding
+    falls back to the end token, then 0; padded positions carry no label either way)."""
+    eos = special.get("eos_token_id", _special(model, "eos_token_id"))
+    pad = special.get("pad_token_id", _special(model, "pad_token_id"))
     if pad is None:
-        pad = _special(model, "eos_token_id")
-    return 0 if pad is None else pad
+        pad = eos
+    return eos, 0 if pad is None else pad
 
 
 def rebuild(

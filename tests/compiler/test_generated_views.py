@@ -149,3 +149,17 @@ def test_token_inputs_move_to_the_compile_device() -> None:
     x = {"input_ids": torch.zeros(2, 3, dtype=torch.long)}
     moved = unpack((x, None)).to("meta").x  # the example batch, as compile_spec moves it
     assert moved["input_ids"].device.type == "meta"
+
+
+def test_generated_rows_end_and_pad_with_the_datas_tokenizer_ids() -> None:
+    from kdspec.compiler.views import _generated_view
+
+    ds = _data()
+    torch.manual_seed(0)
+    bare = build_model("lm_tiny", num_classes=TOK.vocab_size, in_channels=32)  # no config ids
+    view = _generated_view("on_policy", {"lmbda": 1.0, "max_new_tokens": 3}, ds)
+    assert view.special == {"eos_token_id": EOS, "pad_token_id": PAD}
+    x, labels, index = _batch(ds)
+    new_x, _ = view(x, labels, index, bare)
+    padded = new_x["attention_mask"] == 0
+    assert bool((new_x["input_ids"][padded] == PAD).all())
