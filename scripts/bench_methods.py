@@ -16,11 +16,14 @@ shared machine say little.
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +35,34 @@ import torch.nn.functional as F
 
 from kdspec.api import load_method
 from kdspec.compiler import compile_spec
+from kdspec.compiler.hooks import TapSession
+from kdspec.compiler.teacher_cache import CacheSpec
 from kdspec.zoo import build_model
 
 Step = Callable[[], torch.Tensor]
 SPECS = Path(__file__).resolve().parent.parent / "specs"
-METHODS = ("hinton", "at", "fitnets_hint", "fitnets_kd", "rkd", "crd", "dml", "hinton_cached")
+METHODS = (
+    "hinton",
+    "at",
+    "fitnets_hint",
+    "fitnets_kd",
+    "rkd",
+    "crd",
+    "dml",
+    "hinton_cached",
+    "hinton_cached_disk",
+    "hinton_fill",
+    "teacher_hint",
+    "teacher_kd",
+)
 # hinton_cached: teacher logits from Distiller.cache_frozen_outputs(), timed against a
 # student-only step (forward, cross-entropy, backward, SGD): the floor a cache can reach.
+# hinton_cached_disk: the same from a disk cache (one memory-mapped file) in fp16.
+# hinton_fill: the filling epoch: a disk-cached step whose samples are all new (teacher run,
+# rows written) against the uncached compiled step.
+# teacher_hint / teacher_kd: the teacher's forward compiled for inference (stopped after its
+# last tapped module, batch norm folded) against the eager teacher's whole no-grad forward,
+# reading FitNets' hint (stage 2) / Hinton's logits; "loss" is the tapped tensor's abs-sum.
 
 
 # --- hand-written losses (RepDistiller style) ------------------------------------------------
@@ -122,7 +146,7 @@ def _spec(method: str) -> tuple[str, str]:
         return "fitnets", "hints"
     if method == "fitnets_kd":
         return "fitnets", "distill"
-    if method == "hinton_cached":
+    if method.startswith("hinton_"):
         return "hinton", ""
     return method, ""
 
@@ -135,6 +159,8 @@ def setup(
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 100, (batch,))
     index = torch.randperm(num_samples)[:batch]
+    if method.startswith("teacher_"):
+        return _teacher_forward(method, teacher, student, x, y, index)
     name, stage = _spec(method)
     if method == "dml":
         models = {"p1": build_model(student, 100, 3), "p2": build_model(student, 100, 3)}
@@ -146,6 +172,12 @@ def setup(
     d.train()
     if method == "hinton_cached":
         d.cache_frozen_outputs()
+    if method in ("hinton_cached_disk", "hinton_fill"):
+        folder = Path(tempfile.mkdtemp(prefix="kdspec-bench-"))
+        atexit.register(shutil.rmtree, folder, True)
+        fp16 = method == "hinton_cached_disk"
+        spec = CacheSpec(store="disk", folder=folder, dtype="fp16" if fp16 else "fp32")
+        d.cache_frozen_outputs(spec=spec, identity={"bench": method})
     # the hand loop owns a copy with the compiler's hooks removed: plain modules, same weights
     h = copy.deepcopy(d)
     for m in h.modules():
@@ -158,9 +190,15 @@ def setup(
         [hand_params[names[id(p)]] for p in d.trainable_parameters()], lr=0.05, momentum=0.9
     )
     batch_ = (x, y, index)
+    fresh = [0]  # hinton_fill: every step reads samples the cache has not seen
 
     def compiled() -> torch.Tensor:
-        out = d(batch_)
+        if method == "hinton_fill":
+            fresh[0] += 1
+            new = (torch.arange(batch) + fresh[0] * batch) % num_samples
+            out = d((x, y, new))
+        else:
+            out = d(batch_)
         opt_c.zero_grad(set_to_none=True)
         out.loss.backward()
         opt_c.step()
@@ -187,7 +225,7 @@ def setup(
             with torch.no_grad():
                 ft, et, zt = feats(t, x)
             fs, es, zs = feats(s, x)
-            if method in ("hinton", "fitnets_kd", "hinton_cached"):
+            if method in ("hinton", "fitnets_kd") or method.startswith("hinton_"):
                 return 0.9 * kd(zs, zt, 4.0) + 0.1 * F.cross_entropy(zs, y)
             if method == "at":
                 return F.cross_entropy(zs, y) + sum(
@@ -212,7 +250,20 @@ def setup(
         opt_h.step()
         return loss.detach()
 
-    if method != "hinton_cached":
+    if method == "hinton_fill":  # against the compiled step without the cache
+        plain = copy.deepcopy(d)
+        plain.cache_frozen_outputs(False)
+        opt_p = torch.optim.SGD(plain.trainable_parameters(), lr=0.05, momentum=0.9)
+
+        def uncached() -> torch.Tensor:
+            out = plain(batch_)
+            opt_p.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt_p.step()
+            return out.loss.detach()
+
+        return compiled, uncached, uncached
+    if method not in ("hinton_cached", "hinton_cached_disk"):
         return compiled, hand, hand
     s_only = copy.deepcopy(h.roles["s"]).train()
     opt_s = torch.optim.SGD(s_only.parameters(), lr=0.05, momentum=0.9)
@@ -225,6 +276,47 @@ def setup(
         return loss.detach()
 
     return compiled, hand, student_only
+
+
+def _teacher_forward(
+    method: str, teacher: str, student: str, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+) -> tuple[Step, Step, Step]:
+    """The teacher's forward as compiled for inference, and its eager no-grad forward."""
+    models = {"t": build_model(teacher, 100, 3).eval(), "s": build_model(student, 100, 3)}
+    _fake_statistics(models["t"])
+    name, stage = ("fitnets", "hints") if method == "teacher_hint" else ("hinton", "")
+    d = compile_spec(load_method(SPECS / f"{name}.kd"), models, (x, y, index))
+    d.set_stage(stage or d.method.effective_stages()[0].name)
+    d.train()
+    d.fold_batch_norm = True
+    t = models["t"]
+    points = d._needed[("t", None)]
+    plan = d._inference_plan("t", points, x)
+    if not plan.folded:
+        raise SystemExit(f"{method}: no batch norm was folded in `{teacher}`")
+
+    def compiled() -> torch.Tensor:
+        session = TapSession(t, points)
+        with torch.no_grad(), session, plan:
+            session.run(x, stop_early=True)
+        return session.get(points[0]).abs().sum()
+
+    def eager() -> torch.Tensor:
+        with torch.no_grad():
+            f, _, z = feats(t, x)
+        return (f[1] if method == "teacher_hint" else z).abs().sum()
+
+    return compiled, eager, eager
+
+
+def _fake_statistics(model: nn.Module) -> None:
+    """Batch-norm statistics away from their initial values (a trained teacher's are)."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
 def bench(
@@ -290,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.teacher} -> {args.student}, batch {args.batch}, {args.rounds} interleaved rounds "
         f"of {args.steps} steps per variant; ratio = compiled / hand-written step"
     )
-    print(f"{'method':<14}{'median':>8}{'min':>8}{'max':>8}  first-step loss (both)")
+    print(f"{'method':<20}{'median':>8}{'min':>8}{'max':>8}  first-step loss (both)")
     for method in args.methods.split(","):
         r = bench(
             method,
@@ -303,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             k=args.nce_k,
         )
         print(
-            f"{method:<14}{r['median']:8.3f}{r['min']:8.3f}{r['max']:8.3f}"
+            f"{method:<20}{r['median']:8.3f}{r['min']:8.3f}{r['max']:8.3f}"
             f"  {r['loss_compiled']:.6g}",
             flush=True,
         )

@@ -505,6 +505,7 @@ class _Worker:
     case: Case | None = None
     cpu0: float = 0.0
     wall0: float = 0.0
+    retried: bool = False  # running a case again after a MemoryError
 
     def send(self, case: Case) -> None:
         self.case, self.cpu0, self.wall0 = case, _cpu_seconds(self.proc.pid), time.perf_counter()
@@ -613,6 +614,15 @@ def fuzz(cases: int, seed: int, progress_every: int = 0, jobs: int = 1) -> Repor
                     workers[i] = restart(w)
                     continue
                 w.case = None
+                if result is not None and result[0] == "MemoryError" and not w.retried:
+                    # Memory a long-lived worker gathered (caches) or this input's own? The
+                    # case runs again once in a fresh worker; only a second failure counts.
+                    report.cases -= 1
+                    workers[i] = restart(w)
+                    workers[i].retried = True
+                    workers[i].send(case)
+                    continue
+                workers[i].retried = False
                 if result is not None:
                     report.add_error(result[0], result[1], case)
                 if command_cpu > SLOW_LIMIT and len(case.data) < 100_000:

@@ -75,6 +75,9 @@ def compile_diagnostics(source: SourceFile) -> list[Diagnostic]:
 
     The example batch is digits-shaped (``[8, 1, 8, 8]``, 10 classes).
     """
+    tokens = re.search(r"^# tokens:(.*)$", source.text, re.M)
+    if tokens is not None:
+        return _token_diagnostics(source, tokens.group(1).split())
     header = re.search(r"^# models:(.*)$", source.text, re.M)
     if header is None:
         return []
@@ -93,6 +96,27 @@ def compile_diagnostics(source: SourceFile) -> list[Diagnostic]:
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     try:
         compile_spec(lowered[0], models, (x, y, torch.arange(8)))
+    except KdError as exc:
+        return list(exc.diagnostics)
+    return []
+
+
+def _token_diagnostics(source: SourceFile, taps: list[str]) -> list[Diagnostic]:
+    """KD4xx/KD5xx of compiling on token data: the taps a ``# tokens: t.logits ...`` line names
+    given as [2, 5, 7] tensors, per-token labels (-100 at the padding) and an attention mask."""
+    import torch
+
+    from kdspec.api import check_source
+    from kdspec.compiler import compile_spec
+    from kdspec.diagnostics import KdError
+
+    lowered, _ = check_source(source)
+    attention = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    labels = torch.randint(0, 7, (2, 5)).masked_fill(attention == 0, -100)
+    batch: dict[str, object] = {tap: torch.randn(2, 5, 7) for tap in taps}
+    batch.update(labels=labels, attention_mask=attention)
+    try:
+        compile_spec(lowered[0], None, batch)
     except KdError as exc:
         return list(exc.diagnostics)
     return []
@@ -167,6 +191,7 @@ NOT_FROM_SPECS = {
     "KD601": "a torchdistill config setting (tests/interop/test_torchdistill_import.py)",
     "KD602": "an unreadable torchdistill config (tests/interop/test_torchdistill_import.py)",
     "KD603": "a method kdspec export cannot write out (tests/compiler/test_eject.py)",
+    "KD409": "`hf:` folders whose tokenizers differ (tests/runtime/test_hf_source.py)",
 }
 
 

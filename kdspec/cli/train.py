@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from kdspec.cli.common import UsageError, parse_overrides
-from kdspec.diagnostics import KdError, error
 
 EPILOG = """examples:
   kdspec train specs/hinton.kd
@@ -84,6 +83,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         default="stop",
         help="at a NaN/inf loss: stop with KD503 (default) or skip the batch and count it",
     )
+    p.add_argument(
+        "--output-cache",
+        choices=["off", "memory", "disk"],
+        help="override [output_cache] store: compute frozen teachers' tapped outputs once per "
+        "sample and reuse them (disk: a memory-mapped file under the cache dir)",
+    )
+    p.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="run frozen teachers with batch norm folded into the convolution before it, where "
+        "no tap reads inside the pair (faster; tapped values equal to ~1e-6, not bit for bit)",
+    )
     p.add_argument("--cache-dir", help="teacher cache (default: $KDSPEC_CACHE or ~/.cache/kdspec)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -122,6 +133,8 @@ def load_job(args: argparse.Namespace, spec: str, *, with_params: bool = True) -
         updates["compile"] = args.compile
     if updates:
         run = run.with_updates(train=updates)
+    if getattr(args, "output_cache", None) is not None:
+        run = run.with_updates(output_cache={"store": args.output_cache})
     overrides: dict[str, object] = dict(run.config.params) if with_params else {}
     overrides.update(parse_overrides(getattr(args, "param", None)))
     lowered = load_method(spec, getattr(args, "method", None), overrides)
@@ -155,6 +168,7 @@ def job_options(args: argparse.Namespace) -> tuple[Any, Any]:
         log=(lambda m: None) if args.quiet else _log,
         callbacks=observers,
         on_nonfinite=getattr(args, "on_nonfinite", "stop"),
+        fold_batch_norm=getattr(args, "fold_bn", False),
     )
     return opts, progress
 
@@ -192,16 +206,12 @@ def close_progress(progress: Any) -> None:
 
 def _out_dir(args: argparse.Namespace, method: str) -> Path:
     """The run folder (:func:`kdspec.runtime.files.output_folder`), or the run to resume."""
-    from kdspec.runtime.files import check_writable, output_folder
+    from kdspec.runtime.files import check_writable, out_path, output_folder
 
     if not args.resume:
         return output_folder(args.out, method)
     if args.out:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise KdError(
-                [error("KD505", f"--out `{out}` is a file, not a folder", help="name a folder")]
-            )
+        out = out_path(args.out)
         check_writable(out)
         return out
     base = Path("runs-out")

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdspec.compiler.taps import ModelTaps, discover, is_causal
+from kdspec.compiler.sequence import MASK_KEYS, NOT_INPUTS, is_causal, is_token_inputs
+from kdspec.compiler.taps import ModelTaps, discover
 from kdspec.compiler.views import BatchRewrite, make_view
 from kdspec.diagnostics import Diagnostic
 from kdspec.ir import SourceMap
@@ -35,14 +36,32 @@ class Batch:
     labels: torch.Tensor | None
     index: torch.Tensor | None
     taps: dict[str, Any] | None = None
+    response: torch.Tensor | None = None  # token data: the response mask
+    attention: torch.Tensor | None = None  # a functional batch's attention mask
+    replay: torch.Tensor | None = None  # which stored augmentation each sample drew (cache)
+
+    @property
+    def tokens(self) -> bool:
+        """Whether this is token data (see :mod:`kdspec.compiler.sequence`)."""
+        return is_token_inputs(self.x) or self.attention is not None
 
     def to(self, device: str | torch.device) -> Batch:
-        """The inputs, labels and indices on ``device`` (tapped tensors stay where they are)."""
-        return Batch(_to(self.x, device), _to(self.labels, device), _to(self.index, device))
+        """The inputs, labels, indices and response mask on ``device`` (tapped tensors stay
+        where they are)."""
+        return Batch(
+            _to(self.x, device),
+            _to(self.labels, device),
+            _to(self.index, device),
+            response=_to(self.response, device),
+            replay=self.replay,
+        )
 
     def size(self) -> int | None:
         """The number of examples, from the first tensor with a batch dimension."""
-        for v in (self.labels, self.x, *((self.taps or {}).values())):
+        x = self.x
+        if isinstance(x, dict):  # model inputs by name (token data: input_ids first)
+            x = x.get("input_ids", next(iter(x.values()), None))
+        for v in (self.labels, x, *((self.taps or {}).values())):
             if isinstance(v, list | tuple) and v:
                 v = v[0]
             if isinstance(v, torch.Tensor) and v.dim() > 0:
@@ -54,15 +73,30 @@ def unpack(batch: Any) -> Batch:
     """``(x, y[, index])``, ``{"x": ..., "y"/"labels": ..., "index": ...}``, a dict of tapped
     tensors (functional mode) or a bare input."""
     if isinstance(batch, dict):
+        response = batch.get("response_mask")
         if "x" in batch:
-            return Batch(batch["x"], batch.get("y", batch.get("labels")), batch.get("index"))
-        taps = {k: v for k, v in batch.items() if k not in ("labels", "index")}
-        return Batch(None, batch.get("labels"), batch.get("index"), taps)
+            labels = batch.get("y", batch.get("labels"))
+            replay = batch.get("replay")
+            return Batch(batch["x"], labels, batch.get("index"), response=response, replay=replay)
+        if "input_ids" in batch:  # a token batch: every other key is a model input
+            x = {k: v for k, v in batch.items() if k not in NOT_INPUTS}
+            return Batch(x, batch.get("labels"), batch.get("index"), response=response)
+        skip = ("labels", "index", "replay", *MASK_KEYS)
+        taps = {k: v for k, v in batch.items() if k not in skip}
+        return Batch(
+            None,
+            batch.get("labels"),
+            batch.get("index"),
+            taps,
+            response=response,
+            attention=batch.get("attention_mask"),
+        )
     if isinstance(batch, list | tuple):
         x = batch[0]
         labels = batch[1] if len(batch) > 1 else None
         index = batch[2] if len(batch) > 2 else None
-        return Batch(x, labels, index)
+        replay = batch[3] if len(batch) > 3 else None
+        return Batch(x, labels, index, replay=replay)
     return Batch(batch, None, None)
 
 
@@ -108,6 +142,7 @@ class Binding:
     num_classes: int | None = None
     batch: Batch = field(default_factory=lambda: Batch(None, None, None))
     causal: bool = False  # some role is a causal LM: its logits at t predict labels at t + 1
+    token_data: bool = False  # the batches are tokens (taps carry a token axis)
     rewrite: tuple[BatchRewrite, str] | None = None  # generated data, the role generating it
 
 
@@ -142,6 +177,7 @@ def bind(
     for part in method.data:
         if isinstance(binding.views.get(part.name), BatchRewrite):
             _bind_rewrite(method, binding, report, part)
+    binding.token_data = binding.batch.tokens
     return binding
 
 

@@ -71,16 +71,15 @@ class Built:
 
 
 def build(method: ir.Method, binding: Binding, report: Reporter) -> Built:
-    """Every term's module on ``binding`` (none when binding already reported problems)."""
+    """Every term's module on ``binding``."""
     builder = TermBuilder(method, binding, report)
     terms = nn.ModuleDict()
-    if not report.diags:
-        for term in method.terms:
-            module = builder.term(term)
-            if module is not None:
-                terms[term.name] = module
+    for term in method.terms:
+        module = builder.term(term)
+        if module is not None:
+            terms[term.name] = module
     predictions = nn.ModuleDict()
-    if not report.diags and not binding.functional:  # functional mode deploys nothing
+    if not binding.functional:  # functional mode deploys nothing
         for who, value in method.predictions.items():
             predictions[who] = builder.node(value, ("predict", who, "value"), {})
     return Built(terms, builder.points, builder.lets, predictions)
@@ -302,7 +301,10 @@ class TermBuilder(Visitor[Node]):
             extra = {"margins": self.margins(e.args[0], path)}
         if e.func == "normalize":
             _normalize_unscaled(inputs[0])
-        return TransformNode(e.func, inputs, kwargs, extra)
+        node = TransformNode(e.func, inputs, kwargs, extra)
+        if e.args:
+            node.in_axes = types.value_type(e.args[0], self.m, holes=self.holes).axes
+        return node
 
     def scale_free(self, e: ir.Expr) -> ir.Expr:
         """``e`` without a positive factor, for ``normalize``: ``normalize(c x) = normalize(x)``.
@@ -404,14 +406,16 @@ class TermBuilder(Visitor[Node]):
                 continue
             if call.func == "normalize" and last is not None:
                 self.unscale_last(steps, last, term, side)
-            current = types.knowledge_type(current, (call,), self.m)
+            before, current = current, types.knowledge_type(current, (call,), self.m)
             fn = FUNCTIONS[call.func]
             if fn.category == "adapter":
                 steps.append(AdapterNode(call.func, HoleNode(), self.kwargs(call), term=term))
             else:
                 if call.func == "normalize" and steps:
                     _normalize_unscaled(steps[-1])
-                steps.append(TransformNode(call.func, [HoleNode()], self.kwargs(call)))
+                step = TransformNode(call.func, [HoleNode()], self.kwargs(call))
+                step.in_axes = before.axes
+                steps.append(step)
             last = None
         return PipelineNode(node, steps)
 
@@ -520,9 +524,23 @@ class TermBuilder(Visitor[Node]):
         to_probs = dist and not fn.log_inputs
         subset = self.subset(term)
         kwargs = self.kwargs(term.loss)
-        return TermModule(
+        module = TermModule(
             term, source, target, term.loss.func, kwargs, to_probs, subset, weight_node=weight
         )
+        module.token_axes = self.token_axes(term)
+        return module
+
+    def token_axes(self, term: ir.Term) -> tuple[str, ...] | None:
+        """The student side's axes where they are token values (batch, token, ...), else None:
+        a built-in loss then sees the rows of the tokens the batch's mask keeps (on token data
+        only: elsewhere there is no mask, and `tokens(x)` of a feature map keeps its rows)."""
+        if not self.binding.token_data:
+            return None
+        raw = types.value_type(term.target, self.m)
+        side = raw if term.kind != "transfer" else types.knowledge_type(raw, term.knowledge, self.m)
+        if side.axes is not None and side.axes[:2] == ("batch", "token"):
+            return side.axes
+        return None
 
     def subset(self, term: ir.Term) -> Any:
         if not term.subset:
@@ -553,10 +571,15 @@ class TermBuilder(Visitor[Node]):
             implicit: tuple[ir.Expr, ...] = (ir.ArgRef(name=STUDENT_SIDE),)
         else:
             implicit = (ir.ArgRef(name=TEACHER_SIDE), ir.ArgRef(name=STUDENT_SIDE))
+        # A loss of the library on token values sees the rows of the kept tokens.
+        library = (fn := FUNCTIONS.get(term.loss.func)) is not None and fn.category == "loss"
+        token_axes = self.token_axes(term) if library else None
+        if token_axes is not None:
+            sides = {k: _as_rows(v) for k, v in sides.items()}
         self.holes = types.loss_holes(term.loss.func, sides)
         loss = self.node(expand(term.loss, fdef, implicit), ("term", term.name, "loss"), {})
         self.holes = {}
-        return TermModule(
+        module = TermModule(
             term,
             source,
             target,
@@ -567,6 +590,15 @@ class TermBuilder(Visitor[Node]):
             loss_node=loss,
             weight_node=weight,
         )
+        module.token_axes = token_axes
+        return module
+
+
+def _as_rows(t: types.VType) -> types.VType:
+    """Token values (batch, token, ...) as the rows a loss sees: (batch, ...)."""
+    if t.axes is not None and t.axes[:2] == ("batch", "token"):
+        return types.VType(t.kind, ("batch", *t.axes[2:]))
+    return t
 
 
 def _normalize_unscaled(node: Node) -> None:

@@ -11,6 +11,7 @@ spec line, any shape that no adapter can fix, before training starts.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,24 +22,28 @@ from torch import nn
 from kdspec.compiler.bind import Batch, Reporter, bind, unpack
 from kdspec.compiler.build import StagePlan, build, constant_weights, stage_plans
 from kdspec.compiler.hooks import HookPoint, TapError, TapSession
+from kdspec.compiler.inference import FoldPlan, fold_plan
 from kdspec.compiler.nodes import (
     ApplyNode,
     ApplyShapeError,
     Env,
+    MaskError,
     ShapeMismatch,
     TapNode,
     TermModule,
 )
 from kdspec.compiler.plan import CompiledPlan
+from kdspec.compiler.sequence import aligned_labels, is_token_inputs, token_masks
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
-from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, TeacherCache
+from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, CacheSpec, TeacherCache
 from kdspec.diagnostics import KdError
-from kdspec.graph import build_graph, types
+from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import Lowered, SourceMap
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import Progress, evaluate, uses_progress
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.vocabulary import FUNCTIONS
+from kdspec.vocabulary.axes import token_data
 
 __all__ = ["DistillOutput", "Distiller", "StagePlan", "compile_spec"]
 
@@ -86,6 +91,7 @@ class Distiller(nn.Module):
                 object.__setattr__(node, "_owner", self)
         self.functional = plan.functional
         self.causal = plan.causal
+        self.token_data = plan.token_data  # the batches are tokens (taps carry a token axis)
         self.stage_plans: list[StagePlan] = list(plan.stage_plans)
         self._weights: dict[str, ir.Expr] = {t.name: t.weight for t in self.method.terms}
         self._stage: ir.Stage | None = None
@@ -93,6 +99,11 @@ class Distiller(nn.Module):
         self._parked: set[str] = set()  # frozen roles `train()` put in eval mode
         self._needed: dict[tuple[str, str | None], list[HookPoint]] = {}
         self._teacher_cache: TeacherCache | None = None
+        # True: frozen roles run with batch norm folded into the convolution before it, where
+        # no tap reads inside the pair (kdspec.compiler.inference): tapped values then equal
+        # the eager ones to ~1e-6, not bit for bit, so it is an option (`[train] fold_batch_norm`).
+        self.fold_batch_norm = False
+        self._plans: dict[tuple[str, tuple[HookPoint, ...]], FoldPlan] = {}
         self._forward_cache: dict[tuple[str, str | None], TapSession] = {}
         self._view_cache: dict[str | None, Any] = {}
         self._batch: Batch | None = None
@@ -140,25 +151,73 @@ class Distiller(nn.Module):
                 if was_training:  # `train()` and `set_stage()` keep frozen roles in eval mode
                     model.eval()
                 try:
-                    with torch.no_grad():
+                    with torch.no_grad(), self._inference_plan(role, session.points, x):
                         session.run(x, stop_early=self.stop_frozen_early)
                 finally:
                     if was_training:
                         model.train()
                 if self._cached(role):
-                    self._teacher_cache.store(role, view, session.values, self._index())  # type: ignore[union-attr]
+                    self._store_cached(role, view, session)
         self._forward_cache[key] = session
         return session
 
-    def cache_frozen_outputs(self, enabled: bool = True) -> None:
+    def _inference_plan(self, role: str, points: list[HookPoint], x: Any) -> FoldPlan:
+        """How a frozen role runs: its batch norms folded (planned on its first batch)."""
+        if not self.fold_batch_norm:
+            return FoldPlan()
+        key = (role, tuple(points))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = FoldPlan()
+            model = self.roles[role]
+            if not model.training:
+
+                def run() -> dict[Any, Any]:
+                    s = TapSession(model, list(points))
+                    with s:
+                        s.run(x, stop_early=True)
+                    return s.values
+
+                points_of = self.compiled.points.items()
+                read = {p.path for t, ps in points_of if t.role == role for p in ps}
+                info = self.compiled.model_taps.get(role)  # and the batch norm before each (OFD)
+                norms = {info.preceding_batchnorm(p) for p in read} if info is not None else set()
+                plan = fold_plan(model, run, read | {n for n in norms if n})
+            self._plans[key] = plan
+        return plan
+
+    def folded_batch_norms(self) -> dict[str, list[tuple[str, str]]]:
+        """Per frozen role, the ``(convolution, batch norm)`` pairs folded so far."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for (role, _), plan in self._plans.items():
+            out.setdefault(role, [])
+            out[role] += [p for p in plan.folded if p not in out[role]]
+        return out
+
+    def cache_frozen_outputs(
+        self,
+        enabled: bool = True,
+        *,
+        spec: CacheSpec | None = None,
+        identity: dict[str, Any] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> TeacherCache | None:
         """Compute what frozen roles' taps produce once per training sample and reuse it.
 
-        Needs batches ``(x, y, index)`` with each sample's index into the training set, and
-        inputs that are the same every epoch: random views are refused here, and random
-        augmentation in the loader must be off (the caller's to ensure). ``ema`` and
-        ``snapshot`` roles change during training and are never cached; only batches seen in
-        training mode are read from or written to the cache; loading new teacher weights
-        needs ``cache_frozen_outputs()`` again (a fresh cache).
+        Needs batches ``(x, y, index[, replay])`` with each sample's index into the training
+        set, and inputs that are the same every epoch for a given ``(index, replay)``: random
+        views are refused here; random augmentation in the loader must be off or replayed
+        (:class:`~kdspec.data.augment.ReplayedAugmentation`, with ``spec.replays`` equal to its
+        replays), which the caller ensures and describes in ``identity`` (with the data's
+        identity: required by a disk cache). ``ema`` and ``snapshot`` roles change during
+        training and are never cached; only batches seen in training mode are read from or
+        written to the cache; a stage that trains a ``frozen`` role starts its cache afresh.
+
+        Args:
+            enabled: False turns the cache off.
+            spec: Storage (memory or disk, fp32/fp16/top-k, size bound, replays).
+            identity: What determines the inputs besides the sample index (part of the key).
+            log: Where one-line messages go (a corrupt file rebuilt).
 
         Raises:
             ValueError: the number of training samples is unknown, or a frozen role reads a
@@ -166,7 +225,7 @@ class Distiller(nn.Module):
         """
         if not enabled:
             self._teacher_cache = None
-            return
+            return None
         if self.num_samples is None:
             raise ValueError("caching teacher outputs needs the training set size (num_samples)")
         for role in self.method.roles:
@@ -180,7 +239,10 @@ class Distiller(nn.Module):
                         f"cannot cache `{role.name}`'s outputs: it reads view `{view}` "
                         f"(`{part.func}`), which is random, so its outputs change every epoch"
                     )
-        self._teacher_cache = TeacherCache(self.num_samples)
+        self._teacher_cache = TeacherCache(
+            self.num_samples, spec, identity, log or (lambda message: None)
+        )
+        return self._teacher_cache
 
     def _cached(self, role: str) -> bool:
         r = self.method.role(role)
@@ -202,10 +264,35 @@ class Distiller(nn.Module):
         """Fill ``session`` with a cached batch; False when not cached (or not all of it)."""
         if not self._cached(role):
             return False
-        found = self._teacher_cache.lookup(role, view, session.points, self._index())  # type: ignore[union-attr]
+        assert self._teacher_cache is not None and self._batch is not None
+        found = self._teacher_cache.lookup(
+            role,
+            view,
+            session.points,
+            self._index(),
+            self._batch.replay,
+            **self._key_of(role, view),
+        )
         if found is not None:
             session.values = dict(found)
         return found is not None
+
+    def _key_of(self, role: str, view: str | None) -> dict[str, Any]:
+        """What a disk cache's key reads from the role and its view."""
+        part = next((p for p in self.method.data if p.name == view), None)
+        view_ir = part.model_dump(mode="json") if part is not None else None
+        return {"model": self.roles[role], "view_ir": view_ir}
+
+    def _store_cached(self, role: str, view: str | None, session: TapSession) -> None:
+        assert self._teacher_cache is not None and self._batch is not None
+        session.values = self._teacher_cache.store(
+            role,
+            view,
+            session.values,
+            self._index(),
+            self._batch.replay,
+            **self._key_of(role, view),
+        )
 
     def _read(self, tap: ir.Tap, indices: list[int] | None) -> list[torch.Tensor]:
         if self.functional:
@@ -441,7 +528,10 @@ class Distiller(nn.Module):
         if self._batch.taps is not None:
             self._given = self._batch.taps
         self._forward_cache, self._view_cache = {}, {}
+        b = self._batch
         return Env(
+            masks=token_masks(b.x, b.labels, b.response, b.attention, causal=self.causal),
+            token_labels=aligned_labels(b.labels, self.causal),
             read=self._read,
             batch_size=self._batch.size(),
             labels=_position_labels(self._batch, self.causal),
@@ -532,7 +622,13 @@ class Distiller(nn.Module):
             for name, term in self.terms.items():
                 try:
                     value = term(env)
-                except (ShapeMismatch, AdapterShapeError, TapError, ApplyShapeError) as exc:
+                except (
+                    ShapeMismatch,
+                    AdapterShapeError,
+                    TapError,
+                    ApplyShapeError,
+                    MaskError,
+                ) as exc:
                     _report_failure(name, exc, report)
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                     report(
@@ -570,14 +666,24 @@ def _position_labels(batch: Batch, causal: bool) -> torch.Tensor | None:
     """The label each output position is scored against: on token data of causal LMs the next
     token's (labels are unshifted, as in Hugging Face), so `cross_entropy` on `s.logits` is the
     next-token loss; the last position predicts nothing (-100)."""
-    labels = batch.labels
-    if labels is None or labels.dim() != 2 or not causal:
-        return labels
-    if not (isinstance(batch.x, dict) and "input_ids" in batch.x):
-        return labels
-    out = torch.full_like(labels, -100)
-    out[:, :-1] = labels[:, 1:]
-    return out
+    if not is_token_inputs(batch.x):
+        return batch.labels
+    return aligned_labels(batch.labels, causal)
+
+
+def _check_token_axes(report: Reporter, m: ir.Method, graph: KdGraph, tokens: bool) -> None:
+    """Axis errors under the data the method is compiled on (the checker reported only those
+    wrong on any data): `over=token` on images, `over=space` on token features."""
+    from kdspec.passes.check_axes import axis_diagnostics
+    from kdspec.passes.context import PassContext
+
+    note = (
+        "the example batch is token data (`input_ids`): taps carry a token axis after the batch"
+        if tokens
+        else "the example batch is not token data (no `input_ids`): taps have no token axis"
+    )
+    for d in axis_diagnostics(PassContext(m, graph, report.smap)):
+        report.diags.append(dataclasses.replace(d, notes=(*d.notes, note)))
 
 
 def _report_failure(name: str, exc: Exception, report: Report) -> None:
@@ -598,6 +704,15 @@ def _report_failure(name: str, exc: Exception, report: Report) -> None:
         report(exc.code, f"`{name}`: {exc.message}", ("term", name), help=exc.help)
     elif isinstance(exc, ApplyShapeError):
         _apply_shape_diag(exc, exc.where or ("term", name), report)
+    elif isinstance(exc, MaskError):
+        report(
+            "KD502",
+            f"`{name}`: {exc}",
+            ("term", name),
+            "reads a mask the batch lacks",
+            help="token batches carry `attention_mask`, `labels` (-100: no loss) and, "
+            "for prompt + response data, `response_mask`",
+        )
 
 
 def _apply_shape_diag(exc: ApplyShapeError, path: tuple[object, ...], report: Report) -> None:
@@ -654,12 +769,17 @@ def compile_spec(
         train_data=train_data,
         device=device,
     )
-    built = build(method, binding, report)
+    graph = build_graph(method)
+    if report.diags:
+        raise KdError(report.diags)
+    with token_data(binding.token_data):
+        _check_token_axes(report, method, graph, binding.token_data)
+        built = build(method, binding, report)
     if report.diags:
         raise KdError(report.diags)
     plan = CompiledPlan(
         lowered=lowered,
-        graph=build_graph(method),
+        graph=graph,
         roles=binding.roles,
         model_taps=binding.taps,
         points=built.points,
@@ -674,6 +794,7 @@ def compile_spec(
         given=binding.given,
         train_data=train_data,
         causal=binding.causal,
+        token_data=binding.token_data,
         rewrite=binding.rewrite,
         predictions=built.predictions,
     )

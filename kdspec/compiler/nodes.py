@@ -43,6 +43,25 @@ class Env:
     batch_size: int | None = None  # `B`
     args: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # a def loss's sides
     progress: Progress | None = None  # where training is: values with schedules depend on it
+    # Token data: the batch's [B, L] masks by name (attention, labels, response).
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_labels: torch.Tensor | None = None  # [B, L] labels aligned with the outputs
+
+    def mask(self, name: object = None, *, rows: bool = False) -> torch.Tensor | None:
+        """The ``[B, L]`` mask called ``name``; None off token data or for ``none``.
+
+        Without a name: the labels mask for the rows of per-token losses (``rows``, built-in
+        losses on token values) when the batch has per-token labels, else the attention mask.
+        """
+        if name == "none" or not self.masks:
+            return None
+        if name is not None:
+            key = str(name)
+        else:
+            key = "labels" if rows and "labels" in self.masks else "attention"
+        if key not in self.masks:
+            raise MaskError(str(key))
+        return self.masks[key]
 
     def rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each of ``n`` rows' source sample and view index. A view with ``k`` views per
@@ -63,6 +82,15 @@ class Env:
         if self.labels is None or n == len(self.labels):
             return self.labels
         return self.labels[self.rows(n)[0]]
+
+
+class MaskError(ValueError):
+    """A spec names a mask the batch does not have (``response`` without a response mask)."""
+
+    def __init__(self, name: str):
+        what = {"response": "`response_mask`", "labels": "per-token `labels`"}.get(name, name)
+        super().__init__(f"`mask={name}`, but the batch has no {what}")
+        self.name = name
 
 
 def _tensor(v: Any) -> Any:
@@ -131,6 +159,7 @@ class TransformNode(Node):
         self.extra = extra or {}  # per-element tensors (OFD margins), keyed "margins"
         # Set when `normalize` comes next: compute without the 1/(H*W) (see ops.fsp_sum).
         self.unscaled = False
+        self.in_axes: Any = None  # the input's static axes (token values: masked rows, pools)
 
     def forward(self, env: Env) -> list[torch.Tensor]:
         values = [[_tensor(v) for v in node(env)] for node in self.inputs]
@@ -149,9 +178,20 @@ class TransformNode(Node):
         else:
             fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
         kwargs = at_progress(self.kwargs, env.progress)
+        masked = self.func in ("rows", "pool")
+        if masked:
+            kwargs = dict(kwargs)
+            name = kwargs.pop("mask", None)
         out = []
         for i, args in enumerate(broadcast(*values)):
-            if self.func == "margin_relu":
+            if masked:
+                dim = _token_dim(args[0], self.in_axes)
+                if self.func == "pool" and dim != 1:  # pool reads [B, L, D] token features
+                    dim = None
+                m = env.mask(name, rows=self.func == "rows") if dim is not None else None
+                extra = {"token_dim": dim} if self.func == "rows" and m is not None else {}
+                out.append(fn(*args, **kwargs, mask=m, **extra))
+            elif self.func == "margin_relu":
                 margins = self.extra["margins"]
                 margin = margins[i if len(margins) > 1 else 0].to(args[0])
                 out.append(fn(args[0], margin))
@@ -162,6 +202,20 @@ class TransformNode(Node):
 
 def _spatial(hint: list[tuple[int, ...]] | None) -> bool:
     return hint is not None and all(len(shape) == 3 for shape in hint)
+
+
+def _token_dim(x: Any, axes: Any) -> int | None:
+    """The dimension of the tokens of ``x`` [B, (H,) L, ...] by its static axes (unknown axes:
+    a [B, L, D] tensor's 1), None when it has none (batch and heads only may come first)."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    if axes is None:
+        return 1 if x.dim() == 3 else None
+    ax = tuple(axes[0] if axes and isinstance(axes[0], tuple) else axes)
+    if "token" not in ax or x.dim() != len(ax) or ax[0] != "batch":
+        return None
+    i = ax.index("token")
+    return i if all(a in ("batch", "head") for a in ax[:i]) else None
 
 
 def _resize(x: torch.Tensor, hint: list[tuple[int, ...]] | None, i: int) -> torch.Tensor:
@@ -333,6 +387,16 @@ class TermModule(nn.Module):
         self.to_probs = to_probs
         self.subset = subset
         self.learned = nn.ModuleList()  # a learned loss, built on the dry run
+        # Token values (batch, token, ...): a built-in loss sees the kept tokens' rows.
+        self.token_axes: tuple[str, ...] | None = None
+
+    def _token_rows(self, value: Any, env: Env) -> torch.Tensor | None:
+        """The ``[B, L]`` mask of the rows a built-in loss sees, when ``value`` has tokens."""
+        if self.token_axes is None or not isinstance(value, torch.Tensor):
+            return None
+        if value.dim() != len(self.token_axes):  # no token dimension (a sequence classifier)
+            return None
+        return env.mask(rows=True)
 
     def _learned(self, src: list[torch.Tensor], tgt: list[torch.Tensor], env: Env) -> torch.Tensor:
         """A learned loss sees both whole sides, unpaired (built on first use)."""
@@ -394,6 +458,9 @@ class TermModule(nn.Module):
                 s = s[mask] if s is not None else None
                 t = t[mask]
                 env.labels = labels[mask] if labels is not None else None
+            rows = self._token_rows(t, env)  # a library loss on token values: kept tokens' rows
+            if rows is not None:
+                s, t = (s[rows] if s is not None else None), t[rows]
             self._same_shapes(s, t)
             env.args = {STUDENT_SIDE: [t], **({TEACHER_SIDE: [s]} if s is not None else {})}
             value = self.loss_node(env)[0]
@@ -438,6 +505,9 @@ class TermModule(nn.Module):
                     if not bool(keep.any()):
                         continue
                     v, y = v[keep], y[keep]
+                rows = self._token_rows(v, env)
+                if rows is not None:  # per-token labels, aligned with the outputs
+                    v, y = v[rows], env.token_labels[rows]  # type: ignore[index]
                 total = total + fn(v, y, **loss_kwargs)
             return total
         # Adapters and `resize` on the student side size themselves from the teacher side's
@@ -471,6 +541,9 @@ class TermModule(nn.Module):
                 if not bool(mask.any()):
                     continue
                 s, t = s[mask], t[mask]
+            rows = self._token_rows(t, env)
+            if rows is not None:
+                s, t = s[rows], t[rows]
             self._same_shapes(s, t)
             total = total + fn(s, t, **loss_kwargs)
         return total
@@ -618,6 +691,9 @@ class PrimNode(Node):
 
         values = [node(env) for node in self.inputs]
         kwargs = at_progress(self.kwargs, env.progress)  # `grad_reverse(x, scale=ramp(...))`
+        fn = FUNCTIONS.get(self.func)
+        if fn is not None and "mask" in fn.params:
+            kwargs = {**kwargs, "mask": env.mask(kwargs.get("mask"))}
         out: list[Any] = []
         for args in broadcast(*values) if values else [()]:
             xs = [self._read(v, d) for v, d in zip(args, self.in_dist, strict=False)]
@@ -627,6 +703,12 @@ class PrimNode(Node):
                 out.append(-xs[0])
             elif self.func == "log" and self.in_dist and self.in_dist[0]:
                 out.append(xs[0])  # the stored log-probabilities, exactly
+            elif self.func == "mean" and _keeps_distribution(self.in_axes, self.in_dist, kwargs):
+                # A mean of distributions over other axes than theirs (heads, in groups)
+                # averages probabilities and is a distribution: kept as log-probabilities.
+                probs = xs[0].exp() if self.keep_storage else xs[0]
+                p = P.mean(probs, axes=self.in_axes, **kwargs)
+                out.append(p.log().clamp_min(torch.finfo(p.dtype).min))
             elif self.func in LOSSES:  # a built-in loss's value (a number) inside an expression
                 if self.func == "cross_entropy":
                     out.append(LOSSES[self.func](xs[0], env.labels_for(len(xs[0])), **kwargs))
@@ -662,6 +744,20 @@ class PrimNode(Node):
             else:
                 out.append(P.PRIMITIVES[self.func](*xs, axes=self.in_axes, **kwargs))
         return out
+
+
+def _keeps_distribution(in_axes: Any, in_dist: list[bool], kwargs: dict[str, Any]) -> bool:
+    """`mean(p, over=...)` of a distribution along axes other than its last (the one it is a
+    distribution along): the mean of the probabilities is a distribution again."""
+    from kdspec.vocabulary.axes import over_axes
+
+    if not in_dist or not in_dist[0] or not in_axes or not in_axes[0]:
+        return False
+    over = kwargs.get("over")
+    try:
+        return over is not None and in_axes[0][-1] not in over_axes(over, of=in_axes[0])
+    except ValueError:  # torch dimensions (`over=1`)
+        return False
 
 
 class LearnedNode(Node):

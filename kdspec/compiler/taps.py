@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdspec.compiler.sequence import is_causal  # noqa: F401  (one copy; callers import it here)
+
 ACTIVATIONS = (
     nn.ReLU,
     nn.ReLU6,
@@ -66,17 +68,6 @@ def call_model(model: Any, x: Any) -> Any:
     """A model's output on a batch input: a dict input (token data: ``input_ids``,
     ``attention_mask``) is passed as keywords, as Hugging Face models take it."""
     return model(**x) if isinstance(x, dict) else model(x)
-
-
-def is_causal(model: Any) -> bool:
-    """Whether a model is a causal LM: ``kd_causal = True``, an HF ``...ForCausalLM`` or
-    ``...LMHeadModel``, or an HF model whose config says ``is_decoder``."""
-    flag = getattr(model, "kd_causal", None)
-    if flag is not None:
-        return bool(flag)
-    if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
-        return True
-    return bool(getattr(getattr(model, "config", None), "is_decoder", False))
 
 
 def next_token_pairs(

@@ -12,10 +12,17 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from kdspec.data.augment import CropFlip
 from kdspec.data.splits import Splits
 from kdspec.data.user import UserDataError, splits_from_datasets
 
-__all__ = ["IMAGENET_STATS", "IndexedDataset", "image_folder_splits", "torchvision_dataset"]
+__all__ = [
+    "IMAGENET_STATS",
+    "IndexedDataset",
+    "crop_flip",
+    "image_folder_splits",
+    "torchvision_dataset",
+]
 
 # Normalisation of image folders (the statistics most pretrained vision models expect).
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -49,6 +56,21 @@ class IndexedDataset(Dataset[tuple[Any, Any, int]]):
             i += len(self)
         x, y = self.base[i]
         return x, y, i
+
+
+def crop_flip(source: str, image_size: int | None = None) -> CropFlip:
+    """The crop + flip of a source's ``augment``, on normalised tensors (see :class:`CropFlip`).
+
+    ``torchvision:CIFAR10``/``CIFAR100``: crop 32 with padding 4, then flip;
+    ``torchvision:ImageFolder``: flip, and with ``image_size`` a crop with padding
+    ``image_size // 8`` first. The padding's zeros become ``-mean / std`` once normalised.
+    """
+    key = source.partition(":")[2].lower()
+    mean, std = _STATS.get(key, IMAGENET_STATS)
+    fill = [-m / s for m, s in zip(mean, std, strict=True)]
+    if key in _STATS:
+        return CropFlip(32, 4, fill)
+    return CropFlip(image_size, image_size // 8 if image_size else 0, fill)
 
 
 def _torchvision(what: str) -> Any:

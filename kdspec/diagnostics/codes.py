@@ -138,6 +138,11 @@ CODES: dict[str, tuple[str, str]] = {
     "KD406": ("import not allowed", "An `import:` model or data source was not allowed."),
     "KD407": ("teacher without weights", "A frozen teacher has no weights and no stage trains it."),
     "KD408": ("unbound role", "A role of the method has no model in the run."),
+    "KD409": (
+        "tokenizers differ",
+        "The roles of a run read text through different tokenizers (vocabularies or special "
+        "tokens): per-token knowledge would not line up.",
+    ),
     "KD501": ("bad run file", "The run file is malformed or names unknown settings."),
     "KD502": ("bad data", "The data source is unknown or yields unexpected items."),
     "KD503": ("non-finite loss", "Training produced a NaN or infinite loss."),

@@ -14,7 +14,7 @@ from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import tap_text
 from kdspec.vocabulary import FUNCTIONS, Fn
 from kdspec.vocabulary import axes as axes_rules
-from kdspec.vocabulary.axes import FEATURE_AXES, TAP_AXES, Axes, AxisError
+from kdspec.vocabulary.axes import Axes, AxisError, tap_axes_for
 
 
 def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
@@ -166,8 +166,9 @@ UNKNOWN = VType("features", None)
 
 
 def tap_axes(tap: ir.Tap) -> Axes:
-    """The axes a tap reads: logits (batch, class), embedding (batch, channel), else features."""
-    return TAP_AXES.get(tap.point, FEATURE_AXES)
+    """The axes a tap reads: logits (batch, class), embedding (batch, channel), else features;
+    on token data each with a token axis after the batch (:func:`axes_rules.token_data`)."""
+    return tap_axes_for(tap.point)
 
 
 def constant(e: ir.Expr, method: ir.Method) -> object:
@@ -359,7 +360,9 @@ def call_type(
         kinds = {t.kind for t in ins}
         return VType(kinds.pop() if len(kinds) == 1 else "features", ins[0].axes if ins else None)
     try:
-        rule = "reduce" if e.func == "mean" else fn.axes  # `mean(x, over=...)`: a reduction
+        rule = fn.axes
+        if e.func == "mean":  # `mean(x, over=...)`: a reduction, or means of groups
+            rule = "group" if kw.get("groups") is not None else "reduce"
         axes = axes_rules.infer(e.func, rule, [t.axes for t in ins], kw)
     except AxisError as exc:
         if not exc.word:  # a word that is no axis is reported by lowering, where it is written
@@ -369,13 +372,26 @@ def call_type(
     inner = ins[0].kind if ins else "features"
     if e.func == "relation":
         kind = _relation_kind(kw)
-    elif fn.returns == "same" and e.func != "mean":  # a mean along axes is no distribution
+    elif e.func == "mean":  # along axes: a distribution while its own (last) axis stays
+        kind = "distribution" if ins and _keeps_own_axis(ins[0], kw) else "features"
+    elif fn.returns == "same":
         kind = inner
     else:
         kind = fn.returns
     if axes == () and kind == "features":
         kind = "scalar"
     return VType(kind, axes)
+
+
+def _keeps_own_axis(t: VType, kw: dict[str, object]) -> bool:
+    """Whether `mean(p, over=...)` of a distribution leaves the axis it is a distribution along
+    (its last): averaging heads keeps one, averaging its classes does not."""
+    if t.kind != "distribution" or not t.axes or kw.get("over") is None:
+        return False
+    try:
+        return t.axes[-1] not in axes_rules.over_axes(kw["over"], of=t.axes)
+    except AxisError:
+        return False
 
 
 def knowledge_type(

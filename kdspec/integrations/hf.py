@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback
 
+from kdspec.compiler.sequence import NOT_INPUTS
 from kdspec.integrations.stages import StageClock, all_trainable_parameters
 
 __all__ = ["DistillTrainer", "as_features"]
@@ -127,8 +128,10 @@ class DistillTrainer(Trainer):
     ) -> Any:
         """The spec's total loss; each term is remembered for the next log line."""
         labels = inputs.get("labels")
-        x = {k: v for k, v in inputs.items() if k not in ("labels", "index")}
+        x = {k: v for k, v in inputs.items() if k not in NOT_INPUTS}
         batch = {"x": x, "y": labels, "index": inputs.get("index")}
+        if "response_mask" in inputs:  # token data: a mask, not a model input
+            batch["response_mask"] = inputs["response_mask"]
         progress = self.clock.progress(self.state.global_step) if self.clock else None
         out = model(batch, progress=progress)
         if model.training:

@@ -320,16 +320,29 @@ def _pipeline(term: ir.Term) -> ir.Term:
     )
 
 
+def _keyword_order(func: str, declared: dict[str, list[str]]) -> Any:
+    """Keywords in the order the function declares them (then any others by name): one order
+    whatever the spec's, and the one a reader expects (``ramp(start=1, end=8)``)."""
+    fn = FUNCTIONS.get(func)
+    names = declared.get(func) or (list(fn.params) if fn is not None else [])
+    rank = {name: i for i, name in enumerate(names)}
+    return lambda k: (rank.get(k, len(rank)), k)
+
+
 def _expressions(m: ir.Method) -> ir.Method:
     """Every expression of the method in canonical form (one bottom-up pass)."""
     untrained = _untrained_roles(m)
+    declared = {f.name: [p.name for p in f.params] for f in m.functions}
 
     def step(node: BaseModel) -> BaseModel:
         if isinstance(node, _ARITH):
             return fold(node)
         if isinstance(node, ir.Call):
+            order = _keyword_order(node.func, declared)
             kwargs = {
-                k: v for k, v in sorted(node.kwargs.items()) if not _is_default(node.func, k, v)
+                k: node.kwargs[k]
+                for k in sorted(node.kwargs, key=order)
+                if not _is_default(node.func, k, node.kwargs[k])
             }
             if node.func == "stopgrad" and len(node.args) == 1 and not kwargs:
                 return _stopgrad(node.args[0], untrained)

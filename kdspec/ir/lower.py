@@ -884,7 +884,23 @@ class _MethodLowering(TapLowering, Composition):
             else:
                 self.tap(base)  # KD202 for an unknown role, KD206 for a let, said once
             return failed
-        fields: dict[str, object] = {"role": role, "args": args}
+        point = self._applied_module(module, role)
+        if point is None:
+            return failed
+        if e.kwargs:
+            self.err(
+                "KD204",
+                "a module applied takes its inputs by position only",
+                e.kwargs[0].span,
+                "keyword argument",
+            )
+        if not args:
+            self.err("KD204", "a module applied needs an input", e.span, "missing input")
+        return ir.Apply(role=role, args=args, **point)
+
+    def _applied_module(self, module: ast.Expr, role: str) -> dict[str, object] | None:
+        """Which module of ``role`` an applied module names (KD206 when it names none)."""
+        fields: dict[str, object] = {}
         if isinstance(module, ast.Attr) and module.name.name == "classifier":
             fields["point"] = "classifier"
         elif isinstance(module, ast.ModulePath):
@@ -911,17 +927,8 @@ class _MethodLowering(TapLowering, Composition):
                 "not a module",
                 help=(did_you_mean(what, ["classifier", "stage"]) if what else None) or _APPLY_HELP,
             )
-            return failed
-        if e.kwargs:
-            self.err(
-                "KD204",
-                "a module applied takes its inputs by position only",
-                e.kwargs[0].span,
-                "keyword argument",
-            )
-        if not args:
-            self.err("KD204", "a module applied needs an input", e.span, "missing input")
-        return ir.Apply(**fields)
+            return None
+        return fields
 
     def claim(self, st: ast.Claim) -> None:
         dim = st.dimension.name
@@ -1053,6 +1060,11 @@ class _FunctionLowering(_MethodLowering):
         return ir.FunctionDef(name=fn.name.name, params=tuple(params), body=body)
 
 
+def prelude_names() -> frozenset[str]:
+    """The names of every def of the prelude (its vocabulary functions and `_` helpers)."""
+    return frozenset(name for path in prelude_files() for name in module_defs(path)[0])
+
+
 class DefTable:
     """Every ``def`` a file can call: its own, its imports', the prelude's; lowered on demand.
 
@@ -1085,7 +1097,7 @@ class DefTable:
             table.asts.update(found)
         for fn in module.functions:
             name = fn.name.name
-            if name in FUNCTIONS:
+            if name in FUNCTIONS or name in prelude_names():  # the prelude's helpers too
                 table.diags.append(
                     error(
                         "KD201",

@@ -88,20 +88,23 @@ def map_children(node: N, fn: Callable[[BaseModel], BaseModel]) -> N:
     for name in type(node).model_fields:
         old = getattr(node, name)
         new = _map_direct(old, fn)
-        if new is not old and new != old:
+        if new is not old:  # identity, not ==: dict equality ignores a canonical key order
             update[name] = new
     return node.model_copy(update=update) if update else node
 
 
 def _map_direct(value: Any, fn: Callable[[BaseModel], BaseModel]) -> Any:
+    """``value`` with ``fn`` applied to the nodes in it; the same object where none changed."""
     if isinstance(value, BaseModel):
         return fn(value)
-    if isinstance(value, tuple):
-        return tuple(_map_direct(v, fn) for v in value)
-    if isinstance(value, list):
-        return [_map_direct(v, fn) for v in value]
+    if isinstance(value, tuple | list):
+        items = [_map_direct(v, fn) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, dict):
-        return {k: _map_direct(v, fn) for k, v in value.items()}
+        mapped = {k: _map_direct(v, fn) for k, v in value.items()}
+        return value if all(mapped[k] is v for k, v in value.items()) else mapped
     return value
 
 

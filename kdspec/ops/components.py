@@ -85,7 +85,7 @@ def _maps(name: str, shape: Shape | None, what: str) -> Shape:
 # --------------------------------------------------------------------------------------------
 
 
-def rows(x: Tensor) -> Tensor:
+def rows(x: Tensor, mask: Tensor | None = None, token_dim: int = 1) -> Tensor:
     """Every row a sample: ``[..., D] -> [N, D]``.
 
     Losses that average over the batch (``kl``'s ``batchmean``) then average over tokens too, as
@@ -93,10 +93,22 @@ def rows(x: Tensor) -> Tensor:
 
     Args:
         x: ``[B, ..., D]``.
+        mask: ``[B, L]`` for token values (``L`` at dimension ``token_dim``, e.g. 2 for per-head
+            ``[B, H, L, L]`` relations): only the rows of the tokens it keeps (1), in order.
+        token_dim: the dimension of the tokens.
 
     Returns:
         ``[B * ..., D]``.
     """
+    if mask is not None:
+        lead = x.shape[: token_dim + 1]
+        if (lead[0], lead[-1]) != tuple(mask.shape):
+            raise ValueError(
+                f"the token mask is {tuple(mask.shape)} (batch, tokens), but this value is "
+                f"{tuple(x.shape)}"
+            )
+        view = mask.to(torch.bool).reshape(lead[0], *([1] * (token_dim - 1)), lead[-1])
+        x = x[view.expand(lead)]
     return x.reshape(-1, x.shape[-1])
 
 

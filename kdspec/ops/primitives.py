@@ -10,6 +10,8 @@ covers every dimension the others leave (``H, W``, one, or none).
 from __future__ import annotations
 
 import builtins
+import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +33,16 @@ AxesIn = Sequence[Axes | None]
 
 
 def spans(axes: Axes, ndim: int) -> list[int]:
-    """How many tensor dimensions each axis covers (``space`` takes what the others leave)."""
-    rest = ndim - (len(axes) - 1) if "space" in axes else 1
-    out = [builtins.max(rest, 0) if a == "space" else 1 for a in axes]
+    """How many tensor dimensions each axis covers (``space`` takes what the others leave).
+
+    Without ``space``, ``token`` covers one dimension or none (the logits of a sequence
+    classifier read from token data have no token dimension).
+    """
+    elastic = "space" if "space" in axes else "token" if "token" in axes else None
+    rest = ndim - (len(axes) - 1)
+    if elastic == "token":
+        rest = builtins.min(builtins.max(rest, 0), 1)
+    out = [builtins.max(rest, 0) if a == elastic else 1 for a in axes]
     if builtins.sum(out) != ndim:
         raise ValueError(
             f"a tensor of {ndim} dimensions cannot have the axes ({', '.join(axes)}); read "
@@ -212,20 +221,30 @@ def binary(op: str, a: Any, b: Any, axes: AxesIn) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def softmax(x: Tensor, *, axes: AxesIn = (), T: float = 1.0, over: object = None) -> Tensor:
+def softmax(
+    x: Tensor, *, axes: AxesIn = (), T: float = 1.0, over: object = None, mask: Any = None
+) -> Tensor:
     """Temperature softmax along ``over``, as log-probabilities (how distributions are kept)."""
-    return log_softmax(x, axes=axes, T=T, over=over)
+    return log_softmax(x, axes=axes, T=T, over=over, mask=mask)
 
 
-def log_softmax(x: Tensor, *, axes: AxesIn = (), T: float = 1.0, over: object = None) -> Tensor:
+def log_softmax(
+    x: Tensor, *, axes: AxesIn = (), T: float = 1.0, over: object = None, mask: Any = None
+) -> Tensor:
+    """Along tokens, the masked positions get no probability (a finite log-probability far
+    below the others, as Hugging Face's attention masks, so that ``0 * log 0`` stays 0)."""
+    z = x / T
+    keep = token_mask(x, axes[0] if axes else None, over, mask)
+    if keep is not None:
+        z = z.masked_fill(~keep, torch.finfo(x.dtype).min)
     d = dims(axes[0] if axes else None, x, over)
     if len(d) != 1:
         # Several dims (e.g. space = H, W): one distribution over all of them.
-        moved = torch.movedim(x / T, d, list(range(x.dim() - len(d), x.dim())))
+        moved = torch.movedim(z, d, list(range(x.dim() - len(d), x.dim())))
         flat = moved.reshape(*moved.shape[: x.dim() - len(d)], -1)
         out = F.log_softmax(flat, dim=-1).reshape(moved.shape)
         return torch.movedim(out, list(range(x.dim() - len(d), x.dim())), d)
-    return F.log_softmax(x / T, dim=d[0])
+    return F.log_softmax(z, dim=d[0])
 
 
 def normalize(x: Tensor, *, axes: AxesIn = (), p: float = 2.0, over: object = None) -> Tensor:
@@ -241,23 +260,119 @@ def _reduce_dims(x: Tensor, axes: AxesIn, over: object) -> list[int]:
     return dims(axes[0] if axes else None, x, over)
 
 
-def sum(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
-    return x.sum(dim=_reduce_dims(x, axes, over))
+def _reduction(fn: Any) -> Any:
+    """A reduction along axes that cover no dimension (a token axis on data without tokens,
+    the space of pooled features) leaves x as it is (torch would reduce every dimension)."""
+
+    @functools.wraps(fn)
+    def wrapper(*xs: Tensor, axes: AxesIn = (), over: object = None, **kw: Any) -> Tensor:
+        if over is not None and len(xs) == 1 and not _reduce_dims(xs[0], axes, over):
+            return xs[0]
+        return fn(*xs, axes=axes, over=over, **kw)
+
+    return wrapper
 
 
-def mean(*xs: Tensor, axes: AxesIn = (), weights: Any = None, over: object = None) -> Tensor:
-    """With ``over``: the mean along axes; else the (weighted) mean of several tensors."""
+def token_mask(x: Tensor, axes: Axes | None, over: object, mask: Tensor | None) -> Tensor | None:
+    """The batch's ``[B, L]`` token mask viewed against ``x`` for the token axes in ``over``.
+
+    None when nothing is masked: no mask, or no ``token``/``token2`` dimension among ``over``.
+    Both axes of a token relation (batch, token, token2) are masked by the same mask.
+    """
+    if mask is None or axes is None or over is None:
+        return None
+    try:
+        names = over_axes(over, of=axes)  # `all`, `sample`: the value's own axes
+    except ValueError:  # torch dimensions (`over=1`) name positions, not axes
+        return None
+    sp = spans(axes, x.dim())
+    starts = [builtins.sum(sp[:i]) for i in range(len(axes))]
+    out: Tensor | None = None
+    for name in ("token", "token2"):
+        if name not in names or name not in axes or sp[axes.index(name)] != 1:
+            continue
+        if "batch" not in axes:
+            raise ValueError("masking tokens needs the batch axis")
+        b, t = starts[axes.index("batch")], starts[axes.index(name)]
+        if x.shape[b] != mask.shape[0]:  # rows of tokens (`rows`): no longer per sample
+            return None
+        if (x.shape[b], x.shape[t]) != tuple(mask.shape):
+            raise ValueError(
+                f"the token mask is {tuple(mask.shape)} (batch, tokens), but this value has "
+                f"{x.shape[b]} samples and {x.shape[t]} tokens"
+            )
+        shape = [1] * x.dim()
+        shape[b], shape[t] = mask.shape[0], mask.shape[1]
+        view = mask.to(torch.bool).reshape(shape)
+        out = view if out is None else out & view
+    return out
+
+
+def _fill(x: Tensor, keep: Tensor | None, value: float) -> Tensor:
+    return x if keep is None else x.masked_fill(~keep, value)
+
+
+@_reduction
+def sum(x: Tensor, *, axes: AxesIn = (), over: object, mask: Any = None) -> Tensor:
+    keep = token_mask(x, axes[0] if axes else None, over, mask)
+    return _fill(x, keep, 0.0).sum(dim=_reduce_dims(x, axes, over))
+
+
+@_reduction
+def mean(
+    *xs: Tensor,
+    axes: AxesIn = (),
+    weights: Any = None,
+    over: object = None,
+    mask: Any = None,
+    groups: int | None = None,
+) -> Tensor:
+    """With ``over``: the mean along axes (over tokens, of the tokens the mask keeps); with
+    ``groups=n`` too, n means of consecutive groups along one axis (12 heads to 2); else the
+    (weighted) mean of several tensors."""
     if over is None:
         return combine(*xs, weights=weights)
     (x,) = xs
-    return x.mean(dim=_reduce_dims(x, axes, over))
+    d = _reduce_dims(x, axes, over)
+    if groups is not None:
+        return _group_mean(x, d, int(groups), over)
+    keep = token_mask(x, axes[0] if axes else None, over, mask)
+    if keep is None:
+        return x.mean(dim=d)
+    count = keep.expand_as(x).to(x.dtype).sum(dim=d)
+    return _fill(x, keep, 0.0).sum(dim=d) / count.clamp_min(1.0)
 
 
-def std(x: Tensor, *, axes: AxesIn = (), correction: int = 1, over: object) -> Tensor:
+def _group_mean(x: Tensor, d: list[int], groups: int, over: object) -> Tensor:
+    (dim,) = d
+    n = x.shape[dim]
+    if n % groups:
+        raise ValueError(f"the {n} entries along `{over}` do not split into {groups} equal groups")
+    shape = [*x.shape[:dim], groups, n // groups, *x.shape[dim + 1 :]]
+    return x.reshape(shape).mean(dim=dim + 1)
+
+
+def _unmasked(func: str, x: Tensor, axes: AxesIn, over: object, mask: Any) -> None:
+    if token_mask(x, axes[0] if axes else None, over, mask) is not None:
+        raise ValueError(
+            f"`{func}` over tokens does not leave the batch's padding out; write it with "
+            f"`mean`/`sum`, or say `mask=none` to take every position"
+        )
+
+
+@_reduction
+def std(
+    x: Tensor, *, axes: AxesIn = (), correction: int = 1, over: object, mask: Any = None
+) -> Tensor:
+    _unmasked("std", x, axes, over, mask)
     return torch.std(x, dim=_reduce_dims(x, axes, over), correction=correction)
 
 
-def var(x: Tensor, *, axes: AxesIn = (), correction: int = 1, over: object) -> Tensor:
+@_reduction
+def var(
+    x: Tensor, *, axes: AxesIn = (), correction: int = 1, over: object, mask: Any = None
+) -> Tensor:
+    _unmasked("var", x, axes, over, mask)
     return torch.var(x, dim=_reduce_dims(x, axes, over), correction=correction)
 
 
@@ -267,27 +382,43 @@ def _flat(x: Tensor, d: list[int]) -> Tensor:
     return moved.reshape(*moved.shape[: x.dim() - len(d)], -1)
 
 
-def max(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
-    return torch.amax(x, dim=_reduce_dims(x, axes, over))
+def _masked(x: Tensor, axes: AxesIn, over: object, mask: Any, value: float) -> Tensor:
+    return _fill(x, token_mask(x, axes[0] if axes else None, over, mask), value)
 
 
-def min(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
-    return torch.amin(x, dim=_reduce_dims(x, axes, over))
+@_reduction
+def max(x: Tensor, *, axes: AxesIn = (), over: object, mask: Any = None) -> Tensor:
+    return torch.amax(_masked(x, axes, over, mask, -math.inf), dim=_reduce_dims(x, axes, over))
 
 
-def logsumexp(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
-    return torch.logsumexp(x, dim=_reduce_dims(x, axes, over))
+@_reduction
+def min(x: Tensor, *, axes: AxesIn = (), over: object, mask: Any = None) -> Tensor:
+    return torch.amin(_masked(x, axes, over, mask, math.inf), dim=_reduce_dims(x, axes, over))
 
 
-def norm(x: Tensor, *, axes: AxesIn = (), p: float = 2.0, over: object) -> Tensor:
-    return torch.linalg.vector_norm(x, ord=p, dim=_reduce_dims(x, axes, over))
+@_reduction
+def logsumexp(x: Tensor, *, axes: AxesIn = (), over: object, mask: Any = None) -> Tensor:
+    masked = _masked(x, axes, over, mask, -math.inf)
+    return torch.logsumexp(masked, dim=_reduce_dims(x, axes, over))
 
 
-def median(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+@_reduction
+def norm(x: Tensor, *, axes: AxesIn = (), p: float = 2.0, over: object, mask: Any = None) -> Tensor:
+    masked = _masked(x, axes, over, mask, 0.0)
+    return torch.linalg.vector_norm(masked, ord=p, dim=_reduce_dims(x, axes, over))
+
+
+@_reduction
+def median(x: Tensor, *, axes: AxesIn = (), over: object, mask: Any = None) -> Tensor:
+    _unmasked("median", x, axes, over, mask)
     return _flat(x, _reduce_dims(x, axes, over)).median(dim=-1).values
 
 
-def quantile(x: Tensor, *, axes: AxesIn = (), q: float = 0.5, over: object) -> Tensor:
+@_reduction
+def quantile(
+    x: Tensor, *, axes: AxesIn = (), q: float = 0.5, over: object, mask: Any = None
+) -> Tensor:
+    _unmasked("quantile", x, axes, over, mask)
     return torch.quantile(_flat(x, _reduce_dims(x, axes, over)), q, dim=-1)
 
 
@@ -336,8 +467,26 @@ def relation(
     over: object,
     kernel: str = "dot",
     gamma: float = 1.0,
+    mask: Any = None,
 ) -> Tensor:
-    """Relation matrix between the rows of x (and y) along ``over``; ``[*keep, N, N]``."""
+    """Relation matrix between the rows of x (and y) along ``over``; ``[*keep, N, N]``.
+
+    Over tokens, with the batch's mask, the relations with masked tokens (the columns, as
+    attention masks keys; TinyBERT zeroes them) are 0.
+    """
+    out = _relation(x, y, axes=axes, over=over, kernel=kernel, gamma=gamma)
+    ax = axes[0] if axes else None
+    if mask is None or ax is None or over_axes(over) != ("token",) or ax[0] != "batch":
+        return out
+    if "token" not in ax or spans(ax, x.dim())[ax.index("token")] != 1:
+        return out
+    keys = mask.to(torch.bool).reshape(mask.shape[0], *([1] * (out.dim() - 2)), mask.shape[1])
+    return out.masked_fill(~keys, 0.0)
+
+
+def _relation(
+    x: Tensor, y: Tensor | None, *, axes: AxesIn, over: object, kernel: str, gamma: float
+) -> Tensor:
     ax = axes[0] if axes else None
     if ax is None:
         raise ValueError("`relation` needs the axes of its input")
@@ -358,6 +507,35 @@ def relation(
     if kernel == "rbf":
         return torch.exp(-gamma * sq)
     raise ValueError(f"unknown kernel `{kernel}` (dot, cosine, rbf, distance, sqdistance)")
+
+
+def differences(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+    """``out[..., i, j, ...] = x_j - x_i`` along ``over``: ``[*keep, N, N, *rest]``."""
+    ax = axes[0] if axes else None
+    if ax is None:
+        raise ValueError("`differences` needs the axes of its input")
+    (name,) = over_axes(over)
+    keep = [a for a in ax if a in ("batch", "head") and a != name]
+    first = [d for a in (*keep, name) for d in dims(ax, x, a)]
+    moved = x.permute(*first, *[d for d in range(x.dim()) if d not in first])
+    k = len(keep)
+    return moved.unsqueeze(k) - moved.unsqueeze(k + 1)
+
+
+def shrink(x: Tensor, y: Tensor, *, axes: AxesIn = (), mode: str = "avg") -> Tensor:
+    """x adaptively pooled over ``space`` to the smaller of its and y's size in each dimension."""
+    if x.dim() != 4 or y.dim() != 4:
+        raise ValueError(
+            f"`shrink` pools [B, C, H, W] maps, got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
+    hw = (builtins.min(x.shape[2], y.shape[2]), builtins.min(x.shape[3], y.shape[3]))
+    if tuple(x.shape[-2:]) == hw:
+        return x
+    if mode == "max":
+        return F.adaptive_max_pool2d(x, hw)
+    if mode != "avg":
+        raise ValueError(f"`shrink` mode must be 'avg' or 'max', got {mode!r}")
+    return F.adaptive_avg_pool2d(x, hw)
 
 
 def eye(x: Tensor, *, axes: AxesIn = ()) -> Tensor:

@@ -25,9 +25,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "TRANSFORMS",
-    "angles",
     "flatten",
-    "fsp",
     "interpolate",
     "log_softmax",
     "margin_relu",
@@ -208,13 +206,14 @@ def normalize(x: Tensor, p: float = 2.0) -> Tensor:
     return F.normalize(x, p=p, dim=-1, eps=1e-12)
 
 
-def pool(x: Tensor, size: int | Sequence[int] = 1) -> Tensor:
+def pool(x: Tensor, size: int | Sequence[int] = 1, mask: Tensor | None = None) -> Tensor:
     """Adaptive average pooling.
 
     Args:
         x: ``[B, C, H, W]``; also ``[B, L, D]`` (pools over the tokens L) and ``[B, D]``
             (already pooled: returned unchanged when ``size == 1``).
         size: Output spatial size (int or ``(h, w)``; an int for token inputs).
+        mask: ``[B, L]`` for token inputs: the mean over the tokens it keeps (1) only.
 
     Returns:
         ``[B, C]`` when ``size`` is 1 (``[B, D]`` for tokens), else ``[B, C, h, w]``
@@ -227,6 +226,11 @@ def pool(x: Tensor, size: int | Sequence[int] = 1) -> Tensor:
     if x.dim() == 3:
         if not isinstance(size, int):
             raise ValueError("token pooling takes an int size")
+        if mask is not None:
+            if size != 1:
+                raise ValueError("pooling tokens to more than one position ignores the mask")
+            keep = mask.to(x.dtype).unsqueeze(-1)  # [B, L, 1]
+            return (x * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
         if size == 1:
             return x.mean(dim=1)  # [B, D]
         return F.adaptive_avg_pool1d(x.transpose(1, 2), size).transpose(1, 2)  # [B, size, D]
@@ -246,49 +250,6 @@ def interpolate(x: Tensor, size: int | Sequence[int]) -> Tensor:
         ``[B, C, h, w]``.
     """
     return F.interpolate(x, size=_pair(size), mode="bilinear", align_corners=False)
-
-
-def fsp(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
-    """FSP matrix between two feature maps (Yim et al. CVPR'17).
-
-    When the spatial sizes differ, the larger map is adaptively pooled to the smaller size
-    (RepDistiller: average pooling; torchdistill ``FSPLoss``: ``pool="max"``).
-
-    Args:
-        a: First map ``[B, C1, H, W]``.
-        b: Second map ``[B, C2, H', W']``.
-        pool: ``"avg"`` or ``"max"``.
-
-    Returns:
-        ``[B, C1, C2]`` with ``G_ij = mean_{h,w} a_i * b_j``. RepDistiller's ``compute_fsp``
-        returns the transpose ``[B, C2, C1]``; elementwise losses are unaffected.
-    """
-    if pool not in ("avg", "max"):
-        raise ValueError(f"fsp pool must be 'avg' or 'max', got {pool!r}")
-
-    def shrink(x: Tensor, hw: tuple[int, int]) -> Tensor:
-        if x.shape[2:] == hw:
-            return x
-        if pool == "max":
-            return F.adaptive_max_pool2d(x, hw)
-        return F.adaptive_avg_pool2d(x, hw)
-
-    hw = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-    a, b = shrink(a, hw), shrink(b, hw)
-    fa = a.flatten(2)  # [B, C1, N]
-    fb = b.flatten(2)  # [B, C2, N]
-    return torch.bmm(fa, fb.transpose(1, 2)) / fa.shape[2]
-
-
-def fsp_sum(a: Tensor, b: Tensor, pool: str = "avg") -> Tensor:
-    """:func:`fsp` times ``h*w`` (the sum over positions): what ``normalize`` after it sees.
-
-    Normalisation ignores a positive factor, except where it clamps an all-zero row (a dead
-    channel): dividing by ``h*w`` first would make that row's gradient ``h*w`` times too small.
-    The product restores the exact gradient of the unscaled matrix.
-    """
-    hw = min(a.shape[2], b.shape[2]) * min(a.shape[3], b.shape[3])
-    return fsp(a, b, pool) * hw
 
 
 def margin_relu(x: Tensor, margin: Tensor | float) -> Tensor:
@@ -380,30 +341,9 @@ def mask_features(
     return x * keep.to(x.dtype)
 
 
-# --------------------------------------------------------------------------------------------
-# Relation transforms (between samples of a batch)
-# --------------------------------------------------------------------------------------------
-
-
-def angles(x: Tensor) -> Tensor:
-    """RKD angle potentials: cosines of all triplet angles.
-
-    ``e_ij = normalize(x_j - x_i)``; ``out[i, j, k] = <e_ij, e_ik>`` (the angle at vertex i).
-
-    Args:
-        x: ``[B, ...]`` (flattened to ``[B, D]``).
-
-    Returns:
-        ``[B*B*B]`` (the ``[B, B, B]`` tensor flattened, as RKD's ``.view(-1)``).
-    """
-    e = x.reshape(x.shape[0], -1)  # [B, D]
-    diff = e.unsqueeze(0) - e.unsqueeze(1)  # [B, B, D]; diff[i, j] = e_j - e_i
-    unit = F.normalize(diff, p=2.0, dim=2)
-    return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)
-
-
-# Scale-free forms of the transforms that average over positions, used when `normalize` follows.
-UNSCALED: dict[str, Callable[..., Any]] = {"fsp": fsp_sum}
+# Scale-free forms of the transforms that average over positions, used when `normalize` follows
+# (none left: `gram` and `fsp` are prelude defs, and the compiler drops their `/ HW` itself).
+UNSCALED: dict[str, Callable[..., Any]] = {}
 
 TRANSFORMS: dict[str, Callable[..., Any]] = {
     "softmax": softmax,
@@ -412,8 +352,6 @@ TRANSFORMS: dict[str, Callable[..., Any]] = {
     "flatten": flatten,
     "pool": pool,
     "interpolate": interpolate,
-    "fsp": fsp,
-    "angles": angles,
     "mean_dist": mean_dist,
     "mean": mean,
     "stopgrad": stopgrad,

@@ -24,8 +24,9 @@ from kdspec.data import (
     synthetic_splits,
     torchvision_dataset,
 )
+from kdspec.data.augment import ReplayedAugmentation
 from kdspec.data.user import UserDataError, user_splits
-from kdspec.data.vision import image_folder_splits
+from kdspec.data.vision import crop_flip, image_folder_splits
 from kdspec.diagnostics import KdError
 from kdspec.runtime.imports import (
     ImportRefused,
@@ -167,7 +168,23 @@ def build_data(run: Run, allow_import: Iterable[str] = ()) -> RunData:
                 )
             ]
         )
-    return RunData(splits, transfer if transfer is not None else splits.train, fingerprint)
+    transfer = transfer if transfer is not None else splits.train
+    if run.config.output_cache.store != "off" and cfg.augment and src in _AUGMENTED:
+        transfer = _replayed_transfer(run)  # its parameters are part of output-cache keys
+    return RunData(splits, transfer, fingerprint)
+
+
+# Sources whose `[data] augment` randomly crops and flips the training images.
+_AUGMENTED = ("torchvision:CIFAR10", "torchvision:CIFAR100", "torchvision:ImageFolder")
+
+
+def _replayed_transfer(run: Run) -> ReplayedAugmentation:
+    """The transfer set with its crop + flip replayed from stored parameters (FKD-style), so
+    that a frozen teacher's outputs can be cached per ``(sample, replay)``."""
+    cfg = run.config.data
+    plain = build_data(run.with_updates(data={"augment": False}))
+    augment = crop_flip(cfg.source, cfg.image_size)
+    return ReplayedAugmentation(plain.transfer, augment, run.config.output_cache.replays, cfg.seed)
 
 
 def is_text_source(source: str) -> bool:

@@ -26,17 +26,20 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from kdspec.compiler.teacher_cache import CacheError, CacheSpec, TeacherCache
+from kdspec.data.augment import ReplayedAugmentation
 from kdspec.diagnostics import KdError, error
 from kdspec.graph import build_graph
 from kdspec.ir import Lowered
 from kdspec.ir import models as ir
 from kdspec.runtime import distributed
-from kdspec.runtime.cache import cache_root, get_teacher, teacher_test_top1
+from kdspec.runtime.cache import _data_fields, cache_root, get_teacher, teacher_test_top1
 from kdspec.runtime.data import RunData, build_data
 from kdspec.runtime.metrics import METRICS
 from kdspec.runtime.models import (
     brings_weights,
     build_model_from_source,
+    check_tokenizers,
     load_weights,
     source_fingerprint,
 )
@@ -74,6 +77,8 @@ class JobOptions:
         callbacks: Observers of every training loop (progress bars).
         on_nonfinite: ``"stop"`` (KD503) or ``"skip"`` a batch whose loss is not finite.
         untrained: Build the models without pre-training teachers (a plan needs shapes only).
+        fold_batch_norm: Run frozen teachers with batch norm folded into the convolution
+            before it (:mod:`kdspec.compiler.inference`; equal to ~1e-6, not bit for bit).
     """
 
     cache_dir: Path | None = None
@@ -83,6 +88,7 @@ class JobOptions:
     callbacks: Sequence[Any] = ()
     on_nonfinite: str = "stop"
     untrained: bool = False  # build every model but train no teacher (`kdspec plan`: shapes only)
+    fold_batch_norm: bool = False
 
 
 @dataclass
@@ -352,6 +358,7 @@ def _prepare(lowered: Lowered, run: Run, opts: JobOptions) -> Prepared:
             pending.append(role)
         models[role.name] = model
     _check_batch_norm(models, run)
+    check_tokenizers(sources, run)
     if pending and not run.config.teacher.pretrain:
         raise KdError(
             [
@@ -473,6 +480,8 @@ def _example_batch(data: RunData, run: Run) -> Any:
 def _meta(prep: Prepared, kind: str) -> dict[str, Any]:
     spec = prep.lowered.method.model_dump(mode="json")
     run = prep.run.config.model_dump(mode="json")
+    if prep.run.config.output_cache.store == "off":
+        run.pop("output_cache")  # keys (and summaries) of runs without it stay as they were
     key = hashlib.sha256(
         json.dumps([kind, spec, run, prep.sources], sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
@@ -565,8 +574,92 @@ def distill(
     """
     opts = opts or JobOptions()
     distiller = compile_prepared(prep, opts)
+    distiller.fold_batch_norm = opts.fold_batch_norm
     name = label or prep.lowered.method.name
-    return _train(distiller, prep, Path(out_dir), resume, opts, _meta(prep, "distill"), name)
+    cache = enable_output_cache(distiller, prep, opts)
+    try:
+        return _train(distiller, prep, Path(out_dir), resume, opts, _meta(prep, "distill"), name)
+    except CacheError as exc:
+        raise KdError(
+            [prep.run.diagnostic("KD501", str(exc), ("output_cache",), label="this cache")]
+        ) from None
+    finally:
+        for role, pairs in distiller.folded_batch_norms().items():
+            opts.log(f"teacher `{role}`: {len(pairs)} batch norms folded into their convolutions")
+        if cache is not None:
+            cache.flush()
+            for line in cache.summary():
+                opts.log(line)
+
+
+def enable_output_cache(distiller: Any, prep: Prepared, opts: JobOptions) -> TeacherCache | None:
+    """Turn on ``[output_cache]`` for a compiled method (None when it is off).
+
+    Raises:
+        KdError: KD501 when the training data is random and not replayed, or the method reads
+            a frozen teacher through a random view.
+    """
+    cfg = prep.run.config.output_cache
+    if cfg.store == "off":
+        return None
+    if not any(r.mode == "frozen" for r in prep.lowered.method.roles):
+        opts.log(f"output cache: `{prep.lowered.method.name}` has no frozen role, nothing to cache")
+        return None
+    transfer = prep.data.transfer
+    replays = transfer.replays if isinstance(transfer, ReplayedAugmentation) else 1
+    problem = None if replays > 1 else _random_items(transfer)
+    folder = cache_root(opts.cache_dir) / "outputs"
+    if cfg.folder:
+        folder = prep.run.resolve_path(cfg.folder)
+    data = _data_fields(prep.run.config.data)
+    data.pop("batch_size")  # a frozen teacher's outputs do not depend on it
+    identity = {
+        "data": data,
+        "exclude_classes": sorted(prep.run.config.data.exclude_classes),
+        "fingerprint": prep.data.fingerprint,
+        "transfer": len(transfer),  # type: ignore[arg-type]
+        "augment": transfer.key() if isinstance(transfer, ReplayedAugmentation) else None,
+    }
+    try:
+        if problem is not None:
+            raise ValueError(problem)
+        spec = CacheSpec(cfg.store, cfg.dtype, cfg.topk, cfg.max_mb, folder, replays)
+        return distiller.cache_frozen_outputs(spec=spec, identity=identity, log=opts.log)
+    except ValueError as exc:
+        raise KdError(
+            [
+                prep.run.diagnostic(
+                    "KD501",
+                    str(exc),
+                    ("output_cache", "store"),
+                    label="cache turned on here",
+                    help="turn the output cache off, or make the teacher's inputs the same "
+                    "every epoch (see docs/runfile.md, [output_cache])",
+                )
+            ]
+        ) from None
+
+
+def _random_items(dataset: Any) -> str | None:
+    """Why the dataset's items differ between two reads (None: they do not, as far as seen)."""
+    n = len(dataset)
+    for i in sorted({0, n // 2, n - 1}):
+        a, b = dataset[i][0], dataset[i][0]
+        same = (
+            torch.equal(a, b)
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+            else all(torch.equal(a[k], b[k]) for k in a)
+            if isinstance(a, dict)
+            else a == b
+        )
+        if not same:
+            return (
+                f"the training data is random (item {i} differed between two reads), so a "
+                "teacher's outputs change every epoch and cannot be cached; kdspec replays the "
+                "crop + flip of `[data] augment` (torchvision sources), other random "
+                "augmentation must be turned off for the cache"
+            )
+    return None
 
 
 def train_baseline(

@@ -4,8 +4,13 @@ A source names where an architecture comes from:
 
 * ``zoo:resnet8x4`` — :mod:`kdspec.zoo` (sized from the data: classes, input channels);
 * ``torchvision:resnet18`` / ``timm:resnet18`` — freshly initialised (no pretrained download);
-* ``hf:path/config.json`` or ``hf:path/to/dir`` — a transformers sequence classifier built from
-  a *local* config (with the folder's weights if it has them); never a hub download;
+* ``hf:path/config.json`` or ``hf:path/to/dir`` — a transformers model built from a *local*
+  config (with the folder's weights if it has them); never a hub download. Its head is the
+  config's architecture (``...ForCausalLM``/``...LMHeadModel``: a causal LM, ``...ForMaskedLM``:
+  a masked LM, ``BertModel`` & co.: the bare encoder, else a sequence classifier), or
+  ``[model_options] role = { head = "causal_lm" }`` (``masked_lm``, ``base``,
+  ``sequence_classification``). Its tokenizer, if the folder has one: :func:`hf_tokenizer`;
+  roles whose tokenizers differ are KD409;
 * ``import:pkg.module:factory`` — a class deriving from ``nn.Module`` or a function of the
   user's code returning one, only from modules the person running kdspec allows
   (``--allow-import pkg``, ``KDSPEC_ALLOW_IMPORT``, the user config; see
@@ -43,9 +48,12 @@ from kdspec.runtime.runfile import Run
 from kdspec.source import read_regular_file
 
 __all__ = [
+    "HF_HEADS",
     "SCHEMES",
     "brings_weights",
     "build_model_from_source",
+    "check_tokenizers",
+    "hf_tokenizer",
     "load_weights",
     "source_fingerprint",
 ]
@@ -111,7 +119,7 @@ def build_model_from_source(
         if scheme == "timm":
             return _timm(role, name, num_classes, in_channels, run, options)
         if scheme == "hf":
-            return _hf(role, name, num_classes, run)
+            return _hf(role, name, num_classes, run, options)
         return _import(role, name, num_classes, in_channels, run, allow_import, options)
     except TypeError as exc:
         if not options:
@@ -215,7 +223,45 @@ def _timm(
     )
 
 
-def _hf(role: str, name: str, num_classes: int, run: Run) -> nn.Module:
+# The head an `hf:` model gets: the transformers auto class of each `head` option.
+HF_HEADS = {
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "masked_lm": "AutoModelForMaskedLM",
+    "base": "AutoModel",
+}
+
+
+def _hf_head(config: Any, options: dict[str, Any], run: Run, role: str) -> str:
+    """The ``head`` option, else the one the config's architecture names."""
+    head = options.pop("head", None)
+    if head is not None:
+        if head not in HF_HEADS:
+            raise KdError(
+                [
+                    run.diagnostic(
+                        "KD404",
+                        f"unknown `hf:` head `{head}` for role `{role}`",
+                        ("model_options", role),
+                        label="unknown head",
+                        help="`head` is one of " + ", ".join(f"`{h}`" for h in HF_HEADS),
+                    )
+                ]
+            )
+        return str(head)
+    arch = next(iter(getattr(config, "architectures", None) or []), "")
+    if arch.endswith(("ForCausalLM", "LMHeadModel")):
+        return "causal_lm"
+    if arch.endswith("ForMaskedLM"):
+        return "masked_lm"
+    if arch.endswith("Model"):
+        return "base"
+    return "sequence_classification"
+
+
+def _hf(
+    role: str, name: str, num_classes: int, run: Run, options: dict[str, Any] | None = None
+) -> nn.Module:
     path = run.resolve_path(name)
     if not path.exists():
         raise _fail(
@@ -228,11 +274,25 @@ def _hf(role: str, name: str, num_classes: int, run: Run) -> nn.Module:
     tf = _need("transformers", run, role, f"hf:{name}")
     config_file = path / "config.json" if path.is_dir() else path
     _hf_refuse_remote_code(role, name, config_file, run)
-    cls = tf.AutoModelForSequenceClassification
+    options = dict(options or {})
     try:
-        config = tf.AutoConfig.from_pretrained(
-            str(config_file), num_labels=num_classes, trust_remote_code=False
-        )
+        config = tf.AutoConfig.from_pretrained(str(config_file), trust_remote_code=False)
+        head = _hf_head(config, options, run, role)
+        if options:
+            raise KdError(
+                [
+                    run.diagnostic(
+                        "KD404",
+                        f"`hf:` models take only `head` in `[model_options]`, not "
+                        f"{', '.join(f'`{k}`' for k in sorted(options))}",
+                        ("model_options", role),
+                        label="unknown option",
+                    )
+                ]
+            )
+        if head == "sequence_classification":
+            config.num_labels = num_classes
+        cls = getattr(tf, HF_HEADS[head])
         if not brings_weights(role, f"hf:{name}", run):
             return cls.from_config(config, trust_remote_code=False)
         safetensors = (path / HF_WEIGHT_FILES[0]).is_file()
@@ -368,6 +428,88 @@ def brings_weights(role: str, source: str, run: Run) -> bool:
             ]
         )
     return bool(declared)
+
+
+# Files a folder saved with a tokenizer's `save_pretrained` holds (any one of them).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+
+
+def hf_tokenizer(source: str, run: Run) -> Any:
+    """The tokenizer of an ``hf:`` folder (None for other sources or a folder without one).
+
+    Loaded from local files only, never with code from the folder.
+    """
+    scheme, _, name = source.partition(":")
+    if scheme != "hf":
+        return None
+    path = run.resolve_path(name)
+    folder = path if path.is_dir() else path.parent
+    if not any((folder / f).is_file() for f in HF_TOKENIZER_FILES):
+        return None
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD404",
+                    f"the tokenizer of `{source}` could not be loaded: {first}",
+                    ("models",),
+                    label="tokenizer",
+                )
+            ]
+        ) from None
+
+
+def _vocabulary_difference(a: Any, b: Any) -> str | None:
+    """How two tokenizers differ (None: the same vocabulary and special tokens)."""
+    va, vb = a.get_vocab(), b.get_vocab()
+    if len(va) != len(vb):
+        return f"{len(va)} tokens against {len(vb)}"
+    moved = [t for t, i in va.items() if vb.get(t) != i]
+    if moved:
+        first = moved[0]
+        return f"{len(moved)} tokens have other ids (`{first}`: {va[first]}, {vb.get(first)})"
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        if getattr(a, attr, None) != getattr(b, attr, None):
+            return f"`{attr}` is {getattr(a, attr, None)} against {getattr(b, attr, None)}"
+    return None
+
+
+def check_tokenizers(sources: Mapping[str, str], run: Run) -> None:
+    """KD409 when roles read text through different tokenizers.
+
+    Per-token knowledge (logits over the vocabulary, token positions) lines up only when the
+    teacher and the student share a tokenizer; roles whose source brings no tokenizer are not
+    compared.
+
+    Raises:
+        KdError: KD409 naming both roles and how their vocabularies differ.
+    """
+    found = [(role, tok) for role, src in sources.items() if (tok := hf_tokenizer(src, run))]
+    first_role, first = found[0] if found else ("", None)
+    for role, tok in found[1:]:
+        diff = _vocabulary_difference(first, tok)
+        if diff is None:
+            continue
+        raise KdError(
+            [
+                run.diagnostic(
+                    "KD409",
+                    f"roles `{first_role}` and `{role}` have different tokenizers ({diff})",
+                    ("models", role),
+                    label="another tokenizer",
+                    help="distil between models that share a tokenizer (token positions and "
+                    "vocabulary classes must line up), e.g. a student saved with the "
+                    "teacher's tokenizer",
+                )
+            ]
+        )
 
 
 def source_fingerprint(source: str, model: nn.Module, run: Run) -> dict[str, Any]:

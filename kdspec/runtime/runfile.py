@@ -34,6 +34,7 @@ from kdspec.source import MAX_SOURCE_BYTES, SourceFile, Span, decode_source, rea
 __all__ = [
     "DEFAULT_MODELS",
     "DataConfig",
+    "OutputCacheConfig",
     "Run",
     "RunConfig",
     "TeacherConfig",
@@ -183,6 +184,25 @@ class TeacherConfig(TrainConfig):
     code_version: str | None = None
 
 
+class OutputCacheConfig(_Section):
+    """``[output_cache]``: frozen teachers' tapped outputs computed once per sample, reused.
+
+    ``store`` is ``off``, ``memory`` or ``disk`` (one memory-mapped file per cache under
+    ``folder``, default ``<cache dir>/outputs``, reused by later runs with the same teacher
+    weights, taps, data and augmentation); ``dtype = "fp16"`` halves the size and ``topk = k``
+    keeps the k largest logits per row (the error of both is reported); ``max_mb`` bounds a
+    cache's size; ``replays`` is the number of augmentation parameter sets kept per sample when
+    ``[data] augment`` randomly crops and flips (see docs/runfile.md).
+    """
+
+    store: Literal["off", "memory", "disk"] = "off"
+    dtype: Literal["fp32", "fp16"] = "fp32"
+    topk: int = Field(0, ge=0)
+    max_mb: float | None = Field(None, gt=0)
+    replays: int = Field(4, ge=1, le=1024)
+    folder: str | None = None
+
+
 ParamValue = bool | int | float | str
 
 
@@ -202,6 +222,7 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    output_cache: OutputCacheConfig = Field(default_factory=OutputCacheConfig)
     params: dict[str, ParamValue] = Field(default_factory=dict)
 
 

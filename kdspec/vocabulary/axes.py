@@ -9,21 +9,57 @@ nothing once pooled). The checker (torch-free) and the compiler both compute axe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 Axes = tuple[str, ...]
 
 BASE_AXES: Axes = ("batch", "channel", "space", "token", "class", "head")
-# A relation matrix has two axes of the same nature: its rows are `x`, its columns `x2`.
-AXES: Axes = BASE_AXES + tuple(f"{a}2" for a in BASE_AXES)
+# A relation matrix has two axes of the same nature: its rows are `x`, its columns `x2`; a
+# relation along a column axis `x2` (RKD's angles: `differences` then `relation`) has columns `x3`.
+AXES: Axes = BASE_AXES + tuple(f"{a}2" for a in BASE_AXES) + tuple(f"{a}3" for a in BASE_AXES)
 
-# Where a tap's value comes from decides its axes (transformer features: `tokens(x)`).
+# Where a tap's value comes from decides its axes (transformer features of image models:
+# `tokens(x)`).
 TAP_AXES: dict[str, Axes] = {
     "logits": ("batch", "class"),
     "embedding": ("batch", "channel"),
 }
 FEATURE_AXES: Axes = ("batch", "channel", "space")
+# Taps of models run on token data (a batch of `input_ids`) carry a token axis: [B, L, V]
+# logits, [B, L, D] hidden states. A value with `token` and no `space` lays the token axis out
+# on one dimension or none (a sequence classifier's [B, K] logits), decided by its rank.
+TOKEN_TAP_AXES: dict[str, Axes] = {
+    "logits": ("batch", "token", "class"),
+    "embedding": ("batch", "token", "channel"),
+}
+TOKEN_FEATURE_AXES: Axes = ("batch", "token", "channel")
+# The masks a reduction over tokens may name (`mask=`); `none` reduces over every position.
+MASKS: tuple[str, ...] = ("attention", "labels", "response", "none")
+
+# Whether the data are tokens: False (images, vectors), True (token data). The checker types a
+# method under both (it cannot know the data) and reports what is wrong under both; the
+# compiler types it under what the example batch is.
+_TOKEN_DATA: ContextVar[bool] = ContextVar("token_data", default=False)
+
+
+@contextmanager
+def token_data(value: bool) -> Iterator[None]:
+    """Type taps as read from token data (or not) inside the block."""
+    reset = _TOKEN_DATA.set(value)
+    try:
+        yield
+    finally:
+        _TOKEN_DATA.reset(reset)
+
+
+def tap_axes_for(point: str) -> Axes:
+    """The axes of a tap point (``logits``, ``embedding``, other: features) on this data."""
+    if _TOKEN_DATA.get():
+        return TOKEN_TAP_AXES.get(point, TOKEN_FEATURE_AXES)
+    return TAP_AXES.get(point, FEATURE_AXES)
 
 
 class AxisError(ValueError):
@@ -161,10 +197,38 @@ def _relation(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
             "KD314",
         )
     (over,) = _over(x, kw, func, default_last=False)[:1] or ("",)
-    if over.endswith("2"):
-        raise AxisError("`relation` rows cannot be a column axis (`" + over + "`)", "over")
+    if over.endswith("3"):
+        raise AxisError(f"`relation` rows cannot be `{over}`", "over")
     keep = tuple(a for a in x if a in ("batch", "head") and a != over)
-    return (*keep, over, f"{over}2")
+    return (*keep, over, _columns(over))
+
+
+def _columns(over: str) -> str:
+    """The column axis of rows along `over`: `batch` -> `batch2`, `batch2` -> `batch3`."""
+    return f"{over[:-1]}3" if over.endswith("2") else f"{over}2"
+
+
+def _differences(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """``x_j - x_i`` for every pair of rows along `over`: ``(*keep, over, over2, *rest)``."""
+    x = ins[0]
+    (over,) = _over(x, kw, func, default_last=False)[:1] or ("",)
+    if over == "space" or over[-1:] in ("2", "3"):
+        raise AxisError(
+            f"`differences` pairs the rows of one axis (batch, token, ...), not `{over}`", "over"
+        )
+    keep = tuple(a for a in x if a in ("batch", "head") and a != over)
+    rest = tuple(a for a in x if a not in keep and a != over)
+    return (*keep, over, f"{over}2", *rest)
+
+
+def _shrink(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """x pooled over `space` to another value's size: both need a `space` axis; x's axes."""
+    for a in ins:
+        if "space" not in a:
+            raise AxisError(
+                f"`{func}` pools over `space`, but an input's axes are {axes_text(a)}", ""
+            )
+    return ins[0]
 
 
 def _needs(axis: str) -> Rule:
@@ -201,7 +265,7 @@ def _size(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
 
 
 def _tokens(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
-    if ins[0] not in (FEATURE_AXES, ("batch", "token", "channel")):
+    if ins[0] not in (FEATURE_AXES, TOKEN_FEATURE_AXES):
         raise AxisError(
             f"`tokens` reads features (batch, channel, space), got {axes_text(ins[0])}", ""
         )
@@ -215,6 +279,26 @@ def _heads(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
             "",
         )
     return ("batch", "head", "token", "channel")
+
+
+def _pool(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """Average pooling: the positions (space, or the tokens of token features) go."""
+    if kw.get("size", 1) != 1:
+        return ins[0]
+    return tuple(a for a in ins[0] if a != "token")
+
+
+def _group(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """`mean(x, over=head, groups=n)`: the axis stays, with n entries (means of its groups)."""
+    over = _over(ins[0], kw, func, default_last=False)
+    if len(over) != 1:
+        raise AxisError("`groups=` averages groups along one axis", "over")
+    return ins[0]
+
+
+def _linear(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """A linear map of the last axis: per sample (batch, channel), or per token."""
+    return ("batch", "token", "channel") if ins and "token" in ins[0] else ("batch", "channel")
 
 
 def _fixed(axes: Axes) -> Rule:
@@ -263,8 +347,7 @@ def _joined(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     for a in ins[1:]:
         if a != ins[0]:
             raise AxisError(
-                f"`{func}` needs inputs of equal axes, got {axes_text(ins[0])} and "
-                f"{axes_text(a)}",
+                f"`{func}` needs inputs of equal axes, got {axes_text(ins[0])} and {axes_text(a)}",
                 "",
                 "KD314",
             )
@@ -296,6 +379,12 @@ def _rows(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ("batch", ins[0][-1]) if ins[0] else ins[0]
 
 
+# Rules that give axes without reading an input (the others read ``ins[0]``).
+_NO_INPUT_RULES = frozenset(
+    {"elementwise", "size", "learned", "vector", "class_vector", "spatial", "sample_matrix",
+     "token_matrix", "token_rows", "channel_matrix"}
+)  # fmt: skip
+
 RULES: dict[str, Rule] = {
     "rows": _rows,
     "matrix": _matrix,
@@ -307,12 +396,17 @@ RULES: dict[str, Rule] = {
     "along_required": _along_required,
     "reduce": _reduce,
     "relation": _relation,
+    "differences": _differences,
+    "shrink": _shrink,
     "needs_class": _needs("class"),
     "drop_class": _drop_class,
     "batch_matrix": _batch_matrix,
     "batch_only": _batch_only,
     "size": _size,
     "tokens": _tokens,
+    "pool": _pool,
+    "linear": _linear,
+    "group": _group,
     "heads": _heads,
     "learned": _learned,
     "head": _head,
@@ -345,6 +439,8 @@ def infer(
         if named is None:
             return None
         kw = {**kw, "over": list(named)}
+    if not ins and rule not in _NO_INPUT_RULES:
+        return None  # a missing input is reported by the arity check (KD204), not here
     return RULES[rule](func, [a for a in ins if a is not None], kw)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from kdspec.vocabulary.axes import AXES
+from kdspec.vocabulary.axes import AXES, MASKS
 
 # Kinds of knowledge a value can carry. "features" is any raw tensor read at a tap.
 KINDS = (
@@ -110,7 +110,7 @@ FUNCTIONS: dict[str, Fn] = {
     # --- knowledge transforms -------------------------------------------------------------
     "softmax": Fn(
         "transform",
-        _p(T=(1.0, "positive"), over=(None, None, AXES)),
+        _p(T=(1.0, "positive"), over=(None, None, AXES), mask=(None, None, MASKS)),
         returns="distribution",
         accepts=_FEATURE_LIKE,
         family="soft targets",
@@ -120,7 +120,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "log_softmax": Fn(
         "transform",
-        _p(T=(1.0, "positive"), over=(None, None, AXES)),
+        _p(T=(1.0, "positive"), over=(None, None, AXES), mask=(None, None, MASKS)),
         accepts=_FEATURE_LIKE,
         family="soft targets",
         doc="log-softmax with temperature along `over` (default the last axis), a plain tensor",
@@ -149,7 +149,12 @@ FUNCTIONS: dict[str, Fn] = {
         impl="kdspec.ops.primitives:normalize",
     ),
     "flatten": Fn("transform", doc="flatten all but the batch axis"),
-    "pool": Fn("transform", _p(size=(1, "posint")), doc="adaptive average pooling"),
+    "pool": Fn(
+        "transform",
+        _p(size=(1, "posint"), mask=(None, None, MASKS)),
+        doc="adaptive average pooling (of token features: the mean over the batch's mask)",
+        axes="pool",
+    ),
     "interpolate": Fn("transform", _p(size=REQUIRED), doc="bilinear resize to a spatial size"),
     "gram": Fn(
         "transform",
@@ -255,10 +260,13 @@ FUNCTIONS: dict[str, Fn] = {
     # --- combining several roles or values -------------------------------------------------
     "mean": Fn(
         "combine",
-        _p(weights=None, over=(None, None, AXES)),
+        _p(
+            weights=None, over=(None, None, AXES), mask=(None, None, MASKS), groups=(None, "posint")
+        ),
         inputs=-1,
-        doc="with `over=`: the mean along axes; else the (weighted) mean of several values "
-        "(of distributions, the mean of the probabilities)",
+        doc="with `over=`: the mean along axes (over tokens: the batch's mask; `groups=n`: "
+        "n means of consecutive groups, the axis stays); else the (weighted) mean of several "
+        "values (of distributions, the mean of the probabilities)",
         axes="elementwise",
         impl="kdspec.ops.primitives:mean",
     ),
@@ -517,7 +525,12 @@ FUNCTIONS: dict[str, Fn] = {
         family="token",
         doc="one token of [B, L, D] token features (0: BERT's [CLS])",
     ),
-    "rows": Fn("transform", doc="every row a sample: [..., D] -> [N, D] (per-token losses)"),
+    "rows": Fn(
+        "transform",
+        _p(mask=(None, None, MASKS)),
+        doc="every row a sample: [..., D] -> [N, D] (per-token losses); of token values, only "
+        "the tokens the batch's mask keeps",
+    ),
     "token_relation": Fn(
         "transform",
         _p(heads=(12, "posint")),
@@ -608,8 +621,9 @@ FUNCTIONS: dict[str, Fn] = {
 # Axis rules of the named functions (kdspec.vocabulary.axes.RULES); unknown ones stay None.
 _NAMED_AXES = {
     "same": "conv1x1 conv_bn regressor generator identity zscore binarize margin_relu mask "
-    "resize pool interpolate channel_dist",
-    "vector": "linear mlp embed flatten token",
+    "resize interpolate channel_dist",
+    "vector": "embed flatten token",
+    "linear": "linear mlp",
     "class_vector": "classifier_head binary_target non_target branches gate",
     "spatial": "attention",
     "channel_matrix": "gram fsp",
@@ -630,12 +644,10 @@ for _rule, _names in _NAMED_AXES.items():
 PRELUDE_IMPL = "prelude:"
 _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
-    "binary_target distances attention_scores token_relation token "
+    "binary_target distances attention_scores token_relation token angles fsp "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
     "ab_hinge gaussian_nll",
-    "kdspec.ops.transforms": "flatten pool interpolate fsp "
-    "angles margin_relu "
-    "mask=mask_features weighted",
+    "kdspec.ops.transforms": "flatten pool interpolate margin_relu mask=mask_features weighted",
     "kdspec.ops.losses": "cross_entropy",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
@@ -676,7 +688,8 @@ def _unary(doc: str, name: str) -> Fn:
 
 
 def _reduction(doc: str, name: str, **params: object) -> Fn:
-    return _prim(doc, "reduce", name, params=_p(**params, over=(REQUIRED, None, AXES)))
+    params = {**params, "over": (REQUIRED, None, AXES), "mask": (None, None, MASKS)}
+    return _prim(doc, "reduce", name, params=_p(**params))
 
 
 # The core of tensor primitives (issue 9): typed by axes, usable in every expression, in
@@ -722,7 +735,7 @@ PRIMITIVES: dict[str, Fn] = {
     ),
     "choose": _prim(
         "a if cond, else b; cond is known before training (numbers, words, `none`, parameters: "
-        "`reduction == \"sum\"`), and only the chosen value is typed and computed",
+        '`reduction == "sum"`), and only the chosen value is typed and computed',
         "same",
         "choose",
         inputs=3,
@@ -753,8 +766,28 @@ PRIMITIVES: dict[str, Fn] = {
             over=(REQUIRED, None, AXES),
             kernel=("dot", None, ("dot", "cosine", "rbf", "distance", "sqdistance")),
             gamma=(1.0, "positive"),
+            mask=(None, None, MASKS),
         ),
         returns="similarity",
+    ),
+    "differences": _prim(
+        "the difference x_j - x_i of every pair of rows along `over`: (batch, channel) -> "
+        "(batch, batch2, channel), batch kept first; RKD's angles are "
+        "`relation(differences(x, over=batch), over=batch2, kernel=cosine)`",
+        "differences",
+        "differences",
+        params=_p(over=(REQUIRED, None, AXES)),
+        returns="same",
+    ),
+    "shrink": _prim(
+        "x adaptively pooled over `space` (`mode` avg | max) to the smaller of its own and "
+        "y's size in each spatial dimension, unchanged where x is not larger (FSP's maps of "
+        "two stages: `shrink(a, b)` and `shrink(b, a)` have one size)",
+        "shrink",
+        "shrink",
+        inputs=2,
+        params=_p(mode=("avg", None, ("avg", "max"))),
+        returns="same",
     ),
     "eye": _prim(
         "the identity matrix shaped like a relation matrix x (..., a, a2): 1 where the row and "

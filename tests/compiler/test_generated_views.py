@@ -151,6 +151,19 @@ def test_token_inputs_move_to_the_compile_device() -> None:
     assert moved["input_ids"].device.type == "meta"
 
 
+def test_the_output_cache_refuses_a_batch_rewritten_with_generated_data() -> None:
+    ds = _data()
+    d = compile_spec(
+        GKD,
+        {"t": _lm("lm_small", 1).eval(), "s": _lm("lm_tiny", 0)},
+        _batch(ds),
+        train_data=ds,
+        num_samples=6,
+    )
+    with pytest.raises(ValueError, match=r"view `mixed` \(`on_policy`\), which is random"):
+        d.cache_frozen_outputs()
+
+
 def test_generated_rows_end_and_pad_with_the_datas_tokenizer_ids() -> None:
     from kdspec.compiler.views import _generated_view
 

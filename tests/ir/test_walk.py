@@ -6,6 +6,7 @@ import pytest
 
 from kdspec.api import load_method
 from kdspec.ir import models as ir
+from kdspec.ir.traverse import transform
 
 TEXT = """method m {
   param T = 4
@@ -123,3 +124,27 @@ def test_visitor_dispatches_on_the_class_then_its_bases() -> None:
     assert Strict().visit(ir.Num(value=3)) == 1
     with pytest.raises(TypeError, match="cannot visit `Str`"):
         Strict().visit(ir.Str(value="x"))
+
+
+def test_transform_keeps_a_change_of_key_order() -> None:
+    """Dicts compare equal in any order: a rewrite that only sorts a call's keywords (the
+    canonical form) must still reach the parent, or equal methods print differently."""
+    inner = ir.Call(
+        func="cosine_schedule", kwargs={"start": ir.Num(value=0), "end": ir.Num(value=1)}
+    )
+    outer = ir.Call(func="f", args=(inner,), kwargs={"b": ir.Num(value=1), "a": inner})
+
+    def sort(node):  # type: ignore[no-untyped-def]
+        if isinstance(node, ir.Call):
+            return node.model_copy(update={"kwargs": dict(sorted(node.kwargs.items()))})
+        return node
+
+    got = transform(outer, sort)
+    assert list(got.kwargs) == ["a", "b"]
+    assert list(got.args[0].kwargs) == ["end", "start"]
+    assert list(got.kwargs["a"].kwargs) == ["end", "start"]
+
+
+def test_transform_returns_the_same_object_where_nothing_changed() -> None:
+    call = ir.Call(func="f", args=(ir.Num(value=1),), kwargs={"a": ir.Num(value=2)})
+    assert transform(call, lambda n: n) is call

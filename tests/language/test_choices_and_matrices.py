@@ -58,7 +58,9 @@ def sq(t, s, reduction="mean") =
 
 def test_if_on_a_word_parameter_picks_the_formula_when_the_def_is_expanded():
     zt, zs = rand(B, K, seed=0), rand(B, K, seed=1)
-    text = SQ + """
+    text = (
+        SQ
+        + """
 method m {
   param red = "sum"
   teacher t
@@ -68,6 +70,7 @@ method m {
   transfer by_param: from t.logits to s.logits with sq(reduction=red)
 }
 """
+    )
     got = terms(text, {"t.logits": zt, "s.logits": zs})
     d2 = (zs - zt) ** 2
     close(got["by_default"], d2.mean(), [zt, zs])

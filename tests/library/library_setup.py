@@ -26,7 +26,9 @@ SPEC_NAMES = [p.stem for p in SPEC_PATHS]
 B, K, N = 8, 10, 32  # batch, classes, training-set size
 VOCAB, SEQ, NLP_CLASSES = 30, 8, 3
 
-NLP = {"tinybert", "distilbert", "minilm", "bert_pkd"}
+NLP = {"tinybert", "distilbert", "minilm", "bert_pkd", "minilm_v2", "sentence_embedding"}
+# Specs that read a bare encoder (`AutoModel`: `output.last_hidden_state`, `encoder.layer.*`).
+NLP_BASE = {"minilm_v2", "sentence_embedding"}
 
 # Role -> zoo model, per spec (default: teacher cnn_small, student resnet8).
 VISION: dict[str, dict[str, str]] = {
@@ -45,7 +47,11 @@ VISION: dict[str, dict[str, str]] = {
 }
 
 # Overrides that keep a spec fast on 32 samples (same method, smaller numbers).
-OVERRIDES: dict[str, dict[str, object]] = {"crd": {"nce_k": 64}}
+OVERRIDES: dict[str, dict[str, object]] = {
+    "crd": {"nce_k": 64},
+    "topk_kl": {"k": 3},  # fewer than the 10 classes of the images
+    "topk_rest_kl": {"k": 3},
+}
 
 
 def images(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, TensorDataset]:
@@ -60,7 +66,7 @@ def vision_models(name: str) -> dict[str, nn.Module]:
     return {r: build_model(a, num_classes=K, in_channels=1) for r, a in roles.items()}
 
 
-def bert(layers: int, hidden: int, mlm: bool = False) -> nn.Module:
+def bert(layers: int, hidden: int, mlm: bool = False, base: bool = False) -> nn.Module:
     import transformers
 
     cfg = transformers.BertConfig(
@@ -75,6 +81,8 @@ def bert(layers: int, hidden: int, mlm: bool = False) -> nn.Module:
         attention_probs_dropout_prob=0.0,
         attn_implementation="eager",
     )
+    if base:  # no pooler: nothing a spec leaves without gradient
+        return transformers.BertModel(cfg, add_pooling_layer=False)
     cls = transformers.BertForMaskedLM if mlm else transformers.BertForSequenceClassification
     return cls(cfg)
 
@@ -86,6 +94,8 @@ NLP_STUDENTS: dict[str, tuple[int, int]] = {
     "minilm": (6, 12),
     "bert_pkd": (6, 24),
     "distilbert": (6, 24),
+    "minilm_v2": (6, 12),
+    "sentence_embedding": (2, 12),
 }
 
 
@@ -94,9 +104,12 @@ def nlp_setup(name: str, seed: int = 0) -> tuple[dict[str, nn.Module], Any]:
     g = torch.Generator().manual_seed(seed)
     layers, hidden = NLP_STUDENTS[name]
     mlm = name == "distilbert"
-    models = {"t": bert(12, 24, mlm), "s": bert(layers, hidden, mlm)}
+    base = name in NLP_BASE
+    models = {"t": bert(12, 24, mlm, base), "s": bert(layers, hidden, mlm, base)}
     ids = torch.randint(0, VOCAB, (B, SEQ), generator=g)
     x = {"input_ids": ids, "attention_mask": torch.ones(B, SEQ, dtype=torch.long)}
+    if base:
+        x["attention_mask"][: B // 2, SEQ // 2 :] = 0  # padding: token data with masks
     if mlm:
         y = torch.randint(0, VOCAB, (B, SEQ), generator=g)
         y[:, ::2] = -100  # unmasked positions carry no MLM label

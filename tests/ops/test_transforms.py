@@ -186,21 +186,26 @@ def test_gram_matches_loops() -> None:
         assert float(out[b, i, j]) == pytest.approx(want, abs=1e-9)
 
 
+def fsp(a: torch.Tensor, b: torch.Tensor, pool: str = "avg") -> torch.Tensor:
+    """The prelude's `fsp` of two maps."""
+    return value(f'fsp(s.stage[1], s.stage[2], pool="{pool}")', {"s.stage[1]": a, "s.stage[2]": b})
+
+
 def test_fsp_matches_loops_and_pools_the_larger_map() -> None:
     a = randn(2, 3, 4, 4)
     b = randn(2, 5, 2, 2)
-    out = tf.fsp(a, b)
+    out = fsp(a, b)
     assert out.shape == (2, 3, 5)
     pooled = a.reshape(2, 3, 2, 2, 2, 2).mean(dim=(3, 5))  # 4x4 -> 2x2
     for n, i, j in itertools.product(range(2), range(3), range(5)):
         want = sum(float(pooled[n, i, h, w] * b[n, j, h, w]) for h in range(2) for w in range(2))
         assert float(out[n, i, j]) == pytest.approx(want / 4, abs=1e-9)
     maxed = a.reshape(2, 3, 2, 2, 2, 2).amax(dim=(3, 5))
-    close(tf.fsp(a, b, pool="max"), torch.einsum("nihw,njhw->nij", maxed, b) / 4)
+    close(fsp(a, b, pool="max"), torch.einsum("nihw,njhw->nij", maxed, b) / 4)
     # RepDistiller compute_fsp([bot, top]) gives [B, C_top, C_bot]: our transpose.
     c = randn(2, 5, 4, 4)
     rep = (a.unsqueeze(1).flatten(3) * c.unsqueeze(2).flatten(3)).mean(-1)
-    close(tf.fsp(a, c), rep.transpose(1, 2))
+    close(fsp(a, c), rep.transpose(1, 2))
 
 
 def test_channel_dist_normalises_each_channel() -> None:
@@ -307,7 +312,8 @@ def test_distances_match_cdist() -> None:
 
 def test_angles_match_triple_loop() -> None:
     x = randn(4, 3)
-    out = tf.angles(x).view(4, 4, 4)
+    out = value("angles(s.embedding)", {"s.embedding": x})
+    assert out.shape == (4, 4, 4)
 
     def unit(v: torch.Tensor) -> torch.Tensor:
         n = math.sqrt(sum(float(e) ** 2 for e in v))
@@ -316,7 +322,7 @@ def test_angles_match_triple_loop() -> None:
     for i, j, k in itertools.product(range(4), repeat=3):
         want = float((unit(x[j] - x[i]) * unit(x[k] - x[i])).sum())
         assert float(out[i, j, k]) == pytest.approx(want, abs=1e-9)
-    assert tf.angles(randn(3, 2, 2)).shape == (27,)
+    assert value("angles(s.stage[1])", {"s.stage[1]": randn(3, 2, 2, 2)}).shape == (3, 3, 3)
 
 
 def test_pkt_affinity_is_row_normalised_shifted_cosine() -> None:
@@ -344,15 +350,15 @@ def test_pkt_affinity_is_row_normalised_shifted_cosine() -> None:
 
 def test_registry_names() -> None:
     assert set(tf.TRANSFORMS) == {
-        "softmax", "log_softmax", "normalize", "flatten", "pool", "interpolate", "fsp",
-        "angles", "mean_dist", "mean", "stopgrad",
+        "softmax", "log_softmax", "normalize", "flatten", "pool", "interpolate",
+        "mean_dist", "mean", "stopgrad",
         "margin_relu", "ofd_margin", "virtual_teacher", "mask_features",
     }  # fmt: skip
     for name, fn in tf.TRANSFORMS.items():
         assert fn.__doc__ and "Returns:" in fn.__doc__, name
 
 
-SINGLE = ["softmax", "log_softmax", "normalize", "flatten", "angles", "stopgrad"]
+SINGLE = ["softmax", "log_softmax", "normalize", "flatten", "stopgrad"]
 MAPS = ["pool"]
 
 
@@ -362,7 +368,7 @@ def test_dtype_is_preserved(dtype: torch.dtype) -> None:
     m = randn(4, 3, 4, 4, dtype=dtype)
     outs = [tf.TRANSFORMS[n](v) for n in SINGLE] + [tf.TRANSFORMS[n](m) for n in MAPS]
     outs += [
-        tf.fsp(m, m),
+        fsp(m, m),
         tf.interpolate(m, 2),
         tf.mean_dist(tf.softmax(v), tf.softmax(v)),
         tf.mean(v, v, weights=[1.0, 2.0]),
@@ -376,8 +382,6 @@ def test_dtype_is_preserved(dtype: torch.dtype) -> None:
 
 GRADCHECKED = {
     "softmax": lambda x: tf.softmax(x, T=2.0),
-    "angles": tf.angles,
-    "fsp": lambda x: tf.fsp(x.view(3, 2, 2, 2), x.view(3, 2, 2, 2) ** 2),
     "mean_dist": lambda x: tf.mean_dist(tf.softmax(x), tf.softmax(2 * x), weights=[1.0, 2.0]),
 }
 
@@ -392,6 +396,7 @@ def test_gradcheck(name: str) -> None:
     ("call", "tap", "labels"),
     [
         ("distances(s.embedding)", "s.embedding", None),
+        ("angles(s.embedding)", "s.embedding", None),
         ("binary_target(s.logits, T=2)", "s.logits", torch.tensor([0, 3, 1])),
     ],
 )

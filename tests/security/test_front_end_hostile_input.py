@@ -3,6 +3,7 @@ exposure of files outside the allowed roots, hangs or internal errors."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import stat
@@ -298,3 +299,47 @@ def test_a_temperature_that_is_a_call_is_a_diagnostic_not_a_crash() -> None:
         "  transfer kd: softmax(one(one(tau))) from t.logits to s.logits with kl weight tau^2"
     )
     assert {d.code for d in _errors(text)} == {"KD203", "KD205"}
+
+
+def test_every_axis_rule_answers_odd_inputs_with_an_axis_error() -> None:
+    """Found by the fuzz run: `weight mean(over=batch)` (a reduction with no input) raised an
+    IndexError in the axis rules. Every rule, on any inputs, gives axes, None or AxisError."""
+    from kdspec.vocabulary import FUNCTIONS
+    from kdspec.vocabulary.axes import AxisError, infer
+
+    for name, fn in FUNCTIONS.items():
+        for kw in ({}, {"over": "class"}, {"over": "batch"}, {"over": 1}, {"over": [0, 1]}):
+            for ins in ([], [()], [("batch",)], [("batch", "class")], [(), ("batch",)]):
+                with contextlib.suppress(AxisError):
+                    infer(name, fn.axes, ins, dict(kw))
+
+
+@pytest.mark.parametrize("call", ["mean(over=batch)", "sum(over=class)", "diag()", "rows()"])
+def test_a_reduction_without_its_input_is_checked_without_a_crash(call: str) -> None:
+    from kdspec.api import check_source
+    from kdspec.source import SourceFile
+
+    text = (
+        "method m {\n  teacher t\n  student s\n"
+        f"  transfer kd: from t.logits to s.logits with mse\n  weight {call}\n}}\n"
+    )
+    _, diags = check_source(SourceFile("m.kd", text))  # raised IndexError before
+    if call != "mean(over=batch)":  # `mean` without inputs is the combine of no weights
+        assert any(d.severity.name == "ERROR" for d in diags)
+
+
+def test_a_huge_finite_temperature_is_classified_without_overflow() -> None:
+    """Found by the fuzz run on the final code: T**2 overflowed in the taxonomy classifier."""
+    from kdspec.api import check_source
+    from kdspec.source import SourceFile
+
+    text = (
+        "method m {\n  teacher t\n  student s\n"
+        "  transfer kd: softmax(T=1e200) from t.logits to s.logits with kl\n  weight 2\n}\n"
+    )
+    from kdspec.graph import build_graph
+    from kdspec.taxonomy.classify import classify
+
+    lowered, diags = check_source(SourceFile("m.kd", text))
+    assert lowered, diags
+    assert classify(build_graph(lowered[0].method)).labels()  # raised OverflowError before
