@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from kdspec.cli.common import UsageError, parse_overrides
-from kdspec.diagnostics import KdError, error
 
 EPILOG = """examples:
   kdspec train specs/hinton.kd
@@ -207,16 +206,12 @@ def close_progress(progress: Any) -> None:
 
 def _out_dir(args: argparse.Namespace, method: str) -> Path:
     """The run folder (:func:`kdspec.runtime.files.output_folder`), or the run to resume."""
-    from kdspec.runtime.files import check_writable, output_folder
+    from kdspec.runtime.files import check_writable, out_path, output_folder
 
     if not args.resume:
         return output_folder(args.out, method)
     if args.out:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise KdError(
-                [error("KD505", f"--out `{out}` is a file, not a folder", help="name a folder")]
-            )
+        out = out_path(args.out)
         check_writable(out)
         return out
     base = Path("runs-out")

@@ -123,11 +123,7 @@ def output_folder(
     """
     if out is None:
         return _marked(fresh_folder(Path("runs-out"), name), resumable)
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise KdError(
-            [error("KD505", f"--out `{path}` is a file, not a folder", None, help="name a folder")]
-        )
+    path = out_path(out)
     if path.is_dir() and any(path.iterdir()):
         if resumable is not None and _mark_of(path) == resumable:
             check_writable(path)
@@ -138,6 +134,16 @@ def output_folder(
         return _marked(sub, resumable)
     check_writable(path)
     return _marked(path, resumable)
+
+
+def out_path(out: str | Path) -> Path:
+    """``--out`` as a path; KD505 when it names a file rather than a folder."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise KdError(
+            [error("KD505", f"--out `{path}` is a file, not a folder", None, help="name a folder")]
+        )
+    return path
 
 
 def _marked(path: Path, kind: str | None) -> Path:

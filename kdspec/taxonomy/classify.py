@@ -925,7 +925,7 @@ def _t_squared(term: ir.Term, m: ir.Method) -> ir.Expr | None:
         weight = _num(term.weight, m.params)
         if weight is None or temp.value <= 1 or weight <= 0:
             continue
-        ratio = weight / temp.value**2
+        ratio = weight / temp.value / temp.value  # no overflow for a huge T
         if abs(float(f"{ratio:.2g}") - ratio) <= 1e-9 * ratio:
             return temp
     return None

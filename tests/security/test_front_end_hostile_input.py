@@ -326,3 +326,20 @@ def test_a_reduction_without_its_input_is_checked_without_a_crash(call: str) -> 
     _, diags = check_source(SourceFile("m.kd", text))  # raised IndexError before
     if call != "mean(over=batch)":  # `mean` without inputs is the combine of no weights
         assert any(d.severity.name == "ERROR" for d in diags)
+
+
+def test_a_huge_finite_temperature_is_classified_without_overflow() -> None:
+    """Found by the fuzz run on the final code: T**2 overflowed in the taxonomy classifier."""
+    from kdspec.api import check_source
+    from kdspec.source import SourceFile
+
+    text = (
+        "method m {\n  teacher t\n  student s\n"
+        "  transfer kd: softmax(T=1e200) from t.logits to s.logits with kl\n  weight 2\n}\n"
+    )
+    from kdspec.graph import build_graph
+    from kdspec.taxonomy.classify import classify
+
+    lowered, diags = check_source(SourceFile("m.kd", text))
+    assert lowered, diags
+    assert classify(build_graph(lowered[0].method)).labels()  # raised OverflowError before
