@@ -18,7 +18,36 @@ from kdspec.vocabulary.axes import Axes, AxisError, tap_axes_for
 
 
 def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
-    """The kind of knowledge an expression yields (see :data:`kdspec.vocabulary.KINDS`)."""
+    """The kind of knowledge an expression yields (see :data:`kdspec.vocabulary.KINDS`).
+
+    Follows lets and the first argument of calls that keep their input's kind, in a loop.
+    """
+    open_lets: set[str] = set()
+    while True:
+        if isinstance(e, ir.LetRef):
+            let = method.let(e.name)
+            if let is None or e.name in open_lets:
+                return "features"
+            open_lets.add(e.name)
+            e = let.value
+        elif isinstance(e, ir.Call) and _keeps_input_kind(e, method):
+            e = e.args[0] if e.args else None
+            if e is None:
+                return "features"
+        else:
+            return _own_kind(e, method)
+
+
+def _keeps_input_kind(e: ir.Call, method: ir.Method) -> bool:
+    """A call whose kind is its first argument's (an unknown function, or one returning `same`)."""
+    fn = FUNCTIONS.get(e.func)
+    if fn is None:
+        return method.function(e.func) is None
+    return fn.category != "schedule" and fn.returns == "same"
+
+
+def _own_kind(e: ir.Expr | None, method: ir.Method) -> str:
+    """The kind of an expression that is neither a let nor a call keeping its input's kind."""
     if e is None:
         return "features"
     if isinstance(e, ir.Tap):
@@ -27,21 +56,13 @@ def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
         if e.point == "embedding":
             return "embedding"
         return "features"
-    if isinstance(e, ir.LetRef):
-        let = method.let(e.name)
-        return expr_kind(let.value, method) if let else "features"
     if isinstance(e, ir.Apply):
         return "logits" if e.point == "classifier" else "features"
     if isinstance(e, ir.Call):
         fn = FUNCTIONS.get(e.func)
-        inner = expr_kind(e.args[0], method) if e.args else "features"
-        if fn is None and method.function(e.func) is not None:
+        if fn is None:  # a def: typed through its body
             return value_type(e, method).kind
-        if fn is None:
-            return inner
-        if fn.category == "schedule":
-            return "scalar"
-        return inner if fn.returns == "same" else fn.returns
+        return "scalar" if fn.category == "schedule" else fn.returns
     if isinstance(e, ir.Num | ir.ParamRef):
         return "scalar"
     if isinstance(e, ir.BinOp | ir.Neg):
@@ -223,16 +244,17 @@ def _relation_kind(kw: dict[str, object]) -> str:
 
 def is_static(e: ir.Expr | None, method: ir.Method) -> bool:
     """A number known before training (constants, parameters, schedules): no tensor, no size."""
-    if e is None or isinstance(e, ir.Num | ir.Str | ir.ParamRef):
+    if e is None:
         return True
-    if isinstance(e, ir.BinOp):
-        return is_static(e.left, method) and is_static(e.right, method)
-    if isinstance(e, ir.Neg):
-        return is_static(e.operand, method)
-    if isinstance(e, ir.ListE):
-        return all(is_static(i, method) for i in e.items)
-    if isinstance(e, ir.Call):
-        fn = FUNCTIONS.get(e.func)
+    calls_are_leaves = ir.walk(e, prune=lambda n: isinstance(n, ir.Call))
+    return all(_static_node(n) for n in calls_are_leaves)
+
+
+def _static_node(n: object) -> bool:
+    if isinstance(n, ir.Num | ir.Str | ir.ParamRef | ir.BinOp | ir.Neg | ir.ListE):
+        return True
+    if isinstance(n, ir.Call):
+        fn = FUNCTIONS.get(n.func)
         return fn is not None and fn.category == "schedule"
     return False
 

@@ -36,9 +36,11 @@ from networkx.algorithms import isomorphism
 from kdspec.diagnostics import Severity
 from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import models as ir
-from kdspec.ir.canonical import canonical_names, canonicalize, fold
+from kdspec.ir.canonical import canonical_names, canonicalize
+from kdspec.ir.canonical import fold as fold_sum
 from kdspec.ir.evaluate import EvalError, evaluate, uses_progress
 from kdspec.ir.printer import expr_text
+from kdspec.ir.traverse import fold, map_children
 from kdspec.passes import check_source
 from kdspec.source import SourceFile
 from kdspec.taxonomy.diff import term_text
@@ -89,32 +91,48 @@ def _schedule_text(e: ir.Expr, params: dict[str, ir.Expr]) -> str:
     return expr_text(_substituted(e, params))
 
 
-def _substituted(e: ir.Expr, params: dict[str, ir.Expr], _depth: int = 0) -> ir.Expr:
+def _substituted(e: ir.Expr, params: dict[str, ir.Expr]) -> ir.Expr:
     """``e`` with parameters replaced and every part without a schedule folded to its value."""
-    if _depth > 50:
+
+    def parts(frame: tuple[ir.Expr, int]) -> list[tuple[ir.Expr, int]]:
+        n, depth = frame
+        if depth > 50:
+            return []
+        if isinstance(n, ir.ParamRef) and n.name in params:
+            return [(params[n.name], depth + 1)]
+        if not uses_progress(n, params):
+            return []
+        if isinstance(n, ir.Call):
+            return [(v, depth + 1) for v in n.kwargs.values()]
+        if isinstance(n, ir.BinOp | ir.Neg | ir.ListE):
+            return [(c, depth + 1) for c in n.children()]
+        return []
+
+    def combine(frame: tuple[ir.Expr, int], done: list[ir.Expr]) -> ir.Expr:
+        n, depth = frame
+        if depth > 50:
+            return n
+        if isinstance(n, ir.ParamRef) and n.name in params:
+            return done[0]
+        if not uses_progress(n, params):
+            return _folded(n, params)
+        if isinstance(n, ir.Call):
+            return n.model_copy(update={"kwargs": dict(zip(n.kwargs, done, strict=True))})
+        if isinstance(n, ir.BinOp | ir.Neg | ir.ListE):
+            replacements = iter(done)
+            return map_children(n, lambda _child: next(replacements))
+        return n
+
+    return fold((e, 0), parts, combine)
+
+
+def _folded(e: ir.Expr, params: dict[str, ir.Expr]) -> ir.Expr:
+    """``e`` as a number where it evaluates to one, else as it is."""
+    try:
+        v = evaluate(e, params)
+    except EvalError:
         return e
-    if isinstance(e, ir.ParamRef) and e.name in params:
-        return _substituted(params[e.name], params, _depth + 1)
-    if not uses_progress(e, params):
-        try:
-            v = evaluate(e, params)
-        except EvalError:
-            return e
-        if isinstance(v, int | float):
-            return ir.Num(value=float(v))
-        return e
-    if isinstance(e, ir.Call):
-        kw = {k: _substituted(v, params, _depth + 1) for k, v in e.kwargs.items()}
-        return e.model_copy(update={"kwargs": kw})
-    if isinstance(e, ir.BinOp):
-        left, right = (_substituted(x, params, _depth + 1) for x in (e.left, e.right))
-        return e.model_copy(update={"left": left, "right": right})
-    if isinstance(e, ir.Neg):
-        return e.model_copy(update={"operand": _substituted(e.operand, params, _depth + 1)})
-    if isinstance(e, ir.ListE):
-        items = tuple(_substituted(i, params, _depth + 1) for i in e.items)
-        return e.model_copy(update={"items": items})
-    return e
+    return ir.Num(value=float(v)) if isinstance(v, int | float) else e
 
 
 def _call_hp(prefix: str, call: ir.Call, params: dict[str, ir.Expr]) -> list[tuple[str, object]]:
@@ -162,7 +180,7 @@ def _skeleton(e: ir.Expr | None, m: ir.Method) -> str:
 
     # Folded again once anonymous: the order of a sum must not follow the names it had.
     masked = e.transform(anonymize)
-    return expr_text(masked.transform(lambda n: fold(n) if isinstance(n, ir.BinOp) else n))
+    return expr_text(masked.transform(lambda n: fold_sum(n) if isinstance(n, ir.BinOp) else n))
 
 
 def _named_refs(e: ir.Expr, names: dict[str, str]) -> ir.Expr:
