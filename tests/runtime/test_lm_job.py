@@ -134,8 +134,9 @@ def test_minilm_v2_trains_on_the_zoo_causal_lms(tmp_path, monkeypatch, capsys) -
 
 def test_teacher_generations_are_cached_on_disk_and_keyed(tmp_path, monkeypatch, capsys) -> None:
     """Sequence-level KD generates once: a second run reads the file beside the teacher cache
-    (only the compiler's example-batch checks generate; the same result); a changed key (max_new_tokens, seed) generates
-    again into a file of its own; a corrupt file is reported and regenerated."""
+    (only the compiler's example-batch checks generate; the same result); a changed key
+    (max_new_tokens, seed) generates again into a file of its own; a corrupt file is reported
+    and regenerated."""
     from kdspec.zoo.lm import CausalLM
 
     _setup(tmp_path, monkeypatch)
