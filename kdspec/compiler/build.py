@@ -43,7 +43,6 @@ from kdspec.ir.printer import module_text
 from kdspec.ir.traverse import Visitor
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.components import LEARNED_LOSSES
-from kdspec.ops.transforms import UNSCALED
 from kdspec.vocabulary import FUNCTIONS
 
 __all__ = ["Built", "StagePlan", "TermBuilder", "build", "constant_weights", "stage_plans"]
@@ -299,8 +298,6 @@ class TermBuilder(Visitor[Node]):
         extra: dict[str, Any] | None = None
         if e.func == "margin_relu":
             extra = {"margins": self.margins(e.args[0], path)}
-        if e.func == "normalize":
-            _normalize_unscaled(inputs[0])
         node = TransformNode(e.func, inputs, kwargs, extra)
         if e.args:
             node.in_axes = types.value_type(e.args[0], self.m, holes=self.holes).axes
@@ -411,8 +408,6 @@ class TermBuilder(Visitor[Node]):
             if fn.category == "adapter":
                 steps.append(AdapterNode(call.func, HoleNode(), self.kwargs(call), term=term))
             else:
-                if call.func == "normalize" and steps:
-                    _normalize_unscaled(steps[-1])
                 step = TransformNode(call.func, [HoleNode()], self.kwargs(call))
                 step.in_axes = before.axes
                 steps.append(step)
@@ -599,16 +594,6 @@ def _as_rows(t: types.VType) -> types.VType:
     if t.axes is not None and t.axes[:2] == ("batch", "token"):
         return types.VType(t.kind, ("batch", *t.axes[2:]))
     return t
-
-
-def _normalize_unscaled(node: Node) -> None:
-    """`normalize` of a mean over positions (gram, fsp) normalises the sum instead.
-
-    Equal values (normalisation ignores a positive factor), but the zero rows it clamps (dead
-    channels) keep the gradient of the unscaled matrix rather than 1/(H*W) of it.
-    """
-    if isinstance(node, TransformNode) and node.func in UNSCALED:
-        node.unscaled = True
 
 
 def _is_primitive_call(e: ir.Call) -> bool:

@@ -50,7 +50,7 @@ from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops import components as comp
 from kdspec.ops import primitives as P
-from kdspec.ops.transforms import UNSCALED
+from kdspec.vocabulary import FUNCTIONS
 
 __all__ = ["EjectError", "eject"]
 
@@ -326,7 +326,7 @@ class _Writer:
         if node.func == "margin_relu":
             return self.fail(f"the transform `{node.func}`")
         impl = _IMPL.get(node.func, node.func)
-        fn = UNSCALED[impl] if node.unscaled else TRANSFORMS.get(impl, comp.TRANSFORMS.get(impl))
+        fn = TRANSFORMS.get(impl, comp.TRANSFORMS.get(impl))
         if fn is None:
             return self.fail(f"the transform `{node.func}`")
         name = self.g.add(fn.__module__, fn.__name__)
@@ -360,7 +360,8 @@ class _Writer:
             call = reads[0]  # the stored log-probabilities, exactly
         elif func in LOSSES:
             loss = self.g.add(LOSSES[func].__module__, LOSSES[func].__name__)
-            inputs = f"{reads[0]}, y" if func == "cross_entropy" else ", ".join(reads)
+            one = FUNCTIONS[func].inputs == 1  # a one-input loss takes the labels
+            inputs = f"{reads[0]}, y" if one else ", ".join(reads)
             call = f"{loss}({inputs}{kw})"
         elif func == "size" and not args:
             if node.kwargs.get("over") == "batch":

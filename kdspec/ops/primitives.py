@@ -25,6 +25,8 @@ from kdspec.vocabulary import FUNCTIONS
 from kdspec.vocabulary.axes import Axes, over_axes, positional
 
 AxesIn = Sequence[Axes | None]
+# The label of a row (or token) without a class: no loss there (F.cross_entropy's ignore_index).
+IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,10 +585,12 @@ def label_mask(
         assert views is not None, "the compiler passes the view indices"
         labels = views
     (d,) = dims(axes[0] if axes else None, x, "class")
-    shape = [1] * x.dim()
-    shape[0] = labels.shape[0]
-    shape[d] = x.shape[d]
-    onehot = F.one_hot(labels, num_classes=x.shape[d]).to(x.dtype)  # [B, K]
+    # A row whose label is the ignore index has no class: a row of zeros.
+    ignored = labels == IGNORE_INDEX
+    onehot = F.one_hot(labels.masked_fill(ignored, 0), num_classes=x.shape[d]).to(x.dtype)
+    onehot = onehot * (~ignored).unsqueeze(-1).to(x.dtype)
+    if labels.dim() > 1 and d == x.dim() - 1 and tuple(labels.shape) == tuple(x.shape[:-1]):
+        return onehot  # a label per position (tokens [B, L] of [B, L, V] logits)
     onehot = onehot.reshape(
         labels.shape[0], *([1] * (d - 1)), x.shape[d], *([1] * (x.dim() - d - 1))
     )

@@ -341,10 +341,6 @@ def mask_features(
     return x * keep.to(x.dtype)
 
 
-# Scale-free forms of the transforms that average over positions, used when `normalize` follows
-# (none left: `gram` and `fsp` are prelude defs, and the compiler drops their `/ HW` itself).
-UNSCALED: dict[str, Callable[..., Any]] = {}
-
 TRANSFORMS: dict[str, Callable[..., Any]] = {
     "softmax": softmax,
     "log_softmax": log_softmax,

@@ -646,9 +646,8 @@ _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
     "binary_target distances attention_scores token_relation token angles fsp "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
-    "ab_hinge gaussian_nll",
+    "ab_hinge gaussian_nll cross_entropy",
     "kdspec.ops.transforms": "flatten pool interpolate margin_relu mask=mask_features weighted",
-    "kdspec.ops.losses": "cross_entropy",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
@@ -836,8 +835,9 @@ PRIMITIVES: dict[str, Fn] = {
         returns="scalar",
     ),
     "label_mask": _prim(
-        "1 at the true class, 0 elsewhere, shaped like x (needs a class axis); "
-        "`target=view`: at the index of each row's view instead",
+        "1 at the true class, 0 elsewhere, shaped like x (needs a class axis); a row labelled "
+        "-100 (ignored, as in F.cross_entropy) is all 0; `target=view`: at the index of each "
+        "row's view instead",
         "needs_class",
         "label_mask",
         needs_labels=True,
