@@ -121,12 +121,10 @@ def supervised_loss(
     name: str, logits: torch.Tensor, labels: torch.Tensor, **kwargs: object
 ) -> torch.Tensor:
     """``supervise v: s.logits with name(**kwargs)``: [B, C] logits with [B] labels, or [B, L, C]
-    token logits with [B, L] labels (-100: no loss there), as token data (every token real)."""
+    token logits with [B, L] labels (-100: no loss there)."""
     args = ", ".join(f"{k}={_literal(v)}" for k, v in kwargs.items())
     text = f"method probe {{\n  student s\n  supervise v: s.logits with {name}({args})\n}}"
     batch: dict[str, Any] = {"s.logits": logits, "labels": labels}
-    if logits.dim() == 3:
-        batch["attention_mask"] = torch.ones(labels.shape, dtype=torch.long)
     d = compile_spec(
         load_method("probe.kd", text=text),
         None,

@@ -77,9 +77,12 @@ class Env:
         return r % b, r // b
 
     def labels_for(self, n: int) -> torch.Tensor | None:
-        """The labels of ``n`` rows: each view has the label of its sample."""
+        """The labels of ``n`` rows: each view has the label of its sample; the rows of
+        per-position labels (``[B, L]`` tokens, ``rows`` of their ``[B, L, V]`` logits) theirs."""
         if self.labels is None or n == len(self.labels):
             return self.labels
+        if self.labels.dim() > 1 and n == self.labels.numel():
+            return self.labels.reshape(-1)
         return self.labels[self.rows(n)[0]]
 
 

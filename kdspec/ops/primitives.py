@@ -557,6 +557,22 @@ def select(x: Tensor, *, axes: AxesIn = (), over: object, index: int = 0) -> Ten
     return x.select(d, int(index))
 
 
+def merge(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+    """The adjacent axes ``over`` joined into one (``merge(x, over=sample)``: ``[B, ...] ->
+    [B, D]``); axes that cover no dimension (a pooled ``space``) join as one of size 1."""
+    ax = axes[0] if axes else None
+    ds = dims(ax, x, over)
+    if ds and ds != list(range(ds[0], ds[-1] + 1)):
+        raise ValueError(f"`merge` joins adjacent dimensions, got {ds}")
+    if ds:
+        return x.flatten(ds[0], ds[-1])
+    names = over_axes(over, of=ax) if ax is not None else ()
+    if not names:  # `over=sample` of one value per sample: [B] -> [B, 1]
+        return x.unsqueeze(-1)
+    first = next(i for i, a in enumerate(ax) if a in names)
+    return x.unsqueeze(builtins.sum(spans(ax, x.dim())[:first]))
+
+
 def stack(*xs: Tensor, axes: AxesIn = (), over: object) -> Tensor:
     """The inputs side by side along a new last axis."""
     return torch.stack(torch.broadcast_tensors(*xs), dim=-1)

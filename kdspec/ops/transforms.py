@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 __all__ = [
     "TRANSFORMS",
-    "flatten",
     "interpolate",
     "log_softmax",
     "margin_relu",
@@ -177,18 +176,6 @@ def virtual_teacher(
 # --------------------------------------------------------------------------------------------
 # Feature transforms
 # --------------------------------------------------------------------------------------------
-
-
-def flatten(x: Tensor) -> Tensor:
-    """Flatten all non-batch dims.
-
-    Args:
-        x: ``[B, ...]``.
-
-    Returns:
-        ``[B, D]``.
-    """
-    return x.reshape(x.shape[0], -1)
 
 
 def normalize(x: Tensor, p: float = 2.0) -> Tensor:
@@ -345,7 +332,6 @@ TRANSFORMS: dict[str, Callable[..., Any]] = {
     "softmax": softmax,
     "log_softmax": log_softmax,
     "normalize": normalize,
-    "flatten": flatten,
     "pool": pool,
     "interpolate": interpolate,
     "mean_dist": mean_dist,

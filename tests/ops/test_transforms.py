@@ -162,7 +162,7 @@ def test_normalize_flattens_maps() -> None:
 
 def test_flatten_pool_interpolate() -> None:
     x = randn(2, 3, 4, 6)
-    assert tf.flatten(x).shape == (2, 72)
+    close(value("flatten(s.stage[1])", {"s.stage[1]": x}), x.reshape(2, 72))
     close(tf.pool(x), x.sum(dim=(2, 3)) / 24)
     # 2x2 adaptive pooling of a 4x6 map averages 2x3 blocks.
     blocks = x.reshape(2, 3, 2, 2, 2, 3).mean(dim=(3, 5))
@@ -350,7 +350,7 @@ def test_pkt_affinity_is_row_normalised_shifted_cosine() -> None:
 
 def test_registry_names() -> None:
     assert set(tf.TRANSFORMS) == {
-        "softmax", "log_softmax", "normalize", "flatten", "pool", "interpolate",
+        "softmax", "log_softmax", "normalize", "pool", "interpolate",
         "mean_dist", "mean", "stopgrad",
         "margin_relu", "ofd_margin", "virtual_teacher", "mask_features",
     }  # fmt: skip
@@ -358,7 +358,7 @@ def test_registry_names() -> None:
         assert fn.__doc__ and "Returns:" in fn.__doc__, name
 
 
-SINGLE = ["softmax", "log_softmax", "normalize", "flatten", "stopgrad"]
+SINGLE = ["softmax", "log_softmax", "normalize", "stopgrad"]
 MAPS = ["pool"]
 
 
