@@ -260,7 +260,8 @@ def test_merge_of_axes_it_cannot_join_is_kd313(call: str, message: str) -> None:
     from kdspec.api import check_source
     from kdspec.source import SourceFile
 
-    text = f"method m {{\n  teacher t\n  student s\n  transfer v: from t.embedding to {call} with mse\n}}\n"
+    term = f"transfer v: from t.embedding to {call} with mse"
+    text = f"method m {{\n  teacher t\n  student s\n  {term}\n}}\n"
     _, found = check_source(SourceFile(name="m.kd", text=text))
     assert any(d.code == "KD313" and message in d.message for d in found), [
         (d.code, d.message) for d in found

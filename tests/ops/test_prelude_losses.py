@@ -219,7 +219,10 @@ def test_prelude_cross_entropy_ignores_rows_labelled_minus_100_off_token_data() 
     as F.cross_entropy's ignore_index, with no token mask to drop them first."""
     z = rand(6, 4, seed=5).requires_grad_()
     labels = torch.tensor([0, -100, 3, 2, -100, 1])
-    text = "method m {\n  student s\n  supervise ce: s.logits with cross_entropy(label_smoothing=0.2)\n}"
+    text = (
+        "method m {\n  student s\n"
+        "  supervise ce: s.logits with cross_entropy(label_smoothing=0.2)\n}"
+    )
     batch = {"s.logits": z, "labels": labels}
     d = compile_spec(
         load_method("m.kd", text=text), None, {"s.logits": z.detach(), "labels": labels}
