@@ -330,7 +330,12 @@ class _Writer:
         if fn is None:
             return self.fail(f"the transform `{node.func}`")
         name = self.g.add(fn.__module__, fn.__name__)
-        kw = self.kwargs(node.kwargs, f"`{node.func}`")
+        kwargs = dict(node.kwargs)
+        if kwargs.get("mask", "none") not in ("none", None):  # a mask of the batch, by name
+            return self.fail(f"the token mask `{kwargs['mask']}` of `{node.func}`")
+        if node.func in ("rows", "pool"):
+            kwargs.pop("mask", None)  # `mask=none`: every row
+        kw = self.kwargs(kwargs, f"`{node.func}`")
         if len(args) == 1:
             return f"[{name}(v{kw}) for v in {args[0]}]"
         vs = ", ".join(f"v{i}" for i in range(len(args)))
