@@ -567,7 +567,7 @@ def merge(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
     if ds:
         return x.flatten(ds[0], ds[-1])
     names = over_axes(over, of=ax) if ax is not None else ()
-    if not names:  # `over=sample` of one value per sample: [B] -> [B, 1]
+    if ax is None or not names:  # `over=sample` of one value per sample: [B] -> [B, 1]
         return x.unsqueeze(-1)
     first = next(i for i, a in enumerate(ax) if a in names)
     return x.unsqueeze(builtins.sum(spans(ax, x.dim())[:first]))
