@@ -96,17 +96,16 @@ def test_a_prelude_loss_compares_sides_of_one_shape_whatever_their_axis_names() 
 
 def test_share_of_the_transform_and_loss_vocabulary_written_in_the_prelude() -> None:
     """Issue 9 asks for >= 80% of the transform and loss vocabulary in the prelude (the core's
-    softmax, log_softmax, normalize and stopgrad are not counted: 40 entries). 32 are today;
-    the rest: reshapes and random masks (pool, interpolate, resize, rows, mask), learned losses
-    (crd_nce, semckd), margin_relu (margins read from the teacher's batch norm). The floor only
-    rises."""
+    softmax, log_softmax, normalize and stopgrad are not counted: 40 entries). 33 are today;
+    the rest: reshapes (pool, interpolate, resize, rows), learned losses (crd_nce, semckd),
+    margin_relu (margins read from the teacher's batch norm). The floor only rises."""
     core = {"softmax", "log_softmax", "normalize", "stopgrad"}
     names = [
         n for n, f in FUNCTIONS.items() if f.category in ("transform", "loss") and n not in core
     ]
     prelude = [n for n in names if FUNCTIONS[n].impl.startswith(PRELUDE_IMPL)]
     assert len(names) == 40
-    assert len(prelude) / len(names) >= 32 / 40
+    assert len(prelude) / len(names) >= 33 / 40
 
 
 def test_a_spec_cannot_redefine_a_helper_of_the_prelude() -> None:
@@ -286,3 +285,40 @@ def test_cross_entropy_inside_an_expression_reads_the_labels_of_its_rows() -> No
             z.reshape(-1, 4), y.reshape(-1), label_smoothing=0.1
         ).log()
         assert_close(got, want, rtol=1e-10)
+
+
+def _python_mask_features(x: torch.Tensor, ratio: float, mode: str) -> torch.Tensor:
+    """The deleted Python `mask_features` (kdspec/ops/transforms.py), verbatim (global RNG)."""
+    if mode == "channel":
+        shape = (x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+        keep = torch.rand(shape, dtype=x.dtype, device=x.device) >= ratio
+    else:
+        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
+        keep = torch.rand(shape, dtype=x.dtype, device=x.device) <= 1.0 - ratio
+    return x * keep.to(x.dtype)
+
+
+@pytest.mark.parametrize("mode", ["channel", "spatial"])
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+def test_prelude_mask_matches_the_deleted_python(mode: str, ratio: float) -> None:
+    """`mask` = `x * (random(x, over=...) >= ratio)`: the same random draws as the deleted
+    Python from the same seed, so the same masked values, loss and gradients."""
+    g = torch.Generator().manual_seed(10)
+    t, s = (torch.randn(4, 16, 5, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    term = f'transfer v: from t.stage[1] to mask(s.stage[1], ratio={ratio}, mode="{mode}") with mse'
+    text = f"method m {{\n  teacher t\n  student s\n  {term}\n}}"
+    plain = {"t.stage[1]": t, "s.stage[1]": s}
+    d = compile_spec(load_method("m.kd", text=text), None, plain)
+    s1 = s.clone().requires_grad_()
+    torch.manual_seed(3)
+    loss = d({"t.stage[1]": t, "s.stage[1]": s1}).loss
+    s2 = s.clone().requires_grad_()
+    torch.manual_seed(3)
+    masked = _python_mask_features(s2, ratio, mode)
+    ref = (masked - t).pow(2).mean()
+    assert_close(loss, ref, rtol=1e-12)
+    grad = torch.autograd.grad(loss, s1)[0]
+    assert_close(grad, torch.autograd.grad(ref, s2)[0], rtol=1e-12)
+    kept = (grad != 0).to(s.dtype)  # whole channels (positions) kept or dropped
+    axis = (1,) if mode == "spatial" else (2, 3)
+    assert (kept.amin(dim=axis) == kept.amax(dim=axis)).all()

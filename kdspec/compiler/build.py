@@ -141,6 +141,9 @@ class TermBuilder(Visitor[Node]):
         self.points: dict[ir.Tap, list[HookPoint]] = {}
         self.lets: dict[str, LetNode] = {}
         self.holes: dict[str, types.VType] = {}  # types of the stand-ins being built
+        # A def's arguments computed once however often its body reads them (`_shared_args`).
+        self.shared: dict[str, ir.Expr] = {}
+        self.shared_nodes: dict[str, LetNode] = {}
 
     def value(self, e: ir.Expr | None) -> Any:
         """A number as the runtime uses it: constant, or :class:`Scheduled` (every step)."""
@@ -203,6 +206,10 @@ class TermBuilder(Visitor[Node]):
         self, e: ir.ArgRef, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
     ) -> Node:
         """A stand-in: the value a pipeline step or an expanded `def` is applied to."""
+        if e.name in self.shared:  # a def's argument: built once, at its first read
+            if e.name not in self.shared_nodes:
+                self.shared_nodes[e.name] = LetNode(self.node(self.shared[e.name], path, indices))
+            return self.shared_nodes[e.name]
         return HoleNode() if e.name == HOLE else ArgNode(e.name)
 
     def visit_BinOp(
@@ -271,7 +278,7 @@ class TermBuilder(Visitor[Node]):
         """A call: a `def` expanded, a typed primitive, an adapter, a combination, a transform."""
         fdef = self.m.function(e.func)
         if fdef is not None:
-            return self.node(expand(e, fdef), path, indices)
+            return self.node(expand(self.shared_args(e), fdef), path, indices)
         if e.func == "choose" and len(e.args) == 3:
             chosen = types.choose_branch(e, self.m)
             if chosen is None:
@@ -302,6 +309,26 @@ class TermBuilder(Visitor[Node]):
         if e.args:
             node.in_axes = types.value_type(e.args[0], self.m, holes=self.holes).axes
         return node
+
+    def shared_args(self, e: ir.Call) -> ir.Call:
+        """``e`` with its computed arguments as stand-ins built once: a def's body may read an
+        argument several times (`mask(conv1x1(x))` reads `x` twice), and it is one value, one
+        adapter, one random draw. Arguments that read a loss's sides or a pipeline's input
+        stay as written (they change from one paired layer to the next)."""
+        args: list[ir.Expr] = []
+        for a in e.args:
+            if (
+                isinstance(a, ir.Tap | ir.ArgRef | ir.LetRef)
+                or types.is_static(a, self.m)
+                or any(ir.find_all(a, ir.ArgRef))
+            ):
+                args.append(a)
+                continue
+            name = f"$arg{len(self.shared)}"
+            self.holes[name] = types.value_type(a, self.m, holes=self.holes)
+            self.shared[name] = a
+            args.append(ir.ArgRef(name=name))
+        return e.model_copy(update={"args": tuple(args)})
 
     def scale_free(self, e: ir.Expr) -> ir.Expr:
         """``e`` without a positive factor, for ``normalize``: ``normalize(c x) = normalize(x)``.

@@ -54,7 +54,6 @@ from kdspec.vocabulary import FUNCTIONS
 
 __all__ = ["EjectError", "eject"]
 
-_IMPL = {"mask": "mask_features"}
 _PLAIN = (int, float, str, bool, type(None))
 
 
@@ -325,8 +324,7 @@ class _Writer:
             return f"[{fn_name}(v, hint, i) for i, v in enumerate({args[0]})]"
         if node.func == "margin_relu":
             return self.fail(f"the transform `{node.func}`")
-        impl = _IMPL.get(node.func, node.func)
-        fn = TRANSFORMS.get(impl, comp.TRANSFORMS.get(impl))
+        fn = TRANSFORMS.get(node.func, comp.TRANSFORMS.get(node.func))
         if fn is None:
             return self.fail(f"the transform `{node.func}`")
         name = self.g.add(fn.__module__, fn.__name__)

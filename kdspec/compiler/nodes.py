@@ -21,8 +21,6 @@ from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
 from kdspec.vocabulary import FUNCTIONS
 
-# Vocabulary names whose implementation has another name in kdspec.ops.
-_IMPL = {"mask": "mask_features"}
 # Losses whose two sides may differ in shape: VID's Gaussian, NST's MMD between channel sets.
 _ANY_SHAPES = frozenset({"gaussian_nll", "mmd"})
 
@@ -172,8 +170,7 @@ class TransformNode(Node):
             if _spatial(hint) and "hint" not in self.extra:
                 self.extra["hint"] = hint
             return [_resize(v, hint, i) for i, v in enumerate(values[0])]
-        impl = _IMPL.get(self.func, self.func)
-        fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
+        fn = TRANSFORMS.get(self.func) or comp.TRANSFORMS[self.func]
         kwargs = at_progress(self.kwargs, env.progress)
         masked = self.func in ("rows", "pool")
         if masked:

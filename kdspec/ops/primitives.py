@@ -557,6 +557,16 @@ def select(x: Tensor, *, axes: AxesIn = (), over: object, index: int = 0) -> Ten
     return x.select(d, int(index))
 
 
+def random(x: Tensor, *, axes: AxesIn = (), over: object = None) -> Tensor:
+    """Uniform random numbers in [0, 1), drawn anew on every call (torch's generator): one per
+    entry of x, or with ``over`` one per position of those axes (size 1 along the others)."""
+    shape = list(x.shape)
+    if over is not None:
+        keep = set(dims(axes[0] if axes else None, x, over))
+        shape = [n if d in keep else 1 for d, n in enumerate(shape)]
+    return torch.rand(shape, dtype=x.dtype, device=x.device)
+
+
 def merge(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
     """The adjacent axes ``over`` joined into one (``merge(x, over=sample)``: ``[B, ...] ->
     [B, D]``); axes that cover no dimension (a pooled ``space``) join as one of size 1."""

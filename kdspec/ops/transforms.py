@@ -28,7 +28,6 @@ __all__ = [
     "interpolate",
     "log_softmax",
     "margin_relu",
-    "mask_features",
     "mean",
     "mean_dist",
     "normalize",
@@ -293,41 +292,6 @@ def stopgrad(x: Tensor) -> Tensor:
     return x.detach()
 
 
-def mask_features(
-    x: Tensor,
-    ratio: float = 0.5,
-    mode: str = "channel",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """MGD random mask: zero whole channels or spatial positions with probability ``ratio``.
-
-    As yzd-v/MGD: classification draws ``rand(B, C, 1, 1)`` and zeroes where ``< ratio``;
-    detection draws ``rand(B, 1, H, W)`` and zeroes where ``> 1 - ratio``.
-
-    Args:
-        x: ``[B, C, H, W]`` (``[B, C]`` also accepted for ``mode="channel"``).
-        ratio: Masking probability in ``[0, 1]``.
-        mode: ``"channel"`` or ``"spatial"``.
-        generator: Optional RNG for reproducible masks.
-
-    Returns:
-        ``[B, C, H, W]``, masked.
-    """
-    if mode == "channel":
-        shape = (x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
-        r = torch.rand(shape, generator=generator, dtype=x.dtype, device=x.device)
-        keep = r >= ratio
-    elif mode == "spatial":
-        if x.dim() != 4:
-            raise ValueError(f"spatial masking expects [B, C, H, W], got {tuple(x.shape)}")
-        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
-        r = torch.rand(shape, generator=generator, dtype=x.dtype, device=x.device)
-        keep = r <= 1.0 - ratio
-    else:
-        raise ValueError(f"mask mode must be 'channel' or 'spatial', got {mode!r}")
-    return x * keep.to(x.dtype)
-
-
 TRANSFORMS: dict[str, Callable[..., Any]] = {
     "softmax": softmax,
     "log_softmax": log_softmax,
@@ -340,6 +304,5 @@ TRANSFORMS: dict[str, Callable[..., Any]] = {
     "margin_relu": margin_relu,
     "ofd_margin": ofd_margin,
     "virtual_teacher": virtual_teacher,
-    "mask_features": mask_features,
 }
 """Every transform by its spec name."""

@@ -366,6 +366,13 @@ def _joined(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ins[0]
 
 
+def _random(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """x's axes (size 1 along those not in `over`): random numbers broadcast like x."""
+    if kw.get("over") is not None:
+        _over(ins[0], kw, func, default_last=False)
+    return ins[0]
+
+
 def _merge(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     """Adjacent axes joined into one `channel` axis (`over=sample`: a vector per sample)."""
     x = ins[0]
@@ -412,6 +419,7 @@ RULES: dict[str, Rule] = {
     "matrix": _matrix,
     "select": _select,
     "merge": _merge,
+    "random": _random,
     "joined": _joined,
     "same": _same,
     "elementwise": _elementwise,

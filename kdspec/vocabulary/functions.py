@@ -646,8 +646,8 @@ _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
     "binary_target distances attention_scores token_relation token angles fsp "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
-    "ab_hinge gaussian_nll cross_entropy flatten",
-    "kdspec.ops.transforms": "pool interpolate margin_relu mask=mask_features weighted",
+    "ab_hinge gaussian_nll cross_entropy flatten mask",
+    "kdspec.ops.transforms": "pool interpolate margin_relu weighted",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
@@ -808,6 +808,14 @@ PRIMITIVES: dict[str, Fn] = {
         "select",
         params=_p(over=(REQUIRED, None, AXES), index=(0, "int")),
         returns="same",
+    ),
+    "random": _prim(
+        "uniform random numbers in [0, 1), drawn anew at every step: one per entry of x, or "
+        "with `over` one per position of those axes, shared along the others (MGD's channel "
+        "mask: `x * (random(x, over=[batch, channel]) >= ratio)`)",
+        "random",
+        "random",
+        params=_p(over=(None, None, AXES)),
     ),
     "merge": _prim(
         "the adjacent axes `over` joined into one `channel` axis (the batch stays): "
