@@ -34,6 +34,9 @@ PAPER_REFS = ROOT / "tests" / "reference" / "test_paper_specs.py"
 _PARITY_USE = re.compile(r'compile_library\(\s*"(\w+)"')
 _PAPER_USE = re.compile(r'(?:functional\(\s*"(\w+)"|SPECS / "(\w+)\.kd")')
 _REFS_USE = re.compile(r'spec_loss\(\s*"(\w+)"')
+# A paper reference that needs models (SimKD reuses the teacher's classifier): its own file.
+MODEL_REFS = ROOT / "tests" / "reference" / "test_simkd.py"
+_MODEL_REFS_USE = re.compile(r'"specs" / "(\w+)\.kd"')
 
 HEADER = """# The method library
 
@@ -52,7 +55,7 @@ reference:
 - **paper reference**: written with the language's primitives and `def` only (no Python of its
   own), its loss and gradients match an independent float64 implementation of the paper's
   equations (`tests/reference/paper_refs.py`, itself checked against the official code) to
-  1e-6 (`tests/reference/test_paper_specs.py`).
+  1e-6 (`tests/reference/test_paper_specs.py`; on models: `tests/reference/test_simkd.py`).
 - **trains only**: no numeric reference beyond training.
 
 **Lines** counts statement lines (neither blank nor comments). **Taxonomy** is derived from the
@@ -73,6 +76,8 @@ def verified_by() -> tuple[set[str], set[str], set[str]]:
         for a, b in _PAPER_USE.findall(PAPER.read_text()):
             paper.add(a or b)
     refs = set(_REFS_USE.findall(PAPER_REFS.read_text())) if PAPER_REFS.exists() else set()
+    if MODEL_REFS.exists():
+        refs |= set(_MODEL_REFS_USE.findall(MODEL_REFS.read_text()))
     return parity, paper, refs
 
 

@@ -19,6 +19,7 @@ import pytest
 from kdspec.api import check_source
 from kdspec.diagnostics import Severity
 from kdspec.diagnostics.codes import CODES
+from kdspec.ir.canonical import semantic_key
 from kdspec.source import SourceFile
 from kdspec.syntax.fmt import format_text
 from kdspec.vocabulary import FUNCTIONS, KINDS
@@ -26,7 +27,7 @@ from kdspec.vocabulary import FUNCTIONS, KINDS
 DOC = Path(__file__).resolve().parents[1] / "docs" / "language.md"
 TEXT = DOC.read_text(encoding="utf-8")
 
-_FENCE = re.compile(r"^```(kd|kd-error)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_FENCE = re.compile(r"^```(kd|kd-error|kd-equal)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _EXPECT = re.compile(r"^#\s*expect:\s*(.+)$", re.MULTILINE)
 _PARAMS = re.compile(r"^#\s*params:\s*(.+)$", re.MULTILINE)
 
@@ -35,7 +36,7 @@ _PARAMS = re.compile(r"^#\s*params:\s*(.+)$", re.MULTILINE)
 class Block:
     """One fenced spec of the document."""
 
-    kind: str  # "kd" | "kd-error"
+    kind: str  # "kd" | "kd-error" | "kd-equal" (methods equal after canonicalisation)
     text: str
     line: int  # 1-based line of the opening fence
 
@@ -78,6 +79,7 @@ def test_the_document_has_both_kinds_of_block() -> None:
     kinds = [b.kind for b in BLOCKS]
     assert kinds.count("kd") >= 20
     assert kinds.count("kd-error") >= 5
+    assert kinds.count("kd-equal") >= 1
 
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind == "kd"], ids=_id)
@@ -103,6 +105,16 @@ def test_kd_error_blocks_produce_their_codes(block: Block) -> None:
     errors = {code for code, sev in found if sev is Severity.ERROR}
     assert block.expected <= codes, f"line {block.line}: missing {block.expected - codes}"
     assert errors <= block.expected, f"line {block.line}: other errors {errors - block.expected}"
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind == "kd-equal"], ids=_id)
+def test_kd_equal_blocks_are_one_method(block: Block) -> None:
+    source = SourceFile(str(DOC.with_name(f"language-{block.line}.kd")), block.text)
+    lowered, diagnostics = check_source(source)
+    assert [d.code for d in diagnostics] == [], f"line {block.line}"
+    assert format_text(block.text) == block.text
+    keys = {semantic_key(low.method) for low in lowered}
+    assert len(lowered) >= 2 and len(keys) == 1, f"line {block.line}: the methods differ"
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))

@@ -198,3 +198,11 @@ def test_prelude_fsp_matches_the_deleted_python_loss_and_gradients(pool, first, 
     assert_close(loss, ref, rtol=1e-10)
     for got_g, want_g in zip(grads, ref_grads, strict=True):
         assert_close(got_g, want_g, rtol=1e-10)
+
+
+def test_each_prelude_def_is_written_once() -> None:
+    # A merge once placed `def fsp` twice in transforms.kd; the later silently won.
+    names: list[str] = []
+    for path in prelude_files():
+        names += re.findall(r"^def ([a-z_0-9]+)\(", path.read_text(encoding="utf-8"), re.MULTILINE)
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)

@@ -19,6 +19,7 @@ from kdspec.compiler.bind import Binding, Reporter
 from kdspec.compiler.hooks import HookPoint, TapError, resolve_tap
 from kdspec.compiler.nodes import (
     AdapterNode,
+    ApplyNode,
     ArgNode,
     CombineNode,
     ConstNode,
@@ -38,6 +39,7 @@ from kdspec.graph import types
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, compile_value, evaluate, uses_progress
 from kdspec.ir.functions import HOLE, STUDENT_SIDE, TEACHER_SIDE, expand
+from kdspec.ir.printer import module_text
 from kdspec.ir.traverse import Visitor
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.components import LEARNED_LOSSES
@@ -65,6 +67,7 @@ class Built:
     terms: nn.ModuleDict
     points: dict[ir.Tap, list[HookPoint]]
     lets: dict[str, LetNode]
+    predictions: nn.ModuleDict  # `predict s = ...`: role -> its deployed output (with models)
 
 
 def build(method: ir.Method, binding: Binding, report: Reporter) -> Built:
@@ -75,7 +78,11 @@ def build(method: ir.Method, binding: Binding, report: Reporter) -> Built:
         module = builder.term(term)
         if module is not None:
             terms[term.name] = module
-    return Built(terms, builder.points, builder.lets)
+    predictions = nn.ModuleDict()
+    if not binding.functional:  # functional mode deploys nothing
+        for who, value in method.predictions.items():
+            predictions[who] = builder.node(value, ("predict", who, "value"), {})
+    return Built(terms, builder.points, builder.lets, predictions)
 
 
 def constant_weights(method: ir.Method) -> dict[str, float]:
@@ -208,6 +215,36 @@ class TermBuilder(Visitor[Node]):
         self, e: ir.Neg, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
     ) -> Node:
         return self.primitive("neg", [e.operand], {}, path, indices)
+
+    def visit_Apply(
+        self, e: ir.Apply, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
+    ) -> Node:
+        """``t.classifier(x)``: the module of the role's model, and the input shape it takes
+        (its owner, the Distiller, is set when the Distiller is made)."""
+        inputs = [self.node(a, path, indices) for a in e.args]
+        text = module_text(e)
+        info = self.binding.taps.get(e.role)
+        module: str | None = None
+        if self.binding.functional:
+            self.diag("KD408", f"`{text}(...)` needs the model of `{e.role}`", path)
+        elif info is not None and e.point == "classifier":
+            module = info.classifier
+            if module is None:
+                self.diag(
+                    "KD402",
+                    f"`{text}`: no final classifier found on the model of `{e.role}`",
+                    path,
+                    help=f'apply a module by its path: `{e.role}."fc"(x)`',
+                )
+        elif info is not None:
+            tap = ir.Tap(role=e.role, point=e.point, module=e.module, first=e.index, last=e.index)
+            try:
+                module = resolve_tap(tap, info, self.binding.roles[e.role])[0].path
+            except TapError as exc:
+                self.diag(exc.code, f"`{text}`: {exc.message}", path, help=exc.help)
+        call = info.first_call(module) if info is not None and module is not None else None
+        in_shape = call.in_shape if call else None
+        return ApplyNode(None, e.role, module or "", inputs, in_shape, text, path)
 
     def generic_visit(self, node: object, *args: object, **kwargs: object) -> Node:
         raise ValueError(f"`{type(node).__name__}` cannot be evaluated on tensors")

@@ -23,7 +23,15 @@ from kdspec.compiler.bind import Batch, Reporter, bind, unpack
 from kdspec.compiler.build import StagePlan, build, constant_weights, stage_plans
 from kdspec.compiler.hooks import HookPoint, TapError, TapSession
 from kdspec.compiler.inference import FoldPlan, fold_plan
-from kdspec.compiler.nodes import Env, MaskError, ShapeMismatch, TapNode, TermModule
+from kdspec.compiler.nodes import (
+    ApplyNode,
+    ApplyShapeError,
+    Env,
+    MaskError,
+    ShapeMismatch,
+    TapNode,
+    TermModule,
+)
 from kdspec.compiler.plan import CompiledPlan
 from kdspec.compiler.sequence import aligned_labels, is_token_inputs, token_masks
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
@@ -77,6 +85,10 @@ class Distiller(nn.Module):
         self.train_data = plan.train_data
         self.roles = plan.roles
         self.terms = plan.terms
+        self.predictions = plan.predictions
+        for node in [*self.terms.modules(), *self.predictions.modules()]:
+            if isinstance(node, ApplyNode):  # its module is read from this Distiller's roles
+                object.__setattr__(node, "_owner", self)
         self.functional = plan.functional
         self.causal = plan.causal
         self.token_data = plan.token_data  # the batches are tokens (taps carry a token axis)
@@ -551,6 +563,50 @@ class Distiller(nn.Module):
         return self.compiled
 
     @torch.no_grad()
+    def deployed(self, role: str) -> nn.Module:
+        """The role as it is deployed and evaluated: its model, or, where the spec says
+        ``predict ROLE = ...``, a module computing that prediction from the input (SimKD: the
+        student, its projector and the teacher's classifier)."""
+        if role in self.predictions:
+            return Deployed(self, role)
+        return self.roles[role]
+
+    def predict(self, role: str, x: Any) -> torch.Tensor:
+        """The ``predict`` of ``role`` on a batch of inputs (no labels needed)."""
+        node = self.predictions[role]
+        saved = getattr(self, "_needed", {})
+        self._needed = self._collect_points([node])  # type: ignore[list-item]
+        env = self._begin((x, None))
+        try:
+            out: torch.Tensor = node(env)[0]
+            return out
+        finally:
+            self._needed = saved
+            self._forward_cache, self._view_cache, self._batch = {}, {}, None
+
+    def _dry_run_predictions(self, env: Env, report: Report) -> None:
+        """Each `predict` once on the example batch: class scores [B, classes], or KD403."""
+        for role, node in self.predictions.items():
+            path = ("predict", role, "value")
+            try:
+                with torch.no_grad():
+                    value = node(env)
+            except ApplyShapeError as exc:
+                _apply_shape_diag(exc, path, report)
+                continue
+            except AdapterShapeError as exc:
+                report("KD403", f"`predict {role}`: {exc}", path, "cannot be adapted")
+                continue
+            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+                report("KD403", f"`predict {role}` fails on the example batch: {exc}", path)
+                continue
+            out = value[0] if len(value) == 1 else None
+            want = (env.batch_size, self.num_classes)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2 or tuple(out.shape) != want:
+                shape = list(out.shape) if isinstance(out, torch.Tensor) else f"{len(value)} values"
+                msg = f"`predict {role}` gives {shape}, not class scores {list(want)}"
+                report("KD403", msg, path, "not [batch, classes]")
+
     def dry_run(self, example_batch: Any, report: Report) -> None:
         """Run every term once: builds adapters, and reports shape errors as KD403 (or the
         tap's code) to ``report(code, message, path, label="", help=None)``."""
@@ -560,12 +616,19 @@ class Distiller(nn.Module):
             self._trained |= self.graph.trained_roles(stage)
         self.eval()
         try:
-            self._needed = self._collect_points(list(self.terms.values()))  # type: ignore[arg-type]
+            parts = [*self.terms.values(), *self.predictions.values()]
+            self._needed = self._collect_points(parts)  # type: ignore[arg-type]
             env = self._begin(example_batch)
             for name, term in self.terms.items():
                 try:
                     value = term(env)
-                except (ShapeMismatch, AdapterShapeError, TapError, MaskError) as exc:
+                except (
+                    ShapeMismatch,
+                    AdapterShapeError,
+                    TapError,
+                    ApplyShapeError,
+                    MaskError,
+                ) as exc:
                     _report_failure(name, exc, report)
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                     report(
@@ -578,12 +641,25 @@ class Distiller(nn.Module):
                     if not torch.isfinite(value).all():
                         msg = f"`{name}` gives a non-finite value on the example batch"
                         report("KD403", msg, ("term", name))
+            self._dry_run_predictions(env, report)
         finally:
             self._forward_cache, self._view_cache, self._batch = {}, {}, None
             self._stage = None
             self.train()
             for name, mode in modes.items():
                 self.roles[name].train(mode)
+
+
+class Deployed(nn.Module):
+    """A role with a ``predict``: ``forward(x)`` gives the spec's prediction (evaluation)."""
+
+    def __init__(self, distiller: Distiller, role: str):
+        super().__init__()
+        self.distiller = distiller
+        self.role = role
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.distiller.predict(self.role, x)
 
 
 def _position_labels(batch: Batch, causal: bool) -> torch.Tensor | None:
@@ -626,6 +702,8 @@ def _report_failure(name: str, exc: Exception, report: Report) -> None:
         report("KD403", f"`{name}`: {exc}", ("term", name, "target"), "cannot be adapted")
     elif isinstance(exc, TapError):
         report(exc.code, f"`{name}`: {exc.message}", ("term", name), help=exc.help)
+    elif isinstance(exc, ApplyShapeError):
+        _apply_shape_diag(exc, exc.where or ("term", name), report)
     elif isinstance(exc, MaskError):
         report(
             "KD502",
@@ -635,6 +713,17 @@ def _report_failure(name: str, exc: Exception, report: Report) -> None:
             help="token batches carry `attention_mask`, `labels` (-100: no loss) and, "
             "for prompt + response data, `response_mask`",
         )
+
+
+def _apply_shape_diag(exc: ApplyShapeError, path: tuple[object, ...], report: Report) -> None:
+    report(
+        "KD403",
+        str(exc),
+        path,
+        f"`{exc.module}` cannot take this value",
+        help=f"map the value with an adapter, sized to the module's input: "
+        f"`{exc.module}(linear(x))` for vectors, `{exc.module}(conv1x1(x))` for feature maps",
+    )
 
 
 def compile_spec(
@@ -707,6 +796,7 @@ def compile_spec(
         causal=binding.causal,
         token_data=binding.token_data,
         rewrite=binding.rewrite,
+        predictions=built.predictions,
     )
     d = Distiller(plan)
     batch = binding.batch

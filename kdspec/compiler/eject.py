@@ -633,6 +633,8 @@ def _refuse_what_cannot_be_written(d: Distiller, w: _Writer) -> None:
     for what, items in (("view", m.data), ("ensemble", m.ensembles)):
         for item in items:
             w.fail(f"the {what} `{getattr(item, 'name', item)}`")
+    for who in m.predictions:  # the script would score the bare model
+        w.fail(f"the `predict` of `{who}`")
     for plan in d.stage_plans:
         if plan.repeat != 1 or plan.handoffs:
             w.fail(f"repeats or hand-offs of stage `{plan.name}`")

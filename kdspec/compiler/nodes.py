@@ -63,6 +63,26 @@ class Env:
             raise MaskError(str(key))
         return self.masks[key]
 
+    def rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each of ``n`` rows' source sample and view index. A view with ``k`` views per
+        sample lays them out view-major (view 0 of every sample, then view 1, ...), so a
+        value of ``k * B`` rows has row ``r`` from sample ``r % B``, view ``r // B``."""
+        r = torch.arange(n)
+        if self.labels is not None:
+            r = r.to(self.labels.device)
+            if n == len(self.labels):  # one row per sample (a subset's rows, too)
+                return r, torch.zeros_like(r)
+        b = self.batch_size or n
+        if n % b:
+            raise ValueError(f"a value of {n} rows is not k views of the {b} samples of the batch")
+        return r % b, r // b
+
+    def labels_for(self, n: int) -> torch.Tensor | None:
+        """The labels of ``n`` rows: each view has the label of its sample."""
+        if self.labels is None or n == len(self.labels):
+            return self.labels
+        return self.labels[self.rows(n)[0]]
+
 
 class MaskError(ValueError):
     """A spec names a mask the batch does not have (``response`` without a response mask)."""
@@ -146,7 +166,12 @@ class TransformNode(Node):
         if self.func == "stopgrad":
             return [v.detach() for v in values[0]]
         if self.func == "resize":
-            return [_resize(v, env.shape_hint, i) for i, v in enumerate(values[0])]
+            # The size found on the dry run is kept: a prediction (evaluation, no other side)
+            # resizes as training did.
+            hint = env.shape_hint if _spatial(env.shape_hint) else self.extra.get("hint")
+            if _spatial(hint) and "hint" not in self.extra:
+                self.extra["hint"] = hint
+            return [_resize(v, hint, i) for i, v in enumerate(values[0])]
         impl = _IMPL.get(self.func, self.func)
         if self.unscaled:
             fn = UNSCALED[impl]
@@ -173,6 +198,10 @@ class TransformNode(Node):
             else:
                 out.append(fn(*args, **kwargs))
         return out
+
+
+def _spatial(hint: list[tuple[int, ...]] | None) -> bool:
+    return hint is not None and all(len(shape) == 3 for shape in hint)
 
 
 def _token_dim(x: Any, axes: Any) -> int | None:
@@ -418,6 +447,11 @@ class TermModule(nn.Module):
         total: torch.Tensor | None = None
         labels = env.labels
         for s, t in pairs:
+            if mask is not None and len(mask) != len(t):
+                raise ValueError(
+                    f"`{self.name}`: a subset (`on`) of a value with several views per sample "
+                    "is not supported in a loss written as a `def`"
+                )
             if mask is not None:
                 if not bool(mask.any()):
                     continue
@@ -464,12 +498,13 @@ class TermModule(nn.Module):
             mask = self.subset(env) if self.subset else None
             total = outs[0].new_zeros(())
             for v in outs:
+                y = env.labels_for(len(v))  # every view of a sample has the sample's label
+                assert y is not None
                 if mask is not None:
-                    if not bool(mask.any()):
+                    keep = mask if len(mask) == len(v) else mask[env.rows(len(v))[0]]
+                    if not bool(keep.any()):
                         continue
-                    v, y = v[mask], labels[mask]
-                else:
-                    y = labels
+                    v, y = v[keep], y[keep]
                 rows = self._token_rows(v, env)
                 if rows is not None:  # per-token labels, aligned with the outputs
                     v, y = v[rows], env.token_labels[rows]  # type: ignore[index]
@@ -512,6 +547,76 @@ class TermModule(nn.Module):
             self._same_shapes(s, t)
             total = total + fn(s, t, **loss_kwargs)
         return total
+
+
+class ApplyShapeError(ValueError):
+    """A module applied to a value (``t.classifier(x)``) takes another shape per sample."""
+
+    def __init__(
+        self,
+        module: str,
+        expected: tuple[int, ...],
+        given: tuple[int, ...],
+        where: tuple[object, ...] = (),
+    ):
+        super().__init__(
+            f"`{module}` takes {list(expected)} per sample (its input in the role's forward), "
+            f"and is given {list(given)}"
+        )
+        self.module = module
+        self.where = where  # the IR path of the side or prediction it is in
+
+
+class ApplyNode(Node):
+    """A role's module applied to values as a function (``t.classifier(x)``).
+
+    The module is the role's own (its current weights, its train/eval mode); the gradient
+    reaches its weights only while the role is trained, and always flows into the inputs. An
+    adapter in the inputs is sized to the module's input (``t.classifier(linear(x))``).
+    """
+
+    def __init__(
+        self,
+        owner: Any,
+        role: str,
+        path: str,
+        inputs: list[Node],
+        in_shape: Any,
+        text: str,
+        where: tuple[object, ...] = (),
+    ):
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # the Distiller: not a submodule (no cycle)
+        self.role = role
+        self.path = path
+        self.inputs = nn.ModuleList(inputs)
+        self.in_shape = tuple(in_shape) if in_shape is not None else None
+        self.text = text
+        self.where = where
+
+    def forward(self, env: Env) -> list[torch.Tensor]:
+        saved = env.shape_hint
+        if self.in_shape is not None:
+            env.shape_hint = [self.in_shape]
+        try:
+            values = [node(env) for node in self.inputs]
+        finally:
+            env.shape_hint = saved
+        owner: Any = self.__dict__["_owner"]
+        module = owner.roles[self.role].get_submodule(self.path)
+        params = None
+        if self.role not in owner._trained:  # weights fixed, gradient into the inputs only
+            params = {n: p.detach() for n, p in module.named_parameters()}
+        out = []
+        for args in broadcast(*values):
+            x = args[0]
+            if self.in_shape is not None and tuple(x.shape[1:]) != self.in_shape:
+                raise ApplyShapeError(self.text, self.in_shape, tuple(x.shape[1:]), self.where)
+            if params is None:
+                out.append(module(*args))
+            else:
+                out.append(torch.func.functional_call(module, params, args))
+        return out
 
 
 class ShapeMismatch(ValueError):
@@ -606,15 +711,28 @@ class PrimNode(Node):
                 out.append(p.log().clamp_min(torch.finfo(p.dtype).min))
             elif self.func in LOSSES:  # a built-in loss's value (a number) inside an expression
                 if self.func == "cross_entropy":
-                    out.append(LOSSES[self.func](xs[0], env.labels, **kwargs))
+                    out.append(LOSSES[self.func](xs[0], env.labels_for(len(xs[0])), **kwargs))
                 else:
                     out.append(LOSSES[self.func](*xs, **kwargs))
             elif self.func in ("label_mask", "at_label"):
-                if env.labels is None:
+                n = xs[0].shape[0]
+                if env.labels is None and kwargs.get("target", "label") == "label":
                     raise ValueError(f"`{self.func}` needs the batch's labels")
+                labels = env.labels_for(n)
+                views = env.rows(n)[1] if kwargs.get("target") == "view" else None
                 out.append(
-                    P.PRIMITIVES[self.func](*xs, axes=self.in_axes, labels=env.labels, **kwargs)
+                    P.PRIMITIVES[self.func](
+                        *xs,
+                        axes=self.in_axes,
+                        labels=labels if labels is not None else env.rows(n)[1],
+                        views=views,
+                        **kwargs,
+                    )
                 )
+            elif self.func in ("same_source", "view_index"):
+                sources, views = env.rows(xs[0].shape[0])
+                context = {"sources": sources} if self.func == "same_source" else {"views": views}
+                out.append(P.PRIMITIVES[self.func](*xs, axes=self.in_axes, **context, **kwargs))
             elif self.func == "size" and not xs:
                 over = kwargs.get("over")
                 n = env.batch_size if over == "batch" else env.num_classes

@@ -145,6 +145,8 @@ class CompiledPlan:
     causal: bool = False  # some role is a causal LM: its logits at t predict labels at t + 1
     token_data: bool = False  # the batches are tokens (taps carry a token axis)
     rewrite: tuple[BatchRewrite, str] | None = None  # a view generating the batch, its role
+    # `predict s = ...`: role -> the module computing its deployed output (SimKD)
+    predictions: nn.ModuleDict = field(default_factory=nn.ModuleDict)
 
     @property
     def method(self) -> ir.Method:

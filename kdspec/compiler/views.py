@@ -46,12 +46,39 @@ def make_view(
     """A function ``(x, labels) -> x'`` for a named view (unbound views leave x as is)."""
     if part is None or part.func in (None, "clean"):
         return lambda x, y: x
-    kw = {k: evaluate(v, params) for k, v in part.kwargs.items()}
+    kw: dict[str, Any] = {k: evaluate(v, params) for k, v in part.kwargs.items()}
+    copies = int(kw.pop("k", 4 if part.func == "rotations" else 1))
+    if part.func == "rotations":
+        return _rotations(copies)
+    one = _one_view(part, kw, train_data)
+    if copies == 1:
+        return one
+    # k views of each sample, view-major: view 0 of every sample, then view 1, ...
+    return lambda x, y: torch.cat([one(x, y) for _ in range(copies)])
+
+
+def _rotations(k: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if k not in (1, 2, 3, 4):
+        raise ValueError(f"`rotations(k={k})`: k is 1, 2, 3 or 4 quarter turns")
+
+    def rotate(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3 or x.shape[-1] != x.shape[-2]:
+            raise ValueError(
+                f"`rotations` turns square images, and the input is {list(x.shape[1:])}"
+            )
+        return torch.cat([torch.rot90(x, i, dims=(-2, -1)) for i in range(k)])
+
+    return rotate
+
+
+def _one_view(
+    part: ir.DataPart, kw: dict[str, Any], train_data: Any
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if part.func == "gaussian_noise":
-        std = float(kw.get("std", 0.1))  # type: ignore[arg-type]
+        std = float(kw.get("std", 0.1))
         return lambda x, y: x + std * torch.randn_like(x)
     if part.func == "augment":
-        strength = float(kw.get("strength", 1.0))  # type: ignore[arg-type]
+        strength = float(kw.get("strength", 1.0))
 
         def augment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             if x.dim() < 4:

@@ -119,6 +119,17 @@ CODES: dict[str, tuple[str, str]] = {
         "A loss written as a `def` gives values along axes other than the batch; a loss is a "
         "number or one value per sample.",
     ),
+    "KD319": (
+        "applied module would be trained",
+        "A term applies a role's module to another role's value (`t.classifier(x)`), and a "
+        "stage where the term is active trains that role: the term's loss would train the "
+        "module too. Keep the role frozen there (`freeze t`, or a frozen teacher).",
+    ),
+    "KD320": (
+        "prediction does not read its role",
+        "`predict s = ...` scores role `s` by a value that reads nothing of `s` (e.g. "
+        "`predict s = t.logits`): the run would report another role's accuracy as `s`'s.",
+    ),
     "KD401": ("unknown module path", "A tap names a submodule the model does not have."),
     "KD402": ("tap point not found", "An abstract tap point could not be resolved on a model."),
     "KD403": ("shape mismatch", "Tensor shapes cannot be matched by any adapter."),

@@ -54,6 +54,7 @@ _STATEMENTS = (
     "stage",
     "use",
     "claim",
+    "predict",
 )
 
 

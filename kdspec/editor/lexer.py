@@ -29,9 +29,9 @@ __all__ = ["KEYWORDS", "KdLexer"]
 KEYWORDS = (
     "as", "cite", "claim", "deeper", "def", "else", "ensemble", "epoch", "epochs", "for",
     "freeze", "from", "frozen", "handoff", "if", "import", "let", "like", "losses", "map",
-    "method", "on", "only", "param", "repeat", "return", "sees", "smaller", "stage", "step",
-    "steps", "subset", "supervise", "then", "to", "train", "trained", "transfer", "use", "view",
-    "weight", "wider", "with",
+    "method", "on", "only", "param", "predict", "repeat", "return", "sees", "smaller", "stage",
+    "step", "steps", "subset", "supervise", "then", "to", "train", "trained", "transfer", "use",
+    "view", "weight", "wider", "with",
 )  # fmt: skip
 
 

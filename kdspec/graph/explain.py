@@ -132,4 +132,9 @@ def explain(kg: KdGraph) -> str:
                 f"  - after every optimizer step `{role.name}` moves towards "
                 f"`{role.source}` (decay: {shown})"
             )
+    if m.predictions:
+        lines.append("")
+        lines.append("Deployed:")
+        for who, predicted in m.predictions.items():
+            lines.append(f"  - `{who}` predicts {expr_text(predicted)} (evaluation scores this)")
     return "\n".join(lines)

@@ -30,6 +30,8 @@ def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
     if isinstance(e, ir.LetRef):
         let = method.let(e.name)
         return expr_kind(let.value, method) if let else "features"
+    if isinstance(e, ir.Apply):
+        return "logits" if e.point == "classifier" else "features"
     if isinstance(e, ir.Call):
         fn = FUNCTIONS.get(e.func)
         inner = expr_kind(e.args[0], method) if e.args else "features"
@@ -122,6 +124,11 @@ def roles_read(e: ir.Expr | None, method: ir.Method) -> set[str]:
 def grad_roles(e: ir.Expr | None, method: ir.Method) -> set[str]:
     """Roles that receive gradient through an expression (taps not under ``stopgrad``)."""
     return {r for tap, stop in taps(e, method) if not stop for r in expand_role(tap.role, method)}
+
+
+def applications(e: ir.Expr | None, method: ir.Method) -> list[ir.Apply]:
+    """The role modules an expression applies (``t.classifier(x)``) outside ``stopgrad``."""
+    return [n for n in ir.walk(e, method, prune=_is_stopgrad) if isinstance(n, ir.Apply)]
 
 
 def uses_adapter(e: ir.Expr | None, method: ir.Method) -> list[str]:
@@ -277,6 +284,11 @@ def value_type(
         return VType("scalar" if out == () else "features", out)
     if isinstance(e, ir.ListE):
         return SCALAR
+    if isinstance(e, ir.Apply):
+        ins = [
+            value_type(a, method, report, (*path, "args", i), holes) for i, a in enumerate(e.args)
+        ]
+        return apply_type(e, ins, fail, path)
     if not isinstance(e, ir.Call):
         return UNKNOWN
     # A vocabulary function written in the prelude is typed by its declaration (its kind and
@@ -300,6 +312,32 @@ def value_type(
         return UNKNOWN
     ins = [value_type(a, method, report, (*path, "args", i), holes) for i, a in enumerate(e.args)]
     return call_type(e, fn, ins, method, fail, path)
+
+
+def apply_type(
+    e: ir.Apply,
+    ins: list[VType],
+    fail: Callable[[str, str, tuple[object, ...]], None],
+    path: tuple[object, ...],
+) -> VType:
+    """The type of a role's module applied to values: a classifier maps the channel axis of
+    its input to classes (KD313 without one); another module's output axes are unknown."""
+    if e.point != "classifier":
+        return UNKNOWN
+    axes = ins[0].axes if ins else None
+    if axes is None:
+        return VType("logits", None)
+    if "channel" not in axes:
+        fail(
+            "KD313",
+            f"`{e.role}.classifier` maps the channels of a feature vector to classes, and "
+            f"this value has no channel axis: its axes are ({', '.join(axes)})",
+            (*path, "args", 0),
+        )
+        return VType("logits", None)
+    # `space` may be empty (a pooled map): a map the classifier cannot take is KD403 when
+    # compiled, where its input's shape is known.
+    return VType("logits", tuple("class" if a == "channel" else a for a in axes if a != "space"))
 
 
 def call_type(
@@ -385,6 +423,7 @@ def knowledge_type(
 
 
 __all__ = [
+    "applications",
     "apply_knowledge",
     "expand_role",
     "expr_kind",

@@ -377,7 +377,7 @@ def inline_lets(m: ir.Method) -> ir.Method:
     pinned = {n.name for st in m.stages for n in walk(st) if isinstance(n, ir.LetRef)}
     lets = {x.name: x.value for x in m.lets}
     for _ in range(len(lets) + 1):
-        body = [*m.terms, *m.roles, *m.data, *(x for x in lets.values())]
+        body = [*m.terms, *m.roles, *m.data, *m.predictions.values(), *lets.values()]
         uses = Counter(n.name for b in body for n in walk(b) if isinstance(n, ir.LetRef))
         cands = {
             name
@@ -403,6 +403,9 @@ def inline_lets(m: ir.Method) -> ir.Method:
                 "terms": tuple(_substitute(t, inline, ir.LetRef) for t in m.terms),
                 "roles": tuple(_substitute(r, inline, ir.LetRef) for r in m.roles),
                 "data": tuple(_substitute(d, inline, ir.LetRef) for d in m.data),
+                "predictions": {
+                    r: _substitute(v, inline, ir.LetRef) for r, v in m.predictions.items()
+                },
             }
         )
     return m.model_copy(
@@ -484,8 +487,13 @@ def rename(m: ir.Method, mapping: dict[str, str]) -> ir.Method:
             return node.model_copy(update={"name": new(node.name)})
         if isinstance(node, ir.Tap):
             return node.model_copy(update={"role": new(node.role), "view": new(node.view)})
+        if isinstance(node, ir.Apply):
+            return node.model_copy(update={"role": new(node.role)})
         if isinstance(node, ir.Term):
             return node.model_copy(update={"name": new(node.name), "subset": new(node.subset)})
+        if isinstance(node, ir.Method) and node.predictions:
+            predictions = {new(r) or r: v for r, v in node.predictions.items()}
+            return node.model_copy(update={"predictions": predictions})
         if isinstance(node, ir.Stage):
 
             def item(x: ir.Expr) -> ir.Expr:

@@ -46,6 +46,11 @@ class Composition(LoweringState):
         for let in other.lets:
             self.lets.setdefault(let.name, ir.Let(name=let.name, value=inline(let.value)))
         renamed = self._merge_terms(other, inline, st)
+        for who, value in other.predictions.items():  # a `predict` here replaces these
+            if who not in self.predictions:
+                self.predictions[who] = inline(value)
+                self.used_predictions.add(who)
+                self.smap.spans[("predict", who)] = st.span
         if other.stages:
             self.used_stages.append((name, other.stages, renamed, inline))
 

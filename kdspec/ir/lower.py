@@ -78,6 +78,12 @@ VALUE_SHAPES: dict[str, tuple[str, int | None]] = {
 _UNITS = {"epochs": "epochs", "epoch": "epochs", "steps": "steps", "step": "steps", "%": "fraction"}
 
 
+_APPLY_HELP = (
+    "apply a module of a role to a value: `t.classifier(x)` (the final classifier), "
+    '`t.stage[3](x)`, `t."layer4.1"(x)`'
+)
+
+
 class _MethodLowering(TapLowering, Composition):
     """Lowers one method: expressions, calls, roles, terms, stages, claims (taps in
     :mod:`kdspec.ir.lower_taps`, `use` in :mod:`kdspec.ir.compose`)."""
@@ -135,6 +141,8 @@ class _MethodLowering(TapLowering, Composition):
             )
         if isinstance(e, (ast.Attr, ast.ModulePath, ast.Index, ast.CallIndex)):
             return self.tap(e)
+        if isinstance(e, ast.Apply):
+            return self.apply(e, path)
         self.err("KD104", "unsupported expression", getattr(e, "span", None))
         return ir.Str(value="?")
 
@@ -463,6 +471,8 @@ class _MethodLowering(TapLowering, Composition):
                 self.stage(st)
             elif isinstance(st, ast.Claim):
                 self.claim(st)
+            elif isinstance(st, ast.Predict):
+                self.predict(st)
         self.adopt_stages()
         return self.assemble(cites)
 
@@ -513,6 +523,7 @@ class _MethodLowering(TapLowering, Composition):
             uses=tuple(self.uses),
             folded_params=tuple(sorted(self.folded_params)),
             functions=self.defs.closure(self.used_defs) if self.defs is not None else (),
+            predictions=self.predictions,
         )
 
     def adopt_stages(self) -> None:
@@ -817,6 +828,107 @@ class _MethodLowering(TapLowering, Composition):
                 handoffs=tuple(handoffs),
             )
         )
+
+    def predict(self, st: ast.Predict) -> None:
+        """``predict s = expr``: the role's deployed predictions (evaluation reads them)."""
+        role = st.role.name
+        self.smap.spans[("predict", role)] = st.span
+        value = self.expr(st.value, path=("predict", role, "value"))
+        if role not in self.roles:
+            self.err(
+                "KD202",
+                f"unknown role `{role}`",
+                st.role.span,
+                "no such role",
+                help=did_you_mean(role, list(self.roles), declared=True),
+            )
+            return
+        if role in self.predictions and role not in self.used_predictions:
+            self.err("KD201", f"`{role}` has two `predict` statements", st.span, "second one")
+            return
+        self.used_predictions.discard(role)
+        self.predictions[role] = value
+
+    def apply(self, e: ast.Apply, path: PathKey | None) -> ir.Expr:
+        """``t.classifier(x)``: a role's module applied to values (KD206 for what is no module)."""
+
+        def sub(*more: object) -> PathKey | None:
+            return (*path, *more) if path is not None else None
+
+        args = tuple(self.expr(a, path=sub("args", i)) for i, a in enumerate(e.args))
+        module = e.module
+        base = module.obj
+        if isinstance(module, ast.Index) and isinstance(base, ast.Attr):
+            base = base.obj  # `t.stage[2]`
+        # After an error: a call the vocabulary lacks, keeping what the inputs read, so that
+        # the type checks skip it (one root cause, one diagnostic).
+        failed = ir.Call(func="?", args=args)
+        if not isinstance(base, ast.Name):
+            self.err(
+                "KD206",
+                "only a role's module can be applied: `t.classifier(x)`, `t.stage[2](x)`",
+                module.span,
+                "not a module of a role",
+                help=_APPLY_HELP,
+            )
+            return failed
+        role = base.id
+        if role not in self.roles:
+            if role in self.ensembles:
+                self.err(
+                    "KD206",
+                    f"`{role}` is an ensemble, which has no modules of its own",
+                    base.span,
+                    help="apply a member's module: `t1.classifier(x)`",
+                )
+            else:
+                self.tap(base)  # KD202 for an unknown role, KD206 for a let, said once
+            return failed
+        point = self._applied_module(module, role)
+        if point is None:
+            return failed
+        if e.kwargs:
+            self.err(
+                "KD204",
+                "a module applied takes its inputs by position only",
+                e.kwargs[0].span,
+                "keyword argument",
+            )
+        if not args:
+            self.err("KD204", "a module applied needs an input", e.span, "missing input")
+        return ir.Apply(role=role, args=args, **point)
+
+    def _applied_module(self, module: ast.Expr, role: str) -> dict[str, object] | None:
+        """Which module of ``role`` an applied module names (KD206 when it names none)."""
+        fields: dict[str, object] = {}
+        if isinstance(module, ast.Attr) and module.name.name == "classifier":
+            fields["point"] = "classifier"
+        elif isinstance(module, ast.ModulePath):
+            fields.update(point="module", module=module.path.value)
+        elif (
+            isinstance(module, ast.Index)
+            and isinstance(module.obj, ast.Attr)
+            and module.obj.name.name == "stage"
+            and isinstance(module.obj.obj, ast.Name)
+            and not isinstance(module.index, ast.Slice)
+        ):
+            fields.update(point="stage", index=self._const_int(module.index))
+        else:
+            what = module.name.name if isinstance(module, ast.Attr) else None
+            value = what in ("logits", "embedding", "input", "output")
+            self.err(
+                "KD206",
+                f"`{role}.{what}` is a value, not a module"
+                if value
+                else "this names no module of a role"
+                if what is None
+                else f"`{what}` is not a module of a role",
+                module.span,
+                "not a module",
+                help=(did_you_mean(what, ["classifier", "stage"]) if what else None) or _APPLY_HELP,
+            )
+            return None
+        return fields
 
     def claim(self, st: ast.Claim) -> None:
         dim = st.dimension.name

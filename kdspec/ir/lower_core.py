@@ -165,6 +165,8 @@ class LoweringState:
         self.terms: dict[str, ir.Term] = {}
         self.stages: list[ir.Stage] = []
         self.claims: list[ir.Claim] = []
+        self.predictions: dict[str, ir.Expr] = {}
+        self.used_predictions: set[str] = set()  # from a `use`: a local `predict` replaces them
         self.uses: list[str] = []
         self.defined: dict[str, tuple[str, Span]] = {}  # name -> (what, span), for KD201
         self.local_terms = {

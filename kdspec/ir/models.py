@@ -128,6 +128,24 @@ class Call(_ExprNode):
     kwargs: dict[str, Expr] = Field(default_factory=dict)
 
 
+class Apply(_ExprNode):
+    """A role's module applied to values as a function: ``t.classifier(x)`` (SimKD reuses the
+    teacher's classifier on the student's projected feature), ``t.stage[3](x)``, ``t."fc"(x)``.
+
+    The module keeps its role's weights: the gradient flows into the inputs, and into the
+    module only where its role is trained (a frozen teacher's classifier stays as it is).
+    ``point``: ``classifier`` (the final classifier, whose input is the ``embedding`` tap),
+    ``stage`` (the ``index``-th stage) or ``module`` (a ``named_modules()`` path).
+    """
+
+    op: Literal["apply"] = "apply"
+    role: str
+    point: Literal["classifier", "stage", "module"]
+    module: str | None = None
+    index: int | None = None
+    args: tuple[Expr, ...] = ()
+
+
 class ArgRef(_ExprNode):
     """A parameter of a ``def`` inside its body, replaced by the argument when it is called."""
 
@@ -158,11 +176,11 @@ class ListE(_ExprNode):
 
 
 Expr = Annotated[
-    Num | Str | ParamRef | LetRef | ArgRef | Tap | Call | BinOp | Neg | ListE,
+    Num | Str | ParamRef | LetRef | ArgRef | Tap | Call | Apply | BinOp | Neg | ListE,
     Field(discriminator="op"),
 ]
 
-for _model in (Call, BinOp, Neg, ListE):
+for _model in (Call, Apply, BinOp, Neg, ListE):
     _model.model_rebuild()
 
 
@@ -317,6 +335,8 @@ class Method(_Node):
     uses: tuple[str, ...] = ()
     folded_params: tuple[str, ...] = ()  # parameters folded into tap indices (`stage[k]`)
     functions: tuple[FunctionDef, ...] = ()  # the `def`s this method calls, directly or not
+    # `predict s = expr`: what a role predicts when deployed, in place of its own logits
+    predictions: dict[str, Expr] = Field(default_factory=dict)
 
     def function(self, name: str) -> FunctionDef | None:
         """The ``def`` called ``name``, if the method calls it."""
@@ -354,6 +374,7 @@ class Method(_Node):
             yield from term.expressions()
         for stage in self.stages:
             yield from stage.expressions()
+        yield from self.predictions.values()
 
     def effective_stages(self) -> tuple[Stage, ...]:
         """The declared stages, or one implicit stage ``main`` running every term."""

@@ -50,6 +50,9 @@ class _Printer(Visitor[str]):
         parts += [f"{k}={self.visit(v, 0)}" for k, v in e.kwargs.items()]
         return f"{e.func}({', '.join(parts)})" if parts else e.func
 
+    def visit_Apply(self, e: ir.Apply, prec: int) -> str:
+        return f"{module_text(e)}({', '.join(self.visit(a, 0) for a in e.args)})"
+
     def visit_Neg(self, e: ir.Neg, prec: int) -> str:
         inner = f"-{self.visit(e.operand, 3)}"
         return f"({inner})" if prec > 3 else inner
@@ -70,6 +73,15 @@ class _Printer(Visitor[str]):
 
 
 _PRINTER = _Printer()
+
+
+def module_text(e: ir.Apply) -> str:
+    """The module an ``Apply`` runs, in spec syntax: ``t.classifier``, ``t.stage[2]``."""
+    if e.point == "stage":
+        return f"{e.role}.stage[{e.index}]"
+    if e.point == "module":
+        return f'{e.role}."{e.module}"'
+    return f"{e.role}.{e.point}"
 
 
 def tap_text(tap: ir.Tap) -> str:

@@ -571,7 +571,17 @@ def concat(*xs: Tensor, axes: AxesIn = (), over: object) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def label_mask(x: Tensor, *, axes: AxesIn = (), labels: Tensor) -> Tensor:
+def label_mask(
+    x: Tensor,
+    *,
+    axes: AxesIn = (),
+    labels: Tensor,
+    target: str = "label",
+    views: Tensor | None = None,
+) -> Tensor:
+    if target == "view":  # the class target is the index of each row's view (rotations)
+        assert views is not None, "the compiler passes the view indices"
+        labels = views
     (d,) = dims(axes[0] if axes else None, x, "class")
     shape = [1] * x.dim()
     shape[0] = labels.shape[0]
@@ -583,9 +593,30 @@ def label_mask(x: Tensor, *, axes: AxesIn = (), labels: Tensor) -> Tensor:
     return onehot.expand_as(x)
 
 
-def at_label(x: Tensor, *, axes: AxesIn = (), labels: Tensor) -> Tensor:
+def at_label(
+    x: Tensor,
+    *,
+    axes: AxesIn = (),
+    labels: Tensor,
+    target: str = "label",
+    views: Tensor | None = None,
+) -> Tensor:
     (d,) = dims(axes[0] if axes else None, x, "class")
-    return (x * label_mask(x, axes=axes, labels=labels)).sum(dim=d)
+    mask = label_mask(x, axes=axes, labels=labels, target=target, views=views)
+    return (x * mask).sum(dim=d)
+
+
+def same_source(x: Tensor, *, axes: AxesIn = (), sources: Tensor, diagonal: bool = True) -> Tensor:
+    """[N, N]: 1 where rows i and j come from the same sample (``sources``: each row's sample)."""
+    same = (sources[:, None] == sources[None, :]).to(x.dtype)
+    if not diagonal:
+        same = same * (1 - torch.eye(len(sources), dtype=x.dtype, device=x.device))
+    return same
+
+
+def view_index(x: Tensor, *, axes: AxesIn = (), views: Tensor) -> Tensor:
+    """[N]: which view of its sample each row is."""
+    return views.to(x.dtype)
 
 
 def size(

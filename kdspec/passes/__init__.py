@@ -16,7 +16,7 @@ from kdspec.ir import Lowered, lower_module
 from kdspec.passes.check_axes import check_axes
 from kdspec.passes.check_cycles import check_cycles
 from kdspec.passes.check_ranges import check_ranges
-from kdspec.passes.check_roles import check_roles
+from kdspec.passes.check_roles import check_applied, check_roles
 from kdspec.passes.check_self import check_self
 from kdspec.passes.check_signal import check_signal
 from kdspec.passes.check_stages import check_stages
@@ -35,6 +35,7 @@ PASSES: tuple[Check, ...] = (
     check_axes,
     check_ranges,
     check_roles,
+    check_applied,
     check_signal,
     check_cycles,
     check_self,

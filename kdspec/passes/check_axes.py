@@ -92,6 +92,20 @@ def axis_diagnostics(ctx: PassContext) -> list[Diagnostic]:
 
     for let in m.lets:
         types.value_type(let.value, m, report, ("let", let.name))
+    for role, value in m.predictions.items():
+        predicted = types.value_type(value, m, report, ("predict", role, "value"))
+        # (no axes: a placeholder for a value already reported, or a number: KD403 compiled)
+        if predicted.axes and not {"batch", "class"} <= set(predicted.axes):
+            out.append(
+                ctx.diag(
+                    "KD313",
+                    f"`predict {role}` must give class scores per sample, with the axes "
+                    f"(batch, class); this has {axes_text(predicted.axes)}",
+                    ("predict", role, "value"),
+                    "not class scores",
+                    help="predict logits, e.g. `t.classifier(pool(x))`",
+                )
+            )
     for term in m.terms:
         key = ("term", term.name)
         sides: dict[str, VType] = {}

@@ -43,10 +43,12 @@ def check_signal(ctx: PassContext) -> list[Diagnostic]:
             )
         )
     for stage in m.stages:
+        active = ctx.graph.active_terms(stage)
+        reached = {r for t in active for r in types.grad_roles(t.target, m)}
+        # a role whose module a term applies is reached (KD319 says whether it should be)
+        reached |= {a.role for t in active for a in types.applications(t.target, m)}
         for item in stage.train:
-            if isinstance(item, ir.Tap) and item.role not in {
-                r for t in ctx.graph.active_terms(stage) for r in types.grad_roles(t.target, m)
-            }:
+            if isinstance(item, ir.Tap) and item.role not in reached:
                 out.append(
                     ctx.diag(
                         "KD303",

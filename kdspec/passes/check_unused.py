@@ -15,6 +15,8 @@ def _names(e: ir.Expr) -> tuple[str, ...]:
         return (e.name,)
     if isinstance(e, ir.Tap):
         return (e.role, e.view) if e.view else (e.role,)
+    if isinstance(e, ir.Apply):
+        return (e.role,)
     if isinstance(e, ir.Str):
         return (e.value,)
     return ()

@@ -29,6 +29,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "nonneg": (lambda v: v >= 0, "must be >= 0"),
     "unit": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
     "int": (lambda v: float(v).is_integer(), "must be a whole number"),
+    "quarter_turns": (lambda v: v in (1, 2, 3, 4), "must be 1, 2, 3 or 4"),
     "posint": (
         lambda v: float(v).is_integer() and 0 < v <= MAX_SIZE,
         f"must be a whole number > 0 and at most {MAX_SIZE:,}",

@@ -185,6 +185,12 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _deployed(model: Any, role: str) -> nn.Module:
+    """The role as evaluated: its model, or its ``predict`` where the spec has one."""
+    deployed = getattr(model, "deployed", None)
+    return deployed(role) if deployed is not None else model.roles[role]
+
+
 def evaluate_model(
     model: nn.Module,
     loader: DataLoader[Any],
@@ -360,7 +366,7 @@ class _Repeat:
     opt: torch.optim.Optimizer | None
     steps_done: int = 0
     stage_epoch: int = 0
-    step_model: Any = None  # the model, or its DistributedDataParallel under torchrun
+    step_model: Any = None  # the model, or a distributed.StageParallel under torchrun
 
 
 class TrainRecipe:
@@ -563,6 +569,8 @@ class TrainRecipe:
         assert run.opt is not None
         run.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if isinstance(run.step_model, distributed.StageParallel):
+            run.step_model.after_backward()  # the stage's first step: gradients averaged here
         if self.cfg.grad_clip is not None:
             self.scaler.unscale_(run.opt)
             torch.nn.utils.clip_grad_norm_(run.params, self.cfg.grad_clip)
@@ -600,7 +608,7 @@ class TrainRecipe:
         """Every eval role's metrics on each evaluation split, into ``record`` (rank 0)."""
         for split, loader in self.evals.items() if self.main else ():
             record[split] = {
-                r: evaluate_model(self.model.roles[r], loader, self.o.device, self.o.reference)
+                r: evaluate_model(_deployed(self.model, r), loader, self.o.device, self.o.reference)
                 for r in self.roles
             }
         record.setdefault("val", {})
@@ -665,6 +673,12 @@ class TrainRecipe:
                 models_dir / f"{role}.pt",
                 lambda p, r=role: torch.save(self.model.roles[r].state_dict(), p),
             )
+            predictions = getattr(self.model, "predictions", {})
+            if role in predictions:  # what `predict` adds to the role (SimKD's projector)
+                _atomic_write(
+                    models_dir / f"{role}.predict.pt",
+                    lambda p, node=predictions[role]: torch.save(node.state_dict(), p),
+                )
         wall = time.perf_counter() - self.started
         records, roles = self.records, self.roles
         summary = _summary(records, self.best, self.cfg, roles, self.o.meta, self.stages, wall)

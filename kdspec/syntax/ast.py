@@ -122,6 +122,16 @@ class CallIndex:
 
 
 @dataclass(frozen=True)
+class Apply:
+    """``t.classifier(x)``, ``t.stage[-1](x)``, ``t."fc"(x)``: a role's module applied."""
+
+    module: Attr | ModulePath | Index
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[Kwarg, ...] = ()
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
 class BinOp:
     """``left op right`` with op one of ``+ - * / ^ < > <= >= == !=``."""
 
@@ -158,7 +168,19 @@ class Cond:
 
 
 Expr = Union[
-    Number, String, Name, Call, Attr, ModulePath, Index, CallIndex, BinOp, Neg, ListExpr, Cond
+    Number,
+    String,
+    Name,
+    Call,
+    Attr,
+    ModulePath,
+    Index,
+    CallIndex,
+    Apply,
+    BinOp,
+    Neg,
+    ListExpr,
+    Cond,
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -312,8 +334,17 @@ class Claim:
     span: Span = _span()
 
 
+@dataclass(frozen=True)
+class Predict:
+    """``predict s = t.classifier(proj)``: what a role predicts when deployed (SimKD)."""
+
+    role: Ident
+    value: Expr
+    span: Span = _span()
+
+
 Statement = Union[
-    Cite, Param, Role, Ensemble, View, Subset, Let, Transfer, Supervise, Stage, Use, Claim
+    Cite, Param, Role, Ensemble, View, Subset, Let, Transfer, Supervise, Stage, Use, Claim, Predict
 ]
 
 

@@ -115,6 +115,9 @@ def _with_prec(node: ast.Expr | ast.Slice) -> tuple[str, int]:
             return f"{_operand(node.obj, _POSTFIX)}.{quote(node.path.value)}", _POSTFIX
         case ast.Index():
             return f"{_operand(node.obj, _POSTFIX)}[{format_expr(node.index)}]", _POSTFIX
+        case ast.Apply():
+            module, _ = _with_prec(node.module)
+            return f"{module}({_args(node.args, node.kwargs)})", _POSTFIX
         case ast.CallIndex():
             index = node.n if node.n >= 0 else node.text  # keep a bad index as written
             return f"{_operand(node.obj, _POSTFIX)}@{index}", _POSTFIX
@@ -237,6 +240,8 @@ def _statement(node: Any) -> str:
             return f"use {node.method.name}{args}{alias}{only}"
         case ast.Claim():
             return f"claim {node.dimension.name} = {_names(node.values)}"
+        case ast.Predict():
+            return f"predict {node.role.name} = {format_expr(node.value)}"
         case ast.StageItem():
             return _stage_item(node)
     raise TypeError(f"not a statement node: {type(node).__name__}")

@@ -90,6 +90,26 @@ class ToAst(Transformer[Token, Any]):
         n = int(value) if value.is_integer() else -1  # not a whole number: reported when lowering
         return ast.CallIndex(children[0], n, text, _meta_span(meta))
 
+    def _apply(self, module: Any, args: Any, meta: Meta) -> ast.Apply:
+        pos, kwargs = args if args is not None else ((), ())
+        return ast.Apply(module, pos, kwargs, _meta_span(meta))
+
+    def apply_attr(self, meta: Meta, children: list[Any]) -> ast.Apply:
+        obj, name = children[0], children[1]
+        span = Span(obj.span.start, _tok_span(name).end)
+        return self._apply(ast.Attr(obj, _ident(name), span), children[2], meta)
+
+    def apply_module_path(self, meta: Meta, children: list[Any]) -> ast.Apply:
+        obj, tok = children[0], children[1]
+        span = Span(obj.span.start, _tok_span(tok).end)
+        path = ast.ModulePath(obj, ast.String(_unquote(tok), _tok_span(tok)), span)
+        return self._apply(path, children[2], meta)
+
+    def apply_index(self, meta: Meta, children: list[Any]) -> ast.Apply:
+        obj, index = children[0], children[1]
+        end = getattr(index, "span", obj.span).end
+        return self._apply(ast.Index(obj, index, Span(obj.span.start, end + 1)), children[2], meta)
+
     def _binop(self, op: str, meta: Meta, children: list[Any]) -> ast.BinOp:
         return ast.BinOp(op, children[0], children[1], _meta_span(meta))
 
@@ -300,6 +320,9 @@ class ToAst(Transformer[Token, Any]):
 
     def claim(self, meta: Meta, children: list[Token]) -> ast.Claim:
         return ast.Claim(_ident(children[0]), tuple(map(_ident, children[1:])), _meta_span(meta))
+
+    def predict(self, meta: Meta, children: list[Any]) -> ast.Predict:
+        return ast.Predict(_ident(children[0]), children[1], _meta_span(meta))
 
     def method(self, meta: Meta, children: list[Any]) -> ast.Method:
         name = _ident(children[0])

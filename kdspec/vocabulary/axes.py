@@ -243,6 +243,16 @@ def _needs(axis: str) -> Rule:
     return rule
 
 
+def _batch_matrix(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    _needs("batch")(func, ins, kw)
+    return ("batch", "batch2")
+
+
+def _batch_only(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    _needs("batch")(func, ins, kw)
+    return ("batch",)
+
+
 def _drop_class(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     _needs("class")(func, ins, kw)
     return tuple(a for a in ins[0] if a != "class")
@@ -390,6 +400,8 @@ RULES: dict[str, Rule] = {
     "shrink": _shrink,
     "needs_class": _needs("class"),
     "drop_class": _drop_class,
+    "batch_matrix": _batch_matrix,
+    "batch_only": _batch_only,
     "size": _size,
     "tokens": _tokens,
     "pool": _pool,

@@ -41,7 +41,7 @@ class Param:
     """A keyword parameter: default (REQUIRED if none) and a constraint for KD205."""
 
     default: object = REQUIRED
-    check: str | None = None  # "positive" | "nonneg" | "unit" (0..1) | "int" | "posint"
+    check: str | None = None  # "positive" | "nonneg" | "unit" (0..1) | "int" | "posint" | ...
     choices: tuple[str, ...] = ()  # the words a word-valued parameter accepts
 
 
@@ -300,6 +300,7 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     "classifier_head": Fn(
         "adapter",
+        _p(num_classes=(None, "posint")),
         learned=True,
         returns="logits",
         family="head",
@@ -459,13 +460,24 @@ FUNCTIONS: dict[str, Fn] = {
     ),
     # --- data views and subsets ------------------------------------------------------------
     "gaussian_noise": Fn(
-        "view", _p(std=(0.1, "nonneg")), inputs=0, doc="add Gaussian noise to the input"
+        "view",
+        _p(std=(0.1, "nonneg"), k=(1, "posint")),
+        inputs=0,
+        doc="add Gaussian noise to the input (k > 1: k noisy views of each sample)",
     ),
     "augment": Fn(
         "view",
-        _p(strength=(1.0, "nonneg")),
+        _p(strength=(1.0, "nonneg"), k=(1, "posint")),
         inputs=0,
-        doc="random shifts and noise (bound to a real augmentation by the run)",
+        doc="random shifts and noise (bound to a real augmentation by the run; k > 1: k "
+        "augmented views of each sample)",
+    ),
+    "rotations": Fn(
+        "view",
+        _p(k=(4, "quarter_turns")),
+        inputs=0,
+        doc="k views of each sample, rotated by 0, 90, ... degrees (square images; view i is "
+        "the rotation by i quarter turns)",
     ),
     "same_class": Fn("view", inputs=0, doc="another sample of the same class (CS-KD pairs)"),
     "clean": Fn("view", inputs=0, doc="the data as is"),
@@ -647,7 +659,7 @@ _IMPLS = {
     "kdspec.ir.evaluate": "warmup=schedule_value ramp=schedule_value "
     "cosine_schedule=schedule_value step=schedule_value anneal=schedule_value",
     "kdspec.compiler.views": "gaussian_noise=make_view augment=make_view same_class=make_view "
-    "clean=make_view on_policy=make_view teacher_generations=make_view "
+    "clean=make_view rotations=make_view on_policy=make_view teacher_generations=make_view "
     "exclude_classes=make_subset only_classes=make_subset fraction=make_subset",
     "kdspec.compiler.build": "one_to_one=_mapping_pairs uniform=_mapping_pairs "
     "last=_mapping_pairs first=_mapping_pairs all_pairs=_mapping_pairs",
@@ -824,16 +836,32 @@ PRIMITIVES: dict[str, Fn] = {
         returns="scalar",
     ),
     "label_mask": _prim(
-        "1 at the true class, 0 elsewhere, shaped like x (needs a class axis)",
+        "1 at the true class, 0 elsewhere, shaped like x (needs a class axis); "
+        "`target=view`: at the index of each row's view instead",
         "needs_class",
         "label_mask",
         needs_labels=True,
+        params=_p(target=("label", None, ("label", "view"))),
     ),
     "at_label": _prim(
-        "x at the true class (the class axis goes away)",
+        "x at the true class (the class axis goes away); `target=view`: at the index of "
+        "each row's view",
         "drop_class",
         "at_label",
         needs_labels=True,
+        params=_p(target=("label", None, ("label", "view"))),
+    ),
+    "same_source": _prim(
+        "1 where rows i and j of x are views of the same sample (a view with k > 1 gives k "
+        "rows per sample), else 0; `diagonal=false` leaves out i = j",
+        "batch_matrix",
+        "same_source",
+        params=_p(diagonal=True),
+    ),
+    "view_index": _prim(
+        "which view of its sample each row of x is (0 to k - 1; 0 without an expanding view)",
+        "batch_only",
+        "view_index",
     ),
     "topk": _prim(
         "1 at the k largest entries along `over` (default the last axis), 0 elsewhere",

@@ -144,3 +144,9 @@ def test_python_m_kdspec_works():
 def test_every_library_spec_explains(spec, capsys):
     code, out, _ = run(capsys, "explain", str(ROOT / "specs" / spec))
     assert code == 0 and "Who:" in out and "When:" in out
+
+
+def test_explain_says_what_a_role_predicts_when_deployed(capsys):
+    code, out, _ = run(capsys, "explain", str(ROOT / "specs" / "simkd.kd"))
+    assert code == 0
+    assert "Deployed:\n  - `s` predicts t.classifier(pool(proj))" in out

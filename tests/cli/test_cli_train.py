@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from kdspec.cli.main import main
 
@@ -132,6 +133,28 @@ def test_default_digits_job(capsys, tmp_path: Path, teacher_cache: Path) -> None
     assert "zoo:cnn_tiny" in out
     assert "s alone" in out
     assert any(teacher_cache.glob("zoo_cnn_small-*/teacher.pt"))
+
+
+def test_simkd_is_scored_by_its_prediction_on_the_digits_default(
+    capsys, tmp_path: Path, teacher_cache: Path
+) -> None:
+    # SimKD's student predicts with the teacher's classifier on its projected feature
+    # (`predict s = ...`); its own classifier is never trained, so scoring the bare student
+    # would give chance (10%). Evaluation and the saved files follow the `predict`.
+    short = tmp_path / "short.toml"
+    short.write_text("[teacher]\nepochs = 2\n")
+    out_dir = tmp_path / "out"
+    code, out, err = run(
+        capsys, "train", "simkd", "--run", str(short), "--out", str(out_dir), "--quiet",
+        "--epochs", "3",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "simkd on digits" in out
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    accuracy = [r["test"]["s"]["top1"] for r in records]
+    assert accuracy[-1] > 20.0 and accuracy[-1] > accuracy[0], accuracy
+    saved = torch.load(out_dir / "models" / "s.predict.pt", weights_only=True)
+    assert sum(v.dim() == 4 for v in saved.values()) == 3  # the projector's three convolutions
 
 
 def test_bad_run_file_is_a_diagnostic(capsys, tmp_path: Path) -> None:

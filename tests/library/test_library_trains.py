@@ -42,6 +42,8 @@ LIBRARY = {
     "forward_kl", "sentence_embedding", "minilm_v2", "topk_kl", "topk_rest_kl",
     # generated data (on-policy, teacher generations) needs text: tests/runtime/test_lm_job.py
     "gkd", "seqkd",
+    # a role's module applied to another value, and `predict` (tests/reference/test_simkd.py)
+    "simkd",
 }  # fmt: skip
 GENERATED_DATA = {"gkd", "seqkd"}
 MAX_LINES = 30

@@ -22,6 +22,8 @@ _DISPATCHERS = {"schedule", "view", "subset", "mapping", "role_init"}
 _CONTEXT = {
     "axes",
     "labels",
+    "sources",  # each row's sample, and the view it is: from the batch structure (views, k > 1)
+    "views",
     "num_samples",
     "in_shape",
     "out_shape",

@@ -79,6 +79,8 @@ def rename_all(m: ir.Method, rng: random.Random) -> ir.Method:
             return node.model_copy(update={"name": new(node.name)})
         if isinstance(node, ir.Tap):
             return node.model_copy(update={"role": new(node.role), "view": new(node.view)})
+        if isinstance(node, ir.Apply):
+            return node.model_copy(update={"role": new(node.role)})
         if isinstance(node, ir.Term):
             return node.model_copy(update={"name": new(node.name), "subset": new(node.subset)})
         if isinstance(node, ir.Stage):
@@ -105,6 +107,7 @@ def rename_all(m: ir.Method, rng: random.Random) -> ir.Method:
             "name": "renamed",
             "params": {mapping[k]: v for k, v in out.params.items()},
             "folded_params": tuple(mapping[k] for k in out.folded_params),
+            "predictions": {new(r): v for r, v in out.predictions.items()},
         }
     )
 
