@@ -40,14 +40,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
+from kdspec.compiler.teacher_cache import Peers
+
 __all__ = [
     "ShardedBatchSampler",
     "StageParallel",
     "all_gather_objects",
     "barrier",
     "broadcast_object",
+    "gather_objects",
     "is_main",
     "local",
+    "peers",
     "rank",
     "setup",
     "shard_weight",
@@ -147,6 +151,20 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj, group=_group())
     return out
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0; None on the others."""
+    if world_size() <= 1:
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(obj, out, dst=0, group=_group())
+    return out
+
+
+def peers() -> Peers:
+    """This process group as the processes that share one output cache."""
+    return Peers(rank(), world_size(), all_gather_objects, gather_objects)
 
 
 def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:

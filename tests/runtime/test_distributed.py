@@ -5,6 +5,8 @@ of every epoch and the weights after training must equal a single-process run wi
 also across an interrupted and resumed two-process run. The first stage trains the whole
 student on the hint alone (its classifier gets no gradient: DDP must look for unused
 parameters), the second trains every part (DDP must not: no warning that it looked in vain).
+With the output cache on, the two processes fill one cache (one file per group of taps for a
+disk cache), each sample's teacher forward runs once over both, and both read the same rows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from kdspec.api import load_method
 from kdspec.compiler import compile_spec
+from kdspec.compiler.teacher_cache import CacheSpec
 from kdspec.data import synthetic_splits
 from kdspec.runtime import distributed
 from kdspec.runtime.runfile import TrainConfig
@@ -75,19 +78,36 @@ def _distiller() -> Any:
     models = {"t": _mlp(12), "s": _mlp(6)}
     batch = tuple(torch.utils.data.default_collate([SPLITS.train[i] for i in range(4)]))
     torch.manual_seed(2)
-    return compile_spec(low, models, batch, num_classes=4, train_data=SPLITS.train)
+    return compile_spec(
+        low, models, batch, num_classes=4, train_data=SPLITS.train, num_samples=len(SPLITS.train)
+    )
 
 
-def _run(out: Path, *, resume: bool = False, cut: int | None = None) -> dict[str, Any]:
+def _run(
+    out: Path, *, resume: bool = False, cut: int | None = None, cache: str | None = None
+) -> dict[str, Any]:
     torch.set_num_threads(1)
     callbacks = [_CutAfter(cut)] if cut else []
+    distiller, rows = _distiller(), [0]
+    if cache is not None:
+        folder = out / "outputs" if cache == "disk" else None
+        distiller.cache_frozen_outputs(spec=CacheSpec(cache, folder=folder), identity={"n": 72})
+        count = lambda m, args: rows.__setitem__(0, rows[0] + args[0].shape[0])  # noqa: E731
+        distiller.roles["t"].register_forward_pre_hook(count)  # every teacher forward (rows)
     try:
-        result = train(_distiller(), SPLITS.train, CFG, out, batch_size=BATCH,
+        result = train(distiller, SPLITS.train, CFG, out, batch_size=BATCH,
                        resume=resume, callbacks=callbacks, device="cpu")  # fmt: skip
     except _Cut:
         return {}
     state = {k: v.tolist() for k, v in result.model.state_dict().items()}
-    return {"records": result.records, "state": state}
+    found = {"records": result.records, "state": state}
+    if distiller.output_cache is not None:  # what each rank reads for every training sample
+        every = torch.arange(len(SPLITS.train))
+        read = [distiller.output_cache.lookup(*g, every) for g in distiller.output_cache.groups()]
+        values = [None if r is None else [v.tolist() for v in r.values()] for r in read]
+        found["teacher_rows"] = distributed.all_gather_objects(rows[0])
+        found["cached"] = distributed.all_gather_objects(values)
+    return found
 
 
 def _worker(rank: int, world: int, port: int, out: str, plan: list[dict[str, Any]]) -> None:
@@ -107,9 +127,10 @@ def _worker(rank: int, world: int, port: int, out: str, plan: list[dict[str, Any
     distributed.StageParallel.after_backward = after_backward  # type: ignore[method-assign]
     try:
         for step in plan:
-            found = _run(Path(out), **step)
+            name = step.get("cache") or "result"
+            found = _run(Path(out) / step.get("cache", ""), **step)
             if rank == 0 and found:
-                Path(out, "result.json").write_text(json.dumps({**found, "flags": flags}))
+                Path(out, f"{name}.json").write_text(json.dumps({**found, "flags": flags}))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -120,9 +141,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ddp(out: Path, plan: list[dict[str, Any]]) -> dict[str, Any]:
+def _ddp(out: Path, plan: list[dict[str, Any]], name: str = "result") -> dict[str, Any]:
     mp.spawn(_worker, args=(2, _free_port(), str(out), plan), nprocs=2, join=True)
-    return json.loads((out / "result.json").read_text())  # type: ignore[no-any-return]
+    return json.loads((out / f"{name}.json").read_text())  # type: ignore[no-any-return]
 
 
 def _assert_same(ddp: dict[str, Any], one: dict[str, Any]) -> None:
@@ -156,6 +177,25 @@ def test_two_processes_train_what_one_process_trains(
     assert {"checkpoint.pt", "metrics.jsonl", "summary.json", "models"} <= set(files)
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == CFG.epochs  # written once (rank 0), not once per process
+
+
+def test_two_processes_fill_one_output_cache_and_read_the_same_rows(tmp_path: Path) -> None:
+    one = _run(tmp_path / "one", cache="memory")
+    assert one["teacher_rows"] == [2 * 72]  # two groups of taps (one per stage), 72 samples
+    _ddp(tmp_path / "ddp", [{"cache": "disk"}, {"cache": "memory"}], name="disk")
+    for store in ("disk", "memory"):
+        ddp = json.loads((tmp_path / "ddp" / f"{store}.json").read_text())
+        _assert_same(ddp, one)  # the cache changes nothing the run computes
+        # every sample's teacher forward ran once over both processes, not once on each
+        assert sum(ddp["teacher_rows"]) == 2 * 72, store
+        zero, first = ddp["cached"]
+        assert len(zero) == 2 and all(g is not None for g in zero), store  # every row filled
+        assert zero == first, store  # both ranks read the same values
+        for mine, theirs in zip(zero, one["cached"][0], strict=True):
+            for a, b in zip(mine, theirs, strict=True):
+                assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-6, what=store)
+    files = sorted(p.name for p in (tmp_path / "ddp" / "disk" / "outputs").iterdir())
+    assert [f.rsplit(".", 1)[1] for f in files] == ["json", "kdcache"] * 2  # one file per group
 
 
 def test_an_interrupted_two_process_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
