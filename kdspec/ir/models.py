@@ -99,7 +99,8 @@ class Tap(_ExprNode):
     """Where knowledge is read from one role.
 
     ``point`` is abstract (``logits``, ``embedding``, ``input`` the model input, ``output`` the
-    model's whole output, ``stage`` the k-th stage) or ``module`` (an explicit path).
+    model's whole output, ``stage`` the k-th stage) or ``module`` (an explicit path); after a
+    stage, ``module`` is a path under it (``stage[-1]."attention.self.query"``).
     ``first``/``last`` give a stage index or an inclusive range (negative counts from the end;
     None is open). ``io`` reads the module's output, input or pre-activation. ``call`` picks
     the n-th call of a module run several times per forward. ``select`` picks elements of a
