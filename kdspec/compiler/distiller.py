@@ -99,6 +99,8 @@ class Distiller(nn.Module):
         self._parked: set[str] = set()  # frozen roles `train()` put in eval mode
         self._needed: dict[tuple[str, str | None], list[HookPoint]] = {}
         self._teacher_cache: TeacherCache | None = None
+        # set by the trainer under torchrun: the global batch's rows of a per-sample tensor
+        self.gather_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
         # True: frozen roles run with batch norm folded into the convolution before it, where
         # no tap reads inside the pair (kdspec.compiler.inference): tapped values then equal
         # the eager ones to ~1e-6, not bit for bit, so it is an option (`[train] fold_batch_norm`).
@@ -560,6 +562,7 @@ class Distiller(nn.Module):
             num_classes=self.num_classes,
             num_samples=self.num_samples,
             progress=progress,
+            gather_batch=self.gather_batch,
         )
 
     def raw_terms(self, batch: Any) -> dict[str, torch.Tensor]:

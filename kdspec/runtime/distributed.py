@@ -48,6 +48,7 @@ __all__ = [
     "all_gather_objects",
     "barrier",
     "broadcast_object",
+    "gather_batch",
     "gather_objects",
     "is_main",
     "local",
@@ -160,6 +161,22 @@ def gather_objects(obj: Any) -> list[Any] | None:
     out: list[Any] | None = [None] * world_size() if rank() == 0 else None
     dist.gather_object(obj, out, dst=0, group=_group())
     return out
+
+
+def gather_batch(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` (its rows of the global batch), concatenated in rank order."""
+    world = world_size()
+    if world <= 1:
+        return t
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(s.item()) for s in sizes]
+    padded = t.new_zeros((max(counts), *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
 
 
 def peers() -> Peers:

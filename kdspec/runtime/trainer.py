@@ -431,6 +431,8 @@ class TrainRecipe:
         # under torchrun: each rank takes a shard of every global batch (kdspec.runtime.distributed)
         self.world, self.main = distributed.world_size(), distributed.rank() == 0
         make_loader = distributed.sharded_loader if self.world > 1 else train_loader
+        if self.world > 1 and hasattr(self.model, "gather_batch"):  # CRD's bank: every shard
+            self.model.gather_batch = distributed.gather_batch
         self.loader = make_loader(self.train_set, o.batch_size, self.cfg.seed, o.num_workers)
         assert self.loader.generator is not None
         self.generator: torch.Generator = self.loader.generator

@@ -48,6 +48,16 @@ method ddp_check {
 }
 """
 TERMS = [{"hint"}, {"hint", "kd", "ce"}, {"hint", "kd", "ce"}]  # per epoch
+# CRD: a memory bank (a buffer of its learned part) that every sample updates
+CRD = """
+method ddp_crd {
+  teacher t
+  student s
+  transfer crd: from embed(t.embedding, dim=8) to embed(s.embedding, dim=8)
+      with crd_nce(k=16, T=0.07, momentum=0.5)
+  supervise ce: s.logits with cross_entropy
+}
+"""
 
 SPLITS = synthetic_splits(n=110, num_classes=4, input_shape=(1, 4, 4), seed=0)
 CFG = TrainConfig(epochs=3, lr=0.1, momentum=0.9, schedule="cosine")
@@ -72,8 +82,8 @@ def _mlp(hidden: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, hidden), nn.Tanh(), nn.Linear(hidden, 4))
 
 
-def _distiller() -> Any:
-    low = load_method("ddp_check", text=SPEC)
+def _distiller(text: str = SPEC) -> Any:
+    low = load_method("ddp_check", text=text)
     torch.manual_seed(1)
     models = {"t": _mlp(12), "s": _mlp(6)}
     batch = tuple(torch.utils.data.default_collate([SPLITS.train[i] for i in range(4)]))
@@ -110,6 +120,20 @@ def _run(
     return found
 
 
+def _run_crd(out: Path) -> dict[str, Any]:
+    """One epoch of CRD: how many rows of each bank changed, and each rank's banks."""
+    torch.set_num_threads(1)
+    distiller = _distiller(CRD)
+    state = distiller.state_dict()
+    banks = {k: v.clone() for k, v in state.items() if k.endswith(("memory_s", "memory_t"))}
+    assert len(banks) == 2
+    cfg = TrainConfig(epochs=1, lr=0.1, momentum=0.9)
+    result = train(distiller, SPLITS.train, cfg, out, batch_size=BATCH, device="cpu")
+    after = {k: result.model.state_dict()[k] for k in banks}
+    changed = {k: int((after[k] != banks[k]).any(dim=1).sum()) for k in banks}
+    return {"changed": changed, "banks": distributed.all_gather_objects(after)}
+
+
 def _worker(rank: int, world: int, port: int, out: str, plan: list[dict[str, Any]]) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
@@ -127,7 +151,12 @@ def _worker(rank: int, world: int, port: int, out: str, plan: list[dict[str, Any
     distributed.StageParallel.after_backward = after_backward  # type: ignore[method-assign]
     try:
         for step in plan:
-            name = step.get("cache") or "result"
+            name = step.get("cache") or ("crd" if step.get("crd") else "result")
+            if step.pop("crd", False):
+                crd = _run_crd(Path(out) / "crd")
+                if rank == 0:
+                    torch.save(crd, Path(out, "crd.pt"))
+                continue
             found = _run(Path(out) / step.get("cache", ""), **step)
             if rank == 0 and found:
                 Path(out, f"{name}.json").write_text(json.dumps({**found, "flags": flags}))
@@ -141,8 +170,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ddp(out: Path, plan: list[dict[str, Any]], name: str = "result") -> dict[str, Any]:
+def _ddp_spawn(out: Path, plan: list[dict[str, Any]]) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(out), plan), nprocs=2, join=True)
+
+
+def _ddp(out: Path, plan: list[dict[str, Any]], name: str = "result") -> dict[str, Any]:
+    _ddp_spawn(out, plan)
     return json.loads((out / f"{name}.json").read_text())  # type: ignore[no-any-return]
 
 
@@ -196,6 +229,15 @@ def test_two_processes_fill_one_output_cache_and_read_the_same_rows(tmp_path: Pa
                 assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-6, what=store)
     files = sorted(p.name for p in (tmp_path / "ddp" / "disk" / "outputs").iterdir())
     assert [f.rsplit(".", 1)[1] for f in files] == ["json", "kdcache"] * 2  # one file per group
+
+
+def test_every_process_updates_crds_memory_bank(tmp_path: Path) -> None:
+    _ddp_spawn(tmp_path, [{"crd": True}])
+    crd = torch.load(tmp_path / "crd.pt", weights_only=True)
+    # every training sample's row moved, whichever process drew it (not only rank 0's shards)
+    assert set(crd["changed"].values()) == {len(SPLITS.train)}, crd["changed"]
+    zero, first = crd["banks"]
+    assert all(torch.equal(zero[k], first[k]) for k in zero)  # the same bank on both
 
 
 def test_an_interrupted_two_process_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
