@@ -16,6 +16,7 @@ from kdspec.ir import models as ir
 from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE, expand
 from kdspec.lru import Lru, identity_repr
 from kdspec.passes.context import PassContext
+from kdspec.vocabulary import FUNCTIONS
 from kdspec.vocabulary.axes import axes_text, token_data
 
 _LABELS = {"KD313": "wrong axis", "KD314": "axes do not fit", "KD216": "known only in training"}
@@ -72,6 +73,19 @@ def check_axes(ctx: PassContext) -> list[Diagnostic]:
     return [d for d in plain if _key(d) in tokens]
 
 
+def _kind_rejected(term: ir.Term, m: ir.Method) -> bool:
+    """A loss of the library whose vocabulary entry does not accept a side's kind."""
+    fn = FUNCTIONS.get(term.loss.func)
+    if fn is None or fn.category != "loss" or types.term_has_unknown(term, m):
+        return False
+    if term.kind == "supervise":
+        return bool(fn.accepts) and types.expr_kind(term.target, m) not in fn.accepts
+    teacher = fn.teacher_accepts if fn.teacher_accepts is not None else fn.accepts
+    return (bool(fn.accepts) and types.side_kind(term, "target", m) not in fn.accepts) or (
+        bool(teacher) and types.side_kind(term, "source", m) not in teacher
+    )
+
+
 def _key(d: Diagnostic) -> tuple[str, object]:
     # A loss or weight of the wrong axes is one error on either data, whichever code says it
     # (a per-sample loss on images is a per-token one on tokens).
@@ -115,7 +129,9 @@ def axis_diagnostics(ctx: PassContext) -> list[Diagnostic]:
                 sides[side] = types.knowledge_type(raw, term.knowledge, m, report, key)
         else:
             sides["target"] = types.value_type(term.target, m, report, (*key, "target"))
-        loss = loss_type(term, sides, m, report)
+        # A library loss given a kind it does not take is KD301 (check_types): its body is not
+        # typed on that value too (one root cause, one diagnostic).
+        loss = None if _kind_rejected(term, m) else loss_type(term, sides, m, report)
         per_sample_loss = loss is not None and loss.axes == ("batch",)
         if loss is not None and loss.axes not in (None, (), ("batch",)):
             out.append(
