@@ -7,6 +7,7 @@ it, in functional mode (tensors given by tap text).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -77,7 +78,8 @@ class _Losses:
     as a softmax of log-probabilities (the same distribution, the same gradients); the other
     losses take any tensor at a tap (``mmd`` and ``pearson`` from a ``def``, which asks for no
     knowledge kind). Spec errors come back as ``ValueError``.
-    Functions still written in Python (``cross_entropy``, ...) are returned as they are.
+    A one-input loss (``cross_entropy``) takes logits and labels, as ``supervise`` gives them.
+    Functions still written in Python are returned as they are.
     """
 
     LOG_PROBS = frozenset({"kl", "soft_ce"})
@@ -86,11 +88,14 @@ class _Losses:
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         from kdspec.ops import LOSSES
+        from kdspec.vocabulary import FUNCTIONS
 
         if name == "LOSSES":
             return LOSSES
         if name in LOSSES:
             return LOSSES[name]
+        if name in FUNCTIONS and FUNCTIONS[name].inputs == 1:
+            return functools.partial(supervised_loss, name)
 
         def call(t: torch.Tensor, s: Any, *more: torch.Tensor, **kwargs: object) -> torch.Tensor:
             from kdspec.diagnostics import KdError
@@ -110,6 +115,22 @@ class _Losses:
                 raise ValueError(str(exc)) from exc
 
         return call
+
+
+def supervised_loss(
+    name: str, logits: torch.Tensor, labels: torch.Tensor, **kwargs: object
+) -> torch.Tensor:
+    """``supervise v: s.logits with name(**kwargs)``: [B, C] logits with [B] labels, or [B, L, C]
+    token logits with [B, L] labels (-100: no loss there)."""
+    args = ", ".join(f"{k}={_literal(v)}" for k, v in kwargs.items())
+    text = f"method probe {{\n  student s\n  supervise v: s.logits with {name}({args})\n}}"
+    batch: dict[str, Any] = {"s.logits": logits, "labels": labels}
+    d = compile_spec(
+        load_method("probe.kd", text=text),
+        None,
+        {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in batch.items()},
+    )
+    return d(batch).loss
 
 
 def _gaussian_loss(

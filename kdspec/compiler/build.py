@@ -43,7 +43,6 @@ from kdspec.ir.printer import module_text
 from kdspec.ir.traverse import Visitor
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops.components import LEARNED_LOSSES
-from kdspec.ops.transforms import UNSCALED
 from kdspec.vocabulary import FUNCTIONS
 
 __all__ = ["Built", "StagePlan", "TermBuilder", "build", "constant_weights", "stage_plans"]
@@ -142,6 +141,9 @@ class TermBuilder(Visitor[Node]):
         self.points: dict[ir.Tap, list[HookPoint]] = {}
         self.lets: dict[str, LetNode] = {}
         self.holes: dict[str, types.VType] = {}  # types of the stand-ins being built
+        # A def's arguments computed once however often its body reads them (`_shared_args`).
+        self.shared: dict[str, ir.Expr] = {}
+        self.shared_nodes: dict[str, LetNode] = {}
 
     def value(self, e: ir.Expr | None) -> Any:
         """A number as the runtime uses it: constant, or :class:`Scheduled` (every step)."""
@@ -204,6 +206,10 @@ class TermBuilder(Visitor[Node]):
         self, e: ir.ArgRef, path: tuple[object, ...], indices: dict[ir.Tap, list[int]]
     ) -> Node:
         """A stand-in: the value a pipeline step or an expanded `def` is applied to."""
+        if e.name in self.shared:  # a def's argument: built once, at its first read
+            if e.name not in self.shared_nodes:
+                self.shared_nodes[e.name] = LetNode(self.node(self.shared[e.name], path, indices))
+            return self.shared_nodes[e.name]
         return HoleNode() if e.name == HOLE else ArgNode(e.name)
 
     def visit_BinOp(
@@ -272,7 +278,7 @@ class TermBuilder(Visitor[Node]):
         """A call: a `def` expanded, a typed primitive, an adapter, a combination, a transform."""
         fdef = self.m.function(e.func)
         if fdef is not None:
-            return self.node(expand(e, fdef), path, indices)
+            return self.node(expand(self.shared_args(e), fdef), path, indices)
         if e.func == "choose" and len(e.args) == 3:
             chosen = types.choose_branch(e, self.m)
             if chosen is None:
@@ -299,12 +305,30 @@ class TermBuilder(Visitor[Node]):
         extra: dict[str, Any] | None = None
         if e.func == "margin_relu":
             extra = {"margins": self.margins(e.args[0], path)}
-        if e.func == "normalize":
-            _normalize_unscaled(inputs[0])
         node = TransformNode(e.func, inputs, kwargs, extra)
         if e.args:
             node.in_axes = types.value_type(e.args[0], self.m, holes=self.holes).axes
         return node
+
+    def shared_args(self, e: ir.Call) -> ir.Call:
+        """``e`` with its computed arguments as stand-ins built once: a def's body may read an
+        argument several times (`mask(conv1x1(x))` reads `x` twice), and it is one value, one
+        adapter, one random draw. Arguments that read a loss's sides or a pipeline's input
+        stay as written (they change from one paired layer to the next)."""
+        args: list[ir.Expr] = []
+        for a in e.args:
+            if (
+                isinstance(a, ir.Tap | ir.ArgRef | ir.LetRef)
+                or types.is_static(a, self.m)
+                or any(ir.find_all(a, ir.ArgRef))
+            ):
+                args.append(a)
+                continue
+            name = f"$arg{len(self.shared)}"
+            self.holes[name] = types.value_type(a, self.m, holes=self.holes)
+            self.shared[name] = a
+            args.append(ir.ArgRef(name=name))
+        return e.model_copy(update={"args": tuple(args)})
 
     def scale_free(self, e: ir.Expr) -> ir.Expr:
         """``e`` without a positive factor, for ``normalize``: ``normalize(c x) = normalize(x)``.
@@ -313,23 +337,33 @@ class TermBuilder(Visitor[Node]):
         ``relation(x, over=channel) / HW``) keep the gradient of the unscaled value instead of
         ``1 / c`` of it. Factors are numbers > 0 known before training and sizes (``B``, ``HW``).
         """
-        body = e
-        if isinstance(e, ir.Call) and (fdef := self.m.function(e.func)) is not None:
-            body = expand(e, fdef)
-        if isinstance(body, ir.BinOp) and body.op == "/" and self.positive(body.right):
-            return self.scale_free(body.left)
-        if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.left):
-            return self.scale_free(body.right)
-        if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.right):
-            return self.scale_free(body.left)
-        return e  # nothing to drop: the value as written
+        while True:  # one positive factor dropped per turn
+            body = e
+            if isinstance(e, ir.Call) and (fdef := self.m.function(e.func)) is not None:
+                body = expand(e, fdef)
+            if not isinstance(body, ir.BinOp):
+                return e
+            if body.op == "/" and self.positive(body.right):
+                e = body.left
+            elif body.op == "*" and self.positive(body.left):
+                e = body.right
+            elif body.op == "*" and self.positive(body.right):
+                e = body.left
+            else:
+                return e  # nothing to drop: the value as written
 
     def positive(self, e: ir.Expr) -> bool:
         """A number > 0 known before training, or a size (``B``, ``HW``, ``size(...)``)."""
-        if isinstance(e, ir.Call) and e.func == "size":
-            return True
-        if isinstance(e, ir.BinOp) and e.op in ("*", "/"):
-            return self.positive(e.left) and self.positive(e.right)
+        factors = [e]  # products and quotients of such factors are such factors
+        while factors:
+            f = factors.pop()
+            if isinstance(f, ir.BinOp) and f.op in ("*", "/"):
+                factors += [f.left, f.right]
+            elif not (isinstance(f, ir.Call) and f.func == "size") and not self._positive_number(f):
+                return False
+        return True
+
+    def _positive_number(self, e: ir.Expr) -> bool:
         if types.is_static(e, self.m):
             try:
                 return float(self.value(e)) > 0
@@ -411,8 +445,6 @@ class TermBuilder(Visitor[Node]):
             if fn.category == "adapter":
                 steps.append(AdapterNode(call.func, HoleNode(), self.kwargs(call), term=term))
             else:
-                if call.func == "normalize" and steps:
-                    _normalize_unscaled(steps[-1])
                 step = TransformNode(call.func, [HoleNode()], self.kwargs(call))
                 step.in_axes = before.axes
                 steps.append(step)
@@ -599,16 +631,6 @@ def _as_rows(t: types.VType) -> types.VType:
     if t.axes is not None and t.axes[:2] == ("batch", "token"):
         return types.VType(t.kind, ("batch", *t.axes[2:]))
     return t
-
-
-def _normalize_unscaled(node: Node) -> None:
-    """`normalize` of a mean over positions (gram, fsp) normalises the sum instead.
-
-    Equal values (normalisation ignores a positive factor), but the zero rows it clamps (dead
-    channels) keep the gradient of the unscaled matrix rather than 1/(H*W) of it.
-    """
-    if isinstance(node, TransformNode) and node.func in UNSCALED:
-        node.unscaled = True
 
 
 def _is_primitive_call(e: ir.Call) -> bool:

@@ -50,11 +50,10 @@ from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE
 from kdspec.ops import LOSSES, TRANSFORMS
 from kdspec.ops import components as comp
 from kdspec.ops import primitives as P
-from kdspec.ops.transforms import UNSCALED
+from kdspec.vocabulary import FUNCTIONS
 
 __all__ = ["EjectError", "eject"]
 
-_IMPL = {"mask": "mask_features"}
 _PLAIN = (int, float, str, bool, type(None))
 
 
@@ -325,12 +324,16 @@ class _Writer:
             return f"[{fn_name}(v, hint, i) for i, v in enumerate({args[0]})]"
         if node.func == "margin_relu":
             return self.fail(f"the transform `{node.func}`")
-        impl = _IMPL.get(node.func, node.func)
-        fn = UNSCALED[impl] if node.unscaled else TRANSFORMS.get(impl, comp.TRANSFORMS.get(impl))
+        fn = TRANSFORMS.get(node.func, comp.TRANSFORMS.get(node.func))
         if fn is None:
             return self.fail(f"the transform `{node.func}`")
         name = self.g.add(fn.__module__, fn.__name__)
-        kw = self.kwargs(node.kwargs, f"`{node.func}`")
+        kwargs = dict(node.kwargs)
+        if kwargs.get("mask", "none") not in ("none", None):  # a mask of the batch, by name
+            return self.fail(f"the token mask `{kwargs['mask']}` of `{node.func}`")
+        if node.func in ("rows", "pool"):
+            kwargs.pop("mask", None)  # `mask=none`: every row
+        kw = self.kwargs(kwargs, f"`{node.func}`")
         if len(args) == 1:
             return f"[{name}(v{kw}) for v in {args[0]}]"
         vs = ", ".join(f"v{i}" for i in range(len(args)))
@@ -360,7 +363,8 @@ class _Writer:
             call = reads[0]  # the stored log-probabilities, exactly
         elif func in LOSSES:
             loss = self.g.add(LOSSES[func].__module__, LOSSES[func].__name__)
-            inputs = f"{reads[0]}, y" if func == "cross_entropy" else ", ".join(reads)
+            one = FUNCTIONS[func].inputs == 1  # a one-input loss takes the labels
+            inputs = f"{reads[0]}, y" if one else ", ".join(reads)
             call = f"{loss}({inputs}{kw})"
         elif func == "size" and not args:
             if node.kwargs.get("over") == "batch":

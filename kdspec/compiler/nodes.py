@@ -19,11 +19,8 @@ from kdspec.ir.evaluate import Progress, at_progress
 from kdspec.ops import LOSSES, TRANSFORMS, build_adapter
 from kdspec.ops import components as comp
 from kdspec.ops.adapters import AdapterShapeError
-from kdspec.ops.transforms import UNSCALED
 from kdspec.vocabulary import FUNCTIONS
 
-# Vocabulary names whose implementation has another name in kdspec.ops.
-_IMPL = {"mask": "mask_features"}
 # Losses whose two sides may differ in shape: VID's Gaussian, NST's MMD between channel sets.
 _ANY_SHAPES = frozenset({"gaussian_nll", "mmd"})
 
@@ -46,6 +43,9 @@ class Env:
     # Token data: the batch's [B, L] masks by name (attention, labels, response).
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     token_labels: torch.Tensor | None = None  # [B, L] labels aligned with the outputs
+    # Data-parallel training: a per-sample tensor's rows over every process's shard of the
+    # global batch, in rank order (memory banks updated by every sample); None in one process.
+    gather_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def mask(self, name: object = None, *, rows: bool = False) -> torch.Tensor | None:
         """The ``[B, L]`` mask called ``name``; None off token data or for ``none``.
@@ -78,9 +78,12 @@ class Env:
         return r % b, r // b
 
     def labels_for(self, n: int) -> torch.Tensor | None:
-        """The labels of ``n`` rows: each view has the label of its sample."""
+        """The labels of ``n`` rows: each view has the label of its sample; the rows of
+        per-position labels (``[B, L]`` tokens, ``rows`` of their ``[B, L, V]`` logits) theirs."""
         if self.labels is None or n == len(self.labels):
             return self.labels
+        if self.labels.dim() > 1 and n == self.labels.numel():
+            return self.labels.reshape(-1)
         return self.labels[self.rows(n)[0]]
 
 
@@ -157,8 +160,6 @@ class TransformNode(Node):
         self.inputs = nn.ModuleList(inputs)
         self.kwargs = kwargs
         self.extra = extra or {}  # per-element tensors (OFD margins), keyed "margins"
-        # Set when `normalize` comes next: compute without the 1/(H*W) (see ops.fsp_sum).
-        self.unscaled = False
         self.in_axes: Any = None  # the input's static axes (token values: masked rows, pools)
 
     def forward(self, env: Env) -> list[torch.Tensor]:
@@ -172,11 +173,7 @@ class TransformNode(Node):
             if _spatial(hint) and "hint" not in self.extra:
                 self.extra["hint"] = hint
             return [_resize(v, hint, i) for i, v in enumerate(values[0])]
-        impl = _IMPL.get(self.func, self.func)
-        if self.unscaled:
-            fn = UNSCALED[impl]
-        else:
-            fn = TRANSFORMS[impl] if impl in TRANSFORMS else comp.TRANSFORMS[impl]
+        fn = TRANSFORMS.get(self.func) or comp.TRANSFORMS[self.func]
         kwargs = at_progress(self.kwargs, env.progress)
         masked = self.func in ("rows", "pool")
         if masked:
@@ -447,20 +444,19 @@ class TermModule(nn.Module):
         total: torch.Tensor | None = None
         labels = env.labels
         for s, t in pairs:
-            if mask is not None and len(mask) != len(t):
-                raise ValueError(
-                    f"`{self.name}`: a subset (`on`) of a value with several views per sample "
-                    "is not supported in a loss written as a `def`"
-                )
             if mask is not None:
-                if not bool(mask.any()):
+                keep = self._subset_rows(mask, t, env, one_sided=s is None)
+                if not bool(keep.any()):
                     continue
-                s = s[mask] if s is not None else None
-                t = t[mask]
-                env.labels = labels[mask] if labels is not None else None
+                s = s[keep] if s is not None else None
+                t = t[keep]
+                y = env.labels_for(len(keep))
+                env.labels = y[keep] if y is not None else None
             rows = self._token_rows(t, env)  # a library loss on token values: kept tokens' rows
             if rows is not None:
                 s, t = (s[rows] if s is not None else None), t[rows]
+                if env.token_labels is not None and env.token_labels.shape == rows.shape:
+                    env.labels = env.token_labels[rows]  # each row's own token label
             self._same_shapes(s, t)
             env.args = {STUDENT_SIDE: [t], **({TEACHER_SIDE: [s]} if s is not None else {})}
             value = self.loss_node(env)[0]
@@ -471,6 +467,20 @@ class TermModule(nn.Module):
             env.labels = labels
         env.args = {}
         return total if total is not None else tgt[0].new_zeros(())
+
+    def _subset_rows(
+        self, mask: torch.Tensor, t: torch.Tensor, env: Env, one_sided: bool
+    ) -> torch.Tensor:
+        """The rows of ``t`` a subset (``on``) keeps: a one-sided term's k views of a sample
+        are kept with their sample."""
+        if len(mask) == len(t):
+            return mask
+        if not one_sided:
+            raise ValueError(
+                f"`{self.name}`: a subset (`on`) of a value with several views per sample "
+                "is not supported in a loss written as a `def`"
+            )
+        return mask[env.rows(len(t))[0]]
 
     def _same_shapes(self, s: Any, t: Any) -> None:
         """A loss of the library (prelude or Python) compares sides of one shape."""
@@ -512,21 +522,8 @@ class TermModule(nn.Module):
             return total
         # Adapters and `resize` on the student side size themselves from the teacher side's
         # raw value (before the knowledge pipeline), e.g. a regressor to the teacher's map.
-        env.shape_hint = None
-        if isinstance(self.source, PipelineNode):
-            raw = self.source.raw(env)
-            hint = [tuple(v.shape[1:]) for v in raw]
-            src = self.source.apply_steps(raw, env)
-        else:
-            src = self.source(env)
-            hint = [tuple(v.shape[1:]) for v in src]
-        env.shape_hint = hint
-        if isinstance(self.target, PipelineNode):
-            raw_t = self.target.raw(env)
-            tgt = self.target.apply_steps(raw_t, env)
-        else:
-            tgt = self.target(env)
-        env.shape_hint = None
+        src, tgt = self._sides(env)
+        assert src is not None
         if self.loss in comp.LEARNED_LOSSES:
             return self._learned(src, tgt, env)
         assert fn is not None
@@ -605,7 +602,7 @@ class ApplyNode(Node):
         owner: Any = self.__dict__["_owner"]
         module = owner.roles[self.role].get_submodule(self.path)
         params = None
-        if self.role not in owner._trained:  # weights fixed, gradient into the inputs only
+        if not owner.trains(self.role):  # weights fixed, gradient into the inputs only
             params = {n: p.detach() for n, p in module.named_parameters()}
         out = []
         for args in broadcast(*values):
@@ -710,7 +707,7 @@ class PrimNode(Node):
                 p = P.mean(probs, axes=self.in_axes, **kwargs)
                 out.append(p.log().clamp_min(torch.finfo(p.dtype).min))
             elif self.func in LOSSES:  # a built-in loss's value (a number) inside an expression
-                if self.func == "cross_entropy":
+                if FUNCTIONS[self.func].inputs == 1:  # a one-input loss takes the labels
                     out.append(LOSSES[self.func](xs[0], env.labels_for(len(xs[0])), **kwargs))
                 else:
                     out.append(LOSSES[self.func](*xs, **kwargs))

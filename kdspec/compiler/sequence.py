@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100
+from kdspec.ops.primitives import IGNORE_INDEX
+
 # Keys of a token batch that are not model inputs.
 NOT_INPUTS = ("labels", "index", "response_mask")
 # Keys of a functional batch (tensors given by tap text) that are masks, not taps.

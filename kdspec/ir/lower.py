@@ -1060,6 +1060,15 @@ class _FunctionLowering(_MethodLowering):
         return ir.FunctionDef(name=fn.name.name, params=tuple(params), body=body)
 
 
+# The prelude's defs lowered once per process (they call only each other), by name and the
+# text of their file: as many entries as the prelude has defs.
+_PRELUDE_LOWERED: dict[tuple[str, str, int], tuple[ir.FunctionDef, list[Diagnostic]]] = {}
+
+
+def _prelude_sources() -> frozenset[str]:
+    return frozenset(str(path) for path in prelude_files())
+
+
 def prelude_names() -> frozenset[str]:
     """The names of every def of the prelude (its vocabulary functions and `_` helpers)."""
     return frozenset(name for path in prelude_files() for name in module_defs(path)[0])
@@ -1163,6 +1172,10 @@ class DefTable:
         if name in self.lowered:
             return None if name in self.recursive else self.lowered[name]
         fn, fsource = self.asts[name]
+        key = (name, fsource.name, hash(fsource.text))  # a str caches its hash
+        cached = _PRELUDE_LOWERED.get(key)
+        if cached is not None:
+            return self._adopt_prelude(name, cached[0], cached[1], source)
         self.stack.append(name)
         try:
             lowering = _FunctionLowering(fn, fsource, self)
@@ -1171,7 +1184,23 @@ class DefTable:
             self.stack.pop()
         self.diags.extend(lowering.diags)
         self.lowered[name] = fdef
+        if not self.recursive and fsource.name in _prelude_sources():
+            _PRELUDE_LOWERED[key] = (fdef, list(lowering.diags))
         return None if name in self.recursive else fdef
+
+    def _adopt_prelude(
+        self, name: str, fdef: ir.FunctionDef, diags: list[Diagnostic], source: SourceFile
+    ) -> ir.FunctionDef:
+        """A prelude def lowered by an earlier spec of this process, with the defs it calls."""
+        from kdspec.ir.functions import calls
+
+        self.lowered[name] = fdef
+        self.diags.extend(diags)
+        for p in (fdef.body, *(p.default for p in fdef.params)):
+            for c in calls(p):
+                if c in self.asts and c not in self.lowered:
+                    self.lower(c, None, source)
+        return fdef
 
     def lower_all(self) -> None:
         for name in sorted(self.local):

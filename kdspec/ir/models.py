@@ -7,13 +7,13 @@ by meaning only. ``Method.model_json_schema()`` is the published JSON Schema of 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdspec.ir import traverse
+from kdspec.lru import Lru
 
 
 class _Node(BaseModel):
@@ -302,7 +302,7 @@ class Claim(_Node):
     values: tuple[str, ...]
 
 
-_INDEXES: OrderedDict[int, tuple[tuple[Any, ...], dict[str, Any]]] = OrderedDict()
+_INDEXES: Lru[int, tuple[tuple[Any, ...], dict[str, Any]]] = Lru("name indexes", 64)
 
 
 def _by_name(items: tuple[Any, ...]) -> dict[str, Any]:
@@ -311,14 +311,11 @@ def _by_name(items: tuple[Any, ...]) -> dict[str, Any]:
     key = id(items)
     hit = _INDEXES.get(key)
     if hit is not None and hit[0] is items:
-        _INDEXES.move_to_end(key)
         return hit[1]
     index: dict[str, Any] = {}
     for item in items:
         index.setdefault(item.name, item)
-    _INDEXES[key] = (items, index)  # holding the tuple keeps its id from being reused
-    if len(_INDEXES) > 64:
-        _INDEXES.popitem(last=False)
+    _INDEXES.put(key, (items, index))  # holding the tuple keeps its id from being reused
     return index
 
 

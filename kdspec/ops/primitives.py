@@ -25,6 +25,8 @@ from kdspec.vocabulary import FUNCTIONS
 from kdspec.vocabulary.axes import Axes, over_axes, positional
 
 AxesIn = Sequence[Axes | None]
+# The label of a row (or token) without a class: no loss there (F.cross_entropy's ignore_index).
+IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,6 +557,32 @@ def select(x: Tensor, *, axes: AxesIn = (), over: object, index: int = 0) -> Ten
     return x.select(d, int(index))
 
 
+def random(x: Tensor, *, axes: AxesIn = (), over: object = None) -> Tensor:
+    """Uniform random numbers in [0, 1), drawn anew on every call (torch's generator): one per
+    entry of x, or with ``over`` one per position of those axes (size 1 along the others)."""
+    shape = list(x.shape)
+    if over is not None:
+        keep = set(dims(axes[0] if axes else None, x, over))
+        shape = [n if d in keep else 1 for d, n in enumerate(shape)]
+    return torch.rand(shape, dtype=x.dtype, device=x.device)
+
+
+def merge(x: Tensor, *, axes: AxesIn = (), over: object) -> Tensor:
+    """The adjacent axes ``over`` joined into one (``merge(x, over=sample)``: ``[B, ...] ->
+    [B, D]``); axes that cover no dimension (a pooled ``space``) join as one of size 1."""
+    ax = axes[0] if axes else None
+    ds = dims(ax, x, over)
+    if ds and ds != list(range(ds[0], ds[-1] + 1)):
+        raise ValueError(f"`merge` joins adjacent dimensions, got {ds}")
+    if ds:
+        return x.flatten(ds[0], ds[-1])
+    names = over_axes(over, of=ax) if ax is not None else ()
+    if ax is None or not names:  # `over=sample` of one value per sample: [B] -> [B, 1]
+        return x.unsqueeze(-1)
+    first = next(i for i, a in enumerate(ax) if a in names)
+    return x.unsqueeze(builtins.sum(spans(ax, x.dim())[:first]))
+
+
 def stack(*xs: Tensor, axes: AxesIn = (), over: object) -> Tensor:
     """The inputs side by side along a new last axis."""
     return torch.stack(torch.broadcast_tensors(*xs), dim=-1)
@@ -583,10 +611,12 @@ def label_mask(
         assert views is not None, "the compiler passes the view indices"
         labels = views
     (d,) = dims(axes[0] if axes else None, x, "class")
-    shape = [1] * x.dim()
-    shape[0] = labels.shape[0]
-    shape[d] = x.shape[d]
-    onehot = F.one_hot(labels, num_classes=x.shape[d]).to(x.dtype)  # [B, K]
+    # A row whose label is the ignore index has no class: a row of zeros.
+    ignored = labels == IGNORE_INDEX
+    onehot = F.one_hot(labels.masked_fill(ignored, 0), num_classes=x.shape[d]).to(x.dtype)
+    onehot = onehot * (~ignored).unsqueeze(-1).to(x.dtype)
+    if labels.dim() > 1 and d == x.dim() - 1 and tuple(labels.shape) == tuple(x.shape[:-1]):
+        return onehot  # a label per position (tokens [B, L] of [B, L, V] logits)
     onehot = onehot.reshape(
         labels.shape[0], *([1] * (d - 1)), x.shape[d], *([1] * (x.dim() - d - 1))
     )

@@ -25,11 +25,9 @@ from torch import Tensor, nn
 
 __all__ = [
     "TRANSFORMS",
-    "flatten",
     "interpolate",
     "log_softmax",
     "margin_relu",
-    "mask_features",
     "mean",
     "mean_dist",
     "normalize",
@@ -179,18 +177,6 @@ def virtual_teacher(
 # --------------------------------------------------------------------------------------------
 
 
-def flatten(x: Tensor) -> Tensor:
-    """Flatten all non-batch dims.
-
-    Args:
-        x: ``[B, ...]``.
-
-    Returns:
-        ``[B, D]``.
-    """
-    return x.reshape(x.shape[0], -1)
-
-
 def normalize(x: Tensor, p: float = 2.0) -> Tensor:
     """Lp-normalise each sample (4-D input is flattened first), ``F.normalize`` with eps 1e-12.
 
@@ -306,50 +292,10 @@ def stopgrad(x: Tensor) -> Tensor:
     return x.detach()
 
 
-def mask_features(
-    x: Tensor,
-    ratio: float = 0.5,
-    mode: str = "channel",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """MGD random mask: zero whole channels or spatial positions with probability ``ratio``.
-
-    As yzd-v/MGD: classification draws ``rand(B, C, 1, 1)`` and zeroes where ``< ratio``;
-    detection draws ``rand(B, 1, H, W)`` and zeroes where ``> 1 - ratio``.
-
-    Args:
-        x: ``[B, C, H, W]`` (``[B, C]`` also accepted for ``mode="channel"``).
-        ratio: Masking probability in ``[0, 1]``.
-        mode: ``"channel"`` or ``"spatial"``.
-        generator: Optional RNG for reproducible masks.
-
-    Returns:
-        ``[B, C, H, W]``, masked.
-    """
-    if mode == "channel":
-        shape = (x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
-        r = torch.rand(shape, generator=generator, dtype=x.dtype, device=x.device)
-        keep = r >= ratio
-    elif mode == "spatial":
-        if x.dim() != 4:
-            raise ValueError(f"spatial masking expects [B, C, H, W], got {tuple(x.shape)}")
-        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
-        r = torch.rand(shape, generator=generator, dtype=x.dtype, device=x.device)
-        keep = r <= 1.0 - ratio
-    else:
-        raise ValueError(f"mask mode must be 'channel' or 'spatial', got {mode!r}")
-    return x * keep.to(x.dtype)
-
-
-# Scale-free forms of the transforms that average over positions, used when `normalize` follows
-# (none left: `gram` and `fsp` are prelude defs, and the compiler drops their `/ HW` itself).
-UNSCALED: dict[str, Callable[..., Any]] = {}
-
 TRANSFORMS: dict[str, Callable[..., Any]] = {
     "softmax": softmax,
     "log_softmax": log_softmax,
     "normalize": normalize,
-    "flatten": flatten,
     "pool": pool,
     "interpolate": interpolate,
     "mean_dist": mean_dist,
@@ -358,6 +304,5 @@ TRANSFORMS: dict[str, Callable[..., Any]] = {
     "margin_relu": margin_relu,
     "ofd_margin": ofd_margin,
     "virtual_teacher": virtual_teacher,
-    "mask_features": mask_features,
 }
 """Every transform by its spec name."""

@@ -14,7 +14,9 @@ from kdspec.graph import types
 from kdspec.graph.types import VType
 from kdspec.ir import models as ir
 from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE, expand
+from kdspec.lru import Lru, identity_repr
 from kdspec.passes.context import PassContext
+from kdspec.vocabulary import FUNCTIONS
 from kdspec.vocabulary.axes import axes_text, token_data
 
 _LABELS = {"KD313": "wrong axis", "KD314": "axes do not fit", "KD216": "known only in training"}
@@ -37,22 +39,23 @@ def loss_type(
     holes = types.loss_holes(term.loss.func, sides)
     # The prelude's losses recur in every spec: type each (call, sides, parameters) once and
     # replay its diagnostics at this term.
-    key = (repr(term.loss), repr(fdef), repr(holes), repr(sorted(method.params.items())))
-    if key not in _LOSS_TYPES:
+    key = (repr(term.loss), identity_repr(fdef), repr(holes), repr(sorted(method.params.items())))
+    hit = _LOSS_TYPES.get(key)
+    if hit is None:
         found: list[tuple[str, str, tuple[object, ...]]] = []
         body = expand(term.loss, fdef, implicit)
         vtype = types.value_type(body, method, lambda *d: found.append(d), (), holes)
-        if len(_LOSS_TYPES) > 4096:
-            _LOSS_TYPES.clear()
-        _LOSS_TYPES[key] = (vtype, found)
-    vtype, found = _LOSS_TYPES[key]
+        hit = _LOSS_TYPES.put(key, (vtype, found))
+    vtype, found = hit
     for code, message, path in found:
         if report is not None:
             report(code, message, ("term", term.name, "loss", *path))
     return vtype
 
 
-_LOSS_TYPES: dict[tuple[str, ...], tuple[VType, list[tuple[str, str, tuple[object, ...]]]]] = {}
+_LOSS_TYPES: Lru[tuple[str, ...], tuple[VType, list[tuple[str, str, tuple[object, ...]]]]] = Lru(
+    "loss types", 1024
+)
 
 
 def check_axes(ctx: PassContext) -> list[Diagnostic]:
@@ -68,6 +71,19 @@ def check_axes(ctx: PassContext) -> list[Diagnostic]:
     with token_data(True):
         tokens = {_key(d) for d in axis_diagnostics(ctx)}
     return [d for d in plain if _key(d) in tokens]
+
+
+def _kind_rejected(term: ir.Term, m: ir.Method) -> bool:
+    """A loss of the library whose vocabulary entry does not accept a side's kind."""
+    fn = FUNCTIONS.get(term.loss.func)
+    if fn is None or fn.category != "loss" or types.term_has_unknown(term, m):
+        return False
+    if term.kind == "supervise":
+        return bool(fn.accepts) and types.expr_kind(term.target, m) not in fn.accepts
+    teacher = fn.teacher_accepts if fn.teacher_accepts is not None else fn.accepts
+    return (bool(fn.accepts) and types.side_kind(term, "target", m) not in fn.accepts) or (
+        bool(teacher) and types.side_kind(term, "source", m) not in teacher
+    )
 
 
 def _key(d: Diagnostic) -> tuple[str, object]:
@@ -113,7 +129,9 @@ def axis_diagnostics(ctx: PassContext) -> list[Diagnostic]:
                 sides[side] = types.knowledge_type(raw, term.knowledge, m, report, key)
         else:
             sides["target"] = types.value_type(term.target, m, report, (*key, "target"))
-        loss = loss_type(term, sides, m, report)
+        # A library loss given a kind it does not take is KD301 (check_types): its body is not
+        # typed on that value too (one root cause, one diagnostic).
+        loss = None if _kind_rejected(term, m) else loss_type(term, sides, m, report)
         per_sample_loss = loss is not None and loss.axes == ("batch",)
         if loss is not None and loss.axes not in (None, (), ("batch",)):
             out.append(

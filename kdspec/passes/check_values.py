@@ -13,6 +13,7 @@ from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses
 from kdspec.ir.functions import expand
 from kdspec.ir.lower import did_you_mean
 from kdspec.ir.printer import expr_text
+from kdspec.lru import Lru, identity_repr
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS, Param
 from kdspec.vocabulary.axes import AXES, positional
@@ -328,9 +329,9 @@ def _in_bodies(ctx: PassContext, e: ir.Expr | None, path: tuple[object, ...]) ->
     return out
 
 
-_BODY_CALLS: dict[
-    tuple[str, str, str], list[ir.Call]
-] = {}  # the prelude's defs recur in every spec
+_BODY_CALLS: Lru[tuple[str, str, str], list[ir.Call]] = Lru(
+    "def body calls", 1024
+)  # the prelude's defs recur in every spec
 
 
 def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
@@ -338,29 +339,33 @@ def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
     fdef = m.function(call.func)
     if fdef is None or depth > 20:  # a def that calls itself is KD215
         return []
-    key = (repr(call), repr(fdef), repr(sorted(m.params.items())))
-    if key not in _BODY_CALLS:
+    key = (repr(call), identity_repr(fdef), repr(sorted(m.params.items())))
+    hit = _BODY_CALLS.get(key)
+    if hit is None:
         found: list[ir.Call] = []
         for inner in _chosen_calls(m, expand(call, fdef)):
             if not any(isinstance(n, ir.ArgRef) for v in inner.kwargs.values() for n in ir.walk(v)):
                 found.append(inner)  # checked against its vocabulary entry, if it has one
             if m.function(inner.func) is not None:
                 found.extend(_body_calls(m, inner, depth + 1))
-        if len(_BODY_CALLS) > 4096:
-            _BODY_CALLS.clear()
-        _BODY_CALLS[key] = found
-    return _BODY_CALLS[key]
+        hit = _BODY_CALLS.put(key, found)
+    return hit
 
 
 def _chosen_calls(m: ir.Method, e: ir.Expr) -> list[ir.Call]:
-    """The calls of ``e`` outside the branches its `choose`s leave out."""
-    if isinstance(e, ir.Call) and e.func == "choose" and len(e.args) == 3:
-        chosen = types.choose_branch(e, m)
-        if chosen is not None:
-            return _chosen_calls(m, chosen)
-    out = [e] if isinstance(e, ir.Call) else []
-    for child in traverse.children(e):
-        out.extend(_chosen_calls(m, child))  # type: ignore[arg-type]
+    """The calls of ``e`` outside the branches its `choose`s leave out (in walk order)."""
+    out: list[ir.Call] = []
+    stack: list[ir.Expr] = [e]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ir.Call) and node.func == "choose" and len(node.args) == 3:
+            chosen = types.choose_branch(node, m)
+            if chosen is not None:
+                stack.append(chosen)
+                continue
+        if isinstance(node, ir.Call):
+            out.append(node)
+        stack.extend(reversed(list(traverse.children(node))))  # type: ignore[arg-type]
     return out
 
 

@@ -366,6 +366,35 @@ def _joined(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     return ins[0]
 
 
+def _random(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """x's axes (size 1 along those not in `over`): random numbers broadcast like x."""
+    if kw.get("over") is not None:
+        _over(ins[0], kw, func, default_last=False)
+    return ins[0]
+
+
+def _merge(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
+    """Adjacent axes joined into one `channel` axis (`over=sample`: a vector per sample)."""
+    x = ins[0]
+    over = _over(x, kw, func, default_last=False)
+    if "batch" in over:
+        raise AxisError("`merge` keeps the batch axis: merge the others", "over")
+    if not over:  # `over=sample` of one value per sample: a vector of one
+        return (*x, "channel")
+    at = [i for i, a in enumerate(x) if a in over]
+    if at != list(range(at[0], at[-1] + 1)):
+        raise AxisError(
+            f"`merge` joins adjacent axes; ({', '.join(over)}) are not adjacent in {axes_text(x)}",
+            "over",
+        )
+    out = (*x[: at[0]], "channel", *x[at[-1] + 1 :])
+    if out.count("channel") > 1:
+        raise AxisError(
+            f"`merge` names the joined axis `channel`, and {axes_text(x)} keeps another", "over"
+        )
+    return out
+
+
 def _select(func: str, ins: list[Axes], kw: dict[str, object]) -> Axes:
     """One position along an axis: the axis goes away."""
     (over,) = _over(ins[0], kw, func, default_last=False)[:1] or ("",)
@@ -389,6 +418,8 @@ RULES: dict[str, Rule] = {
     "rows": _rows,
     "matrix": _matrix,
     "select": _select,
+    "merge": _merge,
+    "random": _random,
     "joined": _joined,
     "same": _same,
     "elementwise": _elementwise,

@@ -646,9 +646,8 @@ _IMPLS = {
     "prelude": "zscore attention similarity gram channel_dist non_target binarize partial_l2 "
     "binary_target distances attention_scores token_relation token angles fsp "
     "pkt_affinity hcl info_nce frobenius kl soft_ce mse l1 smooth_l1 cosine lp mmd pearson "
-    "ab_hinge gaussian_nll",
-    "kdspec.ops.transforms": "flatten pool interpolate margin_relu mask=mask_features weighted",
-    "kdspec.ops.losses": "cross_entropy",
+    "ab_hinge gaussian_nll cross_entropy flatten mask",
+    "kdspec.ops.transforms": "pool interpolate margin_relu weighted",
     "kdspec.ops.adapters": "conv1x1=_conv1x1 conv_bn=_conv_bn regressor=_regressor "
     "linear=_linear mlp=_mlp embed=_embed classifier_head=_classifier_head "
     "vid_regressor=_vid_regressor identity=_identity",
@@ -810,6 +809,23 @@ PRIMITIVES: dict[str, Fn] = {
         params=_p(over=(REQUIRED, None, AXES), index=(0, "int")),
         returns="same",
     ),
+    "random": _prim(
+        "uniform random numbers in [0, 1), drawn anew at every step: one per entry of x, or "
+        "with `over` one per position of those axes, shared along the others (MGD's channel "
+        "mask: `x * (random(x, over=[batch, channel]) >= ratio)`)",
+        "random",
+        "random",
+        params=_p(over=(None, None, AXES)),
+    ),
+    "merge": _prim(
+        "the adjacent axes `over` joined into one `channel` axis (the batch stays): "
+        "`merge(x, over=sample)` is one vector per sample, (batch, channel, space) -> "
+        "(batch, channel)",
+        "merge",
+        "merge",
+        params=_p(over=(REQUIRED, None, AXES)),
+        returns="same",
+    ),
     "stack": _prim(
         "the inputs (equal axes) side by side along a new last axis `over`: "
         "`stack(p, 1 - p, over=class)` is (batch) -> (batch, class)",
@@ -836,8 +852,9 @@ PRIMITIVES: dict[str, Fn] = {
         returns="scalar",
     ),
     "label_mask": _prim(
-        "1 at the true class, 0 elsewhere, shaped like x (needs a class axis); "
-        "`target=view`: at the index of each row's view instead",
+        "1 at the true class, 0 elsewhere, shaped like x (needs a class axis); a row labelled "
+        "-100 (ignored, as in F.cross_entropy) is all 0; `target=view`: at the index of each "
+        "row's view instead",
         "needs_class",
         "label_mask",
         needs_labels=True,

@@ -571,3 +571,29 @@ def test_preactivation_of_a_block_reusing_an_inplace_relu():
     assert (values["pre"] < 0).any()  # really before the ReLU, not overwritten by it
     assert no_hooks(net, student)
     assert torch.isfinite(d((x, y, i)).loss)
+
+
+def test_a_def_argument_is_computed_once_however_often_the_body_reads_it():
+    """`twice(linear(x))` with `def twice(x) = x + x`: one adapter (not one per read), so the
+    value is 2 * linear(x); a random draw read twice is one draw (`x - x` is 0)."""
+    from kdspec.compiler.nodes import AdapterNode
+
+    text = """
+def twice(x) = x + x
+def gap(x) = x - x
+method m {
+  teacher t
+  student s
+  transfer v: from t.embedding to twice(linear(s.embedding)) with mse
+  transfer r: from stopgrad(s.embedding) to gap(random(s.embedding)) with mse
+}
+"""
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(4, 3, generator=g), torch.randn(4, 5, generator=g)
+    d = compile_spec(spec(text), None, {"t.embedding": t, "s.embedding": s})
+    linear = [n for n in d.terms["v"].modules() if isinstance(n, AdapterNode)]
+    assert len({id(n) for n in linear}) == 1
+    (layer,) = linear[0].adapters
+    out = d({"t.embedding": t, "s.embedding": s})
+    assert_close(out.terms["v"], F.mse_loss(2 * layer(s), t))
+    assert_close(out.terms["r"], s.pow(2).mean())

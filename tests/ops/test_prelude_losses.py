@@ -168,3 +168,66 @@ def test_a_prelude_loss_equals_the_python_it_replaced(call, where, ref) -> None:
 def _grads(loss: torch.Tensor, xs: list[torch.Tensor]) -> list[torch.Tensor]:
     grads = torch.autograd.grad(loss, xs, allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads, strict=True)]
+
+
+def ref_cross_entropy(logits, labels, label_smoothing=0.0):  # type: ignore[no-untyped-def]
+    """The deleted Python `cross_entropy` (kdspec/ops/losses.py), verbatim."""
+    if logits.dim() > 2:
+        logits = logits.reshape(-1, logits.shape[-1])
+        labels = labels.reshape(-1)
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("shape", [(8, 10), (3, 5, 7)], ids=["classes", "tokens"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_prelude_cross_entropy_equals_the_python_it_replaced(smoothing, shape, causal) -> None:  # type: ignore[no-untyped-def]
+    """Per sample, and per token of token data (-100 at padding and prompt tokens, labels
+    shifted by one for a causal LM): loss and gradients."""
+    z = rand(*shape, seed=3).requires_grad_()
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, shape[-1], shape[:-1], generator=g)
+    kw = f"(label_smoothing={smoothing})" if smoothing else ""
+    text = f"method m {{\n  student s\n  supervise ce: s.logits with cross_entropy{kw}\n}}"
+    batch: dict[str, object] = {"s.logits": z, "labels": labels}
+    want_labels = labels
+    if len(shape) == 3:
+        labels[0, :2] = -100  # a prompt
+        attention = torch.ones(shape[:2], dtype=torch.long)
+        attention[1, -2:] = 0  # padding
+        labels[1, -2:] = -100
+        batch["attention_mask"] = attention
+        if causal:  # position i predicts token i + 1; the last predicts nothing
+            want_labels = torch.full_like(labels, -100)
+            want_labels[:, :-1] = labels[:, 1:]
+    elif causal:
+        pytest.skip("causal shifts apply to token data only")
+    d = compile_spec(
+        load_method("m.kd", text=text),
+        None,
+        {k: v for k, v in batch.items() if k != "s.logits"} | {"s.logits": z.detach()},
+    )
+    d.causal = causal
+    got = d(batch).loss
+    want = ref_cross_entropy(z, want_labels, smoothing)
+    assert_close(got, want, rtol=1e-10)
+    assert_close(_grads(got, [z])[0], _grads(want, [z])[0], rtol=1e-10, what="d/dz")
+
+
+def test_prelude_cross_entropy_ignores_rows_labelled_minus_100_off_token_data() -> None:
+    """[B, C] logits whose labels say -100 (no class): left out of the sum and of the mean,
+    as F.cross_entropy's ignore_index, with no token mask to drop them first."""
+    z = rand(6, 4, seed=5).requires_grad_()
+    labels = torch.tensor([0, -100, 3, 2, -100, 1])
+    text = (
+        "method m {\n  student s\n"
+        "  supervise ce: s.logits with cross_entropy(label_smoothing=0.2)\n}"
+    )
+    batch = {"s.logits": z, "labels": labels}
+    d = compile_spec(
+        load_method("m.kd", text=text), None, {"s.logits": z.detach(), "labels": labels}
+    )
+    got = d(batch).loss
+    want = ref_cross_entropy(z, labels, 0.2)
+    assert_close(got, want, rtol=1e-10)
+    assert_close(_grads(got, [z])[0], _grads(want, [z])[0], rtol=1e-10, what="d/dz")

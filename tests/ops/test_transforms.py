@@ -162,7 +162,7 @@ def test_normalize_flattens_maps() -> None:
 
 def test_flatten_pool_interpolate() -> None:
     x = randn(2, 3, 4, 6)
-    assert tf.flatten(x).shape == (2, 72)
+    close(value("flatten(s.stage[1])", {"s.stage[1]": x}), x.reshape(2, 72))
     close(tf.pool(x), x.sum(dim=(2, 3)) / 24)
     # 2x2 adaptive pooling of a 4x6 map averages 2x3 blocks.
     blocks = x.reshape(2, 3, 2, 2, 2, 3).mean(dim=(3, 5))
@@ -258,27 +258,6 @@ def test_binarize_and_stopgrad() -> None:
     close(s, x.detach())
 
 
-def test_mask_features_channel_and_spatial() -> None:
-    x = randn(4, 16, 5, 5).abs() + 0.1
-    g = torch.Generator().manual_seed(1)
-    out = tf.mask_features(x, 0.5, mode="channel", generator=g)
-    kept = (out != 0).to(D64)
-    # Whole channels are kept or dropped.
-    assert (kept.amin(dim=(2, 3)) == kept.amax(dim=(2, 3))).all()
-    close(out * kept, x * kept)
-    assert 0.2 < 1 - kept.mean().item() < 0.8
-    out_s = tf.mask_features(x, 0.5, mode="spatial", generator=torch.Generator().manual_seed(1))
-    kept_s = (out_s != 0).to(D64)
-    assert (kept_s.amin(dim=1) == kept_s.amax(dim=1)).all()
-    # Reproducible with the same generator seed; ratio 0 keeps, ratio 1 drops everything.
-    again = tf.mask_features(x, 0.5, mode="channel", generator=torch.Generator().manual_seed(1))
-    close(again, out)
-    close(tf.mask_features(x, 0.0), x)
-    assert (tf.mask_features(x, 1.0) == 0).all()
-    with pytest.raises(ValueError):
-        tf.mask_features(x, 0.5, mode="pixel")
-
-
 # --------------------------------------------------------------------------------------------
 # Relation transforms
 # --------------------------------------------------------------------------------------------
@@ -350,15 +329,15 @@ def test_pkt_affinity_is_row_normalised_shifted_cosine() -> None:
 
 def test_registry_names() -> None:
     assert set(tf.TRANSFORMS) == {
-        "softmax", "log_softmax", "normalize", "flatten", "pool", "interpolate",
+        "softmax", "log_softmax", "normalize", "pool", "interpolate",
         "mean_dist", "mean", "stopgrad",
-        "margin_relu", "ofd_margin", "virtual_teacher", "mask_features",
+        "margin_relu", "ofd_margin", "virtual_teacher",
     }  # fmt: skip
     for name, fn in tf.TRANSFORMS.items():
         assert fn.__doc__ and "Returns:" in fn.__doc__, name
 
 
-SINGLE = ["softmax", "log_softmax", "normalize", "flatten", "stopgrad"]
+SINGLE = ["softmax", "log_softmax", "normalize", "stopgrad"]
 MAPS = ["pool"]
 
 
@@ -373,7 +352,6 @@ def test_dtype_is_preserved(dtype: torch.dtype) -> None:
         tf.mean_dist(tf.softmax(v), tf.softmax(v)),
         tf.mean(v, v, weights=[1.0, 2.0]),
         tf.margin_relu(m, torch.zeros(3)),
-        tf.mask_features(m, 0.5),
     ]
     for out in outs:
         assert out.dtype == dtype
