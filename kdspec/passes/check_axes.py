@@ -14,7 +14,7 @@ from kdspec.graph import types
 from kdspec.graph.types import VType
 from kdspec.ir import models as ir
 from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE, expand
-from kdspec.lru import Lru
+from kdspec.lru import Lru, identity_repr
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS
 from kdspec.vocabulary.axes import axes_text, token_data
@@ -39,7 +39,7 @@ def loss_type(
     holes = types.loss_holes(term.loss.func, sides)
     # The prelude's losses recur in every spec: type each (call, sides, parameters) once and
     # replay its diagnostics at this term.
-    key = (repr(term.loss), repr(fdef), repr(holes), repr(sorted(method.params.items())))
+    key = (repr(term.loss), identity_repr(fdef), repr(holes), repr(sorted(method.params.items())))
     hit = _LOSS_TYPES.get(key)
     if hit is None:
         found: list[tuple[str, str, tuple[object, ...]]] = []

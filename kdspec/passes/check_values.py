@@ -13,7 +13,7 @@ from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses
 from kdspec.ir.functions import expand
 from kdspec.ir.lower import did_you_mean
 from kdspec.ir.printer import expr_text
-from kdspec.lru import Lru
+from kdspec.lru import Lru, identity_repr
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS, Param
 from kdspec.vocabulary.axes import AXES, positional
@@ -339,7 +339,7 @@ def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
     fdef = m.function(call.func)
     if fdef is None or depth > 20:  # a def that calls itself is KD215
         return []
-    key = (repr(call), repr(fdef), repr(sorted(m.params.items())))
+    key = (repr(call), identity_repr(fdef), repr(sorted(m.params.items())))
     hit = _BODY_CALLS.get(key)
     if hit is None:
         found: list[ir.Call] = []
