@@ -175,3 +175,24 @@ def test_teacher_generations_are_cached_on_disk_and_keyed(tmp_path, monkeypatch,
     made, third, err = run()
     assert made == 2 * 8 + 12 and third == first
     assert "generating them again" in err
+
+
+# Every per-token LM loss of the library trains on text end to end (the formulas themselves are
+# checked against references in tests/reference/test_lm_tokens.py).
+LM_LOSS_SPECS = [
+    "forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "topk_kl",
+    "topk_rest_kl",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", LM_LOSS_SPECS)
+def test_each_lm_loss_spec_trains_on_text(spec: str, tmp_path, monkeypatch, capsys) -> None:
+    _setup(tmp_path, monkeypatch, n=10)
+    # `[params]` sets GKD's `max_new_tokens`, which these methods do not have (KD209).
+    (tmp_path / "tiny.toml").write_text(TINY.split("[params]")[0])
+    code = main(["train", str(ROOT / "specs" / f"{spec}.kd"), "--run", "tiny.toml", "--quiet"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    got = _rows(out.out)
+    assert set(got) == {"teacher t", f"s distilled ({spec})"}, out.out
+    assert all(1 < v < 259 for v in got.values())  # perplexities of a 259-token vocabulary
