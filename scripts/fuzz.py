@@ -19,9 +19,14 @@ Usage::
     python scripts/fuzz.py --cases 2000 --seed 1          # what CI runs (a sample)
     python scripts/fuzz.py --cases 200000 --seed 9 --jobs 2  # the same cases on two workers
     nice python scripts/fuzz.py --cases 200000 --seed 7   # a long run
+    python scripts/fuzz.py --cases 200000 --keep-slow slow/  # keep the slow inputs ...
+    python scripts/fuzz.py --replay slow/                   # ... and rerun them, fresh
 
 It prints cases run, internal errors (grouped by signature, with a shortest input for each),
-hangs and the slowest cases, and exits 1 if any internal error or hang was found.
+hangs, the slowest cases (with the command that was slow) and the workers' peak memory, and
+exits 1 if any internal error or hang was found. Workers live for the whole run (restarted
+only after a hang, a death or running out of memory), as `kdspec lsp` does: state a process
+gathers shows up as memory and as slow cases that `--replay` finds fast in a fresh worker.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Case:
     origin: str  # which generator made it
     data: bytes  # the file (spec or run file), or the --param value
     spec: str = ""  # for "run" and "param": the library spec it is checked with
+    prepare: bool | None = None  # for "run": prepare its job (None: drawn from the data)
 
 
 # -- generators ----------------------------------------------------------------------------
@@ -353,7 +359,7 @@ def _cli(argv: list[str]) -> int:
     from kdspec.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _command():
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _command(argv[0]):
         code = main(argv)
     if code not in (0, 1, 2) or "internal error" in err.getvalue():  # 2: a usage error
         raise RuntimeError(f"exit {code}: {err.getvalue()[-300:]}")
@@ -379,7 +385,7 @@ def run_case(case: Case, folder: Path, prepare_runs: bool, sample_commands: bool
     elif case.kind == "run":
         path = folder / "fuzz.toml"
         path.write_bytes(case.data)
-        with _command():
+        with _command("run file"):
             _run_file(path, case.spec, prepare_runs)
     else:
         spec = str(ROOT / "specs" / f"{case.spec}.kd")
@@ -407,26 +413,28 @@ def _check_text(text: str, name: str = "fuzz.kd") -> str | None:
     from kdspec.syntax.fmt import format_module
 
     source = SourceFile(name, text)
-    with _command():  # `kdspec check`
+    with _command("check"):
         _, diags = check_source(source)
         render_many(diags, "full")
         render_many(diags, "json")
-    with _command():  # `kdspec fmt --check`
+    with _command("fmt"):
         module, _ = try_parse(source)
         formatted = format_module(module, source.text) if module is not None else None
     return None if any(d.severity is Severity.ERROR for d in diags) else formatted
 
 
-_LONGEST = [0.0]  # CPU seconds of the slowest single command of the current case
+_LONGEST: list[Any] = [0.0, ""]  # CPU seconds and name of the current case's slowest command
 
 
 @contextlib.contextmanager
-def _command() -> Iterator[None]:
+def _command(name: str) -> Iterator[None]:
     start = time.process_time()
     try:
         yield
     finally:
-        _LONGEST[0] = max(_LONGEST[0], time.process_time() - start)
+        spent = time.process_time() - start
+        if spent > _LONGEST[0]:
+            _LONGEST[:] = [spent, name]
 
 
 def _run_file(path: Path, spec: str, prepare_runs: bool) -> None:
@@ -466,14 +474,20 @@ def _worker(conn: mp.connection.Connection) -> None:  # type: ignore[name-define
         kdspec.api.check_source = planted  # type: ignore[assignment]
     folder = Path(tempfile.mkdtemp(prefix="kdspec-fuzz-"))
     os.mkfifo(folder / "fifo.kd")
+    _warm_up(folder)
+    conn.send("ready")
+    age = 0  # cases this worker ran before the current one
     while True:
         case = conn.recv()
         if case is None:
             return
         t0, c0 = time.perf_counter(), time.process_time()
-        _LONGEST[0] = 0.0
+        _LONGEST[:] = [0.0, ""]
+        prepare = case.prepare
+        if prepare is None:
+            prepare = random.Random(case.data).random() < PREPARE_SHARE
         try:
-            run_case(case, folder, prepare_runs=random.Random(case.data).random() < PREPARE_SHARE)
+            run_case(case, folder, prepare_runs=prepare)
             result = None
         except MemoryError:
             result = ("MemoryError", f"out of memory (limit {MEMORY_LIMIT >> 20} MiB)")
@@ -484,7 +498,43 @@ def _worker(conn: mp.connection.Connection) -> None:  # type: ignore[name-define
             )
             where = f"{Path(frame.filename).name}:{frame.lineno}" if frame else "?"
             result = (f"{type(exc).__name__} at {where}", f"{type(exc).__name__}: {exc}"[:300])
-        conn.send((result, time.perf_counter() - t0, time.process_time() - c0, _LONGEST[0]))
+        cpu = time.process_time() - c0
+        conn.send(Done(result, time.perf_counter() - t0, cpu, *_LONGEST, age, prepare, _rss_mib()))
+        age += 1
+
+
+@dataclass
+class Done:
+    """What a worker says about a case it ran."""
+
+    result: tuple[str, str] | None  # (signature, message) of an internal error, else None
+    wall: float  # seconds of the whole case
+    cpu: float  # CPU seconds of the whole case
+    command_cpu: float  # CPU seconds of its slowest command
+    command: str  # which command that was
+    age: int  # cases the worker had run before this one
+    prepare: bool  # a run file's job was prepared
+    rss: int  # the worker's resident memory after it, in MiB
+
+
+def _rss_mib() -> int:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") >> 20
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _warm_up(folder: Path) -> None:
+    """Run a library spec through every command and prepare every template run file, so
+    that no case pays for a worker's first imports (torch, the text data): one-time start-up
+    costs, the same for any input (up to 2 CPU s for the first language-model job)."""
+    spec = Case("spec", "warm-up", (ROOT / "specs" / "hinton.kd").read_bytes())
+    with contextlib.suppress(Exception):
+        run_case(spec, folder, prepare_runs=False, sample_commands=False)
+    for path in RUNS:
+        with contextlib.suppress(Exception):
+            run_case(Case("run", "warm-up", path.read_bytes(), "hinton"), folder, True)
 
 
 def _cpu_seconds(pid: int | None) -> float:
@@ -528,9 +578,21 @@ class Report:
     examples: dict[str, Case] = field(default_factory=dict)
     messages: dict[str, str] = field(default_factory=dict)
     hangs: list[Case] = field(default_factory=list)
-    slowest: list[tuple[float, float, Case]] = field(default_factory=list)
+    slowest: list[tuple[float, float, Case, str]] = field(default_factory=list)
     by_kind: Counter[str] = field(default_factory=Counter)
     slow: int = 0  # inputs under 100 KB whose slowest command took over SLOW_LIMIT CPU s
+    rss: int = 0  # the most resident memory a worker had after a case, in MiB
+    oldest: int = 0  # the most cases one worker ran (workers restart only after a hang or death)
+
+    def add_done(self, case: Case, done: Done, keep: Path | None) -> None:
+        """Count a case's times and memory; keep a slow input (with its command) in ``keep``."""
+        self.rss, self.oldest = max(self.rss, done.rss), max(self.oldest, done.age + 1)
+        if done.command_cpu > SLOW_LIMIT and len(case.data) < 100_000:
+            self.slow += 1
+            if keep is not None:
+                _keep(keep, f"slow-{self.slow:04d}", case, done)
+        self.slowest.append((done.command_cpu, done.cpu, case, done.command))
+        self.slowest = sorted(self.slowest, key=lambda x: -x[0])[:5]
 
     def add_error(self, sig: str, message: str, case: Case) -> None:
         self.errors[sig] += 1
@@ -558,22 +620,81 @@ class Report:
             out(f"          {case.kind} {case.origin} {len(case.data)} bytes: {case.data[:200]!r}")
         out(f"inputs under 100 KB with a command over {SLOW_LIMIT:g} CPU s: {self.slow}")
         out("slowest (CPU s of its slowest command, CPU s of the whole case, bytes, origin):")
-        for command, cpu, case in sorted(self.slowest, key=lambda x: -x[0])[:5]:
-            out(f"  {command:7.2f} {cpu:7.2f} {len(case.data):8d}  {case.kind} {case.origin}")
+        for spent, cpu, case, command in sorted(self.slowest, key=lambda x: -x[0])[:5]:
+            out(
+                f"  {spent:7.2f} {cpu:7.2f} {len(case.data):8d}  {case.kind} {case.origin}"
+                f" ({command})"
+            )
+        out(f"worker memory: at most {self.rss} MiB resident; oldest worker: {self.oldest} cases")
 
 
-def fuzz(cases: int, seed: int, progress_every: int = 0, jobs: int = 1) -> Report:
-    """Run the first ``cases`` cases of the seeded stream on ``jobs`` workers."""
+def _keep(folder: Path, name: str, case: Case, done: Done) -> None:
+    """Write a case (its input and what it was run as) to ``folder`` to replay it."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.input").write_bytes(case.data)
+    meta = {"kind": case.kind, "origin": case.origin, "spec": case.spec, "prepare": done.prepare}
+    meta.update(dataclasses.asdict(done))
+    (folder / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+
+def _kept(folder: Path) -> Iterator[tuple[str, Case, dict[str, Any]]]:
+    import json
+
+    for meta_file in sorted(folder.glob("*.json")):
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        data = meta_file.with_suffix(".input").read_bytes()
+        case = Case(meta["kind"], meta["origin"], data, meta["spec"], meta.get("prepare"))
+        yield meta_file.stem, case, meta
+
+
+def _start_worker() -> _Worker:
     # Spawned, not forked: a forked child inherits the parent's thread pools (OpenMP) with
     # their locks possibly held, and can deadlock in its first tensor operation.
     ctx = mp.get_context("spawn")
-    report = Report()
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_worker, args=(child,), daemon=True)
+    proc.start()
+    if parent.poll(WALL_LIMIT):  # warmed up: its first case's time is its own
+        with contextlib.suppress(EOFError):
+            parent.recv()
+    return _Worker(proc, parent)
 
-    def start() -> _Worker:
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(child,), daemon=True)
-        proc.start()
-        return _Worker(proc, parent)
+
+def replay(folder: Path, out: Callable[[str], None] = print) -> list[tuple[str, Done | None]]:
+    """Run every case kept in ``folder`` again, each in a fresh worker (warmed up, as every
+    worker is): a case slow only in a long-lived worker points at state the worker gathered,
+    not at the input."""
+    results: list[tuple[str, Done | None]] = []
+    out("case: CPU s of the slowest command when kept (worker age, memory) -> in a fresh worker")
+    for name, case, meta in _kept(folder):
+        w = _start_worker()
+        try:
+            w.send(case)
+            done = w.conn.recv() if w.conn.poll(WALL_LIMIT) else None
+        except EOFError:
+            done = None
+        finally:
+            with contextlib.suppress(Exception):
+                w.conn.send(None)
+            w.proc.join(timeout=5)
+            if w.proc.is_alive():
+                w.proc.kill()
+        results.append((name, done))
+        was = f"{meta['command_cpu']:.2f} ({meta['command']}; age {meta['age']}, {meta['rss']} MiB)"
+        now = "no answer" if done is None else f"{done.command_cpu:.2f} ({done.command})"
+        out(f"{name}: {case.kind} {case.origin} {len(case.data)} bytes: {was} -> {now}")
+    return results
+
+
+def fuzz(
+    cases: int, seed: int, progress_every: int = 0, jobs: int = 1, keep: Path | None = None
+) -> Report:
+    """Run the first ``cases`` cases of the seeded stream on ``jobs`` workers; slow inputs
+    are written to ``keep`` (when given) to be replayed."""
+    report = Report()
+    start = _start_worker
 
     def restart(w: _Worker) -> _Worker:
         w.proc.kill()
@@ -608,13 +729,13 @@ def fuzz(cases: int, seed: int, progress_every: int = 0, jobs: int = 1) -> Repor
                     continue
                 report.cases += 1
                 try:
-                    result, _wall, cpu, command_cpu = w.conn.recv()
+                    done: Done = w.conn.recv()
                 except EOFError:  # the worker died (memory limit, a crash in C code)
                     report.add_error("worker died", f"exit code {w.proc.exitcode}", case)
                     workers[i] = restart(w)
                     continue
                 w.case = None
-                if result is not None and result[0] == "MemoryError" and not w.retried:
+                if done.result is not None and done.result[0] == "MemoryError" and not w.retried:
                     # Memory a long-lived worker gathered (caches) or this input's own? The
                     # case runs again once in a fresh worker; only a second failure counts.
                     report.cases -= 1
@@ -623,12 +744,9 @@ def fuzz(cases: int, seed: int, progress_every: int = 0, jobs: int = 1) -> Repor
                     workers[i].send(case)
                     continue
                 workers[i].retried = False
-                if result is not None:
-                    report.add_error(result[0], result[1], case)
-                if command_cpu > SLOW_LIMIT and len(case.data) < 100_000:
-                    report.slow += 1
-                report.slowest.append((command_cpu, cpu, case))
-                report.slowest = sorted(report.slowest, key=lambda x: -x[0])[:5]
+                if done.result is not None:
+                    report.add_error(done.result[0], done.result[1], case)
+                report.add_done(case, done, keep)
                 if progress_every and report.cases % progress_every == 0:
                     report.print(time.perf_counter() - t0)
                     sys.stdout.flush()
@@ -652,8 +770,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--progress", type=int, default=0, help="print a report every N cases")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (the same cases)")
+    ap.add_argument(
+        "--keep-slow",
+        type=Path,
+        metavar="DIR",
+        help="write each slow input (and the command that was slow) to DIR",
+    )
+    ap.add_argument(
+        "--replay", type=Path, metavar="DIR", help="run the inputs kept in DIR in fresh workers"
+    )
     args = ap.parse_args(argv)
-    report = fuzz(args.cases, args.seed, args.progress, args.jobs)
+    if args.replay is not None:
+        replay(args.replay)
+        return 0
+    report = fuzz(args.cases, args.seed, args.progress, args.jobs, args.keep_slow)
     report.print(report.elapsed)  # type: ignore[attr-defined]
     return 1 if report.errors or report.hangs else 0
 

@@ -36,3 +36,21 @@ def test_the_harness_reports_an_internal_error(monkeypatch) -> None:  # type: ig
     report = fuzz.fuzz(cases=3, seed=1)
     assert sum(report.errors.values()) == 3
     assert any("ZeroDivisionError" in sig for sig in report.errors)
+
+
+def test_slow_inputs_are_kept_with_their_command_and_replayed(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`--keep-slow DIR` writes each slow input and what it was run as; `--replay DIR` runs
+    them again in fresh workers (a case slow only in a long-lived worker points at state the
+    worker gathered). Every case counts as slow here, so every one is kept."""
+    fuzz = _fuzz()
+    monkeypatch.setattr(fuzz, "SLOW_LIMIT", -1.0)
+    report = fuzz.fuzz(cases=2, seed=1, keep=tmp_path)
+    assert report.slow == 2
+    kept = list(fuzz._kept(tmp_path))
+    assert [case.data for _, case, _ in kept] == [data for _, data in fuzz.pathological()[:2]]
+    assert all(meta["command"] and meta["age"] == i for i, (_, _, meta) in enumerate(kept))
+    lines: list[str] = []
+    replayed = fuzz.replay(tmp_path, out=lines.append)
+    assert [name for name, _ in replayed] == ["slow-0001", "slow-0002"]
+    assert all(done is not None and done.age == 0 and done.result is None for _, done in replayed)
+    assert len(lines) == 3 and "fresh worker" in lines[0]

@@ -98,6 +98,8 @@ def resolve_tap(tap: ir.Tap, taps: ModelTaps, model: nn.Module) -> list[HookPoin
                 "give the model a `kd_stages` attribute or tap module paths",
             )
         paths = [taps.stages[i] for i in _stage_indices(tap, len(taps.stages))]
+        if tap.module is not None:  # a submodule of each stage: `stage[-1]."attn.query"`
+            paths = [_module_path(f"{p}.{tap.module}", taps, model) for p in paths]
     else:
         paths = [_module_path(tap.module or "", taps, model)]
     return [_module_point(tap, path, taps) for path in paths]

@@ -244,7 +244,9 @@ def _heuristic_stages(
         for p in chain
         if by_path[p].out_shape is not None and len(by_path[p].out_shape or ()) == 3
     ]
-    if len(best) >= 2 and len(spatial) < 2:
+    # one block is a stack too when it maps sequences (a 1-layer transformer), not vectors
+    one_block = len(best) == 1 and len(by_path[best[0]].out_shape or ()) >= 2
+    if (len(best) >= 2 or one_block) and len(spatial) < 2:
         return best, "blocks of the longest ModuleList"
     if spatial:
         groups: list[list[str]] = []

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -223,16 +224,56 @@ class OnPolicy(BatchRewrite):
         return (torch.rand(len(labels)) < self.lmbda).to(labels.device)
 
 
+class GenerationStore(Protocol):
+    """Where :class:`TeacherGenerations` keeps its generations between runs (the run's disk
+    cache, :class:`kdspec.runtime.generations.GenerationFile`)."""
+
+    def load(self, view: TeacherGenerations, model: Any) -> dict[int, torch.Tensor]: ...
+
+    def save(
+        self, view: TeacherGenerations, model: Any, samples: dict[int, torch.Tensor]
+    ) -> None: ...
+
+
 class TeacherGenerations(BatchRewrite):
     """Sequence-level KD (Kim & Rush 2016): every response is replaced by the teacher's own
     generation from the row's prompt (greedy at ``temperature = 0``), generated once per
-    training sample (keyed by the batch's sample index) and reused every epoch."""
+    training sample (keyed by the batch's sample index) and reused every epoch.
+
+    Sampling draws from a generator seeded by ``seed`` and the batch's sample indices, not from
+    the global one: a batch's generations do not depend on what ran before, and reading them
+    from ``store`` (a disk cache, set by the run) leaves the rest of the run's randomness as it
+    would have been. ``store`` is read at the first batch and written once every one of
+    ``num_samples`` samples has its generation (and at :meth:`flush`).
+    """
 
     role_kind = GENERATED_VIEWS["teacher_generations"]
 
     def __init__(self, max_new_tokens: int, temperature: float) -> None:
         super().__init__(max_new_tokens, temperature)
         self.cache: dict[int, torch.Tensor] = {}
+        self.seed = 0
+        self.store: GenerationStore | None = None
+        self.num_samples: int | None = None
+        self._loaded = False
+        self._unsaved = False
+
+    def keep(self, store: GenerationStore | None, seed: int, num_samples: int | None) -> None:
+        """Seed the generations with the run's ``seed`` and keep them in ``store``; what was
+        generated before (the compiler's example batch) is forgotten."""
+        self.store, self.seed, self.num_samples = store, int(seed), num_samples
+        self.cache.clear()
+        self._loaded = self._unsaved = False
+
+    def key_fields(self) -> dict[str, Any]:
+        """What determines the generations besides the teacher and the data."""
+        return {
+            "view": "teacher_generations",
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "special": dict(sorted(self.special.items())),
+            "seed": self.seed,
+        }
 
     def rows(self, labels: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """Every row."""
@@ -249,14 +290,46 @@ class TeacherGenerations(BatchRewrite):
         """Cached generations by sample index; new samples are generated (and stored) now."""
         if index is None:
             raise ValueError("`teacher_generations` needs sample indices in the batch")
+        if self.store is not None and not self._loaded:
+            self.cache.update(self.store.load(self, model))
+            self._loaded = True
         keys = [int(k) for k in index.tolist()]
         todo = torch.tensor([k not in self.cache for k in keys], device=ids.device)
-        new = sample_continuations(
-            model, ids, prompts, todo & chosen, self.max_new_tokens, self.temperature, self.special
-        )
-        for i, full in new.items():
-            self.cache[keys[i]] = full.cpu()
+        if bool((todo & chosen).any()):
+            with torch.random.fork_rng(devices=_devices(ids)):
+                torch.manual_seed(_batch_seed(self.seed, keys))
+                new = sample_continuations(
+                    model,
+                    ids,
+                    prompts,
+                    todo & chosen,
+                    self.max_new_tokens,
+                    self.temperature,
+                    self.special,
+                )
+            for i, full in new.items():
+                self.cache[keys[i]] = full.cpu()
+            self._unsaved = True
+            if self.num_samples is not None and len(self.cache) >= self.num_samples:
+                self.flush(model)
         return {i: self.cache[keys[i]].to(ids.device) for i in range(len(keys)) if chosen[i]}
+
+    def flush(self, model: Any) -> None:
+        """Write the generations made since the last write to ``store`` (if any)."""
+        if self.store is not None and self._unsaved:
+            self.store.save(self, model, self.cache)
+        self._unsaved = False
+
+
+def _batch_seed(seed: int, keys: list[int]) -> int:
+    """A generator seed from the run's seed and a batch's sample indices."""
+    digest = hashlib.sha256(f"{seed}:{','.join(map(str, keys))}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def _devices(t: torch.Tensor) -> list[int]:
+    """The CUDA devices whose generators a sample may draw from (none on a CPU)."""
+    return [t.device.index or 0] if t.device.type == "cuda" else []
 
 
 def prompt_lengths(labels: torch.Tensor) -> torch.Tensor:

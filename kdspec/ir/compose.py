@@ -12,6 +12,7 @@ from typing import Any
 from kdspec.diagnostics import Diagnostic, error
 from kdspec.ir import models as ir
 from kdspec.ir.lower_core import LoweringState, MethodFinder, did_you_mean, shorten
+from kdspec.lru import Lru
 from kdspec.source import SourceFile
 from kdspec.syntax import ast
 
@@ -291,10 +292,9 @@ class ParsedFile:
     errors: list[Diagnostic]
 
 
-_PARSED: dict[tuple[str, int, int], ParsedFile] = {}
-
-
-_PARSED_LIMIT = 256  # versions of files kept (an editor re-checks imports on every change)
+# Versions of files kept (an editor re-checks imports on every change): the library and the
+# prelude, with room for imported files being edited.
+_PARSED: Lru[tuple[str, int, int], ParsedFile] = Lru("parsed files", 128)
 
 
 def parse_file(path: Path) -> ParsedFile:
@@ -309,13 +309,12 @@ def parse_file(path: Path) -> ParsedFile:
 
     st = path.stat()
     key = (str(path), st.st_mtime_ns, st.st_size)
-    if key not in _PARSED:
+    hit = _PARSED.get(key)
+    if hit is None:
         source = SourceFile.read(path)
         module, errors = try_parse(source)
-        while len(_PARSED) >= _PARSED_LIMIT:
-            del _PARSED[next(iter(_PARSED))]
-        _PARSED[key] = ParsedFile(source, module, errors)
-    return _PARSED[key]
+        hit = _PARSED.put(key, ParsedFile(source, module, errors))
+    return hit
 
 
 DefsOfFile = tuple[dict[str, tuple[ast.Function, SourceFile]], list[Diagnostic]]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdspec.ir import models as ir
+from kdspec.ir.traverse import fold
 
 __all__ = [
     "EvalError",
@@ -56,25 +57,38 @@ class Progress:
         return cls(epoch=step / steps_per_epoch, stage_epochs=stage_steps / steps_per_epoch)
 
 
-def uses_progress(e: ir.Expr | None, params: Mapping[str, ir.Expr], _depth: int = 0) -> bool:
+MAX_DEPTH = 400
+"""Deepest expression evaluated, with its parameters inlined: the parser bounds one expression
+(KD106), parameters chain them. Evaluation runs on an explicit stack, so the bound is a
+diagnostic for absurd specs, not a guard for Python's recursion limit."""
+
+MAX_HOPS = 50
+"""Most parameter references followed on one path before parameters count as a cycle."""
+
+
+def uses_progress(e: ir.Expr | None, params: Mapping[str, ir.Expr]) -> bool:
     """Whether a value changes as training goes on: it contains a schedule (through params too).
 
     In a numeric expression every call is a schedule (anything else fails to evaluate).
     """
-    if e is None or _depth > 400:  # deeper than the parser and `evaluate` allow
-        return False
-    if isinstance(e, ir.Call):
-        return True
-    if isinstance(e, ir.ParamRef):
-        return e.name in params and uses_progress(params[e.name], params, _depth + 1)
-    if isinstance(e, ir.BinOp):
-        return uses_progress(e.left, params, _depth + 1) or uses_progress(
-            e.right, params, _depth + 1
-        )
-    if isinstance(e, ir.Neg):
-        return uses_progress(e.operand, params, _depth + 1)
-    if isinstance(e, ir.ListE):
-        return any(uses_progress(i, params, _depth + 1) for i in e.items)
+    stack: list[tuple[ir.Expr | None, int]] = [(e, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node is None or depth > MAX_DEPTH:  # deeper than `evaluate` allows
+            continue
+        if isinstance(node, ir.Call):
+            return True
+        if isinstance(node, ir.ParamRef):
+            inner = [params[node.name]] if node.name in params else []
+        elif isinstance(node, ir.BinOp):
+            inner = [node.left, node.right]
+        elif isinstance(node, ir.Neg):
+            inner = [node.operand]
+        elif isinstance(node, ir.ListE):
+            inner = list(node.items)
+        else:
+            inner = []
+        stack.extend((i, depth + 1) for i in inner)
     return False
 
 
@@ -116,39 +130,78 @@ def evaluate(
     e: ir.Expr,
     params: dict[str, ir.Expr],
     progress: Progress | None = None,
-    _depth: int = 0,
-    _hops: int = 0,
 ) -> float | str | list[object]:
     """The value of a constant expression, with schedules evaluated at ``progress``.
 
     Without ``progress`` a schedule evaluates to its largest value (used for static checks).
+    Evaluated on an explicit stack (:func:`kdspec.ir.traverse.fold`): however deep an
+    expression is, it ends in a value or an :class:`EvalError`, never a ``RecursionError``.
     """
-    if _depth > 400:  # the parser bounds one expression; parameters chain them
-        raise EvalError("the expression, with its parameters inlined, is nested too deeply")
-    if isinstance(e, ir.Num):
-        return _finite(e.value)
-    if isinstance(e, ir.Str):
-        return e.value
-    if isinstance(e, ir.ParamRef):
-        if e.name not in params:
-            raise EvalError(f"unknown parameter `{e.name}`")
-        if _hops > 50:
-            raise EvalError("parameters refer to each other in a cycle")
-        return evaluate(params[e.name], params, progress, _depth + 1, _hops + 1)
-    if isinstance(e, ir.ListE):
-        return [evaluate(i, params, progress, _depth + 1, _hops) for i in e.items]
-    if isinstance(e, ir.Neg):
-        return -_num(evaluate(e.operand, params, progress, _depth + 1, _hops))
-    if isinstance(e, ir.BinOp):
-        left = evaluate(e.left, params, progress, _depth + 1, _hops)
-        right = evaluate(e.right, params, progress, _depth + 1, _hops)
-        if e.op in ("==", "!=") and not (_is_num(left) and _is_num(right)):
-            return 1.0 if (left == right) == (e.op == "==") else 0.0  # words, lists
-        return _finite(_arith(e.op, _num(left), _num(right)))
-    if isinstance(e, ir.Call):
-        kw = {k: evaluate(v, params, progress, _depth + 1, _hops) for k, v in e.kwargs.items()}
-        return schedule_value(e.func, kw, progress)
-    raise EvalError(f"`{type(e).__name__}` is not a number")
+    run = _Evaluation(params, progress)
+    return fold(_Frame(e, 0, 0), run.parts, run.combine)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """An expression being evaluated, how deep it sits and how many parameters led to it."""
+
+    expr: ir.Expr
+    depth: int
+    hops: int
+
+
+Value = float | str | list[object]
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """One call of :func:`evaluate`: what each expression needs, and its value from theirs."""
+
+    params: Mapping[str, ir.Expr]
+    progress: Progress | None
+
+    def parts(self, frame: _Frame) -> list[_Frame]:
+        """The expressions whose values ``frame``'s needs, in evaluation order."""
+        e, depth, hops = frame.expr, frame.depth + 1, frame.hops
+        if frame.depth > MAX_DEPTH:  # the parser bounds one expression; parameters chain them
+            raise EvalError("the expression, with its parameters inlined, is nested too deeply")
+        if isinstance(e, ir.ParamRef):
+            if e.name not in self.params:
+                raise EvalError(f"unknown parameter `{e.name}`")
+            if hops > MAX_HOPS:
+                raise EvalError("parameters refer to each other in a cycle")
+            return [_Frame(self.params[e.name], depth, hops + 1)]
+        if isinstance(e, ir.ListE):
+            return [_Frame(i, depth, hops) for i in e.items]
+        if isinstance(e, ir.Neg):
+            return [_Frame(e.operand, depth, hops)]
+        if isinstance(e, ir.BinOp):
+            return [_Frame(e.left, depth, hops), _Frame(e.right, depth, hops)]
+        if isinstance(e, ir.Call):
+            return [_Frame(v, depth, hops) for v in e.kwargs.values()]
+        return []
+
+    def combine(self, frame: _Frame, values: list[Value]) -> Value:
+        """The value of ``frame``'s expression from the values of its parts."""
+        e = frame.expr
+        if isinstance(e, ir.Num):
+            return _finite(e.value)
+        if isinstance(e, ir.Str):
+            return e.value
+        if isinstance(e, ir.ParamRef):
+            return values[0]
+        if isinstance(e, ir.ListE):
+            return list(values)
+        if isinstance(e, ir.Neg):
+            return -_num(values[0])
+        if isinstance(e, ir.BinOp):
+            left, right = values
+            if e.op in ("==", "!=") and not (_is_num(left) and _is_num(right)):
+                return 1.0 if (left == right) == (e.op == "==") else 0.0  # words, lists
+            return _finite(_arith(e.op, _num(left), _num(right)))
+        if isinstance(e, ir.Call):
+            return schedule_value(e.func, dict(zip(e.kwargs, values, strict=True)), self.progress)
+        raise EvalError(f"`{type(e).__name__}` is not a number")
 
 
 def _arith(op: str, a: float, b: float) -> float:

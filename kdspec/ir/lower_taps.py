@@ -153,6 +153,9 @@ class TapLowering(LoweringState):
                 k = self._const_int(idx)
                 fields.update(first=k, last=k)
             rest = rest[1:]
+            if rest and isinstance(rest[0], ast.ModulePath):  # `stage[-1]."attn.query"`
+                fields["module"] = rest[0].path.value
+                rest = rest[1:]
         elif isinstance(head, ast.ModulePath):
             fields["point"] = "module"
             fields["module"] = head.path.value

@@ -7,13 +7,13 @@ by meaning only. ``Method.model_json_schema()`` is the published JSON Schema of 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdspec.ir import traverse
+from kdspec.lru import Lru
 
 
 class _Node(BaseModel):
@@ -99,7 +99,8 @@ class Tap(_ExprNode):
     """Where knowledge is read from one role.
 
     ``point`` is abstract (``logits``, ``embedding``, ``input`` the model input, ``output`` the
-    model's whole output, ``stage`` the k-th stage) or ``module`` (an explicit path).
+    model's whole output, ``stage`` the k-th stage) or ``module`` (an explicit path); after a
+    stage, ``module`` is a path under it (``stage[-1]."attention.self.query"``).
     ``first``/``last`` give a stage index or an inclusive range (negative counts from the end;
     None is open). ``io`` reads the module's output, input or pre-activation. ``call`` picks
     the n-th call of a module run several times per forward. ``select`` picks elements of a
@@ -301,7 +302,7 @@ class Claim(_Node):
     values: tuple[str, ...]
 
 
-_INDEXES: OrderedDict[int, tuple[tuple[Any, ...], dict[str, Any]]] = OrderedDict()
+_INDEXES: Lru[int, tuple[tuple[Any, ...], dict[str, Any]]] = Lru("name indexes", 64)
 
 
 def _by_name(items: tuple[Any, ...]) -> dict[str, Any]:
@@ -310,14 +311,11 @@ def _by_name(items: tuple[Any, ...]) -> dict[str, Any]:
     key = id(items)
     hit = _INDEXES.get(key)
     if hit is not None and hit[0] is items:
-        _INDEXES.move_to_end(key)
         return hit[1]
     index: dict[str, Any] = {}
     for item in items:
         index.setdefault(item.name, item)
-    _INDEXES[key] = (items, index)  # holding the tuple keeps its id from being reused
-    if len(_INDEXES) > 64:
-        _INDEXES.popitem(last=False)
+    _INDEXES.put(key, (items, index))  # holding the tuple keeps its id from being reused
     return index
 
 

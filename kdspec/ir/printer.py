@@ -94,6 +94,8 @@ def tap_text(tap: ir.Tap) -> str:
             out += f".stage[{lo}..{hi}]"
         else:
             out += f".stage[{tap.first}]"
+        if tap.module is not None:
+            out += f'."{tap.module}"'
     elif tap.point == "module":
         out += f'."{tap.module}"'
     elif not (tap.point == "output" and not tap.select):

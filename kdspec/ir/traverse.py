@@ -22,13 +22,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 N = TypeVar("N", bound=BaseModel)
 R = TypeVar("R")
+K = TypeVar("K")
 
 
 def _nodes_in(value: Any) -> Iterator[BaseModel]:
@@ -114,7 +115,55 @@ def transform(node: N, fn: Callable[[BaseModel], BaseModel]) -> N:
     ``fn`` returns the node to put in its place (itself to keep it). Pure: the input is
     frozen pydantic data and is never changed.
     """
-    return fn(map_children(node, lambda child: transform(child, fn)))  # type: ignore[return-value]
+
+    def rebuild(n: BaseModel, new_children: list[BaseModel]) -> BaseModel:
+        replacements = iter(new_children)  # map_children visits children in children() order
+        return fn(map_children(n, lambda _child: next(replacements)))
+
+    root: BaseModel = node
+    return fold(root, _child_list, rebuild)  # type: ignore[return-value]
+
+
+def _child_list(node: BaseModel) -> list[BaseModel]:
+    return list(children(node))
+
+
+def fold(
+    root: K,
+    parts: Callable[[K], Sequence[K]],
+    combine: Callable[[K, list[R]], R],
+) -> R:
+    """The value of ``root`` computed bottom-up on an explicit stack (no Python recursion).
+
+    ``parts(item)`` lists the items whose values ``item`` needs (called when ``item`` is
+    entered); ``combine(item, values)`` makes its value from theirs, in that order. Items are
+    entered in the order a recursive evaluator would (each part finished before the next is
+    entered), so the first error raised is the same; an item may be a node or a tuple that
+    carries context (the evaluator's depth and parameter hops), and a part need not be a child
+    (a parameter reference's part is the parameter's value).
+
+    Example:
+        >>> from kdspec.ir import models as ir
+        >>> e = ir.Neg(operand=ir.BinOp(op="+", left=ir.Num(value=1), right=ir.Num(value=2)))
+        >>> def value(n, parts):
+        ...     if isinstance(n, ir.Num):
+        ...         return n.value
+        ...     return -parts[0] if len(parts) == 1 else sum(parts)
+        >>> fold(e, lambda n: list(children(n)), value)
+        -3.0
+    """
+    stack: list[tuple[K, Sequence[K], list[R]]] = [(root, parts(root), [])]
+    while True:
+        item, todo, done = stack[-1]
+        if len(done) < len(todo):
+            part = todo[len(done)]
+            stack.append((part, parts(part), []))
+            continue
+        value = combine(item, done)
+        stack.pop()
+        if not stack:
+            return value
+        stack[-1][2].append(value)
 
 
 class Visitor(Generic[R]):
@@ -147,4 +196,4 @@ class Visitor(Generic[R]):
         raise TypeError(f"{type(self).__name__} cannot visit `{type(node).__name__}`")
 
 
-__all__ = ["Visitor", "children", "find_all", "map_children", "transform", "walk"]
+__all__ = ["Visitor", "children", "find_all", "fold", "map_children", "transform", "walk"]

@@ -14,6 +14,7 @@ from kdspec.graph import types
 from kdspec.graph.types import VType
 from kdspec.ir import models as ir
 from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE, expand
+from kdspec.lru import Lru
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS
 from kdspec.vocabulary.axes import axes_text, token_data
@@ -39,21 +40,22 @@ def loss_type(
     # The prelude's losses recur in every spec: type each (call, sides, parameters) once and
     # replay its diagnostics at this term.
     key = (repr(term.loss), repr(fdef), repr(holes), repr(sorted(method.params.items())))
-    if key not in _LOSS_TYPES:
+    hit = _LOSS_TYPES.get(key)
+    if hit is None:
         found: list[tuple[str, str, tuple[object, ...]]] = []
         body = expand(term.loss, fdef, implicit)
         vtype = types.value_type(body, method, lambda *d: found.append(d), (), holes)
-        if len(_LOSS_TYPES) > 4096:
-            _LOSS_TYPES.clear()
-        _LOSS_TYPES[key] = (vtype, found)
-    vtype, found = _LOSS_TYPES[key]
+        hit = _LOSS_TYPES.put(key, (vtype, found))
+    vtype, found = hit
     for code, message, path in found:
         if report is not None:
             report(code, message, ("term", term.name, "loss", *path))
     return vtype
 
 
-_LOSS_TYPES: dict[tuple[str, ...], tuple[VType, list[tuple[str, str, tuple[object, ...]]]]] = {}
+_LOSS_TYPES: Lru[tuple[str, ...], tuple[VType, list[tuple[str, str, tuple[object, ...]]]]] = Lru(
+    "loss types", 1024
+)
 
 
 def check_axes(ctx: PassContext) -> list[Diagnostic]:

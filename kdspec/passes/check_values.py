@@ -13,6 +13,7 @@ from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses
 from kdspec.ir.functions import expand
 from kdspec.ir.lower import did_you_mean
 from kdspec.ir.printer import expr_text
+from kdspec.lru import Lru
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS, Param
 from kdspec.vocabulary.axes import AXES, positional
@@ -328,9 +329,9 @@ def _in_bodies(ctx: PassContext, e: ir.Expr | None, path: tuple[object, ...]) ->
     return out
 
 
-_BODY_CALLS: dict[
-    tuple[str, str, str], list[ir.Call]
-] = {}  # the prelude's defs recur in every spec
+_BODY_CALLS: Lru[tuple[str, str, str], list[ir.Call]] = Lru(
+    "def body calls", 1024
+)  # the prelude's defs recur in every spec
 
 
 def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
@@ -339,17 +340,16 @@ def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
     if fdef is None or depth > 20:  # a def that calls itself is KD215
         return []
     key = (repr(call), repr(fdef), repr(sorted(m.params.items())))
-    if key not in _BODY_CALLS:
+    hit = _BODY_CALLS.get(key)
+    if hit is None:
         found: list[ir.Call] = []
         for inner in _chosen_calls(m, expand(call, fdef)):
             if not any(isinstance(n, ir.ArgRef) for v in inner.kwargs.values() for n in ir.walk(v)):
                 found.append(inner)  # checked against its vocabulary entry, if it has one
             if m.function(inner.func) is not None:
                 found.extend(_body_calls(m, inner, depth + 1))
-        if len(_BODY_CALLS) > 4096:
-            _BODY_CALLS.clear()
-        _BODY_CALLS[key] = found
-    return _BODY_CALLS[key]
+        hit = _BODY_CALLS.put(key, found)
+    return hit
 
 
 def _chosen_calls(m: ir.Method, e: ir.Expr) -> list[ir.Call]:

@@ -14,8 +14,9 @@
 - **What is wrapped.** Per stage, the trained roles, adapters and learned parts (everything
   :meth:`~kdspec.compiler.Distiller.trainable_parameters` returns) are synchronised by one
   ``DistributedDataParallel`` over the Distiller; frozen roles are ignored by it (each process
-  holds a replica, no gradient or buffer traffic). Batch statistics stay per process (use
-  models without batch norm, or larger shards, for exact single-process equality).
+  holds a replica, no gradient or buffer traffic). DDP looks for unused parameters only in a
+  stage whose first step leaves some out (:class:`StageParallel`). Batch statistics stay per
+  process (use models without batch norm, or larger shards, for exact single-process equality).
 - **Who writes.** Rank 0 evaluates, writes ``metrics.jsonl``, checkpoints, ``models/`` and the
   summary; per-epoch losses are averaged over ranks. Teachers without weights are pre-trained
   by rank 0 alone (through the teacher cache) while the others wait, then read from the cache.
@@ -41,6 +42,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 __all__ = [
     "ShardedBatchSampler",
+    "StageParallel",
     "all_gather_objects",
     "barrier",
     "broadcast_object",
@@ -153,7 +155,7 @@ def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
         return values
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=_group())  # a CPU tensor: the gloo group (NCCL has no CPU ops)
     return dict(zip(keys, t.tolist(), strict=True))
 
 
@@ -162,7 +164,7 @@ def any_rank(flag: bool) -> bool:
     if world_size() <= 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_group())
     return bool(t.item() > 0)
 
 
@@ -231,7 +233,7 @@ def shard_weight(loader: DataLoader[Any], k: int, local: int) -> float:
 
 
 def wrap(model: Any, params: list[nn.Parameter], device: torch.device) -> Any:
-    """``model`` in ``DistributedDataParallel`` over ``params``, or ``model`` itself.
+    """``model`` synchronised over ranks for one stage (:class:`StageParallel`), or ``model``.
 
     Only ``params`` (this stage's trainable set) are synchronised: every other parameter and
     buffer of a role without trainable parameters (frozen teachers) is ignored by DDP, so
@@ -239,18 +241,130 @@ def wrap(model: Any, params: list[nn.Parameter], device: torch.device) -> Any:
     """
     if world_size() <= 1 or not params:
         return model
-    from torch.nn.parallel import DistributedDataParallel
+    return StageParallel(model, params, device)
 
-    keep = {id(p) for p in params}
-    ignored = [n for n, p in model.named_parameters() if id(p) not in keep]
-    roles = getattr(model, "roles", None)
-    if roles is not None:
-        for role, sub in roles.items():
-            if not any(id(p) in keep for p in sub.parameters()):
-                ignored += [f"roles.{role}.{n}" for n, _ in sub.named_buffers()]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
-    return DistributedDataParallel(
-        model,
-        device_ids=[device.index] if device.type == "cuda" and device.index is not None else None,
-        find_unused_parameters=True,  # a stage may train parts its terms do not reach
-    )
+
+class StageParallel:
+    """One stage's ``DistributedDataParallel``, with ``find_unused_parameters`` set only when
+    the stage really leaves some of its trainable parameters out of the loss.
+
+    Which parameters a loss reaches is only known once a forward has run, so the stage's
+    first step is taken without DDP: the loss's autograd graph says which parameters it
+    reaches, :meth:`after_backward` averages the gradients over ranks as DDP would, and every
+    later step runs through a DDP built with ``find_unused_parameters`` true exactly when some
+    rank's first step left a parameter out (a student's classifier in a hint stage, a part of
+    a trained role no term reads). A model whose set of used parameters changes from step to
+    step (stochastic depth, layer drop) needs ``KDSPEC_DDP_FIND_UNUSED=1``.
+    """
+
+    def __init__(self, model: Any, params: list[nn.Parameter], device: torch.device) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.model, self.params, self.device = model, params, device
+        self.ddp: Any = None
+        self.find_unused: bool | None = None
+        self._reached: set[int] | None = None  # the probe step's parameters, until synchronised
+        keep = {id(p) for p in params}
+        ignored = [n for n, p in model.named_parameters() if id(p) not in keep]
+        roles = getattr(model, "roles", None)
+        if roles is not None:
+            for role, sub in roles.items():
+                if not any(id(p) in keep for p in sub.parameters()):
+                    ignored += [f"roles.{role}.{n}" for n, _ in sub.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+        if os.environ.get("KDSPEC_DDP_FIND_UNUSED", "") not in ("", "0"):
+            self.find_unused = True
+        _broadcast_from_main([*params, *_synchronised_buffers(model, ignored)])
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.ddp is None and self.find_unused is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = self.device
+            self.ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[dev.index] if dev.type == "cuda" and dev.index is not None else None,
+                find_unused_parameters=self.find_unused,
+            )
+        if self.ddp is not None:
+            return self.ddp(*args, **kwargs)
+        out = self.model(*args, **kwargs)
+        self._reached = _reached_parameters(out) if torch.is_grad_enabled() else None
+        return out
+
+    def after_backward(self) -> None:
+        """After the probe step's backward: average its gradients over ranks (DDP's job on
+        every later step) and decide ``find_unused_parameters``. Nothing on later steps."""
+        if self.ddp is not None or self._reached is None:
+            return
+        unused = any(id(p) not in self._reached for p in self.params)
+        self._reached = None
+        _average_gradients(self.params)
+        self.find_unused = any_rank(unused)
+
+
+def _synchronised_buffers(model: nn.Module, ignored: list[str]) -> list[torch.Tensor]:
+    skip = set(ignored)
+    return [b for n, b in model.named_buffers() if n not in skip]
+
+
+def _broadcast_from_main(tensors: list[torch.Tensor]) -> None:
+    """Rank 0's values of ``tensors`` on every rank (what DDP does when it is built)."""
+    with torch.no_grad():
+        for t in tensors:
+            if t.is_floating_point() or t.dtype in (torch.int64, torch.int32):
+                dist.broadcast(t.data, src=0)
+
+
+def _reached_parameters(out: Any) -> set[int]:
+    """The ids of the parameters ``out``'s tensors are computed from (autograd's leaves)."""
+    reached: set[int] = set()
+    roots, stack = [], [out]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            if obj.grad_fn is not None:
+                roots.append(obj.grad_fn)
+            elif obj.requires_grad:
+                reached.add(id(obj))  # a parameter returned as it is
+        elif isinstance(obj, dict):
+            stack += obj.values()
+        elif isinstance(obj, list | tuple):
+            stack += obj
+        elif hasattr(obj, "__dataclass_fields__"):
+            stack += [getattr(obj, f) for f in obj.__dataclass_fields__]
+    seen, todo = set(), roots
+    while todo:
+        fn = todo.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if var is not None:
+            reached.add(id(var))
+        todo += [nxt for nxt, _ in fn.next_functions if nxt is not None]
+    return reached
+
+
+def _average_gradients(params: list[nn.Parameter]) -> None:
+    """Each parameter's gradient averaged over ranks, a missing one counting as zero; a
+    parameter no rank has a gradient for keeps none (as DDP leaves it)."""
+    world = world_size()
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    dist.all_reduce(has, group=_group())
+    groups: dict[tuple[torch.device, torch.dtype], list[nn.Parameter]] = {}
+    for p, n in zip(params, has.tolist(), strict=True):
+        if n > 0:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p)
+    for group in groups.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group])  # type: ignore[union-attr]
+        dist.all_reduce(flat)
+        flat /= world
+        at = 0
+        for p in group:
+            g = p.grad
+            assert g is not None
+            g.copy_(flat[at : at + g.numel()].view_as(g))
+            at += g.numel()

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from kdspec.compiler.teacher_cache import CacheError, CacheSpec, TeacherCache
+from kdspec.compiler.views import TeacherGenerations
 from kdspec.data.augment import ReplayedAugmentation
 from kdspec.diagnostics import KdError, error
 from kdspec.graph import build_graph
@@ -35,6 +36,7 @@ from kdspec.ir import models as ir
 from kdspec.runtime import distributed
 from kdspec.runtime.cache import _data_fields, cache_root, get_teacher, teacher_test_top1
 from kdspec.runtime.data import RunData, build_data
+from kdspec.runtime.generations import GenerationFile
 from kdspec.runtime.metrics import METRICS
 from kdspec.runtime.models import (
     brings_weights,
@@ -577,6 +579,7 @@ def distill(
     distiller.fold_batch_norm = opts.fold_batch_norm
     name = label or prep.lowered.method.name
     cache = enable_output_cache(distiller, prep, opts)
+    generations = keep_generations(distiller, prep, opts)
     try:
         return _train(distiller, prep, Path(out_dir), resume, opts, _meta(prep, "distill"), name)
     except CacheError as exc:
@@ -590,6 +593,29 @@ def distill(
             cache.flush()
             for line in cache.summary():
                 opts.log(line)
+        if generations is not None:
+            generations[0].flush(distiller.roles[generations[1]])
+
+
+def keep_generations(
+    distiller: Any, prep: Prepared, opts: JobOptions
+) -> tuple[TeacherGenerations, str] | None:
+    """Sequence-level KD's teacher generations: seeded by the run, kept on disk beside the
+    teacher cache (``<cache dir>/generations``) and reused by every later run with the same
+    teacher, data and settings. Returns the view and its generating role (None without one)."""
+    rewrite = distiller.compiled.rewrite
+    if rewrite is None or not isinstance(rewrite[0], TeacherGenerations):
+        return None
+    view, role = rewrite
+    samples = len(prep.data.transfer)  # type: ignore[arg-type]
+    identity = {
+        "data": _data_fields(prep.run.config.data),
+        "fingerprint": prep.data.fingerprint,
+        "transfer": samples,
+    }
+    store = GenerationFile(cache_root(opts.cache_dir) / "generations", identity, opts.log)
+    view.keep(store, prep.run.config.train.seed, samples)
+    return view, role
 
 
 def enable_output_cache(distiller: Any, prep: Prepared, opts: JobOptions) -> TeacherCache | None:

@@ -366,7 +366,7 @@ class _Repeat:
     opt: torch.optim.Optimizer | None
     steps_done: int = 0
     stage_epoch: int = 0
-    step_model: Any = None  # the model, or its DistributedDataParallel under torchrun
+    step_model: Any = None  # the model, or a distributed.StageParallel under torchrun
 
 
 class TrainRecipe:
@@ -569,6 +569,8 @@ class TrainRecipe:
         assert run.opt is not None
         run.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if isinstance(run.step_model, distributed.StageParallel):
+            run.step_model.after_backward()  # the stage's first step: gradients averaged here
         if self.cfg.grad_clip is not None:
             self.scaler.unscale_(run.opt)
             torch.nn.utils.clip_grad_norm_(run.params, self.cfg.grad_clip)

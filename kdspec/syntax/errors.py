@@ -269,10 +269,15 @@ def _example_parser(lark: Lark) -> Callable[[str], Tree[Any]]:
                 seen[text] = exc
         found = seen[text]
         if isinstance(found, UnexpectedInput):
-            raise found
+            _RAISED.append(found)
+            raise found.with_traceback(None)  # else every raise adds its frames to the last
         return found
 
     return parse
+
+
+# The example errors `_example_parser` raised during the current `_matching_example` call.
+_RAISED: list[UnexpectedInput] = []
 
 
 def _matching_example(exc: UnexpectedInput, lark: Lark) -> str | None:
@@ -283,6 +288,13 @@ def _matching_example(exc: UnexpectedInput, lark: Lark) -> str | None:
         label = exc.match_examples(parse, table, token_type_match_fallback=True)
     except TypeError:  # lark 1.2 formats a debug line with %d on a ParserState state
         label = exc.match_examples(parse, table, True, use_accepts=False)
+    finally:
+        # A raise attaches the frames that handled it (which hold this file's tokens and
+        # trees) and the error being handled to the kept object: a long-lived process
+        # (`kdspec lsp`, the fuzz worker) kept every checked file's parse alive through them.
+        for kept in _RAISED:
+            kept.__traceback__ = kept.__context__ = None
+        _RAISED.clear()
     return None if label is None else label.split("\0")[1]
 
 

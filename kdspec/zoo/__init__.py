@@ -48,7 +48,7 @@ from kdspec.zoo.wrn import wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
 __all__ = ["ZOO_VERSION", "available_models", "build_model"]
 
 # Part of the teacher-cache key: bump whenever any architecture or its initialisation changes.
-ZOO_VERSION = "1"
+ZOO_VERSION = "2"
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet8": resnet8,

@@ -19,29 +19,69 @@ from torch import Tensor, nn
 __all__ = ["CausalLM", "lm_small", "lm_tiny"]
 
 
+class SelfAttention(nn.Module):
+    """Causal multi-head self-attention: separate query, key and value projections, named as in
+    Hugging Face BERT (``attention.self.query``), so one attention-relation spec (MiniLM) taps
+    a BERT and these models alike: ``s.stage[-1]."attention.self.query"``."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, past: list[Tensor] | None = None) -> Tensor:
+        """``[B, T, D] -> [B, T, D]``; position t attends to positions <= t only.
+
+        ``past`` (generation): the keys and values of the positions before ``x``, extended in
+        place; after the prompt ``x`` is one new position, which attends to all of them.
+        """
+        b, t, d = x.shape
+        q, k, v = (
+            z(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
+            for z in (self.query, self.key, self.value)
+        )
+        if past is not None:
+            if past:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            past[:] = [k, v]
+        if t != k.shape[2] and t != 1:
+            raise ValueError("after the prompt, generation adds one position at a time")
+        p = self.dropout if self.training else 0.0
+        causal = t == k.shape[2] and t > 1
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=p)
+        return a.transpose(1, 2).reshape(b, t, d)
+
+
+class Attention(nn.Module):
+    """Self-attention (``self``) and the output projection (``proj``)."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.self = SelfAttention(width, heads, dropout)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, past: list[Tensor] | None = None) -> Tensor:
+        return self.proj(self.self(x, past))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: causal self-attention, then a GELU MLP."""
 
     def __init__(self, width: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.heads = heads
         self.norm1 = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.attention = Attention(width, heads, dropout)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
         )
-        self.dropout = dropout
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, T, D] -> [B, T, D]``; position t attends to positions <= t only."""
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+    def forward(self, x: Tensor, past: list[Tensor] | None = None) -> Tensor:
+        """``[B, T, D] -> [B, T, D]`` (``past``: see :class:`SelfAttention`)."""
+        x = x + self.attention(self.norm1(x), past)
         return x + self.mlp(self.norm2(x))
 
 
@@ -90,16 +130,23 @@ class CausalLM(nn.Module):
                 nn.init.zeros_(m.bias)
         for block in self.blocks:  # residual projections scaled by depth (GPT-2)
             assert isinstance(block, Block)
-            nn.init.normal_(block.proj.weight, std=0.02 / math.sqrt(2 * layers))
+            nn.init.normal_(block.attention.proj.weight, std=0.02 / math.sqrt(2 * layers))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Next-token logits ``[B, T, V]`` of token ids ``[B, T]``."""
-        t = input_ids.shape[1]
+        return self._logits(input_ids)
+
+    def _logits(
+        self, ids: Tensor, pasts: list[list[Tensor]] | None = None, start: int = 0
+    ) -> Tensor:
+        """Logits of ``ids`` at positions ``start, start + 1, ...``; ``pasts`` (one list per
+        block) holds the keys and values of the positions before ``start``."""
+        t = start + ids.shape[1]
         if t > self.max_len:
             raise ValueError(f"sequence of {t} tokens; this model covers {self.max_len}")
-        x = self.embed(input_ids) + self.pos(torch.arange(t, device=input_ids.device))
-        for block in self.blocks:
-            x = block(x)
+        x = self.embed(ids) + self.pos(torch.arange(start, t, device=ids.device))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if pasts is None else pasts[i])
         return self.head(self.norm(x))
 
     @torch.no_grad()
@@ -118,12 +165,21 @@ class CausalLM(nn.Module):
         Samples from ``softmax(logits / temperature)`` with the global torch generator
         (``torch.multinomial``), or takes the argmax when ``do_sample`` is false. After a row
         emits ``eos_token_id`` the rest of it is ``pad_token_id``. Prompts must be unpadded
-        (same length), as for a Hugging Face model without left padding.
+        (same length), as for a Hugging Face model without left padding. The keys and values of
+        earlier positions are kept (one new position per step) while the sequence fits the
+        position embedding; beyond it the last ``max_len`` tokens are run again each step.
         """
         out = input_ids
         done = torch.zeros(len(out), dtype=torch.bool, device=out.device)
-        for _ in range(max_new_tokens):
-            logits = self(out[:, -self.max_len :])[:, -1].float()  # [B, V]
+        cached = out.shape[1] + max_new_tokens <= self.max_len
+        pasts: list[list[Tensor]] = [[] for _ in self.blocks]
+        for step in range(max_new_tokens):
+            if not cached:
+                logits = self(out[:, -self.max_len :])[:, -1].float()  # [B, V]
+            elif step == 0:
+                logits = self._logits(out, pasts)[:, -1].float()
+            else:
+                logits = self._logits(out[:, -1:], pasts, out.shape[1] - 1)[:, -1].float()
             if do_sample:
                 probs = torch.softmax(logits / temperature, dim=-1)
                 nxt = torch.multinomial(probs, 1).squeeze(1)

@@ -11,6 +11,7 @@ from torch import nn
 from kdspec.api import load_method
 from kdspec.compiler import Progress, compile_spec, discover
 from kdspec.diagnostics import KdError
+from kdspec.ir.printer import tap_text
 from kdspec.zoo import build_model
 
 
@@ -108,6 +109,41 @@ def test_unknown_module_path_is_a_diagnostic_with_suggestion():
     assert d.code == "KD401"
     assert "layer4" in d.message and "did you mean `layer" in (d.help or "")
     assert d.source is not None and d.source.line_col(d.span.start)[0] == 6
+
+
+def test_module_path_under_each_stage_reads_that_submodule():
+    """`t.stage[2..3]."attention.self.query"`: a path under each tapped stage (any depth), read
+    as the tap of the full path; written back as written; a path no stage has is KD401."""
+    t = build_model("lm_small", 259, 16, width=16, layers=3, heads=2).double()
+    s = build_model("lm_tiny", 259, 16, width=16, layers=2, heads=2).double()
+    ids = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(3))
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    text = """method sub {
+  teacher t
+  student s
+  transfer q:
+      from t.stage[2..3]."attention.self.query"
+      to s.stage[..]."attention.self.query"
+      with mse
+}"""
+    low = spec(text)
+    assert tap_text(low.method.terms[0].source) == 't.stage[2..3]."attention.self.query"'
+    got = compile_spec(low, {"t": t, "s": s}, x).raw_terms(x)["q"]
+    seen: dict[str, torch.Tensor] = {}
+    for name, model in (("t", t), ("s", s)):
+        for i, block in enumerate(model.blocks):
+            block.attention.self.query.register_forward_hook(
+                lambda m, a, out, k=f"{name}{i}": seen.__setitem__(k, out)
+            )
+        model(**x)
+    want = F.mse_loss(seen["s0"], seen["t1"]) + F.mse_loss(seen["s1"], seen["t2"])
+    assert_close(got, want)
+    bad = text.replace('to s.stage[..]."attention.self.query"', 'to s.stage[-1]."attn.q"')
+    assert bad != text
+    with pytest.raises(KdError) as info:
+        compile_spec(spec(bad), {"t": t, "s": s}, x)
+    assert info.value.diagnostics[0].code == "KD401"
+    assert "blocks.1.attn.q" in info.value.diagnostics[0].message
 
 
 def test_missing_model_is_kd408():

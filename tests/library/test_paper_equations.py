@@ -498,8 +498,10 @@ def test_minilm_attention_and_value_relation_kl() -> None:
         part: rand(B, L, 24, seed=i, grad=False) for i, part in enumerate(("query", "key", "value"))
     }
     s = {part: rand(B, L, 12, seed=10 + i) for i, part in enumerate(("query", "key", "value"))}
-    batch = {_path("t", 11, p): v for p, v in t.items()} | {
-        _path("s", 5, p): v for p, v in s.items()
+    batch = {
+        f'{r}.stage[-1]."attention.self.{p}"': v
+        for r, d in (("t", t), ("s", s))
+        for p, v in d.items()
     }
     out = functional("minilm", batch)(batch)
 

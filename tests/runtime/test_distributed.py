@@ -2,7 +2,9 @@
 
 Each global batch of 13 is split 7/6 (each rank's loss weighted by its share); the loss terms
 of every epoch and the weights after training must equal a single-process run within 1e-5,
-also across an interrupted and resumed two-process run.
+also across an interrupted and resumed two-process run. The first stage trains the whole
+student on the hint alone (its classifier gets no gradient: DDP must look for unused
+parameters), the second trains every part (DDP must not: no warning that it looked in vain).
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ method ddp_check {
   transfer hint: from t."1" to linear(s."1") with mse
   transfer kd: softmax(T) from t.logits to s.logits with kl weight T^2
   supervise ce: s.logits with cross_entropy
+  stage hints for 1 epochs { losses hint }
+  stage distill { losses hint, kd, ce }
 }
 """
+TERMS = [{"hint"}, {"hint", "kd", "ce"}, {"hint", "kd", "ce"}]  # per epoch
 
 SPLITS = synthetic_splits(n=110, num_classes=4, input_shape=(1, 4, 4), seed=0)
 CFG = TrainConfig(epochs=3, lr=0.1, momentum=0.9, schedule="cosine")
@@ -90,11 +95,21 @@ def _worker(rank: int, world: int, port: int, out: str, plan: list[dict[str, Any
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
     )
     distributed.setup("cpu")
+    flags: list[bool | None] = []  # find_unused_parameters, per stage, as decided
+    decide = distributed.StageParallel.after_backward
+
+    def after_backward(self: distributed.StageParallel) -> None:
+        probing = self.ddp is None and self.find_unused is None
+        decide(self)
+        if probing:
+            flags.append(self.find_unused)
+
+    distributed.StageParallel.after_backward = after_backward  # type: ignore[method-assign]
     try:
         for step in plan:
             found = _run(Path(out), **step)
             if rank == 0 and found:
-                Path(out, "result.json").write_text(json.dumps(found))
+                Path(out, "result.json").write_text(json.dumps({**found, "flags": flags}))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -112,10 +127,10 @@ def _ddp(out: Path, plan: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _assert_same(ddp: dict[str, Any], one: dict[str, Any]) -> None:
     assert len(ddp["records"]) == len(one["records"]) == CFG.epochs
-    for a, b in zip(ddp["records"], one["records"], strict=True):
+    for a, b, terms in zip(ddp["records"], one["records"], TERMS, strict=True):
         assert a["step"] == b["step"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
-        assert set(a["terms"]) == {"hint", "kd", "ce"} == set(b["terms"])
+        assert set(a["terms"]) == terms == set(b["terms"])
         for name, value in b["terms"].items():
             assert a["terms"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
         assert a["test"] == pytest.approx(b["test"], rel=1e-5)  # rank 0 evaluated
@@ -128,10 +143,15 @@ def _assert_same(ddp: dict[str, Any], one: dict[str, Any]) -> None:
     assert any(not torch.equal(torch.tensor(one["state"][k]), v) for k, v in start.items())
 
 
-def test_two_processes_train_what_one_process_trains(tmp_path: Path) -> None:
+def test_two_processes_train_what_one_process_trains(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     one = _run(tmp_path / "one")
     ddp = _ddp(tmp_path / "ddp", [{}])
     _assert_same(ddp, one)
+    # the hint stage leaves the student's classifier unused, the last stage uses everything
+    assert ddp["flags"] == [True, False]
+    assert "find_unused_parameters" not in capfd.readouterr().err  # DDP never looked in vain
     files = sorted(p.name for p in (tmp_path / "ddp").iterdir())
     assert {"checkpoint.pt", "metrics.jsonl", "summary.json", "models"} <= set(files)
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()

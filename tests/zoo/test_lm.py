@@ -37,7 +37,7 @@ def test_student_is_smaller_than_teacher() -> None:
 
 def test_generate_samples_with_the_global_generator_and_pads_after_eos() -> None:
     torch.manual_seed(0)
-    model = build_model("lm_tiny", num_classes=10, in_channels=8).eval()
+    model = build_model("lm_tiny", num_classes=10, in_channels=8).double().eval()
     prompt = torch.tensor([[1, 2], [3, 4]])
     torch.manual_seed(5)
     a = model.generate(prompt, max_new_tokens=6, temperature=0.7)
@@ -59,3 +59,30 @@ def test_generate_samples_with_the_global_generator_and_pads_after_eos() -> None
     torch.manual_seed(5)
     c = model.generate(prompt, max_new_tokens=6, temperature=0.7, eos_token_id=eos, pad_token_id=9)
     assert c[0, 3:].tolist() == [9] * 5
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5])
+def test_generation_keeps_keys_and_values_and_matches_running_the_whole_prefix(
+    prompt_len: int,
+) -> None:
+    """The cached steps (one new position each) give the logits of a full forward of the
+    prefix; past the position embedding the last `max_len` tokens are run again."""
+    torch.manual_seed(1)
+    model = build_model("lm_small", num_classes=30, in_channels=8, width=16, heads=2).double()
+    model.eval()
+    prompt = torch.randint(0, 30, (3, prompt_len))
+    out = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    by_hand = prompt
+    for _ in range(12):
+        nxt = model(by_hand)[:, -1].argmax(-1, keepdim=True)
+        by_hand = torch.cat([by_hand, nxt], dim=1)
+    assert torch.equal(out, by_hand)
+    pasts: list[list[torch.Tensor]] = [[] for _ in model.blocks]
+    steps = [model._logits(out[:, :prompt_len], pasts)]
+    for i in range(prompt_len, out.shape[1]):
+        steps.append(model._logits(out[:, i : i + 1], pasts, i))
+    assert_close(torch.cat(steps, dim=1), model(out))
+    model.max_len = 8  # longer than the position embedding: the window slides
+    long = model.generate(prompt, max_new_tokens=10, do_sample=False)
+    assert long.shape == (3, prompt_len + 10)
+    assert torch.equal(long[:, -1], model(long[:, -9:-1])[:, -1].argmax(-1))
