@@ -1060,9 +1060,9 @@ class _FunctionLowering(_MethodLowering):
         return ir.FunctionDef(name=fn.name.name, params=tuple(params), body=body)
 
 
-# The prelude's defs lowered once per process (they call only each other), keyed by the id of
-# their syntax tree, which the parse cache keeps (the tree is held here too, so the id stays).
-_PRELUDE_LOWERED: dict[int, tuple[ast.Function, ir.FunctionDef, list[Diagnostic]]] = {}
+# The prelude's defs lowered once per process (they call only each other), by name and the
+# text of their file: as many entries as the prelude has defs.
+_PRELUDE_LOWERED: dict[tuple[str, str, int], tuple[ir.FunctionDef, list[Diagnostic]]] = {}
 
 
 def _prelude_sources() -> frozenset[str]:
@@ -1172,9 +1172,10 @@ class DefTable:
         if name in self.lowered:
             return None if name in self.recursive else self.lowered[name]
         fn, fsource = self.asts[name]
-        cached = _PRELUDE_LOWERED.get(id(fn))
-        if cached is not None and cached[0] is fn:
-            return self._adopt_prelude(name, cached[1], cached[2], source)
+        key = (name, fsource.name, hash(fsource.text))  # a str caches its hash
+        cached = _PRELUDE_LOWERED.get(key)
+        if cached is not None:
+            return self._adopt_prelude(name, cached[0], cached[1], source)
         self.stack.append(name)
         try:
             lowering = _FunctionLowering(fn, fsource, self)
@@ -1184,7 +1185,7 @@ class DefTable:
         self.diags.extend(lowering.diags)
         self.lowered[name] = fdef
         if not self.recursive and fsource.name in _prelude_sources():
-            _PRELUDE_LOWERED[id(fn)] = (fn, fdef, list(lowering.diags))
+            _PRELUDE_LOWERED[key] = (fdef, list(lowering.diags))
         return None if name in self.recursive else fdef
 
     def _adopt_prelude(
