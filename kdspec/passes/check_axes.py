@@ -40,7 +40,7 @@ def loss_type(
     # The prelude's losses recur in every spec (their defs lowered once per process: the same
     # objects): type each (call, def, sides, parameters) once and replay its diagnostics at
     # this term. The def is kept with its entry, so its id is not another def's while it is.
-    key = (repr(term.loss), id(fdef), repr(holes), repr(sorted(method.params.items())))
+    key = (repr(term.loss), id(fdef), repr(holes), types.context_key(term.loss, method))
     hit = _LOSS_TYPES.get(key)
     if hit is None or hit[0] is not fdef:
         found: list[tuple[str, str, tuple[object, ...]]] = []

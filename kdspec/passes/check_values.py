@@ -341,7 +341,7 @@ def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
     fdef = m.function(call.func)
     if fdef is None or depth > 20:  # a def that calls itself is KD215
         return []
-    key = (repr(call), id(fdef), repr(sorted(m.params.items())))
+    key = (repr(call), id(fdef), types.context_key(call, m))
     hit = _BODY_CALLS.get(key)
     if hit is None or hit[0] is not fdef:
         found: list[ir.Call] = []
