@@ -337,23 +337,33 @@ class TermBuilder(Visitor[Node]):
         ``relation(x, over=channel) / HW``) keep the gradient of the unscaled value instead of
         ``1 / c`` of it. Factors are numbers > 0 known before training and sizes (``B``, ``HW``).
         """
-        body = e
-        if isinstance(e, ir.Call) and (fdef := self.m.function(e.func)) is not None:
-            body = expand(e, fdef)
-        if isinstance(body, ir.BinOp) and body.op == "/" and self.positive(body.right):
-            return self.scale_free(body.left)
-        if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.left):
-            return self.scale_free(body.right)
-        if isinstance(body, ir.BinOp) and body.op == "*" and self.positive(body.right):
-            return self.scale_free(body.left)
-        return e  # nothing to drop: the value as written
+        while True:  # one positive factor dropped per turn
+            body = e
+            if isinstance(e, ir.Call) and (fdef := self.m.function(e.func)) is not None:
+                body = expand(e, fdef)
+            if not isinstance(body, ir.BinOp):
+                return e
+            if body.op == "/" and self.positive(body.right):
+                e = body.left
+            elif body.op == "*" and self.positive(body.left):
+                e = body.right
+            elif body.op == "*" and self.positive(body.right):
+                e = body.left
+            else:
+                return e  # nothing to drop: the value as written
 
     def positive(self, e: ir.Expr) -> bool:
         """A number > 0 known before training, or a size (``B``, ``HW``, ``size(...)``)."""
-        if isinstance(e, ir.Call) and e.func == "size":
-            return True
-        if isinstance(e, ir.BinOp) and e.op in ("*", "/"):
-            return self.positive(e.left) and self.positive(e.right)
+        factors = [e]  # products and quotients of such factors are such factors
+        while factors:
+            f = factors.pop()
+            if isinstance(f, ir.BinOp) and f.op in ("*", "/"):
+                factors += [f.left, f.right]
+            elif not (isinstance(f, ir.Call) and f.func == "size") and not self._positive_number(f):
+                return False
+        return True
+
+    def _positive_number(self, e: ir.Expr) -> bool:
         if types.is_static(e, self.m):
             try:
                 return float(self.value(e)) > 0

@@ -320,6 +320,10 @@ class Distiller(nn.Module):
                     needed.setdefault(key, []).extend(self.compiled.points[node.tap])
         return {k: list(dict.fromkeys(v)) for k, v in needed.items()}
 
+    def trains(self, role: str) -> bool:
+        """Whether the current stage updates ``role``'s weights by gradient."""
+        return role in self._trained
+
     def set_stage(self, name: str) -> None:
         """Switch to a stage: its terms become active and its trainable set gets gradients."""
         stage = self.compiled.stage(name)

@@ -8,7 +8,7 @@ batch norm's input or output, or its parameters as OFD's margins do), and checks
 folded forward gives every tapped value within tolerance of the eager one; otherwise nothing
 is folded. The user's model is not changed: while a :class:`FoldPlan` is entered, the folded
 modules' ``forward`` is replaced on the instances (their state dicts, checkpoints and hooks
-stay as they are), and the fused weights are recomputed whenever a weight changes in place.
+stay as they are), and the fused weights are recomputed on every entry (each forward).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["FoldPlan", "fold_plan"]
@@ -33,39 +34,31 @@ class _Pair:
     names: tuple[str, str]
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
-    versions: tuple[int, ...] = ()
 
-    def _tensors(self) -> list[torch.Tensor]:
-        return [
-            t
-            for t in (
-                self.conv.weight,
-                self.conv.bias,
-                self.bn.weight,
-                self.bn.bias,
-                self.bn.running_mean,
-                self.bn.running_var,
-            )
-            if t is not None
-        ]
+    def fuse(self) -> None:
+        """Fold the batch norm's current statistics and affine map into the conv's weights.
+
+        Done on every entry of the plan (each frozen forward), so a weight changed in place
+        between forwards is always seen; it costs one pass over the weights, nothing beside a
+        batch's convolutions.
+        """
+        with torch.no_grad():
+            bn = self.bn
+            assert bn.running_var is not None and bn.running_mean is not None
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            w = self.conv.weight
+            self.weight = w * scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype)
+            b = self.conv.bias if self.conv.bias is not None else torch.zeros_like(scale)
+            shift = (b - bn.running_mean) * scale
+            self.bias = (shift + bn.bias if bn.bias is not None else shift).to(w.dtype)
 
     def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The folded weight and bias (recomputed when a weight changed in place)."""
-        versions = tuple(t._version for t in self._tensors())
-        if self.weight is None or versions != self.versions:
-            with torch.no_grad():
-                bn = self.bn
-                assert bn.running_var is not None and bn.running_mean is not None
-                scale = torch.rsqrt(bn.running_var + bn.eps)
-                if bn.weight is not None:
-                    scale = scale * bn.weight
-                w = self.conv.weight
-                self.weight = w * scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype)
-                b = self.conv.bias if self.conv.bias is not None else torch.zeros_like(scale)
-                shift = (b - bn.running_mean) * scale
-                self.bias = (shift + bn.bias if bn.bias is not None else shift).to(w.dtype)
-            self.versions = versions
-        assert self.bias is not None
+        """The folded weight and bias (computed when the plan was entered)."""
+        if self.weight is None or self.bias is None:
+            self.fuse()
+        assert self.weight is not None and self.bias is not None
         return self.weight, self.bias
 
 
@@ -82,6 +75,7 @@ class FoldPlan:
 
     def __enter__(self) -> FoldPlan:
         for pair in self.pairs:
+            pair.fuse()
             pair.conv.forward = _folded_conv(pair)  # type: ignore[method-assign,assignment]
             pair.bn.forward = _identity  # type: ignore[method-assign,assignment]
         return self
@@ -92,16 +86,29 @@ class FoldPlan:
                 m.__dict__.pop("forward", None)
 
 
+_CONV_FUNCTIONS: dict[type[nn.Module], Callable[..., torch.Tensor]] = {
+    nn.Conv1d: F.conv1d,
+    nn.Conv2d: F.conv2d,
+    nn.Conv3d: F.conv3d,
+}
+
+
+def _conv_of(conv: nn.Module) -> Callable[..., torch.Tensor]:
+    """The functional convolution of a subclass of ``nn.Conv1d/2d/3d``."""
+    return next(f for cls, f in _CONV_FUNCTIONS.items() if isinstance(conv, cls))
+
+
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
 def _folded_conv(pair: _Pair) -> Callable[[torch.Tensor], torch.Tensor]:
     conv = pair.conv
+    convolve = _CONV_FUNCTIONS[type(conv)] if type(conv) in _CONV_FUNCTIONS else _conv_of(conv)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        weight, bias = pair.fused()
-        return conv._conv_forward(x, weight, bias)
+        weight, bias = pair.fused()  # padding_mode is "zeros" (fold_plan checks)
+        return convolve(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     return forward
 

@@ -519,21 +519,8 @@ class TermModule(nn.Module):
             return total
         # Adapters and `resize` on the student side size themselves from the teacher side's
         # raw value (before the knowledge pipeline), e.g. a regressor to the teacher's map.
-        env.shape_hint = None
-        if isinstance(self.source, PipelineNode):
-            raw = self.source.raw(env)
-            hint = [tuple(v.shape[1:]) for v in raw]
-            src = self.source.apply_steps(raw, env)
-        else:
-            src = self.source(env)
-            hint = [tuple(v.shape[1:]) for v in src]
-        env.shape_hint = hint
-        if isinstance(self.target, PipelineNode):
-            raw_t = self.target.raw(env)
-            tgt = self.target.apply_steps(raw_t, env)
-        else:
-            tgt = self.target(env)
-        env.shape_hint = None
+        src, tgt = self._sides(env)
+        assert src is not None
         if self.loss in comp.LEARNED_LOSSES:
             return self._learned(src, tgt, env)
         assert fn is not None
@@ -612,7 +599,7 @@ class ApplyNode(Node):
         owner: Any = self.__dict__["_owner"]
         module = owner.roles[self.role].get_submodule(self.path)
         params = None
-        if self.role not in owner._trained:  # weights fixed, gradient into the inputs only
+        if not owner.trains(self.role):  # weights fixed, gradient into the inputs only
             params = {n: p.detach() for n, p in module.named_parameters()}
         out = []
         for args in broadcast(*values):

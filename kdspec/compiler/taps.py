@@ -31,6 +31,16 @@ ACTIVATIONS = (
     nn.Mish,
     nn.PReLU,
 )
+BATCH_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+)
+"""Every batch norm torch ships, by its public classes."""
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
@@ -308,7 +318,7 @@ def discover(model: nn.Module, example_input: Any) -> ModelTaps:
                 in_shape=_shape(first_tensor(args)),
                 out_shape=_shape(first_tensor(output)),
                 is_activation=isinstance(module, ACTIVATIONS),
-                is_batchnorm=isinstance(module, nn.modules.batchnorm._BatchNorm),
+                is_batchnorm=isinstance(module, BATCH_NORMS),
             )
         )
 

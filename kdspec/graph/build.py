@@ -1,8 +1,11 @@
 """Build the method graph from the IR.
 
 Nodes are roles, taps, knowledge (one per side of a term), adapters, losses, stages and the
-labels; edges carry data flow (``reads``, ``flows``, ``matched_by``), who teaches whom
-(``teaches``, ``supervises``) and when (``activates``, ``trains``). Node ids are strings such as
+labels; edges carry data flow (``reads``, ``flows``, ``matched_by``, ``view``, ``sees``,
+``feeds``), who teaches whom (``teaches``, ``supervises``), how roles relate (``ema``,
+``snapshot``, ``like``, ``init_from``, ``handoff``) and when (``activates``, ``trains``,
+``trains_part``, ``trains_adapters``, ``freezes``). The taxonomy's fingerprints are projections
+of this graph (:func:`kdspec.taxonomy.identify.fingerprint`). Node ids are strings such as
 ``role:t``, ``tap:t.stage[1..3]``, ``knowledge:kd/source``, ``loss:kd``, ``stage:hint``.
 """
 
@@ -76,8 +79,13 @@ def build_graph(method: ir.Method) -> KdGraph:
                 view=role.view,
             ),
         )
-        if role.mode in ("ema", "snapshot") and role.source:
+    for role in m.roles:  # after every role node, so nodes keep the declaration order
+        if role.source:
             g.add_edge(f"role:{role.source}", f"role:{role.name}", type=role.mode)
+        if role.like:
+            g.add_edge(f"role:{role.like}", f"role:{role.name}", type="like", size=role.size)
+        if role.init_from:
+            g.add_edge(f"role:{role.init_from}", f"role:{role.name}", type="init_from")
     for ens in m.ensembles:
         g.add_node(
             f"ensemble:{ens.name}",
@@ -91,6 +99,9 @@ def build_graph(method: ir.Method) -> KdGraph:
     g.add_node("labels", type="labels")
     for part in m.data:
         g.add_node(f"data:{part.name}", type=part.kind, name=part.name, func=part.func)
+    for role in m.roles:
+        if role.view and g.has_node(f"data:{role.view}"):
+            g.add_edge(f"data:{role.view}", f"role:{role.name}", type="sees")
 
     for term in m.terms:
         loss_fn = FUNCTIONS.get(term.loss.func)
@@ -112,8 +123,9 @@ def build_graph(method: ir.Method) -> KdGraph:
                 side=side,
                 kind=kind,
                 transforms=tuple(c.func for c in term.knowledge),
+                expr=expr,
             )
-            for tap, stop in types.taps(expr, m):
+            for i, (tap, stop) in enumerate(types.taps(expr, m)):
                 tid = f"tap:{types.tap_text(tap)}"
                 g.add_node(
                     tid,
@@ -130,7 +142,9 @@ def build_graph(method: ir.Method) -> KdGraph:
                 )
                 if not g.has_edge(node, tid):  # several terms may read the same tap
                     g.add_edge(node, tid, type="reads")
-                g.add_edge(tid, kid, type="flows", stopgrad=stop)
+                    if tap.view and g.has_node(f"data:{tap.view}"):
+                        g.add_edge(f"data:{tap.view}", tid, type="view")
+                g.add_edge(tid, kid, type="flows", stopgrad=stop, index=i)
             for i, adapter in enumerate(types.uses_adapter(expr, m)):
                 aid = f"adapter:{term.name}/{side}/{i}"
                 g.add_node(aid, type="adapter", func=adapter, term=term.name, side=side)
@@ -142,6 +156,8 @@ def build_graph(method: ir.Method) -> KdGraph:
                     g.add_node(aid, type="adapter", func=call.func, term=term.name, side=side)
                     g.add_edge(aid, kid, type="flows")
             g.add_edge(kid, f"loss:{term.name}", type="matched_by", side=side)
+        if term.subset:
+            g.add_edge(f"data:{term.subset}", f"loss:{term.name}", type="feeds")
         learners = types.grad_roles(term.target, m)
         if term.kind == "supervise":
             for r in sorted(learners):
@@ -162,8 +178,6 @@ def build_graph(method: ir.Method) -> KdGraph:
         if not teachers:  # knowledge made from labels alone (a virtual teacher's target)
             for s in sorted(learners):
                 g.add_edge("labels", f"role:{s}", type="teaches", term=term.name, stopgrad=True)
-        if term.subset:
-            g.add_edge(f"data:{term.subset}", f"loss:{term.name}", type="feeds")
 
     kg = KdGraph(m, g)
     for stage in m.effective_stages():
@@ -174,6 +188,20 @@ def build_graph(method: ir.Method) -> KdGraph:
         for r in sorted(kg.trained_roles(stage)):
             if g.has_node(f"role:{r}"):
                 g.add_edge(sid, f"role:{r}", type="trains")
+        _add_stage_parts(g, sid, stage)
         for src, dst in stage.handoffs:
             g.add_edge(f"role:{src}", f"role:{dst}", type="handoff", stage=stage.name)
     return kg
+
+
+def _add_stage_parts(g: nx.MultiDiGraph, sid: str, stage: ir.Stage) -> None:
+    """What a stage trains or freezes beyond whole roles: adapters of terms, parts of roles."""
+    for item in stage.train:
+        if isinstance(item, ir.Str) and g.has_node(f"loss:{item.value}"):
+            g.add_edge(sid, f"loss:{item.value}", type="trains_adapters")
+        elif isinstance(item, ir.Tap) and item.point != "output":
+            if g.has_node(f"role:{item.role}"):
+                g.add_edge(sid, f"role:{item.role}", type="trains_part")
+    for item in stage.freeze:
+        if isinstance(item, ir.Tap) and g.has_node(f"role:{item.role}"):
+            g.add_edge(sid, f"role:{item.role}", type="freezes")

@@ -12,13 +12,43 @@ from dataclasses import dataclass
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, evaluate
 from kdspec.ir.printer import tap_text
+from kdspec.ir.traverse import fold
 from kdspec.vocabulary import FUNCTIONS, Fn
 from kdspec.vocabulary import axes as axes_rules
 from kdspec.vocabulary.axes import Axes, AxisError, tap_axes_for
 
 
 def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
-    """The kind of knowledge an expression yields (see :data:`kdspec.vocabulary.KINDS`)."""
+    """The kind of knowledge an expression yields (see :data:`kdspec.vocabulary.KINDS`).
+
+    Follows lets and the first argument of calls that keep their input's kind, in a loop.
+    """
+    open_lets: set[str] = set()
+    while True:
+        if isinstance(e, ir.LetRef):
+            let = method.let(e.name)
+            if let is None or e.name in open_lets:
+                return "features"
+            open_lets.add(e.name)
+            e = let.value
+        elif isinstance(e, ir.Call) and _keeps_input_kind(e, method):
+            e = e.args[0] if e.args else None
+            if e is None:
+                return "features"
+        else:
+            return _own_kind(e, method)
+
+
+def _keeps_input_kind(e: ir.Call, method: ir.Method) -> bool:
+    """A call whose kind is its first argument's (an unknown function, or one returning `same`)."""
+    fn = FUNCTIONS.get(e.func)
+    if fn is None:
+        return method.function(e.func) is None
+    return fn.category != "schedule" and fn.returns == "same"
+
+
+def _own_kind(e: ir.Expr | None, method: ir.Method) -> str:
+    """The kind of an expression that is neither a let nor a call keeping its input's kind."""
     if e is None:
         return "features"
     if isinstance(e, ir.Tap):
@@ -27,21 +57,13 @@ def expr_kind(e: ir.Expr | None, method: ir.Method) -> str:
         if e.point == "embedding":
             return "embedding"
         return "features"
-    if isinstance(e, ir.LetRef):
-        let = method.let(e.name)
-        return expr_kind(let.value, method) if let else "features"
     if isinstance(e, ir.Apply):
         return "logits" if e.point == "classifier" else "features"
     if isinstance(e, ir.Call):
         fn = FUNCTIONS.get(e.func)
-        inner = expr_kind(e.args[0], method) if e.args else "features"
-        if fn is None and method.function(e.func) is not None:
+        if fn is None:  # a def: typed through its body
             return value_type(e, method).kind
-        if fn is None:
-            return inner
-        if fn.category == "schedule":
-            return "scalar"
-        return inner if fn.returns == "same" else fn.returns
+        return "scalar" if fn.category == "schedule" else fn.returns
     if isinstance(e, ir.Num | ir.ParamRef):
         return "scalar"
     if isinstance(e, ir.BinOp | ir.Neg):
@@ -241,16 +263,17 @@ def context_key(e: ir.Expr, method: ir.Method) -> str:
 
 def is_static(e: ir.Expr | None, method: ir.Method) -> bool:
     """A number known before training (constants, parameters, schedules): no tensor, no size."""
-    if e is None or isinstance(e, ir.Num | ir.Str | ir.ParamRef):
+    if e is None:
         return True
-    if isinstance(e, ir.BinOp):
-        return is_static(e.left, method) and is_static(e.right, method)
-    if isinstance(e, ir.Neg):
-        return is_static(e.operand, method)
-    if isinstance(e, ir.ListE):
-        return all(is_static(i, method) for i in e.items)
-    if isinstance(e, ir.Call):
-        fn = FUNCTIONS.get(e.func)
+    calls_are_leaves = ir.walk(e, prune=lambda n: isinstance(n, ir.Call))
+    return all(_static_node(n) for n in calls_are_leaves)
+
+
+def _static_node(n: object) -> bool:
+    if isinstance(n, ir.Num | ir.Str | ir.ParamRef | ir.BinOp | ir.Neg | ir.ListE):
+        return True
+    if isinstance(n, ir.Call):
+        fn = FUNCTIONS.get(n.func)
         return fn is not None and fn.category == "schedule"
     return False
 
@@ -265,71 +288,120 @@ def value_type(
     """Kind and axes of an expression; axis errors go to ``report(code, message, path)``.
 
     ``holes`` gives the types of stand-ins (a pipeline step's input, a loss's two sides). A
-    ``def`` call is typed through its body; its errors are reported at the call.
+    ``def`` call is typed through its body; its errors are reported at the call. Typed
+    bottom-up on an explicit stack (:func:`kdspec.ir.traverse.fold`), errors in the order a
+    recursive checker would find them.
     """
-    holes = holes or {}
+    typing = _Typing(method, report, holes or {})
+    return fold(_Typed(e, path, True), typing.parts, typing.combine)
 
-    def fail(code: str, message: str, where: tuple[object, ...]) -> None:
-        if report is not None:
-            report(code, message, where)
 
-    if e is None:
-        return UNKNOWN
-    if isinstance(e, ir.ParamRef) and e.name not in method.params:
-        return UNKNOWN  # an unknown name (KD202 says so): nothing to check against it
-    if isinstance(e, ir.Num | ir.ParamRef | ir.Str):
-        return SCALAR
-    if isinstance(e, ir.Tap):
-        return VType(expr_kind(e, method), tap_axes(e))
-    if isinstance(e, ir.ArgRef):
-        return holes.get(e.name, UNKNOWN)
-    if isinstance(e, ir.LetRef):
-        let = next((x for x in method.lets if x.name == e.name), None)
-        return value_type(let.value, method, None, (), holes) if let else UNKNOWN
-    if isinstance(e, ir.Neg):
-        inner = value_type(e.operand, method, report, (*path, "operand"), holes)
-        return VType("scalar" if inner.scalar else "features", inner.axes)
-    if isinstance(e, ir.BinOp):
-        a = value_type(e.left, method, report, (*path, "left"), holes)
-        b = value_type(e.right, method, report, (*path, "right"), holes)
-        if a.axes is None or b.axes is None:
-            return UNKNOWN
-        try:
-            out = axes_rules.broadcast(a.axes, b.axes)
-        except AxisError as exc:
-            fail(exc.code, f"`{e.op}`: {exc.message}", path)
-            return UNKNOWN
-        return VType("scalar" if out == () else "features", out)
-    if isinstance(e, ir.ListE):
-        return SCALAR
-    if isinstance(e, ir.Apply):
-        ins = [
-            value_type(a, method, report, (*path, "args", i), holes) for i, a in enumerate(e.args)
-        ]
-        return apply_type(e, ins, fail, path)
-    if not isinstance(e, ir.Call):
-        return UNKNOWN
-    # A vocabulary function written in the prelude is typed by its declaration (its kind and
-    # axis rule); only a user's `def` is typed through its body.
-    fdef = method.function(e.func) if e.func not in FUNCTIONS else None
-    if fdef is not None:
-        from kdspec.ir.functions import expand
+@dataclass(frozen=True)
+class _Typed:
+    """An expression to type, where its errors go (``path``), and whether they are reported
+    (a let's body is typed, and checked, where it is defined)."""
 
-        return value_type(expand(e, fdef), method, report, path, holes)
-    if e.func == "choose" and len(e.args) == 3:
-        chosen = choose_branch(e, method)
-        if chosen is None:
-            where = (*path, "args", 0)
-            fail("KD216", "the condition of `if` (`choose`) is not known before training", where)
+    expr: ir.Expr | None
+    path: tuple[object, ...]
+    reported: bool
+
+
+@dataclass(frozen=True)
+class _Typing:
+    """One call of :func:`value_type`: the sub-expressions each type needs, and the type."""
+
+    method: ir.Method
+    report: Report | None
+    holes: dict[str, VType]
+
+    def fail(self, item: _Typed) -> Callable[[str, str, tuple[object, ...]], None]:
+        def fail(code: str, message: str, where: tuple[object, ...]) -> None:
+            if self.report is not None and item.reported:
+                self.report(code, message, where)
+
+        return fail
+
+    def parts(self, item: _Typed) -> list[_Typed]:
+        e, path, reported = item.expr, item.path, item.reported
+        if isinstance(e, ir.LetRef):
+            let = self.method.let(e.name)
+            return [_Typed(let.value, (), False)] if let else []
+        if isinstance(e, ir.Neg):
+            return [_Typed(e.operand, (*path, "operand"), reported)]
+        if isinstance(e, ir.BinOp):
+            return [
+                _Typed(e.left, (*path, "left"), reported),
+                _Typed(e.right, (*path, "right"), reported),
+            ]
+        if not isinstance(e, ir.Call | ir.Apply):
+            return []
+        if isinstance(e, ir.Call):
+            fdef = self.method.function(e.func) if e.func not in FUNCTIONS else None
+            if fdef is not None:
+                from kdspec.ir.functions import expand
+
+                return [_Typed(expand(e, fdef), path, reported)]
+            if e.func == "choose" and len(e.args) == 3:
+                chosen = choose_branch(e, self.method)
+                if chosen is None:
+                    return []  # KD216 in combine
+                where = (*path, "args", 1 if chosen is e.args[1] else 2)
+                return [_Typed(chosen, where, reported)]
+            if e.func not in FUNCTIONS:
+                return []
+        return [_Typed(a, (*path, "args", i), reported) for i, a in enumerate(e.args)]
+
+    def combine(self, item: _Typed, ins: list[VType]) -> VType:
+        e, path = item.expr, item.path
+        if e is None:
             return UNKNOWN
-        return value_type(
-            chosen, method, report, (*path, "args", 1 if chosen is e.args[1] else 2), holes
-        )
-    fn = FUNCTIONS.get(e.func)
-    if fn is None:
+        if isinstance(e, ir.ParamRef) and e.name not in self.method.params:
+            return UNKNOWN  # an unknown name (KD202 says so): nothing to check against it
+        if isinstance(e, ir.Num | ir.ParamRef | ir.Str | ir.ListE):
+            return SCALAR
+        if isinstance(e, ir.Tap):
+            return VType(expr_kind(e, self.method), tap_axes(e))
+        if isinstance(e, ir.ArgRef):
+            return self.holes.get(e.name, UNKNOWN)
+        if isinstance(e, ir.LetRef):
+            return ins[0] if ins else UNKNOWN
+        if isinstance(e, ir.Neg):
+            return VType("scalar" if ins[0].scalar else "features", ins[0].axes)
+        if isinstance(e, ir.BinOp):
+            return _binop_type(e, ins[0], ins[1], self.fail(item), path)
+        if isinstance(e, ir.Apply):
+            return apply_type(e, ins, self.fail(item), path)
+        if not isinstance(e, ir.Call):
+            return UNKNOWN
+        if e.func not in FUNCTIONS and self.method.function(e.func) is not None:
+            return ins[0]  # a user's def, typed through its body
+        if e.func == "choose" and len(e.args) == 3:
+            if ins:
+                return ins[0]  # the branch it stands for
+            message = "the condition of `if` (`choose`) is not known before training"
+            self.fail(item)("KD216", message, (*path, "args", 0))
+            return UNKNOWN
+        fn = FUNCTIONS.get(e.func)
+        if fn is None:
+            return UNKNOWN
+        return call_type(e, fn, ins, self.method, self.fail(item), path)
+
+
+def _binop_type(
+    e: ir.BinOp,
+    a: VType,
+    b: VType,
+    fail: Callable[[str, str, tuple[object, ...]], None],
+    path: tuple[object, ...],
+) -> VType:
+    if a.axes is None or b.axes is None:
         return UNKNOWN
-    ins = [value_type(a, method, report, (*path, "args", i), holes) for i, a in enumerate(e.args)]
-    return call_type(e, fn, ins, method, fail, path)
+    try:
+        out = axes_rules.broadcast(a.axes, b.axes)
+    except AxisError as exc:
+        fail(exc.code, f"`{e.op}`: {exc.message}", path)
+        return UNKNOWN
+    return VType("scalar" if out == () else "features", out)
 
 
 def apply_type(

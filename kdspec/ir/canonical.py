@@ -51,6 +51,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from kdspec.ir import models as ir
+from kdspec.ir import traverse
 from kdspec.ir.traverse import find_all, transform, walk
 from kdspec.lru import Lru
 from kdspec.vocabulary import FUNCTIONS, REQUIRED
@@ -133,6 +134,18 @@ def _atom_order(e: ir.Expr) -> tuple[int, str, str]:
     return (2, type(e).__name__, _key(e))
 
 
+_POLY_OPS = ("+", "-", "*", "/", "^")
+
+
+def _arith_parts(e: ir.Expr) -> list[ir.Expr]:
+    """The operands a polynomial of ``e`` is made from (none for an atom)."""
+    if isinstance(e, ir.Neg):
+        return [e.operand]
+    if isinstance(e, ir.BinOp) and e.op in _POLY_OPS:
+        return [e.left, e.right]
+    return []
+
+
 class _Arith:
     """Converts arithmetic to sums of monomials and back; atoms are kept by key."""
 
@@ -145,13 +158,17 @@ class _Arith:
         return {((k, 1.0),): 1.0}
 
     def poly(self, e: ir.Expr) -> Poly:
+        """``e`` as a sum of monomials (folded bottom-up on an explicit stack)."""
+        return traverse.fold(e, _arith_parts, self._poly_of)
+
+    def _poly_of(self, e: ir.Expr, parts: list[Poly]) -> Poly:
         if isinstance(e, ir.Num):
             return {(): e.value} if e.value != 0 else {}
         if isinstance(e, ir.Neg):
-            return {m: -c for m, c in self.poly(e.operand).items()}
-        if not isinstance(e, ir.BinOp) or e.op not in ("+", "-", "*", "/", "^"):
+            return {m: -c for m, c in parts[0].items()}
+        if not isinstance(e, ir.BinOp) or e.op not in _POLY_OPS:
             return self.atom(e)  # a comparison is no polynomial
-        a, b = self.poly(e.left), self.poly(e.right)
+        a, b = parts
         if e.op == "+":
             return _add(a, b)
         if e.op == "-":
@@ -280,17 +297,30 @@ def _untrained_roles(m: ir.Method) -> frozenset[str]:
 
 def _stopgrad(e: ir.Expr, untrained: frozenset[str]) -> ir.Expr:
     """``stopgrad(e)``, pushed down through parameter-free transforms."""
-    if isinstance(e, ir.Tap) and e.role in untrained:
-        return e
-    if isinstance(e, ir.Call):
-        if e.func == "stopgrad":
-            return e
-        fn = FUNCTIONS.get(e.func)
-        if fn is not None and fn.category in ("transform", "combine") and _pure_call(e) and e.args:
-            return e.model_copy(update={"args": tuple(_stopgrad(a, untrained) for a in e.args)})
-    if isinstance(e, ir.Num | ir.Str | ir.ParamRef):
-        return e
-    return ir.Call(func="stopgrad", args=(e,))
+
+    def parts(n: ir.Expr) -> list[ir.Expr]:
+        return list(n.args) if isinstance(n, ir.Call) and _pushes_through(n) else []
+
+    def combine(n: ir.Expr, args: list[ir.Expr]) -> ir.Expr:
+        if _pushes_through(n):
+            return n.model_copy(update={"args": tuple(args)})
+        if isinstance(n, ir.Tap) and n.role in untrained:
+            return n
+        if isinstance(n, ir.Call) and n.func == "stopgrad":
+            return n
+        if isinstance(n, ir.Num | ir.Str | ir.ParamRef):
+            return n
+        return ir.Call(func="stopgrad", args=(n,))
+
+    return traverse.fold(e, parts, combine)
+
+
+def _pushes_through(e: ir.Expr) -> bool:
+    """A parameter-free transform: ``stopgrad`` of it is it applied to its stopped arguments."""
+    if not isinstance(e, ir.Call) or e.func == "stopgrad" or not e.args:
+        return False
+    fn = FUNCTIONS.get(e.func)
+    return fn is not None and fn.category in ("transform", "combine") and _pure_call(e)
 
 
 def _pipeline(term: ir.Term) -> ir.Term:

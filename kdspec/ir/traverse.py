@@ -92,6 +92,17 @@ def walk(
         stack.extend(reversed(below))
 
 
+def depth(node: BaseModel) -> int:
+    """The number of nodes on the longest path down from ``node`` (a leaf is 1), no recursion."""
+    deepest = 0
+    stack: list[tuple[BaseModel, int]] = [(node, 1)]
+    while stack:
+        current, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((c, d + 1) for c in children(current))
+    return deepest
+
+
 def find_all(node: BaseModel, kind: type[N], method: Any = None) -> list[N]:
     """Every node of one class inside ``node`` (``node`` included), in walk order."""
     return [n for n in walk(node, method) if isinstance(n, kind)]
@@ -210,4 +221,4 @@ class Visitor(Generic[R]):
         raise TypeError(f"{type(self).__name__} cannot visit `{type(node).__name__}`")
 
 
-__all__ = ["Visitor", "children", "find_all", "fold", "map_children", "transform", "walk"]
+__all__ = ["Visitor", "children", "depth", "find_all", "fold", "map_children", "transform", "walk"]

@@ -13,6 +13,9 @@ from kdspec._resources import library_dir
 from kdspec.diagnostics import Diagnostic, error
 from kdspec.graph import build_graph
 from kdspec.ir import Lowered, lower_module
+from kdspec.ir import models as ir
+from kdspec.ir.evaluate import MAX_DEPTH
+from kdspec.ir.traverse import depth
 from kdspec.passes.check_axes import check_axes
 from kdspec.passes.check_cycles import check_cycles
 from kdspec.passes.check_ranges import check_ranges
@@ -69,24 +72,30 @@ def check_source(
         return [], diags
     if not module.methods and not module.functions:  # a file of defs is a function library
         return [], [error("KD210", "the file defines no method", source)]
+    # Each expression is at most MAX_NESTING deep, but `use` inlines one method's parameters
+    # into another's: a chain of uses can compose them past what later stages evaluate.
+    too_deep = error(
+        "KD106",
+        "expressions nest too deeply once `use` inlines methods into each other",
+        source,
+        module.span,
+        help="pass plain values to used methods, or split expressions with `let`",
+    )
     try:
         lowered, diags = lower_module(module, source, overrides, library or library_dir())
+        if any(_deepest(low.method) > MAX_DEPTH for low in lowered):
+            return [], [too_deep]
         for low in lowered:
             diags.extend(run_passes(low, extra))
     except RecursionError:
-        # Each expression is at most MAX_NESTING deep, but `use` inlines one method's
-        # parameters into another's: a chain of uses can compose them past Python's stack.
-        return [], [
-            error(
-                "KD106",
-                "expressions nest too deeply once `use` inlines methods into each other",
-                source,
-                module.span,
-                help="pass plain values to used methods, or split expressions with `let`",
-            )
-        ]
+        return [], [too_deep]
     unique = {(d.code, d.message, d.span): d for d in diags}
     return list(lowered), sorted(unique.values(), key=lambda d: d.sort_key())
+
+
+def _deepest(method: ir.Method) -> int:
+    """The depth of the method's deepest expression (counted without recursion)."""
+    return max((depth(e) for e in method.expressions() if e is not None), default=0)
 
 
 __all__ = ["PASSES", "Check", "PassContext", "check_source", "run_passes"]

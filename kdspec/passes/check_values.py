@@ -355,14 +355,19 @@ def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
 
 
 def _chosen_calls(m: ir.Method, e: ir.Expr) -> list[ir.Call]:
-    """The calls of ``e`` outside the branches its `choose`s leave out."""
-    if isinstance(e, ir.Call) and e.func == "choose" and len(e.args) == 3:
-        chosen = types.choose_branch(e, m)
-        if chosen is not None:
-            return _chosen_calls(m, chosen)
-    out = [e] if isinstance(e, ir.Call) else []
-    for child in traverse.children(e):
-        out.extend(_chosen_calls(m, child))  # type: ignore[arg-type]
+    """The calls of ``e`` outside the branches its `choose`s leave out (in walk order)."""
+    out: list[ir.Call] = []
+    stack: list[ir.Expr] = [e]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ir.Call) and node.func == "choose" and len(node.args) == 3:
+            chosen = types.choose_branch(node, m)
+            if chosen is not None:
+                stack.append(chosen)
+                continue
+        if isinstance(node, ir.Call):
+            out.append(node)
+        stack.extend(reversed(list(traverse.children(node))))  # type: ignore[arg-type]
     return out
 
 

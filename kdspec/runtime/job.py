@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from kdspec.compiler.taps import BATCH_NORMS
 from kdspec.compiler.teacher_cache import CacheError, CacheSpec, TeacherCache
 from kdspec.compiler.views import TeacherGenerations
 from kdspec.data.augment import ReplayedAugmentation
@@ -272,7 +273,7 @@ def _check_batch_norm(models: dict[str, nn.Module], run: Run) -> None:
     with_bn = [
         name
         for name, model in models.items()
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if any(isinstance(m, BATCH_NORMS) for m in model.modules())
     ]
     if with_bn:
         raise KdError(
@@ -317,7 +318,31 @@ def prepare(lowered: Lowered, run: Run, opts: JobOptions | None = None) -> Prepa
 
 
 def _prepare(lowered: Lowered, run: Run, opts: JobOptions) -> Prepared:
-    method = lowered.method
+    """The steps of :func:`prepare` in order: run file -> data -> models -> compiled plan."""
+    _check_metric_has_teacher(lowered.method, run)
+    data = build_data(run, opts.allow_import)
+    roles = _role_models(lowered.method, run, data, opts)
+    _check_role_models(roles, run)
+    if roles.pending:  # a wrong tap or shape is found in seconds, not after a teacher's training
+        models = {n: copy.deepcopy(m) for n, m in roles.models.items()}
+        _compile(lowered, models, data, run, opts)
+    _pretrain_teachers(roles, run, data, opts)
+    _score_teachers(roles, run, data)
+    return Prepared(lowered, run, data, roles.models, roles.sources, roles.teachers)
+
+
+@dataclass
+class _RoleModels:
+    """The models :func:`prepare` builds, and the frozen teachers still to pre-train."""
+
+    models: dict[str, nn.Module] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: list[ir.Role] = field(default_factory=list)
+
+
+def _check_metric_has_teacher(method: ir.Method, run: Run) -> None:
+    """KD501: a metric that compares with a teacher, on a method without one."""
     if METRICS[run.config.train.metric].needs_teacher and not _teacher_roles(method):
         raise KdError(
             [
@@ -331,37 +356,42 @@ def _prepare(lowered: Lowered, run: Run, opts: JobOptions) -> Prepared:
                 )
             ]
         )
-    data = build_data(run, opts.allow_import)
-    seed = run.config.train.seed
+
+
+def _role_models(method: ir.Method, run: Run, data: RunData, opts: JobOptions) -> _RoleModels:
+    """A model per role (each from its own seed), with ``[weights]`` or its source's weights."""
+    out = _RoleModels()
     trained = _trained_somewhere(method)
-    models: dict[str, nn.Module] = {}
-    sources: dict[str, str] = {}
-    teachers: dict[str, dict[str, Any]] = {}
-    pending: list[ir.Role] = []
     for role in model_roles(method):
         source = _source_of(role, run, method)
-        sources[role.name] = source
-        torch.manual_seed(derived_seed(seed, "init", role.name))
+        out.sources[role.name] = source
+        torch.manual_seed(derived_seed(run.config.train.seed, "init", role.name))
         model = _build(role.name, source, run, data, opts)
         _probe(role.name, source, model, data)
         weights = run.config.weights.get(role.name)
         if weights is not None:
             load_weights(model, role.name, weights, run)
             if role.kind == "teacher":
-                teachers[role.name] = {"source": source, "weights": str(run.resolve_path(weights))}
+                path = str(run.resolve_path(weights))
+                out.teachers[role.name] = {"source": source, "weights": path}
         elif brings_weights(role.name, source, run):
             if role.mode == "frozen":
                 opts.log(
                     f"{role.kind} `{role.name}` ({source}): the source brings trained weights; "
                     "used as is, not pre-trained"
                 )
-                teachers[role.name] = {"source": source, "pretrained": "from the source"}
+                out.teachers[role.name] = {"source": source, "pretrained": "from the source"}
         elif role.mode == "frozen" and role.name not in trained and not opts.untrained:
-            pending.append(role)
-        models[role.name] = model
-    _check_batch_norm(models, run)
-    check_tokenizers(sources, run)
-    if pending and not run.config.teacher.pretrain:
+            out.pending.append(role)
+        out.models[role.name] = model
+    return out
+
+
+def _check_role_models(roles: _RoleModels, run: Run) -> None:
+    """Batch norm and tokenizers fit the run; KD407 for a teacher the run forbids pre-training."""
+    _check_batch_norm(roles.models, run)
+    check_tokenizers(roles.sources, run)
+    if roles.pending and not run.config.teacher.pretrain:
         raise KdError(
             [
                 run.diagnostic(
@@ -372,14 +402,16 @@ def _prepare(lowered: Lowered, run: Run, opts: JobOptions) -> Prepared:
                     help=f'give it a checkpoint: `[weights] {role.name} = "path.pt"`, or let a '
                     "stage train it",
                 )
-                for role in pending
+                for role in roles.pending
             ]
         )
-    if pending:  # a wrong tap or shape is found in seconds, not after a teacher's training
-        _compile(lowered, {n: copy.deepcopy(m) for n, m in models.items()}, data, run, opts)
+
+
+def _pretrain_teachers(roles: _RoleModels, run: Run, data: RunData, opts: JobOptions) -> None:
+    """Each pending frozen teacher from the teacher cache (trained and cached on a miss)."""
     root = cache_root(opts.cache_dir)
-    for k, role in enumerate(pending):
-        source = sources[role.name]
+    for k, role in enumerate(roles.pending):
+        source = roles.sources[role.name]
 
         def build(r: str = role.name, s: str = source) -> nn.Module:
             return _build(r, s, run, data, opts)
@@ -394,33 +426,31 @@ def _prepare(lowered: Lowered, run: Run, opts: JobOptions) -> Prepared:
             run.config.teacher.seed + k,
             root,
             options=run.config.model_options.get(role.name),
-            code=source_fingerprint(source, models[role.name], run),
+            code=source_fingerprint(source, roles.models[role.name], run),
             log=opts.log,
             callbacks=opts.callbacks,
             device=opts.device,
         )
-        models[role.name] = cached.model
-        teachers[role.name] = {
-            "source": source,
-            "cache": str(cached.path),
-            "reused": cached.reused,
-        }
+        roles.models[role.name] = cached.model
+        info: dict[str, Any] = {"source": source, "cache": str(cached.path)}
+        info["reused"] = cached.reused
         if cached.replaced is not None:
-            teachers[role.name]["replaced"] = cached.replaced
+            info["replaced"] = cached.replaced
         checked = cached.metrics.get("checked_test_top1", cached.metrics.get("test_top1"))
         if checked is not None:
-            teachers[role.name]["test_top1"] = checked
+            info["test_top1"] = checked
+        roles.teachers[role.name] = info
+
+
+def _score_teachers(roles: _RoleModels, run: Run, data: RunData) -> None:
+    """Each teacher's test top-1 (and the run's metric), for the summary."""
     metric = run.config.train.metric
-    for name, info in teachers.items():
+    batch = run.config.data.eval_batch_size
+    for name, info in roles.teachers.items():
         if "test_top1" not in info:
-            info["test_top1"] = teacher_test_top1(
-                models[name], data, run.config.data.eval_batch_size
-            )
+            info["test_top1"] = teacher_test_top1(roles.models[name], data, batch)
         if metric not in ("top1", "teacher_cosine"):
-            info[f"test_{metric}"] = teacher_test_top1(
-                models[name], data, run.config.data.eval_batch_size, metric
-            )
-    return Prepared(lowered, run, data, models, sources, teachers)
+            info[f"test_{metric}"] = teacher_test_top1(roles.models[name], data, batch, metric)
 
 
 def load_models(

@@ -34,11 +34,13 @@ import networkx as nx
 from networkx.algorithms import isomorphism
 
 from kdspec.diagnostics import Severity
-from kdspec.graph import build_graph, types
+from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import models as ir
-from kdspec.ir.canonical import canonical_names, canonicalize, fold
+from kdspec.ir.canonical import canonical_names, canonicalize
+from kdspec.ir.canonical import fold as fold_sum
 from kdspec.ir.evaluate import EvalError, evaluate, uses_progress
 from kdspec.ir.printer import expr_text
+from kdspec.ir.traverse import fold, map_children
 from kdspec.passes import check_source
 from kdspec.source import SourceFile
 from kdspec.taxonomy.diff import term_text
@@ -89,32 +91,48 @@ def _schedule_text(e: ir.Expr, params: dict[str, ir.Expr]) -> str:
     return expr_text(_substituted(e, params))
 
 
-def _substituted(e: ir.Expr, params: dict[str, ir.Expr], _depth: int = 0) -> ir.Expr:
+def _substituted(e: ir.Expr, params: dict[str, ir.Expr]) -> ir.Expr:
     """``e`` with parameters replaced and every part without a schedule folded to its value."""
-    if _depth > 50:
+
+    def parts(frame: tuple[ir.Expr, int]) -> list[tuple[ir.Expr, int]]:
+        n, depth = frame
+        if depth > 50:
+            return []
+        if isinstance(n, ir.ParamRef) and n.name in params:
+            return [(params[n.name], depth + 1)]
+        if not uses_progress(n, params):
+            return []
+        if isinstance(n, ir.Call):
+            return [(v, depth + 1) for v in n.kwargs.values()]
+        if isinstance(n, ir.BinOp | ir.Neg | ir.ListE):
+            return [(c, depth + 1) for c in n.children()]
+        return []
+
+    def combine(frame: tuple[ir.Expr, int], done: list[ir.Expr]) -> ir.Expr:
+        n, depth = frame
+        if depth > 50:
+            return n
+        if isinstance(n, ir.ParamRef) and n.name in params:
+            return done[0]
+        if not uses_progress(n, params):
+            return _folded(n, params)
+        if isinstance(n, ir.Call):
+            return n.model_copy(update={"kwargs": dict(zip(n.kwargs, done, strict=True))})
+        if isinstance(n, ir.BinOp | ir.Neg | ir.ListE):
+            replacements = iter(done)
+            return map_children(n, lambda _child: next(replacements))
+        return n
+
+    return fold((e, 0), parts, combine)
+
+
+def _folded(e: ir.Expr, params: dict[str, ir.Expr]) -> ir.Expr:
+    """``e`` as a number where it evaluates to one, else as it is."""
+    try:
+        v = evaluate(e, params)
+    except EvalError:
         return e
-    if isinstance(e, ir.ParamRef) and e.name in params:
-        return _substituted(params[e.name], params, _depth + 1)
-    if not uses_progress(e, params):
-        try:
-            v = evaluate(e, params)
-        except EvalError:
-            return e
-        if isinstance(v, int | float):
-            return ir.Num(value=float(v))
-        return e
-    if isinstance(e, ir.Call):
-        kw = {k: _substituted(v, params, _depth + 1) for k, v in e.kwargs.items()}
-        return e.model_copy(update={"kwargs": kw})
-    if isinstance(e, ir.BinOp):
-        left, right = (_substituted(x, params, _depth + 1) for x in (e.left, e.right))
-        return e.model_copy(update={"left": left, "right": right})
-    if isinstance(e, ir.Neg):
-        return e.model_copy(update={"operand": _substituted(e.operand, params, _depth + 1)})
-    if isinstance(e, ir.ListE):
-        items = tuple(_substituted(i, params, _depth + 1) for i in e.items)
-        return e.model_copy(update={"items": items})
-    return e
+    return ir.Num(value=float(v)) if isinstance(v, int | float) else e
 
 
 def _call_hp(prefix: str, call: ir.Call, params: dict[str, ir.Expr]) -> list[tuple[str, object]]:
@@ -162,7 +180,7 @@ def _skeleton(e: ir.Expr | None, m: ir.Method) -> str:
 
     # Folded again once anonymous: the order of a sum must not follow the names it had.
     masked = e.transform(anonymize)
-    return expr_text(masked.transform(lambda n: fold(n) if isinstance(n, ir.BinOp) else n))
+    return expr_text(masked.transform(lambda n: fold_sum(n) if isinstance(n, ir.BinOp) else n))
 
 
 def _named_refs(e: ir.Expr, names: dict[str, str]) -> ir.Expr:
@@ -181,19 +199,50 @@ def _named_refs(e: ir.Expr, names: dict[str, str]) -> ir.Expr:
 def fingerprint(method: ir.Method) -> nx.DiGraph:
     """The structural fingerprint of a method (see the module docstring).
 
-    Node attributes: ``sig`` (structure, name-free), ``loose`` (the signature used for
+    A projection of the method graph (:func:`kdspec.graph.build_graph`) of the canonical
+    method: its role, ensemble, labels, data, term (loss), side (knowledge) and stage nodes,
+    one tap node per tap a side reads (a ``flows`` edge), and the edges between them. Node
+    attributes: ``sig`` (structure, name-free), ``loose`` (the signature used for
     composition: stages lose their order), ``hp`` (sorted ``(key, value)`` hyperparameters),
     ``kind`` and ``text`` (a description with names). Edge attribute: ``sig``.
     """
-    m = canonicalize(method)
-    params = m.params
-    # Names inside values (a weight computed from `s.logits`, a let it reads) are compared by
-    # their structural names, so that renaming a role or a let changes no hyperparameter.
-    names = canonical_names(m)
-    kg = build_graph(m)
-    g = nx.DiGraph(name=m.name)
+    return _Projection(build_graph(canonicalize(method))).graph
+
+
+class _Projection:
+    """Builds a fingerprint from a method graph, one kind of node at a time."""
+
+    def __init__(self, kg: KdGraph) -> None:
+        self.kg = kg
+        self.m = kg.method
+        # Names inside values (a weight computed from `s.logits`, a let it reads) are compared
+        # by their structural names, so that renaming a role or a let changes no hyperparameter.
+        self.names = canonical_names(self.m)
+        self.graph = nx.DiGraph(name=self.m.name)
+        self._roles()
+        self._ensembles()
+        self.node("labels", "labels", ("labels",), "the labels")
+        self._data()
+        for loss in self._of_type("loss"):
+            self._term(loss)
+        for i, stage in enumerate(self._of_type("stage")):
+            self._stage(i, stage)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _of_type(self, *types_: str) -> list[str]:
+        """The method graph's nodes of the given types, in its order (the declaration order)."""
+        return [n for n, d in self.kg.g.nodes(data=True) if d.get("type") in types_]
+
+    def _in(self, node: str, *types_: str) -> list[tuple[str, dict[str, Any]]]:
+        """The method graph's edges into ``node`` of the given types: (source, attributes)."""
+        return [(u, d) for u, _, d in self.kg.g.in_edges(node, data=True) if d["type"] in types_]
+
+    def _out(self, node: str, *types_: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(v, d) for _, v, d in self.kg.g.out_edges(node, data=True) if d["type"] in types_]
 
     def node(
+        self,
         nid: str,
         kind: str,
         sig: tuple[Any, ...],
@@ -201,7 +250,7 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
         hp: Iterable[Any] = (),
         loose: tuple[Any, ...] | None = None,
     ) -> None:
-        g.add_node(
+        self.graph.add_node(
             nid,
             kind=kind,
             sig=sig,
@@ -210,165 +259,144 @@ def fingerprint(method: ir.Method) -> nx.DiGraph:
             text=text,
         )
 
-    def edge(u: str, v: str, sig: str) -> None:
+    def edge(self, u: str, v: str, sig: str) -> None:
+        g = self.graph
         if g.has_edge(u, v):
             g.edges[u, v]["sig"] = tuple(sorted({*g.edges[u, v]["sig"], sig}))
         else:
             g.add_edge(u, v, sig=(sig,))
 
-    for role in m.roles:
-        hp: list[tuple[str, object]] = []
-        if role.mode in ("ema", "snapshot", "virtual"):
-            hp = _call_hp("", ir.Call(func=role.mode, kwargs=role.options), params)
-        node(
-            f"role:{role.name}",
-            "role",
-            (
-                "role",
-                role.kind,
-                role.mode,
-                f"like {role.size or 'same'}" if role.like else "",
-                "from" if role.init_from else "",
-            ),
-            f"{role.kind} `{role.name}`",
-            hp,
-        )
-    for role in m.roles:
-        if role.source and g.has_node(f"role:{role.source}"):
-            edge(f"role:{role.source}", f"role:{role.name}", role.mode)
-        if role.like and g.has_node(f"role:{role.like}"):
-            edge(f"role:{role.like}", f"role:{role.name}", "like")
-        if role.init_from and g.has_node(f"role:{role.init_from}"):
-            edge(f"role:{role.init_from}", f"role:{role.name}", "init_from")
-    for ens in m.ensembles:
-        node(
-            f"ens:{ens.name}",
-            "ensemble",
-            ("ensemble", "weighted" if ens.weights else "mean", len(ens.members)),
-            f"ensemble `{ens.name}`",
-            [("weights", _value(ens.weights, params))] if ens.weights else [],
-        )
-        for member in ens.members:
-            edge(f"role:{member}", f"ens:{ens.name}", "member")
-    node("labels", "labels", ("labels",), "the labels")
-    for part in m.data:
-        hp = [(f"{part.func}.{k}", _value(v, params)) for k, v in sorted(part.kwargs.items())] + [
-            (f"{part.func}.args", tuple(_value(a, params) for a in part.args))
-        ]
-        node(
-            f"data:{part.name}", part.kind, (part.kind, part.func), f"{part.kind} `{part.name}`", hp
-        )
-    for role in m.roles:
-        if role.view and g.has_node(f"data:{role.view}"):
-            edge(f"data:{role.view}", f"role:{role.name}", "sees")
+    # -- nodes ----------------------------------------------------------------------------
 
-    for term in m.terms:
-        tid = f"term:{term.name}"
+    def _roles(self) -> None:
+        roles = [self.kg.g.nodes[n]["name"] for n in self._of_type("role")]
+        for role in (self.m.role(name) for name in roles):
+            assert role is not None  # a role node is made from a role
+            hp: list[tuple[str, object]] = []
+            if role.mode in ("ema", "snapshot", "virtual"):
+                hp = _call_hp("", ir.Call(func=role.mode, kwargs=role.options), self.m.params)
+            like = f"like {role.size or 'same'}" if role.like else ""
+            sig = ("role", role.kind, role.mode, like, "from" if role.init_from else "")
+            self.node(f"role:{role.name}", "role", sig, f"{role.kind} `{role.name}`", hp)
+        for role in (self.m.role(name) for name in roles):
+            assert role is not None
+            rid = f"role:{role.name}"
+            for u, d in self._in(rid, role.mode, "like", "init_from"):
+                if self.graph.has_node(u):
+                    self.edge(u, rid, d["type"])
+
+    def _ensembles(self) -> None:
+        for nid in self._of_type("ensemble"):
+            ens = self.m.ensemble(self.kg.g.nodes[nid]["name"])
+            assert ens is not None
+            weights = [("weights", _value(ens.weights, self.m.params))] if ens.weights else []
+            sig = ("ensemble", "weighted" if ens.weights else "mean", len(ens.members))
+            self.node(f"ens:{ens.name}", "ensemble", sig, f"ensemble `{ens.name}`", weights)
+            for u, _ in self._in(nid, "member"):
+                self.edge(u, f"ens:{ens.name}", "member")
+
+    def _data(self) -> None:
+        parts = {part.name: part for part in self.m.data}
+        for nid in self._of_type("view", "subset"):
+            part = parts[self.kg.g.nodes[nid]["name"]]
+            hp = [
+                (f"{part.func}.{k}", _value(v, self.m.params))
+                for k, v in sorted(part.kwargs.items())
+            ]
+            hp.append((f"{part.func}.args", tuple(_value(a, self.m.params) for a in part.args)))
+            self.node(nid, part.kind, (part.kind, part.func), f"{part.kind} `{part.name}`", hp)
+        for rid in self._of_type("role"):
+            for u, _ in self._in(rid, "sees"):
+                self.edge(u, rid, "sees")
+
+    def _term(self, loss: str) -> None:
+        term = self.m.term(self.kg.g.nodes[loss]["term"])
+        assert term is not None
+        params, tid = self.m.params, f"term:{term.name}"
         schedules = sorted(
             c.func
-            for c in list(ir.find_all(term.weight, ir.Call, m))
+            for c in list(ir.find_all(term.weight, ir.Call, self.m))
             if FUNCTIONS.get(c.func) is not None and FUNCTIONS[c.func].category == "schedule"
         )
-        weight = _named_refs(term.weight, names)
+        weight = _named_refs(term.weight, self.names)
         hp = [("weight", _value(weight, params)), *_call_hp("", term.loss, params)]
         for call in term.knowledge:
             hp.extend(_call_hp("", call, params))
         for call in ir.find_all(weight, ir.Call):
             hp.extend(_call_hp("weight.", call, params))
-        node(
-            tid,
-            "term",
-            (
-                "term",
-                term.kind,
-                term.loss.func,
-                term.mapping or "",
-                tuple(k.func for k in term.knowledge),
-                tuple(schedules),
-            ),
-            f"{term.kind} `{term.name}`: {term_text(term)}",
-            hp,
-        )
+        knowledge = tuple(k.func for k in term.knowledge)
+        sig = ("term", term.kind, term.loss.func, term.mapping or "", knowledge, tuple(schedules))
+        self.node(tid, "term", sig, f"{term.kind} `{term.name}`: {term_text(term)}", hp)
         if term.kind == "supervise":
-            edge("labels", tid, "labels")
-        if term.subset and g.has_node(f"data:{term.subset}"):
-            edge(f"data:{term.subset}", tid, "on")
-        for side, expr, kind in types.term_sides(term, m):
-            sid = f"side:{term.name}/{side}"
-            hp = []
-            for call in ir.find_all(expr, ir.Call, m):
-                hp.extend(_call_hp(f"{side}.", call, params))
-            node(
-                sid,
-                "side",
-                ("side", side, kind, _skeleton(expr, m)),
-                f"`{term.name}` {side} `{expr_text(expr)}`",
-                hp,
-            )
-            edge(sid, tid, side)
-            for i, (tap, stop) in enumerate(types.taps(expr, m)):
-                pid = f"tap:{term.name}/{side}/{i}"
-                node(
-                    pid,
-                    "tap",
-                    ("tap", tap.point, tap.is_range, tap.io, stop, tap.view is not None),
-                    f"tap `{types.tap_text(tap)}` of `{term.name}`",
-                    [
-                        ("first", tap.first),
-                        ("last", tap.last),
-                        ("module", tap.module),
-                        ("call", tap.call),
-                        ("select", tap.select),
-                    ],
-                )
-                owner = f"ens:{tap.role}" if g.has_node(f"ens:{tap.role}") else f"role:{tap.role}"
-                if g.has_node(owner):
-                    edge(owner, pid, "reads")
-                edge(pid, sid, "flows")
-                if tap.view and g.has_node(f"data:{tap.view}"):
-                    edge(f"data:{tap.view}", pid, "view")
+            self.edge("labels", tid, "labels")
+        for u, _ in self._in(loss, "feeds"):
+            if self.graph.has_node(u):
+                self.edge(u, tid, "on")
+        for kid, d in self._in(loss, "matched_by"):
+            self._side(term, d["side"], kid)
 
-    stages = m.effective_stages()
-    for i, stage in enumerate(stages):
+    def _side(self, term: ir.Term, side: str, kid: str) -> None:
+        data = self.kg.g.nodes[kid]
+        expr: ir.Expr | None = data["expr"]
+        sid = f"side:{term.name}/{side}"
+        hp = []
+        for call in ir.find_all(expr, ir.Call, self.m):
+            hp.extend(_call_hp(f"{side}.", call, self.m.params))
+        sig = ("side", side, data["kind"], _skeleton(expr, self.m))
+        self.node(sid, "side", sig, f"`{term.name}` {side} `{expr_text(expr)}`", hp)
+        self.edge(sid, f"term:{term.name}", side)
+        flows = [(u, d) for u, d in self._in(kid, "flows") if u.startswith("tap:")]
+        for u, d in sorted(flows, key=lambda ud: ud[1]["index"]):
+            self._tap(u, f"tap:{term.name}/{side}/{d['index']}", d["stopgrad"], term.name, sid)
+
+    def _tap(self, tap_node: str, pid: str, stop: bool, term: str, sid: str) -> None:
+        tap: ir.Tap = self.kg.g.nodes[tap_node]["tap"]
+        sig = ("tap", tap.point, tap.is_range, tap.io, stop, tap.view is not None)
+        hp = [
+            ("first", tap.first),
+            ("last", tap.last),
+            ("module", tap.module),
+            ("call", tap.call),
+            ("select", tap.select),
+        ]
+        self.node(pid, "tap", sig, f"tap `{types.tap_text(tap)}` of `{term}`", hp)
+        for owner, _ in self._in(tap_node, "reads"):
+            owner = owner.replace("ensemble:", "ens:", 1)
+            if self.graph.has_node(owner):
+                self.edge(owner, pid, "reads")
+        self.edge(pid, sid, "flows")
+        for view, _ in self._in(tap_node, "view"):
+            self.edge(view, pid, "view")
+
+    def _stage(self, i: int, node: str) -> None:
+        name = self.kg.g.nodes[node]["name"]
+        stage = next(s for s in self.m.effective_stages() if s.name == name)
         nid = f"stage:{i}"
         partial = tuple(
             types.tap_text(x.model_copy(update={"role": ""}))
             for x in stage.train
             if isinstance(x, ir.Tap) and x.point != "output"
         )
-        node(
-            nid,
-            "stage",
-            ("stage", i, len(stage.handoffs), stage.repeat is not None),
-            f"stage `{stage.name}`",
-            [
-                ("duration", _value(stage.duration, params)),
-                ("unit", stage.unit),
-                ("repeat", _value(stage.repeat, params)),
-                ("partial", partial),
-            ],
-            loose=("stage",),
-        )
+        hp = [
+            ("duration", _value(stage.duration, self.m.params)),
+            ("unit", stage.unit),
+            ("repeat", _value(stage.repeat, self.m.params)),
+            ("partial", partial),
+        ]
+        sig = ("stage", i, len(stage.handoffs), stage.repeat is not None)
+        self.node(nid, "stage", sig, f"stage `{stage.name}`", hp, loose=("stage",))
         if i:
-            edge(f"stage:{i - 1}", nid, "then")
-        for term in kg.active_terms(stage):
-            edge(nid, f"term:{term.name}", "activates")
-        for r in kg.trained_roles(stage):
-            if g.has_node(f"role:{r}"):
-                edge(nid, f"role:{r}", "trains")
-        for item in stage.train:
-            if isinstance(item, ir.Str) and g.has_node(f"term:{item.value}"):
-                edge(nid, f"term:{item.value}", "trains_adapters")
-            elif isinstance(item, ir.Tap) and item.point != "output":
-                if g.has_node(f"role:{item.role}"):
-                    edge(nid, f"role:{item.role}", "trains_part")
-        for item in stage.freeze:
-            if isinstance(item, ir.Tap) and g.has_node(f"role:{item.role}"):
-                edge(nid, f"role:{item.role}", "freezes")
-        for src, dst in stage.handoffs:
-            if g.has_node(f"role:{src}") and g.has_node(f"role:{dst}"):
-                edge(f"role:{src}", f"role:{dst}", "handoff")
-    return g
+            self.edge(f"stage:{i - 1}", nid, "then")
+        for v, d in self._out(node, *_STAGE_EDGES):
+            target = v.replace("loss:", "term:", 1)
+            if self.graph.has_node(target):
+                self.edge(nid, target, d["type"])
+        for u, v, d in self.kg.edges_of("handoff"):
+            if d["stage"] == name and self.graph.has_node(u) and self.graph.has_node(v):
+                self.edge(u, v, "handoff")
+
+
+_STAGE_EDGES = ("activates", "trains", "trains_adapters", "trains_part", "freezes")
 
 
 def _sig_match(a: dict[str, Any], b: dict[str, Any]) -> bool:
