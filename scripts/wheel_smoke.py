@@ -6,8 +6,9 @@ The venv is new and empty but for the wheel: its dependencies (torch, lark, ...)
 of the interpreter running this script, put on its path by a ``.pth`` file (so nothing is
 downloaded and torch stays the CPU build). From a temporary folder with no kdspec source, it
 runs ``kdspec check`` on a spec ``kdspec init`` wrote, ``kdspec train hinton`` (the library
-spec found by name, on the embedded digits data, one epoch), ``kdspec taps`` and ``kdspec
-explain``, and checks the kdspec it ran is the installed wheel. Prints the time taken.
+spec found by name, on the embedded digits data, one epoch), ``kdspec taps``, ``kdspec
+explain`` and ``kdspec bench --quick``, and checks the kdspec it ran is the installed wheel.
+Prints the time taken.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def main() -> int:
         assert "s distilled (hinton)" in out and (work / "run" / "metrics.jsonl").is_file()
         print(sh(kd, "taps", "resnet8", "--no-modules", cwd=work, env=env))
         assert "hinton" in sh(kd, "explain", "hinton", cwd=work, env=env).lower()
+        bench = sh(kd, "bench", "--quick", cwd=work, env=env)  # the packaged benchmark
+        print(bench)
+        assert "machine:" in bench and any(r.startswith("hinton ") for r in bench.splitlines())
         assert not (work / "kdspec").exists()
     print(f"wheel smoke test passed in {time.perf_counter() - started:.1f} s")
     return 0

@@ -2,7 +2,8 @@
 
 - lark is imported only by ``kdspec.syntax`` (the grammar is one package's business);
 - torch is imported only by the layers that run models (``compiler``, ``runtime``, ``ops``,
-  ``zoo``, ``data``, the framework ``integrations``) and, lazily inside functions, by the CLI;
+  ``zoo``, ``data``, the framework ``integrations``, the benchmarks in ``bench``) and, lazily
+  inside functions, by the CLI;
 - the front end (``api`` and everything it imports) never imports torch, so ``kdspec check``
   starts fast on machines without a GPU stack.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kdspec"
-TORCH_LAYERS = {"compiler", "runtime", "ops", "zoo", "data", "integrations"}
+TORCH_LAYERS = {"compiler", "runtime", "ops", "zoo", "data", "integrations", "bench"}
 
 
 def _imports(path: Path) -> list[tuple[str, bool]]:

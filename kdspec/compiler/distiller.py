@@ -35,7 +35,7 @@ from kdspec.compiler.nodes import (
 from kdspec.compiler.plan import CompiledPlan
 from kdspec.compiler.sequence import aligned_labels, is_token_inputs, token_masks
 from kdspec.compiler.stages import StageLoop, StageRun, plan_stages
-from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, CacheSpec, TeacherCache
+from kdspec.compiler.teacher_cache import DETERMINISTIC_VIEWS, CacheSpec, Peers, TeacherCache
 from kdspec.diagnostics import KdError
 from kdspec.graph import KdGraph, build_graph, types
 from kdspec.ir import Lowered, SourceMap
@@ -99,6 +99,8 @@ class Distiller(nn.Module):
         self._parked: set[str] = set()  # frozen roles `train()` put in eval mode
         self._needed: dict[tuple[str, str | None], list[HookPoint]] = {}
         self._teacher_cache: TeacherCache | None = None
+        # set by the trainer under torchrun: the global batch's rows of a per-sample tensor
+        self.gather_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
         # True: frozen roles run with batch norm folded into the convolution before it, where
         # no tap reads inside the pair (kdspec.compiler.inference): tapped values then equal
         # the eager ones to ~1e-6, not bit for bit, so it is an option (`[train] fold_batch_norm`).
@@ -243,6 +245,27 @@ class Distiller(nn.Module):
             self.num_samples, spec, identity, log or (lambda message: None)
         )
         return self._teacher_cache
+
+    @property
+    def output_cache(self) -> TeacherCache | None:
+        """The cache of frozen roles' outputs (None: off; see :meth:`cache_frozen_outputs`)."""
+        return self._teacher_cache
+
+    def synchronize_output_cache(self, peers: Peers) -> None:
+        """Share the output cache among the processes of a data-parallel run: each rank's new
+        rows go to the others, and the current stage's cache files of earlier runs are opened
+        (by rank 0 first). A collective: every rank calls it at the same point."""
+        cache = self._teacher_cache
+        if cache is None:
+            return
+        cache.share(peers)
+        wanted = []
+        for (role, view), points in self._needed.items():
+            r = self.method.role(role)
+            if r is not None and r.mode == "frozen" and role not in self._trained:
+                key = self._key_of(role, view)
+                wanted.append((role, view, points, key["model"], key["view_ir"]))
+        cache.synchronize(wanted)
 
     def _cached(self, role: str) -> bool:
         r = self.method.role(role)
@@ -543,6 +566,7 @@ class Distiller(nn.Module):
             num_classes=self.num_classes,
             num_samples=self.num_samples,
             progress=progress,
+            gather_batch=self.gather_batch,
         )
 
     def raw_terms(self, batch: Any) -> dict[str, torch.Tensor]:

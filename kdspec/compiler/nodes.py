@@ -43,6 +43,9 @@ class Env:
     # Token data: the batch's [B, L] masks by name (attention, labels, response).
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     token_labels: torch.Tensor | None = None  # [B, L] labels aligned with the outputs
+    # Data-parallel training: a per-sample tensor's rows over every process's shard of the
+    # global batch, in rank order (memory banks updated by every sample); None in one process.
+    gather_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def mask(self, name: object = None, *, rows: bool = False) -> torch.Tensor | None:
         """The ``[B, L]`` mask called ``name``; None off token data or for ``none``.

@@ -15,6 +15,13 @@ computed (exact), in float16, or, for logits, as the ``topk`` largest with the r
 probability mass spread evenly over the others; the error of a lossy format is measured on
 every row written and reported by :meth:`TeacherCache.summary`. Every row of a file carries a
 CRC-32, checked when the file is opened: a corrupt file is rebuilt, with a one-line message.
+
+Under data-parallel training the processes share one cache (:meth:`TeacherCache.share`): each
+computes the rows of its shard of a batch, and :meth:`TeacherCache.synchronize` (every rank,
+at the end of each epoch) hands them over, so every sample's teacher forward runs once over
+all ranks. A disk cache is written by rank 0 alone (one file); the other ranks map it after it
+was flushed and read only the rows it held then, never a half-written one. A memory cache is
+copied to every rank.
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ import mmap
 import os
 import struct
 import zlib
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +58,23 @@ _DTYPES = {
     "int32": torch.int32,
     "int64": torch.int64,
 }
+
+
+@dataclass(frozen=True)
+class Peers:
+    """The processes of a data-parallel run that share one cache (see ``runtime.distributed``).
+
+    Attributes:
+        rank: This process's rank (0 writes a disk cache).
+        world: Number of processes.
+        all_gather: Every rank's object, in rank order (a collective: every rank calls it).
+        gather: Every rank's object on rank 0 (None on the others; a collective).
+    """
+
+    rank: int
+    world: int
+    all_gather: Callable[[Any], list[Any]]
+    gather: Callable[[Any], list[Any] | None]
 
 
 class CacheError(ValueError):
@@ -136,6 +160,16 @@ class _Error:
             self.kl_sum += float(kl.sum())
             self.kl_rows += kl.numel()
 
+    def merge(self, other: _Error) -> None:
+        """Take in the error another process measured on its rows."""
+        self.abs, self.rel, self.kl = (
+            max(self.abs, other.abs),
+            max(self.rel, other.rel),
+            max(self.kl, other.kl),
+        )
+        self.kl_sum += other.kl_sum
+        self.kl_rows += other.kl_rows
+
 
 def _encode(point: HookPoint, value: torch.Tensor, spec: CacheSpec) -> dict[str, torch.Tensor]:
     """The arrays one point's batch is stored as."""
@@ -172,6 +206,7 @@ class _Store:
         path: Path | None,
         log: Callable[[str], None],
         like: list[list[Any]] | None = None,
+        reader: bool = False,
     ) -> None:
         self.fields = {f.name: f for f in fields}
         self.like = like or []
@@ -187,7 +222,7 @@ class _Store:
             for f in fields:
                 self.arrays[f.name] = torch.empty((rows, *f.shape), dtype=_DTYPES[f.dtype])
         else:
-            self._open(path, fields, log)
+            self._open(path, fields, log, reader)
 
     # -- the file ----------------------------------------------------------------------------
 
@@ -209,9 +244,20 @@ class _Store:
         text, start = self._header(fields)
         return MAGIC + struct.pack("<Q", len(text)) + text, start, offset
 
-    def _open(self, path: Path, fields: list[_Field], log: Callable[[str], None]) -> None:
+    def _open(
+        self, path: Path, fields: list[_Field], log: Callable[[str], None], reader: bool
+    ) -> None:
+        """Map the file (a ``reader`` maps one that rank 0 checked and flushed, as it is)."""
         header, start, size = self._layout(fields)
-        problem = self._check(path, header, size, start) if path.exists() else None
+        if reader:
+            problem = "it is missing" if not path.exists() else self._check(path, header, size)
+            if problem is not None:
+                raise CacheError(
+                    f"output cache `{path}`, written by the first process, cannot be read by "
+                    f"this one ({problem}): put `[output_cache] folder` on a file system every "
+                    "node sees"
+                )
+        problem = None if reader or not path.exists() else self._check(path, header, size, start)
         self.reused = path.exists() and problem is None
         if problem is not None:
             log(f"output cache `{path}` is corrupt ({problem}): rebuilding it")
@@ -227,6 +273,8 @@ class _Store:
             self._mm = mmap.mmap(fh.fileno(), size)
         self._start = start
         self.filled = torch.frombuffer(self._mm, dtype=torch.bool, count=self.rows, offset=start)
+        if reader:  # the rows filled when rank 0 flushed: complete, whatever it writes next
+            self.filled = self.filled.clone()
         self.crc = torch.frombuffer(
             self._mm, dtype=torch.int32, count=self.rows, offset=self._crc_at(start)
         )
@@ -238,13 +286,15 @@ class _Store:
                 offset=f.offset,
             ).view(self.rows, *f.shape)
 
-    def _check(self, path: Path, header: bytes, size: int, start: int) -> str | None:
-        """Why an existing file cannot be used (None: it can)."""
+    def _check(self, path: Path, header: bytes, size: int, start: int | None = None) -> str | None:
+        """Why an existing file cannot be used (None: it can); rows checked from ``start``."""
         if path.stat().st_size != size:
             return f"{path.stat().st_size} bytes where {size} are expected"
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             if mm[: len(header)] != header:
                 return "its header does not match this cache's layout"
+            if start is None:
+                return None
             filled = mm[start : start + self.rows]
             at = self._crc_at(start)
             crcs = struct.unpack(f"<{self.rows}i", mm[at : at + 4 * self.rows])
@@ -302,6 +352,20 @@ class _Store:
 
 
 @dataclass
+class _Rows:
+    """Rows one rank computed since the last :meth:`TeacherCache.synchronize`, for the others."""
+
+    group: tuple[str, str | None, tuple[HookPoint, ...]]
+    like: dict[HookPoint, tuple[torch.dtype, int]]
+    fields: list[_Field]
+    key: str  # a disk cache's key and file
+    path: Path | None
+    slots: torch.Tensor
+    arrays: dict[str, torch.Tensor]
+    error: _Error
+
+
+@dataclass
 class _Group:
     """One cache: a role, its view, the points one stage taps, and how each point decodes."""
 
@@ -351,12 +415,29 @@ class TeacherCache:
         self._fingerprints: dict[str, str] = {}
         self.hits = 0
         self.misses = 0
+        self.peers: Peers | None = None
+        self._pending: list[_Rows] = []  # rows for the other processes of a shared cache
 
     def clear(self) -> None:
         """Forget every group (a role's weights changed: its fingerprint is taken again)."""
         self.flush()
         self._groups.clear()
         self._fingerprints.clear()
+        self._pending.clear()
+
+    def groups(self) -> list[tuple[str, str | None, list[HookPoint]]]:
+        """The ``(role, view, points)`` of every group held (what :meth:`lookup` reads)."""
+        return [(role, view, list(points)) for role, view, points in self._groups]
+
+    def share(self, peers: Peers) -> None:
+        """Share this cache with the other processes of a data-parallel run (see the module's
+        docstring); from now on every rank calls :meth:`synchronize` at the same points."""
+        self.peers = peers if peers.world > 1 else None
+
+    @property
+    def _reader(self) -> bool:
+        """Whether this process reads a disk cache that another (rank 0) writes."""
+        return self.peers is not None and self.peers.rank != 0 and self.spec.store == "disk"
 
     def key_fields(
         self, role: str, model: nn.Module, view: Any, points: list[HookPoint]
@@ -403,7 +484,7 @@ class TeacherCache:
         ``model`` and ``view_ir`` (the role's weights, its view) find a disk cache written
         by an earlier run before this one has stored anything."""
         group = self._groups.get((role, view, tuple(points)))
-        if group is None and self.spec.store == "disk" and model is not None:
+        if group is None and self.spec.store == "disk" and model is not None and not self._reader:
             group = self._attach(role, view, points, model, view_ir)
         rows = None if group is None else group.store.read(self._slots(index, replay))
         if group is None or rows is None:
@@ -446,26 +527,36 @@ class TeacherCache:
         }
         key = (role, view, tuple(points))
         group = self._groups.get(key)
-        if group is None:
-            like = {p: (values[p].dtype, int(values[p].shape[-1])) for p in points}
-            fields = [
-                _Field(k, tuple(a.shape[1:]), str(a.dtype).removeprefix("torch."))
-                for k, a in encoded.items()
-            ]
+        like = {p: (values[p].dtype, int(values[p].shape[-1])) for p in points}
+        fields = [
+            _Field(k, tuple(a.shape[1:]), str(a.dtype).removeprefix("torch."))
+            for k, a in encoded.items()
+        ]
+        if group is not None:
+            like = group.like
+            if any(group.store.fields[f.name].shape != f.shape for f in fields):
+                raise CacheError(
+                    f"the shape of what `{role}` produces changed between batches (sequences "
+                    "padded per batch?): a cached value needs the same shape for every sample"
+                )
+        elif not self._reader:
             group = self._open(role, view, points, like, fields, model, view_ir)
-        elif any(group.store.fields[k].shape != tuple(a.shape[1:]) for k, a in encoded.items()):
-            raise CacheError(
-                f"the shape of what `{role}` produces changed between batches (sequences "
-                "padded per batch?): a cached value needs the same shape for every sample"
-            )
-        group.store.write(encoded, self._slots(index, replay))
-        if self.spec.dtype == "fp32" and not self.spec.topk:
-            return dict(values)
-        read = {}
-        for i, p in enumerate(points):
-            arrays = _of_point(encoded, i)
-            read[p] = _decode(arrays, group.like[p])
-            group.error.add(values[p].detach(), read[p], "i" in arrays)
+        slots = self._slots(index, replay)
+        if group is not None and not self._reader:
+            group.store.write(encoded, slots)
+        read, error = dict(values), _Error()
+        if self.spec.dtype != "fp32" or self.spec.topk:
+            for i, p in enumerate(points):
+                arrays = _of_point(encoded, i)
+                read[p] = _decode(arrays, like[p])
+                error.add(values[p].detach(), read[p], "i" in arrays)
+            if group is not None:
+                group.error.merge(error)
+        if self.peers is not None and (self.spec.store == "memory" or self._reader):
+            file_key, path = ("", None)
+            if self._reader:  # rank 0 writes these rows to the file
+                file_key, path = self._path(role, model, view_ir, points)
+            self._pending.append(_Rows(key, like, fields, file_key, path, slots, encoded, error))
         return read
 
     def _path(
@@ -523,28 +614,92 @@ class TeacherCache:
         model: nn.Module | None,
         view_ir: Any,
     ) -> _Group:
+        key, path = "", None
+        if self.spec.store == "disk":
+            key, path = self._path(role, model, view_ir, points)
+        return self._open_group((role, view, tuple(points)), like, fields, key, path)
+
+    def _open_group(
+        self,
+        group_key: tuple[str, str | None, tuple[HookPoint, ...]],
+        like: dict[HookPoint, tuple[torch.dtype, int]],
+        fields: list[_Field],
+        key: str,
+        path: Path | None,
+        reader: bool = False,
+    ) -> _Group:
+        """A group's rows in memory or in the file ``path`` (``key``: what it holds)."""
         rows = self.num_samples * self.spec.replays
         size = rows * sum(f.row_bytes for f in fields)
         bound = self.spec.max_mb
         if bound is not None and size > bound * 2**20:
             raise CacheError(
-                f"the output cache of `{role}` needs {size / 2**20:,.1f} MiB ({rows:,} rows of "
-                f"{sum(f.row_bytes for f in fields):,} bytes), over its bound of {bound:g} MiB: "
-                "raise the bound, or store `fp16` or `topk` values"
+                f"the output cache of `{group_key[0]}` needs {size / 2**20:,.1f} MiB ({rows:,} "
+                f"rows of {sum(f.row_bytes for f in fields):,} bytes), over its bound of "
+                f"{bound:g} MiB: raise the bound, or store `fp16` or `topk` values"
             )
-        key, path = "", None
-        if self.spec.store == "disk":
-            key, path = self._path(role, model, view_ir, points)
         header = [[str(d).removeprefix("torch."), last] for d, last in like.values()]
-        store = _Store(fields, rows, key, path, self.log, header)
-        group = _Group(store, points, like)
+        store = _Store(fields, rows, key, path, self.log, header, reader)
+        group = _Group(store, list(group_key[2]), like)
         sidecar = _sidecar(path)
         if store.reused and sidecar is not None and sidecar.exists():
             # the error measured when the rows were written, by an earlier run
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 group.error = _Error(**json.loads(sidecar.read_text())["error"])
-        self._groups[(role, view, tuple(points))] = group
+        self._groups[group_key] = group
         return group
+
+    def synchronize(
+        self, wanted: Iterable[tuple[str, str | None, list[HookPoint], nn.Module, Any]] = ()
+    ) -> None:
+        """Hand the rows each process computed since the last call to the others.
+
+        A collective: every rank of a shared cache calls it at the same point (each epoch's
+        end, each stage's start). A memory cache gets every other rank's rows. A disk cache
+        gets them on rank 0, which flushes its files and then tells the other ranks which to
+        map (the message is the barrier: no rank maps a file before rank 0 has flushed it).
+
+        Args:
+            wanted: The groups a stage reads, ``(role, view, points, model, view_ir)``: rank 0
+                first opens (and checks) the files of earlier runs that hold them.
+        """
+        if self.spec.store == "disk" and not self._reader:
+            for role, view, points, model, view_ir in wanted:
+                if (role, view, tuple(points)) not in self._groups:
+                    self._attach(role, view, points, model, view_ir)
+        peers = self.peers
+        if peers is None:
+            return
+        mine, self._pending = self._pending, []
+        if self.spec.store == "memory":
+            for r, rows in enumerate(peers.all_gather(mine)):
+                for e in rows if r != peers.rank else ():
+                    self._write_rows(e)
+            return
+        listing = None
+        got = peers.gather(mine)
+        if got is not None:  # rank 0
+            for e in (e for rows in got for e in rows):
+                self._write_rows(e)
+            self.flush()
+            listing = [
+                (k, g.store.key, g.store.path, g.like, list(g.store.fields.values()))
+                for k, g in self._groups.items()
+            ]
+        listing = peers.all_gather(listing)[0]
+        if self._reader:  # map the files again: rows rank 0 added (also on another node)
+            self._groups.clear()
+            for k, key, path, like, fields in listing:
+                self._open_group(k, like, [replace(f) for f in fields], key, path, reader=True)
+
+    def _write_rows(self, rows: _Rows) -> None:
+        """Rows another process computed, into this process's store."""
+        group = self._groups.get(rows.group)
+        if group is None:
+            fields = [replace(f) for f in rows.fields]
+            group = self._open_group(rows.group, rows.like, fields, rows.key, rows.path)
+        group.store.write(rows.arrays, rows.slots)
+        group.error.merge(rows.error)
 
     def summary(self) -> list[str]:
         """One line per cache: rows filled, size, where, and the error of a lossy format."""
@@ -570,6 +725,8 @@ class TeacherCache:
 
     def flush(self) -> None:
         """Write disk caches' rows to their files (and the error measured, beside them)."""
+        if self._reader:
+            return
         for g in self._groups.values():
             g.store.flush()
             sidecar = _sidecar(g.store.path)

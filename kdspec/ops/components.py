@@ -609,8 +609,11 @@ class CRDLoss(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.z.copy_(z)  # type: ignore[operator]  # torch typing of submodules
-                pos = index.long()
-                for name, v in (("memory_s", vs), ("memory_t", vt)):
+                pos, new_s, new_t = index.long(), vs.detach(), vt.detach()
+                gather = getattr(env, "gather_batch", None)
+                if gather is not None:  # data-parallel: every process's samples update the bank
+                    pos, new_s, new_t = gather(pos), gather(new_s), gather(new_t)
+                for name, v in (("memory_s", new_s), ("memory_t", new_t)):
                     memory: Tensor = getattr(self, name)
                     moved = memory[pos] * self.momentum + v.detach() * (1 - self.momentum)
                     rows = F.normalize(moved, p=2.0, dim=1, eps=0.0)

@@ -40,14 +40,19 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
+from kdspec.compiler.teacher_cache import Peers
+
 __all__ = [
     "ShardedBatchSampler",
     "StageParallel",
     "all_gather_objects",
     "barrier",
     "broadcast_object",
+    "gather_batch",
+    "gather_objects",
     "is_main",
     "local",
+    "peers",
     "rank",
     "setup",
     "shard_weight",
@@ -147,6 +152,36 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj, group=_group())
     return out
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0; None on the others."""
+    if world_size() <= 1:
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(obj, out, dst=0, group=_group())
+    return out
+
+
+def gather_batch(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` (its rows of the global batch), concatenated in rank order."""
+    world = world_size()
+    if world <= 1:
+        return t
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(s.item()) for s in sizes]
+    padded = t.new_zeros((max(counts), *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+
+
+def peers() -> Peers:
+    """This process group as the processes that share one output cache."""
+    return Peers(rank(), world_size(), all_gather_objects, gather_objects)
 
 
 def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:

@@ -431,6 +431,8 @@ class TrainRecipe:
         # under torchrun: each rank takes a shard of every global batch (kdspec.runtime.distributed)
         self.world, self.main = distributed.world_size(), distributed.rank() == 0
         make_loader = distributed.sharded_loader if self.world > 1 else train_loader
+        if self.world > 1 and hasattr(self.model, "gather_batch"):  # CRD's bank: every shard
+            self.model.gather_batch = distributed.gather_batch
         self.loader = make_loader(self.train_set, o.batch_size, self.cfg.seed, o.num_workers)
         assert self.loader.generator is not None
         self.generator: torch.Generator = self.loader.generator
@@ -506,7 +508,16 @@ class TrainRecipe:
             run.steps_done, run.stage_epoch = ckpt.position.steps_done, ckpt.position.stage_epoch
             self.pending = None
         run.step_model = distributed.wrap(model, params, self.o.device)  # DDP when world > 1
+        self.share_output_cache()
         return run
+
+    def share_output_cache(self) -> None:
+        """Under torchrun: hand each rank's new output-cache rows to the others (every rank
+        calls this at each stage's start and each epoch's end), so each sample's frozen
+        teacher forward runs once over all ranks."""
+        sync = getattr(self.model, "synchronize_output_cache", None)
+        if self.world > 1 and sync is not None:
+            sync(distributed.peers())
 
     def run_epoch(self, run: _Repeat) -> None:
         """One pass over the loader (or what is left of the stage), then its record."""
@@ -532,6 +543,7 @@ class TrainRecipe:
         run.stage_epoch += 1
         self.global_epoch += n / spe
         record = self.record(run, n, sums, lr)
+        self.share_output_cache()
         self.evaluate(record)
         self.log(record)
         self.checkpoint(run)

@@ -1,12 +1,9 @@
-"""`kdspec bench`: runs the benchmark scripts and prints ratios (never asserted: no timings)."""
+"""`kdspec bench`: runs the packaged benchmarks and prints ratios (never asserted: no timings)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from kdspec.cli import bench
 from kdspec.cli.main import main
 
 SMALL = ["--teacher", "resnet8", "--student", "resnet8", "--batch", "4", "--rounds", "1"]
@@ -26,9 +23,19 @@ def test_bench_prints_machine_versions_and_a_ratio_per_method(
         assert float(rows[method][0]) > 0  # the median ratio, whatever it is
 
 
-def test_bench_outside_a_source_checkout_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("kind", ["steps", "memory", "compile"])
+def test_bench_quick_runs_the_packaged_benchmark_in_its_smallest_configuration(
+    kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(bench, "scripts_dir", lambda: tmp_path)
-    assert main(["bench"]) == 2
-    assert "source checkout" in capsys.readouterr().err
+    assert main(["bench", kind, "--quick"]) == 0  # the code is kdspec.bench's, no scripts/
+    out = capsys.readouterr().out
+    assert "machine:" in out and "versions: python" in out
+    assert "resnet8 -> resnet8, batch 4" in out
+    (row,) = [line.split() for line in out.splitlines() if line.startswith("hinton ")]
+    median = {"steps": 1, "memory": 1, "compile": 5}[kind]
+    assert float(row[median]) > 0  # whatever it is
+
+
+def test_options_after_quick_win(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--quick", "steps", "--batch", "6"]) == 0
+    assert "resnet8 -> resnet8, batch 6" in capsys.readouterr().out

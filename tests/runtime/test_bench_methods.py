@@ -1,21 +1,14 @@
-"""scripts/bench_methods.py runs end to end (one round, tiny models): no timing is asserted."""
+"""kdspec.bench.methods runs end to end (one round, tiny models): no timing is asserted."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_methods.py"
+import kdspec.bench.methods
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_methods", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return kdspec.bench.methods
 
 
 def test_bench_checks_first_step_losses_and_prints_ratios(

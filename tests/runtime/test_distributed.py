@@ -5,6 +5,8 @@ of every epoch and the weights after training must equal a single-process run wi
 also across an interrupted and resumed two-process run. The first stage trains the whole
 student on the hint alone (its classifier gets no gradient: DDP must look for unused
 parameters), the second trains every part (DDP must not: no warning that it looked in vain).
+With the output cache on, the two processes fill one cache (one file per group of taps for a
+disk cache), each sample's teacher forward runs once over both, and both read the same rows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from kdspec.api import load_method
 from kdspec.compiler import compile_spec
+from kdspec.compiler.teacher_cache import CacheSpec
 from kdspec.data import synthetic_splits
 from kdspec.runtime import distributed
 from kdspec.runtime.runfile import TrainConfig
@@ -45,6 +48,16 @@ method ddp_check {
 }
 """
 TERMS = [{"hint"}, {"hint", "kd", "ce"}, {"hint", "kd", "ce"}]  # per epoch
+# CRD: a memory bank (a buffer of its learned part) that every sample updates
+CRD = """
+method ddp_crd {
+  teacher t
+  student s
+  transfer crd: from embed(t.embedding, dim=8) to embed(s.embedding, dim=8)
+      with crd_nce(k=16, T=0.07, momentum=0.5)
+  supervise ce: s.logits with cross_entropy
+}
+"""
 
 SPLITS = synthetic_splits(n=110, num_classes=4, input_shape=(1, 4, 4), seed=0)
 CFG = TrainConfig(epochs=3, lr=0.1, momentum=0.9, schedule="cosine")
@@ -69,25 +82,56 @@ def _mlp(hidden: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, hidden), nn.Tanh(), nn.Linear(hidden, 4))
 
 
-def _distiller() -> Any:
-    low = load_method("ddp_check", text=SPEC)
+def _distiller(text: str = SPEC) -> Any:
+    low = load_method("ddp_check", text=text)
     torch.manual_seed(1)
     models = {"t": _mlp(12), "s": _mlp(6)}
     batch = tuple(torch.utils.data.default_collate([SPLITS.train[i] for i in range(4)]))
     torch.manual_seed(2)
-    return compile_spec(low, models, batch, num_classes=4, train_data=SPLITS.train)
+    return compile_spec(
+        low, models, batch, num_classes=4, train_data=SPLITS.train, num_samples=len(SPLITS.train)
+    )
 
 
-def _run(out: Path, *, resume: bool = False, cut: int | None = None) -> dict[str, Any]:
+def _run(
+    out: Path, *, resume: bool = False, cut: int | None = None, cache: str | None = None
+) -> dict[str, Any]:
     torch.set_num_threads(1)
     callbacks = [_CutAfter(cut)] if cut else []
+    distiller, rows = _distiller(), [0]
+    if cache is not None:
+        folder = out / "outputs" if cache == "disk" else None
+        distiller.cache_frozen_outputs(spec=CacheSpec(cache, folder=folder), identity={"n": 72})
+        count = lambda m, args: rows.__setitem__(0, rows[0] + args[0].shape[0])  # noqa: E731
+        distiller.roles["t"].register_forward_pre_hook(count)  # every teacher forward (rows)
     try:
-        result = train(_distiller(), SPLITS.train, CFG, out, batch_size=BATCH,
+        result = train(distiller, SPLITS.train, CFG, out, batch_size=BATCH,
                        resume=resume, callbacks=callbacks, device="cpu")  # fmt: skip
     except _Cut:
         return {}
     state = {k: v.tolist() for k, v in result.model.state_dict().items()}
-    return {"records": result.records, "state": state}
+    found = {"records": result.records, "state": state}
+    if distiller.output_cache is not None:  # what each rank reads for every training sample
+        every = torch.arange(len(SPLITS.train))
+        read = [distiller.output_cache.lookup(*g, every) for g in distiller.output_cache.groups()]
+        values = [None if r is None else [v.tolist() for v in r.values()] for r in read]
+        found["teacher_rows"] = distributed.all_gather_objects(rows[0])
+        found["cached"] = distributed.all_gather_objects(values)
+    return found
+
+
+def _run_crd(out: Path) -> dict[str, Any]:
+    """One epoch of CRD: how many rows of each bank changed, and each rank's banks."""
+    torch.set_num_threads(1)
+    distiller = _distiller(CRD)
+    state = distiller.state_dict()
+    banks = {k: v.clone() for k, v in state.items() if k.endswith(("memory_s", "memory_t"))}
+    assert len(banks) == 2
+    cfg = TrainConfig(epochs=1, lr=0.1, momentum=0.9)
+    result = train(distiller, SPLITS.train, cfg, out, batch_size=BATCH, device="cpu")
+    after = {k: result.model.state_dict()[k] for k in banks}
+    changed = {k: int((after[k] != banks[k]).any(dim=1).sum()) for k in banks}
+    return {"changed": changed, "banks": distributed.all_gather_objects(after)}
 
 
 def _worker(rank: int, world: int, port: int, out: str, plan: list[dict[str, Any]]) -> None:
@@ -107,9 +151,15 @@ def _worker(rank: int, world: int, port: int, out: str, plan: list[dict[str, Any
     distributed.StageParallel.after_backward = after_backward  # type: ignore[method-assign]
     try:
         for step in plan:
-            found = _run(Path(out), **step)
+            name = step.get("cache") or ("crd" if step.get("crd") else "result")
+            if step.pop("crd", False):
+                crd = _run_crd(Path(out) / "crd")
+                if rank == 0:
+                    torch.save(crd, Path(out, "crd.pt"))
+                continue
+            found = _run(Path(out) / step.get("cache", ""), **step)
             if rank == 0 and found:
-                Path(out, "result.json").write_text(json.dumps({**found, "flags": flags}))
+                Path(out, f"{name}.json").write_text(json.dumps({**found, "flags": flags}))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -120,9 +170,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ddp(out: Path, plan: list[dict[str, Any]]) -> dict[str, Any]:
+def _ddp_spawn(out: Path, plan: list[dict[str, Any]]) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(out), plan), nprocs=2, join=True)
-    return json.loads((out / "result.json").read_text())  # type: ignore[no-any-return]
+
+
+def _ddp(out: Path, plan: list[dict[str, Any]], name: str = "result") -> dict[str, Any]:
+    _ddp_spawn(out, plan)
+    return json.loads((out / f"{name}.json").read_text())  # type: ignore[no-any-return]
 
 
 def _assert_same(ddp: dict[str, Any], one: dict[str, Any]) -> None:
@@ -156,6 +210,34 @@ def test_two_processes_train_what_one_process_trains(
     assert {"checkpoint.pt", "metrics.jsonl", "summary.json", "models"} <= set(files)
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == CFG.epochs  # written once (rank 0), not once per process
+
+
+def test_two_processes_fill_one_output_cache_and_read_the_same_rows(tmp_path: Path) -> None:
+    one = _run(tmp_path / "one", cache="memory")
+    assert one["teacher_rows"] == [2 * 72]  # two groups of taps (one per stage), 72 samples
+    _ddp(tmp_path / "ddp", [{"cache": "disk"}, {"cache": "memory"}], name="disk")
+    for store in ("disk", "memory"):
+        ddp = json.loads((tmp_path / "ddp" / f"{store}.json").read_text())
+        _assert_same(ddp, one)  # the cache changes nothing the run computes
+        # every sample's teacher forward ran once over both processes, not once on each
+        assert sum(ddp["teacher_rows"]) == 2 * 72, store
+        zero, first = ddp["cached"]
+        assert len(zero) == 2 and all(g is not None for g in zero), store  # every row filled
+        assert zero == first, store  # both ranks read the same values
+        for mine, theirs in zip(zero, one["cached"][0], strict=True):
+            for a, b in zip(mine, theirs, strict=True):
+                assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-6, what=store)
+    files = sorted(p.name for p in (tmp_path / "ddp" / "disk" / "outputs").iterdir())
+    assert [f.rsplit(".", 1)[1] for f in files] == ["json", "kdcache"] * 2  # one file per group
+
+
+def test_every_process_updates_crds_memory_bank(tmp_path: Path) -> None:
+    _ddp_spawn(tmp_path, [{"crd": True}])
+    crd = torch.load(tmp_path / "crd.pt", weights_only=True)
+    # every training sample's row moved, whichever process drew it (not only rank 0's shards)
+    assert set(crd["changed"].values()) == {len(SPLITS.train)}, crd["changed"]
+    zero, first = crd["banks"]
+    assert all(torch.equal(zero[k], first[k]) for k in zero)  # the same bank on both
 
 
 def test_an_interrupted_two_process_run_resumes_to_the_same_weights(tmp_path: Path) -> None:

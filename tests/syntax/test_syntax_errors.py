@@ -58,6 +58,30 @@ def test_a_file_of_errors_stops_at_the_cap() -> None:
     assert len(diags) == MAX_SYNTAX_ERRORS
 
 
+def test_recovery_reparses_at_most_its_budget() -> None:
+    """Each syntax error costs a parse of the whole file: a large file full of errors reports
+    fewer of them rather than re-parsing megabytes."""
+    from kdspec.syntax import RECOVERY_BUDGET, _parse_or_errors
+
+    lark, _ = parser()
+    parsed: list[int] = []
+
+    class Counting:
+        def parse(self, text: str) -> object:
+            parsed.append(len(text))
+            return lark.parse(text)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(lark, name)
+
+    padding = "  # " + "x" * 2000 + "\n"
+    body = "".join(f"  param p 1\n{padding}" for _ in range(MAX_SYNTAX_ERRORS))
+    source = SourceFile("m.kd", f"method m {{\n{body}}}\n")
+    _, diags = _parse_or_errors(source, Counting())  # type: ignore[arg-type]
+    assert 1 <= len(diags) < MAX_SYNTAX_ERRORS
+    assert sum(parsed[:-1]) <= RECOVERY_BUDGET < sum(parsed)
+
+
 def test_skip_statement_keeps_lines_and_offsets() -> None:
     text = "method m {\n  param T 4\n  teacher t\n}\n"
     out = skip_statement(text, text.index("4"))
