@@ -243,6 +243,24 @@ def _relation_kind(kw: dict[str, object]) -> str:
     return "distance" if kw.get("kernel") in ("distance", "sqdistance") else "similarity"
 
 
+def context_key(e: ir.Expr, method: ir.Method) -> str:
+    """What ``e`` reads of its method beyond its own text: the parameters and the `let`s it
+    refers to (directly or through those lets), as text. With ``repr(e)`` it keys what is
+    computed from ``e`` in any method (a def's body typed for a call of it)."""
+    params, lets = set(), set()
+    for n in ir.walk(e, method):
+        if isinstance(n, ir.ParamRef):
+            params.add(n.name)
+        elif isinstance(n, ir.LetRef):
+            lets.add(n.name)
+    return repr(
+        (
+            [(p, method.params.get(p)) for p in sorted(params)],
+            [(name, method.let(name)) for name in sorted(lets)],
+        )
+    )
+
+
 def is_static(e: ir.Expr | None, method: ir.Method) -> bool:
     """A number known before training (constants, parameters, schedules): no tensor, no size."""
     if e is None:

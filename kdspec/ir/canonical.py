@@ -53,6 +53,7 @@ from pydantic import BaseModel
 from kdspec.ir import models as ir
 from kdspec.ir import traverse
 from kdspec.ir.traverse import find_all, transform, walk
+from kdspec.lru import Lru
 from kdspec.vocabulary import FUNCTIONS, REQUIRED
 
 # Functions whose two evaluations differ (a let using one is never duplicated).
@@ -385,7 +386,22 @@ def _expressions(m: ir.Method) -> ir.Method:
             return _pipeline(node)
         return node
 
-    return transform(m, step)
+    functions = tuple(_canonical_def(f, step) for f in m.functions)
+    rest = transform(m.model_copy(update={"functions": ()}), step)
+    return rest.model_copy(update={"functions": functions})
+
+
+# A def's body reads no role and no parameter of a method, so its canonical form is the same in
+# every method: the prelude's defs (the same objects in every spec of a process) are
+# canonicalised once. The def is kept with its entry, so its id is not another's while it is.
+_CANONICAL_DEFS: Lru[int, tuple[ir.FunctionDef, ir.FunctionDef]] = Lru("canonical defs", 256)
+
+
+def _canonical_def(f: ir.FunctionDef, step: Any) -> ir.FunctionDef:
+    hit = _CANONICAL_DEFS.get(id(f))
+    if hit is None or hit[0] is not f:
+        hit = _CANONICAL_DEFS.put(id(f), (f, transform(f, step)))
+    return hit[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1062,7 +1062,17 @@ class _FunctionLowering(_MethodLowering):
 
 # The prelude's defs lowered once per process (they call only each other), by name and the
 # text of their file: as many entries as the prelude has defs.
-_PRELUDE_LOWERED: dict[tuple[str, str, int], tuple[ir.FunctionDef, list[Diagnostic]]] = {}
+_PRELUDE_LOWERED: dict[
+    tuple[str, str, int], tuple[ir.FunctionDef, list[Diagnostic], tuple[str, ...]]
+] = {}
+
+
+def _called(f: ir.FunctionDef) -> tuple[str, ...]:
+    """The functions a def calls, in its body and its defaults, each once."""
+    from kdspec.ir.functions import calls
+
+    found = calls(f.body) + [c for p in f.params for c in calls(p.default)]
+    return tuple(dict.fromkeys(found))
 
 
 def _prelude_sources() -> frozenset[str]:
@@ -1085,6 +1095,7 @@ class DefTable:
         self.asts: dict[str, tuple[ast.Function, SourceFile]] = {}
         self.lowered: dict[str, ir.FunctionDef] = {}
         self.recursive: set[str] = set()
+        self.callees: dict[str, tuple[str, ...]] = {}  # what each lowered def calls
         self.stack: list[str] = []
         self.diags: list[Diagnostic] = []
         self.local: set[str] = set()  # defined in the checked file itself
@@ -1175,7 +1186,7 @@ class DefTable:
         key = (name, fsource.name, hash(fsource.text))  # a str caches its hash
         cached = _PRELUDE_LOWERED.get(key)
         if cached is not None:
-            return self._adopt_prelude(name, cached[0], cached[1], source)
+            return self._adopt_prelude(name, *cached, source)
         self.stack.append(name)
         try:
             lowering = _FunctionLowering(fn, fsource, self)
@@ -1184,22 +1195,26 @@ class DefTable:
             self.stack.pop()
         self.diags.extend(lowering.diags)
         self.lowered[name] = fdef
+        self.callees[name] = _called(fdef)
         if not self.recursive and fsource.name in _prelude_sources():
-            _PRELUDE_LOWERED[key] = (fdef, list(lowering.diags))
+            _PRELUDE_LOWERED[key] = (fdef, list(lowering.diags), self.callees[name])
         return None if name in self.recursive else fdef
 
     def _adopt_prelude(
-        self, name: str, fdef: ir.FunctionDef, diags: list[Diagnostic], source: SourceFile
+        self,
+        name: str,
+        fdef: ir.FunctionDef,
+        diags: list[Diagnostic],
+        callees: tuple[str, ...],
+        source: SourceFile,
     ) -> ir.FunctionDef:
         """A prelude def lowered by an earlier spec of this process, with the defs it calls."""
-        from kdspec.ir.functions import calls
-
         self.lowered[name] = fdef
+        self.callees[name] = callees
         self.diags.extend(diags)
-        for p in (fdef.body, *(p.default for p in fdef.params)):
-            for c in calls(p):
-                if c in self.asts and c not in self.lowered:
-                    self.lower(c, None, source)
+        for c in callees:
+            if c in self.asts and c not in self.lowered:
+                self.lower(c, None, source)
         return fdef
 
     def lower_all(self) -> None:
@@ -1210,8 +1225,6 @@ class DefTable:
 
     def closure(self, names: set[str]) -> tuple[ir.FunctionDef, ...]:
         """The defs named, and every def they call, in a stable order; recursive ones left out."""
-        from kdspec.ir.functions import calls
-
         out: dict[str, ir.FunctionDef] = {}
         todo = sorted(names)
         while todo:
@@ -1219,7 +1232,7 @@ class DefTable:
             if n in out or n in self.recursive or n not in self.lowered:
                 continue
             out[n] = self.lowered[n]
-            todo.extend(c for c in calls(out[n].body) if c in self.lowered)
-            for p in out[n].params:
-                todo.extend(c for c in calls(p.default) if c in self.lowered)
+            if n not in self.callees:  # adopted from another table (`use`)
+                self.callees[n] = _called(out[n])
+            todo.extend(c for c in self.callees[n] if c in self.lowered)
         return tuple(out[n] for n in sorted(out))

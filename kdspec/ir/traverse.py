@@ -32,21 +32,35 @@ R = TypeVar("R")
 K = TypeVar("K")
 
 
+# Plain values: leaves, never visited (checked first: most fields hold one).
+_LEAVES = (str, int, float, bool, type(None))
+
+
 def _nodes_in(value: Any) -> Iterator[BaseModel]:
     if isinstance(value, BaseModel):
         yield value
     elif isinstance(value, tuple | list):
         for v in value:
-            yield from _nodes_in(v)
+            if not isinstance(v, _LEAVES):
+                yield from _nodes_in(v)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _nodes_in(v)
+            if not isinstance(v, _LEAVES):
+                yield from _nodes_in(v)
+
+
+def _fields(cls: type[BaseModel]) -> dict[str, Any]:
+    """The fields of a node class (the class attribute behind pydantic's `model_fields`
+    property, which costs a call per read)."""
+    return cls.__pydantic_fields__
 
 
 def children(node: BaseModel) -> Iterator[BaseModel]:
     """The IR nodes directly inside ``node``, in field order."""
-    for name in type(node).model_fields:
-        yield from _nodes_in(getattr(node, name))
+    for name in _fields(type(node)):
+        value = getattr(node, name)
+        if not isinstance(value, _LEAVES):
+            yield from _nodes_in(value)
 
 
 def walk(
@@ -97,7 +111,7 @@ def find_all(node: BaseModel, kind: type[N], method: Any = None) -> list[N]:
 def map_children(node: N, fn: Callable[[BaseModel], BaseModel]) -> N:
     """``node`` with ``fn`` applied to each direct child (a copy only where one changed)."""
     update: dict[str, Any] = {}
-    for name in type(node).model_fields:
+    for name in _fields(type(node)):
         old = getattr(node, name)
         new = _map_direct(old, fn)
         if new is not old:  # identity, not ==: dict equality ignores a canonical key order

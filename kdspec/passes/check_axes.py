@@ -14,7 +14,7 @@ from kdspec.graph import types
 from kdspec.graph.types import VType
 from kdspec.ir import models as ir
 from kdspec.ir.functions import STUDENT_SIDE, TEACHER_SIDE, expand
-from kdspec.lru import Lru, identity_repr
+from kdspec.lru import Lru
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS
 from kdspec.vocabulary.axes import axes_text, token_data
@@ -37,25 +37,27 @@ def loss_type(
     else:
         implicit = (ir.ArgRef(name=TEACHER_SIDE), ir.ArgRef(name=STUDENT_SIDE))
     holes = types.loss_holes(term.loss.func, sides)
-    # The prelude's losses recur in every spec: type each (call, sides, parameters) once and
-    # replay its diagnostics at this term.
-    key = (repr(term.loss), identity_repr(fdef), repr(holes), repr(sorted(method.params.items())))
+    # The prelude's losses recur in every spec (their defs lowered once per process: the same
+    # objects): type each (call, def, sides, parameters) once and replay its diagnostics at
+    # this term. The def is kept with its entry, so its id is not another def's while it is.
+    key = (repr(term.loss), id(fdef), repr(holes), types.context_key(term.loss, method))
     hit = _LOSS_TYPES.get(key)
-    if hit is None:
+    if hit is None or hit[0] is not fdef:
         found: list[tuple[str, str, tuple[object, ...]]] = []
         body = expand(term.loss, fdef, implicit)
         vtype = types.value_type(body, method, lambda *d: found.append(d), (), holes)
-        hit = _LOSS_TYPES.put(key, (vtype, found))
-    vtype, found = hit
+        hit = _LOSS_TYPES.put(key, (fdef, vtype, found))
+    _, vtype, found = hit
     for code, message, path in found:
         if report is not None:
             report(code, message, ("term", term.name, "loss", *path))
     return vtype
 
 
-_LOSS_TYPES: Lru[tuple[str, ...], tuple[VType, list[tuple[str, str, tuple[object, ...]]]]] = Lru(
-    "loss types", 1024
-)
+_LOSS_TYPES: Lru[
+    tuple[str, int, str, str],
+    tuple[ir.FunctionDef, VType, list[tuple[str, str, tuple[object, ...]]]],
+] = Lru("loss types", 1024)
 
 
 def check_axes(ctx: PassContext) -> list[Diagnostic]:

@@ -13,7 +13,7 @@ from kdspec.ir.evaluate import EvalError, NumericError, Progress, evaluate, uses
 from kdspec.ir.functions import expand
 from kdspec.ir.lower import did_you_mean
 from kdspec.ir.printer import expr_text
-from kdspec.lru import Lru, identity_repr
+from kdspec.lru import Lru
 from kdspec.passes.context import PassContext
 from kdspec.vocabulary import FUNCTIONS, Param
 from kdspec.vocabulary.axes import AXES, positional
@@ -329,9 +329,11 @@ def _in_bodies(ctx: PassContext, e: ir.Expr | None, path: tuple[object, ...]) ->
     return out
 
 
-_BODY_CALLS: Lru[tuple[str, str, str], list[ir.Call]] = Lru(
+# The prelude's defs recur in every spec (lowered once per process: the same objects), keyed by
+# the def's identity; the def is kept with its entry, so its id is not another def's while it is.
+_BODY_CALLS: Lru[tuple[str, int, str], tuple[ir.FunctionDef, list[ir.Call]]] = Lru(
     "def body calls", 1024
-)  # the prelude's defs recur in every spec
+)
 
 
 def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
@@ -339,17 +341,17 @@ def _body_calls(m: ir.Method, call: ir.Call, depth: int = 0) -> list[ir.Call]:
     fdef = m.function(call.func)
     if fdef is None or depth > 20:  # a def that calls itself is KD215
         return []
-    key = (repr(call), identity_repr(fdef), repr(sorted(m.params.items())))
+    key = (repr(call), id(fdef), types.context_key(call, m))
     hit = _BODY_CALLS.get(key)
-    if hit is None:
+    if hit is None or hit[0] is not fdef:
         found: list[ir.Call] = []
         for inner in _chosen_calls(m, expand(call, fdef)):
             if not any(isinstance(n, ir.ArgRef) for v in inner.kwargs.values() for n in ir.walk(v)):
                 found.append(inner)  # checked against its vocabulary entry, if it has one
             if m.function(inner.func) is not None:
                 found.extend(_body_calls(m, inner, depth + 1))
-        hit = _BODY_CALLS.put(key, found)
-    return hit
+        hit = _BODY_CALLS.put(key, (fdef, found))
+    return hit[1]
 
 
 def _chosen_calls(m: ir.Method, e: ir.Expr) -> list[ir.Call]:
