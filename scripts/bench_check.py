@@ -3,12 +3,22 @@
 Prints the in-process time of checking the whole library (parse, lower, graph, every pass),
 the wall time of the command as a fresh process (interpreter start-up included), and whether
 torch was imported. Run: `python scripts/bench_check.py`.
+
+`--baseline DIR` (another checkout of kdspec, e.g. `git worktree add /tmp/old <commit>`) also
+times `kdspec check` of the baseline's `specs/` with each version's code, side by side in
+rounds whose order flips, as fresh processes with their bytecode compiled beforehand (as an
+installed kdspec runs), and prints the CPU seconds of each and their ratio.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, help="another kdspec checkout to compare with")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    if args.baseline is not None:
+        return _side_by_side(args.baseline.resolve(), args.rounds)
     start = time.perf_counter()
     from kdspec.api import check_source, spec_files
     from kdspec.source import SourceFile
@@ -50,6 +66,46 @@ def main() -> int:
         f"(ratio {large / small:.1f}; linear is 4, quadratic 16)"
     )
     return 0 if not torch_loaded and proc.returncode == cold.returncode == 0 else 1
+
+
+def _check_cpu(code: Path, specs: Path, env: dict[str, str]) -> float:
+    """CPU seconds (user + system) of `kdspec check specs` run with the kdspec of ``code``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdspec", "check", str(specs)],
+        capture_output=True,
+        env={**env, "PYTHONPATH": str(code)},
+        cwd=code,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"`kdspec check` with {code} failed:\n{proc.stdout.decode()[-2000:]}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _side_by_side(baseline: Path, rounds: int) -> int:
+    """This checkout against ``baseline`` on the baseline's specs, interleaved rounds."""
+    specs = baseline / "specs"
+    with tempfile.TemporaryDirectory() as cache:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = cache  # bytecode compiled once, as an installed kdspec
+        versions = {"this": ROOT, "baseline": baseline}
+        for code in versions.values():  # compile the bytecode, warm the file cache
+            _check_cpu(code, specs, env)
+        cpu: dict[str, list[float]] = {name: [] for name in versions}
+        for r in range(rounds):
+            order = list(versions) if r % 2 == 0 else list(reversed(versions))
+            for name in order:
+                cpu[name].append(_check_cpu(versions[name], specs, env))
+    this, base = statistics.median(cpu["this"]), statistics.median(cpu["baseline"])
+    ratios = sorted(a / b for a, b in zip(cpu["this"], cpu["baseline"], strict=True))
+    n = len(list(specs.glob("*.kd")))
+    print(f"`kdspec check` of {n} specs ({specs}), {rounds} rounds, CPU seconds (median):")
+    print(f"  baseline ({baseline}): {base:.3f} s")
+    print(f"  this checkout:         {this:.3f} s")
+    spread = f"per round {ratios[0]:.3f} - {ratios[-1]:.3f}"
+    print(f"  ratio this / baseline: {this / base:.3f} ({spread})")
+    return 0
 
 
 def _scaling(terms: int) -> float:
