@@ -57,16 +57,3 @@ class Lru(Generic[K, V]):
 
     def __repr__(self) -> str:
         return f"Lru({self.name!r}, {len(self)}/{self.maxsize})"
-
-
-_REPRS: Lru[int, tuple[object, str]] = Lru("reprs by identity", 256)
-
-
-def identity_repr(obj: object) -> str:
-    """``repr(obj)`` of an immutable object, computed once while it is among the objects used
-    last (held, so its id is not reused): cache keys built from the same large node over and
-    over (a prelude def, once per term) cost a lookup instead of a walk of the node."""
-    hit = _REPRS.get(id(obj))
-    if hit is not None and hit[0] is obj:
-        return hit[1]
-    return _REPRS.put(id(obj), (obj, repr(obj)))[1]

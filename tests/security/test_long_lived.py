@@ -136,13 +136,3 @@ def test_a_syntax_error_does_not_keep_the_checked_file_alive() -> None:
     del source, diags
     gc.collect()
     assert ref() is None, "a kept syntax-error example holds the checked file's frames"
-
-
-def test_identity_repr_never_answers_for_an_object_that_reused_an_id() -> None:
-    from kdspec.lru import identity_repr
-
-    for i in range(1000):  # each tuple dies before the next: ids are reused
-        value = (i, "x" * (i % 7))
-        assert identity_repr(value) == repr(value)
-    kept = ("kept",)
-    assert identity_repr(kept) is identity_repr(kept)  # computed once
