@@ -7,7 +7,7 @@ share them so that a kind is computed in exactly one place.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import EvalError, evaluate
@@ -304,6 +304,7 @@ class _Typed:
     expr: ir.Expr | None
     path: tuple[object, ...]
     reported: bool
+    open_lets: frozenset[str] = frozenset()  # lets being typed on the way down: a cycle ends
 
 
 @dataclass(frozen=True)
@@ -322,10 +323,18 @@ class _Typing:
         return fail
 
     def parts(self, item: _Typed) -> list[_Typed]:
+        found = self._parts(item)
+        if not item.open_lets:
+            return found
+        return [replace(part, open_lets=part.open_lets | item.open_lets) for part in found]
+
+    def _parts(self, item: _Typed) -> list[_Typed]:
         e, path, reported = item.expr, item.path, item.reported
         if isinstance(e, ir.LetRef):
             let = self.method.let(e.name)
-            return [_Typed(let.value, (), False)] if let else []
+            if let is None or e.name in item.open_lets:  # a let defined by itself
+                return []
+            return [_Typed(let.value, (), False, frozenset({e.name}))]
         if isinstance(e, ir.Neg):
             return [_Typed(e.operand, (*path, "operand"), reported)]
         if isinstance(e, ir.BinOp):

@@ -34,6 +34,7 @@ from kdspec.ir.lower_core import (
     shorten,
 )
 from kdspec.ir.lower_taps import TapLowering
+from kdspec.ir.traverse import transform
 from kdspec.source import SourceFile, Span
 from kdspec.syntax import ast
 from kdspec.vocabulary import (
@@ -438,6 +439,41 @@ class _MethodLowering(TapLowering, Composition):
 
     # -- statements -------------------------------------------------------------------------
 
+    def break_let_cycles(self) -> None:
+        """KD215 for a `let` defined through itself (directly or through other lets): typing,
+        evaluating or compiling it would never end. After the error, the let reads those lets
+        as unresolved names (as an unknown name is read: later checks skip them)."""
+        reads = {
+            name: [n.name for n in ir.walk(let.value) if isinstance(n, ir.LetRef)]
+            for name, let in self.lets.items()
+        }
+        cyclic: dict[str, list[str]] = {}
+        for start in self.lets:
+            stack, seen = [(start, [start])], set()
+            while stack and start not in cyclic:
+                name, way = stack.pop()
+                for nxt in reads.get(name, []):
+                    if nxt == start:
+                        cyclic[start] = [*way, start]
+                    elif nxt not in seen:
+                        seen.add(nxt)
+                        stack.append((nxt, [*way, nxt]))
+        for name, cycle in cyclic.items():
+            self.err(
+                "KD215",
+                f"`let {name}` is defined through itself",
+                self.smap.spans.get(("let", name)),
+                "defined through itself",
+                notes=[" -> ".join(cycle)],
+                help="a `let` names a value computed once; give the inner use another name",
+            )
+
+        def unresolved(n: Any) -> Any:
+            return ir.ParamRef(name=n.name) if isinstance(n, ir.LetRef) and n.name in cyclic else n
+
+        for name in cyclic:
+            self.lets[name] = ir.Let(name=name, value=transform(self.lets[name].value, unresolved))
+
     def lower(self) -> ir.Method:
         """The method's IR: names first, then parameters, declarations, `use`, terms, stages."""
         body = self.m.body
@@ -460,6 +496,7 @@ class _MethodLowering(TapLowering, Composition):
                 self.lets[st.name.name] = ir.Let(
                     name=st.name.name, value=self.expr(st.value, path=("let", st.name.name))
                 )
+        self.break_let_cycles()
         for st in body:
             if isinstance(st, ast.Use):
                 self.use(st)
