@@ -458,7 +458,11 @@ class _MethodLowering(TapLowering, Composition):
                     elif nxt not in seen:
                         seen.add(nxt)
                         stack.append((nxt, [*way, nxt]))
+        reported: set[str] = set()
         for name, cycle in cyclic.items():
+            if name in reported:  # one cycle, one diagnostic (at its first let)
+                continue
+            reported.update(cycle)
             self.err(
                 "KD215",
                 f"`let {name}` is defined through itself",
