@@ -513,7 +513,7 @@ class Done:
     command_cpu: float  # CPU seconds of its slowest command
     command: str  # which command that was
     age: int  # cases the worker had run before this one
-    prepare: bool  # a run file's job was prepared
+    prepare: bool | None  # a run file's job was prepared (None: unknown, drawn from the data)
     rss: int  # the worker's resident memory after it, in MiB
 
 
@@ -725,6 +725,10 @@ def fuzz(
                     if w.over_limit():
                         report.cases += 1
                         report.hangs.append(case)
+                        if keep is not None:
+                            hang = Done(None, time.perf_counter() - w.wall0, TIME_LIMIT, TIME_LIMIT,
+                                        "hang", -1, case.prepare, 0)  # fmt: skip
+                            _keep(keep, f"hang-{len(report.hangs):04d}", case, hang)
                         workers[i] = restart(w)
                     continue
                 report.cases += 1
@@ -774,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-slow",
         type=Path,
         metavar="DIR",
-        help="write each slow input (and the command that was slow) to DIR",
+        help="write each slow input (and the command that was slow) and each hang to DIR",
     )
     ap.add_argument(
         "--replay", type=Path, metavar="DIR", help="run the inputs kept in DIR in fresh workers"
