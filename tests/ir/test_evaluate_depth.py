@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -11,17 +10,6 @@ from kdspec.api import load_method
 from kdspec.ir import models as ir
 from kdspec.ir.evaluate import MAX_DEPTH, EvalError, Progress, evaluate, uses_progress
 from kdspec.ir.traverse import fold, transform, walk
-
-
-@pytest.fixture
-def shallow_stack() -> Iterator[None]:
-    """A recursion limit far below the depths used here: any recursion would fail."""
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(150)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(old)
 
 
 def _chain(levels: int) -> ir.Expr:

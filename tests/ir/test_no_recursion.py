@@ -7,27 +7,12 @@ the private recursions); a spec cannot nest this deep (KD106), but IR built in P
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-
-import pytest
-
 from kdspec.graph import types
 from kdspec.ir import models as ir
 from kdspec.ir.canonical import fold as fold_sum
 from kdspec.ir.traverse import depth
 
 LEVELS = 3000
-
-
-@pytest.fixture
-def shallow_stack() -> Iterator[None]:
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(150)
-    try:
-        yield
-    finally:
-        sys.setrecursionlimit(old)
 
 
 def _sum(levels: int, leaf: ir.Expr) -> ir.Expr:
