@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -55,11 +55,40 @@ def _fields(cls: type[BaseModel]) -> dict[str, Any]:
     return cls.__pydantic_fields__
 
 
+_NODE_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _node_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a node class whose type can hold a node, in field order (a `str` or
+    `Literal` field never does: skipping them halves the reads of a walk)."""
+    names = _NODE_FIELDS.get(cls)
+    if names is None:
+        fields = _fields(cls)
+        names = _NODE_FIELDS[cls] = tuple(n for n, f in fields.items() if _may_hold(f.annotation))
+    return names
+
+
+def _may_hold(tp: Any) -> bool:
+    """Whether a value of type ``tp`` may contain a node (unknown types: yes)."""
+    if isinstance(tp, type) and get_origin(tp) is None:
+        return tp not in _LEAVES
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return False
+    if origin is Annotated:
+        return _may_hold(args[0])
+    if not args:  # Any, a forward reference, a bare generic: assume it may
+        return True
+    return any(_may_hold(a) for a in args if a is not Ellipsis)
+
+
 def children(node: BaseModel) -> Iterator[BaseModel]:
     """The IR nodes directly inside ``node``, in field order."""
-    for name in _fields(type(node)):
+    for name in _node_fields(type(node)):
         value = getattr(node, name)
-        if not isinstance(value, _LEAVES):
+        if isinstance(value, BaseModel):
+            yield value
+        elif not isinstance(value, _LEAVES):
             yield from _nodes_in(value)
 
 
@@ -84,9 +113,9 @@ def walk(
         if prune is not None and prune(current):
             continue
         below = [(c, open_lets) for c in children(current)]
-        name = getattr(current, "name", None) if getattr(current, "op", None) == "let" else None
-        if method is not None and name is not None and name not in open_lets:
-            let = method.let(name)
+        if method is not None and getattr(current, "op", None) == "let":
+            name = current.name  # type: ignore[attr-defined]
+            let = method.let(name) if name not in open_lets else None
             if let is not None:
                 below.append((let.value, open_lets | {name}))
         stack.extend(reversed(below))
@@ -111,7 +140,7 @@ def find_all(node: BaseModel, kind: type[N], method: Any = None) -> list[N]:
 def map_children(node: N, fn: Callable[[BaseModel], BaseModel]) -> N:
     """``node`` with ``fn`` applied to each direct child (a copy only where one changed)."""
     update: dict[str, Any] = {}
-    for name in _fields(type(node)):
+    for name in _node_fields(type(node)):
         old = getattr(node, name)
         new = _map_direct(old, fn)
         if new is not old:  # identity, not ==: dict equality ignores a canonical key order
@@ -142,6 +171,9 @@ def transform(node: N, fn: Callable[[BaseModel], BaseModel]) -> N:
     """
 
     def rebuild(n: BaseModel, new_children: list[BaseModel]) -> BaseModel:
+        unchanged = zip(new_children, children(n), strict=True)
+        if all(a is b for a, b in unchanged):  # no copy of a node nothing below changed
+            return fn(n)
         replacements = iter(new_children)  # map_children visits children in children() order
         return fn(map_children(n, lambda _child: next(replacements)))
 

@@ -70,6 +70,8 @@ def check_axes(ctx: PassContext) -> list[Diagnostic]:
     """
     with token_data(False):
         plain = axis_diagnostics(ctx)
+    if not plain:  # only what is wrong under both is reported
+        return []
     with token_data(True):
         tokens = {_key(d) for d in axis_diagnostics(ctx)}
     return [d for d in plain if _key(d) in tokens]
