@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lark import Token, Transformer, v_args
+from lark import Token, Transformer, Tree
+from lark.exceptions import GrammarError, VisitError
 from lark.tree import Meta
 
 from kdspec.source import Span
@@ -30,9 +31,27 @@ def _unquote(tok: Token) -> str:
     return body.replace('\\"', '"').replace("\\\\", "\\")
 
 
-@v_args(meta=True)
 class ToAst(Transformer[Token, Any]):
-    """A standalone transformer (``v_args(meta=True)`` needs it to be separate from ``Lark``)."""
+    """Each rule's method takes the node's ``meta`` (its position) and its children.
+
+    The methods are called straight from the class: lark's ``v_args(meta=True)`` would make a
+    bound wrapper per node, and its token visit would raise and catch an ``AttributeError``
+    per token (no terminal has a method here), together a tenth of `kdspec check`'s parse.
+    """
+
+    __visit_tokens__ = False
+
+    def _call_userfunc(self, tree: Tree[Token], new_children: list[Any] | None = None) -> Any:
+        children = new_children if new_children is not None else tree.children
+        method = getattr(type(self), tree.data, None)
+        if method is None:
+            return self.__default__(tree.data, children, tree.meta)  # type: ignore[no-untyped-call]
+        try:
+            return method(self, tree.meta, children)
+        except GrammarError:
+            raise
+        except Exception as exc:  # lark's contract: a rule's error comes out as a VisitError
+            raise VisitError(tree.data, tree, exc) from exc  # type: ignore[no-untyped-call]
 
     # -- expressions ------------------------------------------------------------------------
 
