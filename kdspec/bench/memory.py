@@ -12,7 +12,6 @@ Run: `kdspec bench memory [--rounds 3] [--methods hinton,at,...]`.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from kdspec.bench.methods import machine, setup
+from kdspec.bench.methods import arguments, machine, setup
 
 METHODS = ("hinton", "at", "fitnets_hint", "fitnets_kd", "rkd", "crd", "dml")
 
@@ -42,15 +41,7 @@ def peak_bytes(step: Callable[[], torch.Tensor]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--teacher", default="resnet56")
-    ap.add_argument("--student", default="resnet20")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--num-samples", type=int, default=50000, help="CRD memory rows")
-    ap.add_argument("--nce-k", type=int, default=16384, help="CRD negatives")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    args = ap.parse_args(argv)
+    args = arguments(__doc__.split("\n")[0], rounds=3, methods=METHODS).parse_args(argv)
     print(f"machine: {machine()}")
     print(
         f"{args.teacher} -> {args.student}, batch {args.batch}, {args.rounds} interleaved "

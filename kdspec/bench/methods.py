@@ -367,16 +367,22 @@ def machine() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=5, help="steps per variant per round")
+def arguments(description: str, rounds: int, methods: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The options the step and memory benchmarks share (models, batch, CRD sizes, methods)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--teacher", default="resnet56")
     ap.add_argument("--student", default="resnet20")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--num-samples", type=int, default=50000, help="CRD memory rows")
     ap.add_argument("--nce-k", type=int, default=16384, help="CRD negatives")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(methods))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = arguments(__doc__.split("\n")[0], rounds=7, methods=METHODS)
+    ap.add_argument("--steps", type=int, default=5, help="steps per variant per round")
     args = ap.parse_args(argv)
     print(f"machine: {machine()}")
     print(
