@@ -56,6 +56,7 @@ def _starts_with_bom(path: str | Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     from kdspec.api import read_source, spec_files
     from kdspec.diagnostics import Diagnostic, error
+    from kdspec.source import SourceFile
     from kdspec.syntax import try_parse
     from kdspec.syntax.fmt import format_module
 
@@ -81,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 write_atomically(Path(path), _BOM * _starts_with_bom(path) + text)
             except OSError as exc:  # a read-only file or folder: the file is left as it was
-                diags.append(error("KD105", f"cannot write `{path}`: {exc.strerror or exc}", None))
+                unwritten = SourceFile(str(path), "")  # named in every format, no line quoted
+                message = f"cannot write `{path}`: {exc.strerror or exc}"
+                diags.append(error("KD105", message, unwritten))
                 continue
             print(f"reformatted {path}")
     code = report(diags)

@@ -33,6 +33,42 @@ def test_check_library_is_clean(capsys):
     assert "no problems found" in out
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_check_in_parallel_reports_what_one_process_does(tmp_path, capsys):
+    # a folder of library specs with broken ones among them: each file's diagnostics, in
+    # file order, whether one process checks them or three
+    for i, spec in enumerate(sorted((ROOT / "specs").glob("*.kd"))[:20]):
+        shutil.copy(spec, tmp_path / f"{i:02d}_{spec.name}")
+    (tmp_path / "05_bad.kd").write_text(BAD)
+    (tmp_path / "13_broken.kd").write_text("method m { teacher t\n")
+    (tmp_path / "17_unreadable.kd").write_bytes(b"\xff\xfe\x00method")
+    outputs = {}
+    for jobs in ("1", "3"):
+        code, out, _ = run(capsys, "check", "--format", "json", "--jobs", jobs, str(tmp_path))
+        outputs[jobs] = (code, json.loads(out))
+    assert outputs["1"] == outputs["3"]
+    code, records = outputs["3"]
+    assert code == 1
+    assert [Path(r["file"]).name[:2] for r in records] == ["05", "13", "17"]
+
+
+def test_check_jobs_default_forks_only_for_large_folders(monkeypatch):
+    from kdspec.cli import check
+
+    monkeypatch.setattr(check.os, "sched_getaffinity", lambda _pid: set(range(4)), raising=False)
+    monkeypatch.setattr(check.sys, "platform", "linux")
+    assert check._jobs(0, 51) == 3  # 51 files: 3 workers of at least 16
+    assert check._jobs(0, 15) == 1
+    assert check._jobs(2, 51) == 2 and check._jobs(8, 3) == 3
+    monkeypatch.setattr(check.sys, "platform", "darwin")
+    assert check._jobs(4, 51) == 1
+
+
+def test_check_jobs_must_be_a_positive_number(capsys):
+    assert main(["check", "--jobs", "0", str(ROOT / "specs")]) == 2
+    assert "expected a number >= 1 or `auto`" in capsys.readouterr().err
+
+
 def test_check_reports_every_error_in_every_format(tmp_path, capsys):
     bad = tmp_path / "bad.kd"
     bad.write_text(BAD)
@@ -60,6 +96,13 @@ def test_syntax_errors_and_missing_files_are_diagnostics_not_tracebacks(tmp_path
     binary.write_bytes(b"\xff\xfe\x00method")
     code, _, err = run(capsys, "check", str(binary))
     assert code == 1 and "Traceback" not in err
+    # an unreadable file is named in every format (JSON's `file`), with no line to quote
+    code, out, _ = run(capsys, "check", "--format", "json", str(binary), str(tmp_path / "no.kd"))
+    records = json.loads(out)
+    assert [(r["code"], r["file"], r["line"]) for r in records] == [
+        ("KD105", str(binary), None),
+        ("KD105", str(tmp_path / "no.kd"), None),
+    ]
 
 
 def test_usage_errors_exit_2(capsys):
