@@ -96,10 +96,17 @@ def _check_files(
         return [_check_file(path, overrides) for path in files]
     import functools
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     first = _check_file(files[0], overrides)
     rest = files[1:]
+    check = functools.partial(_check_file, overrides=overrides)
     chunk = max(1, len(rest) // (jobs * 4))  # small chunks: specs differ in size
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        found = pool.map(functools.partial(_check_file, overrides=overrides), rest, chunk)
+    fork = multiprocessing.get_context("fork")
+    try:  # an executor, not a Pool: a worker that dies (out of memory) fails it, never hangs it
+        with ProcessPoolExecutor(jobs, mp_context=fork) as pool:
+            found = list(pool.map(check, rest, chunksize=chunk))
+    except BrokenProcessPool:  # checked here instead, where the cause shows itself
+        found = [check(path) for path in rest]
     return [first, *found]

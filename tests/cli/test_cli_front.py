@@ -52,6 +52,30 @@ def test_check_in_parallel_reports_what_one_process_does(tmp_path, capsys):
     assert [Path(r["file"]).name[:2] for r in records] == ["05", "13", "17"]
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_check_survives_a_worker_that_dies(tmp_path, capsys, monkeypatch):
+    # a worker killed (say, out of memory) must not hang the command: the files are checked
+    # in the parent instead, with the same result
+    import os
+
+    import kdspec.api
+
+    for i, spec in enumerate(sorted((ROOT / "specs").glob("*.kd"))[:6]):
+        shutil.copy(spec, tmp_path / f"{i:02d}_{spec.name}")
+    (tmp_path / "03_bad.kd").write_text(BAD)
+    parent, real = os.getpid(), kdspec.api.check_source
+
+    def dies_in_a_worker(source, overrides=None):
+        if os.getpid() != parent:
+            os._exit(9)
+        return real(source, overrides)
+
+    monkeypatch.setattr(kdspec.api, "check_source", dies_in_a_worker)
+    code, out, _ = run(capsys, "check", "--format", "json", "--jobs", "2", str(tmp_path))
+    assert code == 1
+    assert {(Path(r["file"]).name, r["code"]) for r in json.loads(out)} == {("03_bad.kd", "KD301")}
+
+
 def test_check_jobs_default_forks_only_for_large_folders(monkeypatch):
     from kdspec.cli import check
 
