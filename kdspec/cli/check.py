@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -11,8 +13,8 @@ from kdspec.cli.common import parse_overrides, report
 from kdspec.diagnostics import Diagnostic
 
 FILES_PER_JOB = 16
-"""Files a worker must have before ``--jobs auto`` starts it: a worker costs a fork and the
-pickling of its diagnostics, which a handful of specs (a few ms each) does not pay back."""
+"""Files a process must have before ``--jobs auto`` forks another: a fork and the pickling of
+its diagnostics cost more than a handful of specs (a few ms each) take."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,16 +49,27 @@ def _jobs_arg(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdspec.api import spec_files
-    from kdspec.diagnostics import error
+    gc.disable()  # the front end's import makes long-lived objects only: nothing to collect
+    try:
+        from kdspec.api import spec_files
+        from kdspec.diagnostics import error
+    finally:
+        gc.enable()
 
     overrides = parse_overrides(args.param)
     files = spec_files(args.paths, library=True)
     diags: list[Diagnostic] = []
     if not files:
         diags.append(error("KD105", "no .kd files found in " + ", ".join(args.paths)))
-    for found in _check_files(files, overrides, _jobs(args.jobs, len(files))):
-        diags.extend(found)
+    # The imported front end lives as long as the process: frozen, the collector does not walk
+    # it at every collection, nor at exit (a tenth of the command's time).
+    gc.freeze()
+    try:
+        for found in _check_files(files, overrides, _jobs(args.jobs, len(files))):
+            diags.extend(found)
+    finally:
+        if not getattr(args, "process_exits", False):
+            gc.unfreeze()  # called in-process (tests, scripts): the collector as it was
     shown = diags[: args.max_errors] if args.max_errors else diags
     code = report(shown, args.format)
     if not diags and args.format != "json":
@@ -90,23 +103,60 @@ def _check_files(
     """Each file's diagnostics, in the order of ``files`` (the same output for any ``jobs``).
 
     With more than one job the first file is checked here (the parser, the prelude and the
-    library are then loaded once, before the fork) and the rest by forked workers.
+    library are then loaded once, before the fork); the rest is shared between this process
+    and ``jobs - 1`` forked children, each sending its diagnostics back through a pipe.
     """
     if jobs <= 1 or len(files) < 2:
         return [_check_file(path, overrides) for path in files]
-    import functools
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+    return _check_forked(files, overrides, jobs)
 
-    first = _check_file(files[0], overrides)
-    rest = files[1:]
-    check = functools.partial(_check_file, overrides=overrides)
-    chunk = max(1, len(rest) // (jobs * 4))  # small chunks: specs differ in size
-    fork = multiprocessing.get_context("fork")
-    try:  # an executor, not a Pool: a worker that dies (out of memory) fails it, never hangs it
-        with ProcessPoolExecutor(jobs, mp_context=fork) as pool:
-            found = list(pool.map(check, rest, chunksize=chunk))
-    except BrokenProcessPool:  # checked here instead, where the cause shows itself
-        found = [check(path) for path in rest]
-    return [first, *found]
+
+def _check_forked(
+    files: list[Path], overrides: dict[str, object], jobs: int
+) -> list[list[Diagnostic]]:
+    found: list[list[Diagnostic]] = [_check_file(files[0], overrides)] + [[]] * (len(files) - 1)
+    shares = [list(range(1 + i, len(files), jobs)) for i in range(jobs)]  # interleaved
+    gc.freeze()  # and the prelude: a collection in a child would copy the pages it shares
+    children = [(share, _fork_check([files[i] for i in share], overrides)) for share in shares[1:]]
+    for i in shares[0]:
+        found[i] = _check_file(files[i], overrides)
+    for share, (pid, pipe) in children:
+        sent = _collect(pid, pipe)
+        if sent is None or len(sent) != len(share):  # the child died: check its share here
+            sent = [_check_file(files[i], overrides) for i in share]
+        for i, diagnostics in zip(share, sent, strict=True):
+            found[i] = diagnostics
+    return found
+
+
+def _fork_check(paths: list[Path], overrides: dict[str, object]) -> tuple[int, int]:
+    """A forked child checking ``paths``: its pid and the pipe its pickled diagnostics come
+    through (a pickle from our own fork, never from a file)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: check, send, and leave without the parent's exit handlers
+        status = 1
+        try:
+            os.close(read_end)
+            data = pickle.dumps([_check_file(path, overrides) for path in paths])
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(data)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    return pid, read_end
+
+
+def _collect(pid: int, read_end: int) -> list[list[Diagnostic]] | None:
+    """What a child sent, or None when it did not finish (killed, out of memory, a bug)."""
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return None
+    try:
+        sent: list[list[Diagnostic]] = pickle.loads(data)  # our own child's
+    except Exception:  # cut short
+        return None
+    return sent

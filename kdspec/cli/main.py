@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    args.process_exits = argv is None  # the process's own command line: it ends with the command
     if not getattr(args, "import_root", None):
         return _run(args)
     from pathlib import Path
