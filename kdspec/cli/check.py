@@ -7,6 +7,7 @@ import gc
 import os
 import pickle
 import sys
+import threading
 from pathlib import Path
 
 from kdspec.cli.common import parse_overrides, report
@@ -89,7 +90,7 @@ def _check_file(path: Path, overrides: dict[str, object]) -> list[Diagnostic]:
 def _jobs(asked: int, n_files: int) -> int:
     """Processes to check ``n_files`` with: as asked, else one per CPU this process may use
     (at most 8) where each gets FILES_PER_JOB files; one where workers cannot be forked."""
-    if sys.platform != "linux":  # fork is the start method that inherits the warm caches
+    if sys.platform != "linux" or threading.active_count() > 1:  # forking threads deadlocks
         return 1
     if asked:
         return max(1, min(asked, n_files))
@@ -120,20 +121,28 @@ def _check_forked(
     children = [(share, _fork_check([files[i] for i in share], overrides)) for share in shares[1:]]
     for i in shares[0]:
         found[i] = _check_file(files[i], overrides)
-    for share, (pid, pipe) in children:
-        sent = _collect(pid, pipe)
-        if sent is None or len(sent) != len(share):  # the child died: check its share here
+    for share, child in children:
+        sent = _collect(*child) if child is not None else None
+        if sent is None or len(sent) != len(share):  # no child, or it died: check here
             sent = [_check_file(files[i], overrides) for i in share]
         for i, diagnostics in zip(share, sent, strict=True):
             found[i] = diagnostics
     return found
 
 
-def _fork_check(paths: list[Path], overrides: dict[str, object]) -> tuple[int, int]:
+def _fork_check(paths: list[Path], overrides: dict[str, object]) -> tuple[int, int] | None:
     """A forked child checking ``paths``: its pid and the pipe its pickled diagnostics come
-    through (a pickle from our own fork, never from a file)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
+    through (a pickle from our own fork, never from a file); None if none could be forked."""
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:  # out of file descriptors
+        return None
+    try:
+        pid = os.fork()
+    except OSError:  # out of processes or memory
+        os.close(read_end)
+        os.close(write_end)
+        return None
     if pid == 0:  # the child: check, send, and leave without the parent's exit handlers
         status = 1
         try:

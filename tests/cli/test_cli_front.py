@@ -33,8 +33,26 @@ def test_check_library_is_clean(capsys):
     assert "no problems found" in out
 
 
+@pytest.fixture
+def forks(monkeypatch):
+    """The children `kdspec check` forks (a thread left by another test would stop it)."""
+    from kdspec.cli import check
+
+    forked: list[int] = []
+    real = check._fork_check
+
+    def counted(paths, overrides):
+        child = real(paths, overrides)
+        forked.extend([child[0]] if child else [])
+        return child
+
+    monkeypatch.setattr(check.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(check, "_fork_check", counted)
+    return forked
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
-def test_check_in_parallel_reports_what_one_process_does(tmp_path, capsys):
+def test_check_in_parallel_reports_what_one_process_does(tmp_path, capsys, forks):
     # a folder of library specs with broken ones among them: each file's diagnostics, in
     # file order, whether one process checks them or three
     for i, spec in enumerate(sorted((ROOT / "specs").glob("*.kd"))[:20]):
@@ -46,6 +64,7 @@ def test_check_in_parallel_reports_what_one_process_does(tmp_path, capsys):
     for jobs in ("1", "3"):
         code, out, _ = run(capsys, "check", "--format", "json", "--jobs", jobs, str(tmp_path))
         outputs[jobs] = (code, json.loads(out))
+    assert len(forks) == 2  # --jobs 3: this process and two children
     assert outputs["1"] == outputs["3"]
     code, records = outputs["3"]
     assert code == 1
@@ -53,7 +72,7 @@ def test_check_in_parallel_reports_what_one_process_does(tmp_path, capsys):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
-def test_check_survives_a_worker_that_dies(tmp_path, capsys, monkeypatch):
+def test_check_survives_a_worker_that_dies(tmp_path, capsys, monkeypatch, forks):
     # a worker killed (say, out of memory) must not hang the command: the files are checked
     # in the parent instead, with the same result
     import os
@@ -72,6 +91,15 @@ def test_check_survives_a_worker_that_dies(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(kdspec.api, "check_source", dies_in_a_worker)
     code, out, _ = run(capsys, "check", "--format", "json", "--jobs", "2", str(tmp_path))
+    assert code == 1 and len(forks) == 1
+    assert {(Path(r["file"]).name, r["code"]) for r in json.loads(out)} == {("03_bad.kd", "KD301")}
+    # and a fork that fails (no processes left) is no worker: the same result
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    code, out, _ = run(capsys, "check", "--format", "json", "--jobs", "2", str(tmp_path))
     assert code == 1
     assert {(Path(r["file"]).name, r["code"]) for r in json.loads(out)} == {("03_bad.kd", "KD301")}
 
@@ -84,6 +112,9 @@ def test_check_jobs_default_forks_only_for_large_folders(monkeypatch):
     assert check._jobs(0, 51) == 3  # 51 files: 3 workers of at least 16
     assert check._jobs(0, 15) == 1
     assert check._jobs(2, 51) == 2 and check._jobs(8, 3) == 3
+    monkeypatch.setattr(check.threading, "active_count", lambda: 2)
+    assert check._jobs(4, 51) == 1  # a process with threads is not forked
+    monkeypatch.setattr(check.threading, "active_count", lambda: 1)
     monkeypatch.setattr(check.sys, "platform", "darwin")
     assert check._jobs(4, 51) == 1
 
