@@ -16,6 +16,7 @@ import paper_refs as ref
 import pytest
 import torch
 import torch.nn.functional as F
+from test_paper_refs import official_gjsd as trl_generalized_jsd_loss
 from test_paper_specs import same, spec_loss
 from tolerance import assert_close
 from torch import Tensor
@@ -36,42 +37,6 @@ def token_batch(seed: int) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
     labels[(pos >= lengths[:, None]) | (pos < prompt[:, None])] = -100
     batch = {"t.logits": t, "s.logits": s, "labels": labels, "attention_mask": attention}
     return t, s, labels, batch
-
-
-def trl_generalized_jsd_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor | None = None,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-) -> Tensor:
-    """TRL's ``GKDTrainer.generalized_jsd_loss`` (huggingface/trl, trl/trainer/gkd_trainer.py),
-    ``reduction="batchmean"``, transcribed: the mixture in log space by ``logsumexp``, KLs by
-    ``F.kl_div(..., log_target=True)``, tokens with label -100 dropped."""
-    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
-    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
-    if beta == 0:
-        jsd = F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True)
-    elif beta == 1:
-        jsd = F.kl_div(teacher_log_probs, student_log_probs, reduction="none", log_target=True)
-    else:
-        b = torch.tensor(beta, dtype=student_log_probs.dtype)
-        mixture_log_probs = torch.logsumexp(
-            torch.stack([student_log_probs + torch.log(1 - b), teacher_log_probs + torch.log(b)]),
-            dim=0,
-        )
-        kl_teacher = F.kl_div(
-            mixture_log_probs, teacher_log_probs, reduction="none", log_target=True
-        )
-        kl_student = F.kl_div(
-            mixture_log_probs, student_log_probs, reduction="none", log_target=True
-        )
-        jsd = beta * kl_teacher + (1 - beta) * kl_student
-    if labels is not None:
-        mask = labels != -100
-        jsd = jsd[mask]
-        return jsd.sum() / mask.sum()
-    return jsd.sum() / (jsd.size(0) * jsd.size(1))
 
 
 def torchtune_forward_kl(
