@@ -4,8 +4,8 @@ Token data carry masks (:mod:`kdspec.compiler.sequence`): the per-token specs re
 ``rows(t.logits)``, which keeps the tokens of the batch's labels mask only, so padding and
 prompt positions count neither in the sum nor in the normaliser. Each spec's loss and gradients
 must match an independent per-token PyTorch reference to 1e-6: TRL's
-``GKDTrainer.generalized_jsd_loss`` transcribed below (TRL is not a dependency), torchtune's
-``ForwardKLLoss``, DistiLLM's losses (``paper_refs``).
+``GKDTrainer.generalized_jsd_loss`` (transcribed in ``test_paper_refs``; TRL is not a
+dependency), torchtune's ``ForwardKLLoss``, DistiLLM's losses (``paper_refs``).
 """
 
 from __future__ import annotations
