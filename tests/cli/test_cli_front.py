@@ -193,6 +193,21 @@ def test_fmt_check_and_rewrite_keep_files_safe(tmp_path, capsys):
     assert broken.read_text() == "method m {"  # never loses a user's file
 
 
+def test_fmt_that_cannot_write_names_the_file(tmp_path, capsys, monkeypatch):
+    # a file fmt cannot write (read-only, full disk): KD105 names it, the file is left as it was
+    from kdspec.cli import fmt
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied")
+
+    messy = tmp_path / "messy.kd"
+    messy.write_text("method m {teacher t   student s}\n")
+    monkeypatch.setattr(fmt, "write_atomically", refuse)
+    code, _, err = run(capsys, "fmt", str(messy))
+    assert code == 1 and "error[KD105]: cannot write" in err and f"--> {messy}" in err
+    assert messy.read_text() == "method m {teacher t   student s}\n"
+
+
 def test_graph_formats(tmp_path, capsys):
     spec = str(ROOT / "specs/fitnets.kd")
     code, out, _ = run(capsys, "graph", spec, "--format", "dot")
