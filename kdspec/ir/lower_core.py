@@ -102,7 +102,9 @@ def did_you_mean(name: str, candidates: Iterable[str], *, declared: bool = False
     budget = 1 if len(name) <= 5 else 2
     best: tuple[int, str] | None = None
     for cand in sorted(set(candidates)):
-        if _digits(cand) != _digits(name):
+        # the distance is at least the difference in length: a 5,000-character name costs
+        # nothing (computed, each candidate would cost 5,000 x its length steps)
+        if abs(len(cand) - len(name)) > budget or _digits(cand) != _digits(name):
             continue
         d = _edit_distance(name.lower(), cand.lower())
         if d <= budget and (best is None or d < best[0]):

@@ -242,6 +242,33 @@ def test_a_use_of_a_very_long_name_is_kd208() -> None:
     assert [d.code for d in _errors(_spec(f"{KD}\n  use {'a' * 300}"))] == ["KD208"]
 
 
+def test_a_very_long_unknown_name_is_compared_with_no_word_of_the_language(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # seed 15 of the fuzz: a 5,000-character unknown function took 1-2 CPU s, its edit distance
+    # computed against every function; a name far longer than every word cannot be a typo
+    from kdspec.ir import lower_core
+
+    compared: list[tuple[str, str]] = []
+    real = lower_core._edit_distance
+
+    def counted(a: str, b: str) -> int:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(lower_core, "_edit_distance", counted)
+    long = "x" * 5000
+    text = _spec(f"  transfer k: from t.logits to {long}(s.logits) with kl\n")
+    errors = _errors(text)
+    assert [d.code for d in errors] == ["KD203"] and "did you mean" not in (errors[0].help or "")
+    assert compared == []
+    # a short typo is still compared, and still suggested
+    assert "did you mean `softmax`" in (
+        _errors(_spec(KD.replace("softmax", "sotfmax")))[0].help or ""
+    )
+    assert compared
+
+
 def test_a_nul_in_an_import_path_is_kd105() -> None:
     assert [d.code for d in _errors(_spec(head='import "a\0b.kd"\n'))] == ["KD105"]
 
