@@ -160,6 +160,7 @@ def _worker(rank: int, world: int, port: int, out: str, plan: list[dict[str, Any
             found = _run(Path(out) / step.get("cache", ""), **step)
             if rank == 0 and found:
                 Path(out, f"{name}.json").write_text(json.dumps({**found, "flags": flags}))
+        Path(out, f"done-{rank}").touch()  # the work is done: what follows is teardown
     finally:
         torch.distributed.destroy_process_group()
 
@@ -171,7 +172,17 @@ def _free_port() -> int:
 
 
 def _ddp_spawn(out: Path, plan: list[dict[str, Any]]) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(out), plan), nprocs=2, join=True)
+    done = [out / f"done-{rank}" for rank in range(2)]
+    for marker in done:
+        marker.unlink(missing_ok=True)
+    try:
+        mp.spawn(_worker, args=(2, _free_port(), str(out), plan), nprocs=2, join=True)
+    except mp.ProcessExitedException as exc:
+        # gloo now and then aborts a process in its teardown ("terminate called without an
+        # active exception", seen in a fresh venv) after every rank finished its work: the
+        # results are written and are checked; an abort before that still fails the test
+        if exc.signal_name != "SIGABRT" or not all(marker.exists() for marker in done):
+            raise
 
 
 def _ddp(out: Path, plan: list[dict[str, Any]], name: str = "result") -> dict[str, Any]:
