@@ -61,10 +61,8 @@ def read_source(path: str | Path) -> SourceFile | Diagnostic:
     try:
         return SourceFile.read(path)
     except OSError as exc:
-        # the file as an empty source: each output format names it (JSON's `file`, concise's
-        # prefix), with no line to quote
-        unread = SourceFile(str(path), "")
-        return error("KD105", f"cannot read `{path}`: {exc.strerror or exc}", unread)
+        message = f"cannot read `{path}`: {exc.strerror or exc}"
+        return error("KD105", message, SourceFile.named(path))
 
 
 def load_method(

@@ -77,6 +77,12 @@ class SourceFile:
     text: str = field(repr=False)
 
     @classmethod
+    def named(cls, path: str | Path) -> SourceFile:
+        """A file known by its name only (one that cannot be read or written): a diagnostic
+        about it names it in every format and quotes no line."""
+        return cls(str(path), "")
+
+    @classmethod
     def read(cls, path: str | Path) -> SourceFile:
         """Read a spec file: a regular file of at most MAX_SOURCE_BYTES, in UTF-8 (a BOM is
         dropped).

@@ -82,9 +82,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 write_atomically(Path(path), _BOM * _starts_with_bom(path) + text)
             except OSError as exc:  # a read-only file or folder: the file is left as it was
-                unwritten = SourceFile(str(path), "")  # named in every format, no line quoted
                 message = f"cannot write `{path}`: {exc.strerror or exc}"
-                diags.append(error("KD105", message, unwritten))
+                diags.append(error("KD105", message, SourceFile.named(path)))
                 continue
             print(f"reformatted {path}")
     code = report(diags)

@@ -49,12 +49,6 @@ def _nodes_in(value: Any) -> Iterator[BaseModel]:
                 yield from _nodes_in(v)
 
 
-def _fields(cls: type[BaseModel]) -> dict[str, Any]:
-    """The fields of a node class (the class attribute behind pydantic's `model_fields`
-    property, which costs a call per read)."""
-    return cls.__pydantic_fields__
-
-
 _NODE_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
@@ -63,8 +57,8 @@ def _node_fields(cls: type[BaseModel]) -> tuple[str, ...]:
     `Literal` field never does: skipping them halves the reads of a walk)."""
     names = _NODE_FIELDS.get(cls)
     if names is None:
-        fields = _fields(cls)
-        names = _NODE_FIELDS[cls] = tuple(n for n, f in fields.items() if _may_hold(f.annotation))
+        fields = cls.model_fields.items()
+        names = _NODE_FIELDS[cls] = tuple(n for n, f in fields if _may_hold(f.annotation))
     return names
 
 
